@@ -1,0 +1,311 @@
+"""The command line: ``autooffload calibrate | show | plot``. The only module that prints.
+
+Exit codes: 0 done; 1 could not do it (calibration failed or locked, matplotlib missing);
+2 bad usage or an unusable profile file; 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Sequence, TextIO
+
+from ._decide import KINDS, crossover
+from ._profile import (
+    Profile,
+    active_profile,
+    current_fingerprint,
+    load_profile,
+    profile_path,
+    this_machine_mismatch,
+    version_drift,
+)
+from .errors import CalibrationError, ProfileError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SHOW_JSON_VERSION = 1  # of the `show --json` document (keys below); bump on change
+
+
+# ---------------------------------------------------------------------------------------------
+# What `show` reports, as data (also the `show --json` document).
+# ---------------------------------------------------------------------------------------------
+
+
+def crossover_table(profile: Profile) -> dict[str, dict[str, float | None]]:
+    """Per kind: smallest input bytes from which the warm GPU wins, with data on host / device."""
+    if not profile.gpu_usable:
+        return {kind: {"host": None, "device": None} for kind in KINDS}
+    table = {}
+    for kind in KINDS:
+        try:
+            table[kind] = {loc: crossover(profile, kind, loc) for loc in ("host", "device")}
+        except KeyError:  # kind not in the profile and no generic fallback
+            table[kind] = {"host": None, "device": None}
+    return table
+
+
+def describe(profile: Profile, *, note: str | None = None) -> dict:
+    """The `show --json` document: which file, whose machine, how old, the crossovers, the profile."""
+    is_builtin = profile.source == "built-in"
+    mismatch = None if is_builtin else this_machine_mismatch(profile.fingerprint)
+    created = profile.created if profile.created.tzinfo else profile.created.replace(tzinfo=timezone.utc)
+    return {
+        "show_json_version": SHOW_JSON_VERSION,
+        "source": profile.source,
+        "builtin": is_builtin,
+        "this_machine": (not is_builtin) and mismatch is None,
+        "other_machine_reason": mismatch,
+        "note": note,
+        "age_s": max(0.0, (datetime.now(timezone.utc) - created).total_seconds()),
+        "version_drift": [] if is_builtin or mismatch else version_drift(profile.fingerprint, current_fingerprint(probe_gpu=False)),
+        "gpu_usable": profile.gpu_usable,
+        "crossovers": crossover_table(profile),
+        "profile": profile.model_dump(mode="json"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Text formatting.
+# ---------------------------------------------------------------------------------------------
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def human_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s >= 1:
+        return f"{s:.3g} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s * 1e6:.3g} us"
+
+
+def human_age(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return "just now"
+
+
+def format_show(doc: dict) -> str:
+    """The human-readable `show` text from the `describe()` document."""
+    p = doc["profile"]
+    fp = p["fingerprint"]
+    lines = []
+    whose = "built-in defaults" if doc["builtin"] else ("this machine's" if doc["this_machine"] else "ANOTHER machine's")
+    lines.append(f"Profile:   {doc['source']} ({whose})")
+    if doc["note"]:
+        lines.append(f"Note:      {doc['note']}")
+    if doc["other_machine_reason"]:
+        lines.append(
+            f"Note:      not this machine's profile ({doc['other_machine_reason']}); "
+            "the decorator will not use it automatically; `autooffload calibrate` measures this one"
+        )
+    if doc["version_drift"]:
+        lines.append(f"Note:      software changed since ({', '.join(doc['version_drift'])}); consider recalibrating")
+    created = p["created"][:16].replace("T", " ")
+    sweep = "quick" if p["quick"] else "default"
+    lines.append(
+        f"Measured:  {created} UTC ({human_age(doc['age_s'])}), {sweep} sweep, "
+        f"autooffload {p['autooffload_version'] or '?'}, schema {p['schema_version']}"
+    )
+    lines.append(f"CPU:       {fp['cpu_model']}, {fp['cpu_cores']} cores; BLAS {fp['blas'] or '?'} ({fp['blas_threads'] or '?'} threads)")
+    if fp["gpu_name"]:
+        memory = human_bytes(fp["gpu_memory_bytes"]) if fp["gpu_memory_bytes"] else "?"
+        lines.append(
+            f"GPU:       {fp['gpu_name']} (compute {fp['gpu_compute_capability'] or '?'}, {memory}), "
+            f"{fp['gpu_uuid'] or 'UUID ?'}; driver {fp['driver_version'] or '?'}, CUDA runtime {fp['cuda_runtime_version'] or '?'}"
+        )
+    else:
+        lines.append("GPU:       none")
+    lines.append(
+        f"Software:  Python {fp['python_version'] or '?'}, numpy {fp['numpy_version'] or '?'}, "
+        f"cupy {fp['cupy_version'] or '-'}, numba {fp['numba_version'] or '-'}"
+    )
+    if not doc["gpu_usable"]:
+        lines.append("")
+        lines.append("No GPU timings in this profile: every call runs on NumPy.")
+        return "\n".join(lines) + "\n"
+    lines.append(
+        f"GPU costs: copies via {p['transfer_engine'] or '?'}; launch latency {human_seconds(p['launch_latency_s'])}; "
+        f"cold start {human_seconds(p['cold_start_s'])} (once per process)"
+    )
+    lines.append("")
+    lines.append("Crossovers: smallest input (bytes of all array inputs) from which the warm GPU wins")
+    header = ("kind", "numpy data (host)", "cupy data (device)")
+    rows = [
+        (kind, _crossover_text(c["host"]), _crossover_text(c["device"])) for kind, c in doc["crossovers"].items()
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        lines.append("  " + "   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _crossover_text(nbytes: float | None) -> str:
+    return "never" if nbytes is None else human_bytes(nbytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress bar (stderr, terminals only).
+# ---------------------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """One self-overwriting line on a terminal; nothing at all when the stream is not one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.start = time.monotonic()
+        self.drawn = False
+
+    def __call__(self, progress) -> None:
+        if not self.enabled:
+            return
+        width = shutil.get_terminal_size((80, 20)).columns
+        filled = int(24 * progress.fraction)
+        text = (
+            f"[{'#' * filled}{'.' * (24 - filled)}] {progress.fraction:4.0%} "
+            f"{time.monotonic() - self.start:5.0f} s  {progress.stage} {progress.detail}"
+        )
+        self.stream.write("\r" + text[: width - 1].ljust(width - 1))
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.enabled and self.drawn:
+            width = shutil.get_terminal_size((80, 20)).columns
+            self.stream.write("\r" + " " * (width - 1) + "\r")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands.
+# ---------------------------------------------------------------------------------------------
+
+
+def _error(message: str) -> None:
+    print(f"autooffload: error: {message}", file=sys.stderr)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ._calibrate import calibrate
+
+    target = args.output or str(profile_path())
+    bar = ProgressBar(sys.stderr)
+    started = time.perf_counter()
+    try:
+        profile = calibrate(quick=args.quick, output=args.output, progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        _error(f"interrupted; nothing was written and the existing profile (if any) at {target} is unchanged")
+        return EXIT_INTERRUPTED
+    except CalibrationError as e:
+        bar.close()
+        _error(str(e))
+        return EXIT_FAILED
+    bar.close()
+    print(f"autooffload: saved {profile.source} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(profile.model_dump_json(indent=1) + "\n")
+    else:
+        sys.stdout.write(format_show(describe(profile)))
+    return EXIT_OK
+
+
+def _profile_to_show(path: str | None) -> tuple[Profile, str | None]:
+    """The file asked for, else the profile file in use, else what the decorator falls back to."""
+    if path:
+        return load_profile(path), None
+    in_use = profile_path()
+    if os.environ.get("AUTOOFFLOAD_PROFILE") or in_use.exists() or in_use.is_symlink():
+        return load_profile(in_use), None
+    return active_profile(), f"no calibrated profile at {in_use}; showing the fallback that decisions use"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    try:
+        profile, note = _profile_to_show(args.path)
+    except ProfileError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    doc = describe(profile, note=note)
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+    else:
+        sys.stdout.write(format_show(doc))
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ._plot import PlotUnavailableError, plot_profile
+
+    try:
+        profile, _ = _profile_to_show(args.path)
+    except ProfileError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    try:
+        written = plot_profile(profile, args.output)
+    except PlotUnavailableError as e:
+        _error(str(e))
+        return EXIT_FAILED
+    except (OSError, ValueError) as e:  # unwritable path, unknown image format
+        _error(f"cannot write {args.output}: {e}")
+        return EXIT_FAILED
+    print(f"autooffload: wrote {written} (profile {profile.source})", file=sys.stderr)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autooffload",
+        description="Measure this machine once so that @offload runs each call where it is fastest.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cal = commands.add_parser("calibrate", help="measure this machine and save its profile")
+    cal.add_argument("--quick", action="store_true", help="a shorter sweep (about a minute on a GPU machine)")
+    cal.add_argument("--output", metavar="PATH", help="where to save (default: AUTOOFFLOAD_PROFILE, else the cache folder)")
+    cal.add_argument("--json", action="store_true", help="print the profile as JSON on stdout")
+    cal.set_defaults(run=cmd_calibrate)
+
+    show = commands.add_parser("show", help="show a profile: machine, age, crossover sizes per kind")
+    show.add_argument("path", nargs="?", metavar="PATH", help="profile file (default: the one in use)")
+    show.add_argument("--json", action="store_true", help="print a JSON document instead of text")
+    show.set_defaults(run=cmd_show)
+
+    plot = commands.add_parser("plot", help="plot CPU vs GPU time by size per kind (needs matplotlib)")
+    plot.add_argument("-o", "--output", required=True, metavar="FILE.png", help="image to write")
+    plot.add_argument("path", nargs="?", metavar="PATH", help="profile file (default: the one in use)")
+    plot.set_defaults(run=cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse has already explained
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
