@@ -37,13 +37,21 @@ KINDS = tuple(OUTPUT_RATIO)
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What the cost model needs to know about one call."""
+    """What the cost model needs to know about one call.
 
-    kind: str
+    ``kind`` is one kind name, or a work mix ``(("fft", 1), ("elementwise", 3))``: the call's
+    cost is then the sum of each kind's curve times its count (see _kinds.py).
+    """
+
+    kind: str | tuple[tuple[str, int], ...]
     host_bytes: int = 0  # bytes of numpy array inputs
     device_bytes: int = 0  # bytes of cupy array inputs
     largest_bytes: int = 0  # bytes of the largest single array input
     gpu_ready: bool = False  # the GPU was already used in this process (no cold start)
+
+    @property
+    def work(self) -> tuple[tuple[str, int], ...]:
+        return ((self.kind, 1),) if isinstance(self.kind, str) else self.kind
 
     @property
     def total_bytes(self) -> int:
@@ -78,7 +86,7 @@ class Decision:
     function: str
     backend: str
     reason: str
-    kind: str
+    kind: str  # the work mix, described ("fft", "2xelementwise+transcendental")
     host_bytes: int
     device_bytes: int
     dtypes: tuple[str, ...]
@@ -87,6 +95,7 @@ class Decision:
     bucket: tuple = ()
     # GPU seconds saved per call if the GPU were warm (>0 while only the cold start stands in the way).
     warm_savings_s: float = 0.0
+    cold_start_s: float = 0.0  # the one-off GPU start cost those savings must pay back
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,19 +147,19 @@ def kind_timing(profile: Profile, kind: str):
 
 def predict(profile: Profile, req: Request) -> Prediction:
     """Predicted seconds of ``req`` on each backend."""
-    timing = kind_timing(profile, req.kind)
+    work = [(kind_timing(profile, kind), count) for kind, count in req.work]
     total = max(req.total_bytes, 1)
-    out_bytes = OUTPUT_RATIO.get(req.kind, 1.0) * req.largest_bytes
+    out_bytes = max(OUTPUT_RATIO.get(kind, 1.0) for kind, _ in req.work) * req.largest_bytes
 
-    cpu_parts = {"compute": timing.cpu.predict(total)}
+    cpu_parts = {"compute": sum(n * t.cpu.predict(total) for t, n in work)}
     if req.device_bytes and profile.d2h is not None and profile.h2d is not None:
         cpu_parts["copy_in"] = _copy(profile.d2h, req.device_bytes)
         cpu_parts["copy_out"] = _copy(profile.h2d, out_bytes)
 
-    if not profile.gpu_usable or timing.gpu is None:
+    if not profile.gpu_usable or any(t.gpu is None for t, _ in work):
         return Prediction(sum(cpu_parts.values()), None, cpu_parts, {})
 
-    gpu_parts = {"compute": timing.gpu.predict(total)}
+    gpu_parts = {"compute": sum(n * t.gpu.predict(total) for t, n in work)}
     if req.host_bytes:
         gpu_parts["copy_in"] = _copy(profile.h2d, req.host_bytes)
     if not req.result_on_device:

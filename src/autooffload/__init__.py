@@ -1,0 +1,44 @@
+"""autooffload: run unmodified NumPy functions on NumPy or CuPy, whichever is faster per call.
+
+    from autooffload import offload, config, explain
+
+CuPy is imported only when a call is sent to the GPU, never by ``import autooffload``.
+"""
+
+import logging as _logging
+
+from ._config import config, reload_environment
+from ._decide import Decision
+from ._dispatch import Stats, explain, offload
+from .errors import (
+    AutoOffloadError,
+    AutoOffloadWarning,
+    CalibrationError,
+    ConfigError,
+    GPUFallbackWarning,
+    GPUUnavailableError,
+    ProfileError,
+    ProfileWarning,
+)
+
+__version__ = "0.1.0"
+
+_logging.getLogger("autooffload").addHandler(_logging.NullHandler())
+
+__all__ = [
+    "offload",
+    "config",
+    "explain",
+    "reload_environment",
+    "Decision",
+    "Stats",
+    "AutoOffloadError",
+    "AutoOffloadWarning",
+    "CalibrationError",
+    "ConfigError",
+    "GPUFallbackWarning",
+    "GPUUnavailableError",
+    "ProfileError",
+    "ProfileWarning",
+    "__version__",
+]

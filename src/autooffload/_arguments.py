@@ -1,0 +1,339 @@
+"""Moving a call's arguments to the other side, and putting writes and results back.
+
+``to_device`` prepares a GPU run of a call whose arrays live on the host; ``to_host`` a NumPy
+run of a call whose arrays live on the device. Either way:
+
+- arrays anywhere in args/kwargs (nested tuple, list, dict) are copied; other objects pass as
+  they are; the same array object passed twice becomes one copy;
+- arrays whose memory overlaps (``f(a, a[1:])``) are copied as one byte span and rebuilt as views
+  of it, so a write through one is seen through the other, as in the original;
+- after the call, copies whose bits changed are written back into the caller's arrays (also
+  strided views), so no write is lost; ``pure=True`` skips the detection;
+- the result comes back to the caller's side: an argument returned as is (``x *= 5; return x``)
+  is the caller's own array again, a view of one is a view of the caller's memory, other arrays
+  are copied, and a 0-d host result becomes the NumPy scalar NumPy returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from ._backends import DEVICE_DTYPE_KINDS, DeviceBackend, bits_differ
+
+_ALIGN = 256  # device allocations are at least this aligned; span starts are aligned down to it
+
+
+class Ineligible(Exception):
+    """The arguments cannot be moved to the device faithfully; the call must run on NumPy."""
+
+
+class ReadOnlyWritten(Exception):
+    """The device run wrote into a copy of a read-only host array: NumPy would have raised."""
+
+
+def extent(ptr: int, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
+    """[low, high) byte addresses an array touches (low == high for an empty array)."""
+    if 0 in shape:
+        return ptr, ptr
+    low = high = ptr
+    for n, stride in zip(shape, strides):
+        if stride > 0:
+            high += (n - 1) * stride
+        else:
+            low += (n - 1) * stride
+    return low, high + itemsize
+
+
+def map_tree(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
+    """``obj`` with every leaf replaced by ``leaf(it)``; containers rebuilt only when changed."""
+    if is_leaf(obj):
+        return leaf(obj)
+    t = type(obj)
+    if t is tuple or t is list:
+        items = [map_tree(x, leaf, is_leaf) for x in obj]
+        return obj if all(a is b for a, b in zip(items, obj)) else t(items)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        items = [map_tree(x, leaf, is_leaf) for x in obj]
+        return obj if all(a is b for a, b in zip(items, obj)) else t(*items)
+    if t is dict:
+        items = {k: map_tree(v, leaf, is_leaf) for k, v in obj.items()}
+        return obj if all(items[k] is v for k, v in obj.items()) else items
+    return obj
+
+
+def map_result(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
+    """Like ``map_tree``, and also through list/tuple subclasses and dataclass instances."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {}
+        for f in dataclasses.fields(obj):
+            if f.init:
+                value = getattr(obj, f.name)
+                new = map_result(value, leaf, is_leaf)
+                if new is not value:
+                    changes[f.name] = new
+        return dataclasses.replace(obj, **changes) if changes else obj
+    return map_tree(obj, leaf, is_leaf)
+
+
+def iter_leaves(obj: Any, is_leaf: Callable[[Any], bool]):
+    if is_leaf(obj):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for x in obj:
+            yield from iter_leaves(x, is_leaf)
+    elif type(obj) is dict:
+        for x in obj.values():
+            yield from iter_leaves(x, is_leaf)
+
+
+def _host_pointer(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _host_root_start(a: np.ndarray) -> int:
+    """Lowest address known to belong to the allocation ``a`` lives in."""
+    root = a
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    return extent(_host_pointer(root), root.shape, root.strides, root.itemsize)[0]
+
+
+def _host_bytes_at(low: int, nbytes: int) -> np.ndarray:
+    """A writable uint8 view of host memory [low, low + nbytes) (the caller keeps it alive)."""
+    return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(low), dtype=np.uint8)
+
+
+@dataclasses.dataclass
+class _Entry:
+    original: Any  # the caller's array
+    copy: Any  # its copy on the other side
+    snapshot: Any = None  # a copy of `copy` taken before the call (write detection)
+    always_write_back: bool = False  # no snapshot could be made: write back unconditionally
+
+
+@dataclasses.dataclass
+class _Region:
+    """Copy-side bytes [low, high) that mirror caller-side bytes at ``original_low`` one to one."""
+
+    low: int
+    high: int
+    original_bytes: Any  # uint8 array over the caller's bytes, same length
+
+
+class Moved:
+    """One call's arguments moved to the other side, and the way back."""
+
+    def __init__(self, backend: DeviceBackend, to_device: bool, pure: bool):
+        self.backend = backend
+        self.to_device = to_device
+        self.pure = pure
+        self.entries: dict[int, _Entry] = {}  # id(original) -> entry
+        self.by_copy: dict[int, Any] = {}  # id(copy) -> original
+        self.regions: list[_Region] = []
+        self.args: tuple = ()
+        self.kwargs: dict = {}
+
+    # -- the two sides -----------------------------------------------------------------------
+    def is_original(self, x: Any) -> bool:
+        if self.to_device:
+            return type(x) is np.ndarray or type(x) is np.memmap
+        return type(x) is self.backend.array_type
+
+    def _is_copy_side(self, x: Any) -> bool:
+        if self.to_device:
+            return type(x) is self.backend.array_type
+        return isinstance(x, (np.ndarray, np.generic))
+
+    def _pointer(self, a: Any) -> int:
+        return _host_pointer(a) if self.to_device else self.backend.pointer(a)
+
+    def _extent(self, a: Any) -> tuple[int, int]:
+        return extent(self._pointer(a), a.shape, a.strides, a.itemsize)
+
+    def _copy_over(self, a: Any) -> Any:
+        return self.backend.to_device(a) if self.to_device else self.backend.to_host(a)
+
+    def _snapshot(self, copy: Any) -> Any:
+        return self.backend.copy(copy) if self.to_device else copy.copy(order="K")
+
+    # -- moving ------------------------------------------------------------------------------
+    def move(self, args: tuple, kwargs: dict) -> "Moved":
+        unique: dict[int, Any] = {}
+        for leaf in iter_leaves((args, kwargs), self.is_original):
+            unique.setdefault(id(leaf), leaf)
+        try:
+            for group in self._overlap_groups(list(unique.values())):
+                if len(group) == 1:
+                    self._move_single(group[0])
+                else:
+                    self._move_span(group)
+        except BaseException:
+            self.discard()
+            raise
+        self.args = map_tree(args, self._copy_of, self.is_original)
+        self.kwargs = map_tree(kwargs, self._copy_of, self.is_original)
+        return self
+
+    def _copy_of(self, original: Any) -> Any:
+        return self.entries[id(original)].copy
+
+    def _overlap_groups(self, arrays: list) -> list[list]:
+        """Arrays grouped so that any two whose byte ranges overlap share a group."""
+        groups: list[list] = []
+        spans = []
+        for a in arrays:
+            low, high = self._extent(a)
+            if low == high:  # empty: touches no memory
+                groups.append([a])
+            else:
+                spans.append((low, high, a))
+        spans.sort(key=lambda t: t[0])
+        current_high = None
+        for low, high, a in spans:
+            if current_high is not None and low < current_high:
+                groups[-1].append(a)
+                current_high = max(current_high, high)
+            else:
+                groups.append([a])
+                current_high = high
+        return groups
+
+    def _new_entry(self, original: Any, copy: Any) -> _Entry:
+        entry = _Entry(original, copy)
+        self.entries[id(original)] = entry
+        self.by_copy[id(copy)] = original
+        return entry
+
+    def _move_single(self, original: Any) -> None:
+        if self.to_device and original.dtype.kind not in DEVICE_DTYPE_KINDS:
+            raise Ineligible(f"dtype {original.dtype} cannot live on the GPU")
+        copy = self._copy_over(original)
+        entry = self._new_entry(original, copy)
+        if not self.pure:
+            try:
+                entry.snapshot = self._snapshot(copy)
+            except MemoryError:  # cupy's OutOfMemoryError is a MemoryError
+                entry.always_write_back = True
+        # A contiguous original and its copy match byte for byte: results that are views of
+        # the copy can become views of the original.
+        contiguous = original.flags.c_contiguous or original.flags.f_contiguous
+        if contiguous and original.strides == copy.strides and original.nbytes:
+            low = self._copy_pointer(copy)
+            self.regions.append(_Region(low, low + copy.nbytes, self._original_bytes(original, *self._extent(original))))
+
+    def _original_bytes(self, like: Any, low: int, high: int) -> Any:
+        """A uint8 array over the caller-side bytes [low, high) that ``like`` lives in."""
+        if self.to_device:
+            return _host_bytes_at(low, high - low)
+        return self.backend.bytes_at(like, low, high - low)
+
+    def _copy_pointer(self, copy: Any) -> int:
+        return self.backend.pointer(copy) if self.to_device else _host_pointer(copy)
+
+    def _move_span(self, group: list) -> None:
+        low = min(self._extent(a)[0] for a in group)
+        high = max(self._extent(a)[1] for a in group)
+        start = max(min(self._allocation_start(a) for a in group), low - low % _ALIGN)
+        for a in group:
+            if a.dtype.kind not in DEVICE_DTYPE_KINDS and self.to_device:
+                raise Ineligible(f"dtype {a.dtype} cannot live on the GPU")
+            if (self._pointer(a) - start) % a.dtype.alignment:
+                raise Ineligible("overlapping array arguments at offsets the device cannot align")
+        original_span = self._original_bytes(group[0], start, high)
+        copy_span = self._copy_over(original_span)
+        snap_span = None
+        if not self.pure:
+            try:
+                snap_span = self._snapshot(copy_span)
+            except MemoryError:
+                snap_span = None
+        for a in group:
+            offset = self._pointer(a) - start
+            copy = self._view(copy_span, a, offset)
+            entry = self._new_entry(a, copy)
+            if not self.pure:
+                if snap_span is None:
+                    entry.always_write_back = True
+                else:
+                    entry.snapshot = self._view(snap_span, a, offset)
+        copy_low = self._copy_pointer(copy_span)
+        self.regions.append(_Region(copy_low, copy_low + (high - start), original_span))
+
+    def _allocation_start(self, a: Any) -> int:
+        return _host_root_start(a) if self.to_device else self.backend.allocation_start(a)
+
+    def _view(self, span: Any, like: Any, offset: int) -> Any:
+        if self.to_device:
+            return self.backend.view(span, like.shape, like.dtype, offset, like.strides)
+        return np.ndarray(like.shape, like.dtype, buffer=span, offset=offset, strides=like.strides)
+
+    # -- writes ------------------------------------------------------------------------------
+    def write_back(self) -> None:
+        """Put every write the run made into a copy back into the caller's array."""
+        if self.pure or not self.entries:
+            return
+        entries = list(self.entries.values())
+        checked = [e for e in entries if e.snapshot is not None]
+        if self.to_device:
+            flags = self.backend.changed([(e.copy, e.snapshot) for e in checked])
+        else:
+            flags = [bool(bits_differ(e.copy, e.snapshot).any()) for e in checked]
+        dirty = [e for e, f in zip(checked, flags) if f] + [e for e in entries if e.always_write_back]
+        if self.to_device:
+            for e in dirty:
+                if not e.original.flags.writeable:
+                    if e.always_write_back:
+                        continue  # cannot tell whether it was written; NumPy would have raised if so
+                    raise ReadOnlyWritten(f"the function wrote into a read-only array of shape {e.original.shape}")
+            for e in dirty:
+                if e.original.flags.writeable:
+                    self.backend.to_host(e.copy, out=e.original)
+        else:
+            for e in dirty:
+                self.backend.assign(e.original, e.copy)
+
+    def discard(self) -> None:
+        self.entries.clear()
+        self.by_copy.clear()
+        self.regions.clear()
+
+    # -- results -----------------------------------------------------------------------------
+    def result(self, obj: Any) -> Any:
+        """The call's result on the caller's side (after ``write_back``)."""
+        return map_result(obj, self._result_leaf, self._is_copy_side)
+
+    def _result_leaf(self, x: Any) -> Any:
+        original = self.by_copy.get(id(x))
+        if original is not None:
+            return original
+        if self.to_device:
+            view = self._view_of_original(x, self._copy_pointer(x))
+            if view is not None:
+                return view
+            host = self.backend.to_host(x)
+            return host[()] if host.ndim == 0 else host
+        if isinstance(x, np.generic):
+            x = np.asarray(x)
+        elif x.dtype.kind not in DEVICE_DTYPE_KINDS:
+            return x  # an object/string result of the NumPy run cannot live on the device
+        view = self._view_of_original(x, self._copy_pointer(x))
+        return view if view is not None else self.backend.to_device(x)
+
+    def _view_of_original(self, x: Any, ptr: int) -> Any:
+        """The caller-side view matching ``x`` when ``x`` lies in memory mirrored from the caller."""
+        low, high = extent(ptr, x.shape, x.strides, x.itemsize)
+        for region in self.regions:
+            if region.low <= low and high <= region.high and high > low:
+                if self.to_device:
+                    return np.ndarray(x.shape, x.dtype, buffer=region.original_bytes,
+                                      offset=ptr - region.low, strides=x.strides)
+                return self.backend.view(region.original_bytes, x.shape, x.dtype, ptr - region.low, x.strides)
+        return None
+
+
+def move(backend: DeviceBackend, args: tuple, kwargs: dict, *, to_device: bool, pure: bool) -> Moved:
+    return Moved(backend, to_device, pure).move(args, kwargs)

@@ -1,0 +1,492 @@
+"""The decorated function: decide per call, run there, keep every write, fall back safely.
+
+``@offload`` returns a plain function (so it binds as a method for free and costs one Python
+call) carrying ``last_decision``, ``stats`` and its state in ``__autooffload__``. The hot path,
+for calls whose arguments are numpy arrays and scalars, sums their bytes, looks the decision up
+by exact (bytes, location, config) and calls the original function: a few hundred nanoseconds.
+Everything else (containers, kwargs, device arrays, GPU runs, fallbacks) takes the slow path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import itertools
+import threading
+import types
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _backends, _config, _log
+from ._arguments import Ineligible, ReadOnlyWritten, iter_leaves, move
+from ._backends import DEVICE_DTYPE_KINDS
+from ._decide import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
+from ._kinds import describe, infer_work
+from .errors import ConfigError, GPUFallbackWarning, GPUUnavailableError
+
+# Argument types the hot path passes over without a second look.
+_PASSIVE = frozenset(
+    {int, float, complex, bool, str, bytes, type(None), np.float64, np.float32, np.int64, np.int32, np.bool_}
+)
+_EXACT_CACHE_LIMIT = 4096
+
+# Cold-start bookkeeping, process-wide (ski rental): seconds the warm GPU would have saved on
+# calls that stayed on NumPy only because the GPU was not started yet.
+_forgone_lock = threading.Lock()
+_forgone_s = 0.0
+
+
+def _count(counter: itertools.count) -> int:
+    """Current value of an itertools.count without advancing it (its repr is "count(N)")."""
+    return int(repr(counter)[6:-1])
+
+
+def _active_profile():
+    from . import _profile
+
+    loader = getattr(_profile, "active_profile", None)
+    if loader is not None:
+        return loader()
+    from ._defaults import builtin_profile
+
+    return builtin_profile()
+
+
+class Stats:
+    """Live counters of one offloaded function (thread-safe: each count is an atomic counter)."""
+
+    def __init__(self, state: "_State"):
+        self._state = state
+
+    @property
+    def numpy(self) -> int:
+        """Calls that ran on NumPy (fallbacks included)."""
+        return _count(self._state.numpy_calls)
+
+    @property
+    def cupy(self) -> int:
+        """Calls that ran on the GPU."""
+        return _count(self._state.cupy_calls)
+
+    @property
+    def fallbacks(self) -> int:
+        """GPU runs that failed and were redone on NumPy."""
+        return _count(self._state.fallbacks)
+
+    @property
+    def decisions(self) -> int:
+        """Decision-cache misses (the cost model or a rule was consulted)."""
+        return _count(self._state.decision_count)
+
+    @property
+    def calls(self) -> int:
+        return self.numpy + self.cupy
+
+    def as_dict(self) -> dict[str, int]:
+        return {"numpy": self.numpy, "cupy": self.cupy, "fallbacks": self.fallbacks, "decisions": self.decisions}
+
+    def __repr__(self) -> str:
+        return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
+
+
+def _xp_parameter(func: Callable) -> int | str | None:
+    """Position of a parameter named ``xp`` ("kw" if keyword-only), None if there is none."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    for i, p in enumerate(params):
+        if p.name == "xp":
+            if p.kind is p.POSITIONAL_OR_KEYWORD:
+                return i
+            if p.kind is p.KEYWORD_ONLY:
+                return "kw"
+    return None
+
+
+class _State:
+    """Everything one offloaded function keeps between calls."""
+
+    def __init__(self, func: Callable, kind: str | None, backend: str, pure: bool):
+        self.func = func
+        self.name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+        if kind is None:
+            self.work, how = infer_work(func)
+            self.kind_text = describe(self.work)
+            self.kind_note = f"kind {self.kind_text} ({how})"
+        else:
+            if kind not in KINDS:
+                raise ConfigError(f"offload(kind=...) must be one of {', '.join(KINDS)}; got {kind!r}")
+            self.work, self.kind_text, self.kind_note = ((kind, 1),), kind, f"kind {kind} (given)"
+        self.backend_choice = _config.check_backend(backend, "offload(backend=...)")
+        self.pure = bool(pure)
+        self.xp_param = _xp_parameter(func)
+        self.exact: dict[tuple, Decision] = {}
+        self.buckets: dict[tuple, Decision] = {}
+        self.generation = _config.generation
+        self.numpy_calls = itertools.count()
+        self.cupy_calls = itertools.count()
+        self.fallbacks = itertools.count()
+        self.decision_count = itertools.count()
+        self.blocked: dict[tuple, str] = {}  # type signature -> why the GPU failed for it
+        self.warned = False
+        self.device_fns: dict[int, tuple[Any, Callable | None, Any, str]] = {}
+        self.lock = threading.Lock()
+        self.wrapper: Callable | None = None
+
+    # -- scanning ----------------------------------------------------------------------------
+    def scan(self, args: tuple, kwargs: dict) -> tuple[int, int, int, bool]:
+        """(host bytes, device bytes, largest array bytes, odd) over nested args and kwargs."""
+        device_type = _backends.device_array_type()
+        host = dev = largest = 0
+        odd = False
+
+        def is_array(x: Any) -> bool:
+            return isinstance(x, np.ndarray) or (device_type is not None and type(x) is device_type)
+
+        for a in iter_leaves((args, kwargs), is_array):
+            n = a.nbytes
+            largest = max(largest, n)
+            if device_type is not None and type(a) is device_type:
+                dev += n
+            else:
+                host += n
+                if (type(a) is not np.ndarray and type(a) is not np.memmap) or a.dtype.kind not in DEVICE_DTYPE_KINDS:
+                    odd = True
+        if dev and not _backends.gpu_ready:
+            _backends.mark_gpu_ready()  # the caller's device arrays mean the CUDA context exists
+        return host, dev, largest, odd
+
+    @staticmethod
+    def type_signature(args: tuple, kwargs: dict) -> tuple:
+        device_type = _backends.device_array_type()
+        return tuple(
+            (a.dtype.str, a.ndim)
+            for a in iter_leaves((args, kwargs), lambda x: isinstance(x, np.ndarray) or type(x) is device_type)
+        )
+
+    # -- deciding ----------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Drop cached decisions (environment, profile or GPU state changed)."""
+        with self.lock:
+            self.exact.clear()
+            self.buckets.clear()
+            self.generation = _config.generation
+
+    def forced(self, config_backend: str | None) -> tuple[str | None, str]:
+        """(forced backend or None, where it was forced)."""
+        if config_backend is not None and config_backend != "auto":
+            return config_backend, "config()"
+        if config_backend == "auto":
+            return None, ""
+        if self.backend_choice != "auto":
+            return self.backend_choice, "offload(backend=...)"
+        env = _config.environment().backend
+        if env != "auto":
+            return env, "AUTOOFFLOAD_BACKEND"
+        return None, ""
+
+    def decide(self, key: tuple, largest: int, args: tuple, kwargs: dict, *, amortize: bool = True) -> Decision:
+        host, dev, odd, config_backend, ready = key
+        forced, source = self.forced(config_backend)
+        bucket_key = (size_bucket(host), size_bucket(dev), odd, forced, ready)
+        base = self.buckets.get(bucket_key)
+        first = base is None
+        if first:
+            base = self._decide_bucket(host, dev, largest, odd, forced, source, ready, bucket_key, args, kwargs)
+            self.buckets[bucket_key] = base
+        d = base if (base.host_bytes, base.device_bytes) == (host, dev) else dataclasses.replace(
+            base, host_bytes=host, device_bytes=dev
+        )
+        if len(self.exact) >= _EXACT_CACHE_LIMIT:
+            self.exact.clear()
+        self.exact[key] = d
+        next(self.decision_count)
+        if first or _log.active():
+            _log.record(d, first_in_bucket=first)
+        if amortize and d.warm_savings_s:
+            d = self.amortize(d)
+        return d
+
+    def _decide_bucket(self, host, dev, largest, odd, forced, source, ready, bucket_key, args, kwargs) -> Decision:
+        dtypes = tuple(sorted({str(a.dtype) for a in iter_leaves((args, kwargs), lambda x: hasattr(x, "dtype") and hasattr(x, "nbytes"))}))
+
+        def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "") -> Decision:
+            predicted = {NUMPY: pred.cpu_s, CUPY: pred.gpu_s} if pred is not None else {}
+            cold = pred.gpu_parts.get("cold_start", 0.0) if pred is not None else 0.0
+            return Decision(self.name, backend, reason, self.kind_text, host, dev, dtypes, predicted,
+                            profile, bucket_key[:2], savings, cold)
+
+        if forced == NUMPY:
+            return make(NUMPY, f"forced by {source}")
+        if forced == CUPY:
+            if odd:
+                return make(NUMPY, "an argument CuPy cannot hold (dtype or array subclass); forced cupy ignored")
+            if _backends.load() is None:
+                raise GPUUnavailableError(
+                    f"{self.name}: backend 'cupy' was forced by {source}, but the GPU cannot be used: "
+                    f"{_backends.unavailable_reason()}. Use backend='auto' (or 'numpy') to run on NumPy."
+                )
+            return make(CUPY, f"forced by {source}")
+        if odd:
+            return make(NUMPY, "an argument CuPy cannot hold (object/string/structured dtype or array subclass)")
+        why = _backends.unavailable_reason()
+        if why is not None:
+            return make(NUMPY, f"no GPU: {why}")
+        if host == 0 and dev == 0:
+            return make(NUMPY, "no array arguments to size the work by")
+        profile = _active_profile()
+        pred = predict(profile, Request(self.work, host, dev, largest, ready))
+        backend, reason, savings = choose(pred)
+        if (backend == CUPY or dev) and _backends.load() is None:
+            return make(NUMPY, f"no GPU: {_backends.unavailable_reason()}", pred, 0.0, profile.source)
+        return make(backend, reason, pred, savings, profile.source)
+
+    def amortize(self, d: Decision) -> Decision:
+        """Send this call to the GPU once the forgone warm-GPU savings have paid for its cold start."""
+        global _forgone_s
+        with _forgone_lock:
+            _forgone_s += d.warm_savings_s
+            paid = _forgone_s >= d.cold_start_s
+            if paid:
+                forgone, _forgone_s = _forgone_s, 0.0
+        if not paid or _backends.load() is None:
+            return d
+        return dataclasses.replace(
+            d, backend=CUPY, warm_savings_s=0.0,
+            reason=f"cold start ({d.cold_start_s:.2g} s) paid off: calls so far would have saved {forgone:.2g} s on a warm GPU",
+        )
+
+    # -- running -----------------------------------------------------------------------------
+    def with_xp(self, args: tuple, kwargs: dict, module: Any) -> tuple[tuple, dict]:
+        p = self.xp_param
+        if p is None or "xp" in kwargs or (p != "kw" and len(args) > p):
+            return args, kwargs
+        return args, {**kwargs, "xp": module}
+
+    def run(self, d: Decision, args: tuple, kwargs: dict) -> Any:
+        if d.backend == NUMPY:
+            return self.run_numpy(args, kwargs, d.device_bytes > 0)
+        return self.run_gpu(d, args, kwargs)
+
+    def run_numpy(self, args: tuple, kwargs: dict, has_device_args: bool) -> Any:
+        next(self.numpy_calls)
+        if not has_device_args:
+            args, kwargs = self.with_xp(args, kwargs, np)
+            return self.func(*args, **kwargs)
+        moved = move(_backends.load(), args, kwargs, to_device=False, pure=self.pure)
+        args, kwargs = self.with_xp(moved.args, moved.kwargs, np)
+        try:
+            result = self.func(*args, **kwargs)
+        except BaseException:
+            moved.write_back()  # NumPy keeps writes made before an exception; so do we
+            raise
+        moved.write_back()
+        return moved.result(result)
+
+    def device_callable(self, backend) -> tuple[Callable | None, Any, str]:
+        entry = self.device_fns.get(id(backend))
+        if entry is None or entry[0] is not backend:
+            from ._rebind import Translator
+
+            translator = getattr(backend, "_autooffload_translator", None)
+            if translator is None:
+                translator = Translator(backend.module_pairs())
+                backend._autooffload_translator = translator
+            fn, twin, how = translator.device_callable(self.func)
+            entry = (backend, fn, twin, how)
+            self.device_fns[id(backend)] = entry
+        return entry[1], entry[2], entry[3]
+
+    def _ran_on_numpy(self, d: Decision, reason: str) -> None:
+        self.wrapper.last_decision = dataclasses.replace(d, backend=NUMPY, reason=reason)
+
+    def run_gpu(self, d: Decision, args: tuple, kwargs: dict) -> Any:
+        backend = _backends.load()
+        has_device_args = d.device_bytes > 0
+        if self.blocked:
+            cause = self.blocked.get(self.type_signature(args, kwargs))
+            if cause is not None:
+                self._ran_on_numpy(d, f"the GPU failed before for these argument types ({cause})")
+                return self.run_numpy(args, kwargs, has_device_args)
+        fn, twin, how = self.device_callable(backend)
+        if fn is None:
+            self._ran_on_numpy(d, f"no GPU version: {how}")
+            return self.run_numpy(args, kwargs, has_device_args)
+        moved = None
+        try:
+            if d.host_bytes:
+                moved = move(backend, args, kwargs, to_device=True, pure=self.pure)
+        except Ineligible as exc:
+            self._ran_on_numpy(d, str(exc))
+            return self.run_numpy(args, kwargs, has_device_args)
+        except Exception as exc:
+            cause = backend.fallback_cause(exc)
+            if cause is None:
+                raise
+            failure = (exc, cause)
+        else:
+            failure = self._call_device(fn, twin, moved, args, kwargs, backend)
+            if failure is None:
+                return self._finish_gpu(d, moved, args, kwargs)
+        exc, cause = failure
+        if moved is not None:
+            moved.discard()
+        if isinstance(exc, MemoryError):
+            backend.free_memory()
+        return self.fall_back(d, cause, args, kwargs, has_device_args)
+
+    def _call_device(self, fn, twin, moved, args, kwargs, backend):
+        """Run ``fn`` on the device; (exception, cause) when CuPy cannot run it, else None."""
+        call_args, call_kwargs = (moved.args, moved.kwargs) if moved is not None else (args, kwargs)
+        call_args, call_kwargs = self.with_xp(call_args, call_kwargs, backend.xp)
+        if twin is not None:
+            twin.refresh()
+        try:
+            self._result = fn(*call_args, **call_kwargs)
+        except Exception as exc:
+            cause = backend.fallback_cause(exc)
+            if cause is None:
+                if moved is not None:
+                    moved.write_back()  # writes made before the user's exception are kept
+                raise
+            return exc, cause
+        if twin is not None:
+            twin.write_back_globals()
+        return None
+
+    def _finish_gpu(self, d: Decision, moved, args, kwargs) -> Any:
+        result, self._result = self._result, None
+        _backends.mark_gpu_ready()
+        if moved is not None:
+            try:
+                moved.write_back()
+            except ReadOnlyWritten as exc:
+                # NumPy would have raised on the write: rerun there so the caller gets that error.
+                self._ran_on_numpy(d, str(exc))
+                return self.run_numpy(args, kwargs, d.device_bytes > 0)
+            if not d.device_bytes:
+                result = moved.result(result)
+        next(self.cupy_calls)
+        return result
+
+    def fall_back(self, d: Decision, cause: str, args: tuple, kwargs: dict, has_device_args: bool) -> Any:
+        result = self.run_numpy(args, kwargs, has_device_args)  # NumPy's own error propagates as is
+        next(self.fallbacks)
+        self.blocked[self.type_signature(args, kwargs)] = cause
+        self._ran_on_numpy(d, f"GPU run failed ({cause}); fell back to NumPy")
+        if not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"{self.name}: CuPy cannot run this code as written ({cause}); returned the NumPy "
+                f"result, and calls with these argument types will run on NumPy from now on",
+                GPUFallbackWarning,
+                stacklevel=6,
+            )
+        return result
+
+
+def _make_offloaded(func: Callable, state: _State) -> Callable:
+    # Everything the hot path touches is a local of this closure.
+    exact = state.exact
+    local = _config.local
+    config_module = _config
+    backends = _backends
+    log_active = _log.active
+    record = _log.record
+    ndarray = np.ndarray
+    passive = _PASSIVE
+    numpy_calls = state.numpy_calls
+    has_xp = state.xp_param is not None
+    numpy_backend = NUMPY
+
+    @functools.wraps(func)
+    def offloaded(*args, **kwargs):
+        host = largest = 0
+        simple = not kwargs
+        if simple:
+            for a in args:
+                t = type(a)
+                if t is ndarray:
+                    n = a.nbytes
+                    host += n
+                    if n > largest:
+                        largest = n
+                elif t not in passive:
+                    simple = False
+                    break
+        if simple:
+            dev, odd = 0, False
+        else:
+            host, dev, largest, odd = state.scan(args, kwargs)
+        if state.generation != config_module.generation:
+            state.reset()
+        key = (host, dev, odd, local.backend, backends.gpu_ready)
+        d = exact.get(key)
+        if d is None:
+            d = state.decide(key, largest, args, kwargs)
+        else:
+            if d.warm_savings_s:
+                d = state.amortize(d)
+            if log_active():
+                record(d, first_in_bucket=False)
+        offloaded.last_decision = d
+        if d.backend is numpy_backend and not dev:
+            next(numpy_calls)
+            if has_xp:
+                args, kwargs = state.with_xp(args, kwargs, np)
+            return func(*args, **kwargs)
+        return state.run(d, args, kwargs)
+
+    offloaded.__autooffload__ = state
+    offloaded.last_decision = None
+    offloaded.stats = Stats(state)
+    state.wrapper = offloaded
+    return offloaded
+
+
+def offload(func: Callable | None = None, *, kind: str | None = None, backend: str = "auto", pure: bool = False):
+    """Run ``func`` on NumPy or CuPy, whichever the cost model predicts is faster for each call.
+
+    ``kind``: the kind of work ("elementwise", "transcendental", "reduction", "sort", "fft",
+    "matmul", "solve", "random", "generic"); by default it is read from the function's code.
+    ``backend``: "auto" (default), or "numpy" / "cupy" to force one. ``pure=True`` promises the
+    function writes into none of its arguments, which skips the write detection.
+    """
+    if func is None:
+        return lambda f: offload(f, kind=kind, backend=backend, pure=pure)
+    if isinstance(func, (staticmethod, classmethod)):
+        raise TypeError(
+            f"offload expects a function; got a {type(func).__name__}: put @{type(func).__name__} above @offload"
+        )
+    if not callable(func):
+        raise TypeError(f"offload expects a callable (a function, method or NumPy function); got {func!r}")
+    existing = getattr(func, "__autooffload__", None)
+    if existing is not None:
+        func = existing.func  # re-decorating replaces the options instead of stacking wrappers
+    return _make_offloaded(func, _State(func, kind, backend, pure))
+
+
+def explain(func: Callable, *args, **kwargs) -> Decision:
+    """The Decision ``func(*args, **kwargs)`` would get now, without running it."""
+    if isinstance(func, types.MethodType):
+        args = (func.__self__, *args)
+        func = func.__func__
+    state = getattr(func, "__autooffload__", None)
+    if state is None:
+        raise TypeError(f"explain() takes a function decorated with @offload; got {func!r}")
+    if state.generation != _config.generation:
+        state.reset()
+    host, dev, largest, odd = state.scan(args, kwargs)
+    key = (host, dev, odd, _config.local.backend, _backends.gpu_ready)
+    d = state.exact.get(key) or state.decide(key, largest, args, kwargs, amortize=False)
+    if d.backend == CUPY:
+        backend = _backends.load()
+        if state.blocked and state.type_signature(args, kwargs) in state.blocked:
+            return dataclasses.replace(d, backend=NUMPY, reason="the GPU failed before for these argument types")
+        if backend is not None and state.device_callable(backend)[0] is None:
+            return dataclasses.replace(d, backend=NUMPY, reason=f"no GPU version: {state.device_callable(backend)[2]}")
+    return d

@@ -1,0 +1,98 @@
+"""Shared fixtures: every test runs with a clean autooffload environment and no GPU.
+
+``fake_gpu`` installs the FakeDevice test double (tests/fake_device.py) as the device backend;
+tests that need real CuPy on a real GPU are marked ``gpu`` and skip elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # for `import fake_device`
+
+
+@pytest.fixture(autouse=True)
+def clean_autooffload(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.startswith("AUTOOFFLOAD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(tmp_path / "cache"))
+    import autooffload
+    from autooffload import _backends, _dispatch
+
+    autooffload.reload_environment()
+    reset_profile = getattr(__import__("autooffload._profile", fromlist=["x"]), "reset_active_profile", None)
+    if reset_profile is not None and not _is_gpu_test():
+        reset_profile()
+    _dispatch._forgone_s = 0.0
+    yield
+    if not _is_gpu_test():
+        _backends.set_backend_for_tests(None)
+    import fake_device
+
+    fake_device.FAKE_MISSING.clear()
+    autooffload.reload_environment()
+
+
+def _is_gpu_test() -> bool:
+    test = os.environ.get("PYTEST_CURRENT_TEST", "")
+    return "_gpu" in test.split("::")[0]
+
+
+@pytest.fixture
+def fake_gpu():
+    """The FakeDevice test double installed as the GPU backend."""
+    import fake_device
+    from autooffload import _backends
+
+    device = fake_device.FakeDevice()
+    _backends.set_backend_for_tests(device)
+    yield device
+    _backends.set_backend_for_tests(None)
+
+
+@pytest.fixture
+def on_gpu(fake_gpu):
+    """The fake GPU, with every call in the test forced onto it."""
+    from autooffload import config
+
+    with config(backend="cupy"):
+        yield fake_gpu
+
+
+def synthetic_profile(*, cpu_per_byte=1e-9, gpu_per_byte=1e-11, gpu_floor=20e-6, copy_per_byte=1e-10,
+                      copy_floor=10e-6, cold_start=1.0, has_gpu=True, kinds=None):
+    """A profile with straight-line curves, for exact cost-model tests."""
+    from autooffload._decide import KINDS
+    from autooffload._profile import Curve, KindTiming, Profile
+
+    sizes = [1e3, 1e6, 1e9]
+
+    def line(per_byte, floor):
+        return Curve(nbytes=sizes, seconds=[max(floor, s * per_byte) for s in sizes])
+
+    timing = KindTiming(cpu=line(cpu_per_byte, 1e-6), gpu=line(gpu_per_byte, gpu_floor) if has_gpu else None)
+    return Profile(
+        has_gpu=has_gpu,
+        h2d=line(copy_per_byte, copy_floor) if has_gpu else None,
+        d2h=line(copy_per_byte, copy_floor) if has_gpu else None,
+        launch_latency_s=gpu_floor if has_gpu else None,
+        cold_start_s=cold_start if has_gpu else None,
+        kinds={k: timing for k in (kinds or KINDS)},
+    ).with_source("synthetic")
+
+
+@pytest.fixture
+def use_profile(monkeypatch):
+    """use_profile(profile): make every decision in the test use ``profile``."""
+    from autooffload import _config, _dispatch
+
+    def install(profile):
+        monkeypatch.setattr(_dispatch, "_active_profile", lambda: profile)
+        _config.invalidate_decisions()
+        return profile
+
+    return install

@@ -1,0 +1,178 @@
+"""FakeDevice: a test double for the GPU, so CPU tests can exercise the dispatcher's plumbing.
+
+``FakeDeviceArray`` is a distinct array type whose memory is ordinary host memory; like
+``cupy.ndarray`` it refuses to mix with ``numpy.ndarray`` in ufuncs (TypeError), and NumPy
+functions called on it dispatch (NEP 18) to the fake module, which can be told to lack some
+functions. ``FakeDevice`` implements the backend interface of ``autooffload._backends`` and
+counts the copies it makes. Nothing here says anything about real GPU behaviour: the tests
+marked ``gpu`` prove that on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import types
+
+import numpy as np
+
+from autooffload._backends import bits_differ
+
+
+class FakeDeviceArray(np.ndarray):
+    """Stands in for cupy.ndarray."""
+
+    def get(self) -> np.ndarray:
+        return np.array(self.view(np.ndarray), copy=True, order="K")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        outs = kwargs.get("out", ())
+        for x in (*inputs, *outs):
+            if type(x) is np.ndarray:
+                raise TypeError(f"Unsupported type {type(x)} (FakeDevice refuses host arrays, like CuPy)")
+        inputs = tuple(_unwrap(x) for x in inputs)
+        if outs:
+            kwargs["out"] = tuple(_unwrap(x) for x in outs)
+        result = getattr(ufunc, method)(*inputs, **kwargs)
+        if outs:
+            return outs[0] if len(outs) == 1 else outs
+        return _wrap(result)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        if func.__name__ in FAKE_MISSING:
+            return NotImplemented
+        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+
+
+# Names the fake module lacks (a test adds to it to imitate a function CuPy does not have).
+FAKE_MISSING: set[str] = set()
+
+
+def _unwrap(x):
+    if isinstance(x, FakeDeviceArray):
+        return x.view(np.ndarray)
+    if type(x) in (list, tuple):
+        return type(x)(_unwrap(v) for v in x)
+    if type(x) is dict:
+        return {k: _unwrap(v) for k, v in x.items()}
+    return x
+
+
+def _wrap(x):
+    if type(x) is np.ndarray:
+        return x.view(FakeDeviceArray)
+    if isinstance(x, np.generic):
+        return np.asarray(x).view(FakeDeviceArray)  # CuPy reductions return 0-d device arrays
+    if type(x) in (list, tuple):
+        return type(x)(_wrap(v) for v in x)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_wrap(v) for v in x))
+    return x
+
+
+class _FakeModule(types.ModuleType):
+    """A namespace mirroring a NumPy module whose functions take and return FakeDeviceArrays."""
+
+    def __init__(self, name: str, source: types.ModuleType):
+        super().__init__(name)
+        self._source = source
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in FAKE_MISSING:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}", name=name, obj=self)
+        value = getattr(self._source, name)
+        if isinstance(value, np.ufunc) or isinstance(value, type) or not callable(value):
+            return value  # ufuncs dispatch through __array_ufunc__; dtypes and constants are shared
+
+        def fake_function(*args, **kwargs):
+            if name in FAKE_MISSING:
+                raise AttributeError(name)
+            return _wrap(value(*_unwrap(args), **_unwrap(kwargs)))
+
+        fake_function.__name__ = name
+        return fake_function
+
+
+fake_cupy = _FakeModule("fake_cupy", np)
+fake_cupy.ndarray = FakeDeviceArray
+fake_cupy.linalg = _FakeModule("fake_cupy.linalg", np.linalg)
+fake_cupy.fft = _FakeModule("fake_cupy.fft", np.fft)
+fake_cupy.random = _FakeModule("fake_cupy.random", np.random)
+
+
+def _pointer(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+class FakeDevice:
+    """The backend interface of autooffload._backends.DeviceBackend, over host memory."""
+
+    name = "fake-device"
+    xp = fake_cupy
+    array_type = FakeDeviceArray
+
+    def __init__(self):
+        self.to_device_calls = 0
+        self.to_host_calls = 0
+        self.fail_to_device: BaseException | None = None  # raised by the next to_device
+
+    def to_device(self, host: np.ndarray) -> FakeDeviceArray:
+        if self.fail_to_device is not None:
+            exc, self.fail_to_device = self.fail_to_device, None
+            raise exc
+        self.to_device_calls += 1
+        order = "F" if host.flags.f_contiguous and not host.flags.c_contiguous else "C"
+        return np.array(host, copy=True, order=order).view(FakeDeviceArray)
+
+    def to_host(self, dev: FakeDeviceArray, out: np.ndarray | None = None) -> np.ndarray:
+        self.to_host_calls += 1
+        if out is None:
+            order = "F" if dev.flags.f_contiguous and not dev.flags.c_contiguous else "C"
+            return np.array(dev.view(np.ndarray), copy=True, order=order)
+        if out.shape != dev.shape or out.dtype != dev.dtype:
+            raise ValueError(f"out must be {dev.shape} {dev.dtype}; got {out.shape} {out.dtype}")
+        out[...] = dev.view(np.ndarray)
+        return out
+
+    def copy(self, dev):
+        return dev.copy(order="K")
+
+    def view(self, buf, shape, dtype, offset, strides):
+        return np.ndarray(shape, dtype, buffer=buf.view(np.ndarray), offset=offset, strides=strides).view(
+            FakeDeviceArray
+        )
+
+    def pointer(self, dev) -> int:
+        return _pointer(dev)
+
+    def allocation_start(self, dev) -> int:
+        root = dev
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        from autooffload._arguments import extent
+
+        return extent(_pointer(root), root.shape, root.strides, root.itemsize)[0]
+
+    def bytes_at(self, like, low: int, nbytes: int):
+        return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(low), dtype=np.uint8).view(FakeDeviceArray)
+
+    def assign(self, dev, host: np.ndarray) -> None:
+        dev.view(np.ndarray)[...] = host
+
+    def changed(self, pairs) -> list[bool]:
+        return [bool(bits_differ(a.view(np.ndarray), b.view(np.ndarray)).any()) for a, b in pairs]
+
+    def synchronize(self) -> None:
+        pass
+
+    def free_memory(self) -> None:
+        pass
+
+    def module_pairs(self):
+        return [(np, fake_cupy), (np.linalg, fake_cupy.linalg), (np.fft, fake_cupy.fft), (np.random, fake_cupy.random)]
+
+    def fallback_cause(self, exc: BaseException) -> str | None:
+        if isinstance(exc, (TypeError, NotImplementedError, MemoryError)):
+            return f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, AttributeError) and isinstance(getattr(exc, "obj", None), _FakeModule):
+            return f"AttributeError: {exc} (the device lacks it)"
+        return None
