@@ -1,0 +1,615 @@
+"""CPU tests of the transfer engine: planning, pool accounting, and the pipelines on a fake CuPy.
+
+The fake stands in for the GPU: "device memory" is host memory, memcpyAsync is a memmove and
+events are no-ops. That proves the chunking, ordering, layouts, threading and failure cleanup of
+the engine; real DMA, streams and events are proven by tests/test_transfer_gpu.py on a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autooffload import _transfer as T
+
+MiB = 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Import hygiene
+# ---------------------------------------------------------------------------------------------
+def test_import_does_not_import_cupy():
+    code = (
+        "import sys; import autooffload._transfer as t; "
+        "assert 'cupy' not in sys.modules, 'cupy imported'; "
+        "t.release_pinned_pool(); assert 'cupy' not in sys.modules; "
+        "assert isinstance(t.ENGINE_NAME, str) and t.ENGINE_NAME; print('ok')"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+def test_release_without_cupy_is_safe():
+    T.release_pinned_pool()
+    T.release_pinned_pool()
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+# ---------------------------------------------------------------------------------------------
+def _check_pieces(shape, itemsize, max_bytes):
+    pieces = T.plan_pieces(shape, itemsize, max_bytes)
+    n = int(np.prod(shape))
+    idx = np.arange(n).reshape(shape)
+    pos = 0
+    for p in pieces:
+        assert p.start == pos
+        got = idx[p.index].ravel()
+        assert np.array_equal(got, np.arange(p.start, p.start + p.count))
+        assert p.count * itemsize <= max(max_bytes, itemsize)
+        pos += p.count
+    assert pos == n
+    return pieces
+
+
+@given(
+    shape=st.lists(st.integers(0, 7), min_size=0, max_size=4).map(tuple),
+    itemsize=st.sampled_from([1, 2, 4, 8, 16]),
+    max_bytes=st.integers(1, 600),
+)
+@settings(max_examples=300, deadline=None)
+def test_plan_pieces_covers_c_order_exactly(shape, itemsize, max_bytes):
+    _check_pieces(shape, itemsize, max_bytes)
+
+
+def test_plan_pieces_sizes_are_reasonable():
+    # (3, 100000, 2) float64, 1 MiB pieces: split along axis 1, few pieces.
+    pieces = _check_pieces((3, 100000, 2), 8, MiB)
+    assert len(pieces) == 6
+    # Big 1-d: exactly ceil(n / max).
+    pieces = T.plan_pieces((10 * MiB + 5,), 1, MiB)
+    assert len(pieces) == 11 and pieces[-1].count == 5
+    assert T.plan_pieces((0, 5), 8, 64) == []
+    assert T.plan_pieces((), 8, 64) == [T.Piece((), 0, 1)]
+
+
+@given(
+    sizes=st.lists(st.integers(1, 50), min_size=0, max_size=40),
+    chunk=st.integers(50, 200),
+)
+def test_group_chunks(sizes, chunk):
+    pieces, start = [], 0
+    for s in sizes:
+        pieces.append(T.Piece((slice(start, start + s),), start, s))
+        start += s
+    chunks = T.group_chunks(pieces, 1, chunk)
+    assert [p for c in chunks for p in c.pieces] == pieces
+    off = 0
+    for c in chunks:
+        assert c.offset == off and c.nbytes == sum(p.count for p in c.pieces) <= chunk
+        off += c.nbytes
+    assert off == start
+
+
+def test_chunk_and_task_sizes():
+    t = T._Tuning(chunk_bytes=32 * MiB, min_chunk_bytes=4 * MiB, target_chunks=4, threads=8, min_task_bytes=MiB)
+    assert T.chunk_size_for(1024, t) == 4 * MiB
+    assert T.chunk_size_for(64 * MiB, t) == 16 * MiB
+    assert T.chunk_size_for(1 << 30, t) == 32 * MiB
+    assert T.task_size_for(32 * MiB, t) == 4 * MiB
+    assert T.task_size_for(4 * MiB, t) == MiB
+    chunks = T.plan_transfer((1 << 30,), 1, True, t)
+    assert len(chunks) == 32 and all(len(c.pieces) == 8 for c in chunks)
+    assert T.plan_transfer((1000,), 8, True, t)[0].pieces[0].count == 8000
+    assert T.plan_transfer((0, 3), 8, False, t) == []
+
+
+def test_configure_validates_and_restores():
+    with pytest.raises(TypeError, match="unknown tuning knobs"):
+        T._configure(bogus=1)
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        T._configure(chunk_bytes=0)
+    old = T._configure(threads=3)
+    try:
+        assert T._tuning().threads == 3
+    finally:
+        T._configure(**{f: getattr(old, f) for f in old.__dataclass_fields__})
+    assert T._tuning() == old
+
+
+# ---------------------------------------------------------------------------------------------
+# Pool accounting
+# ---------------------------------------------------------------------------------------------
+class FakeEvent:
+    def __init__(self):
+        self.waited = 0
+
+    def synchronize(self):
+        self.waited += 1
+
+
+class PoolHarness:
+    def __init__(self, fail_after=None):
+        self.live = set()
+        self.n_alloc = 0
+        self.fail_after = fail_after
+        self.lock = threading.Lock()
+
+    def alloc(self, n):
+        with self.lock:
+            if self.fail_after is not None and self.n_alloc >= self.fail_after:
+                raise MemoryError("no pinned memory")
+            self.n_alloc += 1
+            arr = np.zeros(n, np.uint8)
+            buf = T._Buffer(arr.ctypes.data, n, arr)
+            self.live.add(id(buf))
+            return buf
+
+    def free(self, buf):
+        with self.lock:
+            self.live.remove(id(buf))
+
+    def pool(self, max_buffers=3, nbytes=64):
+        return T.PinnedPool(nbytes, max_buffers, self.alloc, self.free, lambda ev: ev.synchronize())
+
+
+def test_pool_bounded_reused_fifo():
+    h = PoolHarness()
+    pool = h.pool(max_buffers=3)
+    a, b, c = (pool.acquire() for _ in range(3))
+    assert pool.allocated == 3 and pool.in_use == 3
+    assert pool.acquire(block=False) is None
+    pool.release(a)
+    pool.release(b)
+    assert pool.acquire() is a  # oldest released first
+    pool.release(a)
+    pool.release(c)
+    for _ in range(100):
+        x = pool.acquire()
+        pool.release(x)
+    assert h.n_alloc == 3 and pool.allocations == 3
+    assert pool.in_use == 0
+
+
+def test_pool_waits_pending_event_on_reuse():
+    h = PoolHarness()
+    pool = h.pool(max_buffers=1)
+    buf = pool.acquire()
+    ev = FakeEvent()
+    pool.release(buf, ev)
+    assert ev.waited == 0  # release never blocks
+    assert pool.acquire() is buf
+    assert ev.waited == 1
+    pool.release(buf)
+
+
+def test_pool_blocks_until_release():
+    h = PoolHarness()
+    pool = h.pool(max_buffers=1)
+    buf = pool.acquire()
+    got = []
+    th = threading.Thread(target=lambda: got.append(pool.acquire()))
+    th.start()
+    time.sleep(0.05)
+    assert not got
+    pool.release(buf)
+    th.join(5)
+    assert got == [buf]
+
+
+def test_pool_clear_frees_now_and_on_release():
+    h = PoolHarness()
+    pool = h.pool(max_buffers=3)
+    a, b = pool.acquire(), pool.acquire()
+    ev = FakeEvent()
+    pool.release(a, ev)
+    pool.clear()
+    assert ev.waited == 1  # a pending DMA is waited for before its buffer is freed
+    assert len(h.live) == 1 and pool.allocated == 1
+    pool.release(b)  # stale generation: freed, not pooled
+    assert not h.live and pool.allocated == 0
+    c = pool.acquire()
+    assert pool.allocated == 1 and h.n_alloc == 3
+    pool.release(c)
+
+
+def test_pool_alloc_failure():
+    h = PoolHarness(fail_after=0)
+    pool = h.pool()
+    with pytest.raises(T.PinnedUnavailable):
+        pool.acquire()
+    assert pool.allocated == 0
+    h2 = PoolHarness(fail_after=1)
+    pool2 = h2.pool(max_buffers=3)
+    a = pool2.acquire()
+    assert pool2.acquire(block=False) is None  # could not grow; does not raise
+    threading.Timer(0.05, pool2.release, args=(a,)).start()
+    assert pool2.acquire() is a  # waited for the existing one instead
+    pool2.release(a)
+
+
+def test_pool_thread_safety():
+    h = PoolHarness()
+    pool = h.pool(max_buffers=4)
+    peak = [0]
+    lock = threading.Lock()
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(300):
+                held = [pool.acquire()]
+                for _ in range(int(rng.integers(0, 3))):
+                    x = pool.acquire(block=False)
+                    if x is not None:
+                        held.append(x)
+                with lock:
+                    peak[0] = max(peak[0], pool.allocated)
+                for x in held:
+                    pool.release(x, FakeEvent() if rng.random() < 0.5 else None)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    ths = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert not errors
+    assert peak[0] <= 4 and h.n_alloc <= 4 and pool.in_use == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine on a fake CuPy
+# ---------------------------------------------------------------------------------------------
+class _Flags:
+    def __init__(self, a):
+        self.c_contiguous = a.flags.c_contiguous
+        self.f_contiguous = a.flags.f_contiguous
+
+
+class _Ptr:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class _Device:
+    id = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class FakeDevArray:
+    """'Device' array: a host array the engine may only reach through pointers."""
+
+    def __init__(self, a):
+        self._a = a
+        self.shape, self.dtype, self.size, self.nbytes = a.shape, a.dtype, a.size, a.nbytes
+        self.flags = _Flags(a)
+        self.data = _Ptr(a.ctypes.data)
+        self.device = _Device()
+
+    def get(self):
+        return self._a.copy(order="K")
+
+    def __getitem__(self, idx):
+        return FakeDevArray(self._a[idx])
+
+    @property
+    def T(self):
+        return FakeDevArray(self._a.T)
+
+
+class FakeStream:
+    ptr = 0
+
+    def synchronize(self):
+        pass
+
+
+class FakeCupy:
+    class OutOfMemoryError(MemoryError):
+        pass
+
+    def __init__(self):
+        fake = self
+        self.pinned = {}
+        self.memcpys = []
+        self.fail_memcpy_at = None
+        self.oom = False
+        self.live_dev = 0
+
+        class Event:
+            def __init__(self, block=False, disable_timing=False):
+                pass
+
+            def record(self, stream=None):
+                pass
+
+            def synchronize(self):
+                pass
+
+        class Runtime:
+            @staticmethod
+            def hostAlloc(n, flags):
+                buf = np.empty(n, np.uint8)
+                fake.pinned[buf.ctypes.data] = buf
+                return buf.ctypes.data
+
+            @staticmethod
+            def freeHost(ptr):
+                del fake.pinned[ptr]
+
+            @staticmethod
+            def memcpyAsync(dst, src, n, kind, stream):
+                fake.memcpys.append((kind, n))
+                if fake.fail_memcpy_at is not None and len(fake.memcpys) >= fake.fail_memcpy_at:
+                    raise RuntimeError("injected DMA failure")
+                ctypes.memmove(dst, src, n)
+
+        class Cuda:
+            runtime = Runtime
+            get_current_stream = staticmethod(lambda: FakeStream())
+
+        Cuda.Event = Event
+        self.cuda = Cuda
+
+    def empty(self, shape, dtype, order="C"):
+        if self.oom:
+            raise FakeCupy.OutOfMemoryError("out of memory")
+        # Poisoned, never zeros: unwritten bytes show.
+        a = np.empty(shape, dtype, order=order)
+        if a.size:
+            (a.T if order == "F" else a).reshape(-1).view(np.uint8)[...] = 0xA5
+        return FakeDevArray(a)
+
+    def ascontiguousarray(self, d):
+        return FakeDevArray(np.ascontiguousarray(d._a))
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """The engine on the fake CuPy, with small chunks so that arrays span many of them."""
+    f = FakeCupy()
+    T.release_pinned_pool()
+    monkeypatch.setattr(T, "_cupy", f)
+    old = T._configure(chunk_bytes=64 * 1024, min_chunk_bytes=16 * 1024, target_chunks=4, max_buffers=3, lookahead=2, threads=4, min_task_bytes=4096)
+    yield f
+    T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
+    assert not f.pinned, "pinned buffers leaked"
+
+
+def bits(a):
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def same(a, b):
+    """Same shape, dtype and bits (NaN-safe)."""
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(bits(a), bits(b))
+
+
+DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+          np.float16, np.float32, np.float64, np.complex64, np.complex128]
+
+
+def random_array(shape, dtype, rng, order="C"):
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    if dtype == np.bool_:
+        a = rng.integers(0, 2, n).astype(bool)
+    else:
+        raw = rng.integers(0, 256, n * dtype.itemsize, dtype=np.uint8)
+        a = raw.view(dtype)
+        if dtype.kind in "fc":  # random bits make NaN payloads; keep values ordinary, plus specials
+            a = rng.standard_normal(n * (2 if dtype.kind == "c" else 1)).astype(
+                np.float64).view(np.complex128 if dtype.kind == "c" else np.float64).astype(dtype)
+            if n >= 4:
+                a[:3] = [np.inf, -0.0, np.nan]
+    return np.asarray(a.reshape(shape), order=order)
+
+
+def layouts(rng, dtype, big=False):
+    s = 3 if big else 1
+    base = random_array((37 * s, 53 * s), dtype, rng)
+    cube = random_array((6, 7 * s, 11 * s), dtype, rng)
+    yield "C", base, "C"
+    yield "F", np.asfortranarray(base), "F"
+    yield "T", base.T, "F"
+    yield "steps", base[::2, 1::3], "C"
+    yield "negative", base[::-1, ::-2], "C"
+    yield "perm3d", cube.transpose(1, 0, 2), "C"
+    yield "col", base[:, 5], "C"
+    yield "empty", random_array((0, 5), dtype, rng), "C"
+    yield "0d", random_array((), dtype, rng), "C"
+
+
+def _check_layout(d_like, expect):
+    if expect == "F":
+        assert d_like.flags.f_contiguous
+    else:
+        assert d_like.flags.c_contiguous
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_round_trip_fake(fake, dtype):
+    rng = np.random.default_rng(0)
+    for name, h, expect in layouts(rng, dtype, big=True):
+        before = h.copy()
+        d = T.to_device(h)
+        assert d.shape == h.shape and d.dtype == h.dtype, name
+        _check_layout(d, expect)
+        assert same(d.get(), h), name
+        assert same(h, before), f"{name}: source modified"
+        back = T.to_host(d)
+        _check_layout(back, expect)
+        assert same(back, h), name
+
+
+def test_large_multichunk_fake(fake):
+    rng = np.random.default_rng(1)
+    h = random_array((1 << 20) + 13, np.float64, rng)  # ~8 MiB, odd size, 100+ chunks
+    d = T.to_device(h)
+    assert same(d.get(), h)
+    assert same(T.to_host(d), h)
+    big = random_array((300, 1001), np.int32, rng)
+    for v in (big[::-1, ::2], big.T[::3], np.asfortranarray(big)):
+        assert same(T.to_device(v).get(), v)
+    n_chunks = len([m for m in fake.memcpys if m[0] == 1])
+    assert n_chunks > 100
+    assert T.pool_info()["allocated"] <= 3 and T.pool_info()["in_use"] == 0
+
+
+def test_to_host_out_fake(fake):
+    rng = np.random.default_rng(2)
+    h = random_array((64, 96), np.complex64, rng)
+    for d in (T.to_device(h), T.to_device(np.asfortranarray(h)), FakeDevArray(h[::2, ::-1].copy()[::1])):
+        expect = d.get()
+        for out in (np.empty(h.shape if d.shape == h.shape else d.shape, h.dtype),
+                    np.empty(d.shape, h.dtype, order="F"),
+                    np.empty((d.shape[0] * 2, d.shape[1] * 3), h.dtype)[::2, ::-3],
+                    np.empty((d.shape[1], d.shape[0]), h.dtype).T):
+            out_ref = out.copy()
+            out_ref[...] = expect
+            r = T.to_host(d, out=out)
+            assert r is out
+            assert same(out, out_ref)
+    # Non-contiguous device array: C-contiguous result.
+    dv = T.to_device(h)[::3, ::-2]
+    r = T.to_host(dv)
+    assert r.flags.c_contiguous and same(r, dv.get())
+
+
+def test_to_host_out_errors(fake):
+    d = T.to_device(np.arange(12.0).reshape(3, 4))
+    with pytest.raises(ValueError, match=r"shape \(3, 4\) and dtype float64.*got shape \(4, 3\) and dtype float64"):
+        T.to_host(d, out=np.empty((4, 3)))
+    with pytest.raises(ValueError, match="got shape \\(3, 4\\) and dtype float32"):
+        T.to_host(d, out=np.empty((3, 4), np.float32))
+    ro = np.empty((3, 4))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        T.to_host(d, out=ro)
+    with pytest.raises(TypeError):
+        T.to_host(d, out=[[0] * 4] * 3)
+
+
+def test_direct_paths_fake(fake):
+    T._configure(h2d_direct_max=1 << 40, d2h_direct_max=1 << 40)
+    rng = np.random.default_rng(3)
+    cases = list(layouts(rng, np.float32))
+    contiguous = [c for c in cases if c[1].flags.c_contiguous or c[1].flags.f_contiguous]
+    for name, h, expect in contiguous:
+        d = T.to_device(h)
+        assert same(d.get(), h), name
+        assert same(T.to_host(d), h), name
+    assert T.pool_info()["allocated"] == 0  # contiguous arrays never touched the pool
+    for name, h, expect in cases:  # strided ones are gathered through it
+        assert same(T.to_device(h).get(), h), name
+
+
+def test_pinned_unavailable_falls_back(fake, monkeypatch):
+    def no_pinned(n, flags):
+        raise RuntimeError("cudaErrorMemoryAllocation")
+
+    monkeypatch.setattr(fake.cuda.runtime, "hostAlloc", staticmethod(no_pinned))
+    rng = np.random.default_rng(4)
+    h = random_array((300, 301), np.float64, rng)
+    for v in (h, h[::2], h.T):
+        d = T.to_device(v)
+        assert same(d.get(), v)
+        assert same(T.to_host(d), v)
+        out = np.empty((v.shape[1], v.shape[0])).T
+        assert same(T.to_host(d, out=out), v)
+
+
+def test_threads_fake(fake):
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(5):
+                h = random_array((int(rng.integers(1000, 300_000)),), np.float64, rng)
+                v = h[::2] if seed % 2 else h
+                d = T.to_device(v)
+                back = T.to_host(d)
+                assert same(back, v)
+        except Exception as e:
+            errors.append(e)
+
+    ths = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert not errors, errors
+    assert T.pool_info()["allocated"] <= 3 and T.pool_info()["in_use"] == 0
+
+
+@pytest.mark.parametrize("direction", ["h2d", "d2h"])
+@pytest.mark.parametrize("at", [1, 3, 7])
+def test_failure_mid_copy_cleans_up(fake, direction, at):
+    rng = np.random.default_rng(5)
+    h = random_array((200_000,), np.float64, rng)
+    before = h.copy()
+    d = T.to_device(h) if direction == "d2h" else None
+    fake.memcpys.clear()
+    fake.fail_memcpy_at = at
+    with pytest.raises(RuntimeError, match="injected DMA failure"):
+        T.to_device(h) if direction == "h2d" else T.to_host(d)
+    assert same(h, before)
+    assert T.pool_info()["in_use"] == 0
+    fake.fail_memcpy_at = None
+    assert same(T.to_device(h).get(), h)
+    if d is not None:
+        assert same(T.to_host(d), h)
+
+
+def test_worker_failure_cleans_up(fake, monkeypatch):
+    rng = np.random.default_rng(6)
+    h = random_array((200_000,), np.float64, rng)
+    calls = itertools.count()
+    real = np.copyto
+
+    def flaky(dst, src, *a, **k):
+        if next(calls) == 5:
+            raise MemoryError("injected copy failure")
+        return real(dst, src, *a, **k)
+
+    monkeypatch.setattr(T.np, "copyto", flaky)
+    with pytest.raises(MemoryError, match="injected copy failure"):
+        T.to_device(h)
+    assert T.pool_info()["in_use"] == 0
+    monkeypatch.setattr(T.np, "copyto", real)
+    assert same(T.to_device(h).get(), h)
+
+
+def test_oom_reraised_unchanged(fake):
+    fake.oom = True
+    with pytest.raises(FakeCupy.OutOfMemoryError):
+        T.to_device(np.ones(10))
+    assert T.pool_info()["in_use"] == 0
+
+
+def test_release_pool_while_in_use(fake):
+    h = np.arange(100_000, dtype=np.float64)
+    T.to_device(h)
+    assert T.pool_info()["allocated"] > 0
+    T.release_pinned_pool()
+    assert not fake.pinned and T.pool_info()["allocated"] == 0
+    assert same(T.to_device(h).get(), h)
