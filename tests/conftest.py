@@ -34,7 +34,10 @@ def clean_autooffload(monkeypatch, tmp_path):
     import fake_device
 
     fake_device.FAKE_MISSING.clear()
-    autooffload.reload_environment()
+    from autooffload import _config
+
+    _config._env = None  # re-read lazily, after monkeypatch has restored the environment
+    _config.invalidate_decisions()
 
 
 def _is_gpu_test() -> bool:
@@ -69,9 +72,9 @@ def synthetic_profile(*, cpu_per_byte=1e-9, gpu_per_byte=1e-11, gpu_floor=20e-6,
     from autooffload._decide import KINDS
     from autooffload._profile import Curve, KindTiming, Profile
 
-    sizes = [1e3, 1e6, 1e9]
-
     def line(per_byte, floor):
+        # Decades plus the kink where the floor meets the line: log-log interpolation is then exact.
+        sizes = sorted({10.0**k for k in range(2, 13)} | {floor / per_byte})
         return Curve(nbytes=sizes, seconds=[max(floor, s * per_byte) for s in sizes])
 
     timing = KindTiming(cpu=line(cpu_per_byte, 1e-6), gpu=line(gpu_per_byte, gpu_floor) if has_gpu else None)

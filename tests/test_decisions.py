@@ -1,0 +1,133 @@
+"""The cost model (pure, synthetic profiles) and how the dispatcher uses and caches it."""
+
+import math
+
+import numpy as np
+import pytest
+
+from autooffload import _decide, offload
+from autooffload._decide import CUPY, NUMPY, Request, choose, crossover, predict, size_bucket
+from autooffload._defaults import builtin_profile
+from autooffload._kinds import describe, infer_work
+from conftest import synthetic_profile
+
+
+def test_prediction_parts_for_host_data():
+    p = synthetic_profile()
+    pred = predict(p, Request("elementwise", host_bytes=10**8, largest_bytes=10**8, gpu_ready=True))
+    assert pred.cpu_parts == {"compute": pytest.approx(0.1)}
+    assert pred.gpu_parts["compute"] == pytest.approx(1e-3)
+    assert pred.gpu_parts["copy_in"] == pytest.approx(1e-2)
+    assert pred.gpu_parts["copy_out"] == pytest.approx(1e-2)
+    assert "cold_start" not in pred.gpu_parts
+    assert choose(pred)[0] == CUPY
+
+
+def test_device_data_charges_copies_to_the_cpu_side():
+    p = synthetic_profile()
+    pred = predict(p, Request("elementwise", device_bytes=10**6, largest_bytes=10**6, gpu_ready=True))
+    assert "copy_in" not in pred.gpu_parts and "copy_out" not in pred.gpu_parts
+    assert pred.cpu_parts["copy_in"] == pytest.approx(1e-4) and pred.cpu_parts["copy_out"] == pytest.approx(1e-4)
+
+
+def test_reductions_predict_no_result_copy():
+    pred = predict(synthetic_profile(), Request("reduction", host_bytes=10**8, largest_bytes=10**8))
+    assert pred.gpu_parts["copy_out"] == 0.0
+
+
+def test_cold_start_counts_until_the_gpu_is_ready():
+    p = synthetic_profile(cold_start=2.0)
+    cold = predict(p, Request("elementwise", host_bytes=10**8, largest_bytes=10**8))
+    backend, reason, savings = choose(cold)
+    assert backend == NUMPY and "once warm" in reason
+    assert savings == pytest.approx(0.1 - 0.021)
+    assert cold.gpu_warm_s == pytest.approx(0.021)
+
+
+def test_work_mix_adds_curves():
+    p = synthetic_profile()
+    one = predict(p, Request("elementwise", host_bytes=10**6, largest_bytes=10**6))
+    mix = predict(p, Request((("elementwise", 2), ("fft", 1)), host_bytes=10**6, largest_bytes=10**6))
+    assert mix.cpu_s == pytest.approx(3 * one.cpu_s)
+
+
+def test_no_gpu_profile_never_predicts_gpu():
+    pred = predict(synthetic_profile(has_gpu=False), Request("fft", host_bytes=10**9, largest_bytes=10**9))
+    assert pred.gpu_s is None and choose(pred)[0] == NUMPY
+
+
+def test_crossover_is_where_the_lines_meet():
+    # CPU 1e-9 s/B; GPU max(20us, 1e-11 s/B) + copies in and out max(10us, 1e-10 s/B) each.
+    p = synthetic_profile()
+    host = crossover(p, "elementwise", "host")
+    assert 4e4 / 2**0.25 <= host <= 4e4 * 2**0.25  # 1e-9 n = 40 us
+    assert crossover(p, "elementwise", "device") <= 2048
+    assert crossover(synthetic_profile(has_gpu=False), "fft", "host") is None
+    with pytest.raises(ValueError, match="'host' or 'device'"):
+        crossover(p, "fft", "gpu")
+
+
+def test_builtin_profile_encodes_the_measured_story():
+    p = builtin_profile()
+    assert crossover(p, "elementwise", "host") > 1e10  # cheap elementwise with host data: never
+    assert 5e4 < crossover(p, "fft", "host") < 1e6  # FFT pays from ~1e5 elements (8e5 B)
+    assert crossover(p, "matmul", "device") < crossover(p, "matmul", "host")
+
+
+def test_size_buckets_are_half_octaves():
+    assert size_bucket(0) == -1
+    assert size_bucket(1024) == 20 and size_bucket(1448) == 20 and size_bucket(1449) == 21
+
+
+def test_kind_inference_reads_the_code():
+    def score(prices, weights):
+        r = np.diff(np.log(prices), axis=0)
+        return (r * weights).sum(axis=1).std()
+
+    work, how = infer_work(score)
+    assert dict(work) == {"elementwise": 2, "transcendental": 1, "reduction": 2}
+    assert describe(work) == "2xelementwise+2xreduction+transcendental"
+    assert infer_work(np.fft.fft)[0] == (("fft", 1),)
+    assert infer_work(lambda a, b: a @ b)[0] == (("matmul", 1),)
+    assert infer_work(lambda x: x)[0] == (("generic", 1),)
+
+
+def test_dispatcher_follows_the_profile(fake_gpu, use_profile):
+    use_profile(synthetic_profile(cold_start=0.0))
+    f = offload(kind="elementwise")(lambda x: x + 1)
+    f(np.ones(100))
+    assert f.last_decision.backend == NUMPY and f.last_decision.profile == "synthetic"
+    assert f.last_decision.predicted_s[NUMPY] < f.last_decision.predicted_s[CUPY]
+    f(np.ones(10**6))
+    assert f.last_decision.backend == CUPY and fake_gpu.to_device_calls == 1
+
+
+def test_cost_model_runs_once_per_size_bucket(fake_gpu, use_profile, monkeypatch):
+    use_profile(synthetic_profile())
+    calls = []
+    real_predict = _decide.predict
+    from autooffload import _dispatch
+
+    monkeypatch.setattr(_dispatch, "predict", lambda *a: calls.append(1) or real_predict(*a))
+    f = offload(lambda x: x + 1)
+    for n in (1000, 1000, 1001, 1002, 1000):
+        f(np.ones(n))
+    assert len(calls) == 1  # one bucket
+    assert f.last_decision.host_bytes == 8000  # exact bytes of this call, not of the bucket's first
+    assert f.stats.decisions == 3  # three distinct exact sizes
+
+
+def test_cold_start_is_paid_once_the_forgone_savings_exceed_it(fake_gpu, use_profile):
+    # Warm GPU saves ~0.079 s per call; the cold start costs 0.5 s: ski rental flips on call 7.
+    use_profile(synthetic_profile(cold_start=0.5))
+    f = offload(kind="elementwise")(lambda x: x + 1)
+    x = np.ones(10**8 // 8)
+    backends, reasons = [], []
+    for _ in range(8):
+        f(x)
+        backends.append(f.last_decision.backend)
+        reasons.append(f.last_decision.reason)
+    assert backends[:6] == [NUMPY] * 6 and "once warm" in reasons[0]
+    assert backends[6] == CUPY and "cold start (0.5 s) paid off" in reasons[6]
+    assert backends[7] == CUPY  # the GPU is ready now: no cold start in the prediction
+    assert math.isclose(f.last_decision.predicted_s[CUPY], 0.021, rel_tol=1e-6)

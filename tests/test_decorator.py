@@ -1,0 +1,234 @@
+"""@offload as a user meets it: wrapping, results, steering, errors, without any GPU."""
+
+import functools
+import inspect
+import threading
+
+import numpy as np
+import pytest
+
+import autooffload
+from autooffload import ConfigError, GPUUnavailableError, config, explain, offload
+
+rng = np.random.default_rng(7)
+
+
+def mean_of_products(a, b):
+    """Docstring kept."""
+    return (a * b + a).mean()
+
+
+def test_bare_and_with_options_keep_name_doc_and_signature():
+    bare = offload(mean_of_products)
+    opts = offload(kind="reduction", backend="numpy", pure=True)(mean_of_products)
+    for f in (bare, opts):
+        assert f.__name__ == "mean_of_products"
+        assert f.__doc__ == "Docstring kept."
+        assert inspect.signature(f) == inspect.signature(mean_of_products)
+        assert f.__wrapped__ is mean_of_products
+
+
+def test_result_equals_numpy_and_decision_is_recorded():
+    f = offload(mean_of_products)
+    a, b = rng.random(100) + 0.5, rng.random(100) + 0.5
+    assert f.last_decision is None
+    assert f(a, b) == mean_of_products(a, b)
+    assert type(f(a, b)) is np.float64
+    d = f.last_decision
+    assert d.backend == "numpy" and d.host_bytes == 1600 and d.device_bytes == 0
+    assert d.function == "mean_of_products" and "float64" in d.dtypes
+    assert f.stats.numpy == 2 and f.stats.cupy == 0 and f.stats.decisions == 1
+
+
+def test_without_cupy_large_inputs_stay_on_numpy_quietly(recwarn):
+    @offload(kind="fft")
+    def spectrum(x):
+        return np.abs(np.fft.rfft(x))
+
+    x = rng.random(1 << 20)
+    np.testing.assert_array_equal(spectrum(x), np.abs(np.fft.rfft(x)))
+    assert spectrum.last_decision.backend == "numpy"
+    assert not [w for w in recwarn if issubclass(w.category, autooffload.AutoOffloadWarning)]
+
+
+def test_disable_gpu_env(monkeypatch, fake_gpu):
+    monkeypatch.setenv("AUTOOFFLOAD_DISABLE_GPU", "1")
+    autooffload.reload_environment()
+    f = offload(kind="fft")(lambda x: np.fft.fft(x))
+    f(rng.random(1 << 20))
+    assert f.last_decision.backend == "numpy"
+    assert "AUTOOFFLOAD_DISABLE_GPU" in f.last_decision.reason
+    assert fake_gpu.to_device_calls == 0
+
+
+def test_forcing_cupy_without_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("AUTOOFFLOAD_DISABLE_GPU", "1")
+    autooffload.reload_environment()
+    f = offload(backend="cupy")(mean_of_products)
+    with pytest.raises(GPUUnavailableError, match="forced by offload.*AUTOOFFLOAD_DISABLE_GPU=1.*backend='auto'"):
+        f(rng.random(10), rng.random(10))
+
+
+def test_forcing_cupy_when_cupy_missing_names_the_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
+    f = offload(mean_of_products)
+    with config(backend="cupy"), pytest.raises(GPUUnavailableError, match=r"CuPy is not importable.*cuda12"):
+        f(rng.random(10), rng.random(10))
+
+
+@pytest.mark.parametrize("bad", ["gpu", "CUDA ", 3, None])
+def test_bad_backend_values_are_rejected_with_the_allowed_set(bad):
+    with pytest.raises(ConfigError, match="must be one of 'numpy', 'cupy', 'auto'"):
+        offload(backend=bad)(mean_of_products)
+    with pytest.raises(ConfigError, match="config"):
+        with config(backend=bad):
+            pass
+
+
+def test_bad_kind_and_non_callables():
+    with pytest.raises(ConfigError, match="kind.*elementwise.*got 'fast'"):
+        offload(kind="fast")(mean_of_products)
+    with pytest.raises(TypeError, match="callable"):
+        offload(42)
+    with pytest.raises(TypeError, match="@staticmethod above @offload"):
+        offload(staticmethod(mean_of_products))
+
+
+def test_env_backend(monkeypatch, fake_gpu):
+    monkeypatch.setenv("AUTOOFFLOAD_BACKEND", "cupy")
+    autooffload.reload_environment()
+    f = offload(mean_of_products)
+    f(rng.random(10), rng.random(10))
+    assert f.last_decision.backend == "cupy" and "AUTOOFFLOAD_BACKEND" in f.last_decision.reason
+    monkeypatch.setenv("AUTOOFFLOAD_BACKEND", "quantum")
+    with pytest.raises(ConfigError, match="AUTOOFFLOAD_BACKEND.*'quantum'"):
+        autooffload.reload_environment()
+
+
+def test_precedence_config_over_decorator_over_env(monkeypatch, fake_gpu):
+    monkeypatch.setenv("AUTOOFFLOAD_BACKEND", "cupy")
+    autooffload.reload_environment()
+    f = offload(backend="numpy")(mean_of_products)
+    a = rng.random(10)
+    f(a, a)
+    assert f.last_decision.backend == "numpy"
+    with config(backend="cupy"):
+        f(a, a)
+        assert f.last_decision.backend == "cupy"
+        with config(backend="auto"):
+            f(a, a)
+            assert "forced" not in f.last_decision.reason
+
+
+def test_config_is_thread_local(fake_gpu):
+    f = offload(mean_of_products)
+    a = rng.random(10)
+    seen = {}
+
+    def other():
+        f(a, a)
+        seen["other"] = f.last_decision.backend
+
+    with config(backend="cupy"):
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        f(a, a)
+        seen["this"] = f.last_decision.backend
+    assert seen == {"other": "numpy", "this": "cupy"}
+
+
+class Portfolio:
+    def __init__(self, w):
+        self.w = w
+
+    @offload
+    def value(self, prices):
+        return float(np.dot(prices, self.w))
+
+    @staticmethod
+    @offload
+    def total(x):
+        return x.sum()
+
+
+def test_methods_and_staticmethods():
+    p = Portfolio(np.ones(3))
+    x = np.arange(3.0)
+    assert p.value(x) == 3.0
+    assert Portfolio.total(x) == 3.0
+    assert p.value.last_decision.backend == "numpy"
+    assert p.value.stats.numpy == 1
+    assert explain(p.value, x).backend == "numpy"
+
+
+def test_redecorating_replaces_options_instead_of_stacking():
+    f = offload(mean_of_products)
+    g = offload(backend="numpy")(f)
+    assert g.__wrapped__ is mean_of_products
+
+
+def test_explain_does_not_run_the_function():
+    calls = []
+
+    @offload
+    def f(x):
+        calls.append(1)
+        return x
+
+    d = explain(f, np.ones(4))
+    assert calls == [] and d.backend == "numpy" and d.host_bytes == 32
+    assert "f -> numpy" in str(d)
+    with pytest.raises(TypeError, match="decorated with @offload"):
+        explain(mean_of_products, np.ones(3))
+
+
+def test_non_array_arguments_pass_untouched():
+    @offload
+    def f(x, n, label, opts=None):
+        return x * n, label, opts
+
+    sentinel = object()
+    out = f(np.ones(3), 2, "lbl", opts=sentinel)
+    assert out[1] == "lbl" and out[2] is sentinel
+    np.testing.assert_array_equal(out[0], 2 * np.ones(3))
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_odd_dtypes_and_subclasses_run_on_numpy(fake_gpu):
+    f = offload(lambda x: x[::-1].copy())
+    cases = [
+        np.array(["a", "bc"]),
+        np.array([{"k": 1}, None], dtype=object),
+        np.zeros(2, dtype=[("a", "f8"), ("b", "i4")]),
+        np.array(["2020-01-01"], dtype="datetime64[D]"),
+        np.ma.masked_array([1.0, 2.0], mask=[0, 1]),
+        np.matrix([[1.0, 2.0]]),
+    ]
+    for x in cases:
+        out = f(x)
+        assert type(out) is type(x)
+        assert f.last_decision.backend == "numpy", x
+    # Even when the GPU is forced, CuPy cannot hold these: NumPy runs them.
+    with config(backend="cupy"):
+        out = f(np.array([{"k": 1}, None], dtype=object))
+        assert out[1] == {"k": 1} and f.last_decision.backend == "numpy"
+    assert fake_gpu.to_device_calls == 0
+
+
+def test_empty_and_zero_d_arrays_on_cpu():
+    f = offload(lambda x: x * 2)
+    assert f(np.empty((0, 3))).shape == (0, 3)
+    assert f(np.float64(2.0)) == 4.0
+    assert f(np.array(3.0)) == 6.0
+
+
+def test_xp_parameter_gets_numpy_on_cpu():
+    @offload
+    def f(x, xp=None):
+        return xp if isinstance(xp, str) else xp.__name__
+
+    assert f(np.ones(3)) == "numpy"
+    assert f(np.ones(3), xp="given") == "given"

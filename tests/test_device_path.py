@@ -1,0 +1,314 @@
+"""The GPU path's plumbing through the FakeDevice test double: copies, results, writes, fallback.
+
+Real GPU behaviour is proven by the tests marked ``gpu`` (test_decorator_gpu.py).
+"""
+
+import warnings
+from collections import namedtuple
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import fake_device
+from autooffload import GPUFallbackWarning, config, offload
+from fake_device import FakeDeviceArray
+
+rng = np.random.default_rng(11)
+Pair = namedtuple("Pair", "lo hi")
+
+
+@dataclass
+class Summary:
+    mean: object
+    spread: object
+    label: str
+
+
+def test_results_come_back_as_numpy_with_numpy_scalar_types(on_gpu):
+    @offload
+    def stats(x):
+        return x.mean(), np.sort(x), {"max": x.max(), "parts": [x[:2], (x[2:4],)]}, Pair(x.min(), x.max())
+
+    x = rng.random(10)
+    mean, srt, d, pair = stats(x)
+    assert type(mean) is np.float64 and mean == x.mean()
+    assert type(srt) is np.ndarray and np.array_equal(srt, np.sort(x))
+    assert type(d["max"]) is np.float64
+    assert type(d["parts"][0]) is np.ndarray and type(d["parts"][1]) is tuple
+    assert type(pair) is Pair and type(pair.lo) is np.float64
+    assert stats.last_decision.backend == "cupy" and stats.stats.cupy == 1
+
+
+def test_dataclass_results_are_converted(on_gpu):
+    f = offload(lambda x: Summary(x.mean(), x.max() - x.min(), "ok"))
+    s = f(rng.random(5))
+    assert type(s.mean) is np.float64 and type(s.spread) is np.float64 and s.label == "ok"
+
+
+def test_inputs_are_never_modified_without_a_write(on_gpu):
+    f = offload(lambda x: np.sqrt(x) * 2)
+    x = rng.random((4, 5))
+    before = x.copy()
+    np.testing.assert_allclose(f(x), np.sqrt(before) * 2, rtol=1e-12)
+    np.testing.assert_array_equal(x, before)
+    assert on_gpu.to_host_calls == 1  # the result only: nothing written back
+
+
+def in_place_scale(x):
+    x *= 5
+
+
+def set_item(x):
+    x[1] = -7.5
+
+
+def out_kwarg(a, b, x):
+    np.add(a, b, out=x)
+
+
+def sort_in_place(x):
+    x.sort(axis=-1)
+
+
+VIEWS = {
+    "C": lambda parent: parent,
+    "F": lambda parent: parent.T,  # an F-ordered array (the transpose of a C parent)
+    "strided": lambda parent: parent[::2, 1::3],
+    "reversed": lambda parent: parent[::-1, ::-2],
+    "fortran-strided": lambda parent: parent.T[1:, ::2],
+}
+
+
+@pytest.mark.parametrize("layout", list(VIEWS))
+@pytest.mark.parametrize("writer", [in_place_scale, set_item, sort_in_place])
+def test_writes_reach_the_callers_array_for_every_layout(on_gpu, writer, layout):
+    view = VIEWS[layout]
+    parent = rng.random((6, 8)) + 0.1
+    expected_parent = parent.copy()
+    writer(view(expected_parent))  # what NumPy does, to the parent as a whole
+    offload(writer)(view(parent))
+    np.testing.assert_array_equal(parent, expected_parent)  # also: nothing outside the view changed
+
+
+def test_out_keyword_write(on_gpu):
+    a, b, x = rng.random(5), rng.random(5), np.zeros(5)
+    offload(out_kwarg)(a, b, x)
+    np.testing.assert_array_equal(x, a + b)
+
+
+def test_returned_argument_is_the_callers_own_array(on_gpu):
+    @offload
+    def scale(x):
+        x *= 2
+        return x
+
+    @offload
+    def tail(x):
+        return x[1:]
+
+    x = rng.random(6)
+    before = x.copy()
+    out = scale(x)
+    assert out is x and np.array_equal(x, before * 2)
+    view = tail(x)
+    assert np.shares_memory(view, x)
+    view[0] = 42.0
+    assert x[1] == 42.0
+
+
+def test_same_array_twice_stays_one_array(on_gpu):
+    @offload
+    def f(a, b):
+        a += 1
+        return b.copy()  # NumPy: b is a, so b sees the += 1
+
+    x = np.zeros(4)
+    out = f(x, x)
+    np.testing.assert_array_equal(out, np.ones(4))
+    np.testing.assert_array_equal(x, np.ones(4))
+    assert on_gpu.to_device_calls == 1
+
+
+def test_overlapping_arguments_keep_their_meaning(on_gpu):
+    def shift(a, b):
+        a[1:] += b[:-1]
+        return a.sum()
+
+    base = rng.random(10)
+    expected = base.copy()
+    expected_sum = shift(expected[2:], expected[:8])
+    got_sum = offload(shift)(base[2:], base[:8])
+    np.testing.assert_array_equal(base, expected)
+    assert got_sum == expected_sum
+
+
+def test_interleaved_views_of_different_dtypes(on_gpu):
+    def f(as_float, as_bytes):
+        as_float[0] = 1.0
+        return as_bytes[:8].copy()
+
+    base = np.zeros(4)
+    raw = base.view(np.uint8)
+    expected = base.copy()
+    want = f(expected, expected.view(np.uint8))
+    got = offload(f)(base, raw)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(base, expected)
+
+
+def test_nested_containers_of_arrays_are_moved_and_written_back(on_gpu):
+    @offload
+    def f(batch, opts):
+        for arr in batch["arrays"]:
+            arr *= opts["k"]
+        return [np.sum(a) for a in batch["arrays"]]
+
+    arrays = [rng.random(3), rng.random(4)]
+    before = [a.copy() for a in arrays]
+    sums = f({"arrays": arrays}, {"k": 3.0})
+    for a, b in zip(arrays, before):
+        np.testing.assert_allclose(a, b * 3)
+    assert all(type(s) is np.float64 for s in sums)
+
+
+def test_read_only_input_written_raises_like_numpy(on_gpu):
+    x = rng.random(4)
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        offload(in_place_scale)(x)
+
+
+def test_pure_true_skips_write_detection(on_gpu):
+    x = rng.random(4)
+    before = x.copy()
+    offload(pure=True)(in_place_scale)(x)
+    np.testing.assert_array_equal(x, before)  # the promise was broken: the write is not copied back
+
+
+def test_user_exception_is_raised_unchanged_and_earlier_writes_are_kept(on_gpu):
+    class Boom(Exception):
+        pass
+
+    @offload
+    def f(x):
+        x[0] = 99.0
+        raise Boom("mine")
+
+    x = np.zeros(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GPUFallbackWarning)
+        with pytest.raises(Boom, match="mine"):
+            f(x)
+    assert x[0] == 99.0
+    assert f.stats.fallbacks == 0
+
+
+def test_missing_device_function_falls_back_once_with_a_warning(on_gpu):
+    fake_device.FAKE_MISSING.add("median")
+
+    @offload
+    def f(x):
+        return np.median(x)
+
+    x = rng.random(9)
+    with pytest.warns(GPUFallbackWarning, match=r"f: CuPy cannot run this code.*median"):
+        assert f(x) == np.median(x)
+    assert f.stats.fallbacks == 1 and f.stats.numpy == 1
+    assert "fell back" in f.last_decision.reason
+    calls = on_gpu.to_device_calls
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GPUFallbackWarning)
+        assert f(x) == np.median(x)  # not retried on the GPU, not warned again
+    assert on_gpu.to_device_calls == calls
+    assert "failed before" in f.last_decision.reason
+    f(rng.random(9).astype(np.float32))  # other argument types: tried on the GPU again
+    assert on_gpu.to_device_calls == calls + 1
+
+
+HOST_WEIGHTS = np.arange(3.0)
+
+
+def test_implicit_host_array_mix_falls_back(on_gpu):
+    @offload
+    def f(x):
+        return x * HOST_WEIGHTS  # a host array captured from the module: TypeError on the device
+
+    x = rng.random(3)
+    with pytest.warns(GPUFallbackWarning, match="TypeError"):
+        np.testing.assert_array_equal(f(x), x * HOST_WEIGHTS)
+
+
+def test_fallback_keeps_writes_exactly_once(on_gpu):
+    fake_device.FAKE_MISSING.add("median")
+
+    @offload
+    def f(x):
+        x += 1
+        return np.median(x)
+
+    x = np.zeros(3)
+    with pytest.warns(GPUFallbackWarning):
+        assert f(x) == 1.0
+    np.testing.assert_array_equal(x, np.ones(3))  # the failed GPU run's write is not applied too
+
+
+def test_error_in_both_runs_is_numpys_error(on_gpu):
+    fake_device.FAKE_MISSING.add("median")
+
+    @offload
+    def f(x):
+        np.median(x)
+        raise KeyError("user bug")
+
+    with pytest.raises(KeyError, match="user bug"), warnings.catch_warnings():
+        warnings.simplefilter("error", GPUFallbackWarning)
+        f(np.ones(3))
+    assert f.stats.fallbacks == 0
+
+
+def test_out_of_memory_while_copying_falls_back(on_gpu):
+    on_gpu.fail_to_device = MemoryError("out of device memory")
+    f = offload(lambda x: x * 2)
+    with pytest.warns(GPUFallbackWarning, match="MemoryError"):
+        np.testing.assert_array_equal(f(np.ones(3)), 2 * np.ones(3))
+
+
+def test_device_inputs_stay_on_device_and_results_are_device_arrays(fake_gpu):
+    @offload
+    def f(x):
+        return x * 2, x.sum()
+
+    x = np.arange(4.0).view(FakeDeviceArray)
+    a, s = f(x)
+    assert type(a) is FakeDeviceArray and type(s) is FakeDeviceArray
+    assert f.last_decision.backend == "cupy" and f.last_decision.device_bytes == 32
+    assert fake_gpu.to_device_calls == 0 and fake_gpu.to_host_calls == 0
+
+
+def test_device_inputs_forced_to_numpy_come_back_with_writes(fake_gpu):
+    @offload(backend="numpy")
+    def f(x):
+        x *= 3
+        return x[:2] + 1, float(x.sum())
+
+    x = np.arange(4.0).view(FakeDeviceArray)
+    head, total = f(x)
+    np.testing.assert_array_equal(x.view(np.ndarray), [0, 3, 6, 9])
+    assert type(head) is FakeDeviceArray and total == 18.0
+    assert f.stats.numpy == 1
+
+
+def test_empty_and_zero_d_arrays_on_the_device_path(on_gpu):
+    f = offload(lambda x: x * 2)
+    out = f(np.empty((0, 3)))
+    assert type(out) is np.ndarray and out.shape == (0, 3)
+    assert f(np.array(3.0)) == 6.0 and type(f(np.array(3.0))) is np.float64
+
+
+def test_all_device_dtypes_round_trip(on_gpu):
+    f = offload(lambda x: x[::-1])
+    for dt in ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"]:
+        x = (rng.random(7) * 100).astype(dt)
+        out = f(x)
+        assert out.dtype == x.dtype and np.array_equal(out, x[::-1])
