@@ -550,28 +550,50 @@ def to_device(host: np.ndarray):
     t = _TUNING
     stream = cp.cuda.get_current_stream()
     contiguous = host_c.flags.c_contiguous
-    if contiguous and nbytes <= t.h2d_direct_max:
-        _h2d_direct(cp, dev, host_c, stream)
-        return dev
+    # Only the pointer travels below, so that on failure no frame of the traceback keeps the
+    # device array alive: `del dev` then really returns its memory to CuPy's pool.
+    dev_ptr, device_id = dev.data.ptr, dev.device.id
     try:
-        _h2d_staged(cp, dev, host_c, contiguous, t, stream)
-    except PinnedUnavailable:
-        _h2d_direct(cp, dev, host_c if contiguous else np.ascontiguousarray(host_c), stream)
+        if contiguous and nbytes <= t.h2d_direct_max:
+            _h2d_direct(cp, dev_ptr, host_c, stream)
+        else:
+            try:
+                if contiguous and nbytes <= t.min_task_bytes and nbytes <= t.chunk_bytes:
+                    _h2d_small(cp, dev_ptr, device_id, _byte_view(host_c), stream)
+                else:
+                    _h2d_staged(cp, dev_ptr, device_id, host_c, contiguous, t, stream)
+            except PinnedUnavailable:
+                _h2d_direct(cp, dev_ptr, host_c if contiguous else np.ascontiguousarray(host_c), stream)
+    except BaseException:
+        del dev
+        raise
     return dev
 
 
-def _h2d_direct(cp: Any, dev: Any, host_c: np.ndarray, stream: Any) -> None:
+def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
     # The driver stages pageable memory itself; it returns once the source has been read.
-    cp.cuda.runtime.memcpyAsync(dev.data.ptr, host_c.ctypes.data, host_c.nbytes, _H2D, stream.ptr)
+    cp.cuda.runtime.memcpyAsync(dev_ptr, host_c.ctypes.data, host_c.nbytes, _H2D, stream.ptr)
 
 
-def _h2d_staged(cp: Any, dev: Any, host_c: np.ndarray, contiguous: bool, t: _Tuning, stream: Any) -> None:
+def _h2d_small(cp: Any, dev_ptr: int, device_id: int, flat: np.ndarray, stream: Any) -> None:
+    """One pinned buffer, one copy on this thread, one DMA: no planning, no workers."""
+    pool = _get_pool()
+    buf = pool.acquire()
+    ev = None
+    try:
+        np.copyto(buf.array[: flat.size], flat)
+        cp.cuda.runtime.memcpyAsync(dev_ptr, buf.ptr, flat.size, _H2D, stream.ptr)
+        ev = _event_for(buf, device_id)
+        ev.record(stream)
+    finally:
+        pool.release(buf, ev)
+
+
+def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, t: _Tuning, stream: Any) -> None:
     pool = _get_pool()
     itemsize = host_c.itemsize
     chunks = plan_transfer(host_c.shape, itemsize, contiguous, t)
     flat = _byte_view(host_c) if contiguous else None
-    dev_ptr = dev.data.ptr
-    device_id = dev.device.id
     memcpy = cp.cuda.runtime.memcpyAsync
     filling: deque = deque()  # (chunk, buffer, futures) being filled by the workers
     nxt = 0
@@ -641,51 +663,76 @@ def to_host(dev, out: np.ndarray | None = None) -> np.ndarray:
     cp = _cp()
     with dev.device:
         stream = cp.cuda.get_current_stream()
+        tmp = None
         if dev.flags.c_contiguous:
-            order, src = "C", dev
+            order, src_ptr = "C", dev.data.ptr
         elif dev.flags.f_contiguous:
-            order, src = "F", dev
+            order, src_ptr = "F", dev.data.ptr
         else:
             # One device-to-device pass (~3 TB/s) makes it contiguous; queued on the same stream.
-            order, src = "C", cp.ascontiguousarray(dev)
+            order, tmp = "C", cp.ascontiguousarray(dev)
+            src_ptr = tmp.data.ptr
         if out is None:
             out = np.empty(shape, dtype=dtype, order=order)
-        if src.size == 0:
+        if out.size == 0:
             return out
         host_c = out if order == "C" else out.T
-        _d2h(cp, src, host_c, _TUNING, stream)
+        try:
+            _d2h(cp, src_ptr, dev.device.id, host_c, _TUNING, stream)
+        except BaseException:
+            del tmp  # no frame of the traceback keeps the temporary alive
+            raise
         return out
 
 
-def _d2h(cp: Any, src: Any, host_c: np.ndarray, t: _Tuning, stream: Any) -> None:
+def _d2h(cp: Any, src_ptr: int, device_id: int, host_c: np.ndarray, t: _Tuning, stream: Any) -> None:
     contiguous = host_c.flags.c_contiguous
     nbytes = host_c.nbytes
     if contiguous and nbytes <= t.d2h_direct_max:
-        _d2h_direct(cp, src, host_c, stream)
+        _d2h_direct(cp, src_ptr, host_c, stream)
         return
     try:
-        _d2h_staged(cp, src, host_c, contiguous, t, stream)
+        if contiguous and nbytes <= t.min_task_bytes and nbytes <= t.chunk_bytes:
+            _d2h_small(cp, src_ptr, device_id, _byte_view(host_c), stream)
+        else:
+            _d2h_staged(cp, src_ptr, device_id, host_c, contiguous, t, stream)
     except PinnedUnavailable:
         if contiguous:
-            _d2h_direct(cp, src, host_c, stream)
+            _d2h_direct(cp, src_ptr, host_c, stream)
         else:
             tmp = np.empty(host_c.shape, host_c.dtype)
-            _d2h_direct(cp, src, tmp, stream)
+            _d2h_direct(cp, src_ptr, tmp, stream)
             np.copyto(host_c, tmp)
 
 
-def _d2h_direct(cp: Any, src: Any, host_c: np.ndarray, stream: Any) -> None:
-    cp.cuda.runtime.memcpyAsync(host_c.ctypes.data, src.data.ptr, host_c.nbytes, _D2H, stream.ptr)
+def _d2h_direct(cp: Any, src_ptr: int, host_c: np.ndarray, stream: Any) -> None:
+    # From device to pageable memory the driver returns only once the copy is done; the
+    # synchronize is cheap insurance for drivers that would not.
+    cp.cuda.runtime.memcpyAsync(host_c.ctypes.data, src_ptr, host_c.nbytes, _D2H, stream.ptr)
     stream.synchronize()
 
 
-def _d2h_staged(cp: Any, src: Any, host_c: np.ndarray, contiguous: bool, t: _Tuning, stream: Any) -> None:
+def _d2h_small(cp: Any, src_ptr: int, device_id: int, flat: np.ndarray, stream: Any) -> None:
+    """One DMA into one pinned buffer, wait for it, one copy out on this thread."""
+    pool = _get_pool()
+    buf = pool.acquire()
+    ev = None
+    try:
+        cp.cuda.runtime.memcpyAsync(buf.ptr, src_ptr, flat.size, _D2H, stream.ptr)
+        ev = _event_for(buf, device_id)
+        ev.record(stream)
+        ev.synchronize()
+        ev = None
+        np.copyto(flat, buf.array[: flat.size])
+    finally:
+        pool.release(buf, ev)
+
+
+def _d2h_staged(cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, t: _Tuning, stream: Any) -> None:
     pool = _get_pool()
     itemsize = host_c.itemsize
     chunks = plan_transfer(host_c.shape, itemsize, contiguous, t)
     flat = _byte_view(host_c) if contiguous else None
-    dev_ptr = src.data.ptr
-    device_id = src.device.id
     memcpy = cp.cuda.runtime.memcpyAsync
     issued: deque = deque()  # (chunk, buffer, event): DMA queued into the buffer
     copying: deque = deque()  # (buffer, futures): workers copying the buffer out

@@ -1,0 +1,350 @@
+"""Host <-> device copy rates: CuPy's default, the pinned-memory limit, and autooffload's engine.
+
+    PYTHONPATH=src python3 benchmarks/transfer.py [--machine h100] [--max-bytes 4GiB] [--sweep]
+
+Measured side by side in one run, for sizes from 4 KiB to 4 GiB (capped by free host and GPU
+memory), both directions:
+
+* ``cupy``   ``cupy.asarray(h)`` / ``cupy.asnumpy(d)`` from / to an ordinary (pageable) array;
+* ``pinned`` ``cudaMemcpyAsync`` from / to a page-locked host buffer: the link's limit;
+* ``engine`` ``autooffload._transfer.to_device`` / ``to_host`` from / to an ordinary array.
+
+Every call is warm (one untimed call first), synchronized (the current stream is synchronized
+after it), repeated (at least 5 times, or until 0.2 s for quick ones) and the median kept. Data
+is random, never zeros; each engine result is checked bit for bit. GB/s = 1e9 bytes / s of
+payload. Device->host calls return a fresh host array (its pages fault on first touch), as
+``cupy.asnumpy`` does.
+
+Writes ``<out-dir>/<machine>/transfer.json`` (date, GPU, versions, tuning, all numbers) and
+``transfer.md`` (the tables). ``--sweep`` first times the engine under several tunings
+(chunk size, threads, buffers, thresholds) and writes ``transfer-sweep.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from autooffload import _transfer as T  # noqa: E402
+
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+SIZES = [4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB]
+
+
+def parse_bytes(s: str) -> int:
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMG]i?B?)?\s*", s, re.I)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {s!r} (e.g. 4GiB, 64MiB, 4096)")
+    mult = {"": 1, "K": KiB, "M": MiB, "G": GiB}[(m.group(2) or "")[:1].upper()]
+    return int(float(m.group(1)) * mult)
+
+
+def fmt_size(n: int) -> str:
+    for unit, m in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= m and n % m == 0:
+            return f"{n // m} {unit}"
+    return f"{n} B"
+
+
+def slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "unknown"
+
+
+def median_time(fn, sync, big: bool, min_total: float = 0.2, max_reps: int = 300) -> float:
+    fn()
+    sync()
+    times = []
+    start = time.perf_counter()
+    min_reps = 3 if big else 5
+    while True:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= max_reps or (len(times) >= min_reps and time.perf_counter() - start >= min_total):
+            break
+    return statistics.median(times)
+
+
+def random_bytes(nbytes: int, rng) -> np.ndarray:
+    """Random float64 data (never zeros), nbytes long; tiled from a block of odd length so that
+    a misplaced chunk would still be caught by the bit-for-bit checks."""
+    n = nbytes // 8
+    block = rng.random(min(n, (8 * MiB) // 8 + 4099)) + 0.5
+    return np.resize(block, n)
+
+
+def bits_equal(a, b) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
+
+
+def host_copy_rates(nbytes: int) -> dict:
+    """Diagnostics: np.copyto rate of payload with k threads, into touched and into fresh pages."""
+    src = np.resize(np.arange(4099, dtype=np.float64) + 1, nbytes // 8)
+    dst = np.empty_like(src)
+    dst[...] = 1.0
+    out = {}
+    for k in (1, 2, 4, 8, 12, 16):
+        if k > (os.cpu_count() or 1):
+            continue
+        parts = np.array_split(np.arange(src.size), k)
+        bounds = [(p[0], p[-1] + 1) for p in parts if p.size]
+        with ThreadPoolExecutor(k) as ex:
+            def run(d):
+                list(ex.map(lambda b: np.copyto(d[b[0]:b[1]], src[b[0]:b[1]]), bounds))
+            t = median_time(lambda: run(dst), lambda: None, big=True)
+            tf = median_time(lambda: run(np.empty_like(src)), lambda: None, big=True)
+        out[str(k)] = {"touched_GBps": nbytes / t / 1e9, "fresh_GBps": nbytes / tf / 1e9}
+    return out
+
+
+class Bench:
+    def __init__(self, max_bytes: int):
+        import cupy as cp
+
+        self.cp = cp
+        self.rng = np.random.default_rng(12345)
+        self.stream = cp.cuda.get_current_stream()
+        self.sync = self.stream.synchronize
+        self.pinned_n = max_bytes
+        self.pinned_ptr = cp.cuda.runtime.hostAlloc(max_bytes, 0)
+        import ctypes
+
+        self.pinned = np.ctypeslib.as_array((ctypes.c_uint8 * max_bytes).from_address(self.pinned_ptr))
+        self.pinned[...] = 7  # touch
+        self._data: dict[int, np.ndarray] = {}
+
+    def close(self):
+        self.cp.cuda.runtime.freeHost(self.pinned_ptr)
+
+    def data(self, nbytes: int) -> np.ndarray:
+        if nbytes not in self._data:
+            self._data = {nbytes: random_bytes(nbytes, self.rng)}  # keep one size at a time
+        return self._data[nbytes]
+
+    def measure(self, nbytes: int, methods=("cupy", "pinned", "engine")) -> dict:
+        cp, sync = self.cp, self.sync
+        big = nbytes >= 2 * GiB
+        h = self.data(nbytes)
+        res = {}
+        # Engine correctness at this size (both directions), outside the timings.
+        d = T.to_device(h)
+        ok = bits_equal(T.to_host(d), h)
+        if "cupy" in methods:
+            ok = ok and bits_equal(cp.asnumpy(d), h)
+        for m in methods:
+            if m == "cupy":
+                h2d = median_time(lambda: cp.asarray(h), sync, big)
+                d2h = median_time(lambda: cp.asnumpy(d), sync, big)
+            elif m == "pinned":
+                rt = cp.cuda.runtime
+                d_dst = cp.empty(h.size, h.dtype)
+
+                def up():
+                    rt.memcpyAsync(d_dst.data.ptr, self.pinned_ptr, nbytes, 1, self.stream.ptr)
+
+                def down():
+                    rt.memcpyAsync(self.pinned_ptr, d.data.ptr, nbytes, 2, self.stream.ptr)
+
+                h2d = median_time(up, sync, big)
+                d2h = median_time(down, sync, big)
+                del d_dst
+            elif m == "engine":
+                h2d = median_time(lambda: T.to_device(h), sync, big)
+                d2h = median_time(lambda: T.to_host(d), sync, big)
+            else:
+                raise ValueError(m)
+            res[m] = {"h2d_s": h2d, "d2h_s": d2h, "h2d_GBps": nbytes / h2d / 1e9, "d2h_GBps": nbytes / d2h / 1e9}
+        res["engine_bit_exact"] = bool(ok)
+        del d
+        cp.get_default_memory_pool().free_all_blocks()
+        return res
+
+
+def machine_info(cp) -> dict:
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    name = props["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    rt = cp.cuda.runtime
+    return {
+        "gpu": name,
+        "gpu_count": rt.getDeviceCount(),
+        "cuda_runtime": rt.runtimeGetVersion(),
+        "cuda_driver": rt.driverGetVersion(),
+        "numpy": np.__version__,
+        "cupy": cp.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
+def free_limits(cp) -> int:
+    """Largest size we dare: a sixth of host memory, a quarter of free GPU memory.
+
+    MemTotal, not MemAvailable: on the lent VMs memory is ballooned in as it is used."""
+    host = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    host = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    gpu_free, _ = cp.cuda.runtime.memGetInfo()
+    lim = gpu_free // 4
+    if host:
+        lim = min(lim, host // 6)
+    return lim
+
+
+SWEEP_LARGE = [64 * MiB, 256 * MiB, 1 * GiB]
+SWEEP_SMALL = [4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 16 * MiB]
+
+
+def sweep_configs():
+    cfgs = []
+    for threads in (4, 8, 12, 15):
+        for chunk in (8, 16, 32, 64):
+            cfgs.append(("large", dict(threads=threads, chunk_bytes=chunk * MiB, max_buffers=4, lookahead=3)))
+    for chunk in (16, 32):
+        for bufs, look in ((2, 1), (3, 2), (6, 4), (8, 6)):
+            cfgs.append(("large", dict(threads=8, chunk_bytes=chunk * MiB, max_buffers=bufs, lookahead=look)))
+    huge = 1 << 40
+    cfgs += [
+        ("small", dict(h2d_direct_max=huge, d2h_direct_max=huge)),  # driver's pageable path
+        ("small", dict(min_task_bytes=huge)),  # staged, one thread
+        ("small", dict(min_task_bytes=256 * KiB)),
+        ("small", dict(min_task_bytes=1 * MiB)),
+        ("small", dict(min_task_bytes=1 * MiB, min_chunk_bytes=1 * MiB, target_chunks=8)),
+        ("small", dict(min_task_bytes=512 * KiB, min_chunk_bytes=2 * MiB, target_chunks=4)),
+        ("small", dict(min_task_bytes=1 * MiB, target_chunks=1)),
+    ]
+    return cfgs
+
+
+def run_sweep(bench: Bench, max_bytes: int) -> dict:
+    base = T._tuning()
+    out = {"base": asdict(base), "rows": []}
+    for group, cfg in sweep_configs():
+        T._configure(**{**asdict(base), **cfg})
+        sizes = [s for s in (SWEEP_LARGE if group == "large" else SWEEP_SMALL) if s <= max_bytes]
+        row = {"group": group, "config": cfg, "sizes": {}}
+        line = []
+        for s in sizes:
+            r = bench.measure(s, methods=("engine",))
+            row["sizes"][str(s)] = r
+            line.append(f"{fmt_size(s)}: {r['engine']['h2d_GBps']:.1f}/{r['engine']['d2h_GBps']:.1f}{'' if r['engine_bit_exact'] else ' WRONG'}")
+        out["rows"].append(row)
+        print(f"sweep {group:5s} {cfg}: " + ", ".join(line), flush=True)
+    T._configure(**asdict(base))
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| size | H2D cupy | H2D pinned | H2D engine | D2H cupy | D2H pinned | D2H engine | engine us in / out |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for r in rows:
+        g = lambda m, d: f"{r[m][d + '_GBps']:.2f}"  # noqa: E731
+        us = f"{r['engine']['h2d_s'] * 1e6:.0f} / {r['engine']['d2h_s'] * 1e6:.0f}"
+        lines.append(f"| {fmt_size(r['nbytes'])} | {g('cupy', 'h2d')} | {g('pinned', 'h2d')} | {g('engine', 'h2d')} | "
+                     f"{g('cupy', 'd2h')} | {g('pinned', 'd2h')} | {g('engine', 'd2h')} | {us} |"
+                     + ("" if r["engine_bit_exact"] else " WRONG"))
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--machine", help="results folder name (default: a slug of the GPU name)")
+    ap.add_argument("--max-bytes", type=parse_bytes, default=4 * GiB, help="largest size (default 4GiB)")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--sweep", action="store_true", help="also time the engine under several tunings first")
+    ap.add_argument("--no-main", action="store_true", help="with --sweep: skip the main table")
+    ap.add_argument("--tune", default="", help="tuning overrides for the engine, e.g. threads=12,chunk_bytes=16MiB")
+    args = ap.parse_args(argv)
+
+    import cupy as cp
+
+    if args.tune:
+        T._configure(**{k: parse_bytes(v) for k, v in (kv.split("=") for kv in args.tune.split(","))})
+    info = machine_info(cp)
+    machine = args.machine or slug(info["gpu"])
+    max_bytes = min(args.max_bytes, free_limits(cp))
+    sizes = [s for s in SIZES if s <= max_bytes]
+    outdir = args.out_dir / machine
+    outdir.mkdir(parents=True, exist_ok=True)
+    print(f"{info['gpu']}, cupy {info['cupy']}, numpy {info['numpy']}, {info['cpu_count']} CPUs; engine {T.ENGINE_NAME} "
+          f"{asdict(T._tuning())}; sizes up to {fmt_size(sizes[-1])}", flush=True)
+    bench = Bench(max(sizes))
+    try:
+        cp.asarray(np.ones(10))  # CUDA context, kernels
+        if args.sweep:
+            t0 = time.time()
+            diag = host_copy_rates(256 * MiB)
+            print("host np.copyto GB/s by threads (touched, fresh pages):",
+                  {k: (round(v["touched_GBps"], 1), round(v["fresh_GBps"], 1)) for k, v in diag.items()}, flush=True)
+            sw = run_sweep(bench, max_bytes)
+            sw["host_copy"] = diag
+            sw["machine"] = info
+            (outdir / "transfer-sweep.json").write_text(json.dumps(sw, indent=1))
+            print(f"sweep took {time.time() - t0:.0f} s", flush=True)
+        if args.no_main:
+            return 0
+        rows = []
+        for s in sizes:
+            t0 = time.time()
+            r = bench.measure(s)
+            r["nbytes"] = s
+            rows.append(r)
+            e, c = r["engine"], r["cupy"]
+            print(f"{fmt_size(s):>8}: H2D cupy {c['h2d_GBps']:6.2f} pinned {r['pinned']['h2d_GBps']:6.2f} engine {e['h2d_GBps']:6.2f} | "
+                  f"D2H cupy {c['d2h_GBps']:6.2f} pinned {r['pinned']['d2h_GBps']:6.2f} engine {e['d2h_GBps']:6.2f} GB/s"
+                  f"{'' if r['engine_bit_exact'] else '  ENGINE WRONG'} ({time.time() - t0:.1f} s)", flush=True)
+    finally:
+        bench.close()
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc = {
+        "what": "host<->device copy rates of ordinary numpy arrays: cupy default, pinned limit, autooffload engine",
+        "date": date,
+        "machine": machine,
+        **info,
+        "engine": T.ENGINE_NAME,
+        "tuning": asdict(T._tuning()),
+        "method": "warm, current stream synchronized after each call, median of >=5 repeats (>=3 at >=2 GiB) or of "
+                  "0.2 s of repeats; random float64 data; GB/s = 1e9 payload bytes/s; D2H into fresh host arrays",
+        "rows": rows,
+    }
+    (outdir / "transfer.json").write_text(json.dumps(doc, indent=1))
+    md = (f"# Transfer rates on {info['gpu']} ({machine})\n\n"
+          f"{date}; cupy {info['cupy']}, numpy {info['numpy']}, CUDA runtime {info['cuda_runtime']}, driver {info['cuda_driver']}, "
+          f"{info['cpu_count']} CPUs, Python {info['python']}. Engine `{T.ENGINE_NAME}`, tuning `{asdict(T._tuning())}`.\n\n"
+          f"GB/s (1e9 bytes/s of payload), median of warm, synchronized repeats; made by `benchmarks/transfer.py`.\n"
+          f"`cupy` = `cupy.asarray` / `cupy.asnumpy` from/to an ordinary numpy array; `pinned` = cudaMemcpyAsync from/to "
+          f"page-locked memory (the limit); `engine` = `autooffload._transfer.to_device` / `to_host` from/to an ordinary array.\n\n"
+          + table(rows))
+    (outdir / "transfer.md").write_text(md)
+    print()
+    print(table(rows))
+    print(f"wrote {outdir / 'transfer.json'} and transfer.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""GPU tests of the transfer engine: bit-exact round trips, layouts, streams, threads, failures.
+
+Marked ``gpu``; skipped where CuPy or a CUDA device is missing.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+cp = pytest.importorskip("cupy")
+try:
+    _HAVE_GPU = cp.cuda.runtime.getDeviceCount() > 0
+except Exception:  # no driver, no device
+    _HAVE_GPU = False
+if not _HAVE_GPU:
+    pytest.skip("no CUDA device", allow_module_level=True)
+
+from autooffload import _transfer as T  # noqa: E402
+
+MiB = 1024 * 1024
+
+DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+          np.float16, np.float32, np.float64, np.complex64, np.complex128]
+
+
+def bits(a):
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def same(a, b):
+    """Same shape, dtype and bits (NaN-safe, -0.0-exact)."""
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(bits(a), bits(b))
+
+
+def equal_values(a, b):
+    """For results of arithmetic: NaN payloads may differ between CPU and GPU."""
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+
+
+def random_array(shape, dtype, rng, order="C"):
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    if dtype == np.bool_:
+        a = rng.integers(0, 2, n).astype(bool)
+    elif dtype.kind in "fc":
+        re = rng.standard_normal(n * (2 if dtype.kind == "c" else 1))
+        a = (re.view(np.complex128) if dtype.kind == "c" else re).astype(dtype)
+        if n >= 4:
+            a[:3] = [np.inf, -0.0, np.nan]
+    else:
+        a = rng.integers(0, 256, n * dtype.itemsize, dtype=np.uint8).view(dtype)
+    return np.asarray(a.reshape(shape), order=order)
+
+
+def layouts(rng, dtype, scale=1):
+    base = random_array((37 * scale, 53 * scale), dtype, rng)
+    cube = random_array((6, 7 * scale, 11 * scale), dtype, rng)
+    yield "C", base, "C"
+    yield "F", np.asfortranarray(base), "F"
+    yield "T", base.T, "F"
+    yield "steps", base[::2, 1::3], "C"
+    yield "negative", base[::-1, ::-2], "C"
+    yield "perm3d", cube.transpose(1, 0, 2), "C"
+    yield "col", base[:, 5], "C"
+    yield "1d", random_array((1001,), dtype, rng), "C"
+    yield "empty", random_array((0, 5), dtype, rng), "C"
+    yield "0d", random_array((), dtype, rng), "C"
+
+
+def check_layout(a, expect, name):
+    assert (a.flags.f_contiguous if expect == "F" else a.flags.c_contiguous), f"{name}: layout"
+
+
+@pytest.fixture
+def small_chunks():
+    """Tiny chunks and pool, so that modest arrays span many chunks and threads contend."""
+    old = T._configure(chunk_bytes=256 * 1024, min_chunk_bytes=64 * 1024, target_chunks=4, max_buffers=3,
+                       lookahead=2, threads=4, min_task_bytes=16 * 1024, h2d_direct_max=0, d2h_direct_max=0)
+    yield
+    T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
+
+
+TUNINGS = {
+    "default": {},
+    "small_chunks": dict(chunk_bytes=256 * 1024, min_chunk_bytes=64 * 1024, target_chunks=4, max_buffers=3,
+                         lookahead=2, threads=4, min_task_bytes=16 * 1024, h2d_direct_max=0, d2h_direct_max=0),
+    "direct": dict(h2d_direct_max=1 << 40, d2h_direct_max=1 << 40),
+}
+
+
+@pytest.fixture(params=list(TUNINGS))
+def tuning(request):
+    old = T._configure(**TUNINGS[request.param]) if TUNINGS[request.param] else T._tuning()
+    yield request.param
+    T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_round_trip_every_dtype_and_layout(dtype, tuning):
+    rng = np.random.default_rng(0)
+    for name, h, expect in layouts(rng, dtype, scale=3 if tuning == "small_chunks" else 1):
+        before = h.copy()
+        d = T.to_device(h)
+        assert isinstance(d, cp.ndarray)
+        assert d.shape == h.shape and d.dtype == h.dtype, name
+        check_layout(d, expect, name)
+        assert same(cp.asnumpy(d), h), name
+        assert same(h, before), f"{name}: source modified"
+        back = T.to_host(d)
+        assert isinstance(back, np.ndarray)
+        check_layout(back, expect, name)
+        assert same(back, h), name
+
+
+@pytest.mark.parametrize("order", ["C", "F", "strided"])
+def test_large_default_tuning(order):
+    rng = np.random.default_rng(1)
+    n = 48 * MiB // 8 + 7  # ~48 MiB float64, odd size: several chunks, a ragged last one
+    h = random_array((n,), np.float64, rng)
+    if order == "F":
+        h = np.asfortranarray(h[: (n // 7) * 7].reshape(-1, 7))
+    elif order == "strided":
+        h = h[: (n // 7) * 7].reshape(-1, 7)[:, ::-2]
+    d = T.to_device(h)
+    assert same(cp.asnumpy(d), h)
+    assert same(T.to_host(d), h)
+
+
+def test_to_host_noncontiguous_device():
+    rng = np.random.default_rng(2)
+    d = cp.asarray(random_array((300, 400), np.float32, rng))
+    for v in (d[::3, ::-2], d.T[::2], d[:, 7], d[5:, :][::-1]):
+        r = T.to_host(v)
+        assert r.flags.c_contiguous
+        assert same(r, v.get())
+
+
+@pytest.mark.parametrize("dev_order", ["C", "F", "strided"])
+def test_to_host_into_out_views(dev_order, small_chunks):
+    rng = np.random.default_rng(3)
+    h = random_array((120, 90), np.complex128, rng)
+    d = cp.asarray(h, order="F") if dev_order == "F" else cp.asarray(h)
+    if dev_order == "strided":
+        d = d[::2, ::-3]
+    expect = d.get()
+    s = d.shape
+    outs = [
+        np.empty(s, d.dtype),
+        np.empty(s, d.dtype, order="F"),
+        np.empty((s[0] * 2, s[1] * 3), d.dtype)[::2, ::-3],
+        np.empty((s[1], s[0]), d.dtype).T,
+        np.empty((s[0], s[1] + 5), d.dtype)[:, 2:-3],
+    ]
+    for out in outs:
+        ref = out.copy()
+        ref[...] = expect
+        assert T.to_host(d, out=out) is out
+        assert same(out, ref)
+
+
+def test_to_host_out_errors():
+    d = cp.arange(12.0).reshape(3, 4)
+    with pytest.raises(ValueError, match=r"shape \(3, 4\) and dtype float64.*got shape \(4, 3\)"):
+        T.to_host(d, out=np.empty((4, 3)))
+    with pytest.raises(ValueError, match="dtype float32"):
+        T.to_host(d, out=np.empty((3, 4), np.float32))
+    ro = np.empty((3, 4))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        T.to_host(d, out=ro)
+    z = cp.asarray(np.float64(2.5))
+    out0 = np.empty(())
+    assert T.to_host(z, out=out0) is out0 and out0[()] == 2.5
+
+
+def test_stream_ordering_on_user_stream():
+    rng = np.random.default_rng(4)
+    h = random_array((8 * MiB // 8,), np.float64, rng)
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        # Queue much work before the copy out: to_host must wait for it.
+        x = cp.zeros(h.size, dtype=np.float64)
+        for _ in range(200):
+            x += 1.0
+        assert np.all(T.to_host(x) == 200.0)
+        # Work queued after to_device on the current stream sees the data.
+        d = T.to_device(h)
+        y = d * 2.0
+        assert equal_values(T.to_host(y), h * 2.0)
+    s.synchronize()
+
+
+def test_source_may_change_after_to_device():
+    rng = np.random.default_rng(5)
+    h = random_array((64 * MiB // 8,), np.float64, rng)
+    ref = h.copy()
+    s = cp.cuda.Stream(non_blocking=True)
+    with s:
+        d = T.to_device(h)
+        h[:] = -1.0  # overwrite the source immediately after the call returns
+        assert same(T.to_host(d), ref)
+
+
+@pytest.mark.parametrize("tuned", [False, True])
+def test_threads_each_with_own_stream(tuned):
+    ctx = T._configure(**TUNINGS["small_chunks"]) if tuned else None
+    errors = []
+    try:
+        def worker(seed):
+            rng = np.random.default_rng(seed)
+            try:
+                s = cp.cuda.Stream(non_blocking=True)
+                with s:
+                    for i in range(6):
+                        n = int(rng.integers(1, 6 * MiB // 8))
+                        h = random_array((n,), [np.float64, np.int16, np.complex64][i % 3], rng)
+                        v = h[::-3] if (seed + i) % 2 else h
+                        d = T.to_device(v)
+                        d2 = d + d  # work on this thread's stream
+                        back = T.to_host(d)
+                        assert same(back, v), (seed, i)
+                        assert equal_values(T.to_host(d2), v + v), (seed, i)
+            except Exception as e:  # noqa: BLE001
+                errors.append((seed, repr(e)))
+
+        ths = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+    finally:
+        if ctx is not None:
+            T._configure(**{k: getattr(ctx, k) for k in ctx.__dataclass_fields__})
+    assert not errors, errors
+    info = T.pool_info()
+    assert info["in_use"] == 0 and info["allocated"] <= info["max_buffers"]
+
+
+def test_pool_bounded_reused_and_released():
+    T.release_pinned_pool()
+    h = np.random.default_rng(6).standard_normal(100 * MiB // 8)
+    for _ in range(3):
+        d = T.to_device(h)
+        assert same(T.to_host(d), h)
+    info = T.pool_info()
+    assert 0 < info["allocated"] <= info["max_buffers"] and info["in_use"] == 0
+    allocs = T._pool.allocations
+    for _ in range(3):
+        T.to_host(T.to_device(h))
+    assert T._pool.allocations == allocs  # reused, not reallocated
+    T.release_pinned_pool()
+    assert T.pool_info()["allocated"] == 0
+    assert same(T.to_host(T.to_device(h)), h)  # and usable again
+
+
+def test_out_of_memory_frees_and_reraises():
+    mempool = cp.get_default_memory_pool()
+    h = np.random.default_rng(7).standard_normal(64 * MiB // 8)
+    before = h.copy()
+    cp.cuda.get_current_stream().synchronize()
+    used = mempool.used_bytes()
+    old_limit = mempool.get_limit()
+    mempool.set_limit(size=used + 16 * MiB)
+    try:
+        with pytest.raises(cp.cuda.memory.OutOfMemoryError):
+            T.to_device(h)
+    finally:
+        mempool.set_limit(size=old_limit)
+    assert mempool.used_bytes() == used
+    assert same(h, before)
+    assert T.pool_info()["in_use"] == 0
+
+
+@pytest.mark.parametrize("direction", ["h2d", "d2h"])
+def test_failure_mid_copy_frees_and_leaves_source(direction, small_chunks, monkeypatch):
+    mempool = cp.get_default_memory_pool()
+    h = np.random.default_rng(8).standard_normal(4 * MiB // 8)
+    before = h.copy()
+    d = T.to_device(h) if direction == "d2h" else None
+    cp.cuda.get_current_stream().synchronize()
+    used = mempool.used_bytes()
+    real = T._event_for
+    calls = []
+
+    def flaky(buf, device_id):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("injected failure after 4 chunks")
+        return real(buf, device_id)
+
+    monkeypatch.setattr(T, "_event_for", flaky)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        T.to_device(h) if direction == "h2d" else T.to_host(d)
+    monkeypatch.setattr(T, "_event_for", real)
+    cp.cuda.get_current_stream().synchronize()
+    assert mempool.used_bytes() == used, "device memory of the failed copy not freed"
+    assert T.pool_info()["in_use"] == 0
+    assert same(h, before)
+    assert same(T.to_host(T.to_device(h)), h)
+    if d is not None:
+        assert same(T.to_host(d), h)
+
+
+def test_multi_device_if_present():
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("one device")
+    h = np.arange(1_000_000, dtype=np.int64)
+    with cp.cuda.Device(1):
+        d = T.to_device(h)
+        assert d.device.id == 1
+    assert same(T.to_host(d), h)
