@@ -173,11 +173,12 @@ gpu_ready = False
 
 def set_backend_for_tests(backend: DeviceBackend | None) -> None:
     """Install a test double as the device backend (None: back to the real CuPy)."""
-    global _override, _backend, _unavailable, gpu_ready
+    global _override, _backend, _unavailable, gpu_ready, _probed
     with _lock:
         _override = backend
         _backend = None
         _unavailable = None
+        _probed = False
         gpu_ready = False
     _config.invalidate_decisions()
 
@@ -190,10 +191,22 @@ def device_array_type() -> type | None:
     return getattr(cp, "ndarray", None) if cp is not None else None
 
 
+_NOT_INSTALLED = "CuPy is not installed (pip install 'autooffload[cuda12]' or 'autooffload[cuda13]')"
+_probed = False
+
+
 def unavailable_reason() -> str | None:
     """Why the GPU cannot be used, if that is known without importing CuPy; None otherwise."""
+    global _unavailable, _probed
     if _config.environment().disable_gpu:
         return "AUTOOFFLOAD_DISABLE_GPU=1"
+    if not _probed and _override is None and _backend is None:
+        # Finding the package costs a directory scan, importing it 0.25 s: only the former here.
+        import importlib.util
+
+        _probed = True
+        if "cupy" not in sys.modules and importlib.util.find_spec("cupy") is None:
+            _unavailable = _NOT_INSTALLED
     return _unavailable
 
 
@@ -215,7 +228,10 @@ def load() -> DeviceBackend | None:
         try:
             import cupy
         except Exception as exc:  # ImportError, or a broken CUDA install raising at import
-            _unavailable = f"CuPy is not importable ({type(exc).__name__}: {exc}); install autooffload[cuda12] or [cuda13]"
+            _unavailable = (
+                f"CuPy is not importable ({type(exc).__name__}: {exc}); "
+                "pip install 'autooffload[cuda12]' or 'autooffload[cuda13]'"
+            )
         else:
             try:
                 count = cupy.cuda.runtime.getDeviceCount()

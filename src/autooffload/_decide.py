@@ -108,11 +108,12 @@ class Decision:
             return "n/a" if s is None else f"{s * 1e3:.3g} ms"
 
         pred = ", ".join(f"{b} {fmt(s)}" for b, s in self.predicted_s.items())
-        return (
-            f"{self.function} -> {self.backend}: {self.reason} "
-            f"[{self.kind}; host {_human(self.host_bytes)}, device {_human(self.device_bytes)}; "
-            f"predicted {pred}; profile {self.profile}]"
-        )
+        details = [self.kind, f"host {_human(self.host_bytes)}, device {_human(self.device_bytes)}"]
+        if pred:
+            details.append(f"predicted {pred}")
+        if self.profile:
+            details.append(f"profile {self.profile}")
+        return f"{self.function} -> {self.backend}: {self.reason} [{'; '.join(details)}]"
 
 
 def _human(n: float) -> str:
