@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -68,9 +69,23 @@ def reload_environment() -> Environment:
     return environment()
 
 
+# Objects with a ``reset()`` that drops cached decisions (one per offloaded function).
+_decision_caches: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def register_decision_cache(obj) -> None:
+    _decision_caches.add(obj)
+
+
 def invalidate_decisions() -> None:
+    """Something decisions depend on changed: every offloaded function drops its cached decisions.
+
+    Done eagerly here, so the hot path needs no check of its own.
+    """
     global generation
     generation += 1
+    for cache in list(_decision_caches):
+        cache.reset()
 
 
 class _Local(threading.local):

@@ -124,9 +124,14 @@ class _State:
         self.backend_choice = _config.check_backend(backend, "offload(backend=...)")
         self.pure = bool(pure)
         self.xp_param = _xp_parameter(func)
-        self.exact: dict[tuple, Decision] = {}
+        # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
+        # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
+        # GPU readiness and the environment are not in the keys: changing them bumps the generation.
+        self.exact: dict[Any, Decision] = {}
         self.buckets: dict[tuple, Decision] = {}
+        self.log_path = _config.environment().log_path
         self.generation = _config.generation
+        _config.register_decision_cache(self)
         self.numpy_calls = itertools.count()
         self.cupy_calls = itertools.count()
         self.fallbacks = itertools.count()
@@ -174,6 +179,10 @@ class _State:
         with self.lock:
             self.exact.clear()
             self.buckets.clear()
+            try:
+                self.log_path = _config.environment().log_path
+            except ConfigError:
+                self.log_path = None  # the bad value is reported by the next call's decision
             self.generation = _config.generation
 
     def forced(self, config_backend: str | None) -> tuple[str | None, str]:
@@ -189,8 +198,10 @@ class _State:
             return env, "AUTOOFFLOAD_BACKEND"
         return None, ""
 
-    def decide(self, key: tuple, largest: int, args: tuple, kwargs: dict, *, amortize: bool = True) -> Decision:
-        host, dev, odd, config_backend, ready = key
+    def decide(self, key, host: int, dev: int, largest: int, odd: bool, config_backend: str | None,
+               args: tuple, kwargs: dict, *, amortize: bool = True) -> Decision:
+        """The decision for a call (cache miss): from the size bucket's decision, or the cost model."""
+        ready = _backends.gpu_ready
         forced, source = self.forced(config_backend)
         bucket_key = (size_bucket(host), size_bucket(dev), odd, forced, ready)
         base = self.buckets.get(bucket_key)
@@ -233,13 +244,13 @@ class _State:
             return make(CUPY, f"forced by {source}")
         if odd:
             return make(NUMPY, "an argument CuPy cannot hold (object/string/structured dtype or array subclass)")
-        why = _backends.unavailable_reason()
-        if why is not None:
-            return make(NUMPY, f"no GPU: {why}")
         if host == 0 and dev == 0:
             return make(NUMPY, "no array arguments to size the work by")
         profile = _active_profile()
         pred = predict(profile, Request(self.work, host, dev, largest, ready))
+        why = _backends.unavailable_reason()
+        if why is not None:
+            return make(NUMPY, f"no GPU: {why}", pred, 0.0, profile.source)
         backend, reason, savings = choose(pred)
         if (backend == CUPY or dev) and _backends.load() is None:
             return make(NUMPY, f"no GPU: {_backends.unavailable_reason()}", pred, 0.0, profile.source)
@@ -261,6 +272,24 @@ class _State:
         )
 
     # -- running -----------------------------------------------------------------------------
+    def call(self, args: tuple, kwargs: dict) -> Any:
+        """The general path: nested containers, kwargs, device arrays, anything unusual."""
+        host, dev, largest, odd = self.scan(args, kwargs)
+        config_backend = _config.local.backend
+        key = (host, dev, odd, config_backend)
+        d = self.exact.get(key)
+        if d is None:
+            d = self.decide(key, host, dev, largest, odd, config_backend, args, kwargs)
+        else:
+            if d.warm_savings_s:
+                d = self.amortize(d)
+            if _log.active():
+                _log.record(d, first_in_bucket=False)
+        self.wrapper.last_decision = d
+        if d.backend == NUMPY and not dev:
+            return self.run_numpy(args, kwargs, False)
+        return self.run(d, args, kwargs)
+
     def with_xp(self, args: tuple, kwargs: dict, module: Any) -> tuple[tuple, dict]:
         p = self.xp_param
         if p is None or "xp" in kwargs or (p != "kw" and len(args) > p):
@@ -393,52 +422,49 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
     # Everything the hot path touches is a local of this closure.
     exact = state.exact
     local = _config.local
-    config_module = _config
-    backends = _backends
-    log_active = _log.active
+    debug_on = _log.logger.isEnabledFor
+    # logging's own per-level cache (cleared in place whenever levels change): a dict lookup
+    # instead of a method call; a missing entry falls back to isEnabledFor, which fills it.
+    level_cache_get = getattr(_log.logger, "_cache", {}).get
     record = _log.record
     ndarray = np.ndarray
     passive = _PASSIVE
     numpy_calls = state.numpy_calls
     has_xp = state.xp_param is not None
     numpy_backend = NUMPY
+    general = state.call
 
     @functools.wraps(func)
     def offloaded(*args, **kwargs):
-        host = largest = 0
-        simple = not kwargs
-        if simple:
-            for a in args:
-                t = type(a)
-                if t is ndarray:
-                    n = a.nbytes
-                    host += n
-                    if n > largest:
-                        largest = n
-                elif t not in passive:
-                    simple = False
-                    break
-        if simple:
-            dev, odd = 0, False
-        else:
-            host, dev, largest, odd = state.scan(args, kwargs)
-        if state.generation != config_module.generation:
-            state.reset()
-        key = (host, dev, odd, local.backend, backends.gpu_ready)
+        if kwargs:
+            return general(args, kwargs)
+        host = 0
+        for a in args:
+            t = type(a)
+            if t is ndarray:
+                host += a.nbytes
+            elif t not in passive:
+                return general(args, kwargs)
+        config_backend = local.backend
+        key = host if config_backend is None else (host, config_backend)
         d = exact.get(key)
         if d is None:
-            d = state.decide(key, largest, args, kwargs)
+            largest = max((a.nbytes for a in args if type(a) is ndarray), default=0)
+            d = state.decide(key, host, 0, largest, False, config_backend, args, kwargs)
         else:
             if d.warm_savings_s:
                 d = state.amortize(d)
-            if log_active():
+            debug = level_cache_get(10)
+            if debug is None:
+                debug = debug_on(10)
+            if debug or state.log_path is not None:
                 record(d, first_in_bucket=False)
         offloaded.last_decision = d
-        if d.backend is numpy_backend and not dev:
-            next(numpy_calls)
+        if d.backend is numpy_backend:
             if has_xp:
-                args, kwargs = state.with_xp(args, kwargs, np)
-            return func(*args, **kwargs)
+                return state.run_numpy(args, kwargs, False)
+            next(numpy_calls)
+            return func(*args)
         return state.run(d, args, kwargs)
 
     offloaded.__autooffload__ = state
@@ -478,11 +504,10 @@ def explain(func: Callable, *args, **kwargs) -> Decision:
     state = getattr(func, "__autooffload__", None)
     if state is None:
         raise TypeError(f"explain() takes a function decorated with @offload; got {func!r}")
-    if state.generation != _config.generation:
-        state.reset()
     host, dev, largest, odd = state.scan(args, kwargs)
-    key = (host, dev, odd, _config.local.backend, _backends.gpu_ready)
-    d = state.exact.get(key) or state.decide(key, largest, args, kwargs, amortize=False)
+    config_backend = _config.local.backend
+    key = (host, dev, odd, config_backend)
+    d = state.exact.get(key) or state.decide(key, host, dev, largest, odd, config_backend, args, kwargs, amortize=False)
     if d.backend == CUPY:
         backend = _backends.load()
         if state.blocked and state.type_signature(args, kwargs) in state.blocked:
