@@ -358,9 +358,10 @@ class _State:
                 raise
             failure = (exc, cause)
         else:
-            failure = self._call_device(fn, twin, moved, args, kwargs, backend)
-            if failure is None:
-                return self._finish_gpu(d, moved, args, kwargs)
+            ok, outcome = self._call_device(fn, twin, moved, args, kwargs, backend)
+            if ok:
+                return self._finish_gpu(d, moved, outcome, args, kwargs)
+            failure = outcome
         exc, cause = failure
         if moved is not None:
             moved.discard()
@@ -368,27 +369,26 @@ class _State:
             backend.free_memory()
         return self.fall_back(d, cause, args, kwargs, has_device_args)
 
-    def _call_device(self, fn, twin, moved, args, kwargs, backend):
-        """Run ``fn`` on the device; (exception, cause) when CuPy cannot run it, else None."""
+    def _call_device(self, fn, twin, moved, args, kwargs, backend) -> tuple[bool, Any]:
+        """Run ``fn`` on the device: (True, result), or (False, (exception, cause)) when CuPy cannot run it."""
         call_args, call_kwargs = (moved.args, moved.kwargs) if moved is not None else (args, kwargs)
         call_args, call_kwargs = self.with_xp(call_args, call_kwargs, backend.xp)
         if twin is not None:
             twin.refresh()
         try:
-            self._result = fn(*call_args, **call_kwargs)
+            result = fn(*call_args, **call_kwargs)
         except Exception as exc:
             cause = backend.fallback_cause(exc)
             if cause is None:
                 if moved is not None:
                     moved.write_back()  # writes made before the user's exception are kept
                 raise
-            return exc, cause
+            return False, (exc, cause)
         if twin is not None:
             twin.write_back_globals()
-        return None
+        return True, result
 
-    def _finish_gpu(self, d: Decision, moved, args, kwargs) -> Any:
-        result, self._result = self._result, None
+    def _finish_gpu(self, d: Decision, moved, result: Any, args: tuple, kwargs: dict) -> Any:
         _backends.mark_gpu_ready()
         if moved is not None:
             try:

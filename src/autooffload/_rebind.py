@@ -93,8 +93,10 @@ class Translator:
 
     def twin_of_function(self, func: types.FunctionType) -> "Twin":
         entry = self._twins.get(id(func))
-        if entry is not None and entry[0] is func:
+        if entry is not None and entry[0] is func and entry[1].ready:
             return entry[1]
+        # Building, or reaching a twin another thread is still building, holds the lock; the
+        # building thread itself re-enters (recursive helpers) and gets the unfinished twin.
         with self._lock:
             entry = self._twins.get(id(func))
             if entry is not None and entry[0] is func:
@@ -132,12 +134,14 @@ class Twin:
     """One function's device twin and what keeps its globals current."""
 
     func: types.FunctionType
+    ready = False  # set once fully built
 
     def _build(self, func: types.FunctionType, translator: Translator) -> None:
         self._real = func.__globals__
         self._translator = translator
         self._loads, self._stores = referenced_names(func.__code__)
         self._globals: dict[str, Any] = dict(self._real)
+        self._seen: dict[str, Any] = {}  # name -> the real value last translated
         self._children: list[Twin] = []
         self._refreshing = False
         closure = None
@@ -153,6 +157,7 @@ class Twin:
         twin.__dict__.update(func.__dict__)
         self.func = twin
         self.refresh()
+        self.ready = True
 
     def _translated_cell(self, cell: types.CellType) -> types.CellType:
         try:
@@ -174,10 +179,12 @@ class Twin:
             return
         self._refreshing = True
         try:
-            real, mine, translate = self._real, self._globals, self._translator.translate
-            children = []
+            real, mine, seen, translate = self._real, self._globals, self._seen, self._translator.translate
             for name in self._loads:
                 value = real.get(name, _MISSING)
+                if value is seen.get(name, _MISSING):
+                    continue  # unchanged since the last call: the translation stands
+                seen[name] = value
                 if value is _MISSING:
                     mine.pop(name, None)
                     continue
@@ -185,9 +192,9 @@ class Twin:
                 mine[name] = new
                 if new is not value and isinstance(value, types.FunctionType):
                     entry = self._translator._twins.get(id(value))
-                    if entry is not None:
-                        children.append(entry[1])
-            for child in children + self._children:
+                    if entry is not None and entry[1] not in self._children:
+                        self._children.append(entry[1])
+            for child in self._children:
                 child.refresh()
         finally:
             self._refreshing = False
