@@ -32,6 +32,8 @@ _PASSIVE = frozenset(
     {int, float, complex, bool, str, bytes, type(None), np.float64, np.float32, np.int64, np.int32, np.bool_}
 )
 _EXACT_CACHE_LIMIT = 4096
+# The device array type, once a call has passed one (the hot path compares types against it).
+_seen_device_type: list = [None]
 
 # Cold-start bookkeeping, process-wide (ski rental): seconds the warm GPU would have saved on
 # calls that stayed on NumPy only because the GPU was not started yet.
@@ -157,6 +159,7 @@ class _State:
             largest = max(largest, n)
             if device_type is not None and type(a) is device_type:
                 dev += n
+                _seen_device_type[0] = device_type  # from now on the hot path knows it too
             else:
                 host += n
                 if (type(a) is not np.ndarray and type(a) is not np.memmap) or a.dtype.kind not in DEVICE_DTYPE_KINDS:
@@ -433,24 +436,31 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
     has_xp = state.xp_param is not None
     numpy_backend = NUMPY
     general = state.call
+    seen_device_type = _seen_device_type
 
     @functools.wraps(func)
     def offloaded(*args, **kwargs):
         if kwargs:
             return general(args, kwargs)
-        host = 0
+        host = dev = 0
+        device_type = seen_device_type[0]
         for a in args:
             t = type(a)
             if t is ndarray:
                 host += a.nbytes
+            elif t is device_type:
+                dev += a.nbytes
             elif t not in passive:
                 return general(args, kwargs)
         config_backend = local.backend
-        key = host if config_backend is None else (host, config_backend)
+        if dev:
+            key = (host, dev, False, config_backend)  # the general path's key form
+        else:
+            key = host if config_backend is None else (host, config_backend)
         d = exact.get(key)
         if d is None:
-            largest = max((a.nbytes for a in args if type(a) is ndarray), default=0)
-            d = state.decide(key, host, 0, largest, False, config_backend, args, kwargs)
+            largest = max((a.nbytes for a in args if type(a) is ndarray or type(a) is device_type), default=0)
+            d = state.decide(key, host, dev, largest, False, config_backend, args, kwargs)
         else:
             if d.warm_savings_s:
                 d = state.amortize(d)
@@ -460,7 +470,7 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
             if debug or state.log_path is not None:
                 record(d, first_in_bucket=False)
         offloaded.last_decision = d
-        if d.backend is numpy_backend:
+        if d.backend is numpy_backend and not dev:
             if has_xp:
                 return state.run_numpy(args, kwargs, False)
             next(numpy_calls)
