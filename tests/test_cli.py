@@ -1,0 +1,309 @@
+"""The command line, in-process through ``main([...])`` and once as ``python -m autooffload``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autooffload import _calibrate, _profile, cli
+from autooffload._decide import KINDS
+from autooffload._profile import (
+    Curve,
+    Fingerprint,
+    KindTiming,
+    Profile,
+    current_fingerprint,
+    default_profile_path,
+    load_profile,
+    reset_active_profile,
+    save_profile,
+)
+from autooffload._sweep import SweepProgress
+from autooffload.cli import main
+
+SRC = Path(cli.__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("AUTOOFFLOAD_PROFILE", raising=False)
+    monkeypatch.setattr(_profile, "SHIPPED_PROFILES_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(_profile, "_PROC_GPUS", tmp_path / "no-proc-gpus")
+    reset_active_profile()
+    yield
+    reset_active_profile()
+
+
+def gpu_profile(fingerprint: Fingerprint | None = None, note: str = "synthetic") -> Profile:
+    """CPU 1 ns/B; GPU a 10 us floor; copies 10 GB/s: every kind crosses over."""
+    linear = lambda k: Curve(nbytes=[1.0, 1e13], seconds=[k, k * 1e13])  # noqa: E731
+    return Profile(
+        fingerprint=fingerprint if fingerprint is not None else current_fingerprint(probe_gpu=False),
+        has_gpu=True,
+        transfer_engine="test-engine",
+        h2d=linear(1e-10),
+        d2h=linear(1e-10),
+        launch_latency_s=1e-5,
+        cold_start_s=1.2,
+        kinds={k: KindTiming(cpu=linear(1e-9), gpu=Curve(nbytes=[1.0, 1e13], seconds=[1e-5, 1e-5])) for k in KINDS},
+        notes=[note],
+    )
+
+
+@pytest.fixture
+def fake_sweep(monkeypatch):
+    """calibrate() without measuring: the sweep returns a synthetic profile at once."""
+    calls = []
+
+    def sweep(plan, progress=None):
+        calls.append(plan)
+        if progress:
+            progress(SweepProgress(0.5, "sort", "1 MiB numpy"))
+            progress(SweepProgress(1.0, "done"))
+        return gpu_profile(note=f"fake {plan.name}")
+
+    monkeypatch.setattr(_calibrate, "run_sweep", sweep)
+    return calls
+
+
+# ----------------------------------------------------------------------------- show
+
+
+def test_show_without_a_calibration_shows_the_builtin_fallback(capsys):
+    assert main(["show"]) == 0
+    out = capsys.readouterr().out
+    assert "built-in" in out and "no calibrated profile at" in out
+    for kind in KINDS:
+        assert kind in out
+
+
+def test_show_a_file_prints_machine_age_and_crossover_table(tmp_path, capsys):
+    path = save_profile(gpu_profile(), tmp_path / "p.json")
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert str(path) in out and "this machine's" in out
+    assert "just now" in out and "Crossovers" in out
+    assert "numpy data (host)" in out and "cupy data (device)" in out
+    table = out.split("Crossovers")[1]
+    assert all(kind in table for kind in KINDS)
+    assert "KiB" in table
+
+
+def test_show_notes_another_machines_profile(tmp_path, capsys):
+    other = Fingerprint(cpu_model="Far Away CPU", cpu_cores=128, gpu_name="NVIDIA H100 80GB HBM3")
+    path = save_profile(gpu_profile(other), tmp_path / "h100.json")
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ANOTHER machine" in out and "not this machine's profile" in out and "Far Away CPU" in out
+
+
+def test_show_json_schema(tmp_path, capsys):
+    path = save_profile(gpu_profile(), tmp_path / "p.json")
+    assert main(["show", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc) == {
+        "show_json_version", "source", "builtin", "this_machine", "other_machine_reason", "note",
+        "age_s", "version_drift", "gpu_usable", "crossovers", "profile",
+    }
+    assert doc["show_json_version"] == 1
+    assert doc["source"] == str(path) and doc["this_machine"] is True and doc["builtin"] is False
+    assert set(doc["crossovers"]) == set(KINDS)
+    for entry in doc["crossovers"].values():
+        assert set(entry) == {"host", "device"}
+        assert all(v is None or isinstance(v, float) for v in entry.values())
+    assert doc["crossovers"]["elementwise"]["device"] < doc["crossovers"]["elementwise"]["host"]
+    Profile.model_validate(doc["profile"])  # the embedded profile is the file format
+
+
+def test_show_uses_the_calibrated_profile_by_default(capsys):
+    path = save_profile(gpu_profile(note="mine"), default_profile_path())
+    assert main(["show", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == str(path)
+
+
+@pytest.mark.parametrize("content", ['{"schema_version": 1, "kinds": ', "{nope", '{"schema_version": 7}'])
+def test_show_a_corrupt_file_is_a_clear_error_with_exit_code_2(tmp_path, capsys, content):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    assert main(["show", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert str(bad) in captured.err and "autooffload calibrate" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_show_reports_a_corrupt_autooffload_profile(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    monkeypatch.setenv("AUTOOFFLOAD_PROFILE", str(bad))
+    assert main(["show"]) == 2
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_show_a_missing_file(tmp_path, capsys):
+    assert main(["show", str(tmp_path / "none.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_show_a_cpu_only_profile(tmp_path, capsys):
+    profile = Profile(fingerprint=current_fingerprint(probe_gpu=False), kinds={"sort": KindTiming(cpu=Curve(nbytes=[1e3], seconds=[1e-6]))})
+    path = save_profile(profile, tmp_path / "cpu.json")
+    assert main(["show", str(path)]) == 0
+    assert "every call runs on NumPy" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- calibrate
+
+
+def test_calibrate_saves_and_prints_the_table(fake_sweep, capsys):
+    assert main(["calibrate", "--quick"]) == 0
+    captured = capsys.readouterr()
+    assert fake_sweep[0].name == "quick"
+    assert load_profile(default_profile_path()).notes == ["fake quick"]
+    assert "Crossovers" in captured.out
+    assert "saved" in captured.err
+
+
+def test_calibrate_makes_the_new_profile_active(fake_sweep):
+    assert _profile.active_profile().source == "built-in"
+    main(["calibrate"])
+    assert fake_sweep[0].name == "default"
+    assert _profile.active_profile().source == str(default_profile_path())
+
+
+def test_calibrate_json_prints_the_profile(fake_sweep, tmp_path, capsys):
+    out_path = tmp_path / "out" / "profile.json"
+    assert main(["calibrate", "--quick", "--json", "--output", str(out_path)]) == 0
+    printed = capsys.readouterr().out
+    profile = Profile.model_validate_json(printed)
+    assert profile.notes == ["fake quick"]
+    assert load_profile(out_path).model_dump() == profile.model_dump()
+
+
+def test_calibrate_writes_to_autooffload_profile_when_set(fake_sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOOFFLOAD_PROFILE", str(tmp_path / "env.json"))
+    assert main(["calibrate", "--quick"]) == 0
+    assert (tmp_path / "env.json").exists()
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(fake_sweep, capsys):
+    main(["calibrate", "--quick"])
+    err = capsys.readouterr().err
+    assert "\r" not in err and "[#" not in err
+
+
+def test_progress_bar_draws_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    bar = cli.ProgressBar(stream)
+    bar(SweepProgress(0.5, "sort", "1 MiB numpy"))
+    bar.close()
+    text = stream.getvalue()
+    assert text.startswith("\r[############............]") and "sort 1 MiB numpy" in text
+    assert text.endswith("\r")
+
+
+def test_ctrl_c_keeps_the_old_profile_and_exits_130(monkeypatch, capsys):
+    path = save_profile(gpu_profile(note="old"), default_profile_path())
+    before = path.read_bytes()
+
+    def interrupted(plan, progress=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_calibrate, "run_sweep", interrupted)
+    assert main(["calibrate", "--quick"]) == 130
+    assert path.read_bytes() == before
+    assert "unchanged" in capsys.readouterr().err
+    # The lock was released: a later calibration can run.
+    monkeypatch.setattr(_calibrate, "run_sweep", lambda plan, progress=None: gpu_profile(note="new"))
+    assert main(["calibrate", "--quick"]) == 0
+    assert load_profile(path).notes == ["new"]
+
+
+def test_python_calibrate_keeps_the_old_profile_when_interrupted(monkeypatch, tmp_path):
+    path = save_profile(gpu_profile(note="old"), tmp_path / "p.json")
+    monkeypatch.setattr(_calibrate, "run_sweep", lambda plan, progress=None: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        _calibrate.calibrate(quick=True, output=path)
+    assert load_profile(path).notes == ["old"]
+
+
+def test_calibrate_refuses_to_run_twice_at_once(fake_sweep, capsys):
+    from filelock import FileLock
+
+    lock_path = Path(os.environ["AUTOOFFLOAD_CACHE_DIR"]) / "calibrate.lock"
+    lock_path.parent.mkdir(parents=True)
+    with FileLock(str(lock_path)):
+        assert main(["calibrate", "--quick"]) == 1
+    assert "another calibration is running" in capsys.readouterr().err
+    assert fake_sweep == []
+
+
+def test_python_calibrate_returns_the_saved_profile(fake_sweep, tmp_path):
+    profile = _calibrate.calibrate(quick=True, output=tmp_path / "x.json")
+    assert profile.source == str(tmp_path / "x.json")
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def test_plot_writes_an_image(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = save_profile(gpu_profile(), tmp_path / "p.json")
+    image = tmp_path / "p.png"
+    assert main(["plot", "-o", str(image), str(path)]) == 0
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    assert main(["plot", "-o", str(tmp_path / "p.png")]) == 1
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "autooffload[plot]" in err and "Traceback" not in err
+
+
+def test_plot_of_a_corrupt_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("][")
+    assert main(["plot", "-o", str(tmp_path / "p.png"), str(bad)]) == 2
+
+
+# ----------------------------------------------------------------------------- usage
+
+
+def test_usage_errors_and_help(capsys):
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+    assert main(["--help"]) == 0
+    assert "calibrate" in capsys.readouterr().out
+
+
+def test_python_dash_m_autooffload(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC),
+        "AUTOOFFLOAD_CACHE_DIR": str(tmp_path / "cache"),
+        "AUTOOFFLOAD_PROFILE": "",
+    }
+    path = save_profile(gpu_profile(), tmp_path / "p.json")
+    done = subprocess.run([sys.executable, "-m", "autooffload", "show", str(path), "--json"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["source"] == str(path)
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 1,')
+    done = subprocess.run([sys.executable, "-m", "autooffload", "show", str(bad)], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert "truncated" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,272 @@
+"""The sweep end to end on the CPU: fake clock and fake work make every timing exact."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from autooffload import _profile, _sweep
+from autooffload._decide import KINDS, crossover
+from autooffload._profile import load_profile, save_profile
+from autooffload._sweep import (
+    WORKLOADS,
+    GpuSide,
+    SweepPlan,
+    Workload,
+    cupy_gpu_side,
+    geometric_sizes,
+    measure_cold_start,
+    run_sweep,
+)
+from autooffload._timing import FakeClock, TimerSettings
+
+KiB, MiB = 1024, 1024**2
+FAST_TIMER = TimerSettings(warmup=1, repeats=3, min_repeats=3, min_sample_s=0.0, max_point_s=100.0)
+FAKE_GPU = SimpleNamespace(name="fake-gpu")  # stands in for the cupy module
+
+
+# Fake costs, in powers of two so every measured median is exact.
+def cpu_cost(nbytes: int) -> float:
+    return nbytes * 2.0**-30  # 1 ns/byte-ish
+
+
+def gpu_cost(nbytes: int) -> float:
+    return 2.0**-16 + nbytes * 2.0**-36  # 15 us floor, fast beyond
+
+
+def copy_cost(nbytes: int) -> float:
+    return 2.0**-17 + nbytes * 2.0**-33
+
+
+def fake_workloads(clock: FakeClock, kinds=tuple(WORKLOADS), gpu_out_of_memory_from: float = math.inf):
+    def prepare(xp, target, seed):
+        if xp is FAKE_GPU and target >= gpu_out_of_memory_from:
+            raise MemoryError("fake GPU out of memory")
+        return (target,), target
+
+    def run(xp, nbytes):
+        clock.advance(gpu_cost(nbytes) if xp is FAKE_GPU else cpu_cost(nbytes))
+
+    return {k: Workload(k, prepare, run, working_set=2.0) for k in kinds}
+
+
+def fake_gpu(clock: FakeClock, cold_start: float | None = 1.5) -> GpuSide:
+    class DeviceArray:
+        def __init__(self, nbytes):
+            self.nbytes = nbytes
+
+    def to_device(host):
+        clock.advance(copy_cost(host.nbytes))
+        return DeviceArray(host.nbytes)
+
+    def to_host(dev):
+        clock.advance(copy_cost(dev.nbytes))
+        return np.empty(dev.nbytes // 8)
+
+    return GpuSide(
+        xp=FAKE_GPU,
+        sync=lambda: None,
+        to_device=to_device,
+        to_host=to_host,
+        transfer_engine="fake-engine",
+        free_bytes=lambda: 64 * 1024**3,
+        release=lambda: None,
+        cold_start=lambda: cold_start,
+        out_of_memory=(MemoryError,),
+        fingerprint={"gpu_name": "Fake GPU 9000", "gpu_compute_capability": "9.0", "cuda_runtime_version": "13.0"},
+    )
+
+
+def small_plan(**changes) -> SweepPlan:
+    plan = SweepPlan(
+        name="test",
+        sizes=(1 * KiB, 4 * KiB, 16 * KiB, 64 * KiB),
+        transfer_sizes=(4 * KiB, 16 * KiB),
+        timer=FAST_TIMER,
+        budget_s=1e6,
+        cpu_only_budget_s=1e6,
+        max_call_s=1e6,
+    )
+    return dataclasses.replace(plan, **changes)
+
+
+def test_fake_sweep_records_exact_timings_for_every_kind():
+    clock = FakeClock()
+    seen = []
+    profile = run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock), progress=seen.append)
+
+    assert profile.has_gpu and profile.gpu_usable
+    assert set(profile.kinds) == set(KINDS)  # measured ones plus "generic"
+    assert profile.kinds["generic"] == profile.kinds["elementwise"]
+    sizes = [float(s) for s in small_plan().sizes]
+    for kind, timing in profile.kinds.items():
+        assert timing.cpu.nbytes == sizes, kind
+        assert timing.cpu.seconds == [cpu_cost(int(b)) for b in sizes]
+        assert timing.gpu.seconds == [gpu_cost(int(b)) for b in sizes]
+        assert timing.cpu.noisy == [] and timing.gpu.noisy == []
+    assert profile.h2d.nbytes == [4 * KiB, 16 * KiB]
+    assert profile.h2d.seconds == [copy_cost(4 * KiB), copy_cost(16 * KiB)]
+    assert profile.d2h.seconds == profile.h2d.seconds
+    assert profile.launch_latency_s == gpu_cost(128)
+    assert profile.cold_start_s == 1.5
+    assert profile.transfer_engine == "fake-engine"
+    assert profile.fingerprint.gpu_compute_capability == "9.0"
+    assert profile.fingerprint.gpu_name == "Fake GPU 9000"  # /proc sees no GPU here, so CUDA's name stands
+
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and seen[-1].stage == "done"
+    assert {p.stage for p in seen} >= set(WORKLOADS) | {"transfers", "launch latency", "cold start"}
+
+
+def test_fake_sweep_crossover_matches_the_fake_costs():
+    clock = FakeClock()
+    profile = run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock))
+    # Device data: NumPy pays 2^-30 s/B plus copies out and back; GPU 2^-16 + 2^-36 s/B.
+    at = crossover(profile, "reduction", "device", hi=2.0**30)
+    assert at is not None
+    n = at
+    cpu = n * 2.0**-30 + profile.d2h.predict(n)
+    assert profile.kinds["reduction"].gpu.predict(n) < cpu
+
+
+def test_sweep_profile_survives_a_save_and_load(tmp_path):
+    clock = FakeClock()
+    profile = run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock))
+    loaded = load_profile(save_profile(profile, tmp_path / "p.json"))
+    assert loaded.model_dump() == profile.model_dump()
+
+
+def test_time_budget_stops_a_kind_early():
+    clock = FakeClock()
+    plan = small_plan(sizes=geometric_sizes(KiB, 64 * MiB, 4), cpu_only_budget_s=0.05)
+    profile = run_sweep(plan, clock=clock, gpu=None, workloads=fake_workloads(clock, kinds=("sort",)))
+    measured = profile.kinds["sort"].cpu.nbytes
+    assert len(measured) < len(plan.sizes)
+    assert any("time budget" in n for n in profile.notes)
+    assert clock() <= 0.05 * 1.5 + 1e-9  # predicted points keep it close to the budget
+
+
+def test_slow_calls_stop_a_kind():
+    clock = FakeClock()
+    plan = small_plan(sizes=geometric_sizes(KiB, 64 * MiB, 4), max_call_s=cpu_cost(64 * KiB))
+    profile = run_sweep(plan, clock=clock, gpu=None, workloads=fake_workloads(clock, kinds=("fft",)))
+    assert profile.kinds["fft"].cpu.nbytes[-1] == 64 * KiB
+    assert any("one NumPy call took" in n for n in profile.notes)
+
+
+def test_host_memory_caps_the_sizes():
+    clock = FakeClock()
+    plan = small_plan(host_memory_fraction=1.0)
+    # 2x working set: 64 KiB of free memory allows inputs up to 32 KiB.
+    profile = run_sweep(plan, clock=clock, gpu=None, workloads=fake_workloads(clock, kinds=("matmul",)), host_free_bytes=64 * KiB)
+    assert profile.kinds["matmul"].cpu.nbytes == [1 * KiB, 4 * KiB, 16 * KiB]
+    assert any("host memory cap" in n for n in profile.notes)
+
+
+def test_gpu_out_of_memory_ends_the_gpu_curve_only():
+    clock = FakeClock()
+    profile = run_sweep(
+        small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock, kinds=("sort",), gpu_out_of_memory_from=16 * KiB)
+    )
+    assert len(profile.kinds["sort"].cpu.nbytes) == 4
+    assert profile.kinds["sort"].gpu.nbytes == [1 * KiB, 4 * KiB]
+
+
+def test_failed_cold_start_is_left_out_and_noted():
+    clock = FakeClock()
+    profile = run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock, cold_start=None), workloads=fake_workloads(clock, kinds=("sort",)))
+    assert profile.cold_start_s is None
+    assert any("cold start not measured" in n for n in profile.notes)
+
+
+def test_noisy_points_are_flagged_in_the_curve():
+    clock = FakeClock()
+    calls = {"n": 0}
+
+    def run(xp, nbytes):
+        calls["n"] += 1
+        clock.advance(cpu_cost(nbytes) * (1 + 0.5 * (calls["n"] % 3)))  # 1x, 1.5x, 2x, ...
+
+    wl = {"sort": Workload("sort", lambda xp, t, s: ((t,), t), run, working_set=1.0)}
+    profile = run_sweep(small_plan(), clock=clock, gpu=None, workloads=wl)
+    assert any(profile.kinds["sort"].cpu.noisy)
+    assert any("noisy points" in n for n in profile.notes)
+
+
+def test_cpu_only_sweep_with_real_work_is_quick_and_complete():
+    plan = small_plan(
+        sizes=(1 * KiB, 32 * KiB),
+        timer=TimerSettings(warmup=1, repeats=3, min_repeats=3, min_sample_s=2e-4, max_point_s=0.05),
+    )
+    profile = run_sweep(plan, gpu=None)
+    assert not profile.has_gpu and not profile.gpu_usable
+    assert set(profile.kinds) == set(KINDS)
+    for kind, timing in profile.kinds.items():
+        assert timing.gpu is None
+        assert all(0 < s < 0.1 for s in timing.cpu.seconds), kind
+        assert 900 <= timing.cpu.nbytes[0] <= 1100, kind
+    assert profile.fingerprint.cpu_cores > 0
+    assert profile.h2d is None and profile.cold_start_s is None
+    assert crossover(profile, "fft", "host") is None
+
+
+@pytest.mark.parametrize("kind", sorted(WORKLOADS))
+def test_real_workloads_use_random_nonzero_float64_of_the_asked_size(kind):
+    workload = WORKLOADS[kind]
+    args, nbytes = workload.prepare(np, 64 * KiB, 1)
+    arrays = [a for a in args if isinstance(a, np.ndarray)]
+    assert sum(a.nbytes for a in arrays) == nbytes or kind == "random"
+    assert 0.9 * 64 * KiB <= nbytes <= 1.1 * 64 * KiB
+    for a in arrays:
+        assert a.dtype == np.float64 and np.all(a != 0) and np.unique(a).size > a.size // 2
+    result = workload.run(np, *args)
+    assert np.all(np.isfinite(result))
+
+
+def test_solve_workload_solves():
+    (a, b), _ = WORKLOADS["solve"].prepare(np, 16 * KiB, 3)
+    np.testing.assert_allclose(a @ WORKLOADS["solve"].run(np, a, b), b, rtol=1e-9)
+
+
+def test_plans():
+    quick, default = SweepPlan.quick(), SweepPlan.default()
+    assert quick.sizes[0] == default.sizes[0] == KiB
+    assert quick.budget_s < default.budget_s and quick.cpu_only_budget_s < quick.budget_s
+    assert len(quick.sizes) < len(default.sizes)
+    assert set(quick.kinds) == set(KINDS) - {"generic"}
+    assert geometric_sizes(1, 16, 2) == (1, 2, 4, 8, 16)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_without_cupy_there_is_no_gpu_side_and_no_cold_start():
+    side, why = cupy_gpu_side()
+    assert side is None and "CuPy cannot be imported" in why
+    assert measure_cold_start(timeout_s=30) is None
+
+
+def test_progress_is_optional_and_nothing_is_printed(capsys):
+    clock = FakeClock()
+    run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock, kinds=("sort",)))
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_fingerprint_identity_matches_what_the_loader_sees(tmp_path, monkeypatch):
+    root = tmp_path / "gpus" / "0000:01:00.0"
+    root.mkdir(parents=True)
+    (root / "information").write_text("Model: \t NVIDIA H100 80GB HBM3\nGPU UUID: \t GPU-12345678-1234-1234-1234-123456789abc\n")
+    monkeypatch.setattr(_profile, "_PROC_GPUS", tmp_path / "gpus")
+    clock = FakeClock()
+    side = fake_gpu(clock)
+    side.fingerprint["gpu_uuid"] = "GPU-12345678-1234-1234-1234-123456789ABC"  # CUDA spells it otherwise
+    profile = run_sweep(small_plan(), clock=clock, gpu=side, workloads=fake_workloads(clock, kinds=("sort",)))
+    assert profile.fingerprint.gpu_name == "NVIDIA H100 80GB HBM3"
+    assert _profile.this_machine_mismatch(profile.fingerprint) is None
+
+
+def test_sweep_module_does_not_import_cupy():
+    assert "cupy" not in _sweep.__dict__
