@@ -1,0 +1,37 @@
+"""Every profile file kept in the repository still loads with the current schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autooffload._profile import SHIPPED_PROFILES_DIR, load_profile, shipped_profile_paths
+from autooffload.cli import crossover_table, describe, format_show
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE_FILES = sorted({*REPO.glob("calibration/**/*.json"), *SHIPPED_PROFILES_DIR.glob("*.json")})
+
+
+def test_there_are_profiles_to_check():
+    assert PROFILE_FILES, "no profile files found in calibration/ or src/autooffload/profiles/"
+    assert shipped_profile_paths(), "the package ships no profiles"
+
+
+@pytest.mark.parametrize("path", PROFILE_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_profile_file_loads_and_is_described(path):
+    profile = load_profile(path)
+    assert profile.source == str(path)
+    fp = profile.fingerprint
+    assert fp.cpu_model not in ("", "unknown") and fp.cpu_cores > 0
+    assert profile.kinds, "a real profile has measured kinds"
+    assert not profile.has_gpu or fp.gpu_name, "a GPU profile names its GPU (shipped profiles are matched by it)"
+    table = crossover_table(profile)
+    assert all(set(v) == {"host", "device"} for v in table.values())
+    assert "Measured:" in format_show(describe(profile))
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED_PROFILES_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_profile_is_documented(path):
+    readme = (REPO / "calibration" / "README.md").read_text()
+    assert path.name in readme
