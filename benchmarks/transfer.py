@@ -17,7 +17,7 @@ payload. Device->host calls return a fresh host array (its pages fault on first 
 
 Writes ``<out-dir>/<machine>/transfer.json`` (date, GPU, versions, tuning, all numbers) and
 ``transfer.md`` (the tables). ``--sweep`` first times the engine under several tunings
-(chunk size, threads, buffers, thresholds) and writes ``transfer-sweep.json``.
+(chunk size, threads, buffers, thresholds, modes) and writes ``transfer-sweep.json``.
 """
 
 from __future__ import annotations
@@ -110,7 +110,18 @@ def host_copy_rates(nbytes: int) -> dict:
                 list(ex.map(lambda b: np.copyto(d[b[0]:b[1]], src[b[0]:b[1]]), bounds))
             t = median_time(lambda: run(dst), lambda: None, big=True)
             tf = median_time(lambda: run(np.empty_like(src)), lambda: None, big=True)
-        out[str(k)] = {"touched_GBps": nbytes / t / 1e9, "fresh_GBps": nbytes / tf / 1e9}
+            th = median_time(lambda: run(T._alloc_host(src.shape, src.dtype, "C", T._Tuning(host_alloc="huge"))), lambda: None, big=True)
+        out[str(k)] = {"touched_GBps": nbytes / t / 1e9, "fresh_GBps": nbytes / tf / 1e9, "fresh_huge_GBps": nbytes / th / 1e9}
+    # Does a fresh numpy array get transparent huge pages here?
+    probe = np.empty(nbytes // 8)
+    probe[...] = 1.0
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            out["AnonHugePages_after_touching_numpy_array"] = [ln.strip() for ln in f if ln.startswith("AnonHugePages")]
+        with open("/sys/kernel/mm/transparent_hugepage/defrag") as f:
+            out["thp_defrag"] = f.read().strip()
+    except OSError:
+        pass
     return out
 
 
@@ -220,21 +231,23 @@ SWEEP_SMALL = [4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 16 * Mi
 
 def sweep_configs():
     cfgs = []
-    for threads in (4, 8, 12, 15):
-        for chunk in (8, 16, 32, 64):
-            cfgs.append(("large", dict(threads=threads, chunk_bytes=chunk * MiB, max_buffers=4, lookahead=3)))
-    for chunk in (16, 32):
-        for bufs, look in ((2, 1), (3, 2), (6, 4), (8, 6)):
-            cfgs.append(("large", dict(threads=8, chunk_bytes=chunk * MiB, max_buffers=bufs, lookahead=look)))
+    for threads in (8, 12, 16):
+        for chunk in (4, 8, 16):
+            cfgs.append(("large", dict(threads=threads, chunk_bytes=chunk * MiB, max_buffers=threads + 4)))
+    for bufs in (8, 16, 32):
+        cfgs.append(("large", dict(threads=16, chunk_bytes=8 * MiB, max_buffers=bufs)))
+    for chunk in (8, 32):
+        cfgs.append(("large", dict(threads=16, chunk_bytes=chunk * MiB, max_buffers=20, h2d_mode="register", d2h_mode="register")))
+    for extra in (dict(host_alloc="huge"), dict(prefault=1), dict(host_alloc="huge", prefault=1)):
+        cfgs.append(("large", dict(threads=16, chunk_bytes=8 * MiB, max_buffers=20, **extra)))
     huge = 1 << 40
     cfgs += [
         ("small", dict(h2d_direct_max=huge, d2h_direct_max=huge)),  # driver's pageable path
-        ("small", dict(min_task_bytes=huge)),  # staged, one thread
-        ("small", dict(min_task_bytes=256 * KiB)),
-        ("small", dict(min_task_bytes=1 * MiB)),
-        ("small", dict(min_task_bytes=1 * MiB, min_chunk_bytes=1 * MiB, target_chunks=8)),
-        ("small", dict(min_task_bytes=512 * KiB, min_chunk_bytes=2 * MiB, target_chunks=4)),
-        ("small", dict(min_task_bytes=1 * MiB, target_chunks=1)),
+        ("small", dict(small_bytes=256 * KiB, min_chunk_bytes=256 * KiB)),
+        ("small", dict(small_bytes=256 * KiB, min_chunk_bytes=512 * KiB)),
+        ("small", dict(small_bytes=1 * MiB, min_chunk_bytes=1 * MiB)),
+        ("small", dict(small_bytes=4 * MiB, min_chunk_bytes=1 * MiB)),
+        ("small", dict(small_bytes=64 * KiB, min_chunk_bytes=256 * KiB, threads=8, max_buffers=12)),
     ]
     return cfgs
 
@@ -283,7 +296,7 @@ def main(argv=None) -> int:
     import cupy as cp
 
     if args.tune:
-        T._configure(**{k: parse_bytes(v) for k, v in (kv.split("=") for kv in args.tune.split(","))})
+        T._configure(**{k: (v if v.isalpha() else parse_bytes(v)) for k, v in (kv.split("=") for kv in args.tune.split(","))})
     info = machine_info(cp)
     machine = args.machine or slug(info["gpu"])
     max_bytes = min(args.max_bytes, free_limits(cp))
@@ -298,8 +311,10 @@ def main(argv=None) -> int:
         if args.sweep:
             t0 = time.time()
             diag = host_copy_rates(256 * MiB)
-            print("host np.copyto GB/s by threads (touched, fresh pages):",
-                  {k: (round(v["touched_GBps"], 1), round(v["fresh_GBps"], 1)) for k, v in diag.items()}, flush=True)
+            print("host np.copyto GB/s by threads (touched, fresh pages, fresh huge-page mapping):",
+                  {k: (round(v["touched_GBps"], 1), round(v["fresh_GBps"], 1), round(v["fresh_huge_GBps"], 1))
+                   for k, v in diag.items() if isinstance(v, dict)},
+                  {k: v for k, v in diag.items() if not isinstance(v, dict)}, flush=True)
             sw = run_sweep(bench, max_bytes)
             sw["host_copy"] = diag
             sw["machine"] = info

@@ -101,17 +101,43 @@ def test_group_chunks(sizes, chunk):
     assert off == start
 
 
-def test_chunk_and_task_sizes():
-    t = T._Tuning(chunk_bytes=32 * MiB, min_chunk_bytes=4 * MiB, target_chunks=4, threads=8, min_task_bytes=MiB)
-    assert T.chunk_size_for(1024, t) == 4 * MiB
-    assert T.chunk_size_for(64 * MiB, t) == 16 * MiB
-    assert T.chunk_size_for(1 << 30, t) == 32 * MiB
-    assert T.task_size_for(32 * MiB, t) == 4 * MiB
-    assert T.task_size_for(4 * MiB, t) == MiB
+def test_chunk_sizes_and_contiguous_plan():
+    t = T._Tuning(chunk_bytes=8 * MiB, min_chunk_bytes=MiB, threads=16)
+    assert T.chunk_size_for(1024, t) == MiB
+    assert T.chunk_size_for(32 * MiB, t) == 2 * MiB
+    assert T.chunk_size_for(1 << 30, t) == 8 * MiB
     chunks = T.plan_transfer((1 << 30,), 1, True, t)
-    assert len(chunks) == 32 and all(len(c.pieces) == 8 for c in chunks)
-    assert T.plan_transfer((1000,), 8, True, t)[0].pieces[0].count == 8000
+    assert len(chunks) == 128 and all(len(c.pieces) == 1 for c in chunks)
+    assert T.plan_transfer((1000,), 8, True, t)[0].nbytes == 8000
     assert T.plan_transfer((0, 3), 8, False, t) == []
+
+
+@given(base=st.integers(0, 1 << 20), nbytes=st.integers(1, 200_000), chunk=st.integers(1, 70_000))
+def test_plan_contiguous_page_aligned(base, nbytes, chunk):
+    chunks = T.plan_contiguous(base, nbytes, chunk)
+    off = 0
+    for i, c in enumerate(chunks):
+        assert c.offset == off and c.nbytes > 0
+        assert c.pieces == (T.Piece((slice(off, off + c.nbytes),), off, c.nbytes),)
+        if i > 0:
+            assert (base + c.offset) % 4096 == 0  # inner boundaries on page boundaries
+        assert c.nbytes <= max(4096, chunk - chunk % 4096)
+        off += c.nbytes
+    assert off == nbytes
+
+
+def test_alloc_host_huge_and_prefault():
+    t = T._Tuning(host_alloc="huge", huge_min_bytes=1)
+    for shape, order in (((300, 7001), "C"), ((300, 7001), "F"), ((5,), "C")):
+        a = T._alloc_host(shape, np.dtype(np.float32), order, t)
+        assert a.shape == shape and a.dtype == np.float32 and a.flags.writeable
+        assert a.flags.f_contiguous if order == "F" else a.flags.c_contiguous
+        assert a.ctypes.data % (2 * MiB) == 0
+        T._prefault(a.ctypes.data, a.nbytes)  # best effort, must not fail
+        a[...] = 3
+        assert float(a.sum()) == 3 * a.size
+    b = T._alloc_host((10,), np.dtype(np.int8), "C", T._Tuning())
+    assert b.flags.owndata  # plain np.empty by default
 
 
 def test_configure_validates_and_restores():
@@ -119,6 +145,8 @@ def test_configure_validates_and_restores():
         T._configure(bogus=1)
     with pytest.raises(ValueError, match="chunk_bytes"):
         T._configure(chunk_bytes=0)
+    with pytest.raises(ValueError, match="h2d_mode"):
+        T._configure(h2d_mode="teleport")
     old = T._configure(threads=3)
     try:
         assert T._tuning().threads == 3
@@ -321,6 +349,9 @@ class FakeStream:
     def synchronize(self):
         pass
 
+    def wait_event(self, ev):
+        pass
+
 
 class FakeCupy:
     class OutOfMemoryError(MemoryError):
@@ -333,6 +364,9 @@ class FakeCupy:
         self.fail_memcpy_at = None
         self.oom = False
         self.live_dev = 0
+        self.registered = {}
+        self.n_registered = 0
+        self.lock = threading.Lock()
 
         class Event:
             def __init__(self, block=False, disable_timing=False):
@@ -356,18 +390,49 @@ class FakeCupy:
                 del fake.pinned[ptr]
 
             @staticmethod
+            def getDevice():
+                return 0
+
+            @staticmethod
+            def setDevice(i):
+                assert i == 0
+
+            @staticmethod
+            def hostRegister(ptr, n, flags):
+                with fake.lock:
+                    for p, m in fake.registered.items():
+                        if p < ptr + n and ptr < p + m:
+                            raise RuntimeError("cudaErrorHostMemoryAlreadyRegistered")
+                    fake.registered[ptr] = n
+                    fake.n_registered += 1
+
+            @staticmethod
+            def hostUnregister(ptr):
+                with fake.lock:
+                    del fake.registered[ptr]
+
+            @staticmethod
             def memcpyAsync(dst, src, n, kind, stream):
                 fake.memcpys.append((kind, n))
                 if fake.fail_memcpy_at is not None and len(fake.memcpys) >= fake.fail_memcpy_at:
                     raise RuntimeError("injected DMA failure")
                 ctypes.memmove(dst, src, n)
 
+        class Stream(FakeStream):
+            def __init__(self, non_blocking=False):
+                self.ptr = 1000 + id(self) % 1000
+
+            def wait_event(self, ev):
+                pass
+
         class Cuda:
             runtime = Runtime
-            get_current_stream = staticmethod(lambda: FakeStream())
+            get_current_stream = staticmethod(lambda: fake.current_stream)
 
         Cuda.Event = Event
+        Cuda.Stream = Stream
         self.cuda = Cuda
+        self.current_stream = FakeStream()
 
     def empty(self, shape, dtype, order="C"):
         if self.oom:
@@ -388,10 +453,11 @@ def fake(monkeypatch):
     f = FakeCupy()
     T.release_pinned_pool()
     monkeypatch.setattr(T, "_cupy", f)
-    old = T._configure(chunk_bytes=64 * 1024, min_chunk_bytes=16 * 1024, target_chunks=4, max_buffers=3, lookahead=2, threads=4, min_task_bytes=4096)
+    old = T._configure(chunk_bytes=64 * 1024, min_chunk_bytes=16 * 1024, max_buffers=3, threads=4, small_bytes=4096)
     yield f
     T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
     assert not f.pinned, "pinned buffers leaked"
+    assert not f.registered, "host memory left registered"
 
 
 def bits(a):
@@ -613,3 +679,45 @@ def test_release_pool_while_in_use(fake):
     T.release_pinned_pool()
     assert not fake.pinned and T.pool_info()["allocated"] == 0
     assert same(T.to_device(h).get(), h)
+
+
+@pytest.mark.parametrize("knobs", [
+    dict(h2d_mode="register", d2h_mode="register"),
+    dict(host_alloc="huge", huge_min_bytes=4096, prefault=1),
+    dict(threads=1, max_buffers=1),
+], ids=["register", "huge_prefault", "one_thread_one_buffer"])
+def test_modes_fake(fake, knobs):
+    T._configure(**knobs)
+    rng = np.random.default_rng(7)
+    for dtype in (np.float64, np.int8, np.complex64):
+        for name, h, expect in layouts(rng, dtype, big=True):
+            d = T.to_device(h)
+            assert same(d.get(), h), name
+            back = T.to_host(d)
+            _check_layout(back, expect)
+            assert same(back, h), name
+    big = random_array((500_001,), np.float64, rng)
+    assert same(T.to_host(T.to_device(big)), big)
+    if knobs.get("h2d_mode") == "register":
+        assert fake.n_registered > 0
+
+
+def test_register_conflict_falls_back_to_staging(fake):
+    T._configure(h2d_mode="register", d2h_mode="register")
+    h = np.arange(300_000, dtype=np.float64)
+    # Someone else holds a registration inside the array: those chunks are staged instead.
+    fake.registered[h.ctypes.data + 100_000] = 8
+    try:
+        d = T.to_device(h)
+        assert same(d.get(), h)
+        assert same(T.to_host(d), h)
+    finally:
+        del fake.registered[h.ctypes.data + 100_000]
+
+
+def test_per_thread_stream_uses_side_stream(fake):
+    fake.current_stream = type("PTDS", (FakeStream,), {"ptr": 2})()
+    h = np.arange(300_000, dtype=np.float64)
+    d = T.to_device(h)
+    assert same(d.get(), h)
+    assert same(T.to_host(d), h)

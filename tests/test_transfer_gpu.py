@@ -76,21 +76,24 @@ def check_layout(a, expect, name):
     assert (a.flags.f_contiguous if expect == "F" else a.flags.c_contiguous), f"{name}: layout"
 
 
+TUNINGS = {
+    "default": {},
+    "small_chunks": dict(chunk_bytes=256 * 1024, min_chunk_bytes=64 * 1024, max_buffers=3, threads=4,
+                         small_bytes=16 * 1024, h2d_direct_max=0, d2h_direct_max=0),
+    "register": dict(h2d_mode="register", d2h_mode="register", chunk_bytes=1 * MiB, min_chunk_bytes=64 * 1024,
+                     small_bytes=16 * 1024),
+    "huge_prefault": dict(host_alloc="huge", huge_min_bytes=64 * 1024, prefault=1, chunk_bytes=256 * 1024,
+                          min_chunk_bytes=64 * 1024, small_bytes=16 * 1024),
+    "direct": dict(h2d_direct_max=1 << 40, d2h_direct_max=1 << 40),
+}
+
+
 @pytest.fixture
 def small_chunks():
     """Tiny chunks and pool, so that modest arrays span many chunks and threads contend."""
-    old = T._configure(chunk_bytes=256 * 1024, min_chunk_bytes=64 * 1024, target_chunks=4, max_buffers=3,
-                       lookahead=2, threads=4, min_task_bytes=16 * 1024, h2d_direct_max=0, d2h_direct_max=0)
+    old = T._configure(**TUNINGS["small_chunks"])
     yield
     T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
-
-
-TUNINGS = {
-    "default": {},
-    "small_chunks": dict(chunk_bytes=256 * 1024, min_chunk_bytes=64 * 1024, target_chunks=4, max_buffers=3,
-                         lookahead=2, threads=4, min_task_bytes=16 * 1024, h2d_direct_max=0, d2h_direct_max=0),
-    "direct": dict(h2d_direct_max=1 << 40, d2h_direct_max=1 << 40),
-}
 
 
 @pytest.fixture(params=list(TUNINGS))
@@ -103,7 +106,7 @@ def tuning(request):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_round_trip_every_dtype_and_layout(dtype, tuning):
     rng = np.random.default_rng(0)
-    for name, h, expect in layouts(rng, dtype, scale=3 if tuning == "small_chunks" else 1):
+    for name, h, expect in layouts(rng, dtype, scale=1 if tuning in ("default", "direct") else 3):
         before = h.copy()
         d = T.to_device(h)
         assert isinstance(d, cp.ndarray)
@@ -195,6 +198,35 @@ def test_stream_ordering_on_user_stream():
     s.synchronize()
 
 
+@pytest.mark.parametrize("tuned", ["default", "register", "huge_prefault"])
+def test_large_modes(tuned):
+    old = T._configure(**{k: v for k, v in TUNINGS[tuned].items() if k not in ("chunk_bytes", "min_chunk_bytes", "small_bytes")})
+    try:
+        rng = np.random.default_rng(11)
+        h = random_array((40 * MiB // 4 + 3,), np.float32, rng)
+        for v in (h, h[:-3].reshape(-1, 8).T, h[::3]):
+            d = T.to_device(v)
+            assert same(cp.asnumpy(d), v)
+            assert same(T.to_host(d), v)
+            out = np.empty(v.shape, v.dtype)
+            assert same(T.to_host(d, out=out), v)
+    finally:
+        T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
+
+
+def test_per_thread_default_stream():
+    rng = np.random.default_rng(12)
+    h = random_array((16 * MiB // 8,), np.float64, rng)
+    with cp.cuda.Stream.ptds:
+        x = cp.zeros(h.size)
+        for _ in range(100):
+            x += 1.0
+        assert np.all(T.to_host(x) == 100.0)
+        d = T.to_device(h)
+        y = d * 1.0 + x  # queued on the per-thread stream after to_device: must see the data
+        assert equal_values(T.to_host(y), h + 100.0)
+
+
 def test_source_may_change_after_to_device():
     rng = np.random.default_rng(5)
     h = random_array((64 * MiB // 8,), np.float64, rng)
@@ -263,9 +295,10 @@ def test_out_of_memory_frees_and_reraises():
     h = np.random.default_rng(7).standard_normal(64 * MiB // 8)
     before = h.copy()
     cp.cuda.get_current_stream().synchronize()
+    mempool.free_all_blocks()  # a cached free block would be reused without checking the limit
     used = mempool.used_bytes()
     old_limit = mempool.get_limit()
-    mempool.set_limit(size=used + 16 * MiB)
+    mempool.set_limit(size=mempool.total_bytes() + 16 * MiB)
     try:
         with pytest.raises(cp.cuda.memory.OutOfMemoryError):
             T.to_device(h)

@@ -8,21 +8,24 @@ Why: CUDA can only DMA from page-locked ("pinned") host memory. From an ordinary
 
 How (engine ``pinned-pipeline-v1``):
 
-* A bounded pool of pinned chunks (``_Tuning.chunk_bytes`` each, at most ``max_buffers``),
+* A bounded pool of pinned buffers (``_Tuning.chunk_bytes`` each, at most ``max_buffers``),
   allocated on first use with ``cudaHostAlloc``, reused across calls and threads, freed by
-  ``release_pinned_pool()`` and at exit.
-* Host -> device: the array is cut into chunks in its own memory order (C, or F for an
-  F-contiguous array; C for anything strided, gathered on the way). Worker threads copy chunk
-  i+1 into a pinned buffer (``np.copyto`` releases the GIL) while the DMA of chunk i runs. The
-  DMAs are queued on the caller's *current stream*, so work queued there afterwards sees the
-  data, and the caller's stream orders the device allocation exactly as ``cupy.empty`` expects.
-  Each buffer carries a CUDA event recorded after its DMA; it is reused only once that event
-  has fired.
-* Device -> host: DMA chunk i+1 into a pinned buffer while the workers copy chunk i out to the
-  destination; fresh destination pages fault on first touch inside the workers, so the faults
-  are spread over the threads too.
-* Small arrays skip the threads (one task on the calling thread); tiny ones, where measured
-  faster, skip the pool and let the driver copy from pageable memory directly.
+  ``release_pinned_pool()`` and at exit. Each buffer carries a CUDA event recorded after the
+  last DMA that used it; it is handed out again only once that event has fired.
+* Large arrays are cut into chunks in their own memory order (C, or F for an F-contiguous
+  array; C for anything strided, gathered or scattered on the way), about one per worker.
+  Each worker thread takes a whole chunk: host -> device, it copies the chunk into a pinned
+  buffer (``np.copyto`` releases the GIL) and queues its DMA; device -> host, it queues the DMA
+  into a pinned buffer, waits for it and copies out. So host copies of some chunks overlap the
+  DMAs of others with no barrier between chunks. Host copies are the bottleneck on the H100
+  machine (one thread copies ~10 GB/s, 16 threads ~39 GB/s; the link does ~54), hence many
+  workers.
+* DMAs are queued on the caller's *current stream* (work queued there afterwards sees the data,
+  and it orders the device allocation as CuPy's pool expects). The per-thread default stream
+  is the exception: its handle means another stream in each worker, so a side stream fenced by
+  events stands in for it.
+* Small arrays use one pinned buffer on the calling thread (no workers); tiny ones, where
+  measured faster, skip the pool and let the driver copy from/to pageable memory directly.
 
 Tuning constants live in ``_TUNING`` with the measurement that chose them; ``benchmarks/
 transfer.py --sweep`` re-measures them. CuPy is imported lazily: importing this module never
@@ -53,34 +56,45 @@ __all__ = ["ENGINE_NAME", "to_device", "to_host", "release_pinned_pool"]
 # ---------------------------------------------------------------------------------------------
 # Tuning
 # ---------------------------------------------------------------------------------------------
+_MODES = ("stage", "register")
+_ALLOCS = ("numpy", "huge")
+
+
 @dataclass(frozen=True)
 class _Tuning:
     """Knobs of the engine. Defaults chosen by ``benchmarks/transfer.py --sweep`` on the H100."""
 
+    # Worker threads; each copies whole chunks and queues the DMA of its chunk itself.
+    threads: int = 16
     # Largest chunk, and the size of each pinned buffer of the pool.
-    chunk_bytes: int = 32 * MiB
-    # Smallest chunk: arrays are cut into ~``target_chunks`` chunks so that even mid-size arrays
-    # overlap host copies with DMA, but never below this (per-chunk overhead is ~20-40 us).
-    min_chunk_bytes: int = 4 * MiB
-    target_chunks: int = 4
-    # Pinned buffers in the pool, shared by all threads, and how many one transfer keeps in
-    # flight (filling/draining one while the DMA of the others runs).
-    max_buffers: int = 4
-    lookahead: int = 3
-    # Worker threads for host copies, and the smallest piece handed to one of them.
-    threads: int = 8
-    min_task_bytes: int = 1 * MiB
+    chunk_bytes: int = 8 * MiB
+    # Arrays are cut into ~one chunk per thread, but never below this size.
+    min_chunk_bytes: int = 1 * MiB
+    # Pinned buffers in the pool, shared by all threads (a few more than threads, so that the
+    # DMA of finished chunks does not starve the copies of the next ones).
+    max_buffers: int = 20
+    # At or below this size, one pinned buffer on the calling thread (no workers).
+    small_bytes: int = 1 * MiB
     # At or below these sizes, let the driver copy from/to pageable memory directly (no pool).
     h2d_direct_max: int = 0
     d2h_direct_max: int = 0
+    # "stage": copy through pinned buffers; "register": cudaHostRegister the caller's memory
+    # chunk by chunk and DMA from/to it directly (contiguous arrays only).
+    h2d_mode: str = "stage"
+    d2h_mode: str = "stage"
+    # Allocation of to_host results of at least huge_min_bytes: "numpy" (np.empty) or "huge"
+    # (an anonymous mapping aligned to 2 MiB with MADV_HUGEPAGE: fewer first-touch faults).
+    host_alloc: str = "numpy"
+    huge_min_bytes: int = 64 * MiB
+    # Workers fault the destination chunk in with MADV_POPULATE_WRITE before copying into it.
+    prefault: int = 0
 
 
 def _default_threads() -> int:
-    n = os.cpu_count() or 1
-    return max(1, min(8, n - 1))
+    return max(1, min(16, os.cpu_count() or 1))
 
 
-_TUNING = _Tuning(threads=_default_threads())
+_TUNING = _Tuning(threads=_default_threads(), max_buffers=_default_threads() + 4)
 
 
 def _configure(**changes: Any) -> _Tuning:
@@ -89,14 +103,20 @@ def _configure(**changes: Any) -> _Tuning:
     Releases the pinned pool and the worker threads so that the new sizes take effect.
     """
     global _TUNING
-    names = {f.name for f in fields(_Tuning)}
-    unknown = set(changes) - names
+    names = {f.name: f for f in fields(_Tuning)}
+    unknown = set(changes) - set(names)
     if unknown:
         raise TypeError(f"unknown tuning knobs {sorted(unknown)}; allowed: {sorted(names)}")
     for k, v in changes.items():
-        if not isinstance(v, int) or v < 0:
+        if k in ("h2d_mode", "d2h_mode"):
+            if v not in _MODES:
+                raise ValueError(f"tuning knob {k} must be one of {_MODES}; got {v!r}")
+        elif k == "host_alloc":
+            if v not in _ALLOCS:
+                raise ValueError(f"tuning knob {k} must be one of {_ALLOCS}; got {v!r}")
+        elif not isinstance(v, int) or v < 0:
             raise ValueError(f"tuning knob {k} must be an int >= 0; got {v!r}")
-    for k in ("chunk_bytes", "min_chunk_bytes", "target_chunks", "max_buffers", "lookahead", "threads", "min_task_bytes"):
+    for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads"):
         if k in changes and changes[k] < 1:
             raise ValueError(f"tuning knob {k} must be >= 1; got {changes[k]!r}")
     old = _TUNING
@@ -194,31 +214,43 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
+_PAGE = 4096
+
+
 def chunk_size_for(nbytes: int, t: _Tuning) -> int:
-    """Bytes per chunk for an array of ``nbytes``: ~nbytes/target_chunks within [min, max]."""
-    want = _round_up(max(1, -(-nbytes // t.target_chunks)), 4096)
+    """Bytes per chunk: about one chunk per worker, within [min_chunk_bytes, chunk_bytes]."""
+    want = _round_up(max(1, -(-nbytes // t.threads)), 64 * KiB)
     return max(min(t.min_chunk_bytes, t.chunk_bytes), min(t.chunk_bytes, want))
 
 
-def task_size_for(chunk_bytes: int, t: _Tuning) -> int:
-    """Bytes per host-copy task: a chunk split over the threads, never below min_task_bytes."""
-    return max(t.min_task_bytes, _round_up(-(-chunk_bytes // t.threads), 4096))
+def plan_contiguous(base_addr: int, nbytes: int, chunk: int) -> list[Chunk]:
+    """Byte-range chunks of at most ``chunk`` bytes whose inner boundaries are page-aligned
+    addresses (so that chunks never share a page: cudaHostRegister needs that)."""
+    chunks = []
+    off = 0
+    step = max(_PAGE, chunk - chunk % _PAGE)
+    first = step - (base_addr % _PAGE)
+    end = min(nbytes, first)
+    while off < nbytes:
+        chunks.append(Chunk(off, end - off, (Piece((slice(off, end),), off, end - off),)))
+        off = end
+        end = min(nbytes, off + step)
+    return chunks
 
 
-def plan_transfer(shape: tuple[int, ...], itemsize: int, contiguous: bool, t: _Tuning) -> list[Chunk]:
+def plan_transfer(shape: tuple[int, ...], itemsize: int, contiguous: bool, t: _Tuning, base_addr: int = 0) -> list[Chunk]:
     """Chunks for copying an array of ``shape`` whose C order is the device buffer's order.
 
-    ``contiguous``: the host side is C-contiguous too, so it is planned as flat bytes (fewer,
-    page-aligned tasks); otherwise as blocks of the strided host array.
+    ``contiguous``: the host side is C-contiguous too, so it is planned as flat bytes starting at
+    host address ``base_addr``; otherwise as blocks of the strided host array, grouped by chunk.
     """
     nbytes = math.prod(shape) * itemsize
     if nbytes == 0:
         return []
     chunk = chunk_size_for(nbytes, t)
-    task = min(task_size_for(chunk, t), chunk)
     if contiguous:
-        return group_chunks(plan_pieces((nbytes,), 1, task), 1, chunk)
-    return group_chunks(plan_pieces(shape, itemsize, task), itemsize, chunk)
+        return plan_contiguous(base_addr, nbytes, chunk)
+    return group_chunks(plan_pieces(shape, itemsize, chunk), itemsize, chunk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,8 +513,16 @@ def _event_for(buf: _Buffer, device_id: int) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Host-side copy tasks
+# Host-side helpers
 # ---------------------------------------------------------------------------------------------
+_PER_THREAD_STREAM = 2  # cudaStreamPerThread: means "this thread's stream", so never hand it to a worker
+_HOST_REGISTER_PORTABLE = 1
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+_HUGE = 2 * MiB
+_tls = threading.local()
+_libc: Any = None
+
+
 def _byte_view(a: np.ndarray) -> np.ndarray:
     """Flat uint8 view of a C-contiguous array (0-d included)."""
     return a.reshape(-1).view(np.uint8)
@@ -499,15 +539,6 @@ def _piece_pair(host_c: np.ndarray, flat: np.ndarray | None, buf: np.ndarray, ch
     return h, p
 
 
-def _start_copies(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list:
-    """Queue ``np.copyto(dst, src)`` for each pair on the workers; a lone pair runs inline."""
-    if len(pairs) == 1:
-        np.copyto(pairs[0][0], pairs[0][1])
-        return []
-    ex = _get_executor()
-    return [ex.submit(np.copyto, d, s) for d, s in pairs]
-
-
 def _finish(futs: list) -> None:
     """Wait for every future, then raise the first error (never leave a copy running)."""
     err = None
@@ -519,6 +550,203 @@ def _finish(futs: list) -> None:
                 err = e
     if err is not None:
         raise err
+
+
+def _alloc_host(shape: tuple, dtype: np.dtype, order: str, t: _Tuning) -> np.ndarray:
+    """A new host array for a to_host result."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if t.host_alloc != "huge" or nbytes < t.huge_min_bytes:
+        return np.empty(shape, dtype=dtype, order=order)
+    import ctypes
+    import mmap
+
+    # An anonymous mapping, used from a 2 MiB-aligned offset, advised to use huge pages: the
+    # first touch then faults 2 MiB at a time instead of 4 KiB.
+    mm = mmap.mmap(-1, nbytes + _HUGE)
+    probe = ctypes.c_char.from_buffer(mm)
+    addr = ctypes.addressof(probe)
+    del probe
+    pad = (-addr) % _HUGE
+    try:
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError, ValueError):
+        pass
+    flat = np.frombuffer(mm, np.uint8, count=nbytes, offset=pad)
+    return flat.view(dtype).reshape(shape, order=order)
+
+
+def _prefault(ptr: int, nbytes: int) -> None:
+    """Fault pages in kernel-side (no trap per page); GIL released by ctypes. Best effort."""
+    global _libc
+    if _libc is False:
+        return
+    import ctypes
+
+    if _libc is None:
+        try:
+            lib = ctypes.CDLL(None, use_errno=True)
+            lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _libc = lib
+        except (OSError, AttributeError):
+            _libc = False
+            return
+    start = ptr - ptr % _PAGE
+    if _libc.madvise(start, ptr + nbytes - start, _MADV_POPULATE_WRITE) != 0:
+        _libc = False  # unsupported here: stop trying
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunked transfers: one task per chunk, run by the workers
+# ---------------------------------------------------------------------------------------------
+class _Job:
+    """One chunked transfer, shared by its chunk tasks."""
+
+    __slots__ = ("cp", "pool", "dev_ptr", "device_id", "host_c", "flat", "host_ptr", "itemsize", "stream", "mode", "prefault", "failed")
+
+    def __init__(self, cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, stream: Any, mode: str, prefault: int):
+        self.cp = cp
+        self.pool = _get_pool()
+        self.dev_ptr = dev_ptr
+        self.device_id = device_id
+        self.host_c = host_c
+        self.flat = _byte_view(host_c) if contiguous else None
+        self.host_ptr = host_c.ctypes.data if contiguous else 0
+        self.itemsize = host_c.itemsize
+        self.stream = stream
+        self.mode = mode if contiguous else "stage"
+        self.prefault = prefault and contiguous
+        self.failed = False
+
+    def use_device(self) -> None:
+        rt = self.cp.cuda.runtime
+        if rt.getDevice() != self.device_id:
+            rt.setDevice(self.device_id)
+
+
+def _thread_event(cp: Any, device_id: int) -> Any:
+    evs = getattr(_tls, "events", None)
+    if evs is None:
+        evs = _tls.events = {}
+    ev = evs.get(device_id)
+    if ev is None:
+        ev = evs[device_id] = cp.cuda.Event(block=False, disable_timing=True)
+    return ev
+
+
+def _side_stream(cp: Any, device_id: int) -> Any:
+    ss = getattr(_tls, "streams", None)
+    if ss is None:
+        ss = _tls.streams = {}
+    s = ss.get(device_id)
+    if s is None:
+        s = ss[device_id] = cp.cuda.Stream(non_blocking=True)
+    return s
+
+
+def _run_job(job: _Job, chunks: list[Chunk], task: Callable[[_Job, Chunk], None]) -> None:
+    """Run ``task`` for every chunk: inline for one chunk, else on the workers; wait for all.
+
+    With the per-thread default stream, whose handle means another stream in each worker, the
+    DMAs go to a side stream of this thread, fenced by events against the caller's stream.
+    """
+    caller = job.stream
+    side = None
+    if caller.ptr == _PER_THREAD_STREAM and len(chunks) > 1:
+        cp = job.cp
+        side = _side_stream(cp, job.device_id)
+        ev0 = cp.cuda.Event(block=False, disable_timing=True)
+        ev0.record(caller)
+        side.wait_event(ev0)
+        job.stream = side
+    if len(chunks) == 1:
+        task(job, chunks[0])
+    else:
+        ex = _get_executor()
+        _finish([ex.submit(task, job, ch) for ch in chunks])
+    if side is not None:
+        ev1 = job.cp.cuda.Event(block=False, disable_timing=True)
+        ev1.record(side)
+        caller.wait_event(ev1)
+
+
+def _copy_pieces(job: _Job, ch: Chunk, buf: np.ndarray, to_pinned: bool) -> None:
+    for p in ch.pieces:
+        h, b = _piece_pair(job.host_c, job.flat, buf, ch, p, job.itemsize)
+        if to_pinned:
+            np.copyto(b, h)  # releases the GIL for large copies
+        else:
+            np.copyto(h, b)
+
+
+def _registered_dma(job: _Job, ch: Chunk, kind: int) -> bool:
+    """DMA straight from/to the caller's memory, page-locked for the duration. False when the
+    range cannot be registered (e.g. a page of it is registered already): stage it instead."""
+    cp = job.cp
+    rt = cp.cuda.runtime
+    ptr = job.host_ptr + ch.offset
+    try:
+        rt.hostRegister(ptr, ch.nbytes, _HOST_REGISTER_PORTABLE)
+    except Exception:
+        return False
+    try:
+        if kind == _H2D:
+            rt.memcpyAsync(job.dev_ptr + ch.offset, ptr, ch.nbytes, _H2D, job.stream.ptr)
+        else:
+            rt.memcpyAsync(ptr, job.dev_ptr + ch.offset, ch.nbytes, _D2H, job.stream.ptr)
+        ev = _thread_event(cp, job.device_id)
+        ev.record(job.stream)
+        ev.synchronize()
+    finally:
+        rt.hostUnregister(ptr)
+    return True
+
+
+def _h2d_task(job: _Job, ch: Chunk) -> None:
+    if job.failed:
+        return
+    try:
+        job.use_device()
+        if job.mode == "register" and _registered_dma(job, ch, _H2D):
+            return
+        pool = job.pool
+        buf = pool.acquire()  # waits for the DMA that last read it
+        ev = None
+        try:
+            _copy_pieces(job, ch, buf.array, to_pinned=True)
+            job.cp.cuda.runtime.memcpyAsync(job.dev_ptr + ch.offset, buf.ptr, ch.nbytes, _H2D, job.stream.ptr)
+            ev = _event_for(buf, job.device_id)
+            ev.record(job.stream)
+        finally:
+            pool.release(buf, ev)  # reusable once the DMA has read it
+    except BaseException:
+        job.failed = True
+        raise
+
+
+def _d2h_task(job: _Job, ch: Chunk) -> None:
+    if job.failed:
+        return
+    try:
+        job.use_device()
+        if job.mode == "register" and _registered_dma(job, ch, _D2H):
+            return
+        pool = job.pool
+        buf = pool.acquire()
+        ev = None
+        try:
+            job.cp.cuda.runtime.memcpyAsync(buf.ptr, job.dev_ptr + ch.offset, ch.nbytes, _D2H, job.stream.ptr)
+            ev = _event_for(buf, job.device_id)
+            ev.record(job.stream)
+            if job.prefault:  # fault the destination in while the DMA runs
+                _prefault(job.host_ptr + ch.offset, ch.nbytes)
+            ev.synchronize()
+            ev = None
+            _copy_pieces(job, ch, buf.array, to_pinned=False)
+        finally:
+            pool.release(buf, ev)
+    except BaseException:
+        job.failed = True
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,30 +766,30 @@ def to_device(host: np.ndarray):
     if not src.dtype.isnative:
         src = src.astype(src.dtype.newbyteorder("="))
     if src.flags.c_contiguous:
-        order, host_c = "C", src
+        order, host_c, contiguous = "C", src, True
     elif src.flags.f_contiguous:
-        order, host_c = "F", src.T
+        order, host_c, contiguous = "F", src.T, True
     else:
-        order, host_c = "C", src
+        order, host_c, contiguous = "C", src, False
     dev = cp.empty(src.shape, dtype=src.dtype, order=order)
     nbytes = src.nbytes
     if nbytes == 0:
         return dev
     t = _TUNING
     stream = cp.cuda.get_current_stream()
-    contiguous = host_c.flags.c_contiguous
     # Only the pointer travels below, so that on failure no frame of the traceback keeps the
     # device array alive: `del dev` then really returns its memory to CuPy's pool.
-    dev_ptr, device_id = dev.data.ptr, dev.device.id
+    dev_ptr = dev.data.ptr
     try:
         if contiguous and nbytes <= t.h2d_direct_max:
             _h2d_direct(cp, dev_ptr, host_c, stream)
         else:
             try:
-                if contiguous and nbytes <= t.min_task_bytes and nbytes <= t.chunk_bytes:
-                    _h2d_small(cp, dev_ptr, device_id, _byte_view(host_c), stream)
+                if contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
+                    _h2d_small(cp, dev_ptr, dev.device.id, _byte_view(host_c), stream)
                 else:
-                    _h2d_staged(cp, dev_ptr, device_id, host_c, contiguous, t, stream)
+                    job = _Job(cp, dev_ptr, dev.device.id, host_c, contiguous, stream, t.h2d_mode, 0)
+                    _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _h2d_task)
             except PinnedUnavailable:
                 _h2d_direct(cp, dev_ptr, host_c if contiguous else np.ascontiguousarray(host_c), stream)
     except BaseException:
@@ -576,7 +804,7 @@ def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
 
 
 def _h2d_small(cp: Any, dev_ptr: int, device_id: int, flat: np.ndarray, stream: Any) -> None:
-    """One pinned buffer, one copy on this thread, one DMA: no planning, no workers."""
+    """One pinned buffer, one copy on this thread, one DMA on the caller's stream."""
     pool = _get_pool()
     buf = pool.acquire()
     ev = None
@@ -587,54 +815,6 @@ def _h2d_small(cp: Any, dev_ptr: int, device_id: int, flat: np.ndarray, stream: 
         ev.record(stream)
     finally:
         pool.release(buf, ev)
-
-
-def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, t: _Tuning, stream: Any) -> None:
-    pool = _get_pool()
-    itemsize = host_c.itemsize
-    chunks = plan_transfer(host_c.shape, itemsize, contiguous, t)
-    flat = _byte_view(host_c) if contiguous else None
-    memcpy = cp.cuda.runtime.memcpyAsync
-    filling: deque = deque()  # (chunk, buffer, futures) being filled by the workers
-    nxt = 0
-    try:
-        while nxt < len(chunks) or filling:
-            # Keep up to `lookahead` chunks filling; block for a buffer only when holding none
-            # (threads sharing the bounded pool can then never deadlock).
-            while nxt < len(chunks) and len(filling) < t.lookahead:
-                buf = pool.acquire(block=not filling)
-                if buf is None:
-                    break
-                ch = chunks[nxt]
-                try:
-                    pairs = [_piece_pair(host_c, flat, buf.array, ch, p, itemsize) for p in ch.pieces]
-                    futs = _start_copies([(b, h) for h, b in pairs])
-                except BaseException:
-                    pool.release(buf)
-                    raise
-                filling.append((ch, buf, futs))
-                nxt += 1
-            ch, buf, futs = filling[0]
-            try:
-                _finish(futs)
-                memcpy(dev_ptr + ch.offset, buf.ptr, ch.nbytes, _H2D, stream.ptr)
-                ev = _event_for(buf, device_id)
-                ev.record(stream)
-            except BaseException:
-                filling.popleft()
-                pool.release(buf)
-                raise
-            filling.popleft()
-            pool.release(buf, ev)
-    except BaseException:
-        # Let the workers finish with our buffers before anyone else gets them.
-        for _, buf, futs in filling:
-            try:
-                _finish(futs)
-            except BaseException:
-                pass
-            pool.release(buf)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,136 +841,73 @@ def to_host(dev, out: np.ndarray | None = None) -> np.ndarray:
         if not out.flags.writeable:
             raise ValueError("to_host: out is read-only")
     cp = _cp()
-    with dev.device:
-        stream = cp.cuda.get_current_stream()
-        tmp = None
-        if dev.flags.c_contiguous:
-            order, src_ptr = "C", dev.data.ptr
-        elif dev.flags.f_contiguous:
-            order, src_ptr = "F", dev.data.ptr
-        else:
-            # One device-to-device pass (~3 TB/s) makes it contiguous; queued on the same stream.
-            order, tmp = "C", cp.ascontiguousarray(dev)
-            src_ptr = tmp.data.ptr
-        if out is None:
-            out = np.empty(shape, dtype=dtype, order=order)
-        if out.size == 0:
-            return out
-        host_c = out if order == "C" else out.T
-        try:
-            _d2h(cp, src_ptr, dev.device.id, host_c, _TUNING, stream)
-        except BaseException:
-            del tmp  # no frame of the traceback keeps the temporary alive
-            raise
+    device = dev.device
+    if cp.cuda.runtime.getDevice() != device.id:
+        with device:
+            return _to_host(cp, dev, out, shape, dtype)
+    return _to_host(cp, dev, out, shape, dtype)
+
+
+def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    t = _TUNING
+    stream = cp.cuda.get_current_stream()
+    tmp = None
+    flags = dev.flags
+    if flags.c_contiguous:
+        order, src_ptr = "C", dev.data.ptr
+    elif flags.f_contiguous:
+        order, src_ptr = "F", dev.data.ptr
+    else:
+        # One device-to-device pass (~3 TB/s) makes it contiguous; queued on the same stream.
+        order, tmp = "C", cp.ascontiguousarray(dev)
+        src_ptr = tmp.data.ptr
+    if out is None:
+        out = _alloc_host(shape, dtype, order, t)
+    if out.size == 0:
         return out
-
-
-def _d2h(cp: Any, src_ptr: int, device_id: int, host_c: np.ndarray, t: _Tuning, stream: Any) -> None:
+    host_c = out if order == "C" else out.T
     contiguous = host_c.flags.c_contiguous
     nbytes = host_c.nbytes
-    if contiguous and nbytes <= t.d2h_direct_max:
-        _d2h_direct(cp, src_ptr, host_c, stream)
-        return
     try:
-        if contiguous and nbytes <= t.min_task_bytes and nbytes <= t.chunk_bytes:
-            _d2h_small(cp, src_ptr, device_id, _byte_view(host_c), stream)
-        else:
-            _d2h_staged(cp, src_ptr, device_id, host_c, contiguous, t, stream)
-    except PinnedUnavailable:
-        if contiguous:
+        if contiguous and nbytes <= t.d2h_direct_max:
             _d2h_direct(cp, src_ptr, host_c, stream)
         else:
-            tmp = np.empty(host_c.shape, host_c.dtype)
-            _d2h_direct(cp, src_ptr, tmp, stream)
-            np.copyto(host_c, tmp)
+            try:
+                if contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
+                    _d2h_small(cp, src_ptr, _byte_view(host_c), stream)
+                else:
+                    job = _Job(cp, src_ptr, dev.device.id, host_c, contiguous, stream, t.d2h_mode, t.prefault)
+                    _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _d2h_task)
+            except PinnedUnavailable:
+                if contiguous:
+                    _d2h_direct(cp, src_ptr, host_c, stream)
+                else:
+                    staged = np.empty(host_c.shape, host_c.dtype)
+                    _d2h_direct(cp, src_ptr, staged, stream)
+                    np.copyto(host_c, staged)
+    except BaseException:
+        del tmp  # no frame of the traceback keeps the temporary alive
+        raise
+    return out
 
 
 def _d2h_direct(cp: Any, src_ptr: int, host_c: np.ndarray, stream: Any) -> None:
-    # From device to pageable memory the driver returns only once the copy is done; the
-    # synchronize is cheap insurance for drivers that would not.
+    # To pageable memory the driver returns only once the copy is done; the synchronize is
+    # cheap insurance.
     cp.cuda.runtime.memcpyAsync(host_c.ctypes.data, src_ptr, host_c.nbytes, _D2H, stream.ptr)
     stream.synchronize()
 
 
-def _d2h_small(cp: Any, src_ptr: int, device_id: int, flat: np.ndarray, stream: Any) -> None:
-    """One DMA into one pinned buffer, wait for it, one copy out on this thread."""
+def _d2h_small(cp: Any, src_ptr: int, flat: np.ndarray, stream: Any) -> None:
+    """One DMA into one pinned buffer on the caller's stream, wait, one copy out."""
     pool = _get_pool()
     buf = pool.acquire()
-    ev = None
     try:
         cp.cuda.runtime.memcpyAsync(buf.ptr, src_ptr, flat.size, _D2H, stream.ptr)
-        ev = _event_for(buf, device_id)
-        ev.record(stream)
-        ev.synchronize()
-        ev = None
+        stream.synchronize()
         np.copyto(flat, buf.array[: flat.size])
     finally:
-        pool.release(buf, ev)
-
-
-def _d2h_staged(cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, t: _Tuning, stream: Any) -> None:
-    pool = _get_pool()
-    itemsize = host_c.itemsize
-    chunks = plan_transfer(host_c.shape, itemsize, contiguous, t)
-    flat = _byte_view(host_c) if contiguous else None
-    memcpy = cp.cuda.runtime.memcpyAsync
-    issued: deque = deque()  # (chunk, buffer, event): DMA queued into the buffer
-    copying: deque = deque()  # (buffer, futures): workers copying the buffer out
-    nxt = 0
-
-    def retire_copies(keep: int) -> None:
-        while len(copying) > keep:
-            buf, futs = copying[0]
-            try:
-                _finish(futs)
-            finally:
-                copying.popleft()
-                pool.release(buf)
-
-    try:
-        while True:
-            # Queue DMAs ahead; block for a buffer only when holding none.
-            while nxt < len(chunks) and len(issued) < t.lookahead:
-                buf = pool.acquire(block=not issued and not copying)
-                if buf is None:
-                    break
-                ch = chunks[nxt]
-                try:
-                    memcpy(buf.ptr, dev_ptr + ch.offset, ch.nbytes, _D2H, stream.ptr)
-                    ev = _event_for(buf, device_id)
-                    ev.record(stream)
-                except BaseException:
-                    pool.release(buf)
-                    raise
-                issued.append((ch, buf, ev))
-                nxt += 1
-            if not issued:
-                if not copying:
-                    break  # all done
-                retire_copies(0)  # free our buffers, then queue more DMAs
-                continue
-            ch, buf, ev = issued.popleft()
-            try:
-                ev.synchronize()
-                pairs = [_piece_pair(host_c, flat, buf.array, ch, p, itemsize) for p in ch.pieces]
-                futs = _start_copies(pairs)
-            except BaseException:
-                pool.release(buf, ev)
-                raise
-            retire_copies(0)  # the previous chunk's copies (the workers are on this one now)
-            copying.append((buf, futs))
-        retire_copies(0)
-    except BaseException:
-        for buf, futs in copying:
-            try:
-                _finish(futs)
-            except BaseException:
-                pass
-            pool.release(buf)
-        copying.clear()
-        for _, buf, ev in issued:
-            pool.release(buf, ev)  # the next user waits for the DMA into it
-        raise
+        pool.release(buf)
 
 
 def pool_info() -> dict[str, int]:
