@@ -7,7 +7,8 @@ memory), both directions:
 
 * ``cupy``   ``cupy.asarray(h)`` / ``cupy.asnumpy(d)`` from / to an ordinary (pageable) array;
 * ``pinned`` ``cudaMemcpyAsync`` from / to a page-locked host buffer: the link's limit;
-* ``engine`` ``autooffload._transfer.to_device`` / ``to_host`` from / to an ordinary array.
+* ``engine`` ``autooffload._transfer.to_device`` / ``to_host`` from / to an ordinary array;
+* ``engine out=`` ``to_host(d, out=a)`` into an existing (already touched) array: no page faults.
 
 Every call is warm (one untimed call first), synchronized (the current stream is synchronized
 after it), repeated (at least 5 times, or until 0.2 s for quick ones) and the median kept. Data
@@ -43,7 +44,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from autooffload import _transfer as T  # noqa: E402
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
-SIZES = [4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB]
+SIZES = [4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB, 256 * MiB,
+         1 * GiB, 4 * GiB]
 
 
 def parse_bytes(s: str) -> int:
@@ -110,8 +112,7 @@ def host_copy_rates(nbytes: int) -> dict:
                 list(ex.map(lambda b: np.copyto(d[b[0]:b[1]], src[b[0]:b[1]]), bounds))
             t = median_time(lambda: run(dst), lambda: None, big=True)
             tf = median_time(lambda: run(np.empty_like(src)), lambda: None, big=True)
-            th = median_time(lambda: run(T._alloc_host(src.shape, src.dtype, "C", T._Tuning(host_alloc="huge"))), lambda: None, big=True)
-        out[str(k)] = {"touched_GBps": nbytes / t / 1e9, "fresh_GBps": nbytes / tf / 1e9, "fresh_huge_GBps": nbytes / th / 1e9}
+        out[str(k)] = {"touched_GBps": nbytes / t / 1e9, "fresh_GBps": nbytes / tf / 1e9}
     # Does a fresh numpy array get transparent huge pages here?
     probe = np.empty(nbytes // 8)
     probe[...] = 1.0
@@ -149,7 +150,7 @@ class Bench:
             self._data = {nbytes: random_bytes(nbytes, self.rng)}  # keep one size at a time
         return self._data[nbytes]
 
-    def measure(self, nbytes: int, methods=("cupy", "pinned", "engine")) -> dict:
+    def measure(self, nbytes: int, methods=("cupy", "pinned", "engine", "engine_out")) -> dict:
         cp, sync = self.cp, self.sync
         big = nbytes >= 2 * GiB
         h = self.data(nbytes)
@@ -179,6 +180,14 @@ class Bench:
             elif m == "engine":
                 h2d = median_time(lambda: T.to_device(h), sync, big)
                 d2h = median_time(lambda: T.to_host(d), sync, big)
+                if "engine_out" in methods:
+                    dst = np.ones_like(h)
+                    t_out = median_time(lambda: T.to_host(d, out=dst), sync, big)
+                    ok = ok and bits_equal(dst, h)
+                    res["engine_out"] = {"d2h_s": t_out, "d2h_GBps": nbytes / t_out / 1e9}
+                    del dst
+            elif m == "engine_out":
+                continue
             else:
                 raise ValueError(m)
             res[m] = {"h2d_s": h2d, "d2h_s": d2h, "h2d_GBps": nbytes / h2d / 1e9, "d2h_GBps": nbytes / d2h / 1e9}
@@ -225,31 +234,23 @@ def free_limits(cp) -> int:
     return lim
 
 
-SWEEP_LARGE = [64 * MiB, 256 * MiB, 1 * GiB]
-SWEEP_SMALL = [4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 16 * MiB]
+SWEEP_SIZES = [4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB]
 
 
 def sweep_configs():
-    cfgs = []
-    for threads in (8, 12, 16):
-        for chunk in (4, 8, 16):
-            cfgs.append(("large", dict(threads=threads, chunk_bytes=chunk * MiB, max_buffers=threads + 4)))
-    for bufs in (8, 16, 32):
-        cfgs.append(("large", dict(threads=16, chunk_bytes=8 * MiB, max_buffers=bufs)))
-    for chunk in (8, 32):
-        cfgs.append(("large", dict(threads=16, chunk_bytes=chunk * MiB, max_buffers=20, h2d_mode="register", d2h_mode="register")))
-    for extra in (dict(host_alloc="huge"), dict(prefault=1), dict(host_alloc="huge", prefault=1)):
-        cfgs.append(("large", dict(threads=16, chunk_bytes=8 * MiB, max_buffers=20, **extra)))
+    """Where the worker pipeline starts to pay against the driver's own path.
+
+    (The sweeps of earlier engine versions, with chunk sizes, thread counts, buffer counts,
+    cudaHostRegister and huge-page results, are kept as results/h100/transfer.sweep-run*.json.)
+    """
     huge = 1 << 40
-    cfgs += [
-        ("small", dict(h2d_direct_max=huge, d2h_direct_max=huge)),  # driver's pageable path
-        ("small", dict(small_bytes=256 * KiB, min_chunk_bytes=256 * KiB)),
-        ("small", dict(small_bytes=256 * KiB, min_chunk_bytes=512 * KiB)),
-        ("small", dict(small_bytes=1 * MiB, min_chunk_bytes=1 * MiB)),
-        ("small", dict(small_bytes=4 * MiB, min_chunk_bytes=1 * MiB)),
-        ("small", dict(small_bytes=64 * KiB, min_chunk_bytes=256 * KiB, threads=8, max_buffers=12)),
+    return [
+        ("direct", dict(h2d_direct_max=huge, d2h_direct_max=huge)),
+        ("chunks>=4MiB", dict(h2d_direct_max=0, d2h_direct_max=0, small_bytes=0, min_chunk_bytes=4 * MiB)),
+        ("chunks>=2MiB", dict(h2d_direct_max=0, d2h_direct_max=0, small_bytes=0, min_chunk_bytes=2 * MiB)),
+        ("chunks>=2MiB,8 threads", dict(h2d_direct_max=0, d2h_direct_max=0, small_bytes=0, min_chunk_bytes=2 * MiB,
+                                        threads=8, max_buffers=12)),
     ]
-    return cfgs
 
 
 def run_sweep(bench: Bench, max_bytes: int) -> dict:
@@ -257,7 +258,7 @@ def run_sweep(bench: Bench, max_bytes: int) -> dict:
     out = {"base": asdict(base), "rows": []}
     for group, cfg in sweep_configs():
         T._configure(**{**asdict(base), **cfg})
-        sizes = [s for s in (SWEEP_LARGE if group == "large" else SWEEP_SMALL) if s <= max_bytes]
+        sizes = [s for s in SWEEP_SIZES if s <= max_bytes]
         row = {"group": group, "config": cfg, "sizes": {}}
         line = []
         for s in sizes:
@@ -265,20 +266,20 @@ def run_sweep(bench: Bench, max_bytes: int) -> dict:
             row["sizes"][str(s)] = r
             line.append(f"{fmt_size(s)}: {r['engine']['h2d_GBps']:.1f}/{r['engine']['d2h_GBps']:.1f}{'' if r['engine_bit_exact'] else ' WRONG'}")
         out["rows"].append(row)
-        print(f"sweep {group:5s} {cfg}: " + ", ".join(line), flush=True)
+        print(f"sweep {group}: " + ", ".join(line), flush=True)
     T._configure(**asdict(base))
     return out
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| size | H2D cupy | H2D pinned | H2D engine | D2H cupy | D2H pinned | D2H engine | engine us in / out |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| size | H2D cupy | H2D pinned | H2D engine | D2H cupy | D2H pinned | D2H engine | D2H engine out= | engine us in / out |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
         g = lambda m, d: f"{r[m][d + '_GBps']:.2f}"  # noqa: E731
         us = f"{r['engine']['h2d_s'] * 1e6:.0f} / {r['engine']['d2h_s'] * 1e6:.0f}"
         lines.append(f"| {fmt_size(r['nbytes'])} | {g('cupy', 'h2d')} | {g('pinned', 'h2d')} | {g('engine', 'h2d')} | "
-                     f"{g('cupy', 'd2h')} | {g('pinned', 'd2h')} | {g('engine', 'd2h')} | {us} |"
+                     f"{g('cupy', 'd2h')} | {g('pinned', 'd2h')} | {g('engine', 'd2h')} | {g('engine_out', 'd2h')} | {us} |"
                      + ("" if r["engine_bit_exact"] else " WRONG"))
     return head + "\n".join(lines) + "\n"
 
@@ -311,8 +312,8 @@ def main(argv=None) -> int:
         if args.sweep:
             t0 = time.time()
             diag = host_copy_rates(256 * MiB)
-            print("host np.copyto GB/s by threads (touched, fresh pages, fresh huge-page mapping):",
-                  {k: (round(v["touched_GBps"], 1), round(v["fresh_GBps"], 1), round(v["fresh_huge_GBps"], 1))
+            print("host np.copyto GB/s by threads (into touched, into fresh pages):",
+                  {k: (round(v["touched_GBps"], 1), round(v["fresh_GBps"], 1))
                    for k, v in diag.items() if isinstance(v, dict)},
                   {k: v for k, v in diag.items() if not isinstance(v, dict)}, flush=True)
             sw = run_sweep(bench, max_bytes)
@@ -330,7 +331,8 @@ def main(argv=None) -> int:
             rows.append(r)
             e, c = r["engine"], r["cupy"]
             print(f"{fmt_size(s):>8}: H2D cupy {c['h2d_GBps']:6.2f} pinned {r['pinned']['h2d_GBps']:6.2f} engine {e['h2d_GBps']:6.2f} | "
-                  f"D2H cupy {c['d2h_GBps']:6.2f} pinned {r['pinned']['d2h_GBps']:6.2f} engine {e['d2h_GBps']:6.2f} GB/s"
+                  f"D2H cupy {c['d2h_GBps']:6.2f} pinned {r['pinned']['d2h_GBps']:6.2f} engine {e['d2h_GBps']:6.2f} "
+                  f"out= {r['engine_out']['d2h_GBps']:6.2f} GB/s"
                   f"{'' if r['engine_bit_exact'] else '  ENGINE WRONG'} ({time.time() - t0:.1f} s)", flush=True)
     finally:
         bench.close()
@@ -352,7 +354,9 @@ def main(argv=None) -> int:
           f"{info['cpu_count']} CPUs, Python {info['python']}. Engine `{T.ENGINE_NAME}`, tuning `{asdict(T._tuning())}`.\n\n"
           f"GB/s (1e9 bytes/s of payload), median of warm, synchronized repeats; made by `benchmarks/transfer.py`.\n"
           f"`cupy` = `cupy.asarray` / `cupy.asnumpy` from/to an ordinary numpy array; `pinned` = cudaMemcpyAsync from/to "
-          f"page-locked memory (the limit); `engine` = `autooffload._transfer.to_device` / `to_host` from/to an ordinary array.\n\n"
+          f"page-locked memory (the limit); `engine` = `autooffload._transfer.to_device` / `to_host` from/to an ordinary array "
+          f"(D2H: a new array, whose pages fault on first touch, as with `cupy.asnumpy`); `engine out=` = `to_host(d, out=a)` "
+          f"into an existing array.\n\n"
           + table(rows))
     (outdir / "transfer.md").write_text(md)
     print()

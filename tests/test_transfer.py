@@ -126,27 +126,13 @@ def test_plan_contiguous_page_aligned(base, nbytes, chunk):
     assert off == nbytes
 
 
-def test_alloc_host_huge_and_prefault():
-    t = T._Tuning(host_alloc="huge", huge_min_bytes=1)
-    for shape, order in (((300, 7001), "C"), ((300, 7001), "F"), ((5,), "C")):
-        a = T._alloc_host(shape, np.dtype(np.float32), order, t)
-        assert a.shape == shape and a.dtype == np.float32 and a.flags.writeable
-        assert a.flags.f_contiguous if order == "F" else a.flags.c_contiguous
-        assert a.ctypes.data % (2 * MiB) == 0
-        T._prefault(a.ctypes.data, a.nbytes)  # best effort, must not fail
-        a[...] = 3
-        assert float(a.sum()) == 3 * a.size
-    b = T._alloc_host((10,), np.dtype(np.int8), "C", T._Tuning())
-    assert b.flags.owndata  # plain np.empty by default
-
-
 def test_configure_validates_and_restores():
     with pytest.raises(TypeError, match="unknown tuning knobs"):
         T._configure(bogus=1)
     with pytest.raises(ValueError, match="chunk_bytes"):
         T._configure(chunk_bytes=0)
-    with pytest.raises(ValueError, match="h2d_mode"):
-        T._configure(h2d_mode="teleport")
+    with pytest.raises(ValueError, match="threads"):
+        T._configure(threads=-1)
     old = T._configure(threads=3)
     try:
         assert T._tuning().threads == 3
@@ -453,11 +439,11 @@ def fake(monkeypatch):
     f = FakeCupy()
     T.release_pinned_pool()
     monkeypatch.setattr(T, "_cupy", f)
-    old = T._configure(chunk_bytes=64 * 1024, min_chunk_bytes=16 * 1024, max_buffers=3, threads=4, small_bytes=4096)
+    old = T._configure(chunk_bytes=64 * 1024, min_chunk_bytes=16 * 1024, max_buffers=3, threads=4, small_bytes=4096,
+                       h2d_direct_max=0, d2h_direct_max=0)
     yield f
     T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
     assert not f.pinned, "pinned buffers leaked"
-    assert not f.registered, "host memory left registered"
 
 
 def bits(a):
@@ -681,13 +667,8 @@ def test_release_pool_while_in_use(fake):
     assert same(T.to_device(h).get(), h)
 
 
-@pytest.mark.parametrize("knobs", [
-    dict(h2d_mode="register", d2h_mode="register"),
-    dict(host_alloc="huge", huge_min_bytes=4096, prefault=1),
-    dict(threads=1, max_buffers=1),
-], ids=["register", "huge_prefault", "one_thread_one_buffer"])
-def test_modes_fake(fake, knobs):
-    T._configure(**knobs)
+def test_one_thread_one_buffer_fake(fake):
+    T._configure(threads=1, max_buffers=1)
     rng = np.random.default_rng(7)
     for dtype in (np.float64, np.int8, np.complex64):
         for name, h, expect in layouts(rng, dtype, big=True):
@@ -698,21 +679,21 @@ def test_modes_fake(fake, knobs):
             assert same(back, h), name
     big = random_array((500_001,), np.float64, rng)
     assert same(T.to_host(T.to_device(big)), big)
-    if knobs.get("h2d_mode") == "register":
-        assert fake.n_registered > 0
 
 
-def test_register_conflict_falls_back_to_staging(fake):
-    T._configure(h2d_mode="register", d2h_mode="register")
-    h = np.arange(300_000, dtype=np.float64)
-    # Someone else holds a registration inside the array: those chunks are staged instead.
-    fake.registered[h.ctypes.data + 100_000] = 8
-    try:
+def test_default_tuning_fake(fake):
+    T._configure(**{k: getattr(T._Tuning(), k) for k in ("chunk_bytes", "min_chunk_bytes", "small_bytes", "h2d_direct_max", "d2h_direct_max")})
+    rng = np.random.default_rng(8)
+    for n in (10, 1 << 20, (9 << 20) // 8 + 3, (40 << 20) // 8 + 5):  # direct, direct, 3 chunks, 5+ chunks
+        h = random_array((n,), np.float64, rng)
+        fake.memcpys.clear()
         d = T.to_device(h)
         assert same(d.get(), h)
         assert same(T.to_host(d), h)
-    finally:
-        del fake.registered[h.ctypes.data + 100_000]
+        if n * 8 <= 8 << 20:
+            assert len(fake.memcpys) == 2  # one each way: the driver's path
+        else:
+            assert len(fake.memcpys) > 4
 
 
 def test_per_thread_stream_uses_side_stream(fake):

@@ -24,8 +24,16 @@ How (engine ``pinned-pipeline-v1``):
   and it orders the device allocation as CuPy's pool expects). The per-thread default stream
   is the exception: its handle means another stream in each worker, so a side stream fenced by
   events stands in for it.
-* Small arrays use one pinned buffer on the calling thread (no workers); tiny ones, where
-  measured faster, skip the pool and let the driver copy from/to pageable memory directly.
+* Arrays up to 8 MiB skip all that: ``cudaMemcpyAsync`` from/to the pageable array lets the
+  driver stage it through its own pinned buffers, which measured fastest there (faster than
+  ``cupy.asarray``, which copies into a pinned buffer on one thread first). Strided small
+  arrays go through one pinned buffer on the calling thread.
+* Measured and dropped: ``cudaHostRegister`` of the caller's memory chunk by chunk (11-17 GB/s
+  in, 3-4 out at 1 GiB: pinning fresh pages is slow here); huge-page result mappings and
+  MADV_POPULATE_WRITE prefaulting of results (no gain, or much worse).
+* Device -> host into a *new* array is bounded by first-touch page faults of the result on this
+  VM: 16 threads copy into fresh pages at ~22 GB/s against ~40 into touched ones. ``out=``
+  with an existing array avoids that cost.
 
 Tuning constants live in ``_TUNING`` with the measurement that chose them; ``benchmarks/
 transfer.py --sweep`` re-measures them. CuPy is imported lazily: importing this module never
@@ -41,7 +49,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,38 +64,36 @@ __all__ = ["ENGINE_NAME", "to_device", "to_host", "release_pinned_pool"]
 # ---------------------------------------------------------------------------------------------
 # Tuning
 # ---------------------------------------------------------------------------------------------
-_MODES = ("stage", "register")
-_ALLOCS = ("numpy", "huge")
-
-
 @dataclass(frozen=True)
 class _Tuning:
-    """Knobs of the engine. Defaults chosen by ``benchmarks/transfer.py --sweep`` on the H100."""
+    """Knobs of the engine, chosen by ``benchmarks/transfer.py --sweep`` on the H100 machine
+    (benchmarks/results/h100/transfer.*; numbers below are from there)."""
 
-    # Worker threads; each copies whole chunks and queues the DMA of its chunk itself.
+    # Worker threads; each copies whole chunks and queues the DMA of its chunk itself. Host
+    # copies are the bottleneck (np.copyto: 10 GB/s on one thread, 40 on 16), and D2H into
+    # fresh pages needs every core for the first-touch faults (22 GB/s on 16 threads, 16 on 8).
     threads: int = 16
-    # Largest chunk, and the size of each pinned buffer of the pool.
+    # Largest chunk, and the size of each pinned buffer of the pool. 8 MiB beat 4 and 16 MiB
+    # at 1 GiB (H2D 40-42 GB/s, D2H 22-24 GB/s; 4 MiB 27-38 / 17-21; 16 MiB 34-35 / 17-20).
     chunk_bytes: int = 8 * MiB
-    # Arrays are cut into ~one chunk per thread, but never below this size.
-    min_chunk_bytes: int = 1 * MiB
-    # Pinned buffers in the pool, shared by all threads (a few more than threads, so that the
-    # DMA of finished chunks does not starve the copies of the next ones).
+    # Arrays are cut into ~one chunk per thread, but chunks never go below this: waking a
+    # worker costs ~0.1 ms on this VM, so 16 chunks of 1 MiB moved 16 MiB in 1.9 ms, slower than
+    # the driver's own path (1.1-1.3 ms) and cupy (1.2-1.7 ms).
+    min_chunk_bytes: int = 4 * MiB
+    # Pinned buffers in the pool, shared by all threads: a few more than the threads, so that
+    # DMAs in flight do not starve the copies (8 buffers: 36 / 17 GB/s; 16-32: 38-40 / 21-23).
+    # 20 x 8 MiB = 160 MiB of pinned memory at most.
     max_buffers: int = 20
-    # At or below this size, one pinned buffer on the calling thread (no workers).
+    # Above the direct thresholds (when those are lowered), and for strided arrays: at or below
+    # this size, one pinned buffer on the calling thread, no workers.
     small_bytes: int = 1 * MiB
-    # At or below these sizes, let the driver copy from/to pageable memory directly (no pool).
-    h2d_direct_max: int = 0
-    d2h_direct_max: int = 0
-    # "stage": copy through pinned buffers; "register": cudaHostRegister the caller's memory
-    # chunk by chunk and DMA from/to it directly (contiguous arrays only).
-    h2d_mode: str = "stage"
-    d2h_mode: str = "stage"
-    # Allocation of to_host results of at least huge_min_bytes: "numpy" (np.empty) or "huge"
-    # (an anonymous mapping aligned to 2 MiB with MADV_HUGEPAGE: fewer first-touch faults).
-    host_alloc: str = "numpy"
-    huge_min_bytes: int = 64 * MiB
-    # Workers fault the destination chunk in with MADV_POPULATE_WRITE before copying into it.
-    prefault: int = 0
+    # At or below these sizes, cudaMemcpyAsync from/to the pageable array itself: the driver
+    # stages it through its own pinned buffers, pipelined, with a fast memcpy. Measured faster
+    # than everything else up to 4 MiB (4 KiB: 12 / 13 us, cupy 27 / 17 us; 1 MiB: 87 / 109 us,
+    # cupy 138 / 126 us; 4 MiB: 332 / 357 us, cupy 489 / 399 us); at 16 MiB 1.1 / 1.3 ms, level
+    # with cupy (1.7 / 1.2 ms) while 8 chunks of 2 MiB on workers took 1.0 / 1.1 ms.
+    h2d_direct_max: int = 8 * MiB
+    d2h_direct_max: int = 8 * MiB
 
 
 def _default_threads() -> int:
@@ -103,18 +109,12 @@ def _configure(**changes: Any) -> _Tuning:
     Releases the pinned pool and the worker threads so that the new sizes take effect.
     """
     global _TUNING
-    names = {f.name: f for f in fields(_Tuning)}
-    unknown = set(changes) - set(names)
+    names = {f.name for f in fields(_Tuning)}
+    unknown = set(changes) - names
     if unknown:
         raise TypeError(f"unknown tuning knobs {sorted(unknown)}; allowed: {sorted(names)}")
     for k, v in changes.items():
-        if k in ("h2d_mode", "d2h_mode"):
-            if v not in _MODES:
-                raise ValueError(f"tuning knob {k} must be one of {_MODES}; got {v!r}")
-        elif k == "host_alloc":
-            if v not in _ALLOCS:
-                raise ValueError(f"tuning knob {k} must be one of {_ALLOCS}; got {v!r}")
-        elif not isinstance(v, int) or v < 0:
+        if not isinstance(v, int) or v < 0:
             raise ValueError(f"tuning knob {k} must be an int >= 0; got {v!r}")
     for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads"):
         if k in changes and changes[k] < 1:
@@ -516,11 +516,7 @@ def _event_for(buf: _Buffer, device_id: int) -> Any:
 # Host-side helpers
 # ---------------------------------------------------------------------------------------------
 _PER_THREAD_STREAM = 2  # cudaStreamPerThread: means "this thread's stream", so never hand it to a worker
-_HOST_REGISTER_PORTABLE = 1
-_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
-_HUGE = 2 * MiB
 _tls = threading.local()
-_libc: Any = None
 
 
 def _byte_view(a: np.ndarray) -> np.ndarray:
@@ -552,58 +548,15 @@ def _finish(futs: list) -> None:
         raise err
 
 
-def _alloc_host(shape: tuple, dtype: np.dtype, order: str, t: _Tuning) -> np.ndarray:
-    """A new host array for a to_host result."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    if t.host_alloc != "huge" or nbytes < t.huge_min_bytes:
-        return np.empty(shape, dtype=dtype, order=order)
-    import ctypes
-    import mmap
-
-    # An anonymous mapping, used from a 2 MiB-aligned offset, advised to use huge pages: the
-    # first touch then faults 2 MiB at a time instead of 4 KiB.
-    mm = mmap.mmap(-1, nbytes + _HUGE)
-    probe = ctypes.c_char.from_buffer(mm)
-    addr = ctypes.addressof(probe)
-    del probe
-    pad = (-addr) % _HUGE
-    try:
-        mm.madvise(mmap.MADV_HUGEPAGE)
-    except (AttributeError, OSError, ValueError):
-        pass
-    flat = np.frombuffer(mm, np.uint8, count=nbytes, offset=pad)
-    return flat.view(dtype).reshape(shape, order=order)
-
-
-def _prefault(ptr: int, nbytes: int) -> None:
-    """Fault pages in kernel-side (no trap per page); GIL released by ctypes. Best effort."""
-    global _libc
-    if _libc is False:
-        return
-    import ctypes
-
-    if _libc is None:
-        try:
-            lib = ctypes.CDLL(None, use_errno=True)
-            lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            _libc = lib
-        except (OSError, AttributeError):
-            _libc = False
-            return
-    start = ptr - ptr % _PAGE
-    if _libc.madvise(start, ptr + nbytes - start, _MADV_POPULATE_WRITE) != 0:
-        _libc = False  # unsupported here: stop trying
-
-
 # ---------------------------------------------------------------------------------------------
 # Chunked transfers: one task per chunk, run by the workers
 # ---------------------------------------------------------------------------------------------
 class _Job:
     """One chunked transfer, shared by its chunk tasks."""
 
-    __slots__ = ("cp", "pool", "dev_ptr", "device_id", "host_c", "flat", "host_ptr", "itemsize", "stream", "mode", "prefault", "failed")
+    __slots__ = ("cp", "pool", "dev_ptr", "device_id", "host_c", "flat", "host_ptr", "itemsize", "stream", "failed")
 
-    def __init__(self, cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, stream: Any, mode: str, prefault: int):
+    def __init__(self, cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, stream: Any):
         self.cp = cp
         self.pool = _get_pool()
         self.dev_ptr = dev_ptr
@@ -613,8 +566,6 @@ class _Job:
         self.host_ptr = host_c.ctypes.data if contiguous else 0
         self.itemsize = host_c.itemsize
         self.stream = stream
-        self.mode = mode if contiguous else "stage"
-        self.prefault = prefault and contiguous
         self.failed = False
 
     def use_device(self) -> None:
@@ -623,23 +574,14 @@ class _Job:
             rt.setDevice(self.device_id)
 
 
-def _thread_event(cp: Any, device_id: int) -> Any:
-    evs = getattr(_tls, "events", None)
-    if evs is None:
-        evs = _tls.events = {}
-    ev = evs.get(device_id)
-    if ev is None:
-        ev = evs[device_id] = cp.cuda.Event(block=False, disable_timing=True)
-    return ev
-
-
 def _side_stream(cp: Any, device_id: int) -> Any:
     ss = getattr(_tls, "streams", None)
     if ss is None:
         ss = _tls.streams = {}
-    s = ss.get(device_id)
+    key = (id(cp), device_id)
+    s = ss.get(key)
     if s is None:
-        s = ss[device_id] = cp.cuda.Stream(non_blocking=True)
+        s = ss[key] = cp.cuda.Stream(non_blocking=True)
     return s
 
 
@@ -658,15 +600,18 @@ def _run_job(job: _Job, chunks: list[Chunk], task: Callable[[_Job, Chunk], None]
         ev0.record(caller)
         side.wait_event(ev0)
         job.stream = side
-    if len(chunks) == 1:
-        task(job, chunks[0])
-    else:
-        ex = _get_executor()
-        _finish([ex.submit(task, job, ch) for ch in chunks])
-    if side is not None:
-        ev1 = job.cp.cuda.Event(block=False, disable_timing=True)
-        ev1.record(side)
-        caller.wait_event(ev1)
+    try:
+        if len(chunks) == 1:
+            task(job, chunks[0])
+        else:
+            ex = _get_executor()
+            _finish([ex.submit(task, job, ch) for ch in chunks])
+    finally:
+        if side is not None:
+            # Also on failure: the caller's stream may reuse the device memory right away.
+            ev1 = job.cp.cuda.Event(block=False, disable_timing=True)
+            ev1.record(side)
+            caller.wait_event(ev1)
 
 
 def _copy_pieces(job: _Job, ch: Chunk, buf: np.ndarray, to_pinned: bool) -> None:
@@ -678,36 +623,11 @@ def _copy_pieces(job: _Job, ch: Chunk, buf: np.ndarray, to_pinned: bool) -> None
             np.copyto(h, b)
 
 
-def _registered_dma(job: _Job, ch: Chunk, kind: int) -> bool:
-    """DMA straight from/to the caller's memory, page-locked for the duration. False when the
-    range cannot be registered (e.g. a page of it is registered already): stage it instead."""
-    cp = job.cp
-    rt = cp.cuda.runtime
-    ptr = job.host_ptr + ch.offset
-    try:
-        rt.hostRegister(ptr, ch.nbytes, _HOST_REGISTER_PORTABLE)
-    except Exception:
-        return False
-    try:
-        if kind == _H2D:
-            rt.memcpyAsync(job.dev_ptr + ch.offset, ptr, ch.nbytes, _H2D, job.stream.ptr)
-        else:
-            rt.memcpyAsync(ptr, job.dev_ptr + ch.offset, ch.nbytes, _D2H, job.stream.ptr)
-        ev = _thread_event(cp, job.device_id)
-        ev.record(job.stream)
-        ev.synchronize()
-    finally:
-        rt.hostUnregister(ptr)
-    return True
-
-
 def _h2d_task(job: _Job, ch: Chunk) -> None:
     if job.failed:
         return
     try:
         job.use_device()
-        if job.mode == "register" and _registered_dma(job, ch, _H2D):
-            return
         pool = job.pool
         buf = pool.acquire()  # waits for the DMA that last read it
         ev = None
@@ -728,8 +648,6 @@ def _d2h_task(job: _Job, ch: Chunk) -> None:
         return
     try:
         job.use_device()
-        if job.mode == "register" and _registered_dma(job, ch, _D2H):
-            return
         pool = job.pool
         buf = pool.acquire()
         ev = None
@@ -737,8 +655,6 @@ def _d2h_task(job: _Job, ch: Chunk) -> None:
             job.cp.cuda.runtime.memcpyAsync(buf.ptr, job.dev_ptr + ch.offset, ch.nbytes, _D2H, job.stream.ptr)
             ev = _event_for(buf, job.device_id)
             ev.record(job.stream)
-            if job.prefault:  # fault the destination in while the DMA runs
-                _prefault(job.host_ptr + ch.offset, ch.nbytes)
             ev.synchronize()
             ev = None
             _copy_pieces(job, ch, buf.array, to_pinned=False)
@@ -788,7 +704,7 @@ def to_device(host: np.ndarray):
                 if contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
                     _h2d_small(cp, dev_ptr, dev.device.id, _byte_view(host_c), stream)
                 else:
-                    job = _Job(cp, dev_ptr, dev.device.id, host_c, contiguous, stream, t.h2d_mode, 0)
+                    job = _Job(cp, dev_ptr, dev.device.id, host_c, contiguous, stream)
                     _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _h2d_task)
             except PinnedUnavailable:
                 _h2d_direct(cp, dev_ptr, host_c if contiguous else np.ascontiguousarray(host_c), stream)
@@ -862,7 +778,7 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
         order, tmp = "C", cp.ascontiguousarray(dev)
         src_ptr = tmp.data.ptr
     if out is None:
-        out = _alloc_host(shape, dtype, order, t)
+        out = np.empty(shape, dtype=dtype, order=order)
     if out.size == 0:
         return out
     host_c = out if order == "C" else out.T
@@ -876,7 +792,7 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
                 if contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
                     _d2h_small(cp, src_ptr, _byte_view(host_c), stream)
                 else:
-                    job = _Job(cp, src_ptr, dev.device.id, host_c, contiguous, stream, t.d2h_mode, t.prefault)
+                    job = _Job(cp, src_ptr, dev.device.id, host_c, contiguous, stream)
                     _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _d2h_task)
             except PinnedUnavailable:
                 if contiguous:
