@@ -1,0 +1,559 @@
+"""Realistic NumPy functions from quants' and scientists' work: NumPy vs CuPy-with-copies vs @offload.
+
+    PYTHONPATH=src python3 benchmarks/suite.py [--max-elements 1e8] [--quick] [--machine h100]
+    PYTHONPATH=src python3 benchmarks/suite.py --gpu-smoke      # every path, tiny sizes, seconds
+
+Each function below is plain NumPy written against an ``xp`` parameter that defaults to numpy; the
+same source runs in every column:
+
+* ``NumPy``         ``f(*host_args)``.
+* ``CuPy+copies``   ``cupy.asarray`` of every array argument, ``f(*device_args, xp=cupy)``, results
+                    back with ``cupy.asnumpy``; the stream synchronized before the clock stops.
+* ``@offload``      ``offload(f)(*host_args)``: numpy in, numpy out; the decorator chooses the
+                    backend (shown in ``picked``) and passes ``xp`` itself.
+* ``ratio``         ``@offload`` time / the better of NumPy and CuPy+copies for that row. The
+                    summary gives its geometric mean and worst case (targets: <= 1.10, <= 1.5).
+
+Sizes are decades from 1e2 to 1e8 "elements" (see each function's ``shapes``: the elements of its
+largest input), capped by --max-elements, by free memory, and per function where NumPy alone
+would take too long (noted). Every column's result is checked against NumPy's (np.allclose with
+the rtol/atol stated per function) on the first call at each size, before timing; a mismatch is
+printed loudly and recorded. The first call of each decorated function (a cold decision, profile
+load, rebinding) is excluded from the medians and reported on its own line; each row's own first
+call is the warm-up of that row and is recorded in the JSON.
+
+Random inputs (including the normals of the Monte Carlo) are generated outside the timed
+functions, so both backends see the same data. Writes JSON, the table and a PNG under
+``benchmarks/results/<machine>/suite.*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench as B  # noqa: E402
+
+from autooffload import offload  # noqa: E402
+
+NAME = "suite"
+
+
+# =============================================================================================
+# The functions: plain NumPy, written against ``xp`` (numpy by default)
+# =============================================================================================
+def rolling_vol(prices, window, xp=np):
+    """Rolling mean and standard deviation of log returns over ``window`` days (cumsum trick)."""
+    r = xp.diff(xp.log(prices))
+    c1 = xp.cumsum(r)
+    c2 = xp.cumsum(r * r)
+    s1 = c1[window - 1:] - xp.concatenate((xp.zeros(1), c1[:-window]))
+    s2 = c2[window - 1:] - xp.concatenate((xp.zeros(1), c2[:-window]))
+    mean = s1 / window
+    var = xp.maximum(s2 / window - mean * mean, 0.0)
+    return mean, xp.sqrt(var)
+
+
+def _norm_cdf(x, xp=np):
+    """Standard normal CDF via erf (Abramowitz-Stegun 7.1.26, |error| < 1.5e-7): NumPy-only."""
+    z = xp.abs(x) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf = 1.0 - poly * xp.exp(-z * z)
+    return 0.5 * (1.0 + xp.sign(x) * erf)
+
+
+def black_scholes_call(spot, strike, expiry, rate, vol, xp=np):
+    """European call prices (Black-Scholes) for arrays of spots, strikes and expiries."""
+    sq = vol * xp.sqrt(expiry)
+    d1 = (xp.log(spot / strike) + (rate + 0.5 * vol * vol) * expiry) / sq
+    d2 = d1 - sq
+    return spot * _norm_cdf(d1, xp) - strike * xp.exp(-rate * expiry) * _norm_cdf(d2, xp)
+
+
+def asian_call_mc(z, s0, strike, rate, vol, dt, xp=np):
+    """Monte Carlo price of an arithmetic-average Asian call from GBM paths; ``z``: (paths, steps) normals."""
+    steps = (rate - 0.5 * vol * vol) * dt + vol * math.sqrt(dt) * z
+    paths = s0 * xp.exp(xp.cumsum(steps, axis=1))
+    payoff = xp.maximum(paths.mean(axis=1) - strike, 0.0)
+    return math.exp(-rate * dt * z.shape[1]) * payoff.mean()
+
+
+def pairwise_distances(a, b, xp=np):
+    """Euclidean distances between the rows of ``a`` and of ``b`` (the |a|^2 + |b|^2 - 2ab trick)."""
+    aa = (a * a).sum(axis=1)[:, None]
+    bb = (b * b).sum(axis=1)[None, :]
+    d2 = aa + bb - 2.0 * (a @ b.T)
+    return xp.sqrt(xp.maximum(d2, 0.0))
+
+
+def kmeans_step(points, centers, xp=np):
+    """One Lloyd step: assign each point to its nearest center, return the new centers and inertia."""
+    d2 = (points * points).sum(axis=1)[:, None] - 2.0 * (points @ centers.T) + (centers * centers).sum(axis=1)[None, :]
+    labels = xp.argmin(d2, axis=1)
+    onehot = (labels[:, None] == xp.arange(centers.shape[0])[None, :]).astype(points.dtype)
+    counts = onehot.sum(axis=0)
+    new = (onehot.T @ points) / xp.maximum(counts, 1.0)[:, None]
+    inertia = xp.take_along_axis(d2, labels[:, None], axis=1).sum()
+    return new, inertia
+
+
+def fft_convolve(signal, kernel, xp=np):
+    """Full linear convolution of a long signal with a filter, through real FFTs."""
+    n = signal.shape[0] + kernel.shape[0] - 1
+    nfft = 1 << (n - 1).bit_length()
+    spectrum = xp.fft.rfft(signal, nfft) * xp.fft.rfft(kernel, nfft)
+    return xp.fft.irfft(spectrum, nfft)[:n]
+
+
+def min_variance_weights(returns, xp=np):
+    """Minimum-variance portfolio weights from a (days, assets) return matrix: shrunk covariance + solve."""
+    days, assets = returns.shape
+    centered = returns - returns.mean(axis=0)
+    cov = (centered.T @ centered) / (days - 1)
+    cov = cov + (1e-3 * xp.trace(cov) / assets) * xp.eye(assets)
+    w = xp.linalg.solve(cov, xp.ones(assets))
+    return w / w.sum()
+
+
+def var_es(pnl, xp=np):
+    """Historical 99% value at risk and expected shortfall of a P&L vector (a full sort)."""
+    s = xp.sort(pnl)
+    k = max(1, int(0.01 * pnl.shape[0]))
+    return -s[k - 1], -s[:k].mean()
+
+
+def percentiles(x, xp=np):
+    """The 1st, 5th, 25th, 50th, 75th, 95th and 99th percentiles (linear interpolation)."""
+    return xp.percentile(x, (1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0))
+
+
+def zscore_winsorize(x, xp=np):
+    """Standardize a (days, assets) matrix per column and clip at 3 sigma: cheap, memory bound."""
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    return xp.clip(z, -3.0, 3.0)
+
+
+# =============================================================================================
+# Inputs per size and the checks
+# =============================================================================================
+@dataclass
+class Case:
+    name: str
+    fn: Callable
+    make: Callable[[int, np.random.Generator], tuple]  # (n, rng) -> positional args (numpy)
+    shapes: Callable[[int], str]
+    rtol: float
+    atol: float
+    max_n: int = 10**8
+    why_cap: str = ""
+    kind: str = ""  # what it stresses (for the reader)
+    bytes_per_n: float = 8.0  # host bytes of inputs per element (memory cap)
+    temp_factor: float = 6.0  # peak working set / input bytes (memory cap)
+
+
+def _prices(n, g):
+    return 100.0 * np.exp(np.cumsum(0.01 * g.standard_normal(n)))
+
+
+def _bs(n, g):
+    m = max(1, n // 3)
+    spot = g.uniform(50.0, 150.0, m)
+    strike = g.uniform(50.0, 150.0, m)
+    expiry = g.uniform(0.05, 3.0, m)
+    return spot, strike, expiry, 0.03, 0.25
+
+
+def _mc(n, g):
+    steps = 252 if n >= 252 * 10 else max(2, n // 10)
+    paths = max(1, n // steps)
+    return g.standard_normal((paths, steps)), 100.0, 100.0, 0.03, 0.2, 1.0 / 252
+
+
+def _side(n):
+    return max(2, int(round(math.sqrt(n))))
+
+
+def _pairwise(n, g):
+    k = _side(n)
+    return g.standard_normal((k, 16)), g.standard_normal((k, 16)) + 0.5
+
+
+def _kmeans(n, g):
+    k, d = 16, 8
+    m = max(k, n // d)
+    centers = 10.0 * g.standard_normal((k, d))
+    pts = centers[g.integers(0, k, m)] + g.standard_normal((m, d))  # blobs: no near ties
+    return pts, centers + 0.5 * g.standard_normal((k, d))
+
+
+def _fft(n, g):
+    return g.standard_normal(max(2, n)), g.standard_normal(min(1024, max(2, n // 4)))
+
+
+def _assets(n):
+    assets = max(2, min(2000, int(math.sqrt(n / 16))))
+    return max(2 * assets, n // assets), assets
+
+
+def _portfolio(n, g):
+    days, assets = _assets(n)
+    common = g.standard_normal((days, 1))
+    return (0.01 * g.standard_normal((days, assets)) + 0.005 * common,)
+
+
+def _pnl(n, g):
+    return (g.standard_t(4, max(2, n)) * 1e4,)
+
+
+def _matrix(n, g):
+    assets = 100 if n >= 1000 else max(2, n // 10)
+    return (g.standard_normal((max(2, n // assets), assets)) * 0.02 + 0.001,)
+
+
+CASES = [
+    Case("rolling_vol", rolling_vol, lambda n, g: (_prices(n, g), 20),
+         lambda n: f"prices ({n},), window 20", rtol=1e-6, atol=1e-9, kind="log, cumsum, elementwise"),
+    Case("black_scholes", black_scholes_call, _bs,
+         lambda n: f"3 x ({max(1, n // 3)},) options", rtol=1e-9, atol=1e-9, kind="transcendental"),
+    Case("asian_mc", asian_call_mc, _mc,
+         lambda n: "normals ({}, {})".format(max(1, n // (252 if n >= 2520 else max(2, n // 10))), 252 if n >= 2520 else max(2, n // 10)),
+         rtol=1e-8, atol=1e-10, kind="exp, cumsum, reductions"),
+    Case("pairwise_dist", pairwise_distances, _pairwise,
+         lambda n: f"({_side(n)}, 16) x ({_side(n)}, 16) -> ({_side(n)}, {_side(n)})", rtol=1e-7, atol=1e-8,
+         kind="matmul + elementwise, large output", temp_factor=5.0),
+    Case("kmeans_step", kmeans_step, _kmeans,
+         lambda n: f"points ({max(16, n // 8)}, 8), 16 centers", rtol=1e-7, atol=1e-7, kind="matmul, argmin"),
+    Case("fft_convolve", fft_convolve, _fft,
+         lambda n: f"signal ({n},), kernel ({min(1024, max(2, n // 4))},)", rtol=1e-7, atol=1e-6,
+         max_n=10**7, why_cap="NumPy's FFT at 1e8 takes ~10 s a call", kind="fft", temp_factor=10.0),
+    Case("min_var_weights", min_variance_weights, _portfolio,
+         lambda n: "returns ({}, {})".format(*_assets(n)), rtol=1e-6, atol=1e-9, kind="matmul, solve"),
+    Case("var_es_sort", var_es, _pnl, lambda n: f"pnl ({n},)", rtol=1e-12, atol=0.0, kind="sort"),
+    Case("percentiles", percentiles, lambda n, g: (g.standard_normal(max(2, n)),), lambda n: f"x ({n},)",
+         rtol=1e-12, atol=1e-12, kind="partition / sort"),
+    Case("zscore_winsor", zscore_winsorize, _matrix,
+         lambda n: f"({max(2, n // (100 if n >= 1000 else max(2, n // 10)))}, {100 if n >= 1000 else max(2, n // 10)})",
+         rtol=1e-9, atol=1e-9, kind="reductions + elementwise"),
+]
+
+
+def _leaves(x) -> list:
+    if isinstance(x, (tuple, list)):
+        out = []
+        for v in x:
+            out += _leaves(v)
+        return out
+    return [x]
+
+
+def to_host(result, cp):
+    """cupy leaves -> numpy (cupy.asnumpy), the rest untouched; keeps tuples."""
+    if isinstance(result, tuple):
+        return tuple(to_host(r, cp) for r in result)
+    if cp is not None and isinstance(result, cp.ndarray):
+        return cp.asnumpy(result)
+    return result
+
+
+def compare(ref, got, rtol, atol) -> str | None:
+    """None if ``got`` matches ``ref`` (np.allclose, with NaNs equal), else what differs."""
+    a, b = _leaves(ref), _leaves(got)
+    if len(a) != len(b):
+        return f"{len(b)} results, NumPy gave {len(a)}"
+    for i, (x, y) in enumerate(zip(a, b)):
+        if not isinstance(y, (np.ndarray, np.generic, float, int)):
+            return f"result {i} is a {type(y).__name__}, not a NumPy value"
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape:
+            return f"result {i}: shape {y.shape}, NumPy {x.shape}"
+        if not np.allclose(y, x, rtol=rtol, atol=atol, equal_nan=True):
+            err = np.abs(y.astype(np.float64) - x.astype(np.float64))
+            return f"result {i}: max abs error {np.nanmax(err):.3g} (rtol {rtol:g}, atol {atol:g})"
+    return None
+
+
+# =============================================================================================
+# The run
+# =============================================================================================
+COLS = ["numpy", "cupy_copies", "offload"]
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    B.common_arguments(p)
+    p.add_argument("--min-elements", type=B.parse_count, default=100)
+    p.add_argument("--max-elements", type=B.parse_count, default=None, help="largest size (default 1e8, capped by memory)")
+    p.add_argument("--sample-s", type=float, default=None, help="length of one timed sample (default 0.02 s; 0.005 with --quick)")
+    p.add_argument("--quick", action="store_true", help="sizes up to 1e6, short samples")
+    p.add_argument("--repeats", type=int, default=5, help="samples per figure (at least 3 are always taken)")
+    p.add_argument("--max-cell-s", type=float, default=2.0, help="stop sampling a cell after this long (>= 3 samples)")
+    p.add_argument("--functions", default="", help="comma-separated subset of: " + ",".join(c.name for c in CASES))
+    p.add_argument("--cold-gpu", action="store_true",
+                   help="do not warm @offload's view of the GPU first (decisions then pay the cold start)")
+    return B.finish_args(p.parse_args(argv), argv)
+
+
+def main(argv=None, *, quiet: bool = False) -> dict:
+    with np.errstate(all="ignore"):
+        return _main(argv, quiet)
+
+
+def _main(argv, quiet: bool) -> dict:
+    args = parse(argv)
+    say = B.Tee(quiet)
+    cp = B.gpu(disabled=args.no_gpu)
+    sync = B.sync_for(cp)
+    info = B.machine_info(cp)
+    t_start = time.perf_counter()
+    cases = CASES
+    if args.functions:
+        wanted = [w.strip() for w in args.functions.split(",") if w.strip()]
+        unknown = set(wanted) - {c.name for c in CASES}
+        if unknown:
+            raise SystemExit(f"unknown function(s) {', '.join(sorted(unknown))}; choose from {', '.join(c.name for c in CASES)}")
+        cases = [c for c in CASES if c.name in wanted]
+
+    if args.gpu_smoke:
+        top, min_sample_s, repeats = 10**4, 0.002, 3
+        lo = 10**3
+    else:
+        top = args.max_elements or 10**8
+        if args.quick:
+            top = min(top, 10**6)
+        lo = args.min_elements
+        min_sample_s = args.sample_s or (0.005 if args.quick else 0.02)
+        repeats = max(3, args.repeats)
+    sizes = B.decades(lo, top) or [top]
+    host_avail = B.host_available_bytes()
+    gpu_free = B.gpu_free_bytes(cp)
+
+    say(B.header("suite: realistic NumPy functions, NumPy vs CuPy+copies vs @offload", info))
+    say(f"# sizes {', '.join(B.fmt_n(s) for s in sizes)}; interleaved rounds per cell: {repeats} ({'' if args.quick or args.gpu_smoke else '9 up to 1e5; '}"
+        f"at least 3, fewer than asked once a cell passed {args.max_cell_s:g} s per column); "
+        f"decisions from profile: {B.profile_source()}")
+    if cp is not None:
+        t_ctx, _ = B.time_once(lambda: cp.ones(1) + 1, sync)
+        say(f"# CUDA context + first kernel: {B.fmt_time(t_ctx)}")
+        if not args.cold_gpu:
+            say("# " + B.warm_offload_gpu(cp))
+
+    rows: list[dict] = []
+    first_calls: dict[str, dict] = {}
+    mismatches: list[str] = []
+    notes: list[str] = []
+    for case in cases:
+        fn_off = offload(case.fn)
+        t_case = time.perf_counter()
+        for n in sizes:
+            if n > case.max_n:
+                notes.append(f"{case.name}: sizes above {B.fmt_n(case.max_n)} left out ({case.why_cap})")
+                break
+            need = n * case.bytes_per_n * case.temp_factor
+            if need > 0.6 * host_avail or (gpu_free is not None and need > 0.6 * gpu_free):
+                notes.append(f"{case.name} at {B.fmt_n(n)}: left out, needs ~{need / 2**30:.1f} GiB")
+                break
+            # Small cells are cheap and the noisiest relative to their time: more rounds there.
+            reps = max(repeats, 9) if n <= 10**5 and not (args.gpu_smoke or args.quick) else repeats
+            row = run_row(case, n, cp, sync, fn_off, first_calls, dict(
+                repeats=reps, min_sample_s=min_sample_s, max_s=args.max_cell_s))
+            rows.append(row)
+            for m in row["mismatch"]:
+                mismatches.append(f"{case.name} at {B.fmt_n(n)}: {m}")
+                say(f"!!! MISMATCH {mismatches[-1]}")
+            for note in row["notes"]:
+                say(f"# {case.name} {B.fmt_n(n)}: {note}")
+            B.free_gpu_memory(cp)
+        say(f"# {case.name} done in {time.perf_counter() - t_case:.1f} s (elapsed {time.perf_counter() - t_start:.0f} s)")
+        # A checkpoint, so a run cut short (a time limit) still leaves its rows behind.
+        B.write_results(args, NAME, info, {"partial": True, "sizes": sizes, "rows": rows, "mismatches": mismatches,
+                                           "notes": notes}, say.text())
+
+    # -- the table -------------------------------------------------------------------------------
+    headers = ["function", "n", "shapes", "NumPy", "CuPy+copies", "@offload", "picked", "x CuPy", "x @offload", "ratio"]
+    trows = []
+    for r in rows:
+        t = r["times"]
+        trows.append([r["function"], B.fmt_n(r["n"]), r["shapes"]]
+                     + [B.Stat(**{k: v for k, v in t[c].items() if k != "spread"}).cell() if t.get(c) else B.NA for c in COLS]
+                     + [r.get("picked") or B.NA, B.fmt_x(r["speedup"].get("cupy_copies")),
+                        B.fmt_x(r["speedup"].get("offload")), f"{r['ratio']:.2f}" if r.get("ratio") else B.NA])
+    say("")
+    say(B.table(headers, trows, left=3))
+    say("")
+    say("x ...: NumPy time / that column's time. ratio: @offload / min(NumPy, CuPy+copies), per row. "
+        "'±': half the interquartile range.")
+    ratios = [r["ratio"] for r in rows if r.get("ratio")]
+    worst = max(rows, key=lambda r: r.get("ratio") or 0, default=None)
+    summary = {
+        "ratio_geomean": B.geomean(ratios) if ratios else None,
+        "ratio_worst": worst["ratio"] if worst and worst.get("ratio") else None,
+        "ratio_worst_row": f"{worst['function']} at {B.fmt_n(worst['n'])}" if worst and worst.get("ratio") else None,
+        "rows": len(rows), "rows_over_1_5": sum(1 for v in ratios if v > 1.5), "mismatches": mismatches,
+        "targets": {"geomean_max": 1.10, "worst_max": 1.5},
+    }
+    if ratios:
+        ok = summary["ratio_geomean"] <= 1.10 and summary["ratio_worst"] <= 1.5
+        say(f"SUMMARY @offload / best of (NumPy, CuPy+copies): geometric mean {summary['ratio_geomean']:.3f}, "
+            f"worst {summary['ratio_worst']:.2f} ({summary['ratio_worst_row']}), {summary['rows_over_1_5']} of "
+            f"{len(ratios)} rows above 1.5 -> targets (<= 1.10, <= 1.5) {'MET' if ok else 'NOT MET'}"
+            + ("" if cp is not None else " [no GPU: NumPy is the only choice here]"))
+        summary["targets_met"] = ok
+    say("First call of each decorated function (excluded from the medians):")
+    for name, c in first_calls.items():
+        say(f"  {name} at {B.fmt_n(c['n'])}: {B.fmt_time(c['seconds'])} on {c['backend']} "
+            f"(that row's warm median: {B.fmt_time(c['warm_median_s'])})")
+    crossovers = {}
+    for case in cases:
+        rs = [r for r in rows if r["function"] == case.name]
+        crossovers[case.name] = {k: B.crossover([r["n"] for r in rs], [r["speedup"].get(k) for r in rs]) for k in ("cupy_copies",)}
+    if cp is not None:
+        say("CuPy+copies faster than NumPy from (elements): " + ", ".join(
+            f"{k} {B.fmt_n(v['cupy_copies']) if v['cupy_copies'] else 'never'}" for k, v in crossovers.items()))
+    for note in dict.fromkeys(notes):
+        say(f"note: {note}")
+    if mismatches:
+        say(f"!!! {len(mismatches)} MISMATCHES (see above); those cells are still timed and recorded")
+    wall = time.perf_counter() - t_start
+    say(f"wall time {wall:.1f} s")
+
+    payload = {
+        "partial": False, "sizes": sizes, "repeats": repeats, "min_sample_s": min_sample_s, "gpu_smoke": args.gpu_smoke,
+        "cold_gpu": args.cold_gpu, "profile": B.profile_source(), "columns": COLS,
+        "functions": {c.name: {"doc": (c.fn.__doc__ or "").strip(), "rtol": c.rtol, "atol": c.atol, "kind": c.kind,
+                               "max_n": c.max_n} for c in cases},
+        "rows": rows, "summary": summary, "first_calls": first_calls, "crossovers": crossovers,
+        "notes": list(dict.fromkeys(notes)), "wall_s": wall,
+    }
+    folder = B.write_results(args, NAME, info, payload, say.text())
+    if not args.no_plot:
+        panels = {}
+        for case in cases:
+            rs = [r for r in rows if r["function"] == case.name]
+            if rs:
+                panels[case.name] = {
+                    "CuPy+copies": ([r["n"] for r in rs], [r["speedup"].get("cupy_copies") for r in rs]),
+                    "@offload": ([r["n"] for r in rs], [r["speedup"].get("offload") for r in rs]),
+                }
+        png = folder / (f"{NAME}-gpu-smoke.png" if args.gpu_smoke else f"{NAME}.png")
+        note = B.plot_speedups(png, panels, title=f"suite: speedup vs NumPy, numpy data in and out ({info.get('gpu_name') or 'no GPU'})",
+                               mark="CuPy+copies")
+        say(note or f"plot: {png}")
+    say(f"results: {folder}")
+    payload["folder"] = str(folder)
+    return payload
+
+
+def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: dict) -> dict:
+    g = B.rng(n + len(case.name))
+    row: dict[str, Any] = {"function": case.name, "n": n, "shapes": case.shapes(n), "mismatch": [], "notes": [],
+                           "times": {c: None for c in COLS}, "first_call_s": {}}
+    try:
+        args = case.make(n, g)
+    except MemoryError:
+        row["notes"].append("host out of memory making the inputs; skipped")
+        row.update(speedup={}, ratio=None)
+        return row
+    row["input_bytes"] = sum(a.nbytes for a in args if isinstance(a, np.ndarray))
+    big = n >= 10**7
+
+    def guarded(what, fn):
+        try:
+            return fn()
+        except Exception as exc:
+            B.free_gpu_memory(cp)
+            if B.is_oom(exc):
+                row["notes"].append(f"{what}: skipped, out of memory ({type(exc).__name__})")
+            else:
+                row["notes"].append(f"{what}: FAILED {type(exc).__name__}: {exc}")
+            return None
+
+    # First calls, one column at a time: each checks its result against NumPy's and is the warm-up
+    # of that column (CuPy compiles its kernels, @offload decides for this size).
+    call_np = lambda: case.fn(*args)  # noqa: E731
+    ref = guarded("NumPy", lambda: B.time_once(call_np))
+    if ref is None:
+        row.update(speedup={}, ratio=None)
+        return row
+    row["first_call_s"]["numpy"], reference = ref
+    fns: dict[str, Callable] = {"numpy": call_np}
+    syncs: dict[str, Callable] = {"numpy": B._no_sync}
+
+    if cp is not None:
+        def call_cp():
+            dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+            return to_host(case.fn(*dev, xp=cp), cp)
+
+        def cupy_first():
+            first_s, got = B.time_once(call_cp, sync)
+            row["first_call_s"]["cupy_copies"] = first_s
+            bad = compare(reference, got, case.rtol, case.atol)
+            if bad:
+                row["mismatch"].append(f"CuPy+copies: {bad}")
+            return True
+
+        if guarded("CuPy+copies", cupy_first):
+            fns["cupy_copies"], syncs["cupy_copies"] = call_cp, sync
+        B.free_gpu_memory(cp)
+
+    call_off = lambda: fn_off(*args)  # noqa: E731
+
+    def offload_first():
+        first_s, got = B.time_once(call_off, sync)
+        row["first_call_s"]["offload"] = first_s
+        row["first_pick"] = fn_off.last_decision.backend
+        bad = compare(reference, got, case.rtol, case.atol)
+        if bad:
+            row["mismatch"].append(f"@offload ({fn_off.last_decision.backend}): {bad}")
+        return first_s
+
+    first_off = guarded("@offload", offload_first)
+    if first_off is not None:
+        fns["offload"], syncs["offload"] = call_off, sync
+    del reference
+
+    # Then the columns side by side, round by round (a variant that fails alone is retried alone).
+    before = fn_off.stats.as_dict()
+    warm = {"numpy": 0, "cupy_copies": 0 if big else 1, "offload": 0}
+    stats = guarded("timing", lambda: B.measure_interleaved(fns, sync=syncs, warmup=warm, **settings))
+    if stats is None:
+        stats = {}
+        for name, fn in fns.items():
+            st = guarded(name, lambda: B.measure(fn, sync=syncs[name], warmup=warm[name], **settings))
+            if st is not None:
+                stats[name] = st
+    for name, st in stats.items():
+        row["times"][name] = st.as_dict()
+    after = fn_off.stats.as_dict()
+
+    if "offload" in stats:
+        row["offload_calls"] = {k: after[k] - before[k] for k in after}
+        d = fn_off.last_decision
+        row["picked"] = d.backend
+        if row["offload_calls"].get("numpy") and row["offload_calls"].get("cupy"):
+            row["picked"] = f"mixed ({row['offload_calls']['cupy']} cupy)"
+        row["reason"] = d.reason
+        row["predicted_s"] = dict(d.predicted_s) if getattr(d, "predicted_s", None) else None
+        if row["offload_calls"].get("fallbacks"):
+            row["notes"].append(f"@offload fell back to NumPy: {d.reason}")
+        if case.name not in first_calls:
+            first_calls[case.name] = {"n": n, "seconds": first_off, "backend": row["first_pick"],
+                                      "warm_median_s": stats["offload"].median}
+
+    t = {c: row["times"][c]["median"] for c in COLS if row["times"][c]}
+    row["speedup"] = {c: t["numpy"] / t[c] for c in ("cupy_copies", "offload") if c in t and "numpy" in t and t[c] > 0}
+    best = min([t[c] for c in ("numpy", "cupy_copies") if c in t], default=None)
+    row["ratio"] = t["offload"] / best if best and "offload" in t else None
+    return row
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

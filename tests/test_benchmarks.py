@@ -1,0 +1,262 @@
+"""CPU smoke tests of the benchmark scripts: tiny sizes, the JSON and the table have the right shape.
+
+Without CuPy the GPU columns read "n/a". A NumPy-backed stand-in for the ``cupy`` module
+(``FakeCuPy``, handed to the benchmarks only: autooffload never sees it) then runs every GPU code
+path of the scripts, so a typo there fails here rather than on the GPU machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    """A benchmark script as a module; the scripts share the one ``_bench`` module of sys.modules."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    key = f"bench_{name}"
+    spec = importlib.util.spec_from_file_location(key, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[key] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def bench():
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    import _bench
+
+    return _bench
+
+
+@pytest.fixture
+def no_gpu(bench, monkeypatch):
+    monkeypatch.setattr(bench, "_GPU", None)
+    monkeypatch.setattr(bench, "GPU_UNAVAILABLE", "test: no GPU")
+
+
+# -- a stand-in for cupy, built on NumPy (for the benchmarks' own GPU code paths) -------------------
+class FakeArray(np.ndarray):
+    def get(self, stream=None, order="C", out=None):
+        host = np.array(self, copy=True).view(np.ndarray)
+        if out is not None:
+            np.copyto(out, host)
+            return out
+        return host
+
+
+def _wrap(x):
+    if isinstance(x, np.ndarray) and not isinstance(x, FakeArray):
+        return x.view(FakeArray)
+    if isinstance(x, tuple):
+        return tuple(_wrap(v) for v in x)
+    return x
+
+
+def _wrapping(namespace, name):
+    attr = getattr(namespace, name)
+    if not callable(attr) or isinstance(attr, type):
+        return attr
+    return lambda *a, **k: _wrap(attr(*a, **k))
+
+
+def _module(name, base):
+    m = types.ModuleType(name)
+    m.__getattr__ = lambda attr: _wrapping(base, attr)
+    return m
+
+
+class _Pool:
+    def free_all_blocks(self):
+        pass
+
+
+def make_fake_cupy():
+    cp = _module("fakecupy", np)
+    cp.__version__ = "0-fake"
+    cp.ndarray = FakeArray
+    cp.asarray = lambda a, dtype=None: np.array(a, dtype=dtype, copy=True).view(FakeArray)
+    cp.asnumpy = lambda a, out=None: FakeArray.get(a, out=out) if isinstance(a, FakeArray) else np.asarray(a)
+    cp.fft = _module("fakecupy.fft", np.fft)
+    cp.linalg = _module("fakecupy.linalg", np.linalg)
+    stream = types.SimpleNamespace(synchronize=lambda: None)
+    runtime = types.SimpleNamespace(
+        getDeviceCount=lambda: 1,
+        getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 2**30, "major": 0, "minor": 0},
+        memGetInfo=lambda: (2**30, 2**30),
+        driverGetVersion=lambda: 0,
+        runtimeGetVersion=lambda: 0,
+    )
+    cp.cuda = types.SimpleNamespace(
+        get_current_stream=lambda: stream,
+        runtime=runtime,
+        Device=lambda *a: types.SimpleNamespace(id=0, use=lambda: None),
+    )
+    cp.get_default_memory_pool = lambda: _Pool()
+    cp.get_default_pinned_memory_pool = lambda: _Pool()
+    return cp
+
+
+@pytest.fixture
+def fake_cupy(bench, monkeypatch):
+    cp = make_fake_cupy()
+    monkeypatch.setattr(bench, "_GPU", cp)
+    return cp
+
+
+def _args(tmp_path, *extra):
+    return ["--out", str(tmp_path), "--machine", "test", "--no-plot", *extra]
+
+
+def _json(tmp_path, name):
+    return json.loads((tmp_path / "test" / f"{name}.json").read_text())
+
+
+# -- the helpers ----------------------------------------------------------------------------------
+def test_stat_table_and_formatting(bench):
+    st = bench.Stat.of([3.0, 1.0, 2.0, 4.0, 5.0], loops=2)
+    assert (st.median, st.min, st.max, st.n, st.loops) == (3.0, 1.0, 5.0, 5, 2)
+    assert st.q1 == 2.0 and st.q3 == 4.0 and st.spread == pytest.approx(1 / 3)
+    assert bench.fmt_time(2.5e-6) == "2.5 us" and bench.fmt_time(None) == "n/a"
+    assert bench.fmt_n(10**6) == "1e6" and bench.fmt_x(12.345) == "12.3x"
+    text = bench.table(["name", "value"], [["a", "1"], ["long name", "12345"]])
+    lines = text.splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines[1:]}) == 1  # aligned
+    assert bench.decades(100, 10**4) == [100, 1000, 10000]
+    assert bench.crossover([1e3, 1e4, 1e5], [0.1, 1.0, 10.0]) == pytest.approx(1e4)
+    assert bench.crossover([1e3, 1e4], [0.5, 0.9]) is None
+    assert bench.geomean([1.0, 4.0]) == pytest.approx(2.0)
+
+
+def test_measure_loops_tiny_calls_and_syncs(bench):
+    calls, syncs = [], []
+    st = bench.measure(lambda: calls.append(1), sync=lambda: syncs.append(1), repeats=3, min_sample_s=0.001)
+    assert st.loops > 1 and st.n == 3 and st.median > 0
+    # A sync after every call (inside the timed region) and one before each sample's clock starts.
+    assert len(calls) < len(syncs) <= len(calls) + 50
+    both = bench.measure_interleaved({"a": lambda: None, "b": lambda: sum(range(50))}, repeats=4, min_sample_s=0.0005)
+    assert set(both) == {"a", "b"} and both["a"].n == both["b"].n == 4
+
+
+def test_never_zero_and_machine_slug(bench):
+    a = bench.never_zero(1000)
+    assert (a >= 0.5).all() and (a < 1.5).all()
+    assert bench.machine_slug({"gpu_name": "NVIDIA H100 80GB HBM3"}) == "h100"
+    assert bench.machine_slug({"gpu_name": "NVIDIA A100-SXM4-40GB"}) == "nvidia-a100-sxm4-40gb"
+    assert bench.machine_slug({"hostname": "Box.example.org"}) == "cpu-box"
+    assert bench.machine_slug({"hostname": "x"}, "My Box") == "my-box"
+
+
+# -- the scripts without a GPU ----------------------------------------------------------------------
+def test_seed_article_cpu(tmp_path, no_gpu):
+    mod = _load("seed_article")
+    out = mod.main(_args(tmp_path, "--max-elements", "1e4", "--repeats", "3", "--sample-s", "0.0005"), quiet=True)
+    doc = _json(tmp_path, "seed_article")
+    assert doc["partial"] is False and doc["sizes"] == [10**4] == out["sizes"]
+    assert doc["machine"]["numpy"] == np.__version__ and doc["machine"]["cupy"] is None
+    assert [r["experiment"] for r in doc["rows"]] == ["ones", "x*=5", "chain"]
+    for r in doc["rows"]:
+        assert r["times"]["numpy"]["median"] > 0 and r["times"]["offload"]["median"] > 0
+        assert r["times"]["cupy_synced"] is None and r["speedup"]["cupy_synced"] is None
+        assert r["offload_backend"] == "numpy"
+        assert not [n for n in r["notes"] if "MISMATCH" in n or "FAILED" in n]
+    text = (tmp_path / "test" / "seed_article.txt").read_text()
+    assert "CuPy synced" in text and "n/a" in text and "x*=5" in text
+
+
+def test_suite_cpu(tmp_path, no_gpu):
+    mod = _load("suite")
+    out = mod.main(_args(tmp_path, "--quick", "--max-elements", "1e3", "--repeats", "3", "--sample-s", "0.0005"),
+                   quiet=True)
+    doc = _json(tmp_path, "suite")
+    names = {c.name for c in mod.CASES}
+    assert len(names) >= 8
+    assert {r["function"] for r in doc["rows"]} == names
+    assert doc["sizes"] == [100, 1000]
+    assert len(doc["rows"]) == 2 * len(names)
+    for r in doc["rows"]:
+        assert r["mismatch"] == [], r
+        assert r["times"]["cupy_copies"] is None and r["picked"] == "numpy"
+        assert r["times"]["numpy"]["n"] >= 3 and r["ratio"] > 0
+    s = doc["summary"]
+    assert s["ratio_geomean"] > 0 and s["ratio_worst"] >= s["ratio_geomean"] and s["mismatches"] == []
+    assert set(doc["first_calls"]) == names
+    text = (tmp_path / "test" / "suite.txt").read_text()
+    assert "SUMMARY" in text and "CuPy+copies" in text
+    assert out["summary"] == s
+
+
+def test_suite_functions_agree_with_closed_forms(bench):
+    mod = _load("suite")
+    g = bench.rng(1)
+    # Black-Scholes against put-call parity and a known value (S=K=100, T=1, r=0.05, vol=0.2: 10.4506).
+    price = mod.black_scholes_call(np.array([100.0]), np.array([100.0]), np.array([1.0]), 0.05, 0.2)
+    assert price[0] == pytest.approx(10.4506, abs=1e-3)
+    # Rolling statistics against a direct loop.
+    p = 100 * np.exp(np.cumsum(0.01 * g.standard_normal(200)))
+    mean, std = mod.rolling_vol(p, 20)
+    r = np.diff(np.log(p))
+    assert mean[5] == pytest.approx(r[5:25].mean()) and std[5] == pytest.approx(r[5:25].std(), rel=1e-6)
+    # Distances, convolution, weights.
+    a, b = g.standard_normal((5, 16)), g.standard_normal((7, 16))
+    assert np.allclose(mod.pairwise_distances(a, b), np.linalg.norm(a[:, None] - b[None], axis=2))
+    s, k = g.standard_normal(300), g.standard_normal(40)
+    assert np.allclose(mod.fft_convolve(s, k), np.convolve(s, k))
+    w = mod.min_variance_weights(*mod._portfolio(1000, g))
+    assert w.sum() == pytest.approx(1.0)
+
+
+def test_overhead_cpu(tmp_path, no_gpu):
+    mod = _load("overhead")
+    mod.main(_args(tmp_path, "--rounds", "5", "--sample-s", "0.0002"), quiet=True)
+    doc = _json(tmp_path, "overhead")
+    cpu = [r for r in doc["rows"] if r["section"] == "cpu"]
+    assert len(cpu) == len(mod.CPU_CASES) and not [r for r in doc["rows"] if r["section"] == "gpu"]
+    for r in cpu:
+        assert r["plain"]["n"] == r["decorated"]["n"] == 5 and r["ratio"] > 0 and r["same_result"]
+    assert {r["bar"] for r in cpu} == {"<= 1.3x", "info"}
+    assert doc["verdict"]["cpu_bar_met"] in (True, False) and doc["verdict"]["gpu_bar_met"] is None
+    assert "device-resident part skipped" in (tmp_path / "test" / "overhead.txt").read_text()
+
+
+def test_plot_written_or_skipped_with_a_note(tmp_path, bench):
+    note = bench.plot_speedups(tmp_path / "p.png", {"f": {"a": ([1e3, 1e4, 1e5], [0.5, 2.0, 8.0])}}, title="t")
+    if note is None:
+        assert (tmp_path / "p.png").stat().st_size > 1000
+    else:
+        assert "matplotlib" in note
+
+
+# -- every GPU code path of the scripts, on the NumPy-backed stand-in --------------------------------
+def test_gpu_paths_on_a_stand_in(tmp_path, fake_cupy):
+    seed = _load("seed_article")
+    seed.main(_args(tmp_path, "--gpu-smoke"), quiet=True)
+    doc = _json(tmp_path, "seed_article-gpu-smoke")
+    assert doc["machine"]["gpu_name"] == "Fake GPU" and doc["sizes"] == [10**4, 10**5]
+    for r in doc["rows"]:
+        assert all(r["times"][c] for c in seed.COLS), r
+        assert not r["notes"], r["notes"]
+
+    suite = _load("suite")
+    suite.main(_args(tmp_path, "--gpu-smoke", "--functions", "black_scholes,var_es_sort,kmeans_step"), quiet=True)
+    doc = _json(tmp_path, "suite-gpu-smoke")
+    assert len(doc["rows"]) == 3 * 2
+    for r in doc["rows"]:
+        assert r["times"]["cupy_copies"] and r["mismatch"] == [] and not r["notes"], r
+
+    over = _load("overhead")
+    over.main(_args(tmp_path, "--gpu-smoke", "--rounds", "3"), quiet=True)
+    doc = _json(tmp_path, "overhead-gpu-smoke")
+    gpu = [r for r in doc["rows"] if r["section"] == "gpu"]
+    assert len(gpu) == 2 * len(over.GPU_CASES) and all("error" not in r for r in gpu), gpu
