@@ -89,7 +89,11 @@ def _first_gpu_win(make_inputs, cpu_call, gpu_call, sizes) -> float | None:
     return None
 
 
-def _agree(from_profile: float | None, direct: float | None, largest: float) -> None:
+def _agree(from_profile: float | None, direct: float | None, largest: float, what: str) -> None:
+    out = os.environ.get("AUTOOFFLOAD_GPU_TEST_OUT")
+    if out:
+        with open(Path(out) / "quick-sweep.txt", "a") as f:
+            f.write(f"{what}: crossover from the profile {from_profile}, from direct timing {direct} bytes\n")
     # "Never" within the searched sizes counts as twice the largest size searched.
     p = from_profile if from_profile is not None and from_profile <= largest else 2 * largest
     d = direct if direct is not None else 2 * largest
@@ -114,7 +118,7 @@ def test_transcendental_host_crossover_matches_direct_timing(quick):
         lambda a, b: to_host(_gpu_transcendental(to_device(a), to_device(b))),
         SIZES,
     )
-    _agree(crossover(profile, "transcendental", "host"), direct, SIZES[-1])
+    _agree(crossover(profile, "transcendental", "host"), direct, SIZES[-1], "transcendental, host data")
 
 
 def _gpu_transcendental(a, b):
@@ -138,4 +142,4 @@ def test_matmul_device_crossover_matches_direct_timing(quick):
         lambda a, b: a @ b,
         SIZES,
     )
-    _agree(crossover(profile, "matmul", "device"), direct, SIZES[-1])
+    _agree(crossover(profile, "matmul", "device"), direct, SIZES[-1], "matmul, device data")

@@ -29,6 +29,11 @@ def _host_resident_gpu_seconds(profile: Profile, kind: str, nbytes: float) -> fl
     return predict(profile, Request(kind, host_bytes=int(nbytes), largest_bytes=int(nbytes), gpu_ready=True)).gpu_s
 
 
+def _device_resident_cpu_seconds(profile: Profile, kind: str, nbytes: float) -> float:
+    """NumPy seconds with cupy data in and out: copies to the host and back plus compute."""
+    return predict(profile, Request(kind, device_bytes=int(nbytes), largest_bytes=int(nbytes), gpu_ready=True)).cpu_s
+
+
 def _plot_curve_points(ax, curve: Curve, color: str, label: str) -> None:
     noisy = curve.noisy or [False] * len(curve.nbytes)
     clean = [(b, s) for b, s, n in zip(curve.nbytes, curve.seconds, noisy) if not n]
@@ -68,9 +73,11 @@ def plot_profile(profile: Profile, output: str | Path) -> Path:
             _plot_curve_points(ax, timing.gpu, "tab:green", "CuPy")
             host = [_host_resident_gpu_seconds(profile, kind, x) for x in xs]
             ax.plot(xs, host, "--", color="tab:red", label="CuPy + copies, data on host")
+            device = [_device_resident_cpu_seconds(profile, kind, x) for x in xs]
+            ax.plot(xs, device, ":", color="tab:blue", label="NumPy + copies, data on GPU")
             for location, color in (("host", "tab:red"), ("device", "tab:green")):
-                at = crossover(profile, kind, location, lo=lo, hi=hi)
-                if at is not None:
+                at = crossover(profile, kind, location)  # the same search as `autooffload show`
+                if at is not None and at <= hi:
                     ax.axvline(at, color=color, linestyle=":", linewidth=1.2)
                     ax.annotate(
                         f"{location}: {_short_bytes(at)}",
