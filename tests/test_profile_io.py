@@ -496,3 +496,15 @@ def test_a_decorated_function_still_returns_the_numpy_result_with_a_bad_profile(
 def test_builtin_profile_is_marked_builtin():
     assert builtin_profile().source == "built-in"
     assert SCHEMA_VERSION == builtin_profile().schema_version
+
+
+def test_software_drift_is_logged_not_refused(monkeypatch, caplog):
+    old = small_profile(this_machine(numpy_version="1.0.0"), has_gpu=True).model_copy(update={"transfer_engine": "engine-v0"})
+    path = save_profile(old, default_profile_path())
+    monkeypatch.setattr(_profile, "_current_transfer_engine", lambda: "engine-v9")
+    with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO, logger="autooffload"):
+        warnings.simplefilter("always")
+        assert active_profile().source == str(path)
+    assert profile_warnings(record) == []
+    (line,) = [r.getMessage() for r in caplog.records if "other software" in r.getMessage()]
+    assert f"numpy 1.0.0 -> {np.__version__}" in line and "copy engine engine-v0 -> engine-v9" in line

@@ -698,9 +698,26 @@ def _resolve_active_profile() -> Profile:
         return builtin_profile()
 
 
-def _log_version_drift(profile: Profile) -> None:
+def _current_transfer_engine() -> str | None:
+    try:
+        from . import _transfer  # cheap: it imports CuPy only when copying
+    except ImportError:
+        return None
+    return getattr(_transfer, "ENGINE_NAME", None)
+
+
+def software_drift(profile: Profile) -> list[str]:
+    """What changed on this machine since ``profile`` was measured: versions and the copy engine."""
     here, _ = _cheap_identity()
-    if changes := version_drift(profile.fingerprint, here):
+    changes = version_drift(profile.fingerprint, here)
+    engine = _current_transfer_engine()
+    if profile.has_gpu and profile.transfer_engine and engine and profile.transfer_engine != engine:
+        changes.append(f"copy engine {profile.transfer_engine} -> {engine}")
+    return changes
+
+
+def _log_version_drift(profile: Profile) -> None:
+    if changes := software_drift(profile):
         logger.info("profile %s was measured with other software (%s); consider `autooffload calibrate`", profile.source, ", ".join(changes))
 
 

@@ -19,11 +19,10 @@ from ._decide import KINDS, crossover
 from ._profile import (
     Profile,
     active_profile,
-    current_fingerprint,
     load_profile,
     profile_path,
+    software_drift,
     this_machine_mismatch,
-    version_drift,
 )
 from .errors import CalibrationError, ProfileError
 
@@ -62,7 +61,7 @@ def describe(profile: Profile, *, note: str | None = None) -> dict:
         "other_machine_reason": mismatch,
         "note": note,
         "age_s": max(0.0, (datetime.now(timezone.utc) - created).total_seconds()),
-        "version_drift": [] if is_builtin or mismatch else version_drift(profile.fingerprint, current_fingerprint(probe_gpu=False)),
+        "version_drift": [] if is_builtin or mismatch else software_drift(profile),
         "gpu_usable": profile.gpu_usable,
         "crossovers": crossover_table(profile),
         "profile": profile.model_dump(mode="json"),
