@@ -641,10 +641,16 @@ def _resolve_active_profile_once() -> Profile:
 
 
 def reset_active_profile() -> None:
-    """Forget the cached active profile (after a calibration, or between tests)."""
+    """Forget the cached active profile (after a calibration, or between tests).
+
+    Decisions cached from the old profile are dropped too.
+    """
     global _active
     with _active_lock:
         _active = None
+    from . import _config
+
+    _config.invalidate_decisions()
 
 
 def _warn_unused(message: str) -> None:
