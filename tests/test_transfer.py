@@ -684,13 +684,14 @@ def test_one_thread_one_buffer_fake(fake):
 def test_default_tuning_fake(fake):
     T._configure(**{k: getattr(T._Tuning(), k) for k in ("chunk_bytes", "min_chunk_bytes", "small_bytes", "h2d_direct_max", "d2h_direct_max")})
     rng = np.random.default_rng(8)
-    for n in (10, 1 << 20, (9 << 20) // 8 + 3, (40 << 20) // 8 + 5):  # direct, direct, 3 chunks, 5+ chunks
+    direct_max = T._Tuning().h2d_direct_max
+    for n in (10, 1 << 20, direct_max // 8, direct_max // 8 + 3, (40 << 20) // 8 + 5):
         h = random_array((n,), np.float64, rng)
         fake.memcpys.clear()
         d = T.to_device(h)
         assert same(d.get(), h)
         assert same(T.to_host(d), h)
-        if n * 8 <= 8 << 20:
+        if n * 8 <= direct_max:
             assert len(fake.memcpys) == 2  # one each way: the driver's path
         else:
             assert len(fake.memcpys) > 4

@@ -24,7 +24,7 @@ How (engine ``pinned-pipeline-v1``):
   and it orders the device allocation as CuPy's pool expects). The per-thread default stream
   is the exception: its handle means another stream in each worker, so a side stream fenced by
   events stands in for it.
-* Arrays up to 8 MiB skip all that: ``cudaMemcpyAsync`` from/to the pageable array lets the
+* Arrays up to 16 MiB skip all that: ``cudaMemcpyAsync`` from/to the pageable array lets the
   driver stage it through its own pinned buffers, which measured fastest there (faster than
   ``cupy.asarray``, which copies into a pinned buffer on one thread first). Strided small
   arrays go through one pinned buffer on the calling thread.
@@ -89,11 +89,12 @@ class _Tuning:
     small_bytes: int = 1 * MiB
     # At or below these sizes, cudaMemcpyAsync from/to the pageable array itself: the driver
     # stages it through its own pinned buffers, pipelined, with a fast memcpy. Measured faster
-    # than everything else up to 4 MiB (4 KiB: 12 / 13 us, cupy 27 / 17 us; 1 MiB: 87 / 109 us,
-    # cupy 138 / 126 us; 4 MiB: 332 / 357 us, cupy 489 / 399 us); at 16 MiB 1.1 / 1.3 ms, level
-    # with cupy (1.7 / 1.2 ms) while 8 chunks of 2 MiB on workers took 1.0 / 1.1 ms.
-    h2d_direct_max: int = 8 * MiB
-    d2h_direct_max: int = 8 * MiB
+    # than everything else up to 8 MiB (4 KiB: 12 / 13 us, cupy 27 / 17 us; 1 MiB: 87 / 109 us,
+    # cupy 138 / 126 us; 4 MiB: 332 / 357 us, cupy 489 / 399 us). At 16 MiB it still beat the
+    # pipeline of 4 MiB chunks (1.58 / 1.99 ms against 1.94 / 2.24 ms, run 3); at 32 MiB the
+    # pipeline wins by far (3.1 / 7.8 ms against 5.1 / 14.0 ms). Crossover: 16-32 MiB.
+    h2d_direct_max: int = 16 * MiB
+    d2h_direct_max: int = 16 * MiB
 
 
 def _default_threads() -> int:
