@@ -53,7 +53,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-ENGINE_NAME = "pinned-pipeline-v1"
+ENGINE_NAME = "pinned-pipeline-v2"
 
 KiB = 1024
 MiB = 1024 * KiB
