@@ -564,9 +564,10 @@ def _json_default(o: Any):
 
 
 def plot_speedups(path: Path, panels: dict[str, dict[str, tuple[list[float], list[float | None]]]], *,
-                  title: str, xlabel: str = "elements", mark: str | None = None) -> str | None:
+                  title: str, xlabel: str = "elements", mark: Sequence[str] | None = None) -> str | None:
     """One panel per entry: {panel: {series: (sizes, speedups)}}, log-log, the line y=1, and the
-    crossover of series ``mark`` (or of each series if None) marked. Returns a note if skipped."""
+    crossover (speedup rising through 1) of the series named in ``mark`` (of each series if None)
+    marked with a dotted line. Returns a note if the plot was skipped, else None."""
     try:
         import matplotlib
 
@@ -588,7 +589,7 @@ def plot_speedups(path: Path, panels: dict[str, dict[str, tuple[list[float], lis
                 continue
             plotted = True
             line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
-            if mark is None or label == mark:
+            if mark is None or label in mark:
                 x = crossover([p[0] for p in pts], [p[1] for p in pts])
                 if x is not None and x > pts[0][0]:
                     ax.axvline(x, color=line.get_color(), ls=":", lw=1)

@@ -99,6 +99,9 @@ def parse(argv):
     p.add_argument("--repeats", type=int, default=5, help="samples per figure (3 at 1e9)")
     p.add_argument("--sample-s", type=float, default=None, help="length of one timed sample (default 0.02 s; 0.005 with --quick)")
     p.add_argument("--quick", action="store_true", help="short samples, sizes up to 1e6")
+    p.add_argument("--budget-s", type=float, default=200.0,
+                   help="time budget: a size (from 1e8 up) whose time, predicted from the size before, does not fit "
+                        "is left out with a note (0: no budget)")
     p.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated subset of " + ",".join(EXPERIMENTS))
     return B.finish_args(p.parse_args(argv), argv)
 
@@ -145,8 +148,17 @@ def _main(argv, quiet: bool) -> dict:
     cold: dict[str, dict] = {}
     rows: list[dict] = []
 
+    last_n = last_wall = last_reps = None
     for n in sizes:
         t_size = time.perf_counter()
+        if last_n and args.budget_s > 0 and n >= 10**8:
+            # Linear in n, and in the calls per column (samples + the first call; 3 samples at 1e9).
+            predicted = last_wall * n / last_n * ((3 if n >= 10**9 else repeats) + 1) / (last_reps + 1)
+            if t_size - t_start + predicted > args.budget_s:
+                notes.append(f"sizes from {B.fmt_n(n)} left out by the time budget (predicted {predicted:.0f} s, "
+                             f"{max(0.0, args.budget_s - (t_size - t_start)):.0f} s left of --budget-s {args.budget_s:g})")
+                say("# " + notes[-1])
+                break
         big = n >= 10**8
         reps = 3 if n >= 10**9 else repeats
         shape = shape_of(n)
@@ -166,7 +178,8 @@ def _main(argv, quiet: bool) -> dict:
                 say(f"# {B.fmt_n(n)} {exp}: {note}")
         del x, x0
         B.free_gpu_memory(cp)
-        say(f"# {B.fmt_n(n)} done in {time.perf_counter() - t_size:.1f} s (elapsed {time.perf_counter() - t_start:.0f} s)")
+        last_n, last_wall, last_reps = n, time.perf_counter() - t_size, reps
+        say(f"# {B.fmt_n(n)} done in {last_wall:.1f} s (elapsed {time.perf_counter() - t_start:.0f} s)")
         # A checkpoint, so a run cut short (a time limit) still leaves its rows behind.
         B.write_results(args, NAME, info, {"partial": True, "sizes": sizes, "rows": [_jsonable(r) for r in rows],
                                            "first_calls": cold, "notes": notes}, say.text())
@@ -210,7 +223,7 @@ def _main(argv, quiet: bool) -> dict:
     say(f"wall time {wall:.1f} s")
 
     payload = {
-        "partial": False, "sizes": sizes, "repeats": repeats, "min_sample_s": min_sample_s, "gpu_smoke": args.gpu_smoke,
+        "partial": False, "sizes": sizes, "budget_s": args.budget_s, "repeats": repeats, "min_sample_s": min_sample_s, "gpu_smoke": args.gpu_smoke,
         "profile": B.profile_source(), "context_s": context_s, "columns": COLS,
         "rows": [_jsonable(r) for r in rows], "first_calls": cold, "crossovers": crossovers,
         "article_claimed_speedup": ARTICLE_SPEEDUP, "notes": notes, "wall_s": wall,
@@ -224,7 +237,7 @@ def _main(argv, quiet: bool) -> dict:
                 LABELS[k]: ([r["n"] for r in rs], [r["speedup"].get(k) for r in rs]) for k in COLS[1:]
             }
         png = folder / (f"{NAME}-gpu-smoke.png" if args.gpu_smoke else f"{NAME}.png")
-        note = B.plot_speedups(png, panels, title=f"seed article: speedup vs NumPy ({info.get('gpu_name') or 'no GPU'})", mark=None)
+        note = B.plot_speedups(png, panels, title=f"seed article: speedup vs NumPy ({info.get('gpu_name') or 'no GPU'})", mark=[LABELS["cupy_synced"], LABELS["cupy_host_io"]])
         say(note or f"plot: {png}")
     say(f"results: {folder}")
     payload["folder"] = str(folder)
@@ -315,16 +328,19 @@ def run_row(exp, n, shape, x0, x, cp, sync, fn_off, cold, settings, big, notes) 
             else:
                 def op():
                     return cp.asnumpy(cp.ones(shape))
-            # Check first (also the warm-up of this column).
+            # Check first (also the warm-up of this column: the kernels were compiled above). At 1e9
+            # a call takes seconds, so the checked call, synchronized, counts as the first sample.
             if inplace:
                 restore_host()
-                op()
-                ok = matches(x)
-            else:
-                ok = matches(op())
-            if not ok:
+            first_s, out = B.time_once(op, sync)
+            if not matches(x if inplace else out):
                 notes.append("MISMATCH: CuPy with host data in and out differs from NumPy")
-            return B.measure(op, sync=sync, setup=restore_host if inplace else None, warmup=0, **settings)
+            del out
+            if n < 10**9:
+                return B.measure(op, sync=sync, setup=restore_host if inplace else None, warmup=0, **settings)
+            more = B.measure(op, sync=sync, setup=restore_host if inplace else None, warmup=0,
+                             **{**settings, "repeats": settings["repeats"] - 1, "min_repeats": settings["repeats"] - 1})
+            return B.Stat.of([first_s] + more.samples, 1)
 
         times["cupy_host_io"] = _guard(notes, "CuPy host i/o", cp, host_io)
         B.free_gpu_memory(cp)

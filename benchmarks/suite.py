@@ -296,6 +296,9 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="sizes up to 1e6, short samples")
     p.add_argument("--repeats", type=int, default=5, help="samples per figure (at least 3 are always taken)")
     p.add_argument("--max-cell-s", type=float, default=2.0, help="stop sampling a cell after this long (>= 3 samples)")
+    p.add_argument("--budget-s", type=float, default=210.0,
+                   help="time budget of the whole run: a size whose predicted time does not fit in a function's share "
+                        "is left out with a note (0: no budget)")
     p.add_argument("--functions", default="", help="comma-separated subset of: " + ",".join(c.name for c in CASES))
     p.add_argument("--cold-gpu", action="store_true",
                    help="do not warm @offload's view of the GPU first (decisions then pay the cold start)")
@@ -350,10 +353,24 @@ def _main(argv, quiet: bool) -> dict:
     first_calls: dict[str, dict] = {}
     mismatches: list[str] = []
     notes: list[str] = []
-    for case in cases:
+    for i_case, case in enumerate(cases):
         fn_off = offload(case.fn)
         t_case = time.perf_counter()
+        # Time budget: this function may use its share of what is left (unused shares roll over).
+        share = (args.budget_s - (t_case - t_start)) / (len(cases) - i_case)
+        last = None
         for n in sizes:
+            if last is not None and args.budget_s > 0:
+                # Predicted from the previous size: ~4 calls per column (first + 3 samples) and
+                # the inputs, scaled linearly in n.
+                per_call = sum(t["median"] for t in last["times"].values() if t)
+                predicted = n / last["n"] * (4 * per_call + last.get("make_s", 0.0))
+                used = time.perf_counter() - t_case
+                if used + predicted > share:
+                    notes.append(f"{case.name}: sizes from {B.fmt_n(n)} left out by the time budget "
+                                 f"(predicted {predicted:.0f} s, {max(0.0, share - used):.0f} s left of this function's "
+                                 f"share of --budget-s {args.budget_s:g})")
+                    break
             if n > case.max_n:
                 notes.append(f"{case.name}: sizes above {B.fmt_n(case.max_n)} left out ({case.why_cap})")
                 break
@@ -366,6 +383,7 @@ def _main(argv, quiet: bool) -> dict:
             row = run_row(case, n, cp, sync, fn_off, first_calls, dict(
                 repeats=reps, min_sample_s=min_sample_s, max_s=args.max_cell_s))
             rows.append(row)
+            last = row
             for m in row["mismatch"]:
                 mismatches.append(f"{case.name} at {B.fmt_n(n)}: {m}")
                 say(f"!!! MISMATCH {mismatches[-1]}")
@@ -427,7 +445,7 @@ def _main(argv, quiet: bool) -> dict:
 
     payload = {
         "partial": False, "sizes": sizes, "repeats": repeats, "min_sample_s": min_sample_s, "gpu_smoke": args.gpu_smoke,
-        "cold_gpu": args.cold_gpu, "profile": B.profile_source(), "columns": COLS,
+        "cold_gpu": args.cold_gpu, "budget_s": args.budget_s, "profile": B.profile_source(), "columns": COLS,
         "functions": {c.name: {"doc": (c.fn.__doc__ or "").strip(), "rtol": c.rtol, "atol": c.atol, "kind": c.kind,
                                "max_n": c.max_n} for c in cases},
         "rows": rows, "summary": summary, "first_calls": first_calls, "crossovers": crossovers,
@@ -445,7 +463,7 @@ def _main(argv, quiet: bool) -> dict:
                 }
         png = folder / (f"{NAME}-gpu-smoke.png" if args.gpu_smoke else f"{NAME}.png")
         note = B.plot_speedups(png, panels, title=f"suite: speedup vs NumPy, numpy data in and out ({info.get('gpu_name') or 'no GPU'})",
-                               mark="CuPy+copies")
+                               mark=["CuPy+copies"])
         say(note or f"plot: {png}")
     say(f"results: {folder}")
     payload["folder"] = str(folder)
@@ -456,8 +474,10 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
     g = B.rng(n + len(case.name))
     row: dict[str, Any] = {"function": case.name, "n": n, "shapes": case.shapes(n), "mismatch": [], "notes": [],
                            "times": {c: None for c in COLS}, "first_call_s": {}}
+    t0 = time.perf_counter()
     try:
         args = case.make(n, g)
+        row["make_s"] = time.perf_counter() - t0
     except MemoryError:
         row["notes"].append("host out of memory making the inputs; skipped")
         row.update(speedup={}, ratio=None)
