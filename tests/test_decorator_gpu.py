@@ -273,7 +273,8 @@ def test_every_dtype_empty_and_zero_d_round_trip():
             out = f(x)
             assert type(out) is np.ndarray and out.dtype == x.dtype and np.array_equal(out, x[::-1])
         assert f(np.empty((0, 4))).shape == (0, 4)
-        assert f(np.array(2.5)) == 2.5
+        doubled = offload(lambda x: x * 2)(np.array(2.5))
+        assert type(doubled) is np.float64 and doubled == 5.0
 
 
 def test_many_threads_on_the_gpu():

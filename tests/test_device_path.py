@@ -312,3 +312,14 @@ def test_all_device_dtypes_round_trip(on_gpu):
         x = (rng.random(7) * 100).astype(dt)
         out = f(x)
         assert out.dtype == x.dtype and np.array_equal(out, x[::-1])
+
+
+def test_no_array_arguments_give_host_results(on_gpu):
+    @offload
+    def draws(n, scale):
+        return np.random.standard_normal(n).mean() * scale, np.zeros(n)
+
+    mean, zeros = draws(1000, 2.0)
+    assert type(mean) is np.float64 and abs(mean) < 0.5
+    assert type(zeros) is np.ndarray and zeros.shape == (1000,)
+    assert draws.last_decision.backend == "cupy"

@@ -5,6 +5,7 @@ Marked ``gpu``; skipped where CuPy or a CUDA device is missing.
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import numpy as np
@@ -288,6 +289,7 @@ def test_out_of_memory_frees_and_reraises():
     h = np.random.default_rng(7).standard_normal(64 * MiB // 8)
     before = h.copy()
     cp.cuda.get_current_stream().synchronize()
+    gc.collect()  # arrays of earlier tests freed mid-test would shift the count
     mempool.free_all_blocks()  # a cached free block would be reused without checking the limit
     used = mempool.used_bytes()
     old_limit = mempool.get_limit()

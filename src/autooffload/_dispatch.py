@@ -350,7 +350,8 @@ class _State:
             return self.run_numpy(args, kwargs, has_device_args)
         moved = None
         try:
-            if d.host_bytes:
+            if d.host_bytes or not d.device_bytes:
+                # Host data, or no arrays at all: either way the result belongs on the host.
                 moved = move(backend, args, kwargs, to_device=True, pure=self.pure)
         except Ineligible as exc:
             self._ran_on_numpy(d, str(exc))
