@@ -32,6 +32,7 @@ the data never goes near them). Writes JSON, the table and a PNG under
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -103,6 +104,7 @@ def parse(argv):
                    help="time budget: a size (from 1e8 up) whose time, predicted from the size before, does not fit "
                         "is left out with a note (0: no budget)")
     p.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated subset of " + ",".join(EXPERIMENTS))
+    p.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the PNG of an earlier run's JSON (beside it)")
     return B.finish_args(p.parse_args(argv), argv)
 
 
@@ -113,6 +115,12 @@ def main(argv=None, *, quiet: bool = False) -> dict:
 
 def _main(argv, quiet: bool) -> dict:
     args = parse(argv)
+    if args.replot:
+        doc = json.loads(args.replot.read_text())
+        png = args.replot.with_suffix(".png")
+        note = plot(doc, png)
+        print(note or f"plot: {png}")
+        return doc
     say = B.Tee(quiet)
     cp = B.gpu(disabled=args.no_gpu)
     sync = B.sync_for(cp)
@@ -230,18 +238,25 @@ def _main(argv, quiet: bool) -> dict:
     }
     folder = B.write_results(args, NAME, info, payload, say.text())
     if not args.no_plot:
-        panels = {}
-        for exp in experiments:
-            rs = [r for r in rows if r["experiment"] == exp]
-            panels[f"{exp}: {EXPERIMENTS[exp]}"] = {
-                LABELS[k]: ([r["n"] for r in rs], [r["speedup"].get(k) for r in rs]) for k in COLS[1:]
-            }
         png = folder / (f"{NAME}-gpu-smoke.png" if args.gpu_smoke else f"{NAME}.png")
-        note = B.plot_speedups(png, panels, title=f"seed article: speedup vs NumPy ({info.get('gpu_name') or 'no GPU'})", mark=[LABELS["cupy_synced"], LABELS["cupy_host_io"]])
+        note = plot({**payload, "machine": info}, png)
         say(note or f"plot: {png}")
     say(f"results: {folder}")
     payload["folder"] = str(folder)
     return payload
+
+
+def plot(doc: dict, png: Path) -> str | None:
+    """The speedup plot from a result document (as written to JSON); a note if it was skipped."""
+    panels = {}
+    for exp in dict.fromkeys(r["experiment"] for r in doc["rows"]):
+        rs = [r for r in doc["rows"] if r["experiment"] == exp]
+        panels[f"{exp}: {EXPERIMENTS.get(exp, exp)}"] = {
+            LABELS[k]: ([r["n"] for r in rs], [r["speedup"].get(k) for r in rs]) for k in COLS[1:]
+        }
+    gpu = doc.get("machine", {}).get("gpu_name") or "no GPU"
+    return B.plot_speedups(png, panels, title=f"seed article: speedup vs NumPy ({gpu}; {doc['machine'].get('date', '')[:10]})",
+                           mark=[LABELS["cupy_synced"], LABELS["cupy_host_io"]])
 
 
 COLS = ["numpy", "cupy_article", "cupy_synced", "cupy_host_io", "offload"]
@@ -352,7 +367,7 @@ def run_row(exp, n, shape, x0, x, cp, sync, fn_off, cold, settings, big, notes) 
     def offload_first():
         if inplace:
             restore_host()
-        first_s, out = B.time_once(call_off, sync)
+        first_s, out = B.time_once(call_off, B.sync_if_offloaded(cp, fn_off))
         if not matches(x if inplace else out):
             notes.append("MISMATCH: @offload differs from NumPy")
         if exp not in cold or "offload_s" not in cold[exp]:
@@ -366,7 +381,7 @@ def run_row(exp, n, shape, x0, x, cp, sync, fn_off, cold, settings, big, notes) 
         fns["offload"] = call_off
     before = fn_off.stats.as_dict()
     stats = _guard(notes, "NumPy and @offload", cp, lambda: B.measure_interleaved(
-        fns, sync={"numpy": B._no_sync, "offload": sync}, setups={k: setup_host for k in fns},
+        fns, sync={"numpy": B._no_sync, "offload": B.sync_if_offloaded(cp, fn_off)}, setups={k: setup_host for k in fns},
         warmup={"numpy": heavy_warmup, "offload": 0}, **settings))
     after = fn_off.stats.as_dict()
     offload_info = {}

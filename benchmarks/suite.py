@@ -30,6 +30,7 @@ functions, so both backends see the same data. Writes JSON, the table and a PNG 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -302,6 +303,7 @@ def parse(argv):
     p.add_argument("--functions", default="", help="comma-separated subset of: " + ",".join(c.name for c in CASES))
     p.add_argument("--cold-gpu", action="store_true",
                    help="do not warm @offload's view of the GPU first (decisions then pay the cold start)")
+    p.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the PNG of an earlier run's JSON (beside it)")
     return B.finish_args(p.parse_args(argv), argv)
 
 
@@ -312,6 +314,12 @@ def main(argv=None, *, quiet: bool = False) -> dict:
 
 def _main(argv, quiet: bool) -> dict:
     args = parse(argv)
+    if args.replot:
+        doc = json.loads(args.replot.read_text())
+        png = args.replot.with_suffix(".png")
+        note = plot(doc, png)
+        print(note or f"plot: {png}")
+        return doc
     say = B.Tee(quiet)
     cp = B.gpu(disabled=args.no_gpu)
     sync = B.sync_for(cp)
@@ -453,21 +461,26 @@ def _main(argv, quiet: bool) -> dict:
     }
     folder = B.write_results(args, NAME, info, payload, say.text())
     if not args.no_plot:
-        panels = {}
-        for case in cases:
-            rs = [r for r in rows if r["function"] == case.name]
-            if rs:
-                panels[case.name] = {
-                    "CuPy+copies": ([r["n"] for r in rs], [r["speedup"].get("cupy_copies") for r in rs]),
-                    "@offload": ([r["n"] for r in rs], [r["speedup"].get("offload") for r in rs]),
-                }
         png = folder / (f"{NAME}-gpu-smoke.png" if args.gpu_smoke else f"{NAME}.png")
-        note = B.plot_speedups(png, panels, title=f"suite: speedup vs NumPy, numpy data in and out ({info.get('gpu_name') or 'no GPU'})",
-                               mark=["CuPy+copies"])
+        note = plot({**payload, "machine": info}, png)
         say(note or f"plot: {png}")
     say(f"results: {folder}")
     payload["folder"] = str(folder)
     return payload
+
+
+def plot(doc: dict, png: Path) -> str | None:
+    """The speedup plot from a result document (as written to JSON); a note if it was skipped."""
+    panels = {}
+    for name in dict.fromkeys(r["function"] for r in doc["rows"]):
+        rs = [r for r in doc["rows"] if r["function"] == name]
+        panels[name] = {
+            "CuPy+copies": ([r["n"] for r in rs], [r["speedup"].get("cupy_copies") for r in rs]),
+            "@offload": ([r["n"] for r in rs], [r["speedup"].get("offload") for r in rs]),
+        }
+    gpu = doc.get("machine", {}).get("gpu_name") or "no GPU"
+    return B.plot_speedups(png, panels, mark=["CuPy+copies"],
+                           title=f"suite: speedup vs NumPy, numpy data in and out ({gpu}; {doc['machine'].get('date', '')[:10]})")
 
 
 def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: dict) -> dict:
@@ -522,12 +535,11 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
 
         if guarded("CuPy+copies", cupy_first):
             fns["cupy_copies"], syncs["cupy_copies"] = call_cp, sync
-        B.free_gpu_memory(cp)
 
     call_off = lambda: fn_off(*args)  # noqa: E731
 
     def offload_first():
-        first_s, got = B.time_once(call_off, sync)
+        first_s, got = B.time_once(call_off, B.sync_if_offloaded(cp, fn_off))
         row["first_call_s"]["offload"] = first_s
         row["first_pick"] = fn_off.last_decision.backend
         bad = compare(reference, got, case.rtol, case.atol)
@@ -537,8 +549,8 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
 
     first_off = guarded("@offload", offload_first)
     if first_off is not None:
-        fns["offload"], syncs["offload"] = call_off, sync
-    del reference
+        fns["offload"], syncs["offload"] = call_off, B.sync_if_offloaded(cp, fn_off)
+    del reference, ref
 
     # Then the columns side by side, round by round (a variant that fails alone is retried alone).
     before = fn_off.stats.as_dict()

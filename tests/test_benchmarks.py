@@ -247,6 +247,13 @@ def test_gpu_paths_on_a_stand_in(tmp_path, fake_cupy):
     for r in doc["rows"]:
         assert all(r["times"][c] for c in seed.COLS), r
         assert not r["notes"], r["notes"]
+    seed.main(["--replot", str(tmp_path / "test" / "seed_article-gpu-smoke.json")])  # the plot from the JSON
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        assert (tmp_path / "test" / "seed_article-gpu-smoke.png").stat().st_size > 1000
 
     suite = _load("suite")
     suite.main(_args(tmp_path, "--gpu-smoke", "--functions", "black_scholes,var_es_sort,kmeans_step"), quiet=True)
