@@ -131,3 +131,24 @@ def test_cold_start_is_paid_once_the_forgone_savings_exceed_it(fake_gpu, use_pro
     assert backends[6] == CUPY and "cold start (0.5 s) paid off" in reasons[6]
     assert backends[7] == CUPY  # the GPU is ready now: no cold start in the prediction
     assert math.isclose(f.last_decision.predicted_s[CUPY], 0.021, rel_tol=1e-6)
+
+
+def test_each_copied_array_pays_the_copy_latency():
+    p = synthetic_profile()  # copy floor 10 us
+    one = predict(p, Request("elementwise", host_bytes=1000, largest_bytes=500, gpu_ready=True, host_arrays=1))
+    three = predict(p, Request("elementwise", host_bytes=1000, largest_bytes=500, gpu_ready=True, host_arrays=3))
+    assert three.gpu_parts["copy_in"] - one.gpu_parts["copy_in"] == pytest.approx(2 * 10e-6)
+
+
+def test_a_chain_of_gpu_operations_synchronizes_once():
+    p = synthetic_profile()  # GPU floor 20 us, launch latency 20 us
+    single = predict(p, Request("elementwise", device_bytes=1000, largest_bytes=1000, gpu_ready=True))
+    chain = predict(p, Request((("elementwise", 3),), device_bytes=1000, largest_bytes=1000, gpu_ready=True))
+    assert chain.gpu_parts["compute"] == pytest.approx(3 * 20e-6 - 2 * 10e-6)
+    assert chain.gpu_parts["compute"] >= single.gpu_parts["compute"]
+
+
+def test_moving_device_data_to_the_host_waits_for_the_device():
+    p = synthetic_profile()
+    pred = predict(p, Request("elementwise", device_bytes=1000, largest_bytes=1000, gpu_ready=True))
+    assert pred.cpu_parts["sync"] == pytest.approx(20e-6)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from autooffload import _profile, _sweep
-from autooffload._decide import KINDS, crossover
+from autooffload._decide import KINDS, Request, crossover, predict
 from autooffload._profile import load_profile, save_profile
 from autooffload._sweep import (
     WORKLOADS,
@@ -129,9 +129,14 @@ def test_fake_sweep_crossover_matches_the_fake_costs():
     # Device data: NumPy pays 2^-30 s/B plus copies out and back; GPU 2^-16 + 2^-36 s/B.
     at = crossover(profile, "reduction", "device", hi=2.0**30)
     assert at is not None
-    n = at
-    cpu = n * 2.0**-30 + profile.d2h.predict(n)
-    assert profile.kinds["reduction"].gpu.predict(n) < cpu
+
+    def prediction(n):
+        return predict(profile, Request("reduction", device_bytes=int(n), largest_bytes=int(n), gpu_ready=True))
+
+    assert prediction(at).gpu_s < prediction(at).cpu_s
+    assert prediction(at).cpu_parts["copy_in"] == profile.d2h.predict(at)  # the fake copy costs are used
+    if at > 1024:  # the grid step below still favours NumPy
+        assert prediction(at / 2**0.25).gpu_s >= prediction(at / 2**0.25).cpu_s
 
 
 def test_sweep_profile_survives_a_save_and_load(tmp_path):

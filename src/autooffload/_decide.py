@@ -48,6 +48,8 @@ class Request:
     device_bytes: int = 0  # bytes of cupy array inputs
     largest_bytes: int = 0  # bytes of the largest single array input
     gpu_ready: bool = False  # the GPU was already used in this process (no cold start)
+    host_arrays: int = 1  # how many numpy arrays (each copy pays the copy path's fixed latency)
+    device_arrays: int = 1  # how many cupy arrays
 
     @property
     def work(self) -> tuple[tuple[str, int], ...]:
@@ -131,11 +133,24 @@ def size_bucket(nbytes: int) -> int:
     return int(2 * math.log2(nbytes))
 
 
-def _copy(curve: Curve | None, nbytes: float) -> float:
+def _copy(curve: Curve | None, nbytes: float, arrays: int = 1) -> float:
+    """Seconds to copy ``nbytes`` split over ``arrays`` arrays: each copy has a fixed latency."""
     if nbytes <= 0:
         return 0.0
     assert curve is not None
-    return curve.predict(nbytes)
+    return curve.predict(nbytes) + max(arrays - 1, 0) * curve.seconds[0]
+
+
+def _gpu_compute(profile: Profile, work, total: float) -> float:
+    """GPU seconds of a work mix: each curve point ends in a synchronization (that is how it is
+    timed), but a chain of CuPy operations synchronizes once, so the round trip is counted once.
+    Half the measured launch latency stands for that round trip."""
+    units = sum(n for _, n in work)
+    seconds = sum(n * t.gpu.predict(total) for t, n in work)
+    if units > 1 and profile.launch_latency_s:
+        floor = max(t.gpu.predict(total) for t, _ in work)
+        seconds = max(floor, seconds - (units - 1) * 0.5 * profile.launch_latency_s)
+    return seconds
 
 
 def kind_timing(profile: Profile, kind: str):
@@ -154,15 +169,17 @@ def predict(profile: Profile, req: Request) -> Prediction:
 
     cpu_parts = {"compute": sum(n * t.cpu.predict(total) for t, n in work)}
     if req.device_bytes and profile.d2h is not None and profile.h2d is not None:
-        cpu_parts["copy_in"] = _copy(profile.d2h, req.device_bytes)
+        cpu_parts["copy_in"] = _copy(profile.d2h, req.device_bytes, req.device_arrays)
         cpu_parts["copy_out"] = _copy(profile.h2d, out_bytes)
+        # Copying device data out first waits for the device's queue to drain: a round trip.
+        cpu_parts["sync"] = profile.launch_latency_s or 0.0
 
     if not profile.gpu_usable or any(t.gpu is None for t, _ in work):
         return Prediction(sum(cpu_parts.values()), None, cpu_parts, {})
 
-    gpu_parts = {"compute": sum(n * t.gpu.predict(total) for t, n in work)}
+    gpu_parts = {"compute": _gpu_compute(profile, work, total)}
     if req.host_bytes:
-        gpu_parts["copy_in"] = _copy(profile.h2d, req.host_bytes)
+        gpu_parts["copy_in"] = _copy(profile.h2d, req.host_bytes, req.host_arrays)
     if not req.result_on_device:
         gpu_parts["copy_out"] = _copy(profile.d2h, out_bytes)
     if not req.gpu_ready and profile.cold_start_s:

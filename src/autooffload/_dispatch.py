@@ -250,7 +250,10 @@ class _State:
         if host == 0 and dev == 0:
             return make(NUMPY, "no array arguments to size the work by")
         profile = _active_profile()
-        pred = predict(profile, Request(self.work, host, dev, largest, ready))
+        device_type = _backends.device_array_type()
+        n_dev = sum(1 for a in iter_leaves((args, kwargs), lambda x: device_type is not None and type(x) is device_type))
+        n_host = sum(1 for _ in iter_leaves((args, kwargs), lambda x: isinstance(x, np.ndarray)))
+        pred = predict(profile, Request(self.work, host, dev, largest, ready, max(n_host, 1), max(n_dev, 1)))
         why = _backends.unavailable_reason()
         if why is not None:
             return make(NUMPY, f"no GPU: {why}", pred, 0.0, profile.source)
