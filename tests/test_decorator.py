@@ -232,3 +232,39 @@ def test_xp_parameter_gets_numpy_on_cpu():
 
     assert f(np.ones(3)) == "numpy"
     assert f(np.ones(3), xp="given") == "given"
+
+
+def test_every_parameter_kind_is_passed_through():
+    def f(a, /, b, c=2.0, *, d, e=None):
+        return (a * b + c * d).sum(), e
+
+    g = offload(f)
+    a, b, d = rng.random(4), rng.random(4), rng.random(4)
+    assert g(a, b, d=d) == f(a, b, d=d)
+    assert g(a, b=b, c=3.0, d=d, e="x") == f(a, b=b, c=3.0, d=d, e="x")
+    assert inspect.signature(g) == inspect.signature(f)
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'd'"):
+        g(a, b)
+    with pytest.raises(TypeError, match="positional-only"):
+        g(a=a, b=b, d=d)
+
+
+def test_var_args_and_kwargs_functions():
+    @offload
+    def f(*arrays, scale=1.0, **options):
+        return sum(x.sum() for x in arrays) * scale, options
+
+    x = np.ones(3)
+    assert f(x, x, scale=2.0, tag="t") == (12.0, {"tag": "t"})
+    assert f.last_decision.host_bytes == 48
+
+
+def test_arguments_that_are_numpy_modules_or_functions_follow_the_backend(on_gpu):
+    from fake_device import FakeDeviceArray
+
+    @offload
+    def apply(x, fn, module=np):
+        return type(fn(x)) is FakeDeviceArray, module.__name__
+
+    assert apply(rng.random(3), np.cumsum) == (True, "fake_cupy")
+    assert apply(rng.random(3), np.cumsum, np) == (True, "fake_cupy")

@@ -29,7 +29,8 @@ from .errors import ConfigError, GPUFallbackWarning, GPUUnavailableError
 
 # Argument types the hot path passes over without a second look.
 _PASSIVE = frozenset(
-    {int, float, complex, bool, str, bytes, type(None), np.float64, np.float32, np.int64, np.int32, np.bool_}
+    {int, float, complex, bool, str, bytes, type(None), types.ModuleType,
+     np.float64, np.float32, np.int64, np.int32, np.bool_}
 )
 _EXACT_CACHE_LIMIT = 4096
 # The device array type, once a call has passed one (the hot path compares types against it).
@@ -94,19 +95,19 @@ class Stats:
         return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
-def _xp_parameter(func: Callable) -> int | str | None:
-    """Position of a parameter named ``xp`` ("kw" if keyword-only), None if there is none."""
+def _xp_parameter(func: Callable) -> tuple[int | str | None, bool]:
+    """(position of a parameter named ``xp`` or "kw" if keyword-only or None, whether its default is numpy)."""
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
-        return None
+        return None, False
     for i, p in enumerate(params):
         if p.name == "xp":
             if p.kind is p.POSITIONAL_OR_KEYWORD:
-                return i
+                return i, p.default is np
             if p.kind is p.KEYWORD_ONLY:
-                return "kw"
-    return None
+                return "kw", p.default is np
+    return None, False
 
 
 class _State:
@@ -125,7 +126,7 @@ class _State:
             self.work, self.kind_text, self.kind_note = ((kind, 1),), kind, f"kind {kind} (given)"
         self.backend_choice = _config.check_backend(backend, "offload(backend=...)")
         self.pure = bool(pure)
-        self.xp_param = _xp_parameter(func)
+        self.xp_param, self.xp_defaults_to_numpy = _xp_parameter(func)
         # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
         # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
         # GPU readiness and the environment are not in the keys: changing them bumps the generation.
@@ -200,6 +201,15 @@ class _State:
         if env != "auto":
             return env, "AUTOOFFLOAD_BACKEND"
         return None, ""
+
+    def decide_from_args(self, key, host: int, dev: int, config_backend: str | None, args: tuple, kwargs: dict) -> Decision:
+        """``decide`` for the hot path, which does not track the largest array."""
+        device_type = _seen_device_type[0]
+        largest = max(
+            (a.nbytes for a in iter_leaves((args, kwargs), lambda x: type(x) is np.ndarray or type(x) is device_type)),
+            default=0,
+        )
+        return self.decide(key, host, dev, largest, False, config_backend, args, kwargs)
 
     def decide(self, key, host: int, dev: int, largest: int, odd: bool, config_backend: str | None,
                args: tuple, kwargs: dict, *, amortize: bool = True) -> Decision:
@@ -379,6 +389,11 @@ class _State:
     def _call_device(self, fn, twin, moved, args, kwargs, backend) -> tuple[bool, Any]:
         """Run ``fn`` on the device: (True, result), or (False, (exception, cause)) when CuPy cannot run it."""
         call_args, call_kwargs = (moved.args, moved.kwargs) if moved is not None else (args, kwargs)
+        # Arguments that are NumPy modules or functions (np passed in, or a default like
+        # `module=np`, which the hot path passes on explicitly) become their device counterparts.
+        translate = backend._autooffload_translator.translate
+        call_args = tuple(translate(a) if callable(a) or isinstance(a, types.ModuleType) else a for a in call_args)
+        call_kwargs = {k: translate(v) if callable(v) or isinstance(v, types.ModuleType) else v for k, v in call_kwargs.items()}
         call_args, call_kwargs = self.with_xp(call_args, call_kwargs, backend.xp)
         if twin is not None:
             twin.refresh()
@@ -425,62 +440,142 @@ class _State:
         return result
 
 
+def _hot_path_names(state: _State) -> dict[str, Any]:
+    """What the hot path reads, as locals of the closure that holds it."""
+    return {
+        "_ao_func": state.func,
+        "_ao_state": state,
+        "_ao_exact": state.exact,
+        "_ao_local": _config.local,
+        "_ao_debug_on": _log.logger.isEnabledFor,
+        # logging's own per-level cache (cleared in place whenever levels change): a dict lookup
+        # instead of a method call; a missing entry falls back to isEnabledFor, which fills it.
+        "_ao_level_cache_get": getattr(_log.logger, "_cache", {}).get,
+        "_ao_record": _log.record,
+        "_ao_ndarray": np.ndarray,
+        "_ao_passive": _PASSIVE,
+        "_ao_numpy_calls": state.numpy_calls,
+        # On NumPy, an xp parameter whose default already is numpy needs nothing injected.
+        "_ao_inject_xp": state.xp_param is not None and not state.xp_defaults_to_numpy,
+        "_ao_numpy": NUMPY,
+        "_ao_general": state.call,
+        "_ao_seen_device_type": _seen_device_type,
+    }
+
+
+# The hot path, written once and specialised per function: ARGSCAN sums the bytes of the
+# arguments (returning to the general path for anything unusual), CALLARGS/ARGS/KWARGS pass them on.
+_HOT_PATH = """
+def _ao_make({closure}):
+    def {name}({params}):
+        _ao_host = _ao_dev = 0
+        _ao_device_type = _ao_seen_device_type[0]
+{argscan}
+        _ao_config_backend = _ao_local.backend
+        if _ao_dev:
+            _ao_key = (_ao_host, _ao_dev, False, _ao_config_backend)  # the general path's key form
+        else:
+            _ao_key = _ao_host if _ao_config_backend is None else (_ao_host, _ao_config_backend)
+        _ao_d = _ao_exact.get(_ao_key)
+        if _ao_d is None:
+            _ao_d = _ao_state.decide_from_args(_ao_key, _ao_host, _ao_dev, _ao_config_backend, {args}, {kwargs})
+        else:
+            if _ao_d.warm_savings_s:
+                _ao_d = _ao_state.amortize(_ao_d)
+            _ao_debug = _ao_level_cache_get(10)
+            if _ao_debug is None:
+                _ao_debug = _ao_debug_on(10)
+            if _ao_debug or _ao_state.log_path is not None:
+                _ao_record(_ao_d, first_in_bucket=False)
+        {name}.last_decision = _ao_d
+        if _ao_d.backend is _ao_numpy and not _ao_dev:
+            if _ao_inject_xp:
+                return _ao_state.run_numpy({args}, {kwargs}, False)
+            next(_ao_numpy_calls)
+            return _ao_func({callargs})
+        return _ao_state.run(_ao_d, {args}, {kwargs})
+    return {name}
+"""
+
+_SCAN_ONE = """\
+        _ao_t = type({arg})
+        if _ao_t is _ao_ndarray:
+            _ao_host += {arg}.nbytes
+        elif _ao_t is _ao_device_type:
+            _ao_dev += {arg}.nbytes
+        elif _ao_t not in _ao_passive and not (_ao_t is tuple and all(type(_ao_x) in _ao_passive for _ao_x in {arg})):
+            return _ao_general({args}, {kwargs})
+"""
+
+_SCAN_MANY = """\
+        for _ao_a in (({args_tuple}) + tuple({kwargs}.values())) if {kwargs} else {args}:
+            _ao_t = type(_ao_a)
+            if _ao_t is _ao_ndarray:
+                _ao_host += _ao_a.nbytes
+            elif _ao_t is _ao_device_type:
+                _ao_dev += _ao_a.nbytes
+            elif _ao_t not in _ao_passive and not (_ao_t is tuple and all(type(_ao_x) in _ao_passive for _ao_x in _ao_a)):
+                return _ao_general({args}, {kwargs})
+"""
+
+
+def _hot_path_source(func: Callable, closure: list[str]) -> tuple[str, dict[str, Any]] | None:
+    """Source of a wrapper with ``func``'s own parameters (no *args packing), or None if it has
+    none to copy (builtins, *args/**kwargs signatures: those get the generic wrapper)."""
+    if not isinstance(func, types.FunctionType):
+        return None
+    try:
+        parameters = list(inspect.signature(func, follow_wrapped=False).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    last_positional_only = max((i for i, p in enumerate(parameters) if p.kind is p.POSITIONAL_ONLY), default=None)
+    params, positional, keyword, defaults = [], [], [], {}
+    for i, p in enumerate(parameters):
+        # *args/**kwargs, and an xp parameter (whether the caller gave it must stay visible), use
+        # the generic wrapper.
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name.startswith("_ao_") or p.name == "xp":
+            return None
+        if p.kind is p.KEYWORD_ONLY and not keyword:
+            params.append("*")
+        text = p.name
+        if p.default is not p.empty:
+            defaults[f"_ao_default_{p.name}"] = p.default
+            text += f"=_ao_default_{p.name}"
+        params.append(text)
+        if i == last_positional_only:
+            params.append("/")
+        (keyword if p.kind is p.KEYWORD_ONLY else positional).append(p.name)
+    args = "(" + "".join(f"{n}, " for n in positional) + ")"
+    kwargs = "{" + ", ".join(f"{n!r}: {n}" for n in keyword) + "}"
+    source = _HOT_PATH.format(
+        closure=", ".join(closure + list(defaults)),
+        name=func.__name__ if func.__name__.isidentifier() else "offloaded",
+        params=", ".join(params),
+        argscan="".join(_SCAN_ONE.format(arg=n, args=args, kwargs=kwargs) for n in positional + keyword),
+        args=args,
+        kwargs=kwargs,
+        callargs=", ".join(positional + [f"{n}={n}" for n in keyword]),
+    )
+    return source, defaults
+
+
+def _generic_hot_path_source(closure: list[str]) -> str:
+    """The hot path for any callable: takes *args and **kwargs."""
+    return _HOT_PATH.format(
+        closure=", ".join(closure), name="offloaded", params="*args, **kwargs",
+        argscan=_SCAN_MANY.format(args_tuple="args", args="args", kwargs="kwargs"),
+        args="args", kwargs="kwargs", callargs="*args, **kwargs",
+    )
+
+
 def _make_offloaded(func: Callable, state: _State) -> Callable:
-    # Everything the hot path touches is a local of this closure.
-    exact = state.exact
-    local = _config.local
-    debug_on = _log.logger.isEnabledFor
-    # logging's own per-level cache (cleared in place whenever levels change): a dict lookup
-    # instead of a method call; a missing entry falls back to isEnabledFor, which fills it.
-    level_cache_get = getattr(_log.logger, "_cache", {}).get
-    record = _log.record
-    ndarray = np.ndarray
-    passive = _PASSIVE
-    numpy_calls = state.numpy_calls
-    has_xp = state.xp_param is not None
-    numpy_backend = NUMPY
-    general = state.call
-    seen_device_type = _seen_device_type
-
-    @functools.wraps(func)
-    def offloaded(*args, **kwargs):
-        if kwargs:
-            return general(args, kwargs)
-        host = dev = 0
-        device_type = seen_device_type[0]
-        for a in args:
-            t = type(a)
-            if t is ndarray:
-                host += a.nbytes
-            elif t is device_type:
-                dev += a.nbytes
-            elif t not in passive:
-                return general(args, kwargs)
-        config_backend = local.backend
-        if dev:
-            key = (host, dev, False, config_backend)  # the general path's key form
-        else:
-            key = host if config_backend is None else (host, config_backend)
-        d = exact.get(key)
-        if d is None:
-            largest = max((a.nbytes for a in args if type(a) is ndarray or type(a) is device_type), default=0)
-            d = state.decide(key, host, dev, largest, False, config_backend, args, kwargs)
-        else:
-            if d.warm_savings_s:
-                d = state.amortize(d)
-            debug = level_cache_get(10)
-            if debug is None:
-                debug = debug_on(10)
-            if debug or state.log_path is not None:
-                record(d, first_in_bucket=False)
-        offloaded.last_decision = d
-        if d.backend is numpy_backend and not dev:
-            if has_xp:
-                return state.run_numpy(args, kwargs, False)
-            next(numpy_calls)
-            return func(*args)
-        return state.run(d, args, kwargs)
-
+    names = _hot_path_names(state)
+    specialised = _hot_path_source(func, list(names))
+    source, defaults = specialised if specialised is not None else (_generic_hot_path_source(list(names)), {})
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<autooffload hot path of {state.name}>", "exec"), namespace)
+    offloaded = namespace["_ao_make"](**names, **defaults)
+    functools.update_wrapper(offloaded, func)
     offloaded.__autooffload__ = state
     offloaded.last_decision = None
     offloaded.stats = Stats(state)
