@@ -152,3 +152,13 @@ def test_moving_device_data_to_the_host_waits_for_the_device():
     p = synthetic_profile()
     pred = predict(p, Request("elementwise", device_bytes=1000, largest_bytes=1000, gpu_ready=True))
     assert pred.cpu_parts["sync"] == pytest.approx(20e-6)
+
+
+def test_device_data_leaves_the_device_only_for_a_clear_win():
+    from autooffload._decide import DEVICE_DATA_MARGIN, Prediction
+
+    close = Prediction(cpu_s=1.0, gpu_s=1.5)
+    assert choose(close)[0] == NUMPY
+    backend, reason, _ = choose(close, data_on_device=True)
+    assert backend == CUPY and "stays on the device" in reason
+    assert choose(Prediction(cpu_s=1.0, gpu_s=DEVICE_DATA_MARGIN * 1.01), data_on_device=True)[0] == NUMPY

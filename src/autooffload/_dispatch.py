@@ -267,7 +267,7 @@ class _State:
         why = _backends.unavailable_reason()
         if why is not None:
             return make(NUMPY, f"no GPU: {why}", pred, 0.0, profile.source)
-        backend, reason, savings = choose(pred)
+        backend, reason, savings = choose(pred, data_on_device=dev > 0)
         if (backend == CUPY or dev) and _backends.load() is None:
             return make(NUMPY, f"no GPU: {_backends.unavailable_reason()}", pred, 0.0, profile.source)
         return make(backend, reason, pred, savings, profile.source)
