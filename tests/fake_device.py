@@ -113,6 +113,7 @@ class FakeDevice:
     def __init__(self):
         self.to_device_calls = 0
         self.to_host_calls = 0
+        self.changed_calls = 0  # write-detection comparisons
         self.fail_to_device: BaseException | None = None  # raised by the next to_device
 
     def to_device(self, host: np.ndarray) -> FakeDeviceArray:
@@ -159,6 +160,7 @@ class FakeDevice:
         dev.view(np.ndarray)[...] = host
 
     def changed(self, pairs) -> list[bool]:
+        self.changed_calls += 1
         return [bool(bits_differ(a.view(np.ndarray), b.view(np.ndarray)).any()) for a, b in pairs]
 
     def synchronize(self) -> None:

@@ -48,21 +48,31 @@ def extent(ptr: int, shape: tuple[int, ...], strides: tuple[int, ...], itemsize:
     return low, high + itemsize
 
 
-def map_tree(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
-    """``obj`` with every leaf replaced by ``leaf(it)``; containers rebuilt only when changed."""
+def map_tree(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool], rebuilt: list | None = None) -> Any:
+    """``obj`` with every leaf replaced by ``leaf(it)``; containers rebuilt only when changed.
+
+    ``rebuilt`` collects (original, new) for each list and dict that had to be rebuilt.
+    """
     if is_leaf(obj):
         return leaf(obj)
     t = type(obj)
     if t is tuple or t is list:
-        items = [map_tree(x, leaf, is_leaf) for x in obj]
-        return obj if all(a is b for a, b in zip(items, obj)) else t(items)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        items = [map_tree(x, leaf, is_leaf) for x in obj]
+        items = [map_tree(x, leaf, is_leaf, rebuilt) for x in obj]
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        new = t(items)
+    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        items = [map_tree(x, leaf, is_leaf, rebuilt) for x in obj]
         return obj if all(a is b for a, b in zip(items, obj)) else t(*items)
-    if t is dict:
-        items = {k: map_tree(v, leaf, is_leaf) for k, v in obj.items()}
-        return obj if all(items[k] is v for k, v in obj.items()) else items
-    return obj
+    elif t is dict:
+        new = {k: map_tree(v, leaf, is_leaf, rebuilt) for k, v in obj.items()}
+        if all(new[k] is v for k, v in obj.items()):
+            return obj
+    else:
+        return obj
+    if rebuilt is not None and t is not tuple:
+        rebuilt.append((obj, new))
+    return new
 
 
 def map_result(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
@@ -128,6 +138,7 @@ class Moved:
     """One call's arguments moved to the other side, and the way back."""
 
     def __init__(self, backend: DeviceBackend, to_device: bool, pure: bool):
+        self.containers: list = []
         self.backend = backend
         self.to_device = to_device
         self.pure = pure
@@ -174,8 +185,14 @@ class Moved:
         except BaseException:
             self.discard()
             raise
-        self.args = map_tree(args, self._copy_of, self.is_original)
-        self.kwargs = map_tree(kwargs, self._copy_of, self.is_original)
+        rebuilt: list = []
+        self.args = map_tree(args, self._copy_of, self.is_original, rebuilt)
+        self.kwargs = map_tree(kwargs, self._copy_of, self.is_original, rebuilt)
+        if self.kwargs is not kwargs:
+            rebuilt = [(o, n) for o, n in rebuilt if o is not kwargs]  # the ** dict is ours, not the caller's
+        # The caller's lists and dicts that hold arrays were rebuilt with copies: remember what
+        # they held, so appends, pops and item assignments made by the run can be replayed.
+        self.containers = [(o, n, list(n.items()) if type(n) is dict else list(n)) for o, n in rebuilt]
         return self
 
     def _copy_of(self, original: Any) -> Any:
@@ -273,8 +290,28 @@ class Moved:
 
     # -- writes ------------------------------------------------------------------------------
     def write_back(self) -> None:
-        """Put every write the run made into a copy back into the caller's array."""
-        if self.pure or not self.entries:
+        """Put every write the run made into a copy back into the caller's arrays and containers."""
+        if self.pure:
+            return
+        self._write_back_arrays()
+        self._write_back_containers()
+
+    def _write_back_containers(self) -> None:
+        for original, new, before in getattr(self, "containers", ()):
+            now = list(new.items()) if type(new) is dict else list(new)
+            if len(now) == len(before) and all(
+                a is b if type(new) is not dict else (a[0] == b[0] and a[1] is b[1]) for a, b in zip(now, before)
+            ):
+                continue
+            if type(new) is dict:
+                converted = {k: self.result(v) for k, v in new.items()}
+                original.clear()
+                original.update(converted)
+            else:
+                original[:] = [self.result(v) for v in new]
+
+    def _write_back_arrays(self) -> None:
+        if not self.entries:
             return
         entries = list(self.entries.values())
         checked = [e for e in entries if e.snapshot is not None]

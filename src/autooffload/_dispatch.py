@@ -25,6 +25,7 @@ from ._arguments import Ineligible, ReadOnlyWritten, iter_leaves, move
 from ._backends import DEVICE_DTYPE_KINDS
 from ._decide import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
 from ._kinds import describe, infer_work
+from ._purity import may_write_arguments
 from .errors import ConfigError, GPUFallbackWarning, GPUUnavailableError
 
 # Argument types the hot path passes over without a second look.
@@ -126,6 +127,9 @@ class _State:
             self.work, self.kind_text, self.kind_note = ((kind, 1),), kind, f"kind {kind} (given)"
         self.backend_choice = _config.check_backend(backend, "offload(backend=...)")
         self.pure = bool(pure)
+        # Whether the code can write into its arguments at all (see _purity.py): if not, calls
+        # with plain array and scalar arguments skip the write detection.
+        self.may_write, self.write_note = may_write_arguments(func)
         self.xp_param, self.xp_defaults_to_numpy = _xp_parameter(func)
         # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
         # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
@@ -288,6 +292,20 @@ class _State:
         )
 
     # -- running -----------------------------------------------------------------------------
+    def skip_write_detection(self, args: tuple, kwargs: dict) -> bool:
+        """Promised pure, or proven unable to write and given only plain arrays and scalars."""
+        if self.pure:
+            return True
+        if self.may_write:
+            return False
+        device_type = _seen_device_type[0]
+        for a in (*args, *kwargs.values()):
+            t = type(a)
+            if not (t is np.ndarray or t is device_type or t in _PASSIVE
+                    or (t is tuple and all(type(x) in _PASSIVE for x in a))):
+                return False
+        return True
+
     def call(self, args: tuple, kwargs: dict) -> Any:
         """The general path: nested containers, kwargs, device arrays, anything unusual."""
         host, dev, largest, odd = self.scan(args, kwargs)
@@ -322,7 +340,7 @@ class _State:
         if not has_device_args:
             args, kwargs = self.with_xp(args, kwargs, np)
             return self.func(*args, **kwargs)
-        moved = move(_backends.load(), args, kwargs, to_device=False, pure=self.pure)
+        moved = move(_backends.load(), args, kwargs, to_device=False, pure=self.skip_write_detection(args, kwargs))
         args, kwargs = self.with_xp(moved.args, moved.kwargs, np)
         try:
             result = self.func(*args, **kwargs)
@@ -365,7 +383,7 @@ class _State:
         try:
             if d.host_bytes or not d.device_bytes:
                 # Host data, or no arrays at all: either way the result belongs on the host.
-                moved = move(backend, args, kwargs, to_device=True, pure=self.pure)
+                moved = move(backend, args, kwargs, to_device=True, pure=self.skip_write_detection(args, kwargs))
         except Ineligible as exc:
             self._ran_on_numpy(d, str(exc))
             return self.run_numpy(args, kwargs, has_device_args)
