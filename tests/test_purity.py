@@ -97,3 +97,22 @@ def test_unchanged_containers_keep_their_arrays(on_gpu):
     arrays = [a]
     offload(lambda xs: xs[0].sum())(arrays)
     assert arrays[0] is a
+
+
+def test_module_functions_named_like_mutating_methods_are_pure():
+    assert may_write_arguments(lambda x: np.sort(x)[: x.size // 20].mean())[0] is False
+    assert may_write_arguments(lambda x: np.append(np.resize(x, 3), 1.0))[0] is False
+    assert may_write_arguments(lambda x: np.random.shuffle(x))[0]  # a real module writer
+    assert may_write_arguments(lambda x: np.sort(x).sort())[0]  # the method on the result
+
+
+def test_the_xp_parameter_is_read_as_an_array_module():
+    def var_es(pnl, xp=np):
+        s = xp.sort(pnl)
+        return -s[0], -s[:3].mean()
+
+    def shuffles(x, xp=np):
+        xp.random.shuffle(x)
+
+    assert may_write_arguments(var_es)[0] is False
+    assert may_write_arguments(shuffles)[0]

@@ -17,6 +17,8 @@ import math
 import types
 from typing import Any
 
+import numpy as np
+
 _STORE_OPS = frozenset({
     "STORE_SUBSCR", "DELETE_SUBSCR", "STORE_SLICE", "STORE_ATTR", "DELETE_ATTR",
     "CALL_FUNCTION_EX",  # f(*a, **kw): kw may hold out=
@@ -32,6 +34,10 @@ MUTATING_NAMES = frozenset({
     "__setitem__", "__delitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__",
     "scatter_add", "scatter_max", "scatter_min",
 })
+# Module-level functions that write into an argument. Other names above are harmless when read
+# off a module: np.sort, np.append, np.resize, np.insert return new arrays.
+MODULE_WRITERS = frozenset({"copyto", "put", "putmask", "place", "fill_diagonal", "shuffle", "put_along_axis",
+                            "scatter_add", "scatter_max", "scatter_min"})
 # Keyword arguments that write into a given array.
 _WRITING_KEYWORDS = frozenset({"out", "overwrite_a", "overwrite_b", "overwrite_x"})
 _LIBRARY_ROOTS = ("numpy", "cupy", "cupyx", "scipy")
@@ -63,8 +69,9 @@ def _name_is_safe(value: Any, seen: set[int]) -> str | None:
         return None
     if isinstance(value, type) and issubclass(value, BaseException):
         return None
-    if getattr(value, "__name__", None) in MUTATING_NAMES:
-        return f"{value.__name__} writes into its arguments"
+    name = getattr(value, "__name__", None)
+    if name in (MODULE_WRITERS if _is_library(value) else MUTATING_NAMES):
+        return f"{name} writes into its arguments"
     if value is getattr(builtins, getattr(value, "__name__", ""), object()):
         return None if value.__name__ in _SAFE_BUILTINS else f"builtin {value.__name__}"
     if _is_library(value) or getattr(value, "__module__", None) == "math":
@@ -95,22 +102,33 @@ def _why_may_write(func: types.FunctionType, seen: set[int]) -> str | None:
         for const in code.co_consts:
             if isinstance(const, tuple) and _WRITING_KEYWORDS.intersection(c for c in const if isinstance(c, str)):
                 return "passes out= (or overwrite_*=)"
+        receiver = None  # the library module the next LOAD_ATTR reads from, if any
         for ins in dis.get_instructions(code):
             op = ins.opname
+            loaded = None
             if op in _STORE_OPS or op in _INPLACE_OPS_LEGACY:
                 return f"{op} in {code.co_name}"
             if op == "BINARY_OP" and ins.argrepr.endswith("="):
                 return f"in-place {ins.argrepr} in {code.co_name}"
-            if op in ("LOAD_ATTR", "LOAD_METHOD") and ins.argval in MUTATING_NAMES:
-                return f".{ins.argval} in {code.co_name}"
-            if op in ("LOAD_GLOBAL", "LOAD_NAME"):
+            if op in ("LOAD_ATTR", "LOAD_METHOD"):
+                if receiver is not None:  # np.sort, np.random.shuffle: a module's function
+                    if ins.argval in MODULE_WRITERS:
+                        return f"{receiver.__name__}.{ins.argval} in {code.co_name}"
+                    loaded = getattr(receiver, ins.argval, None)
+                elif ins.argval in MUTATING_NAMES:  # x.sort(), results.append(...)
+                    return f".{ins.argval} in {code.co_name}"
+            elif op in ("LOAD_GLOBAL", "LOAD_NAME"):
                 name = ins.argval
-                value = func.__globals__.get(name, getattr(builtins, name, None))
-                if value is not None and (why := _name_is_safe(value, seen)):
+                loaded = func.__globals__.get(name, getattr(builtins, name, None))
+                if loaded is not None and (why := _name_is_safe(loaded, seen)):
                     return f"{name}: {why}"
+            elif op in ("LOAD_FAST", "LOAD_FAST_CHECK") and ins.argval == "xp":
+                loaded = np  # the array-module parameter the dispatcher fills (numpy or cupy)
             elif op in ("LOAD_DEREF", "LOAD_CLOSURE") and ins.argval in cells:
-                if why := _name_is_safe(cells[ins.argval], seen):
+                loaded = cells[ins.argval]
+                if why := _name_is_safe(loaded, seen):
                     return f"{ins.argval}: {why}"
+            receiver = loaded if isinstance(loaded, types.ModuleType) and _is_library(loaded) else None
     return None
 
 
