@@ -1,6 +1,5 @@
 """@offload as a user meets it: wrapping, results, steering, errors, without any GPU."""
 
-import functools
 import inspect
 import threading
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fake_device
-from autooffload import GPUFallbackWarning, config, offload
+from autooffload import GPUFallbackWarning, offload
 from fake_device import FakeDeviceArray
 
 rng = np.random.default_rng(11)

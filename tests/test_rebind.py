@@ -6,7 +6,6 @@ import numpy
 import numpy as np
 import numpy as xnp
 import numpy.fft
-import pytest
 from numpy import linalg as la
 from numpy import sin as numpy_sin
 from numpy import zeros

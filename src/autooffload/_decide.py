@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from ._profile import Curve, Profile
+from ._units import format_bytes
 
 NUMPY, CUPY = "numpy", "cupy"
 BACKENDS = (NUMPY, CUPY)
@@ -110,20 +111,12 @@ class Decision:
             return "n/a" if s is None else f"{s * 1e3:.3g} ms"
 
         pred = ", ".join(f"{b} {fmt(s)}" for b, s in self.predicted_s.items())
-        details = [self.kind, f"host {_human(self.host_bytes)}, device {_human(self.device_bytes)}"]
+        details = [self.kind, f"host {format_bytes(self.host_bytes)}, device {format_bytes(self.device_bytes)}"]
         if pred:
             details.append(f"predicted {pred}")
         if self.profile:
             details.append(f"profile {self.profile}")
         return f"{self.function} -> {self.backend}: {self.reason} [{'; '.join(details)}]"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def size_bucket(nbytes: int) -> int:

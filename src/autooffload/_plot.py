@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ._decide import Request, crossover, predict
 from ._profile import Curve, Profile
+from ._units import format_bytes
 
 
 class PlotUnavailableError(ImportError):
@@ -80,7 +81,7 @@ def plot_profile(profile: Profile, output: str | Path) -> Path:
                 if at is not None and at <= hi:
                     ax.axvline(at, color=color, linestyle=":", linewidth=1.2)
                     ax.annotate(
-                        f"{location}: {_short_bytes(at)}",
+                        f"{location}: {format_bytes(at)}",
                         xy=(at, 0.97 if location == "host" else 0.88),
                         xycoords=("data", "axes fraction"),
                         fontsize=7,
@@ -107,11 +108,3 @@ def plot_profile(profile: Profile, output: str | Path) -> Path:
     output = Path(output)
     fig.savefig(output, dpi=110)
     return output
-
-
-def _short_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover

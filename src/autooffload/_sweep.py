@@ -29,6 +29,7 @@ import numpy
 from ._decide import KINDS
 from ._profile import Curve, KindTiming, Profile, current_fingerprint, gpu_fingerprint_fields, package_version
 from ._timing import Clock, TimerSettings, Timing, measure
+from ._units import format_bytes
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 SEED = 20261124
@@ -337,7 +338,7 @@ def _measure_kind(
     slope = workload.work_exponent
     for index, target in enumerate(plan.sizes):
         if target * workload.working_set > host_cap:
-            result.stop_reason = f"host memory cap ({_bytes(host_cap)} for this kind's working set)"
+            result.stop_reason = f"host memory cap ({format_bytes(host_cap, 4)} for this kind's working set)"
             break
         if previous is not None:
             prev_target, prev_s = previous
@@ -348,7 +349,7 @@ def _measure_kind(
             if clock() - start + _predicted_point_s(predicted_call, plan.timer) > budget_s:
                 result.stop_reason = f"time budget ({budget_s:.1f} s for this kind)"
                 break
-        report(index, f"{_bytes(target)} numpy")
+        report(index, f"{format_bytes(target, 4)} numpy")
         try:
             args, nbytes = workload.prepare(numpy, target, SEED)
             timing = measure(lambda: workload.run(numpy, *args), settings=plan.timer, clock=clock)
@@ -383,7 +384,7 @@ def _measure_gpu_point(
     """Measure one GPU point into ``result``; False once the GPU curve must stop."""
     if target * workload.working_set > gpu_cap:
         return False
-    report(index, f"{_bytes(target)} cupy")
+    report(index, f"{format_bytes(target, 4)} cupy")
     args: tuple = ()
     try:
         args, nbytes = workload.prepare(gpu.xp, target, SEED)
@@ -455,7 +456,7 @@ def run_sweep(
 
     host_cap = int((host_free_bytes if host_free_bytes is not None else free_host_bytes()) * plan.host_memory_fraction)
     gpu_cap = int(gpu.free_bytes() * plan.gpu_memory_fraction) if gpu is not None else 0
-    notes.append(f"memory caps: host {_bytes(host_cap)}" + (f", GPU {_bytes(gpu_cap)}" if gpu else ""))
+    notes.append(f"memory caps: host {format_bytes(host_cap, 4)}" + (f", GPU {format_bytes(gpu_cap, 4)}" if gpu else ""))
 
     # Progress weights: the kinds take most of the time; the GPU extras a little.
     kinds = [k for k in plan.kinds if k in workloads]
@@ -481,7 +482,7 @@ def run_sweep(
             notes.append(f"{kind}: not measured ({result.stop_reason})")
             continue
         kinds_measured[kind] = KindTiming(cpu=cpu_curve, gpu=_curve(result.gpu))
-        notes.append(f"{kind}: up to {_bytes(cpu_curve.nbytes[-1])}; stopped: {result.stop_reason}")
+        notes.append(f"{kind}: up to {format_bytes(cpu_curve.nbytes[-1], 4)}; stopped: {result.stop_reason}")
     for kind, source in REUSED_KINDS.items():
         if kind in KINDS and source in kinds_measured and kind not in kinds_measured:
             kinds_measured[kind] = kinds_measured[source]
@@ -534,12 +535,3 @@ def _measure_launch_latency(gpu: GpuSide, workloads: Mapping[str, Workload], pla
 def _median_cold_start(gpu: GpuSide, runs: int) -> float | None:
     times = sorted(t for t in (gpu.cold_start() for _ in range(max(1, runs))) if t is not None and t > 0)
     return times[len(times) // 2] if times else None
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.4g} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-

@@ -25,6 +25,7 @@ from ._profile import (
     this_machine_mismatch,
 )
 from .errors import CalibrationError, ProfileError
+from ._units import format_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SHOW_JSON_VERSION = 1  # of the `show --json` document (keys below); bump on change
@@ -74,13 +75,7 @@ def describe(profile: Profile, *, note: str | None = None) -> dict:
 
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
+    return "-" if n is None else format_bytes(n)
 
 
 def human_seconds(s: float | None) -> str:
