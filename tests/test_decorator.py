@@ -267,3 +267,11 @@ def test_arguments_that_are_numpy_modules_or_functions_follow_the_backend(on_gpu
 
     assert apply(rng.random(3), np.cumsum) == (True, "fake_cupy")
     assert apply(rng.random(3), np.cumsum, np) == (True, "fake_cupy")
+
+
+def test_a_bad_environment_value_fails_calls_not_decoration(monkeypatch):
+    monkeypatch.setenv("AUTOOFFLOAD_BACKEND", "gpu-please")
+    autooffload._config._env = None
+    f = offload(mean_of_products)  # importing a module of decorated functions still works
+    with pytest.raises(ConfigError, match="AUTOOFFLOAD_BACKEND must be one of"):
+        f(rng.random(3), rng.random(3))

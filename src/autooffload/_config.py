@@ -49,9 +49,6 @@ def _read_environment() -> Environment:
 
 
 _env: Environment | None = None
-# Bumped whenever something that decisions depend on changes (environment, profile, GPU state):
-# dispatchers compare it to drop their decision caches.
-generation = 0
 
 
 def environment() -> Environment:
@@ -82,8 +79,6 @@ def invalidate_decisions() -> None:
 
     Done eagerly here, so the hot path needs no check of its own.
     """
-    global generation
-    generation += 1
     for cache in list(_decision_caches):
         cache.reset()
 

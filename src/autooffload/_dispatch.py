@@ -133,11 +133,11 @@ class _State:
         self.xp_param, self.xp_defaults_to_numpy = _xp_parameter(func)
         # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
         # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
-        # GPU readiness and the environment are not in the keys: changing them bumps the generation.
+        # GPU readiness, the profile and the environment are not in the keys: when they change,
+        # _config.invalidate_decisions() resets every function's caches.
         self.exact: dict[Any, Decision] = {}
         self.buckets: dict[tuple, Decision] = {}
-        self.log_path = _config.environment().log_path
-        self.generation = _config.generation
+        self.log_path = self._log_path()
         _config.register_decision_cache(self)
         self.numpy_calls = itertools.count()
         self.cupy_calls = itertools.count()
@@ -187,11 +187,14 @@ class _State:
         with self.lock:
             self.exact.clear()
             self.buckets.clear()
-            try:
-                self.log_path = _config.environment().log_path
-            except ConfigError:
-                self.log_path = None  # the bad value is reported by the next call's decision
-            self.generation = _config.generation
+            self.log_path = self._log_path()
+
+    @staticmethod
+    def _log_path() -> str | None:
+        try:
+            return _config.environment().log_path
+        except ConfigError:
+            return None  # a bad AUTOOFFLOAD_* value is reported by the next call's decision
 
     def forced(self, config_backend: str | None) -> tuple[str | None, str]:
         """(forced backend or None, where it was forced)."""
