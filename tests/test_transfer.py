@@ -404,6 +404,10 @@ class FakeCupy:
                     raise RuntimeError("injected DMA failure")
                 ctypes.memmove(dst, src, n)
 
+            @staticmethod
+            def memcpy(dst, src, n, kind):  # the synchronous copy on the legacy default stream
+                Runtime.memcpyAsync(dst, src, n, kind, 0)
+
         class Stream(FakeStream):
             def __init__(self, non_blocking=False):
                 self.ptr = 1000 + id(self) % 1000
