@@ -10,7 +10,9 @@ this machine's own measurements.
 
 from __future__ import annotations
 
-from ._profile import Curve, KindTiming, Profile
+from datetime import datetime, timezone
+
+from ._profile import Curve, Fingerprint, KindTiming, Profile
 
 KiB, MiB, GiB = 1024.0, 1024.0**2, 1024.0**3
 
@@ -84,6 +86,12 @@ def builtin_profile() -> Profile:
     """The conservative built-in profile (see the module docstring)."""
     return Profile(
         autooffload_version="builtin",
+        # Where the numbers come from (MEASURED-H100.md), not this machine.
+        created=datetime(2026, 11, 24, tzinfo=timezone.utc),
+        fingerprint=Fingerprint(
+            cpu_model="Intel(R) Xeon(R) Processor (MEASURED-H100.md)", cpu_cores=16,
+            gpu_name="NVIDIA H100 80GB HBM3", python_version="3.12", numpy_version="2.5.2", cupy_version="14.2.0",
+        ),
         has_gpu=True,
         transfer_engine="cupy-default",
         # cupy.asarray from pageable memory: 4 KiB 35 us, 1 MiB 185 us, 4 MiB 608 us, 1 GiB at 6.7 GB/s.
