@@ -187,6 +187,15 @@ class Stat:
         return d
 
 
+def replot(json_path: Path, plot: Callable[[dict, Path], str | None]) -> dict:
+    """``--replot``: redraw the PNG beside an earlier run's JSON with the script's ``plot``."""
+    doc = json.loads(json_path.read_text())
+    png = json_path.with_suffix(".png")
+    note = plot(doc, png)
+    print(note or f"plot: {png}")
+    return doc
+
+
 def measure(
     fn: Callable[[], object],
     *,
@@ -203,37 +212,11 @@ def measure(
 
     Stops after ``repeats`` samples, or after ``min_repeats`` once ``max_s`` seconds were spent.
     """
-    sync = sync or _no_sync
-    clock = time.perf_counter
-    start = clock()
-    for _ in range(warmup):
-        if setup is not None:
-            setup()
-        fn()
-        sync()
-
-    def sample(loops: int) -> float:
-        if setup is not None:
-            setup()
-        sync()
-        t0 = clock()
-        for _ in range(loops):
-            fn()
-            sync()
-        return (clock() - t0) / loops
-
-    loops = 1
-    per_call = sample(loops)
-    while per_call * loops < min_sample_s and loops < max_loops:
-        grow = 10 * loops if per_call <= 0 else math.ceil(1.2 * min_sample_s / per_call)
-        loops = min(max_loops, max(2 * loops, grow))
-        per_call = sample(loops)
-    samples = [per_call]  # the sample that ended the search is a fair one
-    while len(samples) < repeats:
-        if len(samples) >= min_repeats and clock() - start >= max_s:
-            break
-        samples.append(sample(loops))
-    return Stat.of(samples, loops)
+    # One variant measured "side by side" with nothing: the same warm-up, loop search and stop rule.
+    return measure_interleaved(
+        {"fn": fn}, sync=sync, setups={"fn": setup}, warmup=warmup, repeats=repeats, min_repeats=min_repeats,
+        min_sample_s=min_sample_s, max_s=max_s, max_loops=max_loops,
+    )["fn"]
 
 
 def measure_interleaved(

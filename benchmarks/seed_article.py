@@ -32,7 +32,6 @@ the data never goes near them). Writes JSON, the table and a PNG under
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -116,11 +115,7 @@ def main(argv=None, *, quiet: bool = False) -> dict:
 def _main(argv, quiet: bool) -> dict:
     args = parse(argv)
     if args.replot:
-        doc = json.loads(args.replot.read_text())
-        png = args.replot.with_suffix(".png")
-        note = plot(doc, png)
-        print(note or f"plot: {png}")
-        return doc
+        return B.replot(args.replot, plot)
     say = B.Tee(quiet)
     cp = B.gpu(disabled=args.no_gpu)
     sync = B.sync_for(cp)
