@@ -146,12 +146,9 @@ class FakeDevice:
         return _pointer(dev)
 
     def allocation_start(self, dev) -> int:
-        root = dev
-        while isinstance(root.base, np.ndarray):
-            root = root.base
-        from autooffload._arguments import extent
+        from autooffload._arguments import _host_root_start  # fake device memory is host memory
 
-        return extent(_pointer(root), root.shape, root.strides, root.itemsize)[0]
+        return _host_root_start(dev)
 
     def bytes_at(self, like, low: int, nbytes: int):
         return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(low), dtype=np.uint8).view(FakeDeviceArray)

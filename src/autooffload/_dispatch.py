@@ -243,7 +243,10 @@ class _State:
         return d
 
     def _decide_bucket(self, host, dev, largest, odd, forced, source, ready, bucket_key, args, kwargs) -> Decision:
-        dtypes = tuple(sorted({str(a.dtype) for a in iter_leaves((args, kwargs), lambda x: hasattr(x, "dtype") and hasattr(x, "nbytes"))}))
+        device_type = _backends.device_array_type()
+        typed = list(iter_leaves((args, kwargs), lambda x: isinstance(x, (np.ndarray, np.generic)) or type(x) is device_type))
+        dtypes = tuple(sorted({str(a.dtype) for a in typed}))  # NumPy scalars' dtypes included
+        arrays = [a for a in typed if not isinstance(a, np.generic)]
 
         def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "") -> Decision:
             predicted = {NUMPY: pred.cpu_s, CUPY: pred.gpu_s} if pred is not None else {}
@@ -267,9 +270,8 @@ class _State:
         if host == 0 and dev == 0:
             return make(NUMPY, "no array arguments to size the work by")
         profile = _active_profile()
-        device_type = _backends.device_array_type()
-        n_dev = sum(1 for a in iter_leaves((args, kwargs), lambda x: device_type is not None and type(x) is device_type))
-        n_host = sum(1 for _ in iter_leaves((args, kwargs), lambda x: isinstance(x, np.ndarray)))
+        n_dev = sum(1 for a in arrays if type(a) is device_type)
+        n_host = len(arrays) - n_dev
         pred = predict(profile, Request(self.work, host, dev, largest, ready, max(n_host, 1), max(n_dev, 1)))
         why = _backends.unavailable_reason()
         if why is not None:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ._rebind import _code_objects
+
 _STORE_OPS = frozenset({
     "STORE_SUBSCR", "DELETE_SUBSCR", "STORE_SLICE", "STORE_ATTR", "DELETE_ATTR",
     "CALL_FUNCTION_EX",  # f(*a, **kw): kw may hold out=
@@ -52,13 +54,6 @@ _SAFE_BUILTINS = frozenset({
 def _is_library(value: Any) -> bool:
     module = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
     return isinstance(module, str) and module.split(".")[0] in _LIBRARY_ROOTS
-
-
-def _code_objects(code: types.CodeType):
-    yield code
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _code_objects(const)
 
 
 def _name_is_safe(value: Any, seen: set[int]) -> str | None:
