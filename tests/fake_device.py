@@ -160,9 +160,6 @@ class FakeDevice:
         self.changed_calls += 1
         return [bool(bits_differ(a.view(np.ndarray), b.view(np.ndarray)).any()) for a, b in pairs]
 
-    def synchronize(self) -> None:
-        pass
-
     def free_memory(self) -> None:
         pass
 

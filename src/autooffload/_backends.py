@@ -46,9 +46,6 @@ class DeviceBackend:
     def copy(self, dev):
         return dev.copy(order="K")
 
-    def empty_bytes(self, nbytes: int):
-        return self.xp.empty(nbytes, dtype=np.uint8)
-
     def view(self, buf, shape, dtype, offset: int, strides):
         """A view of ``buf`` (a 1-d uint8 device array) at byte ``offset`` with ``strides``."""
         return self.xp.ndarray(shape, dtype, memptr=buf.data + offset, strides=strides)
@@ -75,9 +72,6 @@ class DeviceBackend:
         xp = self.xp
         flags = xp.stack([xp.any(bits_differ(a, b)) for a, b in pairs])
         return [bool(f) for f in flags.get()]
-
-    def synchronize(self) -> None:
-        self.xp.cuda.get_current_stream().synchronize()
 
     def free_memory(self) -> None:
         """Give cached device blocks back (after an out-of-memory failure)."""

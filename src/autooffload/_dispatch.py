@@ -118,18 +118,17 @@ class _State:
         self.func = func
         self.name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
         if kind is None:
-            self.work, how = infer_work(func)
+            self.work, _ = infer_work(func)
             self.kind_text = describe(self.work)
-            self.kind_note = f"kind {self.kind_text} ({how})"
         else:
             if kind not in KINDS:
                 raise ConfigError(f"offload(kind=...) must be one of {', '.join(KINDS)}; got {kind!r}")
-            self.work, self.kind_text, self.kind_note = ((kind, 1),), kind, f"kind {kind} (given)"
+            self.work, self.kind_text = ((kind, 1),), kind
         self.backend_choice = _config.check_backend(backend, "offload(backend=...)")
         self.pure = bool(pure)
         # Whether the code can write into its arguments at all (see _purity.py): if not, calls
         # with plain array and scalar arguments skip the write detection.
-        self.may_write, self.write_note = may_write_arguments(func)
+        self.may_write, _ = may_write_arguments(func)
         self.xp_param, self.xp_defaults_to_numpy = _xp_parameter(func)
         # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
         # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
