@@ -187,6 +187,18 @@ class Stat:
         return d
 
 
+def publish(args, name: str, info: dict, payload: dict, say, plot: Callable[[dict, Path], str | None]) -> dict:
+    """Write the JSON and table (``write_results``), then the PNG unless --no-plot; returns ``payload``."""
+    folder = write_results(args, name, info, payload, say.text())
+    if not args.no_plot:
+        png = folder / (f"{name}-gpu-smoke.png" if args.gpu_smoke else f"{name}.png")
+        note = plot({**payload, "machine": info}, png)
+        say(note or f"plot: {png}")
+    say(f"results: {folder}")
+    payload["folder"] = str(folder)
+    return payload
+
+
 def replot(json_path: Path, plot: Callable[[dict, Path], str | None]) -> dict:
     """``--replot``: redraw the PNG beside an earlier run's JSON with the script's ``plot``."""
     doc = json.loads(json_path.read_text())

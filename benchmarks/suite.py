@@ -454,14 +454,7 @@ def _main(argv, quiet: bool) -> dict:
         "rows": rows, "summary": summary, "first_calls": first_calls, "crossovers": crossovers,
         "notes": list(dict.fromkeys(notes)), "wall_s": wall,
     }
-    folder = B.write_results(args, NAME, info, payload, say.text())
-    if not args.no_plot:
-        png = folder / (f"{NAME}-gpu-smoke.png" if args.gpu_smoke else f"{NAME}.png")
-        note = plot({**payload, "machine": info}, png)
-        say(note or f"plot: {png}")
-    say(f"results: {folder}")
-    payload["folder"] = str(folder)
-    return payload
+    return B.publish(args, NAME, info, payload, say, plot)
 
 
 def plot(doc: dict, png: Path) -> str | None:
