@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench as B  # noqa: E402
 
-from autooffload import offload  # noqa: E402
+from autooffload import _dispatch, offload  # noqa: E402
 
 NAME = "overhead"
 CPU_BAR_RATIO = 1.3
@@ -127,6 +127,8 @@ def main(argv=None, *, quiet: bool = False) -> dict:
     say(B.header("@offload overhead per call: NumPy path and device-resident", info))
     say(f"# interleaved rounds: {rounds} (CPU), {gpu_rounds} (GPU); samples of ~{sample_s * 1e3:g} ms; "
         f"profile: {B.profile_source()}")
+    check = "C extension (autooffload._fastpath)" if _dispatch._fastpath is not None else "pure Python (extension not built)"
+    say(f"# NumPy-path check: {check}")
     g = B.rng(5)
     a = B.never_zero(100, seed=1)
     b = B.never_zero(100, seed=2)
@@ -225,7 +227,7 @@ def main(argv=None, *, quiet: bool = False) -> dict:
     wall = time.perf_counter() - t_start
     say(f"wall time {wall:.1f} s")
     payload = {"rounds": rounds, "gpu_rounds": gpu_rounds, "sample_s": sample_s, "gpu_smoke": args.gpu_smoke,
-               "profile": B.profile_source(), "rows": rows, "verdict": verdict, "gpu_note": gpu_note,
+               "profile": B.profile_source(), "numpy_path_check": check, "rows": rows, "verdict": verdict, "gpu_note": gpu_note,
                "bars": {"cpu_ratio_max": CPU_BAR_RATIO, "gpu_extra_s_max": GPU_BAR_S}, "wall_s": wall}
     folder = B.write_results(args, NAME, info, payload, say.text())
     say(f"results: {folder}")

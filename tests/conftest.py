@@ -13,6 +13,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # for `import fake_device`
 
+if os.environ.get("AUTOOFFLOAD_TEST_PURE_PYTHON"):
+    # Run the suite on the pure-Python wrapper, as where the C extension is not built
+    # (tests/test_fastpath.py does this for the decorator's tests).
+    import autooffload._dispatch
+
+    autooffload._dispatch._fastpath = None
+
 
 @pytest.fixture(autouse=True)
 def clean_autooffload(monkeypatch, tmp_path):

@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
+try:  # the C check of the NumPy path must know when a config() block is active (see _fastpath.c)
+    from ._fastpath import config_block as _count_config_block
+except ImportError:
+    def _count_config_block(delta: int) -> int:
+        return 0
+
 BACKEND_CHOICES = ("numpy", "cupy", "auto")
 
 
@@ -101,7 +107,9 @@ def config(*, backend: str):
     backend = check_backend(backend, "config(backend=...)")
     previous = local.backend
     local.backend = backend
+    _count_config_block(+1)
     try:
         yield
     finally:
+        _count_config_block(-1)
         local.backend = previous

@@ -4,6 +4,8 @@
 call) carrying ``last_decision``, ``stats`` and its state in ``__autooffload__``. The hot path,
 for calls whose arguments are numpy arrays and scalars, sums their bytes, looks the decision up
 by exact (bytes, location, config) and calls the original function: a few hundred nanoseconds.
+Where the optional C extension is built, its first line asks ``_fastpath.FastPath`` (C) whether
+the call is a plain NumPy call already decided, and if so calls the function at once (~140 ns).
 Everything else (containers, kwargs, device arrays, GPU runs, fallbacks) takes the slow path.
 """
 
@@ -27,6 +29,11 @@ from ._decide import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, siz
 from ._kinds import describe, infer_work
 from ._purity import may_write_arguments
 from .errors import ConfigError, GPUFallbackWarning, GPUUnavailableError
+
+try:  # the optional C check of the NumPy path (see _fastpath.c); the Python wrapper works alone
+    from . import _fastpath
+except ImportError:
+    _fastpath = None
 
 # Argument types the hot path passes over without a second look.
 _PASSIVE = frozenset(
@@ -68,7 +75,8 @@ class Stats:
     @property
     def numpy(self) -> int:
         """Calls that ran on NumPy (fallbacks included)."""
-        return _count(self._state.numpy_calls)
+        fastpath = self._state.fastpath
+        return _count(self._state.numpy_calls) + (fastpath.hits if fastpath is not None else 0)
 
     @property
     def cupy(self) -> int:
@@ -136,6 +144,11 @@ class _State:
         # _config.invalidate_decisions() resets every function's caches.
         self.exact: dict[Any, Decision] = {}
         self.buckets: dict[tuple, Decision] = {}
+        # The subset of `exact` the C check may answer alone: host bytes -> a NumPy decision with
+        # nothing else to do (see _fastpath.c). Cleared with `exact`, in place (the C side holds it).
+        self.fast: dict[int, Decision] = {}
+        self.fastpath = None  # the _fastpath.FastPath of the wrapper, when the extension is built
+        self.inject_xp = self.xp_param is not None and not self.xp_defaults_to_numpy
         self.log_path = self._log_path()
         _config.register_decision_cache(self)
         self.numpy_calls = itertools.count()
@@ -185,6 +198,7 @@ class _State:
         """Drop cached decisions (environment, profile or GPU state changed)."""
         with self.lock:
             self.exact.clear()
+            self.fast.clear()
             self.buckets.clear()
             self.log_path = self._log_path()
 
@@ -233,7 +247,12 @@ class _State:
         )
         if len(self.exact) >= _EXACT_CACHE_LIMIT:
             self.exact.clear()
+            self.fast.clear()
         self.exact[key] = d
+        if (type(key) is int and d.backend == NUMPY and not d.warm_savings_s and self.log_path is None
+                and not self.inject_xp):
+            self.fast[key] = d  # a plain NumPy call: the C check may answer it alone from now on
+            _log.logger.isEnabledFor(_log.DEBUG)  # fills logging's level cache, which the C check reads
         next(self.decision_count)
         if first or _log.active():
             _log.record(d, first_in_bucket=first)
@@ -478,7 +497,7 @@ def _hot_path_names(state: _State) -> dict[str, Any]:
         "_ao_passive": _PASSIVE,
         "_ao_numpy_calls": state.numpy_calls,
         # On NumPy, an xp parameter whose default already is numpy needs nothing injected.
-        "_ao_inject_xp": state.xp_param is not None and not state.xp_defaults_to_numpy,
+        "_ao_inject_xp": state.inject_xp,
         "_ao_numpy": NUMPY,
         "_ao_general": state.call,
         "_ao_seen_device_type": _seen_device_type,
@@ -490,7 +509,7 @@ def _hot_path_names(state: _State) -> dict[str, Any]:
 _HOT_PATH = """
 def _ao_make({closure}):
     def {name}({params}):
-        _ao_host = _ao_dev = 0
+{fastcheck}        _ao_host = _ao_dev = 0
         _ao_device_type = _ao_seen_device_type[0]
 {argscan}
         _ao_config_backend = _ao_local.backend
@@ -517,6 +536,12 @@ def _ao_make({closure}):
             return _ao_func({callargs})
         return _ao_state.run(_ao_d, {args}, {kwargs})
     return {name}
+"""
+
+# First line of the hot path where the C check exists: a plain NumPy call needs nothing more.
+_FAST_CHECK = """\
+        if _ao_fast({callargs}):
+            return _ao_func({callargs})
 """
 
 _SCAN_ONE = """\
@@ -568,6 +593,7 @@ def _hot_path_source(func: Callable, closure: list[str]) -> tuple[str, dict[str,
             params.append("/")
         (keyword if p.kind is p.KEYWORD_ONLY else positional).append(p.name)
     args = "(" + "".join(f"{n}, " for n in positional) + ")"
+    callargs = ", ".join(positional + [f"{n}={n}" for n in keyword])
     kwargs = "{" + ", ".join(f"{n!r}: {n}" for n in keyword) + "}"
     source = _HOT_PATH.format(
         closure=", ".join(closure + list(defaults)),
@@ -576,7 +602,8 @@ def _hot_path_source(func: Callable, closure: list[str]) -> tuple[str, dict[str,
         argscan="".join(_SCAN_ONE.format(arg=n, args=args, kwargs=kwargs) for n in positional + keyword),
         args=args,
         kwargs=kwargs,
-        callargs=", ".join(positional + [f"{n}={n}" for n in keyword]),
+        callargs=callargs,
+        fastcheck=_FAST_CHECK.format(callargs=callargs) if "_ao_fast" in closure else "",
     )
     return source, defaults
 
@@ -587,16 +614,30 @@ def _generic_hot_path_source(closure: list[str]) -> str:
         closure=", ".join(closure), name="offloaded", params="*args, **kwargs",
         argscan=_SCAN_MANY.format(args_tuple="args", args="args", kwargs="kwargs"),
         args="args", kwargs="kwargs", callargs="*args, **kwargs",
+        fastcheck=_FAST_CHECK.format(callargs="*args, **kwargs") if "_ao_fast" in closure else "",
     )
+
+
+def _make_fastpath(state: _State, attrs: dict):
+    """The C check for this function's NumPy path, or None (no extension, or it could not help)."""
+    level_cache = getattr(_log.logger, "_cache", None)
+    if _fastpath is None or state.inject_xp or type(level_cache) is not dict:
+        return None  # without logging's level cache the C side cannot tell whether DEBUG is on
+    return _fastpath.FastPath(state.fast, np.ndarray, tuple(_PASSIVE), level_cache, attrs)
 
 
 def _make_offloaded(func: Callable, state: _State) -> Callable:
     names = _hot_path_names(state)
+    attrs: dict[str, Any] = {}  # becomes the wrapper's __dict__; the C check stores last_decision there
+    state.fastpath = _make_fastpath(state, attrs)
+    if state.fastpath is not None:
+        names["_ao_fast"] = state.fastpath
     specialised = _hot_path_source(func, list(names))
     source, defaults = specialised if specialised is not None else (_generic_hot_path_source(list(names)), {})
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<autooffload hot path of {state.name}>", "exec"), namespace)
     offloaded = namespace["_ao_make"](**names, **defaults)
+    offloaded.__dict__ = attrs
     functools.update_wrapper(offloaded, func)
     offloaded.__autooffload__ = state
     offloaded.last_decision = None

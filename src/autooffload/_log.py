@@ -6,22 +6,22 @@ import json
 import logging
 import threading
 import time
+from logging import DEBUG, INFO
 
 from . import _config
 
 logger = logging.getLogger("autooffload")
-_DEBUG, _INFO = logging.DEBUG, logging.INFO
 _file_lock = threading.Lock()
 
 
 def active() -> bool:
     """Whether a per-call record is wanted at all (cheap: this is on the hot path)."""
-    return logger.isEnabledFor(_DEBUG) or _config.environment().log_path is not None
+    return logger.isEnabledFor(DEBUG) or _config.environment().log_path is not None
 
 
 def record(decision, *, first_in_bucket: bool) -> None:
     """DEBUG for every decision, INFO the first time a function meets a size bucket, JSON line to the file."""
-    level = _INFO if first_in_bucket else _DEBUG
+    level = INFO if first_in_bucket else DEBUG
     if logger.isEnabledFor(level):
         logger.log(level, "%s", decision)
     path = _config.environment().log_path
