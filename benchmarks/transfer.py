@@ -8,13 +8,16 @@ memory), both directions:
 * ``cupy``   ``cupy.asarray(h)`` / ``cupy.asnumpy(d)`` from / to an ordinary (pageable) array;
 * ``pinned`` ``cudaMemcpyAsync`` from / to a page-locked host buffer: the link's limit;
 * ``engine`` ``autooffload._transfer.to_device`` / ``to_host`` from / to an ordinary array;
-* ``engine out=`` ``to_host(d, out=a)`` into an existing (already touched) array: no page faults.
+* ``engine out=`` ``to_host(d, out=a)`` into an existing (already touched) array: no page faults;
+* ``engine fresh`` ``to_host(d)`` with the kept result memory released before each call: every
+  page of the result faults on first touch (a program's first result of that size).
 
 Every call is warm (one untimed call first), synchronized (the current stream is synchronized
 after it), repeated (at least 5 times, or until 0.2 s for quick ones) and the median kept. Data
 is random, never zeros; each engine result is checked bit for bit. GB/s = 1e9 bytes / s of
-payload. Device->host calls return a fresh host array (its pages fault on first touch), as
-``cupy.asnumpy`` does.
+payload. Device->host calls return a new host array, as ``cupy.asnumpy`` does; the engine's
+comes from the memory of results already dropped when there is some (``_hostmem.py``), which
+is the case from the second call on in a loop: ``engine fresh`` shows the first call.
 
 Writes ``<out-dir>/<machine>/transfer.json`` (date, GPU, versions, tuning, all numbers) and
 ``transfer.md`` (the tables). ``--sweep`` first times the engine under several tunings
@@ -67,13 +70,16 @@ def slug(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "unknown"
 
 
-def median_time(fn, sync, big: bool, min_total: float = 0.2, max_reps: int = 300) -> float:
+def median_time(fn, sync, big: bool, min_total: float = 0.2, max_reps: int = 300, setup=None) -> float:
+    """Median seconds of ``fn()`` + sync, after one untimed call; ``setup()`` runs untimed before each."""
     fn()
     sync()
     times = []
     start = time.perf_counter()
     min_reps = 3 if big else 5
     while True:
+        if setup is not None:
+            setup()
         sync()
         t0 = time.perf_counter()
         fn()
@@ -180,6 +186,8 @@ class Bench:
             elif m == "engine":
                 h2d = median_time(lambda: T.to_device(h), sync, big)
                 d2h = median_time(lambda: T.to_host(d), sync, big)
+                t_fresh = median_time(lambda: T.to_host(d), sync, big, setup=T._hostmem.results.release)
+                res["engine_fresh"] = {"d2h_s": t_fresh, "d2h_GBps": nbytes / t_fresh / 1e9}
                 if "engine_out" in methods:
                     dst = np.ones_like(h)
                     t_out = median_time(lambda: T.to_host(d, out=dst), sync, big)
@@ -272,14 +280,16 @@ def run_sweep(bench: Bench, max_bytes: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| size | H2D cupy | H2D pinned | H2D engine | D2H cupy | D2H pinned | D2H engine | D2H engine out= | engine us in / out |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| size | H2D cupy | H2D pinned | H2D engine | D2H cupy | D2H pinned | D2H engine | D2H engine fresh | "
+            "D2H engine out= | engine us in / out |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
         g = lambda m, d: f"{r[m][d + '_GBps']:.2f}"  # noqa: E731
         us = f"{r['engine']['h2d_s'] * 1e6:.0f} / {r['engine']['d2h_s'] * 1e6:.0f}"
         lines.append(f"| {fmt_size(r['nbytes'])} | {g('cupy', 'h2d')} | {g('pinned', 'h2d')} | {g('engine', 'h2d')} | "
-                     f"{g('cupy', 'd2h')} | {g('pinned', 'd2h')} | {g('engine', 'd2h')} | {g('engine_out', 'd2h')} | {us} |"
+                     f"{g('cupy', 'd2h')} | {g('pinned', 'd2h')} | {g('engine', 'd2h')} | {g('engine_fresh', 'd2h')} | "
+                     f"{g('engine_out', 'd2h')} | {us} |"
                      + ("" if r["engine_bit_exact"] else " WRONG"))
     return head + "\n".join(lines) + "\n"
 
@@ -332,7 +342,7 @@ def main(argv=None) -> int:
             e, c = r["engine"], r["cupy"]
             print(f"{fmt_size(s):>8}: H2D cupy {c['h2d_GBps']:6.2f} pinned {r['pinned']['h2d_GBps']:6.2f} engine {e['h2d_GBps']:6.2f} | "
                   f"D2H cupy {c['d2h_GBps']:6.2f} pinned {r['pinned']['d2h_GBps']:6.2f} engine {e['d2h_GBps']:6.2f} "
-                  f"out= {r['engine_out']['d2h_GBps']:6.2f} GB/s"
+                  f"fresh {r['engine_fresh']['d2h_GBps']:6.2f} out= {r['engine_out']['d2h_GBps']:6.2f} GB/s"
                   f"{'' if r['engine_bit_exact'] else '  ENGINE WRONG'} ({time.time() - t0:.1f} s)", flush=True)
     finally:
         bench.close()
@@ -345,7 +355,8 @@ def main(argv=None) -> int:
         "engine": T.ENGINE_NAME,
         "tuning": asdict(T._tuning()),
         "method": "warm, current stream synchronized after each call, median of >=5 repeats (>=3 at >=2 GiB) or of "
-                  "0.2 s of repeats; random float64 data; GB/s = 1e9 payload bytes/s; D2H into fresh host arrays",
+                  "0.2 s of repeats; random float64 data; GB/s = 1e9 payload bytes/s; D2H into new host arrays "
+                  "(engine: memory of dropped results reused; engine_fresh: released before each call)",
         "rows": rows,
     }
     (outdir / "transfer.json").write_text(json.dumps(doc, indent=1))
@@ -355,7 +366,9 @@ def main(argv=None) -> int:
           f"GB/s (1e9 bytes/s of payload), median of warm, synchronized repeats; made by `benchmarks/transfer.py`.\n"
           f"`cupy` = `cupy.asarray` / `cupy.asnumpy` from/to an ordinary numpy array; `pinned` = cudaMemcpyAsync from/to "
           f"page-locked memory (the limit); `engine` = `autooffload._transfer.to_device` / `to_host` from/to an ordinary array "
-          f"(D2H: a new array, whose pages fault on first touch, as with `cupy.asnumpy`); `engine out=` = `to_host(d, out=a)` "
+          f"(D2H: a new array; above 16 MiB its memory is that of a result already dropped, as from the second call of a "
+          f"loop on); `engine fresh` = the same with that kept memory released before each call, so every page faults on "
+          f"first touch (a first call, and what `cupy.asnumpy` always pays); `engine out=` = `to_host(d, out=a)` "
           f"into an existing array.\n\n"
           + table(rows))
     (outdir / "transfer.md").write_text(md)

@@ -342,3 +342,33 @@ def test_multi_device_if_present():
         d = T.to_device(h)
         assert d.device.id == 1
     assert same(T.to_host(d), h)
+
+
+def test_large_results_reuse_dropped_memory_and_stay_correct():
+    """Above the direct-copy size a new result gets the memory of one already dropped."""
+    from autooffload import _hostmem
+
+    _hostmem.results.release()
+    rng = np.random.default_rng(7)
+    n = 40 * MiB // 8
+    sources = [random_array((n,), np.float64, rng) for _ in range(3)]
+    devs = [T.to_device(h) for h in sources]
+    first = T.to_host(devs[0])
+    address = first.ctypes.data
+    kept_view = first[5:]
+    del first
+    second = T.to_host(devs[1])  # the first result's memory is still used by kept_view
+    assert second.ctypes.data != address
+    assert same(second, sources[1]) and same(kept_view, sources[0][5:])
+    del kept_view
+    gc.collect()
+    reused_before = _hostmem.results.info()["reused"]
+    third = T.to_host(devs[2])
+    assert third.ctypes.data == address and _hostmem.results.info()["reused"] == reused_before + 1
+    assert same(third, sources[2]) and same(second, sources[1])
+    f_dev = cp.asfortranarray(devs[2].reshape(-1, 8))
+    del third
+    back_f = T.to_host(f_dev)
+    assert back_f.flags.f_contiguous and same(back_f, np.asfortranarray(sources[2].reshape(-1, 8)))
+    T.release_pinned_pool()
+    assert _hostmem.results.info()["free_blocks"] == 0

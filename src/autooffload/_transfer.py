@@ -6,7 +6,7 @@ Why: CUDA can only DMA from page-locked ("pinned") host memory. From an ordinary
 6.7 GB/s in and 3-10 GB/s out for 1 GiB, while pinned memory moves 54 / 42 GB/s
 (../shared/design/MEASURED-H100.md).
 
-How (engine ``pinned-pipeline-v1``):
+How (engine ``pinned-pipeline-v3``):
 
 * A bounded pool of pinned buffers (``_Tuning.chunk_bytes`` each, at most ``max_buffers``),
   allocated on first use with ``cudaHostAlloc``, reused across calls and threads, freed by
@@ -32,8 +32,9 @@ How (engine ``pinned-pipeline-v1``):
   in, 3-4 out at 1 GiB: pinning fresh pages is slow here); huge-page result mappings and
   MADV_POPULATE_WRITE prefaulting of results (no gain, or much worse).
 * Device -> host into a *new* array is bounded by first-touch page faults of the result on this
-  VM: 16 threads copy into fresh pages at ~22 GB/s against ~40 into touched ones. ``out=``
-  with an existing array avoids that cost.
+  VM: 16 threads copy into fresh pages at ~22 GB/s against ~40 into touched ones. So results
+  above the direct-copy size are allocated from ``_hostmem.results``, which keeps the memory of
+  dropped results (already faulted in) for the next one; ``out=`` avoids the cost too.
 
 Tuning constants live in ``_TUNING`` with the measurement that chose them; ``benchmarks/
 transfer.py --sweep`` re-measures them. CuPy is imported lazily: importing this module never
@@ -53,7 +54,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-ENGINE_NAME = "pinned-pipeline-v2"
+from . import _hostmem
+
+# v3: device->host results above the direct-copy size reuse the memory of dropped results.
+ENGINE_NAME = "pinned-pipeline-v3"
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -477,11 +481,13 @@ def _shutdown_executor() -> None:
 
 
 def release_pinned_pool() -> None:
-    """Free every pinned buffer of the engine (buffers in use are freed when their copy ends).
+    """Free every pinned buffer of the engine (buffers in use are freed when their copy ends),
+    and the host memory kept from dropped results (see _hostmem.py).
 
     Safe at any time, from any thread, and without CuPy (then there is nothing to free).
     """
     global _pool
+    _hostmem.results.release()
     with _state_lock:
         pool, _pool = _pool, None
     if pool is not None:
@@ -779,7 +785,10 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
         order, tmp = "C", cp.ascontiguousarray(dev)
         src_ptr = tmp.data.ptr
     if out is None:
-        out = np.empty(shape, dtype=dtype, order=order)
+        if dtype.itemsize * math.prod(shape) > t.d2h_direct_max:
+            out = _hostmem.results.empty(shape, dtype, order)  # memory already faulted in, when kept
+        else:
+            out = np.empty(shape, dtype=dtype, order=order)
     if out.size == 0:
         return out
     host_c = out if order == "C" else out.T
