@@ -8,7 +8,9 @@
 #   overhead   benchmarks/overhead.py
 #   bench      benchmarks/suite.py and benchmarks/seed_article.py
 #   transfer   benchmarks/transfer.py
-# Usage: bash tools/gpu_batch.sh tests quick overhead      (device tool: carry [".whl"])
+#   small      tools/small_d2h.py (small device->host copies against cupy.asnumpy, interleaved)
+# Usage: bash tools/gpu_batch.sh tests quick overhead      (device tool: carry [".whl"], and the
+# C extension built for the machine's Python, e.g. src/autooffload/_fastpath.cpython-312-*.so)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -38,6 +40,7 @@ for s in "$@"; do
         bench) step suite python3 benchmarks/suite.py --machine h100
                step seed python3 benchmarks/seed_article.py --machine h100 ;;
         transfer) step transfer python3 benchmarks/transfer.py --machine h100 ;;
+        small) TAIL=30 step small python3 tools/small_d2h.py ;;
         *) echo "unknown step $s" ;;
     esac
 done
