@@ -127,7 +127,7 @@ def main(argv=None, *, quiet: bool = False) -> dict:
     say(B.header("@offload overhead per call: NumPy path and device-resident", info))
     say(f"# interleaved rounds: {rounds} (CPU), {gpu_rounds} (GPU); samples of ~{sample_s * 1e3:g} ms; "
         f"profile: {B.profile_source()}")
-    check = "C extension (autooffload._fastpath)" if _dispatch._fastpath is not None else "pure Python (extension not built)"
+    check = "C extension (autooffload._native)" if _dispatch._native is not None else "pure Python (extension not built)"
     say(f"# NumPy-path check: {check}")
     g = B.rng(5)
     a = B.never_zero(100, seed=1)

@@ -15,10 +15,10 @@ sys.path.insert(0, os.path.dirname(__file__))  # for `import fake_device`
 
 if os.environ.get("AUTOOFFLOAD_TEST_PURE_PYTHON"):
     # Run the suite on the pure-Python wrapper, as where the C extension is not built
-    # (tests/test_fastpath.py does this for the decorator's tests).
+    # (tests/test_native.py does this for the decorator's tests).
     import autooffload._dispatch
 
-    autooffload._dispatch._fastpath = None
+    autooffload._dispatch._native = None
 
 
 @pytest.fixture(autouse=True)

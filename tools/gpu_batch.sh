@@ -10,7 +10,7 @@
 #   transfer   benchmarks/transfer.py
 #   small      tools/small_d2h.py (small device->host copies against cupy.asnumpy, interleaved)
 # Usage: bash tools/gpu_batch.sh tests quick overhead      (device tool: carry [".whl"], and the
-# C extension built for the machine's Python, e.g. src/autooffload/_fastpath.cpython-312-*.so)
+# C extension built for the machine's Python, e.g. src/autooffload/_native.cpython-312-*.so)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._address import array_address
 from ._backends import DEVICE_DTYPE_KINDS, DeviceBackend, bits_differ
 
 _ALIGN = 256  # device allocations are at least this aligned; span starts are aligned down to it
@@ -100,16 +101,12 @@ def iter_leaves(obj: Any, is_leaf: Callable[[Any], bool]):
             yield from iter_leaves(x, is_leaf)
 
 
-def _host_pointer(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
-
-
 def _host_root_start(a: np.ndarray) -> int:
     """Lowest address known to belong to the allocation ``a`` lives in."""
     root = a
     while isinstance(root.base, np.ndarray):
         root = root.base
-    return extent(_host_pointer(root), root.shape, root.strides, root.itemsize)[0]
+    return extent(array_address(root), root.shape, root.strides, root.itemsize)[0]
 
 
 def _host_bytes_at(low: int, nbytes: int) -> np.ndarray:
@@ -160,7 +157,7 @@ class Moved:
         return isinstance(x, (np.ndarray, np.generic))
 
     def _pointer(self, a: Any) -> int:
-        return _host_pointer(a) if self.to_device else self.backend.pointer(a)
+        return array_address(a) if self.to_device else self.backend.pointer(a)
 
     def _extent(self, a: Any) -> tuple[int, int]:
         return extent(self._pointer(a), a.shape, a.strides, a.itemsize)
@@ -249,7 +246,7 @@ class Moved:
         return self.backend.bytes_at(like, low, high - low)
 
     def _copy_pointer(self, copy: Any) -> int:
-        return self.backend.pointer(copy) if self.to_device else _host_pointer(copy)
+        return self.backend.pointer(copy) if self.to_device else array_address(copy)
 
     def _move_span(self, group: list) -> None:
         low = min(self._extent(a)[0] for a in group)

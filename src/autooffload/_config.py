@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-try:  # the C check of the NumPy path must know when a config() block is active (see _fastpath.c)
-    from ._fastpath import config_block as _count_config_block
+try:  # the C check of the NumPy path must know when a config() block is active (see _native.c)
+    from ._native import config_block as _count_config_block
 except ImportError:
     def _count_config_block(delta: int) -> int:
         return 0

@@ -4,7 +4,7 @@
 call) carrying ``last_decision``, ``stats`` and its state in ``__autooffload__``. The hot path,
 for calls whose arguments are numpy arrays and scalars, sums their bytes, looks the decision up
 by exact (bytes, location, config) and calls the original function: a few hundred nanoseconds.
-Where the optional C extension is built, its first line asks ``_fastpath.FastPath`` (C) whether
+Where the optional C extension is built, its first line asks ``_native.FastPath`` (C) whether
 the call is a plain NumPy call already decided, and if so calls the function at once (~140 ns).
 Everything else (containers, kwargs, device arrays, GPU runs, fallbacks) takes the slow path.
 """
@@ -30,10 +30,10 @@ from ._kinds import describe, infer_work
 from ._purity import may_write_arguments
 from .errors import ConfigError, GPUFallbackWarning, GPUUnavailableError
 
-try:  # the optional C check of the NumPy path (see _fastpath.c); the Python wrapper works alone
-    from . import _fastpath
+try:  # the optional C check of the NumPy path (see _native.c); the Python wrapper works alone
+    from . import _native
 except ImportError:
-    _fastpath = None
+    _native = None
 
 # Argument types the hot path passes over without a second look.
 _PASSIVE = frozenset(
@@ -145,9 +145,9 @@ class _State:
         self.exact: dict[Any, Decision] = {}
         self.buckets: dict[tuple, Decision] = {}
         # The subset of `exact` the C check may answer alone: host bytes -> a NumPy decision with
-        # nothing else to do (see _fastpath.c). Cleared with `exact`, in place (the C side holds it).
+        # nothing else to do (see _native.c). Cleared with `exact`, in place (the C side holds it).
         self.fast: dict[int, Decision] = {}
-        self.fastpath = None  # the _fastpath.FastPath of the wrapper, when the extension is built
+        self.fastpath = None  # the _native.FastPath of the wrapper, when the extension is built
         self.inject_xp = self.xp_param is not None and not self.xp_defaults_to_numpy
         self.log_path = self._log_path()
         _config.register_decision_cache(self)
@@ -621,9 +621,9 @@ def _generic_hot_path_source(closure: list[str]) -> str:
 def _make_fastpath(state: _State, attrs: dict):
     """The C check for this function's NumPy path, or None (no extension, or it could not help)."""
     level_cache = getattr(_log.logger, "_cache", None)
-    if _fastpath is None or state.inject_xp or type(level_cache) is not dict:
+    if _native is None or state.inject_xp or type(level_cache) is not dict:
         return None  # without logging's level cache the C side cannot tell whether DEBUG is on
-    return _fastpath.FastPath(state.fast, np.ndarray, tuple(_PASSIVE), level_cache, attrs)
+    return _native.FastPath(state.fast, np.ndarray, tuple(_PASSIVE), level_cache, attrs)
 
 
 def _make_offloaded(func: Callable, state: _State) -> Callable:

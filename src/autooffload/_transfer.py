@@ -55,6 +55,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _hostmem
+from ._address import array_address
 
 # v3: device->host results above the direct-copy size reuse the memory of dropped results.
 ENGINE_NAME = "pinned-pipeline-v3"
@@ -570,7 +571,7 @@ class _Job:
         self.device_id = device_id
         self.host_c = host_c
         self.flat = _byte_view(host_c) if contiguous else None
-        self.host_ptr = host_c.ctypes.data if contiguous else 0
+        self.host_ptr = array_address(host_c) if contiguous else 0
         self.itemsize = host_c.itemsize
         self.stream = stream
         self.failed = False
@@ -723,7 +724,7 @@ def to_device(host: np.ndarray):
 
 def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
     # The driver stages pageable memory itself; it returns once the source has been read.
-    cp.cuda.runtime.memcpyAsync(dev_ptr, host_c.ctypes.data, host_c.nbytes, _H2D, stream.ptr)
+    cp.cuda.runtime.memcpyAsync(dev_ptr, array_address(host_c), host_c.nbytes, _H2D, stream.ptr)
 
 
 def _h2d_small(cp: Any, dev_ptr: int, device_id: int, flat: np.ndarray, stream: Any) -> None:
@@ -822,11 +823,11 @@ def _d2h_direct(cp: Any, src_ptr: int, host_c: np.ndarray, stream: Any) -> None:
         # The legacy default stream: cudaMemcpy orders itself after the queued work and returns
         # when the data is on the host, one driver call instead of copy + synchronize (what
         # cupy.asnumpy does there; the small sizes measured slower than it without this).
-        cp.cuda.runtime.memcpy(host_c.ctypes.data, src_ptr, host_c.nbytes, _D2H)
+        cp.cuda.runtime.memcpy(array_address(host_c), src_ptr, host_c.nbytes, _D2H)
         return
     # Any other stream: copy on it, then wait for it (to pageable memory the driver usually
     # returns only once the copy is done; the synchronize makes that certain).
-    cp.cuda.runtime.memcpyAsync(host_c.ctypes.data, src_ptr, host_c.nbytes, _D2H, stream.ptr)
+    cp.cuda.runtime.memcpyAsync(array_address(host_c), src_ptr, host_c.nbytes, _D2H, stream.ptr)
     stream.synchronize()
 
 

@@ -1,4 +1,4 @@
-"""The optional C check of the NumPy path (src/autooffload/_fastpath.c).
+"""The optional C check of the NumPy path (src/autooffload/_native.c).
 
 It may answer a call alone only when the Python path would reach the same answer: a plain NumPy
 decision already cached for these bytes, plain arrays and scalars, no config() block, DEBUG off.
@@ -18,9 +18,9 @@ import pytest
 
 from autooffload import _dispatch, config, offload
 
-fastpath_module = pytest.importorskip("autooffload._fastpath", reason="the C extension is not built here")
+native = pytest.importorskip("autooffload._native", reason="the C extension is not built here")
 
-pytestmark = pytest.mark.skipif(_dispatch._fastpath is None, reason="suite runs on the pure-Python wrapper")
+pytestmark = pytest.mark.skipif(_dispatch._native is None, reason="suite runs on the pure-Python wrapper")
 
 
 def add(a, b):
@@ -158,13 +158,13 @@ def test_xp_injection_and_log_file_never_use_the_c_check(monkeypatch, tmp_path):
 
 def test_constructor_checks_its_arguments():
     with pytest.raises(TypeError):
-        fastpath_module.FastPath({}, np.ndarray, [int], None, {})
+        native.FastPath({}, np.ndarray, [int], None, {})
     with pytest.raises(TypeError, match="level_cache"):
-        fastpath_module.FastPath({}, np.ndarray, (int,), [], {})
+        native.FastPath({}, np.ndarray, (int,), [], {})
     with pytest.raises(ValueError, match="at most"):
-        fastpath_module.FastPath({}, np.ndarray, (int,) * 33, None, {})
+        native.FastPath({}, np.ndarray, (int,) * 33, None, {})
     with pytest.raises(ValueError):
-        fastpath_module.config_block(2)
+        native.config_block(2)
 
 
 def test_the_decorator_tests_pass_on_the_pure_python_wrapper():
@@ -178,3 +178,21 @@ def test_the_decorator_tests_pass_on_the_pure_python_wrapper():
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: np.arange(12.0), id="C"),
+    pytest.param(lambda: np.asfortranarray(np.arange(12.0).reshape(3, 4)), id="F"),
+    pytest.param(lambda: np.arange(24.0).reshape(4, 6)[1:, ::-2], id="negative strides"),
+    pytest.param(lambda: np.array(3.5, np.float32), id="0-d"),
+    pytest.param(lambda: np.empty((0, 3)), id="0-size"),
+    pytest.param(lambda: np.arange(10).view(np.recarray), id="subclass"),
+])
+def test_array_address_is_ctypes_data(make):
+    a = make()
+    assert native.array_address(a) == a.ctypes.data
+
+
+def test_array_address_refuses_what_is_not_an_array():
+    with pytest.raises(TypeError, match="numpy.ndarray; got list"):
+        native.array_address([1, 2])
