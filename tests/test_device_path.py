@@ -323,3 +323,49 @@ def test_no_array_arguments_give_host_results(on_gpu):
     assert type(mean) is np.float64 and abs(mean) < 0.5
     assert type(zeros) is np.ndarray and zeros.shape == (1000,)
     assert draws.last_decision.backend == "cupy"
+
+
+SCALE = 2.0
+
+
+def test_repeated_device_resident_calls_see_reassigned_globals_and_copy_nothing(fake_gpu):
+    global SCALE
+
+    @offload
+    def f(x):
+        return x * SCALE
+
+    x = np.arange(4.0).view(FakeDeviceArray)
+    for expected in (2.0, 2.0, 5.0, 5.0):
+        SCALE = expected
+        out = f(x)
+        assert type(out) is FakeDeviceArray and np.array_equal(np.asarray(out), np.arange(4.0) * expected)
+    SCALE = 2.0
+    assert f.__autooffload__.resident is not None, f.last_decision  # the later calls took the resident lane
+    assert f.stats.cupy == 4 and fake_gpu.to_device_calls == 0 and fake_gpu.to_host_calls == 0
+
+
+def test_device_resident_call_that_cupy_cannot_run_falls_back(fake_gpu):
+    @offload
+    def f(x, use_median):
+        return np.median(x) if use_median else x.sum()
+
+    x = rng.random(9).view(FakeDeviceArray)
+    f(x, False)
+    f(x, False)
+    fake_device.FAKE_MISSING.add("median")
+    with pytest.warns(GPUFallbackWarning, match="median"):
+        got = f(x, True)
+    assert float(np.asarray(got)) == np.median(np.asarray(x))
+    assert f.stats.fallbacks == 1 and "fell back" in f.last_decision.reason
+
+
+def test_a_numpy_module_argument_with_device_data_runs_its_device_counterpart(fake_gpu):
+    @offload
+    def f(x, mod):
+        return mod.sqrt(x)
+
+    x = (rng.random(9) + 0.5).view(FakeDeviceArray)
+    f(x, np)
+    out = f(x, np)
+    assert type(out) is FakeDeviceArray and np.allclose(np.asarray(out), np.sqrt(np.asarray(x)))

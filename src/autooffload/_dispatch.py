@@ -40,6 +40,9 @@ _PASSIVE = frozenset(
     {int, float, complex, bool, str, bytes, type(None), types.ModuleType,
      np.float64, np.float32, np.int64, np.int32, np.bool_}
 )
+# What the Python hot path passes over: a module argument (np passed in) goes to the general
+# path, which translates it for the device; so a device call from the hot path needs no translation.
+_HOT_PASSIVE = _PASSIVE - {types.ModuleType}
 _EXACT_CACHE_LIMIT = 4096
 # The device array type, once a call has passed one (the hot path compares types against it).
 _seen_device_type: list = [None]
@@ -158,6 +161,7 @@ class _State:
         self.blocked: dict[tuple, str] = {}  # type signature -> why the GPU failed for it
         self.warned = False
         self.device_fns: dict[int, tuple[Any, Callable | None, Any, str]] = {}
+        self.resident: tuple[Any, Callable, Any] | None = None  # (backend, device fn, twin) once one ran
         self.lock = threading.Lock()
         self.wrapper: Callable | None = None
 
@@ -234,6 +238,8 @@ class _State:
     def decide(self, key, host: int, dev: int, largest: int, odd: bool, config_backend: str | None,
                args: tuple, kwargs: dict, *, amortize: bool = True) -> Decision:
         """The decision for a call (cache miss): from the size bucket's decision, or the cost model."""
+        if dev and not _backends.gpu_ready:
+            _backends.mark_gpu_ready()  # the caller's device arrays mean the CUDA context exists
         ready = _backends.gpu_ready
         forced, source = self.forced(config_backend)
         bucket_key = (size_bucket(host), size_bucket(dev), odd, forced, ready)
@@ -353,6 +359,19 @@ class _State:
             return args, kwargs
         return args, {**kwargs, "xp": module}
 
+    def run_resident(self, d: Decision, args: tuple, kwargs: dict) -> Any:
+        """The GPU chosen, every array already there, no module arguments (the hot path's case):
+        no copies, no write detection, no argument translation; else ``run``."""
+        backend = _backends.load()
+        entry = self.resident
+        if entry is None or entry[0] is not backend or self.blocked or self.xp_param is not None:
+            return self.run(d, args, kwargs)
+        ok, outcome = self._call_device(entry[1], entry[2], None, args, kwargs, backend, translate=False)
+        if not ok:
+            return self._fail_gpu(d, outcome, None, backend, args, kwargs, True)
+        next(self.cupy_calls)
+        return outcome
+
     def run(self, d: Decision, args: tuple, kwargs: dict) -> Any:
         if d.backend == NUMPY:
             return self.run_numpy(args, kwargs, d.device_bytes > 0)
@@ -402,6 +421,7 @@ class _State:
         if fn is None:
             self._ran_on_numpy(d, f"no GPU version: {how}")
             return self.run_numpy(args, kwargs, has_device_args)
+        self.resident = (backend, fn, twin)
         moved = None
         try:
             if d.host_bytes or not d.device_bytes:
@@ -420,6 +440,10 @@ class _State:
             if ok:
                 return self._finish_gpu(d, moved, outcome, args, kwargs)
             failure = outcome
+        return self._fail_gpu(d, failure, moved, backend, args, kwargs, has_device_args)
+
+    def _fail_gpu(self, d: Decision, failure: tuple, moved, backend, args: tuple, kwargs: dict, has_device_args: bool) -> Any:
+        """CuPy could not run it: free what the attempt took, then the NumPy result."""
         exc, cause = failure
         if moved is not None:
             moved.discard()
@@ -427,15 +451,17 @@ class _State:
             backend.free_memory()
         return self.fall_back(d, cause, args, kwargs, has_device_args)
 
-    def _call_device(self, fn, twin, moved, args, kwargs, backend) -> tuple[bool, Any]:
+    def _call_device(self, fn, twin, moved, args, kwargs, backend, translate: bool = True) -> tuple[bool, Any]:
         """Run ``fn`` on the device: (True, result), or (False, (exception, cause)) when CuPy cannot run it."""
         call_args, call_kwargs = (moved.args, moved.kwargs) if moved is not None else (args, kwargs)
-        # Arguments that are NumPy modules or functions (np passed in, or a default like
-        # `module=np`, which the hot path passes on explicitly) become their device counterparts.
-        translate = backend._autooffload_translator.translate
-        call_args = tuple(translate(a) if callable(a) or isinstance(a, types.ModuleType) else a for a in call_args)
-        call_kwargs = {k: translate(v) if callable(v) or isinstance(v, types.ModuleType) else v for k, v in call_kwargs.items()}
-        call_args, call_kwargs = self.with_xp(call_args, call_kwargs, backend.xp)
+        if translate:
+            # Arguments that are NumPy modules or functions (np passed in, or a default like
+            # `module=np`, which the hot path passes on explicitly) become their device counterparts.
+            to_device = backend._autooffload_translator.translate
+            call_args = tuple(to_device(a) if callable(a) or isinstance(a, types.ModuleType) else a for a in call_args)
+            call_kwargs = {k: to_device(v) if callable(v) or isinstance(v, types.ModuleType) else v
+                           for k, v in call_kwargs.items()}
+            call_args, call_kwargs = self.with_xp(call_args, call_kwargs, backend.xp)
         if twin is not None:
             twin.refresh()
         try:
@@ -494,11 +520,12 @@ def _hot_path_names(state: _State) -> dict[str, Any]:
         "_ao_level_cache_get": getattr(_log.logger, "_cache", {}).get,
         "_ao_record": _log.record,
         "_ao_ndarray": np.ndarray,
-        "_ao_passive": _PASSIVE,
+        "_ao_passive": _HOT_PASSIVE,
         "_ao_numpy_calls": state.numpy_calls,
         # On NumPy, an xp parameter whose default already is numpy needs nothing injected.
         "_ao_inject_xp": state.inject_xp,
         "_ao_numpy": NUMPY,
+        "_ao_cupy": CUPY,
         "_ao_general": state.call,
         "_ao_seen_device_type": _seen_device_type,
     }
@@ -534,6 +561,8 @@ def _ao_make({closure}):
                 return _ao_state.run_numpy({args}, {kwargs}, False)
             next(_ao_numpy_calls)
             return _ao_func({callargs})
+        if _ao_dev and not _ao_host and _ao_d.backend is _ao_cupy:
+            return _ao_state.run_resident(_ao_d, {args}, {kwargs})
         return _ao_state.run(_ao_d, {args}, {kwargs})
     return {name}
 """
