@@ -92,6 +92,17 @@ def test_kind_inference_reads_the_code():
     assert infer_work(lambda x: x)[0] == (("generic", 1),)
 
 
+def test_in_place_operators_count_half():
+    def chain(x):
+        x *= 5
+        x *= x
+        x += x
+
+    work, _ = infer_work(chain)
+    assert work == (("elementwise", 1.5),) and describe(work) == "1.5xelementwise"
+    assert infer_work(lambda a, b: a + b * a)[0] == (("elementwise", 2),)
+
+
 def test_dispatcher_follows_the_profile(fake_gpu, use_profile):
     use_profile(synthetic_profile(cold_start=0.0))
     f = offload(kind="elementwise")(lambda x: x + 1)

@@ -44,7 +44,7 @@ class Request:
     cost is then the sum of each kind's curve times its count (see _kinds.py).
     """
 
-    kind: str | tuple[tuple[str, int], ...]
+    kind: str | tuple[tuple[str, float], ...]
     host_bytes: int = 0  # bytes of numpy array inputs
     device_bytes: int = 0  # bytes of cupy array inputs
     largest_bytes: int = 0  # bytes of the largest single array input
@@ -53,7 +53,7 @@ class Request:
     device_arrays: int = 1  # how many cupy arrays
 
     @property
-    def work(self) -> tuple[tuple[str, int], ...]:
+    def work(self) -> tuple[tuple[str, float], ...]:
         return ((self.kind, 1),) if isinstance(self.kind, str) else self.kind
 
     @property
