@@ -369,3 +369,20 @@ def test_a_numpy_module_argument_with_device_data_runs_its_device_counterpart(fa
     f(x, np)
     out = f(x, np)
     assert type(out) is FakeDeviceArray and np.allclose(np.asarray(out), np.sqrt(np.asarray(x)))
+
+
+def test_device_resident_xp_function_gets_the_device_module_and_falls_back_with_numpy(fake_gpu):
+    @offload
+    def f(x, xp=np):
+        return xp.median(x) if x.size > 5 else xp.sqrt(x)
+
+    small = (rng.random(4) + 0.5).view(FakeDeviceArray)
+    big = (rng.random(9) + 0.5).view(FakeDeviceArray)
+    f(small)
+    out = f(small)
+    assert type(out) is FakeDeviceArray and f.__autooffload__.resident is not None
+    assert np.allclose(np.asarray(out), np.sqrt(np.asarray(small)))
+    fake_device.FAKE_MISSING.add("median")
+    with pytest.warns(GPUFallbackWarning, match="median"):
+        got = f(big)
+    assert float(np.asarray(got)) == np.median(np.asarray(big))

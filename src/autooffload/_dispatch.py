@@ -364,9 +364,12 @@ class _State:
         no copies, no write detection, no argument translation; else ``run``."""
         backend = _backends.load()
         entry = self.resident
-        if entry is None or entry[0] is not backend or self.blocked or self.xp_param is not None:
+        if entry is None or entry[0] is not backend or self.blocked:
             return self.run(d, args, kwargs)
-        ok, outcome = self._call_device(entry[1], entry[2], None, args, kwargs, backend, translate=False)
+        call_args, call_kwargs = args, kwargs
+        if self.xp_param is not None:
+            call_args, call_kwargs = self.with_xp(args, kwargs, backend.xp)  # the originals serve a fallback
+        ok, outcome = self._call_device(entry[1], entry[2], None, call_args, call_kwargs, backend, translate=False)
         if not ok:
             return self._fail_gpu(d, outcome, None, backend, args, kwargs, True)
         next(self.cupy_calls)
