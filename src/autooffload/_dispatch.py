@@ -185,8 +185,6 @@ class _State:
                 host += n
                 if (type(a) is not np.ndarray and type(a) is not np.memmap) or a.dtype.kind not in DEVICE_DTYPE_KINDS:
                     odd = True
-        if dev and not _backends.gpu_ready:
-            _backends.mark_gpu_ready()  # the caller's device arrays mean the CUDA context exists
         return host, dev, largest, odd
 
     @staticmethod
@@ -366,10 +364,7 @@ class _State:
         entry = self.resident
         if entry is None or entry[0] is not backend or self.blocked:
             return self.run(d, args, kwargs)
-        call_args, call_kwargs = args, kwargs
-        if self.xp_param is not None:
-            call_args, call_kwargs = self.with_xp(args, kwargs, backend.xp)  # the originals serve a fallback
-        ok, outcome = self._call_device(entry[1], entry[2], None, call_args, call_kwargs, backend, translate=False)
+        ok, outcome = self._call_device(entry[1], entry[2], None, args, kwargs, backend, translate=False)
         if not ok:
             return self._fail_gpu(d, outcome, None, backend, args, kwargs, True)
         next(self.cupy_calls)
@@ -464,7 +459,7 @@ class _State:
             call_args = tuple(to_device(a) if callable(a) or isinstance(a, types.ModuleType) else a for a in call_args)
             call_kwargs = {k: to_device(v) if callable(v) or isinstance(v, types.ModuleType) else v
                            for k, v in call_kwargs.items()}
-            call_args, call_kwargs = self.with_xp(call_args, call_kwargs, backend.xp)
+        call_args, call_kwargs = self.with_xp(call_args, call_kwargs, backend.xp)  # the caller's own serve a fallback
         if twin is not None:
             twin.refresh()
         try:
