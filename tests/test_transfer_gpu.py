@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -269,19 +270,35 @@ def test_threads_each_with_own_stream(tuned):
 
 def test_pool_bounded_reused_and_released():
     T.release_pinned_pool()
-    h = np.random.default_rng(6).standard_normal(100 * MiB // 8)
-    for _ in range(3):
-        d = T.to_device(h)
-        assert same(T.to_host(d), h)
+    # One thread, one chunk at a time (strided source and destination, below a chunk): each copy
+    # takes one buffer and gives it back, so the second copy on reuses the first buffer.
+    h = np.random.default_rng(6).standard_normal((512, 128))[:, ::2]  # 256 KiB, not contiguous
+    out = np.ones((512, 128))[:, ::2]
+    for _ in range(5):
+        T.to_host(T.to_device(h), out=out)
+        assert same(out, h)
+    assert T._pool.allocations == 1 and T.pool_info()["in_use"] == 0
+
+    # Many workers: how many buffers a copy holds at once depends on thread timing, up to the
+    # bound. Fill the pool to its bound, then no copy may allocate again, whatever the timing.
+    big = np.random.default_rng(7).standard_normal(100 * MiB // 8)
+    assert same(T.to_host(T.to_device(big)), big)
+    pool = T._get_pool()
+    bound = T.pool_info()["max_buffers"]
+    held = [pool.acquire() for _ in range(bound)]
+    assert pool.acquire(block=False) is None  # bounded
+    for buf in held:
+        pool.release(buf)
+    assert pool.allocations == bound
+    with ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(lambda _: T.to_host(T.to_device(big)), range(6)))
+    assert all(same(r, big) for r in results)
+    assert pool.allocations == bound  # reused across calls and threads, never reallocated
     info = T.pool_info()
-    assert 0 < info["allocated"] <= info["max_buffers"] and info["in_use"] == 0
-    allocs = T._pool.allocations
-    for _ in range(3):
-        T.to_host(T.to_device(h))
-    assert T._pool.allocations == allocs  # reused, not reallocated
+    assert info["allocated"] == bound and info["in_use"] == 0
     T.release_pinned_pool()
     assert T.pool_info()["allocated"] == 0
-    assert same(T.to_host(T.to_device(h)), h)  # and usable again
+    assert same(T.to_host(T.to_device(big)), big)  # and usable again
 
 
 def test_out_of_memory_frees_and_reraises():
