@@ -12,9 +12,12 @@ memory), both directions:
 * ``engine fresh`` ``to_host(d)`` with the kept result memory released before each call: every
   page of the result faults on first touch (a program's first result of that size).
 
-Every call is warm (one untimed call first), synchronized (the current stream is synchronized
-after it), repeated (at least 5 times, or until 0.2 s for quick ones) and the median kept. Data
-is random, never zeros; each engine result is checked bit for bit. GB/s = 1e9 bytes / s of
+Every call is warm (one untimed call first) and synchronized (the current stream is synchronized
+after it). At each size all methods run interleaved: every round times one call of each, in the
+opposite order from the round before (at least 7 rounds, or until 0.2 s per method), and the
+median of each is kept, so a noisy machine's drifts hit all columns alike; the last column is
+the engine's time over cupy's (below 1: faster), and the table ends with every size where the
+engine was slower. Data is random, never zeros; each engine result is checked bit for bit. GB/s = 1e9 bytes / s of
 payload. Device->host calls return a new host array, as ``cupy.asnumpy`` does; the engine's
 comes from the memory of results already dropped when there is some (``_hostmem.py``), which
 is the case from the second call on in a loop: ``engine fresh`` shows the first call.
@@ -72,22 +75,43 @@ def slug(s: str) -> str:
 
 def median_time(fn, sync, big: bool, min_total: float = 0.2, max_reps: int = 300, setup=None) -> float:
     """Median seconds of ``fn()`` + sync, after one untimed call; ``setup()`` runs untimed before each."""
-    fn()
-    sync()
-    times = []
-    start = time.perf_counter()
-    min_reps = 3 if big else 5
-    while True:
+    return interleaved_medians({"fn": (fn, setup)}, sync, big, min_total=min_total, max_rounds=max_reps)["fn"]
+
+
+def interleaved_medians(calls: dict, sync, big: bool, min_total: float = 0.2, max_rounds: int = 400,
+                        clock=time.perf_counter) -> dict:
+    """Median seconds of each ``calls[name] = (fn, setup)``, measured round-robin.
+
+    Each round times one synchronized call of every method, in the opposite order from the
+    round before, so drifts of a noisy machine (other tenants, clock boost, memory ballooning)
+    hit every method alike and the medians compare side by side. One untimed call of each
+    first; ``setup`` (or None) runs untimed before each call. At least 7 rounds (3 when ``big``),
+    then until ``min_total`` seconds per method have passed or ``max_rounds``.
+    """
+    names = list(calls)
+    for fn, setup in calls.values():
         if setup is not None:
             setup()
-        sync()
-        t0 = time.perf_counter()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= max_reps or (len(times) >= min_reps and time.perf_counter() - start >= min_total):
+    samples = {n: [] for n in names}
+    min_rounds = 3 if big else 7
+    start = clock()
+    rounds = 0
+    while True:
+        for n in names if rounds % 2 == 0 else reversed(names):
+            fn, setup = calls[n]
+            if setup is not None:
+                setup()
+            sync()
+            t0 = clock()
+            fn()
+            sync()
+            samples[n].append(clock() - t0)
+        rounds += 1
+        if rounds >= max_rounds or (rounds >= min_rounds and clock() - start >= min_total * len(names)):
             break
-    return statistics.median(times)
+    return {n: statistics.median(v) for n, v in samples.items()}
 
 
 def random_bytes(nbytes: int, rng) -> np.ndarray:
@@ -157,52 +181,61 @@ class Bench:
         return self._data[nbytes]
 
     def measure(self, nbytes: int, methods=("cupy", "pinned", "engine", "engine_out")) -> dict:
+        """GB/s of each method at ``nbytes``, all calls interleaved round-robin (see
+        ``interleaved_medians``), so that the columns of a row compare side by side."""
         cp, sync = self.cp, self.sync
         big = nbytes >= 2 * GiB
         h = self.data(nbytes)
-        res = {}
         # Engine correctness at this size (both directions), outside the timings.
         d = T.to_device(h)
         ok = bits_equal(T.to_host(d), h)
+        calls = {}  # (method, direction) -> (fn, setup)
+        d_dst = dst = None
         if "cupy" in methods:
             ok = ok and bits_equal(cp.asnumpy(d), h)
-        for m in methods:
-            if m == "cupy":
-                h2d = median_time(lambda: cp.asarray(h), sync, big)
-                d2h = median_time(lambda: cp.asnumpy(d), sync, big)
-            elif m == "pinned":
-                rt = cp.cuda.runtime
-                d_dst = cp.empty(h.size, h.dtype)
-
-                def up():
-                    rt.memcpyAsync(d_dst.data.ptr, self.pinned_ptr, nbytes, 1, self.stream.ptr)
-
-                def down():
-                    rt.memcpyAsync(self.pinned_ptr, d.data.ptr, nbytes, 2, self.stream.ptr)
-
-                h2d = median_time(up, sync, big)
-                d2h = median_time(down, sync, big)
-                del d_dst
-            elif m == "engine":
-                h2d = median_time(lambda: T.to_device(h), sync, big)
-                d2h = median_time(lambda: T.to_host(d), sync, big)
-                t_fresh = median_time(lambda: T.to_host(d), sync, big, setup=T._hostmem.results.release)
-                res["engine_fresh"] = {"d2h_s": t_fresh, "d2h_GBps": nbytes / t_fresh / 1e9}
-                if "engine_out" in methods:
-                    dst = np.ones_like(h)
-                    t_out = median_time(lambda: T.to_host(d, out=dst), sync, big)
-                    ok = ok and bits_equal(dst, h)
-                    res["engine_out"] = {"d2h_s": t_out, "d2h_GBps": nbytes / t_out / 1e9}
-                    del dst
-            elif m == "engine_out":
-                continue
-            else:
-                raise ValueError(m)
-            res[m] = {"h2d_s": h2d, "d2h_s": d2h, "h2d_GBps": nbytes / h2d / 1e9, "d2h_GBps": nbytes / d2h / 1e9}
+            calls["cupy", "h2d"] = (lambda: cp.asarray(h), None)
+            calls["cupy", "d2h"] = (lambda: cp.asnumpy(d), None)
+        if "pinned" in methods:
+            rt, stream_ptr, pinned_ptr = cp.cuda.runtime, self.stream.ptr, self.pinned_ptr
+            d_dst = cp.empty(h.size, h.dtype)
+            calls["pinned", "h2d"] = (lambda: rt.memcpyAsync(d_dst.data.ptr, pinned_ptr, nbytes, 1, stream_ptr), None)
+            calls["pinned", "d2h"] = (lambda: rt.memcpyAsync(pinned_ptr, d.data.ptr, nbytes, 2, stream_ptr), None)
+        if "engine" in methods:
+            calls["engine", "h2d"] = (lambda: T.to_device(h), None)
+            calls["engine", "d2h"] = (lambda: T.to_host(d), None)
+            # Kept result memory released before each call: every page of the result is new.
+            calls["engine_fresh", "d2h"] = (lambda: T.to_host(d), T._hostmem.results.release)
+        if "engine_out" in methods:
+            dst = np.ones_like(h)
+            calls["engine_out", "d2h"] = (lambda: T.to_host(d, out=dst), None)
+        medians = interleaved_medians(calls, sync, big)
+        if dst is not None:
+            ok = ok and bits_equal(dst, h)
+        res = {}
+        for (m, direction), sec in medians.items():
+            res.setdefault(m, {})[f"{direction}_s"] = sec
+            res[m][f"{direction}_GBps"] = nbytes / sec / 1e9
         res["engine_bit_exact"] = bool(ok)
-        del d
+        del d, d_dst, dst
         cp.get_default_memory_pool().free_all_blocks()
         return res
+
+
+def ratios(row: dict) -> dict:
+    """Engine time / ``cupy`` time of one row (below 1: the engine is faster)."""
+    e, c = row["engine"], row["cupy"]
+    return {"h2d": e["h2d_s"] / c["h2d_s"], "d2h": e["d2h_s"] / c["d2h_s"],
+            "d2h_fresh": row["engine_fresh"]["d2h_s"] / c["d2h_s"]}
+
+
+def slower_than_cupy(rows: list[dict]) -> list[str]:
+    """Rows where the engine took longer than cupy (by any margin), e.g. ['8 MiB d2h 1.03x']."""
+    out = []
+    for r in rows:
+        for k, v in ratios(r).items():
+            if v > 1.0:
+                out.append(f"{fmt_size(r['nbytes'])} {k} {v:.2f}x")
+    return out
 
 
 def machine_info(cp) -> dict:
@@ -281,17 +314,20 @@ def run_sweep(bench: Bench, max_bytes: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("| size | H2D cupy | H2D pinned | H2D engine | D2H cupy | D2H pinned | D2H engine | D2H engine fresh | "
-            "D2H engine out= | engine us in / out |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            "D2H engine out= | engine us in / out | engine/cupy time in / out / out fresh |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
         g = lambda m, d: f"{r[m][d + '_GBps']:.2f}"  # noqa: E731
         us = f"{r['engine']['h2d_s'] * 1e6:.0f} / {r['engine']['d2h_s'] * 1e6:.0f}"
+        q = ratios(r)
         lines.append(f"| {fmt_size(r['nbytes'])} | {g('cupy', 'h2d')} | {g('pinned', 'h2d')} | {g('engine', 'h2d')} | "
                      f"{g('cupy', 'd2h')} | {g('pinned', 'd2h')} | {g('engine', 'd2h')} | {g('engine_fresh', 'd2h')} | "
-                     f"{g('engine_out', 'd2h')} | {us} |"
+                     f"{g('engine_out', 'd2h')} | {us} | {q['h2d']:.2f} / {q['d2h']:.2f} / {q['d2h_fresh']:.2f} |"
                      + ("" if r["engine_bit_exact"] else " WRONG"))
-    return head + "\n".join(lines) + "\n"
+    slower = slower_than_cupy(rows)
+    verdict = ("\nEngine slower than cupy (time ratio > 1): " + (", ".join(slower) if slower else "nowhere") + ".\n")
+    return head + "\n".join(lines) + "\n" + verdict
 
 
 def main(argv=None) -> int:
@@ -342,8 +378,9 @@ def main(argv=None) -> int:
             e, c = r["engine"], r["cupy"]
             print(f"{fmt_size(s):>8}: H2D cupy {c['h2d_GBps']:6.2f} pinned {r['pinned']['h2d_GBps']:6.2f} engine {e['h2d_GBps']:6.2f} | "
                   f"D2H cupy {c['d2h_GBps']:6.2f} pinned {r['pinned']['d2h_GBps']:6.2f} engine {e['d2h_GBps']:6.2f} "
-                  f"fresh {r['engine_fresh']['d2h_GBps']:6.2f} out= {r['engine_out']['d2h_GBps']:6.2f} GB/s"
-                  f"{'' if r['engine_bit_exact'] else '  ENGINE WRONG'} ({time.time() - t0:.1f} s)", flush=True)
+                  f"fresh {r['engine_fresh']['d2h_GBps']:6.2f} out= {r['engine_out']['d2h_GBps']:6.2f} GB/s; engine/cupy "
+                  + " ".join(f"{k} {v:.3f}" for k, v in ratios(r).items())
+                  + f"{'' if r['engine_bit_exact'] else '  ENGINE WRONG'} ({time.time() - t0:.1f} s)", flush=True)
     finally:
         bench.close()
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -354,8 +391,8 @@ def main(argv=None) -> int:
         **info,
         "engine": T.ENGINE_NAME,
         "tuning": asdict(T._tuning()),
-        "method": "warm, current stream synchronized after each call, median of >=5 repeats (>=3 at >=2 GiB) or of "
-                  "0.2 s of repeats; random float64 data; GB/s = 1e9 payload bytes/s; D2H into new host arrays "
+        "method": "warm, current stream synchronized after each call; all methods of a size interleaved round-robin "
+                  "(order reversed each round), median of >=7 rounds (>=3 at >=2 GiB) or of 0.2 s per method; random float64 data; GB/s = 1e9 payload bytes/s; D2H into new host arrays "
                   "(engine: memory of dropped results reused; engine_fresh: released before each call)",
         "rows": rows,
     }
@@ -363,13 +400,14 @@ def main(argv=None) -> int:
     md = (f"# Transfer rates on {info['gpu']} ({machine})\n\n"
           f"{date}; cupy {info['cupy']}, numpy {info['numpy']}, CUDA runtime {info['cuda_runtime']}, driver {info['cuda_driver']}, "
           f"{info['cpu_count']} CPUs, Python {info['python']}. Engine `{T.ENGINE_NAME}`, tuning `{asdict(T._tuning())}`.\n\n"
-          f"GB/s (1e9 bytes/s of payload), median of warm, synchronized repeats; made by `benchmarks/transfer.py`.\n"
+          f"GB/s (1e9 bytes/s of payload), median of warm, synchronized calls; the methods of a row are interleaved "
+          f"round-robin, so they compare side by side; made by `benchmarks/transfer.py`.\n"
           f"`cupy` = `cupy.asarray` / `cupy.asnumpy` from/to an ordinary numpy array; `pinned` = cudaMemcpyAsync from/to "
           f"page-locked memory (the limit); `engine` = `autooffload._transfer.to_device` / `to_host` from/to an ordinary array "
           f"(D2H: a new array; above 16 MiB its memory is that of a result already dropped, as from the second call of a "
           f"loop on); `engine fresh` = the same with that kept memory released before each call, so every page faults on "
           f"first touch (a first call, and what `cupy.asnumpy` always pays); `engine out=` = `to_host(d, out=a)` "
-          f"into an existing array.\n\n"
+          f"into an existing array. The last column: engine time / cupy time (below 1: the engine is faster).\n\n"
           + table(rows))
     (outdir / "transfer.md").write_text(md)
     print()

@@ -267,3 +267,68 @@ def test_gpu_paths_on_a_stand_in(tmp_path, fake_cupy):
     doc = _json(tmp_path, "overhead-gpu-smoke")
     gpu = [r for r in doc["rows"] if r["section"] == "gpu"]
     assert len(gpu) == 2 * len(over.GPU_CASES) and all("error" not in r for r in gpu), gpu
+
+
+# --- benchmarks/transfer.py: the pure parts (its GPU run is on the GPU machine) ---------------
+class _FakeClock:
+    """A clock that each timed call advances by that call's own duration."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_transfer_interleaved_rounds_alternate_order_and_take_medians():
+    transfer = _load("transfer")
+    clock = _FakeClock()
+    order, setups = [], []
+
+    def call(name, dur):
+        def fn():
+            order.append(name)
+            clock.now += dur
+        return fn
+
+    calls = {"a": (call("a", 2.0), None), "b": (call("b", 3.0), lambda: setups.append("b")), "c": (call("c", 5.0), None)}
+    med = transfer.interleaved_medians(calls, sync=lambda: None, big=False, min_total=0.0, clock=clock)
+    assert med == {"a": 2.0, "b": 3.0, "c": 5.0}
+    warm, timed = order[:3], order[3:]
+    assert warm == ["a", "b", "c"]
+    assert len(timed) == 7 * 3  # the minimum of 7 rounds
+    rounds = [timed[i : i + 3] for i in range(0, len(timed), 3)]
+    assert rounds[0] == ["a", "b", "c"] and rounds[1] == ["c", "b", "a"] and rounds[2] == rounds[0]
+    assert setups.count("b") == 1 + 7  # before the warm call and before every timed one
+
+
+def test_transfer_interleaved_runs_until_min_total_per_method():
+    transfer = _load("transfer")
+    clock = _FakeClock()
+
+    def fn():
+        clock.now += 0.01
+
+    med = transfer.interleaved_medians({"x": (fn, None), "y": (fn, None)}, lambda: None, big=True, min_total=0.5, clock=clock)
+    assert med == pytest.approx({"x": 0.01, "y": 0.01})
+    # 0.5 s per method = 1.0 s of calls of 0.01 s: 100 calls, 50 rounds (not the minimum of 3).
+    assert abs(clock.now - (0.02 + 1.0)) < 0.011
+
+
+def test_transfer_table_ratios_and_verdict():
+    transfer = _load("transfer")
+
+    def row(nbytes, cupy, engine, fresh):
+        def m(h2d, d2h):
+            return {"h2d_s": h2d, "d2h_s": d2h, "h2d_GBps": nbytes / h2d / 1e9, "d2h_GBps": nbytes / d2h / 1e9}
+        return {"nbytes": nbytes, "cupy": m(*cupy), "pinned": m(1e-4, 1e-4), "engine": m(*engine),
+                "engine_fresh": {"d2h_s": fresh, "d2h_GBps": nbytes / fresh / 1e9},
+                "engine_out": {"d2h_s": engine[1], "d2h_GBps": nbytes / engine[1] / 1e9}, "engine_bit_exact": True}
+
+    rows = [row(4096, (2e-5, 2e-5), (1e-5, 1.9e-5), 1.9e-5), row(8 * 1024**2, (1e-3, 1e-3), (5e-4, 1.1e-3), 1.2e-3)]
+    assert transfer.ratios(rows[0]) == {"h2d": 0.5, "d2h": 0.95, "d2h_fresh": 0.95}
+    assert transfer.slower_than_cupy(rows) == ["8 MiB d2h 1.10x", "8 MiB d2h_fresh 1.20x"]
+    md = transfer.table(rows)
+    assert "| 0.50 / 0.95 / 0.95 |" in md and "| 0.50 / 1.10 / 1.20 |" in md
+    assert "slower than cupy (time ratio > 1): 8 MiB d2h 1.10x, 8 MiB d2h_fresh 1.20x." in md
+    assert "nowhere" in transfer.table(rows[:1])

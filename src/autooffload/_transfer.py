@@ -30,7 +30,10 @@ How (engine ``pinned-pipeline-v3``):
   arrays go through one pinned buffer on the calling thread.
 * Measured and dropped: ``cudaHostRegister`` of the caller's memory chunk by chunk (11-17 GB/s
   in, 3-4 out at 1 GiB: pinning fresh pages is slow here); huge-page result mappings and
-  MADV_POPULATE_WRITE prefaulting of results (no gain, or much worse).
+  MADV_POPULATE_WRITE prefaulting of results (no gain, or much worse; tried again as workers
+  faulting a new result in while waiting for their DMA: 1 GiB 11.3 GB/s against 14.4 without,
+  and slower too when the GPU was still computing: faulting a page while copying into it costs
+  less than faulting it in apart).
 * Device -> host into a *new* array is bounded by first-touch page faults of the result on this
   VM: 16 threads copy into fresh pages at ~22 GB/s against ~40 into touched ones. So results
   above the direct-copy size are allocated from ``_hostmem.results``, which keeps the memory of
