@@ -23,8 +23,9 @@ comes from the memory of results already dropped when there is some (``_hostmem.
 is the case from the second call on in a loop: ``engine fresh`` shows the first call.
 
 Writes ``<out-dir>/<machine>/transfer.json`` (date, GPU, versions, tuning, all numbers) and
-``transfer.md`` (the tables). ``--sweep`` first times the engine under several tunings
-(chunk size, threads, buffers, thresholds, modes) and writes ``transfer-sweep.json``.
+``transfer.md`` (the tables). ``--sweep`` first times the engine's paths against each other
+by size (the driver's, the staged one, the workers; interleaved) and writes
+``transfer-sweep.json``; ``--sequential`` measures each method's calls one after another.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -180,9 +181,11 @@ class Bench:
             self._data = {nbytes: random_bytes(nbytes, self.rng)}  # keep one size at a time
         return self._data[nbytes]
 
-    def measure(self, nbytes: int, methods=("cupy", "pinned", "engine", "engine_out")) -> dict:
+    def measure(self, nbytes: int, methods=("cupy", "pinned", "engine", "engine_out"), sequential: bool = False) -> dict:
         """GB/s of each method at ``nbytes``, all calls interleaved round-robin (see
-        ``interleaved_medians``), so that the columns of a row compare side by side."""
+        ``interleaved_medians``), so that the columns of a row compare side by side;
+        ``sequential``: each method's calls one after another instead (diagnostics: what the
+        other methods' memory traffic costs the engine)."""
         cp, sync = self.cp, self.sync
         big = nbytes >= 2 * GiB
         h = self.data(nbytes)
@@ -208,7 +211,10 @@ class Bench:
         if "engine_out" in methods:
             dst = np.ones_like(h)
             calls["engine_out", "d2h"] = (lambda: T.to_host(d, out=dst), None)
-        medians = interleaved_medians(calls, sync, big)
+        if sequential:
+            medians = {k: interleaved_medians({k: v}, sync, big)[k] for k, v in calls.items()}
+        else:
+            medians = interleaved_medians(calls, sync, big)
         if dst is not None:
             ok = ok and bits_equal(dst, h)
         res = {}
@@ -275,40 +281,58 @@ def free_limits(cp) -> int:
     return lim
 
 
-SWEEP_SIZES = [4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB]
+SWEEP_SIZES = [256 * KiB, 1 * MiB, 2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB, 256 * MiB, 1 * GiB]
 
 
 def sweep_configs():
-    """Where the worker pipeline starts to pay against the driver's own path.
+    """Which path pays at which size: the driver's own path, the staged path (native copy pool,
+    two pinned buffers) and the worker pipeline. Only thresholds change, so the configurations
+    are swapped per call and measured interleaved, side by side.
 
     (The sweeps of earlier engine versions, with chunk sizes, thread counts, buffer counts,
     cudaHostRegister and huge-page results, are kept as results/h100/transfer.sweep-run*.json.)
     """
     huge = 1 << 40
     return [
-        ("direct", dict(h2d_direct_max=huge, d2h_direct_max=huge)),
-        ("chunks>=4MiB", dict(h2d_direct_max=0, d2h_direct_max=0, small_bytes=0, min_chunk_bytes=4 * MiB)),
-        ("chunks>=2MiB", dict(h2d_direct_max=0, d2h_direct_max=0, small_bytes=0, min_chunk_bytes=2 * MiB)),
-        ("chunks>=2MiB,8 threads", dict(h2d_direct_max=0, d2h_direct_max=0, small_bytes=0, min_chunk_bytes=2 * MiB,
-                                        threads=8, max_buffers=12)),
+        ("v3 (driver <=16 MiB, workers above)", dict(staged_max=0)),
+        ("direct", dict(staged_max=0, h2d_direct_max=huge, d2h_direct_max=huge)),
+        ("staged everywhere", dict(staged_min=0, staged_max=huge)),
+        ("staged, parts >=1 MiB", dict(staged_min=0, staged_max=huge, min_part_bytes=1 * MiB)),
+        ("workers everywhere", dict(staged_max=0, h2d_direct_max=0, d2h_direct_max=0, small_bytes=0)),
     ]
 
 
 def run_sweep(bench: Bench, max_bytes: int) -> dict:
+    """Engine time of each configuration by size and direction, all interleaved per size."""
     base = T._tuning()
-    out = {"base": asdict(base), "rows": []}
-    for group, cfg in sweep_configs():
-        T._configure(**{**asdict(base), **cfg})
-        sizes = [s for s in SWEEP_SIZES if s <= max_bytes]
-        row = {"group": group, "config": cfg, "sizes": {}}
-        line = []
-        for s in sizes:
-            r = bench.measure(s, methods=("engine",))
-            row["sizes"][str(s)] = r
-            line.append(f"{fmt_size(s)}: {r['engine']['h2d_GBps']:.1f}/{r['engine']['d2h_GBps']:.1f}{'' if r['engine_bit_exact'] else ' WRONG'}")
+    cp, sync = bench.cp, bench.sync
+    out = {"base": asdict(base), "configs": dict(sweep_configs()), "rows": []}
+    print("sweep (GB/s in / out):", flush=True)
+    for s in [s for s in SWEEP_SIZES if s <= max_bytes]:
+        h = bench.data(s)
+        d = T.to_device(h)
+        calls, ok = {}, True
+        for name, cfg in sweep_configs():
+            tuned = replace(base, **cfg)
+
+            def under(fn, tuned=tuned):
+                def call():
+                    T._TUNING = tuned
+                    return fn()
+                return call
+
+            ok = ok and bits_equal(under(lambda: T.to_device(h))().get(), h) and bits_equal(under(lambda: T.to_host(d))(), h)
+            calls[name, "h2d"] = (under(lambda: T.to_device(h)), None)
+            calls[name, "d2h"] = (under(lambda: T.to_host(d)), None)
+        med = interleaved_medians(calls, sync, big=s >= 2 * GiB)
+        T._TUNING = base
+        row = {"nbytes": s, "bit_exact": ok, "s": {f"{n} | {dr}": v for (n, dr), v in med.items()}}
         out["rows"].append(row)
-        print(f"sweep {group}: " + ", ".join(line), flush=True)
-    T._configure(**asdict(base))
+        print(f"  {fmt_size(s):>8}: " + "; ".join(
+            f"{n}: {s / med[n, 'h2d'] / 1e9:.1f} / {s / med[n, 'd2h'] / 1e9:.1f}" for n, _ in sweep_configs())
+            + ("" if ok else "  WRONG"), flush=True)
+        del d
+        cp.get_default_memory_pool().free_all_blocks()
     return out
 
 
@@ -334,6 +358,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--machine", help="results folder name (default: a slug of the GPU name)")
     ap.add_argument("--max-bytes", type=parse_bytes, default=4 * GiB, help="largest size (default 4GiB)")
+    ap.add_argument("--min-bytes", type=parse_bytes, default=0, help="smallest size (default 4KiB)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="each method's calls one after another, not interleaved (diagnostics)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--sweep", action="store_true", help="also time the engine under several tunings first")
     ap.add_argument("--no-main", action="store_true", help="with --sweep: skip the main table")
@@ -347,7 +374,7 @@ def main(argv=None) -> int:
     info = machine_info(cp)
     machine = args.machine or slug(info["gpu"])
     max_bytes = min(args.max_bytes, free_limits(cp))
-    sizes = [s for s in SIZES if s <= max_bytes]
+    sizes = [s for s in SIZES if args.min_bytes <= s <= max_bytes]
     outdir = args.out_dir / machine
     outdir.mkdir(parents=True, exist_ok=True)
     print(f"{info['gpu']}, cupy {info['cupy']}, numpy {info['numpy']}, {info['cpu_count']} CPUs; engine {T.ENGINE_NAME} "
@@ -372,7 +399,7 @@ def main(argv=None) -> int:
         rows = []
         for s in sizes:
             t0 = time.time()
-            r = bench.measure(s)
+            r = bench.measure(s, sequential=args.sequential)
             r["nbytes"] = s
             rows.append(r)
             e, c = r["engine"], r["cupy"]
@@ -391,6 +418,7 @@ def main(argv=None) -> int:
         **info,
         "engine": T.ENGINE_NAME,
         "tuning": asdict(T._tuning()),
+        "interleaved": not args.sequential,
         "method": "warm, current stream synchronized after each call; all methods of a size interleaved round-robin "
                   "(order reversed each round), median of >=7 rounds (>=3 at >=2 GiB) or of 0.2 s per method; random float64 data; GB/s = 1e9 payload bytes/s; D2H into new host arrays "
                   "(engine: memory of dropped results reused; engine_fresh: released before each call)",

@@ -17,8 +17,10 @@ if os.environ.get("AUTOOFFLOAD_TEST_PURE_PYTHON"):
     # Run the suite on the pure-Python wrapper, as where the C extension is not built
     # (tests/test_native.py does this for the decorator's tests).
     import autooffload._dispatch
+    import autooffload._transfer
 
     autooffload._dispatch._native = None
+    autooffload._transfer._parcopy = None
 
 
 @pytest.fixture(autouse=True)

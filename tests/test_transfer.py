@@ -444,7 +444,7 @@ def fake(monkeypatch):
     T.release_pinned_pool()
     monkeypatch.setattr(T, "_cupy", f)
     old = T._configure(chunk_bytes=64 * 1024, min_chunk_bytes=16 * 1024, max_buffers=3, threads=4, small_bytes=4096,
-                       h2d_direct_max=0, d2h_direct_max=0)
+                       h2d_direct_max=0, d2h_direct_max=0, staged_max=0)
     yield f
     T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
     assert not f.pinned, "pinned buffers leaked"
@@ -707,3 +707,91 @@ def test_per_thread_stream_uses_side_stream(fake):
     d = T.to_device(h)
     assert same(d.get(), h)
     assert same(T.to_host(d), h)
+
+
+# ---------------------------------------------------------------------------------------------
+# The staged path: two pinned buffers on the calling thread, host copies by the native pool
+# ---------------------------------------------------------------------------------------------
+needs_parcopy = pytest.mark.skipif(T._parcopy is None, reason="the optional C extension is not built")
+
+
+@pytest.fixture
+def staged(fake):
+    """The fake engine with every contiguous array on the staged path, in 64 KiB pieces."""
+    T._configure(staged_min=0, staged_max=1 << 40, min_part_bytes=4096)
+    return fake
+
+
+def test_staged_pieces_cover_the_array_in_order():
+    t = T._Tuning()
+    for n in (1, MiB, MiB + 1, 3 * MiB + 5, 8 * MiB, 33 * MiB, 1 << 30):
+        pieces = T.staged_pieces(n, t)
+        assert pieces[0][0] == 0 and sum(k for _, k in pieces) == n
+        assert all(a + k == b for (a, k), (b, _) in zip(pieces, pieces[1:]))
+        assert all(k <= t.chunk_bytes for _, k in pieces)
+        if n >= 4 * MiB:
+            assert len(pieces) >= 4  # a piece's DMA overlaps the next piece's copy
+
+
+@needs_parcopy
+@pytest.mark.parametrize("n", [1, 4095, 65536, 65536 * 4 + 8, 1_000_003])
+def test_staged_round_trips_exactly(staged, n):
+    rng = np.random.default_rng(n)
+    h = random_array((n,), np.uint8, rng)
+    staged.memcpys.clear()
+    d = T.to_device(h)
+    assert same(d.get(), h)
+    assert len(staged.memcpys) == -(-n // (64 * 1024))  # one DMA per piece
+    assert same(T.to_host(d), h)
+    f = np.asfortranarray(random_array((300, 201), np.float64, rng))
+    back = T.to_host(T.to_device(f))
+    assert same(back, f) and back.flags.f_contiguous
+    assert T.pool_info()["in_use"] == 0
+
+
+@needs_parcopy
+def test_staged_with_one_buffer_and_from_many_threads(staged):
+    T._configure(max_buffers=1)  # the second buffer is never there: one buffer in turn
+    rng = np.random.default_rng(11)
+    h = random_array((100_000,), np.float64, rng)
+    assert same(T.to_host(T.to_device(h)), h)
+    T._configure(max_buffers=2)  # four threads, two buffers: none may wait holding one
+    errors = []
+
+    def run(seed):
+        a = random_array((int(np.random.default_rng(seed).integers(10_000, 90_000)),), np.float64, np.random.default_rng(seed))
+        for _ in range(10):
+            if not same(T.to_host(T.to_device(a)), a):
+                errors.append(seed)
+
+    ths = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(timeout=60)
+    assert not any(th.is_alive() for th in ths), "deadlock"
+    assert not errors and T.pool_info()["in_use"] == 0
+
+
+@needs_parcopy
+@pytest.mark.parametrize("direction", ["h2d", "d2h"])
+@pytest.mark.parametrize("at", [1, 3])
+def test_staged_failure_mid_copy_frees_buffers_and_leaves_source(staged, direction, at):
+    h = random_array((50_000,), np.float64, np.random.default_rng(12))
+    before = h.copy()
+    d = T.to_device(h) if direction == "d2h" else None
+    staged.memcpys.clear()
+    staged.fail_memcpy_at = at
+    with pytest.raises(RuntimeError, match="injected DMA failure"):
+        T.to_device(h) if direction == "h2d" else T.to_host(d)
+    assert same(h, before) and T.pool_info()["in_use"] == 0
+    staged.fail_memcpy_at = None
+    assert same(T.to_host(T.to_device(h)), h)
+
+
+def test_without_the_native_pool_the_staged_path_is_off(fake, monkeypatch):
+    monkeypatch.setattr(T, "_parcopy", None)
+    T._configure(staged_min=0, staged_max=1 << 40)
+    h = random_array((100_000,), np.float64, np.random.default_rng(13))
+    assert not T._staged(h.nbytes, T._tuning())
+    assert same(T.to_host(T.to_device(h)), h)  # (the staged path would call None.copy)

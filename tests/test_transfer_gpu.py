@@ -81,9 +81,12 @@ def check_layout(a, expect, name):
 TUNINGS = {
     "default": {},
     "small_chunks": dict(chunk_bytes=256 * 1024, min_chunk_bytes=64 * 1024, max_buffers=3, threads=4,
-                         small_bytes=16 * 1024, h2d_direct_max=0, d2h_direct_max=0),
-    "pinned_small": dict(h2d_direct_max=0, d2h_direct_max=0),
-    "direct": dict(h2d_direct_max=1 << 40, d2h_direct_max=1 << 40),
+                         small_bytes=16 * 1024, h2d_direct_max=0, d2h_direct_max=0, staged_max=0),
+    "pinned_small": dict(h2d_direct_max=0, d2h_direct_max=0, staged_max=0),
+    "direct": dict(h2d_direct_max=1 << 40, d2h_direct_max=1 << 40, staged_max=0),
+    # Every contiguous array through the staged path (native copy pool), in 64 KiB pieces.
+    "staged": dict(staged_min=0, staged_max=1 << 40, chunk_bytes=64 * 1024, min_chunk_bytes=64 * 1024,
+                   min_part_bytes=4096),
 }
 
 
@@ -105,7 +108,7 @@ def tuning(request):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_round_trip_every_dtype_and_layout(dtype, tuning):
     rng = np.random.default_rng(0)
-    for name, h, expect in layouts(rng, dtype, scale=3 if tuning == "small_chunks" else 1):
+    for name, h, expect in layouts(rng, dtype, scale=3 if tuning in ("small_chunks", "staged") else 1):
         before = h.copy()
         d = T.to_device(h)
         assert isinstance(d, cp.ndarray)
@@ -322,7 +325,18 @@ def test_out_of_memory_frees_and_reraises():
 
 
 @pytest.mark.parametrize("direction", ["h2d", "d2h"])
-def test_failure_mid_copy_frees_and_leaves_source(direction, small_chunks, monkeypatch):
+@pytest.mark.parametrize("path", ["small_chunks", "staged"])
+def test_failure_mid_copy_frees_and_leaves_source(direction, path, monkeypatch):
+    if path == "staged" and T._parcopy is None:
+        pytest.skip("the native copy pool is not built")
+    old = T._configure(**TUNINGS[path])
+    try:
+        _failure_mid_copy(direction, monkeypatch)
+    finally:
+        T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
+
+
+def _failure_mid_copy(direction, monkeypatch):
     mempool = cp.get_default_memory_pool()
     h = np.random.default_rng(8).standard_normal(4 * MiB // 8)
     before = h.copy()

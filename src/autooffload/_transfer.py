@@ -6,7 +6,7 @@ Why: CUDA can only DMA from page-locked ("pinned") host memory. From an ordinary
 6.7 GB/s in and 3-10 GB/s out for 1 GiB, while pinned memory moves 54 / 42 GB/s
 (../shared/design/MEASURED-H100.md).
 
-How (engine ``pinned-pipeline-v3``):
+How (engine ``pinned-pipeline-v4``):
 
 * A bounded pool of pinned buffers (``_Tuning.chunk_bytes`` each, at most ``max_buffers``),
   allocated on first use with ``cudaHostAlloc``, reused across calls and threads, freed by
@@ -24,10 +24,15 @@ How (engine ``pinned-pipeline-v3``):
   and it orders the device allocation as CuPy's pool expects). The per-thread default stream
   is the exception: its handle means another stream in each worker, so a side stream fenced by
   events stands in for it.
-* Arrays up to 16 MiB skip all that: ``cudaMemcpyAsync`` from/to the pageable array lets the
-  driver stage it through its own pinned buffers, which measured fastest there (faster than
-  ``cupy.asarray``, which copies into a pinned buffer on one thread first). Strided small
-  arrays go through one pinned buffer on the calling thread.
+* Contiguous arrays of 4-64 MiB take the staged path instead: pieces of ~1/4 of the array go
+  through two pinned buffers in turn on the calling thread, each piece's host copy split over
+  a pool of native threads (``_parcopy.c``: a few us to hand out, against ~0.1 ms for Python
+  workers) while the DMA of the previous piece runs. 1.4-2.2x the driver's path at 8-16 MiB.
+* Arrays up to 4 MiB (16 MiB where the native pool is not built) skip all that:
+  ``cudaMemcpyAsync`` from/to the pageable array lets the driver stage it through its own
+  pinned buffers, which measured fastest there (faster than ``cupy.asarray``, which copies into
+  a pinned buffer on one thread first). Strided small arrays go through one pinned buffer on
+  the calling thread.
 * Measured and dropped: ``cudaHostRegister`` of the caller's memory chunk by chunk (11-17 GB/s
   in, 3-4 out at 1 GiB: pinning fresh pages is slow here); huge-page result mappings and
   MADV_POPULATE_WRITE prefaulting of results (no gain, or much worse; tried again as workers
@@ -60,8 +65,16 @@ import numpy as np
 from . import _hostmem
 from ._address import array_address
 
+try:  # the optional native copy pool (see _parcopy.c); without it the staged path is off
+    from . import _parcopy
+except ImportError:
+    _parcopy = None
+
 # v3: device->host results above the direct-copy size reuse the memory of dropped results.
-ENGINE_NAME = "pinned-pipeline-v3"
+# v4: 4-64 MiB staged through two pinned buffers by native copy threads; "-python" where the
+# native pool is not built (then 4-64 MiB copy as in v3, and a profile should say so).
+ENGINE_NAME = "pinned-pipeline-v4" + ("" if _parcopy is not None else "-python")
+
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -103,6 +116,17 @@ class _Tuning:
     # pipeline wins by far (3.1 / 7.8 ms against 5.1 / 14.0 ms). Crossover: 16-32 MiB.
     h2d_direct_max: int = 16 * MiB
     d2h_direct_max: int = 16 * MiB
+    # Where the native copy pool (_parcopy.c) is built: contiguous arrays in (staged_min,
+    # staged_max] go through two pinned buffers on the calling thread, each piece copied by up
+    # to `threads` native threads while the DMA of the previous one runs (see _h2d_staged).
+    # Sweep (GB/s in / out, interleaved; driver or workers -> staged): 4 MiB 10.9 / 9.1 ->
+    # 8.9 / 10.2; 8 MiB 11.5 / 9.0 -> 12.2 / 16.2; 16 MiB 11.6 / 9.4 -> 15.8 / 20.4; 64 MiB
+    # 22.4 / 18.3 -> 22.6 / 25.2; 256 MiB 35.2 / 32.0 -> 27.7 / 25.1 (the workers keep more
+    # copies in flight). Below 4 MiB the driver's path wins.
+    staged_min: int = 4 * MiB
+    staged_max: int = 64 * MiB
+    # Smallest part of a copy that one native thread takes: 256 KiB beat 1 MiB at every size.
+    min_part_bytes: int = 256 * KiB
 
 
 def _default_threads() -> int:
@@ -230,6 +254,13 @@ def chunk_size_for(nbytes: int, t: _Tuning) -> int:
     """Bytes per chunk: about one chunk per worker, within [min_chunk_bytes, chunk_bytes]."""
     want = _round_up(max(1, -(-nbytes // t.threads)), 64 * KiB)
     return max(min(t.min_chunk_bytes, t.chunk_bytes), min(t.chunk_bytes, want))
+
+
+def staged_pieces(nbytes: int, t: _Tuning) -> list[tuple[int, int]]:
+    """(offset, length) of the pieces of a staged copy: about four, each 1 MiB .. chunk_bytes
+    (one pinned buffer), so that a piece's DMA overlaps the host copy of the next."""
+    piece = min(t.chunk_bytes, max(min(MiB, t.chunk_bytes), _round_up(-(-nbytes // 4), 64 * KiB)))
+    return [(off, min(piece, nbytes - off)) for off in range(0, nbytes, piece)]
 
 
 def plan_contiguous(base_addr: int, nbytes: int, chunk: int) -> list[Chunk]:
@@ -707,12 +738,15 @@ def to_device(host: np.ndarray):
     # Only the pointer travels below, so that on failure no frame of the traceback keeps the
     # device array alive: `del dev` then really returns its memory to CuPy's pool.
     dev_ptr = dev.data.ptr
+    staged = contiguous and _staged(nbytes, t)
     try:
-        if contiguous and nbytes <= t.h2d_direct_max:
+        if contiguous and nbytes <= t.h2d_direct_max and not staged:
             _h2d_direct(cp, dev_ptr, host_c, stream)
         else:
             try:
-                if contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
+                if staged:
+                    _h2d_staged(cp, dev_ptr, dev.device.id, array_address(host_c), nbytes, stream, t)
+                elif contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
                     _h2d_small(cp, dev_ptr, dev.device.id, _byte_view(host_c), stream)
                 else:
                     job = _Job(cp, dev_ptr, dev.device.id, host_c, contiguous, stream)
@@ -742,6 +776,49 @@ def _h2d_small(cp: Any, dev_ptr: int, device_id: int, flat: np.ndarray, stream: 
         ev.record(stream)
     finally:
         pool.release(buf, ev)
+
+
+def _staged(nbytes: int, t: _Tuning) -> bool:
+    return _parcopy is not None and t.staged_min < nbytes <= t.staged_max
+
+
+def _two_buffers(pool: PinnedPool, pieces: int) -> list[_Buffer]:
+    """One buffer (waiting for it if need be), and a second when one is free or may be
+    allocated: a thread never waits for a buffer while holding one, so callers cannot deadlock."""
+    bufs = [pool.acquire()]
+    if pieces > 1:
+        try:
+            second = pool.acquire(block=False)
+        except BaseException:
+            pool.release(bufs[0])
+            raise
+        if second is not None:
+            bufs.append(second)
+    return bufs
+
+
+def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, src_ptr: int, nbytes: int, stream: Any, t: _Tuning) -> None:
+    """Pieces copied into two pinned buffers in turn by the native pool, each piece's DMA queued
+    on the caller's stream as soon as it is in; a buffer is refilled once its DMA has read it."""
+    pieces = staged_pieces(nbytes, t)
+    pool = _get_pool()
+    bufs = _two_buffers(pool, len(pieces))
+    pending: list[Any] = [None] * len(bufs)
+    try:
+        for i, (off, n) in enumerate(pieces):
+            k = i % len(bufs)
+            buf = bufs[k]
+            if pending[k] is not None:
+                pending[k].synchronize()
+                pending[k] = None
+            _parcopy.copy(buf.ptr, src_ptr + off, n, t.threads, t.min_part_bytes)
+            cp.cuda.runtime.memcpyAsync(dev_ptr + off, buf.ptr, n, _H2D, stream.ptr)
+            ev = _event_for(buf, device_id)
+            ev.record(stream)
+            pending[k] = ev
+    finally:
+        for buf, ev in zip(bufs, pending):
+            pool.release(buf, ev)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -798,12 +875,15 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     host_c = out if order == "C" else out.T
     contiguous = host_c.flags.c_contiguous
     nbytes = host_c.nbytes
+    staged = contiguous and _staged(nbytes, t)
     try:
-        if contiguous and nbytes <= t.d2h_direct_max:
+        if contiguous and nbytes <= t.d2h_direct_max and not staged:
             _d2h_direct(cp, src_ptr, host_c, stream)
         else:
             try:
-                if contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
+                if staged:
+                    _d2h_staged(cp, src_ptr, dev.device.id, array_address(host_c), nbytes, stream, t)
+                elif contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
                     _d2h_small(cp, src_ptr, _byte_view(host_c), stream)
                 else:
                     job = _Job(cp, src_ptr, dev.device.id, host_c, contiguous, stream)
@@ -844,6 +924,38 @@ def _d2h_small(cp: Any, src_ptr: int, flat: np.ndarray, stream: Any) -> None:
         np.copyto(flat, buf.array[: flat.size])
     finally:
         pool.release(buf)
+
+
+def _d2h_staged(cp: Any, src_ptr: int, device_id: int, dst_ptr: int, nbytes: int, stream: Any, t: _Tuning) -> None:
+    """DMAs of pieces into two pinned buffers in turn on the caller's stream; each piece is
+    copied out by the native pool while the DMA of the next one runs."""
+    pieces = staged_pieces(nbytes, t)
+    pool = _get_pool()
+    bufs = _two_buffers(pool, len(pieces))
+    pending: list[Any] = [None] * len(bufs)
+    rt = cp.cuda.runtime
+
+    def queue(i: int) -> None:
+        k = i % len(bufs)
+        off, n = pieces[i]
+        rt.memcpyAsync(bufs[k].ptr, src_ptr + off, n, _D2H, stream.ptr)
+        ev = _event_for(bufs[k], device_id)
+        ev.record(stream)
+        pending[k] = ev
+
+    try:
+        for i in range(min(len(bufs), len(pieces))):
+            queue(i)
+        for i, (off, n) in enumerate(pieces):
+            k = i % len(bufs)
+            pending[k].synchronize()
+            pending[k] = None
+            _parcopy.copy(dst_ptr + off, bufs[k].ptr, n, t.threads, t.min_part_bytes)
+            if i + len(bufs) < len(pieces):
+                queue(i + len(bufs))
+    finally:
+        for buf, ev in zip(bufs, pending):
+            pool.release(buf, ev)
 
 
 def pool_info() -> dict[str, int]:

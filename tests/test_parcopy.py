@@ -1,0 +1,78 @@
+"""The native copy pool (src/autooffload/_parcopy.c): exact copies, threads, fork, bad input."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+P = pytest.importorskip("autooffload._parcopy", reason="the optional C extension is not built")
+
+
+def _copy_and_check(n: int, threads: int, min_part: int, offset: int, rng) -> None:
+    src = rng.integers(0, 256, n, dtype=np.uint8)
+    dst = np.full(n + offset + 16, 0xA5, np.uint8)  # poisoned: bytes outside the range must stay
+    P.copy(dst.ctypes.data + offset, src.ctypes.data, n, threads, min_part)
+    assert np.array_equal(dst[offset : offset + n], src)
+    assert (dst[:offset] == 0xA5).all() and (dst[offset + n :] == 0xA5).all()
+
+
+@pytest.mark.parametrize("n", [1, 7, 4095, 4096, 4097, 65536 * 3 + 5, (1 << 20) + 3, 8 << 20])
+@pytest.mark.parametrize("threads", [1, 2, 5, 16])
+def test_copies_exactly_at_any_size_thread_count_and_alignment(n, threads):
+    rng = np.random.default_rng(n * 31 + threads)
+    _copy_and_check(n, threads, 4096, offset=3, rng=rng)
+    _copy_and_check(n, threads, 1 << 20, offset=0, rng=rng)
+
+
+def test_many_callers_at_once_each_get_their_copy():
+    # One copy uses the pool at a time; the others copy alone meanwhile. All must be exact.
+    errors = []
+
+    def caller(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(30):
+                _copy_and_check(int(rng.integers(1, 3 << 20)), 8, 4096, int(rng.integers(0, 64)), rng)
+        except AssertionError as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ths = [threading.Thread(target=caller, args=(i,)) for i in range(6)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert not errors
+    info = P.info()
+    assert info["workers"] >= 1 and info["shared"] >= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_copies_with_its_own_workers():
+    _copy_and_check(4 << 20, 8, 4096, 0, np.random.default_rng(1))  # workers started in the parent
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        try:
+            _copy_and_check(4 << 20, 8, 4096, 5, np.random.default_rng(2))
+            os._exit(0 if P.info()["workers"] >= 1 else 2)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_bad_input_is_refused_with_a_clear_error():
+    a = np.zeros(1 << 16, np.uint8)
+    with pytest.raises(ValueError, match="overlap"):
+        P.copy(a.ctypes.data + 100, a.ctypes.data, 1000, 4)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        P.copy(a.ctypes.data, a.ctypes.data + 4096, 100, 0)
+    with pytest.raises(ValueError, match="null address"):
+        P.copy(0, a.ctypes.data, 100, 2)
+    with pytest.raises(OverflowError):
+        P.copy(-1, a.ctypes.data, 100, 2)
+    with pytest.raises(OverflowError):
+        P.copy(a.ctypes.data, a.ctypes.data + 4096, -5, 2)
+    P.copy(0, 0, 0, 2)  # nothing to copy: nothing checked, nothing done
