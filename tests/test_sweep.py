@@ -275,3 +275,44 @@ def test_the_fingerprint_identity_matches_what_the_loader_sees(tmp_path, monkeyp
 
 def test_sweep_module_does_not_import_cupy():
     assert "cupy" not in _sweep.__dict__
+
+
+# --- NumPy points slower than a larger size (interference) ------------------------------------
+def test_an_upward_blip_is_replaced_by_its_neighbours_interpolation_and_flagged():
+    from autooffload._sweep import smooth_upward_blips
+
+    mib = 2.0**20
+    xs = [1 * mib, 2 * mib, 4 * mib, 8 * mib, 16 * mib]
+    ys = [0.056e-3, 0.18e-3, 0.841e-3, 0.757e-3, 1.593e-3]  # the H100 profile's elementwise blip
+    out, noisy = smooth_upward_blips(xs, ys, [False] * 5, tolerance=0.10)
+    assert out[2] == pytest.approx((0.18e-3 * 0.757e-3) ** 0.5)  # halfway in log-log
+    assert noisy == [False, False, True, False, False]
+    assert out[:2] + out[3:] == ys[:2] + ys[3:]
+    assert all(a <= b for a, b in zip(out, out[1:]))
+
+
+def test_small_dips_the_first_point_and_flags_are_handled():
+    from autooffload._sweep import smooth_upward_blips
+
+    xs = [1.0, 2.0, 4.0, 8.0]
+    # Within the tolerance: left alone, not flagged.
+    assert smooth_upward_blips(xs, [1.0, 1.05, 1.0, 2.0], [], 0.10) == ([1.0, 1.05, 1.0, 2.0], [False] * 4)
+    # The first point above the second: it takes the second's time.
+    out, noisy = smooth_upward_blips(xs, [3.0, 1.0, 2.0, 4.0], [False, False, True, False], 0.10)
+    assert out == [1.0, 1.0, 2.0, 4.0] and noisy == [True, False, True, False]
+    # A previous point above the next one: capped at the next point's time.
+    out, _ = smooth_upward_blips(xs, [5.0, 9.0, 2.0, 3.0], [], 0.10)
+    assert out[1] <= 2.0
+
+
+def test_the_sweep_smooths_numpy_curves_only():
+    from autooffload._sweep import _curve
+    from autooffload._timing import Timing
+
+    def t(s):
+        return Timing(median_s=s, mad_s=0.0, samples=(s,), rejected=0, loops=1, noisy=False)
+
+    points = [(1000, t(1e-5)), (2000, t(5e-5)), (4000, t(3e-5))]
+    assert _curve(points).seconds == [1e-5, 5e-5, 3e-5]  # GPU curves: as measured
+    smoothed = _curve(points, blip_tolerance=0.1)
+    assert smoothed.seconds[1] < 3e-5 and smoothed.noisy == [False, True, False]

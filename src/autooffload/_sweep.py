@@ -292,8 +292,10 @@ def free_host_bytes() -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _curve(points: Sequence[tuple[int, Timing]]) -> Curve | None:
-    """A Curve from (bytes, timing) points; sizes that rounded to the same bytes keep the first."""
+def _curve(points: Sequence[tuple[int, Timing]], *, blip_tolerance: float | None = None) -> Curve | None:
+    """A Curve from (bytes, timing) points; sizes that rounded to the same bytes keep the first.
+
+    ``blip_tolerance``: see ``smooth_upward_blips`` (NumPy curves)."""
     xs, ys, noisy = [], [], []
     for nbytes, t in points:
         if xs and nbytes <= xs[-1]:
@@ -303,7 +305,29 @@ def _curve(points: Sequence[tuple[int, Timing]]) -> Curve | None:
         noisy.append(t.noisy)
     if not xs:
         return None
+    if blip_tolerance is not None:
+        ys, noisy = smooth_upward_blips(xs, ys, noisy, blip_tolerance)
     return Curve(nbytes=xs, seconds=ys, noisy=noisy if any(noisy) else [])
+
+
+def smooth_upward_blips(xs: Sequence[float], ys: Sequence[float], noisy: Sequence[bool], tolerance: float) -> tuple[list[float], list[bool]]:
+    """NumPy points slower than the next larger size by more than ``tolerance`` (a fraction):
+    the same work on more data does not take less time, so such a point caught interference (or
+    a state of the allocator) rather than the work. It is replaced by the log-log interpolation
+    of its neighbours (capped at the next point's time) and flagged noisy. Only upward blips, and
+    only on NumPy curves: a lower NumPy time can only move a decision towards NumPy, the default.
+    """
+    ys, noisy = list(ys), list(noisy) or [False] * len(xs)
+    for i in range(len(xs) - 1):
+        if ys[i] <= ys[i + 1] * (1.0 + tolerance):
+            continue
+        if i == 0:
+            ys[i] = ys[i + 1]
+        else:
+            f = math.log(xs[i] / xs[i - 1]) / math.log(xs[i + 1] / xs[i - 1])
+            ys[i] = min(ys[i + 1], math.exp(math.log(ys[i - 1]) + f * (math.log(ys[i + 1]) - math.log(ys[i - 1]))))
+        noisy[i] = True
+    return ys, noisy
 
 
 def _predicted_point_s(call_s: float, timer: TimerSettings) -> float:
@@ -477,7 +501,7 @@ def run_sweep(
             workloads[kind], plan, gpu=gpu, host_cap=host_cap, gpu_cap=gpu_cap, budget_s=share, clock=clock, report=report
         )
         budget_left -= clock() - kind_start
-        cpu_curve = _curve(result.cpu)
+        cpu_curve = _curve(result.cpu, blip_tolerance=plan.timer.noisy_spread)
         if cpu_curve is None:
             notes.append(f"{kind}: not measured ({result.stop_reason})")
             continue
