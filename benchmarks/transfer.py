@@ -281,7 +281,7 @@ def free_limits(cp) -> int:
     return lim
 
 
-SWEEP_SIZES = [256 * KiB, 1 * MiB, 2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB, 256 * MiB, 1 * GiB]
+SWEEP_SIZES = [256 * KiB, 1 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB, 128 * MiB, 256 * MiB, 1 * GiB]
 
 
 def sweep_configs():
@@ -299,6 +299,8 @@ def sweep_configs():
         ("staged everywhere", dict(staged_min=0, staged_max=huge)),
         ("staged, parts >=1 MiB", dict(staged_min=0, staged_max=huge, min_part_bytes=1 * MiB)),
         ("workers everywhere", dict(staged_max=0, h2d_direct_max=0, d2h_direct_max=0, small_bytes=0)),
+        ("default, new results staged", dict(staged_fresh=1)),
+        ("default", {}),
     ]
 
 
@@ -307,7 +309,7 @@ def run_sweep(bench: Bench, max_bytes: int) -> dict:
     base = T._tuning()
     cp, sync = bench.cp, bench.sync
     out = {"base": asdict(base), "configs": dict(sweep_configs()), "rows": []}
-    print("sweep (GB/s in / out):", flush=True)
+    print("sweep (GB/s in / out / out into new memory):", flush=True)
     for s in [s for s in SWEEP_SIZES if s <= max_bytes]:
         h = bench.data(s)
         d = T.to_device(h)
@@ -324,12 +326,14 @@ def run_sweep(bench: Bench, max_bytes: int) -> dict:
             ok = ok and bits_equal(under(lambda: T.to_device(h))().get(), h) and bits_equal(under(lambda: T.to_host(d))(), h)
             calls[name, "h2d"] = (under(lambda: T.to_device(h)), None)
             calls[name, "d2h"] = (under(lambda: T.to_host(d)), None)
+            calls[name, "d2h fresh"] = (under(lambda: T.to_host(d)), T._hostmem.results.release)
         med = interleaved_medians(calls, sync, big=s >= 2 * GiB)
         T._TUNING = base
         row = {"nbytes": s, "bit_exact": ok, "s": {f"{n} | {dr}": v for (n, dr), v in med.items()}}
         out["rows"].append(row)
         print(f"  {fmt_size(s):>8}: " + "; ".join(
-            f"{n}: {s / med[n, 'h2d'] / 1e9:.1f} / {s / med[n, 'd2h'] / 1e9:.1f}" for n, _ in sweep_configs())
+            f"{n}: {s / med[n, 'h2d'] / 1e9:.1f} / {s / med[n, 'd2h'] / 1e9:.1f} / {s / med[n, 'd2h fresh'] / 1e9:.1f}"
+            for n, _ in sweep_configs())
             + ("" if ok else "  WRONG"), flush=True)
         del d
         cp.get_default_memory_pool().free_all_blocks()

@@ -36,14 +36,14 @@ def test_memory_of_a_dropped_result_is_reused_and_kept_alive_by_views():
     gc.collect()
     assert pool.info()["free_blocks"] == 0  # the view still uses the memory
     b = pool.empty((1 << 20,), np.float64)
-    assert b.ctypes.data != address
+    assert b.ctypes.data != address and b.base.fresh
     view[:] = 3.0  # still valid memory, not handed out twice
     assert not np.shares_memory(b, view)
     del view
     gc.collect()
     assert pool.info()["free_blocks"] == 1
     c = pool.empty((1 << 20,), np.float64)
-    assert c.ctypes.data == address and pool.info()["reused"] == 1
+    assert c.ctypes.data == address and pool.info()["reused"] == 1 and not c.base.fresh
 
 
 def test_a_much_bigger_free_block_is_not_used_for_a_small_request():

@@ -795,3 +795,19 @@ def test_without_the_native_pool_the_staged_path_is_off(fake, monkeypatch):
     h = random_array((100_000,), np.float64, np.random.default_rng(13))
     assert not T._staged(h.nbytes, T._tuning())
     assert same(T.to_host(T.to_device(h)), h)  # (the staged path would call None.copy)
+
+
+@needs_parcopy
+def test_results_in_new_memory_go_to_the_workers_unless_told(staged, monkeypatch):
+    T._configure(d2h_direct_max=0)  # every result from the kept-memory allocator
+    h = random_array((200_000,), np.float64, np.random.default_rng(14))
+    d = T.to_device(h)
+    used = []
+    real = T._d2h_staged
+    monkeypatch.setattr(T, "_d2h_staged", lambda *a: used.append(1) or real(*a))
+    T._hostmem.results.release()
+    assert same(T.to_host(d), h) and used == []  # new memory: the workers
+    assert same(T.to_host(d), h) and used == [1]  # the kept block of the result just dropped
+    T._hostmem.results.release()
+    T._configure(staged_fresh=1)
+    assert same(T.to_host(d), h) and used == [1, 1]

@@ -42,11 +42,12 @@ def _default_max_free_bytes() -> int:
 class _Lease:
     """The ``base`` of a handed-out result: returns the block to its pool when the result dies."""
 
-    __slots__ = ("__array_interface__", "_block", "_pool")
+    __slots__ = ("__array_interface__", "_block", "_pool", "fresh")
 
-    def __init__(self, block: np.ndarray, pool: "HostBlocks", shape: tuple, dtype: np.dtype, order: str):
+    def __init__(self, block: np.ndarray, pool: "HostBlocks", shape: tuple, dtype: np.dtype, order: str, fresh: bool):
         self._block = block
         self._pool = pool
+        self.fresh = fresh  # new memory, its pages not faulted in yet (not a kept block)
         strides = None
         if order == "F" and len(shape) > 1:
             strides, step = [], dtype.itemsize
@@ -78,17 +79,20 @@ class HostBlocks:
         self.allocated = 0
 
     def empty(self, shape: tuple, dtype: np.dtype, order: str = "C") -> np.ndarray:
-        """Like ``np.empty(shape, dtype, order)`` (C or F), from a kept block when one fits."""
+        """Like ``np.empty(shape, dtype, order)`` (C or F), from a kept block when one fits.
+
+        ``result.base.fresh`` tells whether the memory is new (no kept block fitted)."""
         dtype = np.dtype(dtype)
         nbytes = dtype.itemsize
         for n in shape:
             nbytes *= n
         block = self._take(nbytes)
-        if block is None:
+        fresh = block is None
+        if fresh:
             block = np.empty(-(-max(nbytes, 1) // _STEP) * _STEP, np.uint8)
             with self._lock:
                 self.allocated += 1
-        return np.asarray(_Lease(block, self, tuple(shape), dtype, order))
+        return np.asarray(_Lease(block, self, tuple(shape), dtype, order, fresh))
 
     def _take(self, nbytes: int) -> np.ndarray | None:
         limit = nbytes * _SLACK + _STEP
