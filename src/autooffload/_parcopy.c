@@ -163,7 +163,7 @@ parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min
         pthread_cond_wait(&cv_done, &mu);
     current = NULL;
     pthread_mutex_unlock(&mu);
-    jobs_shared++;
+    __atomic_add_fetch(&jobs_shared, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&job_lock);
 }
 
@@ -212,8 +212,8 @@ py_info(PyObject *self, PyObject *noargs)
     pthread_mutex_lock(&mu);
     int workers = n_workers;
     pthread_mutex_unlock(&mu);
-    return Py_BuildValue("{s:i,s:K,s:K}", "workers", workers, "shared", jobs_shared, "alone",
-                         __atomic_load_n(&jobs_alone, __ATOMIC_RELAXED));
+    return Py_BuildValue("{s:i,s:K,s:K}", "workers", workers, "shared", __atomic_load_n(&jobs_shared, __ATOMIC_RELAXED),
+                         "alone", __atomic_load_n(&jobs_alone, __ATOMIC_RELAXED));
 }
 
 static PyMethodDef methods[] = {
