@@ -142,3 +142,146 @@ def test_a_container_argument_returned_is_the_callers_container(on_gpu):
     first = items[0]
     out = f(items)
     assert out is items and items[0] is first and type(items[1]) is np.ndarray
+
+
+# -- #6: device copies stored in the caller's state ---------------------------------------------
+HISTORY = []
+LAST = None
+CACHE = {}
+
+
+class Model:
+    @offload
+    def fit(self, x):
+        self.last_input = x
+        self.scaled = x * 2
+        HISTORY.append(x)
+        CACHE["tail"] = x[1:]
+        return np.sin(x).sum()
+
+
+def test_stored_arguments_are_the_callers_arrays(on_gpu):
+    HISTORY.clear()
+    CACHE.clear()
+    a = np.arange(4.0)
+    m = Model()
+    m.fit(a)
+    assert m.last_input is a and HISTORY[0] is a
+    assert type(m.scaled) is np.ndarray and np.array_equal(m.scaled, a * 2)
+    assert type(CACHE["tail"]) is np.ndarray and np.shares_memory(CACHE["tail"], a)  # a view, as on NumPy
+    a[1] = 100.0
+    assert m.last_input[1] == 100.0 and CACHE["tail"][0] == 100.0
+
+
+def test_global_and_nonlocal_rebinding_stores_host_arrays(on_gpu):
+    remembered = None
+
+    @offload
+    def normalize(x):
+        global LAST
+        nonlocal remembered
+        LAST = x / x.sum()
+        remembered = (x, LAST)
+        return LAST.max()
+
+    x = np.ones(4)
+    normalize(x)
+    assert type(LAST) is np.ndarray and np.array_equal(np.add(LAST, 1), np.full(4, 1.25))
+    assert remembered[0] is x and remembered[1] is LAST
+
+
+def test_containers_passed_in_and_nested_state_are_swept(on_gpu):
+    @offload
+    def f(x, log, state):
+        log.append(x * 2)
+        state["runs"].append(x)
+        state["best"] = {"x": x + 1}
+        return x.sum()
+
+    x = np.arange(3.0)
+    log, state = [], {"runs": []}
+    f(x, log, state)
+    assert type(log[0]) is np.ndarray and state["runs"][0] is x and type(state["best"]["x"]) is np.ndarray
+
+
+BIG = list(range(200_000))
+
+
+def test_a_large_global_list_is_not_copied_per_call_but_appends_are_swept(on_gpu):
+    @offload
+    def f(x):
+        BIG.append(x)
+        return x.sum()
+
+    x = np.arange(3.0)
+    try:
+        f(x)
+        assert BIG[-1] is x and len(BIG) == 200_001
+    finally:
+        del BIG[200_000:]
+
+
+# -- #13: fallbacks -------------------------------------------------------------------------------
+def test_fallback_undoes_the_device_attempts_side_effects(on_gpu):
+    fake_device.FAKE_MISSING.add("median")
+
+    class Counter:
+        calls = 0
+
+    @offload
+    def f(x, log, seen, counter):
+        log.append("called")
+        seen.add("x")
+        counter.calls += 1
+        counter.last = x
+        return np.median(x)
+
+    log, seen, counter = [], set(), Counter()
+    x = np.arange(5.0)
+    with pytest.warns(GPUFallbackWarning):
+        assert f(x, log, seen, counter) == 2.0
+    assert log == ["called"] and seen == {"x"} and counter.calls == 1 and counter.last is x
+
+
+def test_the_functions_own_type_error_is_raised_once_with_writes_kept(on_gpu):
+    calls = []
+
+    @offload
+    def f(x):
+        calls.append(1)
+        x[0] = 5.0
+        if x.size > 2:
+            raise TypeError("x must be small")
+        return x
+
+    x = np.zeros(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GPUFallbackWarning)
+        with pytest.raises(TypeError, match="x must be small"):
+            f(x)
+    assert calls == [1] and x[0] == 5.0
+    assert f.stats.fallbacks == 0 and f.stats.numpy == 0 and not f.__autooffload__.blocked
+
+
+def test_a_type_error_from_a_c_function_still_falls_back(on_gpu):
+    @offload
+    def f(x):
+        return hash(x.sum()) == hash(float(x.sum()))  # a device 0-d array is unhashable: TypeError in C
+
+    with pytest.warns(GPUFallbackWarning, match="unhashable"):
+        assert f(np.full(4, 4.0)) is True
+    assert f.stats.fallbacks == 1
+
+
+def test_a_type_error_reraised_from_a_device_failure_still_falls_back(on_gpu):
+    fake_device.FAKE_MISSING.add("median")
+
+    @offload
+    def f(x):
+        try:
+            return np.median(x)
+        except AttributeError as exc:
+            raise TypeError("cannot") from exc
+
+    with pytest.warns(GPUFallbackWarning):
+        assert f(np.arange(5.0)) == 2.0

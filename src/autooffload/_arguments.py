@@ -186,9 +186,9 @@ def _converted_lazily(items: Iterator, leaf, is_leaf, known) -> Iterator:
 def plain_attributes(obj: Any) -> dict | None:
     """The instance ``__dict__`` of an object whose state is plain attributes, or None.
 
-    Classes, modules, functions (their state is globals and closures, swept on their own) and
-    objects of NumPy, CuPy or SciPy (a device object is whole only with its device arrays) are
-    never opened.
+    Classes, modules, functions (their state is globals and closures, swept on their own),
+    arrays (of any subclass) and objects of NumPy, CuPy or SciPy (a device object is whole only
+    with its device arrays) are never opened.
     """
     if isinstance(obj, _OPAQUE):
         return None
@@ -200,7 +200,7 @@ def plain_attributes(obj: Any) -> dict | None:
 
 
 _OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType,
-           functools.partial, property)
+           functools.partial, property, np.ndarray, np.generic)
 
 
 def iter_leaves(obj: Any, is_leaf: Callable[[Any], bool]):
