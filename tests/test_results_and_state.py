@@ -144,6 +144,32 @@ def test_a_container_argument_returned_is_the_callers_container(on_gpu):
     assert out is items and items[0] is first and type(items[1]) is np.ndarray
 
 
+# -- #15: 0-d results ---------------------------------------------------------------------------
+# A device library returns 0-d arrays where NumPy returns scalars, so the device object cannot say
+# which NumPy would have returned. The rule: a 0-d result that is an argument (or a 0-d view of
+# one's memory, as CuPy's ``x[0]`` is) comes back as the caller's array; every other 0-d result as
+# the NumPy scalar that reductions, ufuncs and integer indexing give on NumPy.
+def test_zero_d_results_follow_the_rule(on_gpu):
+    x = np.arange(3.0)
+    for fn in (lambda x: x.sum(), lambda x: np.zeros(()) + x[0], lambda x: x[1], lambda x: x.max() * 2):
+        assert type(fn(x)) is np.float64
+        got = offload(fn)(x)
+        assert type(got) is np.float64 and got == fn(x)
+    zero_d = np.array(2.0)
+    assert offload(lambda z: z)(zero_d) is zero_d
+    # The documented difference: NumPy gives a 0-d array here, offload the scalar of equal value.
+    got = offload(lambda x: np.asarray(x.sum()))(x)
+    assert type(got) is np.float64 and got == 3.0
+
+
+def test_a_zero_d_view_of_an_argument_is_a_scalar_as_integer_indexing_gives(on_gpu):
+    @offload
+    def pick(x):
+        return x[1:2].reshape(())  # CuPy's x[1] is such a 0-d view of x
+
+    assert type(pick(np.arange(3.0))) is np.float64 and pick(np.arange(3.0)) == 1.0
+
+
 # -- #6: device copies stored in the caller's state ---------------------------------------------
 HISTORY = []
 LAST = None

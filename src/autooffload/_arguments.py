@@ -474,6 +474,11 @@ class Moved:
 
     def _converted_leaf(self, x: Any) -> Any:
         if self.to_device:
+            if x.ndim == 0:
+                # CuPy gives 0-d arrays where NumPy gives scalars (reductions, ufuncs, x[i]), and
+                # the device object cannot tell which NumPy would have given: the scalar, the far
+                # more common case (np.asarray(x.sum()), x[..., 0] are NumPy 0-d arrays: README).
+                return self.backend.to_host(x)[()]
             view = self._view_of_original(x, self._copy_pointer(x))
             if view is not None:
                 return view
