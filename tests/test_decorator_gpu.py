@@ -297,3 +297,13 @@ def test_many_threads_on_the_gpu():
         t.join()
     assert not errors, errors[:2]
     assert f.stats.calls == 160
+
+
+def test_zero_d_results_are_numpy_scalars_and_zero_d_arguments_come_back_as_themselves():
+    x = np.arange(3.0)
+    with config(backend="cupy"):
+        for fn in (lambda x: x[1], lambda x: x.sum(), lambda x: np.zeros(()) + x[0]):
+            got = offload(fn)(x)
+            assert type(got) is np.float64 and got == fn(x)  # CuPy's x[1] is a 0-d view of x
+        zero_d = np.array(2.0)
+        assert offload(lambda z: z)(zero_d) is zero_d

@@ -11,19 +11,25 @@ run of a call whose arrays live on the device. Either way:
   strided views), so no write is lost; ``pure=True`` skips the detection;
 - the result comes back to the caller's side: an argument returned as is (``x *= 5; return x``)
   is the caller's own array again, a view of one is a view of the caller's memory, other arrays
-  are copied, and a 0-d host result becomes the NumPy scalar NumPy returns.
+  are copied, and a 0-d host result becomes the NumPy scalar NumPy returns; results in any
+  container (dict and list subclasses, namespaces, objects, iterators) are converted (``map_result``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
+import types
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import numpy as np
 
 from ._address import array_address
 from ._backends import DEVICE_DTYPE_KINDS, DeviceBackend, bits_differ
+from ._rebind import _LIBRARY_ROOTS
 
 _ALIGN = 256  # device allocations are at least this aligned; span starts are aligned down to it
 
@@ -76,18 +82,125 @@ def map_tree(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool
     return new
 
 
-def map_result(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
-    """Like ``map_tree``, and also through list/tuple subclasses and dataclass instances."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+# How deep a result is converted: far beyond real results, well inside Python's recursion limit.
+_RESULT_DEPTH = 64
+_ATOMS = frozenset({str, bytes, int, float, complex, bool, type(None), range, slice})
+_UNSEEN = object()
+
+
+def map_result(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool],
+               known: dict[int, Any] | None = None) -> Any:
+    """``obj`` with every leaf replaced by ``leaf(it)``, through any container a result can be.
+
+    Mutable containers (lists, dicts and their subclasses, objects with a plain ``__dict__``:
+    SimpleNamespace, dataclasses, the function's own classes) are converted in place: they keep
+    their type, identity and extra state (OrderedDict's order, defaultdict's factory, attributes
+    of a subclass), and a result also stored elsewhere (``self.history``, and returned) stays one
+    object, as on NumPy. Tuples, namedtuples and slotted dataclasses are rebuilt; iterators are
+    converted item by item as they are drawn (see ``_converted_lazily``); sets cannot hold arrays.
+    ``known`` maps id(object) -> what it becomes (the argument containers rebuilt for the call
+    become the caller's own). Objects are visited once, so cycles and shared parts stay as they are.
+    """
+    return _ResultMap(leaf, is_leaf, known)(obj, 0)
+
+
+class _ResultMap:
+    def __init__(self, leaf, is_leaf, known):
+        self.leaf = leaf
+        self.is_leaf = is_leaf
+        self.known = known
+        self.done: dict[int, Any] = dict(known) if known else {}
+
+    def __call__(self, obj: Any, depth: int) -> Any:
+        if self.is_leaf(obj):
+            return self.leaf(obj)
+        t = type(obj)
+        if t in _ATOMS or depth > _RESULT_DEPTH:
+            return obj
+        found = self.done.get(id(obj), _UNSEEN)
+        if found is not _UNSEEN:
+            return found
+        if isinstance(obj, tuple):
+            items = [self(x, depth + 1) for x in obj]
+            if all(a is b for a, b in zip(items, obj)):
+                new = obj
+            elif t is tuple:
+                new = tuple(items)
+            else:
+                new = obj._make(items) if hasattr(obj, "_fields") else t(items)
+            self.done[id(obj)] = new
+            return new
+        self.done[id(obj)] = obj  # converted in place: a cycle back to it finds it as it is
+        if isinstance(obj, list):
+            for i, x in enumerate(obj):
+                y = self(x, depth + 1)
+                if y is not x:
+                    list.__setitem__(obj, i, y)
+        elif isinstance(obj, dict):
+            self._convert_values(obj, depth, OrderedDict.__setitem__ if isinstance(obj, OrderedDict) else dict.__setitem__)
+        elif _is_lazy_iterator(obj):
+            new = _converted_lazily(obj, self.leaf, self.is_leaf, self.known)
+            self.done[id(obj)] = new
+            return new
+        elif dataclasses.is_dataclass(obj) and not hasattr(obj, "__dict__"):
+            return self._rebuilt_slotted_dataclass(obj, depth)
+        attributes = plain_attributes(obj)
+        if attributes is not None:
+            self._convert_values(attributes, depth, dict.__setitem__)
+        return obj
+
+    def _convert_values(self, d: dict, depth: int, setitem) -> None:
+        for k, v in list(d.items()):
+            new = self(v, depth + 1)
+            if new is not v:
+                setitem(d, k, new)
+
+    def _rebuilt_slotted_dataclass(self, obj: Any, depth: int) -> Any:
         changes = {}
         for f in dataclasses.fields(obj):
             if f.init:
                 value = getattr(obj, f.name)
-                new = map_result(value, leaf, is_leaf)
+                new = self(value, depth + 1)
                 if new is not value:
                     changes[f.name] = new
-        return dataclasses.replace(obj, **changes) if changes else obj
-    return map_tree(obj, leaf, is_leaf)
+        new = dataclasses.replace(obj, **changes) if changes else obj
+        self.done[id(obj)] = new
+        return new
+
+
+def _is_lazy_iterator(obj: Any) -> bool:
+    """An iterator of the language's own (generator, map, filter, zip, list_iterator, itertools...):
+    nothing but its items. A user's iterator class, or a file, keeps its own type and API."""
+    return isinstance(obj, Iterator) and type(obj).__module__ in ("builtins", "itertools")
+
+
+def _converted_lazily(items: Iterator, leaf, is_leaf, known) -> Iterator:
+    """Each item converted when drawn. Not materialised at return: an iterator may be endless or
+    huge, and its items are computed when drawn on NumPy too; so the work (and any side effect)
+    happens at the same point as on NumPy. The caller gets a generator in place of a map, zip or
+    list_iterator; items keep being computed on the device."""
+    for item in items:
+        yield _ResultMap(leaf, is_leaf, known)(item, 0)
+
+
+def plain_attributes(obj: Any) -> dict | None:
+    """The instance ``__dict__`` of an object whose state is plain attributes, or None.
+
+    Classes, modules, functions (their state is globals and closures, swept on their own),
+    arrays (of any subclass) and objects of NumPy, CuPy or SciPy (a device object is whole only
+    with its device arrays) are never opened.
+    """
+    if isinstance(obj, _OPAQUE):
+        return None
+    attributes = getattr(obj, "__dict__", None)
+    if type(attributes) is not dict:
+        return None
+    module = getattr(type(obj), "__module__", None) or ""
+    return None if module.split(".")[0] in _LIBRARY_ROOTS else attributes
+
+
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType,
+           functools.partial, property, np.ndarray, np.generic)
 
 
 def iter_leaves(obj: Any, is_leaf: Callable[[Any], bool]):
@@ -144,6 +257,9 @@ class Moved:
         self.regions: list[_Region] = []
         self.args: tuple = ()
         self.kwargs: dict = {}
+        # id(copy-side array) -> (it, what it became): an array met twice (returned and stored,
+        # or twice in a result) comes back as one array, as on NumPy.
+        self.converted: dict[int, tuple[Any, Any]] = {}
 
     # -- the two sides -----------------------------------------------------------------------
     def is_original(self, x: Any) -> bool:
@@ -334,17 +450,35 @@ class Moved:
         self.entries.clear()
         self.by_copy.clear()
         self.regions.clear()
+        self.converted.clear()
 
     # -- results -----------------------------------------------------------------------------
     def result(self, obj: Any) -> Any:
-        """The call's result on the caller's side (after ``write_back``)."""
-        return map_result(obj, self._result_leaf, self._is_copy_side)
+        """The call's result on the caller's side (after ``write_back``).
+
+        Also what anything the run stored where the caller can reach it becomes (_reachable.py).
+        """
+        known = {id(new): original for original, new, _ in self.containers}
+        return map_result(obj, self._result_leaf, self._is_copy_side, known)
 
     def _result_leaf(self, x: Any) -> Any:
         original = self.by_copy.get(id(x))
         if original is not None:
             return original
+        done = self.converted.get(id(x))
+        if done is not None:
+            return done[1]
+        new = self._converted_leaf(x)
+        self.converted[id(x)] = (x, new)  # x kept alive: its id stays its own
+        return new
+
+    def _converted_leaf(self, x: Any) -> Any:
         if self.to_device:
+            if x.ndim == 0:
+                # CuPy gives 0-d arrays where NumPy gives scalars (reductions, ufuncs, x[i]), and
+                # the device object cannot tell which NumPy would have given: the scalar, the far
+                # more common case (np.asarray(x.sum()), x[..., 0] are NumPy 0-d arrays: README).
+                return self.backend.to_host(x)[()]
             view = self._view_of_original(x, self._copy_pointer(x))
             if view is not None:
                 return view

@@ -12,6 +12,7 @@ Everything else (containers, kwargs, device arrays, GPU runs, fallbacks) takes t
 from __future__ import annotations
 
 import dataclasses
+import dis
 import functools
 import inspect
 import itertools
@@ -28,6 +29,7 @@ from ._backends import DEVICE_DTYPE_KINDS
 from ._decide import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
 from ._kinds import describe, infer_work
 from ._purity import may_write_arguments
+from ._reachable import Reachable
 from .errors import ConfigError, GPUFallbackWarning, GPUUnavailableError
 
 try:  # the optional C check of the NumPy path (see _native.c); the Python wrapper works alone
@@ -433,16 +435,34 @@ class _State:
             if cause is None:
                 raise
             failure = (exc, cause)
+            reach = None
         else:
-            ok, outcome = self._call_device(fn, twin, moved, args, kwargs, backend)
+            # What the run may change beyond its arrays (to undo before a fallback, to sweep after).
+            reach = Reachable(args, kwargs, twin, deep=self.may_write)
+            try:
+                ok, outcome = self._call_device(fn, twin, moved, args, kwargs, backend)
+            except BaseException:
+                self._sweep(reach, moved, d)  # the function's own exception: its stores stay, on the host
+                raise
             if ok:
-                return self._finish_gpu(d, moved, outcome, args, kwargs)
+                return self._finish_gpu(d, moved, outcome, args, kwargs, reach)
             failure = outcome
-        return self._fail_gpu(d, failure, moved, backend, args, kwargs, has_device_args)
+        return self._fail_gpu(d, failure, moved, backend, args, kwargs, has_device_args, reach)
 
-    def _fail_gpu(self, d: Decision, failure: tuple, moved, backend, args: tuple, kwargs: dict, has_device_args: bool) -> Any:
-        """CuPy could not run it: free what the attempt took, then the NumPy result."""
+    @staticmethod
+    def _sweep(reach: Reachable | None, moved, d: Decision) -> None:
+        """Device arrays the run stored where the caller can reach them become the caller's side's
+        (for calls whose data came from the host: then results come back to the host too)."""
+        if reach is not None and moved is not None and not d.device_bytes:
+            reach.sweep(moved.result)
+
+    def _fail_gpu(self, d: Decision, failure: tuple, moved, backend, args: tuple, kwargs: dict,
+                  has_device_args: bool, reach: Reachable | None = None) -> Any:
+        """CuPy could not run it: undo and free what the attempt did and took, then the NumPy result."""
         exc, cause = failure
+        if reach is not None:
+            reach.restore()
+            self._sweep(reach, moved, d)  # what lies beyond the restore's reach
         if moved is not None:
             moved.discard()
         if isinstance(exc, MemoryError):
@@ -465,7 +485,7 @@ class _State:
         try:
             result = fn(*call_args, **call_kwargs)
         except Exception as exc:
-            cause = backend.fallback_cause(exc)
+            cause = None if _raised_by_own_code(exc, twin, backend) else backend.fallback_cause(exc)
             if cause is None:
                 if moved is not None:
                     moved.write_back()  # writes made before the user's exception are kept
@@ -475,16 +495,20 @@ class _State:
             twin.write_back_globals()
         return True, result
 
-    def _finish_gpu(self, d: Decision, moved, result: Any, args: tuple, kwargs: dict) -> Any:
+    def _finish_gpu(self, d: Decision, moved, result: Any, args: tuple, kwargs: dict,
+                    reach: Reachable | None = None) -> Any:
         _backends.mark_gpu_ready()
         if moved is not None:
             try:
                 moved.write_back()
             except ReadOnlyWritten as exc:
                 # NumPy would have raised on the write: rerun there so the caller gets that error.
+                if reach is not None:
+                    reach.restore()
                 self._ran_on_numpy(d, str(exc))
                 return self.run_numpy(args, kwargs, d.device_bytes > 0)
             if not d.device_bytes:
+                self._sweep(reach, moved, d)
                 result = moved.result(result)
         next(self.cupy_calls)
         return result
@@ -503,6 +527,25 @@ class _State:
                 stacklevel=6,
             )
         return result
+
+
+def _raised_by_own_code(exc: BaseException, twin, backend) -> bool:
+    """Whether ``exc`` comes from a ``raise`` statement of the function's own code (its twin or a
+    helper twin): then it is the function's answer, as on NumPy, not a sign that CuPy cannot run
+    the code. A TypeError raised inside CuPy or by a C function given a device array is not; nor
+    is one the code raised while handling such a failure."""
+    tb = exc.__traceback__
+    if twin is None or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    if not twin.runs_code_in(frame.f_globals):
+        return False
+    if not any(ins.offset == tb.tb_lasti and ins.opname == "RAISE_VARARGS" for ins in dis.get_instructions(frame.f_code)):
+        return False
+    handled = exc.__cause__ or exc.__context__
+    return handled is None or backend.fallback_cause(handled) is None or _raised_by_own_code(handled, twin, backend)
 
 
 def _hot_path_names(state: _State) -> dict[str, Any]:

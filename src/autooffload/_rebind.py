@@ -199,6 +199,26 @@ class Twin:
         finally:
             self._refreshing = False
 
+    def family(self) -> list["Twin"]:
+        """This twin and every helper twin it reaches, each once."""
+        found: list[Twin] = []
+        todo = [self]
+        while todo:
+            twin = todo.pop()
+            if all(twin is not t for t in found):
+                found.append(twin)
+                todo.extend(twin._children)
+        return found
+
+    def state(self) -> tuple[dict, frozenset[str], frozenset[str], tuple]:
+        """(the real module globals, names the code may read, names it writes with ``global``,
+        its closure cells): where a call of this twin can leave state behind."""
+        return self._real, self._loads, self._stores, self.func.__closure__ or ()
+
+    def runs_code_in(self, frame_globals: dict) -> bool:
+        """Whether a frame with these globals runs this twin's or a helper twin's code."""
+        return any(twin._globals is frame_globals for twin in self.family())
+
     def write_back_globals(self) -> None:
         """Copy the names the code assigned with ``global`` back to the real module."""
         if not self._stores:
