@@ -139,6 +139,29 @@ def test_show_a_corrupt_file_is_a_clear_error_with_exit_code_2(tmp_path, capsys,
     assert "Traceback" not in captured.err
 
 
+MALFORMED_FILES = {
+    "deep-nesting": b'{"schema_version": 1, "notes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "huge-integer": b'{"schema_version": ' + b"9" * 5000 + b"}",
+    "invalid-utf8": b'{"schema_version": 1, "notes": ["\xff\xfe"]}',
+    "top-level-list": b"[1, 2, 3]",
+    "top-level-string": b'"a profile"',
+    "truncated": b'{"schema_version": 1, "fingerprint": {"hostname": "x"',
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_FILES))
+@pytest.mark.parametrize("command", ["show", "plot"])
+def test_a_malformed_profile_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys, case, command):
+    bad = tmp_path / f"{case}.json"
+    bad.write_bytes(MALFORMED_FILES[case])
+    args = ["show", str(bad)] if command == "show" else ["plot", "-o", str(tmp_path / "p.png"), str(bad)]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("autooffload: error: profile " + str(bad))
+
+
 def test_show_reports_a_corrupt_autooffload_profile(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{")

@@ -221,6 +221,10 @@ BAD_FILES = {
     "wrong-fields": (lambda: good_json().replace('"has_gpu"', '"has_gpus"'), "does not match"),
     "bad-curve": (lambda: good_json().replace("0.001", "-1.0"), "does not match"),
     "binary": (lambda: b"\xff\xfe\x00garbage", "not UTF-8"),
+    # Past the JSON parser's recursion limit / Python's limit on digits of an integer.
+    "deep-nesting": (lambda: '{"schema_version": 1, "notes": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    "huge-integer": (lambda: '{"schema_version": ' + "9" * 5000 + "}", "5000 digits"),
+    "huge-integer-inside": (lambda: good_json().replace('"notes": []', '"notes": [' + "1" * 4400 + "]"), "4400 digits"),
 }
 
 

@@ -535,6 +535,10 @@ def load_profile(path: str | os.PathLike) -> Profile:
         if e.pos >= len(text.rstrip()):
             raise _profile_error(path, f"ends in the middle of the JSON ({e.msg}); the file is truncated") from None
         raise _profile_error(path, f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); the file is corrupt") from None
+    except RecursionError:
+        raise _profile_error(path, "has JSON arrays or objects nested too deeply to read; the file is corrupt") from None
+    except ValueError as e:  # an integer longer than Python reads (sys.get_int_max_str_digits())
+        raise _profile_error(path, f"cannot be read as JSON ({str(e).split(';')[0]}); the file is corrupt") from None
     if not isinstance(data, dict):
         raise _profile_error(path, f"holds a JSON {type(data).__name__}, not a profile object")
     version = data.get("schema_version")
