@@ -146,6 +146,8 @@ MALFORMED_FILES = {
     "top-level-list": b"[1, 2, 3]",
     "top-level-string": b'"a profile"',
     "truncated": b'{"schema_version": 1, "fingerprint": {"hostname": "x"',
+    "nan-latency": b'{"schema_version": 1, "launch_latency_s": NaN}',
+    "negative-cold-start": b'{"schema_version": 1, "cold_start_s": -5}',
 }
 
 

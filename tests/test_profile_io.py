@@ -248,6 +248,66 @@ def test_load_names_the_file_the_problem_and_the_fix(tmp_path, case):
     assert str(path) in message and expected in message and "autooffload calibrate" in message
 
 
+def gpu_profile_json() -> dict:
+    return json.loads(_profile.profile_json(small_profile(has_gpu=True).model_copy(
+        update={"launch_latency_s": 2e-5, "cold_start_s": 1.0, "fingerprint": this_machine(gpu_memory_bytes=2**34, blas_threads=2)}
+    )))
+
+
+# (where in the file, a value no machine can have): every number the cost model or `show` reads.
+NAN, INF = float("nan"), float("inf")
+IMPOSSIBLE_VALUES = [
+    *((("launch_latency_s",), v) for v in (NAN, INF, -INF, -1e-5)),
+    *((("cold_start_s",), v) for v in (NAN, INF, -5.0)),
+    (("fingerprint", "cpu_cores"), -1),
+    *((("fingerprint", "gpu_memory_bytes"), v) for v in (0, -1)),
+    *((("fingerprint", "blas_threads"), v) for v in (0, -4)),
+    *((("h2d", "seconds", 0), v) for v in (NAN, INF, 0.0, -1e-3)),
+    *((("kinds", "elementwise", "cpu", "nbytes", 1), v) for v in (NAN, INF, 1e2, -1.0)),  # 1e2: sizes decrease
+    *((("kinds", "elementwise", "gpu", "seconds", 1), v) for v in (NAN, -INF)),
+]
+
+
+def _with_value(where: tuple, value) -> str:
+    data = gpu_profile_json()
+    *parents, last = where
+    target = data
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return json.dumps(data)  # NaN and Infinity as Python's json writes and reads them
+
+
+@pytest.mark.parametrize("where, value", IMPOSSIBLE_VALUES, ids=lambda x: ".".join(map(str, x)) if isinstance(x, tuple) else repr(x))
+def test_an_impossible_number_is_rejected_naming_the_field_and_the_value(tmp_path, where, value):
+    path = tmp_path / "p.json"
+    path.write_text(_with_value(where, value))
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    message = str(err.value)
+    # A curve is checked as a whole: its errors name the curve, and list its points.
+    field = ".".join(k for k in where if isinstance(k, str) and k not in ("seconds", "nbytes"))
+    assert field in message and repr(value) in message, message
+
+
+@pytest.mark.parametrize("where, value", [(("cold_start_s",), -5.0), (("launch_latency_s",), NAN)])
+def test_an_impossible_number_falls_back_to_the_next_profile(tmp_path, monkeypatch, fake_gpu, where, value):
+    bad = tmp_path / "bad.json"
+    bad.write_text(_with_value(where, value))
+    monkeypatch.setenv("AUTOOFFLOAD_PROFILE", str(bad))
+    from autooffload import explain, offload, reload_environment
+
+    reload_environment()
+    f = offload(kind="fft")(lambda x: np.fft.fft(x))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        d = explain(f, np.ones(10))
+    (message,) = profile_warnings(record)
+    assert str(bad) in message and where[0] in message and repr(value) in message
+    assert d.profile == "built-in"
+    assert d.backend == "numpy" and all(t > 0 for t in d.predicted_s.values())
+
+
 def test_load_missing_and_unreadable_files(tmp_path, monkeypatch):
     with pytest.raises(ProfileError, match="no such file"):
         load_profile(tmp_path / "absent.json")
