@@ -26,6 +26,7 @@ from autooffload._profile import (
 )
 from autooffload._sweep import SweepProgress
 from autooffload.cli import main
+from autooffload.errors import CalibrationError
 
 SRC = Path(cli.__file__).resolve().parents[1]
 
@@ -272,6 +273,74 @@ def test_calibrate_refuses_to_run_twice_at_once(fake_sweep, capsys):
         assert main(["calibrate", "--quick"]) == 1
     assert "another calibration is running" in capsys.readouterr().err
     assert fake_sweep == []
+
+
+def _a_file(tmp_path) -> Path:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        (lambda tmp: _a_file(tmp) / "p.json", "must be a directory; {tmp}/a-file is a file"),
+        (lambda tmp: _a_file(tmp) / "deeper" / "p.json", "must be a directory; {tmp}/a-file is a file"),
+        (lambda tmp: tmp, "{tmp} is a directory, not a file"),
+    ],
+    ids=["folder-is-a-file", "ancestor-is-a-file", "output-is-a-folder"],
+)
+def test_calibrate_checks_where_it_will_save_before_sweeping(fake_sweep, tmp_path, capsys, output, expected):
+    target = output(tmp_path)
+    assert main(["calibrate", "--quick", "--output", str(target)]) == 2
+    assert fake_sweep == []
+    (line,) = capsys.readouterr().err.splitlines()
+    assert expected.format(tmp=tmp_path) in line
+
+
+def test_calibrate_checks_that_it_can_write_in_the_folder_before_sweeping(fake_sweep, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    def read_only_filesystem(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only_filesystem)
+    assert main(["calibrate", "--quick", "--output", str(tmp_path / "p.json")]) == 2
+    assert fake_sweep == []
+    assert "Read-only file system" in capsys.readouterr().err
+
+
+def test_calibrate_creates_a_missing_output_folder(fake_sweep, tmp_path):
+    target = tmp_path / "new" / "folders" / "p.json"
+    assert main(["calibrate", "--quick", "--output", str(target)]) == 0
+    assert load_profile(target).notes == ["fake quick"]
+
+
+def test_calibrate_with_a_cache_dir_that_is_a_file_says_what_is_expected(fake_sweep, tmp_path, monkeypatch, capsys):
+    blocker = _a_file(tmp_path)
+    monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(blocker))
+    for output in ([], ["--output", str(tmp_path / "p.json")]):  # the default profile is in the cache folder
+        assert main(["calibrate", "--quick", *output]) == 2
+        assert fake_sweep == []
+        assert f"AUTOOFFLOAD_CACHE_DIR must be a directory; {blocker} is a file" in capsys.readouterr().err
+
+
+def test_python_calibrate_checks_where_it_will_save_before_sweeping(fake_sweep, tmp_path):
+    with pytest.raises(CalibrationError, match="is a file"):
+        _calibrate.calibrate(quick=True, output=_a_file(tmp_path) / "p.json")
+    assert fake_sweep == []
+
+
+@pytest.mark.parametrize("variable, value", [("AUTOOFFLOAD_DISABLE_GPU", "maybe"), ("AUTOOFFLOAD_BACKEND", "gpu")])
+@pytest.mark.parametrize("command", [["calibrate", "--quick"], ["show"], ["plot", "-o", "p.png"]])
+def test_every_command_rejects_a_bad_environment_variable_first(fake_sweep, monkeypatch, capsys, variable, value, command):
+    monkeypatch.setenv(variable, value)
+    assert main(command) == 2
+    assert fake_sweep == []
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert variable in line and repr(value) in line
 
 
 def test_python_calibrate_returns_the_saved_profile(fake_sweep, tmp_path):

@@ -557,6 +557,23 @@ def test_a_decorated_function_still_returns_the_numpy_result_with_a_bad_profile(
     assert [m for m in profile_warnings(record) if str(bad) in m]
 
 
+def test_profile_warnings_point_at_the_users_line(tmp_path, monkeypatch):
+    from autooffload import explain, offload, reload_environment
+
+    bad = tmp_path / "bad.json"
+    write_bad(bad, "corrupt")
+    monkeypatch.setenv("AUTOOFFLOAD_PROFILE", str(bad))
+    reload_environment()
+    f = offload(lambda x: x * 2)
+    for call in (lambda: f(np.ones(10)), lambda: f([np.ones(10)]), lambda: explain(f, np.ones(10)), active_profile):
+        reset_active_profile()
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            call()
+        (warning,) = [w for w in record if issubclass(w.category, ProfileWarning)]
+        assert warning.filename == __file__, warning.filename
+
+
 def test_builtin_profile_is_marked_builtin():
     assert builtin_profile().source == "built-in"
     assert SCHEMA_VERSION == builtin_profile().schema_version

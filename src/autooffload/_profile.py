@@ -16,7 +16,6 @@ import platform
 import sys
 import tempfile
 import threading
-import warnings
 from bisect import bisect_left
 from contextlib import suppress
 from datetime import datetime, timezone
@@ -25,7 +24,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from .errors import CalibrationError, ProfileError, ProfileWarning
+from .errors import CalibrationError, ProfileError, ProfileWarning, warn_at_user_line
 
 SCHEMA_VERSION = 1
 
@@ -673,7 +672,7 @@ def reset_active_profile() -> None:
 
 
 def _warn_unused(message: str) -> None:
-    warnings.warn(f"autooffload: {message}; falling back to the next profile in line", ProfileWarning, stacklevel=4)
+    warn_at_user_line(f"autooffload: {message}; falling back to the next profile in line", ProfileWarning)
 
 
 def _try_load(path: Path) -> Profile | None:
@@ -719,7 +718,7 @@ def _resolve_active_profile() -> Profile:
         logger.info("no calibrated profile for this machine (looked for %s); using built-in defaults; %s", path, CALIBRATE_HINT)
         return builtin_profile()
     except Exception as e:  # a profile problem must never break a user's call
-        warnings.warn(f"autooffload: could not resolve a profile ({e!r}); using built-in defaults", ProfileWarning, stacklevel=3)
+        warn_at_user_line(f"autooffload: could not resolve a profile ({e!r}); using built-in defaults", ProfileWarning)
         return builtin_profile()
 
 
