@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -273,6 +274,57 @@ def test_calibrate_refuses_to_run_twice_at_once(fake_sweep, capsys):
         assert main(["calibrate", "--quick"]) == 1
     assert "another calibration is running" in capsys.readouterr().err
     assert fake_sweep == []
+
+
+# One `autooffload calibrate --output <path>` process whose sweep lasts until the other process
+# has finished, so that the two overlap whatever the machine's speed (or gives up after 20 s).
+_CALIBRATE_PROCESS = """
+import sys, time
+from pathlib import Path
+from autooffload import _calibrate
+from autooffload._profile import Profile, current_fingerprint
+from autooffload.cli import main
+
+me, other, output = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def sweep(plan, progress=None):
+    deadline = time.monotonic() + 20
+    while not Path(other).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return Profile(fingerprint=current_fingerprint(probe_gpu=False), notes=[me])
+
+_calibrate.run_sweep = sweep
+try:
+    code = main(["calibrate", "--quick", "--output", output])
+finally:
+    Path(me).write_text("done")
+sys.exit(code)
+"""
+
+
+def test_two_calibrations_at_once_one_runs_one_is_refused_and_the_file_is_never_torn(tmp_path):
+    output = tmp_path / "same.json"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "AUTOOFFLOAD_CACHE_DIR": str(tmp_path / "cache")}
+    done = [str(tmp_path / "a.done"), str(tmp_path / "b.done")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CALIBRATE_PROCESS, me, other, str(output)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for me, other in (done, done[::-1])
+    ]
+    torn = []
+    while any(p.poll() is None for p in procs):  # a reader polling the file meanwhile
+        if output.exists():
+            try:
+                load_profile(output)
+            except _profile.ProfileError as e:
+                torn.append(str(e))
+        time.sleep(0.005)
+    results = sorted((p.returncode, p.communicate()[1]) for p in procs)
+    assert [code for code, _ in results] == [0, 1], results
+    assert "another calibration is running" in results[1][1]
+    assert torn == []
+    assert load_profile(output).notes[0] in done
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def _a_file(tmp_path) -> Path:
