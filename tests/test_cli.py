@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from autooffload._profile import (
 )
 from autooffload._sweep import SweepProgress
 from autooffload.cli import main
+from autooffload.errors import CalibrationError
 
 SRC = Path(cli.__file__).resolve().parents[1]
 
@@ -139,6 +141,31 @@ def test_show_a_corrupt_file_is_a_clear_error_with_exit_code_2(tmp_path, capsys,
     assert "Traceback" not in captured.err
 
 
+MALFORMED_FILES = {
+    "deep-nesting": b'{"schema_version": 1, "notes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "huge-integer": b'{"schema_version": ' + b"9" * 5000 + b"}",
+    "invalid-utf8": b'{"schema_version": 1, "notes": ["\xff\xfe"]}',
+    "top-level-list": b"[1, 2, 3]",
+    "top-level-string": b'"a profile"',
+    "truncated": b'{"schema_version": 1, "fingerprint": {"hostname": "x"',
+    "nan-latency": b'{"schema_version": 1, "launch_latency_s": NaN}',
+    "negative-cold-start": b'{"schema_version": 1, "cold_start_s": -5}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_FILES))
+@pytest.mark.parametrize("command", ["show", "plot"])
+def test_a_malformed_profile_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys, case, command):
+    bad = tmp_path / f"{case}.json"
+    bad.write_bytes(MALFORMED_FILES[case])
+    args = ["show", str(bad)] if command == "show" else ["plot", "-o", str(tmp_path / "p.png"), str(bad)]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("autooffload: error: profile " + str(bad))
+
+
 def test_show_reports_a_corrupt_autooffload_profile(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
@@ -247,6 +274,125 @@ def test_calibrate_refuses_to_run_twice_at_once(fake_sweep, capsys):
         assert main(["calibrate", "--quick"]) == 1
     assert "another calibration is running" in capsys.readouterr().err
     assert fake_sweep == []
+
+
+# One `autooffload calibrate --output <path>` process whose sweep lasts until the other process
+# has finished, so that the two overlap whatever the machine's speed (or gives up after 20 s).
+_CALIBRATE_PROCESS = """
+import sys, time
+from pathlib import Path
+from autooffload import _calibrate
+from autooffload._profile import Profile, current_fingerprint
+from autooffload.cli import main
+
+me, other, output = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def sweep(plan, progress=None):
+    deadline = time.monotonic() + 20
+    while not Path(other).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return Profile(fingerprint=current_fingerprint(probe_gpu=False), notes=[me])
+
+_calibrate.run_sweep = sweep
+try:
+    code = main(["calibrate", "--quick", "--output", output])
+finally:
+    Path(me).write_text("done")
+sys.exit(code)
+"""
+
+
+def test_two_calibrations_at_once_one_runs_one_is_refused_and_the_file_is_never_torn(tmp_path):
+    output = tmp_path / "same.json"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "AUTOOFFLOAD_CACHE_DIR": str(tmp_path / "cache")}
+    done = [str(tmp_path / "a.done"), str(tmp_path / "b.done")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CALIBRATE_PROCESS, me, other, str(output)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for me, other in (done, done[::-1])
+    ]
+    torn = []
+    while any(p.poll() is None for p in procs):  # a reader polling the file meanwhile
+        if output.exists():
+            try:
+                load_profile(output)
+            except _profile.ProfileError as e:
+                torn.append(str(e))
+        time.sleep(0.005)
+    results = sorted((p.returncode, p.communicate()[1]) for p in procs)
+    assert [code for code, _ in results] == [0, 1], results
+    assert "another calibration is running" in results[1][1]
+    assert torn == []
+    assert load_profile(output).notes[0] in done
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _a_file(tmp_path) -> Path:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        (lambda tmp: _a_file(tmp) / "p.json", "must be a directory; {tmp}/a-file is a file"),
+        (lambda tmp: _a_file(tmp) / "deeper" / "p.json", "must be a directory; {tmp}/a-file is a file"),
+        (lambda tmp: tmp, "{tmp} is a directory, not a file"),
+    ],
+    ids=["folder-is-a-file", "ancestor-is-a-file", "output-is-a-folder"],
+)
+def test_calibrate_checks_where_it_will_save_before_sweeping(fake_sweep, tmp_path, capsys, output, expected):
+    target = output(tmp_path)
+    assert main(["calibrate", "--quick", "--output", str(target)]) == 2
+    assert fake_sweep == []
+    (line,) = capsys.readouterr().err.splitlines()
+    assert expected.format(tmp=tmp_path) in line
+
+
+def test_calibrate_checks_that_it_can_write_in_the_folder_before_sweeping(fake_sweep, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    def read_only_filesystem(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only_filesystem)
+    assert main(["calibrate", "--quick", "--output", str(tmp_path / "p.json")]) == 2
+    assert fake_sweep == []
+    assert "Read-only file system" in capsys.readouterr().err
+
+
+def test_calibrate_creates_a_missing_output_folder(fake_sweep, tmp_path):
+    target = tmp_path / "new" / "folders" / "p.json"
+    assert main(["calibrate", "--quick", "--output", str(target)]) == 0
+    assert load_profile(target).notes == ["fake quick"]
+
+
+def test_calibrate_with_a_cache_dir_that_is_a_file_says_what_is_expected(fake_sweep, tmp_path, monkeypatch, capsys):
+    blocker = _a_file(tmp_path)
+    monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(blocker))
+    for output in ([], ["--output", str(tmp_path / "p.json")]):  # the default profile is in the cache folder
+        assert main(["calibrate", "--quick", *output]) == 2
+        assert fake_sweep == []
+        assert f"AUTOOFFLOAD_CACHE_DIR must be a directory; {blocker} is a file" in capsys.readouterr().err
+
+
+def test_python_calibrate_checks_where_it_will_save_before_sweeping(fake_sweep, tmp_path):
+    with pytest.raises(CalibrationError, match="is a file"):
+        _calibrate.calibrate(quick=True, output=_a_file(tmp_path) / "p.json")
+    assert fake_sweep == []
+
+
+@pytest.mark.parametrize("variable, value", [("AUTOOFFLOAD_DISABLE_GPU", "maybe"), ("AUTOOFFLOAD_BACKEND", "gpu")])
+@pytest.mark.parametrize("command", [["calibrate", "--quick"], ["show"], ["plot", "-o", "p.png"]])
+def test_every_command_rejects_a_bad_environment_variable_first(fake_sweep, monkeypatch, capsys, variable, value, command):
+    monkeypatch.setenv(variable, value)
+    assert main(command) == 2
+    assert fake_sweep == []
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert variable in line and repr(value) in line
 
 
 def test_python_calibrate_returns_the_saved_profile(fake_sweep, tmp_path):

@@ -1,15 +1,19 @@
 """Logging of decisions, the import contract, and calls from many threads."""
 
+import errno
 import json
 import logging
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
+import pytest
 
 import autooffload
-from autooffload import config, offload
+from autooffload import _log, config, offload
+from autooffload.errors import LogFileWarning
 
 
 def test_logger_has_only_a_null_handler():
@@ -47,6 +51,74 @@ def test_json_lines_log(monkeypatch, tmp_path):
     assert len(lines) == 2
     assert lines[0]["backend"] == "numpy" and lines[0]["kind"] == "fft" and lines[0]["host_bytes"] == 64
     assert set(lines[0]) >= {"time", "function", "reason", "dtypes", "predicted_s", "profile"}
+
+
+def _unwritable_log(kind, tmp_path, monkeypatch):
+    """An AUTOOFFLOAD_LOG that cannot be written, and how to make it writable again."""
+    if kind == "directory":
+        path = tmp_path / "decisions.jsonl"
+        path.mkdir()
+        return path, "Is a directory", path.rmdir
+    if kind == "missing folder":
+        path = tmp_path / "no-such-folder" / "decisions.jsonl"
+        return path, "No such file or directory", path.parent.mkdir
+    # A full disk: every write fails with ENOSPC (as on /dev/full), the open itself succeeds.
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            self.file = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_log, "open", FullDisk, raising=False)
+    return tmp_path / "decisions.jsonl", "No space left on device", lambda: monkeypatch.delattr(_log, "open")
+
+
+@pytest.mark.parametrize("kind", ["directory", "missing folder", "full disk"])
+def test_an_unwritable_log_warns_once_and_the_calls_go_on(kind, tmp_path, monkeypatch, fake_gpu):
+    path, os_error, repair = _unwritable_log(kind, tmp_path, monkeypatch)
+    monkeypatch.setenv("AUTOOFFLOAD_LOG", str(path))
+    autooffload.reload_environment()
+
+    @offload
+    def scale(x, out, options=()):
+        out[:] = x * 2
+        return x.sum()
+
+    x, out = np.arange(4.0), np.zeros(4)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert scale(x, out) == 6.0  # the decision (and its log record) is new here
+        assert scale(x, out) == 6.0  # an exact-cache hit: the hot path's record
+        assert scale(x, out, options=[1]) == 6.0  # a list: the general path's new decision
+        assert scale(x, out, options=[1]) == 6.0  # and its exact-cache hit
+        with config(backend="cupy"):
+            gpu_out = np.zeros(4)
+            assert scale(x, gpu_out) == 6.0
+    np.testing.assert_array_equal(out, x * 2)
+    np.testing.assert_array_equal(gpu_out, x * 2)
+    assert scale.stats.cupy == 1
+    logged = [w for w in record if issubclass(w.category, LogFileWarning)]
+    assert len(logged) == 1, [str(w.message) for w in record]
+    message = str(logged[0].message)
+    assert str(path) in message and os_error in message and "AUTOOFFLOAD_LOG" in message
+    assert logged[0].filename == __file__  # the user's call, not a line inside autooffload
+
+    # Fixed, and the environment re-read: the file log resumes.
+    repair()
+    monkeypatch.setenv("AUTOOFFLOAD_LOG", str(path))
+    autooffload.reload_environment()
+    assert scale(x, out) == 6.0
+    (line,) = path.read_text().splitlines()
+    assert json.loads(line)["function"].endswith("scale")
 
 
 def test_import_does_not_import_cupy_and_is_fast():

@@ -221,6 +221,10 @@ BAD_FILES = {
     "wrong-fields": (lambda: good_json().replace('"has_gpu"', '"has_gpus"'), "does not match"),
     "bad-curve": (lambda: good_json().replace("0.001", "-1.0"), "does not match"),
     "binary": (lambda: b"\xff\xfe\x00garbage", "not UTF-8"),
+    # Past the JSON parser's recursion limit / Python's limit on digits of an integer.
+    "deep-nesting": (lambda: '{"schema_version": 1, "notes": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    "huge-integer": (lambda: '{"schema_version": ' + "9" * 5000 + "}", "5000 digits"),
+    "huge-integer-inside": (lambda: good_json().replace('"notes": []', '"notes": [' + "1" * 4400 + "]"), "4400 digits"),
 }
 
 
@@ -242,6 +246,66 @@ def test_load_names_the_file_the_problem_and_the_fix(tmp_path, case):
         load_profile(path)
     message = str(err.value)
     assert str(path) in message and expected in message and "autooffload calibrate" in message
+
+
+def gpu_profile_json() -> dict:
+    return json.loads(_profile.profile_json(small_profile(has_gpu=True).model_copy(
+        update={"launch_latency_s": 2e-5, "cold_start_s": 1.0, "fingerprint": this_machine(gpu_memory_bytes=2**34, blas_threads=2)}
+    )))
+
+
+# (where in the file, a value no machine can have): every number the cost model or `show` reads.
+NAN, INF = float("nan"), float("inf")
+IMPOSSIBLE_VALUES = [
+    *((("launch_latency_s",), v) for v in (NAN, INF, -INF, -1e-5)),
+    *((("cold_start_s",), v) for v in (NAN, INF, -5.0)),
+    (("fingerprint", "cpu_cores"), -1),
+    *((("fingerprint", "gpu_memory_bytes"), v) for v in (0, -1)),
+    *((("fingerprint", "blas_threads"), v) for v in (0, -4)),
+    *((("h2d", "seconds", 0), v) for v in (NAN, INF, 0.0, -1e-3)),
+    *((("kinds", "elementwise", "cpu", "nbytes", 1), v) for v in (NAN, INF, 1e2, -1.0)),  # 1e2: sizes decrease
+    *((("kinds", "elementwise", "gpu", "seconds", 1), v) for v in (NAN, -INF)),
+]
+
+
+def _with_value(where: tuple, value) -> str:
+    data = gpu_profile_json()
+    *parents, last = where
+    target = data
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return json.dumps(data)  # NaN and Infinity as Python's json writes and reads them
+
+
+@pytest.mark.parametrize("where, value", IMPOSSIBLE_VALUES, ids=lambda x: ".".join(map(str, x)) if isinstance(x, tuple) else repr(x))
+def test_an_impossible_number_is_rejected_naming_the_field_and_the_value(tmp_path, where, value):
+    path = tmp_path / "p.json"
+    path.write_text(_with_value(where, value))
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    message = str(err.value)
+    # A curve is checked as a whole: its errors name the curve, and list its points.
+    field = ".".join(k for k in where if isinstance(k, str) and k not in ("seconds", "nbytes"))
+    assert field in message and repr(value) in message, message
+
+
+@pytest.mark.parametrize("where, value", [(("cold_start_s",), -5.0), (("launch_latency_s",), NAN)])
+def test_an_impossible_number_falls_back_to_the_next_profile(tmp_path, monkeypatch, fake_gpu, where, value):
+    bad = tmp_path / "bad.json"
+    bad.write_text(_with_value(where, value))
+    monkeypatch.setenv("AUTOOFFLOAD_PROFILE", str(bad))
+    from autooffload import explain, offload, reload_environment
+
+    reload_environment()
+    f = offload(kind="fft")(lambda x: np.fft.fft(x))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        d = explain(f, np.ones(10))
+    (message,) = profile_warnings(record)
+    assert str(bad) in message and where[0] in message and repr(value) in message
+    assert d.profile == "built-in"
+    assert d.backend == "numpy" and all(t > 0 for t in d.predicted_s.values())
 
 
 def test_load_missing_and_unreadable_files(tmp_path, monkeypatch):
@@ -491,6 +555,23 @@ def test_a_decorated_function_still_returns_the_numpy_result_with_a_bad_profile(
     assert isinstance(result, np.ndarray)
     np.testing.assert_array_equal(result, a * 5 + b)
     assert [m for m in profile_warnings(record) if str(bad) in m]
+
+
+def test_profile_warnings_point_at_the_users_line(tmp_path, monkeypatch):
+    from autooffload import explain, offload, reload_environment
+
+    bad = tmp_path / "bad.json"
+    write_bad(bad, "corrupt")
+    monkeypatch.setenv("AUTOOFFLOAD_PROFILE", str(bad))
+    reload_environment()
+    f = offload(lambda x: x * 2)
+    for call in (lambda: f(np.ones(10)), lambda: f([np.ones(10)]), lambda: explain(f, np.ones(10)), active_profile):
+        reset_active_profile()
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            call()
+        (warning,) = [w for w in record if issubclass(w.category, ProfileWarning)]
+        assert warning.filename == __file__, warning.filename
 
 
 def test_builtin_profile_is_marked_builtin():

@@ -17,6 +17,7 @@ from .errors import (
     ConfigError,
     GPUFallbackWarning,
     GPUUnavailableError,
+    LogFileWarning,
     ProfileError,
     ProfileWarning,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigError",
     "GPUFallbackWarning",
     "GPUUnavailableError",
+    "LogFileWarning",
     "ProfileError",
     "ProfileWarning",
     "__version__",

@@ -9,6 +9,7 @@ the old profile untouched, since nothing has been written yet.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from ._profile import Profile, cache_dir, profile_path, reset_active_profile, save_profile
@@ -26,16 +27,16 @@ def calibrate(
     ``quick``: the ~1-minute sweep instead of the ~5-minute one. ``output``: where to save
     (default: ``AUTOOFFLOAD_PROFILE``, else this machine's file in the cache folder).
     ``progress``: called with ``_sweep.SweepProgress`` as the sweep advances.
-    Raises ``CalibrationError`` when another calibration is running or the file cannot be saved.
+    Raises ``CalibrationError`` when another calibration is running or the file cannot be saved;
+    before sweeping, when the places it writes to are unusable (see ``check_can_save``).
     """
     from filelock import FileLock, Timeout
 
-    target = Path(output).expanduser() if output is not None else profile_path()
+    target = check_can_save(output)
     plan = SweepPlan.quick() if quick else SweepPlan.default()
     # One sweep at a time per user: two would measure each other's load.
     lock_path = cache_dir() / "calibrate.lock"
     try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_path), timeout=0)
         lock.acquire()
     except Timeout:
@@ -51,3 +52,29 @@ def calibrate(
         lock.release()
     reset_active_profile()
     return profile.with_source(str(saved))
+
+
+def check_can_save(output: str | os.PathLike | None) -> Path:
+    """Where the profile will be saved, once its folder and the cache folder (for the lock) are
+    proven writable: found now, not after minutes of sweeping. ``CalibrationError`` says why not.
+    """
+    target = Path(output).expanduser() if output is not None else profile_path()
+    if target.is_dir():
+        raise CalibrationError(f"cannot save the profile to {target}: {target} is a directory, not a file")
+    cache_name = "AUTOOFFLOAD_CACHE_DIR" if os.environ.get("AUTOOFFLOAD_CACHE_DIR") else "the cache folder"
+    for folder, name in ((cache_dir(), cache_name), (target.parent, "the profile's folder")):
+        _check_writable_folder(folder, name)
+    return target
+
+
+def _check_writable_folder(folder: Path, name: str) -> None:
+    """Create ``folder`` if missing (as saving would) and write a temporary file in it."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise CalibrationError(f"{name} must be a directory; {existing} is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:  # permissions, a read-only file system, a full disk
+        raise CalibrationError(f"cannot write in {name} {folder}: {e.strerror or e}") from None

@@ -9,9 +9,13 @@ import time
 from logging import DEBUG, INFO
 
 from . import _config
+from .errors import LogFileWarning, warn_at_user_line
 
 logger = logging.getLogger("autooffload")
 _file_lock = threading.Lock()
+# The environment whose AUTOOFFLOAD_LOG could not be written: not tried again (nor warned about)
+# until reload_environment() reads a new one.
+_unwritable_in: _config.Environment | None = None
 
 
 def active() -> bool:
@@ -21,13 +25,29 @@ def active() -> bool:
 
 def record(decision, *, first_in_bucket: bool) -> None:
     """DEBUG for every decision, INFO the first time a function meets a size bucket, JSON line to the file."""
+    global _unwritable_in
     level = INFO if first_in_bucket else DEBUG
     if logger.isEnabledFor(level):
         logger.log(level, "%s", decision)
-    path = _config.environment().log_path
-    if path is not None:
-        line = json.dumps({"time": time.time(), **decision.to_dict()}, default=str)
-        with _file_lock:
+    env = _config.environment()
+    path = env.log_path
+    if path is None or env is _unwritable_in:
+        return
+    line = json.dumps({"time": time.time(), **decision.to_dict()}, default=str)
+    # Records are made before the function runs: a log that fails here must not stop the call.
+    with _file_lock:
+        if env is _unwritable_in:
+            return
+        try:
             # One write of a whole line in append mode: lines from several processes do not interleave.
             with open(path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
+            return
+        except OSError as e:
+            _unwritable_in = env
+            reason = e.strerror or str(e)
+    warn_at_user_line(
+        f"autooffload: AUTOOFFLOAD_LOG={path!r} cannot be written ({reason}); the calls go on, "
+        "but their decisions are not logged to that file until it is fixed and reload_environment() is called",
+        LogFileWarning,
+    )

@@ -16,17 +16,22 @@ import platform
 import sys
 import tempfile
 import threading
-import warnings
 from bisect import bisect_left
 from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from .errors import CalibrationError, ProfileError, ProfileWarning
+from .errors import CalibrationError, ProfileError, ProfileWarning, warn_at_user_line
 
 SCHEMA_VERSION = 1
+
+# Every number a profile states is finite (pydantic accepts NaN and infinity unless told not to).
+# Seconds may be 0 (too small to count); a count or size of hardware must be > 0.
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class Curve(BaseModel):
@@ -94,11 +99,11 @@ class Fingerprint(BaseModel):
 
     hostname: str = ""
     cpu_model: str = "unknown"
-    cpu_cores: int = 0
+    cpu_cores: Annotated[int, Field(ge=0)] = 0  # 0: unknown
     gpu_name: str | None = None
     gpu_uuid: str | None = None
     gpu_compute_capability: str | None = None
-    gpu_memory_bytes: int | None = None
+    gpu_memory_bytes: PositiveInt | None = None
     driver_version: str | None = None
     cuda_runtime_version: str | None = None
     python_version: str = ""
@@ -106,7 +111,7 @@ class Fingerprint(BaseModel):
     cupy_version: str | None = None
     numba_version: str | None = None
     blas: str | None = None
-    blas_threads: int | None = None
+    blas_threads: PositiveInt | None = None
 
 
 class Profile(BaseModel):
@@ -124,9 +129,9 @@ class Profile(BaseModel):
     transfer_engine: str | None = None
     h2d: Curve | None = None
     d2h: Curve | None = None
-    launch_latency_s: float | None = None
+    launch_latency_s: Seconds | None = None
     # CUDA context creation + `import cupy` + first kernel, paid once per process.
-    cold_start_s: float | None = None
+    cold_start_s: Seconds | None = None
     kinds: dict[str, KindTiming] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
@@ -297,9 +302,10 @@ def _blas_threads() -> int | None:
                     getter = getattr(lib, symbol, None)
                     if getter is not None:
                         getter.restype = ctypes.c_int
-                        return int(getter())
+                        threads = int(getter())
+                        return threads if threads > 0 else None  # an error code, not a count
     with suppress(ValueError, TypeError):
-        return int(env) if env else None
+        return int(env) if env and int(env) > 0 else None
     return None
 
 
@@ -535,6 +541,10 @@ def load_profile(path: str | os.PathLike) -> Profile:
         if e.pos >= len(text.rstrip()):
             raise _profile_error(path, f"ends in the middle of the JSON ({e.msg}); the file is truncated") from None
         raise _profile_error(path, f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); the file is corrupt") from None
+    except RecursionError:
+        raise _profile_error(path, "has JSON arrays or objects nested too deeply to read; the file is corrupt") from None
+    except ValueError as e:  # an integer longer than Python reads (sys.get_int_max_str_digits())
+        raise _profile_error(path, f"cannot be read as JSON ({str(e).split(';')[0]}); the file is corrupt") from None
     if not isinstance(data, dict):
         raise _profile_error(path, f"holds a JSON {type(data).__name__}, not a profile object")
     version = data.get("schema_version")
@@ -552,11 +562,19 @@ def load_profile(path: str | os.PathLike) -> Profile:
         profile = Profile.model_validate(data)
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()[:3]
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}{_given(err['input'])}" for err in e.errors()[:3]
         )
         more = f" (and {e.error_count() - 3} more)" if e.error_count() > 3 else ""
         raise _profile_error(path, f"does not match profile schema {SCHEMA_VERSION}: {problems}{more}") from None
     return profile.with_source(str(path))
+
+
+def _given(value: object) -> str:
+    """The offending value of a field, where it is one number or word (a curve's message lists its points)."""
+    if isinstance(value, (dict, list)):
+        return ""
+    text = repr(value)
+    return f" (got {text if len(text) <= 40 else text[:37] + '...'})"
 
 
 def profile_json(profile: Profile) -> str:
@@ -654,7 +672,7 @@ def reset_active_profile() -> None:
 
 
 def _warn_unused(message: str) -> None:
-    warnings.warn(f"autooffload: {message}; falling back to the next profile in line", ProfileWarning, stacklevel=4)
+    warn_at_user_line(f"autooffload: {message}; falling back to the next profile in line", ProfileWarning)
 
 
 def _try_load(path: Path) -> Profile | None:
@@ -700,7 +718,7 @@ def _resolve_active_profile() -> Profile:
         logger.info("no calibrated profile for this machine (looked for %s); using built-in defaults; %s", path, CALIBRATE_HINT)
         return builtin_profile()
     except Exception as e:  # a profile problem must never break a user's call
-        warnings.warn(f"autooffload: could not resolve a profile ({e!r}); using built-in defaults", ProfileWarning, stacklevel=3)
+        warn_at_user_line(f"autooffload: could not resolve a profile ({e!r}); using built-in defaults", ProfileWarning)
         return builtin_profile()
 
 

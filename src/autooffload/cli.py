@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 from typing import Sequence, TextIO
 
+from ._config import reload_environment
 from ._decide import KINDS, crossover
 from ._profile import (
     Profile,
@@ -24,7 +25,7 @@ from ._profile import (
     software_drift,
     this_machine_mismatch,
 )
-from .errors import CalibrationError, ProfileError
+from .errors import CalibrationError, ConfigError, ProfileError
 from ._units import format_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -198,9 +199,13 @@ def _error(message: str) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ._calibrate import calibrate
+    from ._calibrate import calibrate, check_can_save
 
-    target = args.output or str(profile_path())
+    try:
+        target = str(check_can_save(args.output))  # a usage error, found before the sweep
+    except CalibrationError as e:
+        _error(str(e))
+        return EXIT_USAGE
     bar = ProgressBar(sys.stderr)
     started = time.perf_counter()
     try:
@@ -298,6 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse has already explained
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        # The AUTOOFFLOAD_* variables every decorated call would reject: say so before any work.
+        reload_environment()
+    except ConfigError as e:
+        _error(str(e))
+        return EXIT_USAGE
     try:
         return args.run(args)
     except KeyboardInterrupt:

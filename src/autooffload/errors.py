@@ -3,6 +3,10 @@
 Every message says what was expected and what was given (the threadpoolctl habit).
 """
 
+import os
+import sys
+import warnings
+
 
 class AutoOffloadError(Exception):
     """Base class of every error autooffload raises itself."""
@@ -34,3 +38,26 @@ class GPUFallbackWarning(AutoOffloadWarning):
 
 class ProfileWarning(AutoOffloadWarning):
     """A profile was found but not used (corrupt, other machine, other schema); a fallback was used."""
+
+
+class LogFileWarning(AutoOffloadWarning):
+    """``AUTOOFFLOAD_LOG`` cannot be written; calls go on, unlogged to the file until ``reload_environment()``."""
+
+
+_PACKAGE_DIR = os.path.dirname(__file__) + os.sep  # as code objects spell their file names
+# The decorator's generated wrappers are compiled under file names starting with this.
+_GENERATED_PREFIX = "<autooffload "
+
+
+def warn_at_user_line(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first frame outside autooffload: the user's own line.
+
+    A fixed stacklevel cannot do this: the same warning is reached through the hot path, the
+    general path, ``explain()`` or the CLI, each at another depth.
+    """
+    frame, level = sys._getframe(0), 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE_DIR) or frame.f_code.co_filename.startswith(_GENERATED_PREFIX)
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
