@@ -331,9 +331,12 @@ class Moved:
                 self.backend.assign(e.original, e.copy)
 
     def discard(self) -> None:
+        """Drop every reference to the copies and snapshots (the call is over or abandoned)."""
         self.entries.clear()
         self.by_copy.clear()
         self.regions.clear()
+        self.containers = []
+        self.args, self.kwargs = (), {}
 
     # -- results -----------------------------------------------------------------------------
     def result(self, obj: Any) -> Any:

@@ -386,6 +386,8 @@ class _State:
             result = self.func(*args, **kwargs)
         except BaseException:
             moved.write_back()  # NumPy keeps writes made before an exception; so do we
+            moved.discard()
+            del args, kwargs
             raise
         moved.write_back()
         return moved.result(result)
@@ -464,11 +466,13 @@ class _State:
             twin.refresh()
         try:
             result = fn(*call_args, **call_kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt and SystemExit too: NumPy keeps the writes
             cause = backend.fallback_cause(exc)
             if cause is None:
                 if moved is not None:
                     moved.write_back()  # writes made before the user's exception are kept
+                    moved.discard()  # the traceback keeps this frame: let the copies go
+                del call_args, call_kwargs
                 raise
             return False, (exc, cause)
         if twin is not None:
