@@ -4,6 +4,8 @@ byte order, dtypes the device cannot hold, views of strided arguments, metadata 
 Real GPU behaviour is proven by the tests marked ``gpu`` (test_decorator_gpu.py).
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,55 @@ def test_a_base_exception_in_the_numpy_run_of_device_data_keeps_writes(fake_gpu)
     with pytest.raises(KeyboardInterrupt):
         stop(x)
     np.testing.assert_array_equal(x.view(np.ndarray), [0.0, 7.0, 0.0])
+
+
+# -- #10: dtypes no device holds -----------------------------------------------------------------
+LONG = [d for d in (np.dtype(np.longdouble), np.dtype(np.clongdouble))
+        if d not in (np.dtype(np.float64), np.dtype(np.complex128))]  # where long double is double, it is held
+
+
+@pytest.mark.skipif(not LONG, reason="long double is double on this platform")
+@pytest.mark.parametrize("dtype", LONG, ids=str)
+@pytest.mark.parametrize("how", ["config", "decorator", "nested"])
+def test_long_double_arguments_run_on_numpy_and_say_why(fake_gpu, dtype, how):
+    from autooffload import config, explain
+
+    def double(x):
+        x *= 2
+        return x
+
+    def double_first(items):
+        return double(items[0])
+
+    a = np.arange(3).astype(dtype)
+    if how == "config":
+        f, args = offload(double), (a,)
+    elif how == "decorator":
+        f, args = offload(backend="cupy")(double), (a,)
+    else:
+        f, args = offload(double_first), ([a],)
+    with config(backend="cupy") if how != "decorator" else contextlib.nullcontext():
+        d = explain(f, *args)
+        out = f(*args)
+    assert out is a and np.array_equal(a, np.arange(3) * 2) and a.dtype == dtype
+    assert d.backend == "numpy" and f.last_decision.backend == "numpy"
+    assert str(dtype) in d.reason and "forced cupy ignored" in d.reason
+
+
+@pytest.mark.skipif(not LONG, reason="long double is double on this platform")
+def test_a_long_double_result_of_a_numpy_run_of_device_data_stays_on_the_host(fake_gpu):
+    from fake_device import FakeDeviceArray
+
+    f = offload(backend="numpy")(lambda x: x.astype(np.longdouble) * 2)
+    out = f(np.arange(3.0).view(FakeDeviceArray))
+    assert type(out) is np.ndarray and out.dtype == np.longdouble and np.array_equal(out, [0, 2, 4])
+
+
+def test_every_device_dtype_is_held_in_either_byte_order():
+    from autooffload._backends import DEVICE_DTYPES
+
+    held = ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"]
+    for code in held:
+        assert np.dtype(code) in DEVICE_DTYPES and np.dtype(code).newbyteorder() in DEVICE_DTYPES
+    for other in ["O", "U3", "S2", "M8[s]", "m8[s]", "V8", [("a", "f8")], (np.float64, (2,))] + LONG:
+        assert np.dtype(other) not in DEVICE_DTYPES

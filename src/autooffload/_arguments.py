@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._address import array_address
-from ._backends import DEVICE_DTYPE_KINDS, DeviceBackend, bits_differ
+from ._backends import DEVICE_DTYPES, DeviceBackend, bits_differ, why_not_on_device
 
 _ALIGN = 256  # device allocations are at least this aligned; span starts are aligned down to it
 
@@ -223,8 +223,8 @@ class Moved:
         return entry
 
     def _move_single(self, original: Any) -> None:
-        if self.to_device and original.dtype.kind not in DEVICE_DTYPE_KINDS:
-            raise Ineligible(f"dtype {original.dtype} cannot live on the GPU")
+        if self.to_device and (why := why_not_on_device(original)) is not None:
+            raise Ineligible(f"{why} cannot live on the GPU")
         copy = self._copy_over(original)
         entry = self._new_entry(original, copy)
         if not self.pure:
@@ -253,8 +253,8 @@ class Moved:
         high = max(self._extent(a)[1] for a in group)
         start = max(min(self._allocation_start(a) for a in group), low - low % _ALIGN)
         for a in group:
-            if a.dtype.kind not in DEVICE_DTYPE_KINDS and self.to_device:
-                raise Ineligible(f"dtype {a.dtype} cannot live on the GPU")
+            if self.to_device and (why := why_not_on_device(a)) is not None:
+                raise Ineligible(f"{why} cannot live on the GPU")
             if (self._pointer(a) - start) % a.dtype.alignment:
                 raise Ineligible("overlapping array arguments at offsets the device cannot align")
         original_span = self._original_bytes(group[0], start, high)
@@ -355,8 +355,8 @@ class Moved:
             return host[()] if host.ndim == 0 else host
         if isinstance(x, np.generic):
             x = np.asarray(x)
-        elif x.dtype.kind not in DEVICE_DTYPE_KINDS:
-            return x  # an object/string result of the NumPy run cannot live on the device
+        elif x.dtype not in DEVICE_DTYPES:
+            return x  # an object, string or long double result of the NumPy run cannot live on the device
         view = self._view_of_original(x, self._copy_pointer(x))
         return view if view is not None else self.backend.to_device(x)
 
