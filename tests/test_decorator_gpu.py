@@ -297,3 +297,66 @@ def test_many_threads_on_the_gpu():
         t.join()
     assert not errors, errors[:2]
     assert f.stats.calls == 160
+
+
+SWAPPED = np.dtype("f8").newbyteorder("S")  # '>f8' on a little-endian machine
+
+
+def test_non_native_byte_order_arguments_are_written_back_in_their_byte_order():
+    def scale(x):
+        x *= 2
+        x[0] = -1.5
+        return x.sum()
+
+    f = offload(scale)
+    for view in (lambda p: p, lambda p: p.T, lambda p: p[::3, 1::2], lambda p: p[::-1, ::-2]):
+        parent = (rng.random((64, 48)) * 100).astype(SWAPPED)
+        expected = parent.copy()
+        want = scale(view(expected))
+        with config(backend="cupy"):
+            got = f(view(parent))
+        assert f.last_decision.backend == "cupy"
+        assert parent.dtype == SWAPPED
+        np.testing.assert_array_equal(parent, expected)
+        assert got == pytest.approx(want, rel=1e-12)
+
+    x = np.arange(6.0).astype(SWAPPED)
+    with config(backend="cupy"):
+        same, tail, backwards = offload(lambda x: (x, x[1:], x[::-1]))(x)
+    assert same is x
+    np.testing.assert_array_equal(tail, x[1:])
+    np.testing.assert_array_equal(backwards, x[::-1])
+
+    def shift(a, b):  # overlapping: copied as one byte span, which cannot change byte order
+        a[1:] += b[:-1]
+        return a.sum()
+
+    base = rng.random(100).astype(SWAPPED)
+    expected = base.copy()
+    want = shift(expected[2:], expected[:98])
+    g = offload(shift)
+    with config(backend="cupy"):
+        assert g(base[2:], base[:98]) == want
+    np.testing.assert_array_equal(base, expected)
+    assert g.last_decision.backend == "numpy" and "byte order" in g.last_decision.reason
+
+
+def test_long_double_arguments_run_on_numpy_with_the_reason():
+    held = [np.dtype(np.float64), np.dtype(np.complex128)]
+    dtypes = [d for d in (np.dtype(np.longdouble), np.dtype(np.clongdouble)) if d not in held]
+    if not dtypes:
+        pytest.skip("long double is double on this platform")
+
+    @offload
+    def double(x):
+        x *= 2
+        return x
+
+    for dtype in dtypes:
+        a = np.arange(3).astype(dtype)
+        with config(backend="cupy"):
+            reason = explain(double, a).reason
+            assert double(a) is a
+        assert np.array_equal(a, [0, 2, 4]) and a.dtype == dtype
+        assert double.last_decision.backend == "numpy"
+        assert str(dtype) in reason and "forced cupy ignored" in reason

@@ -84,6 +84,55 @@ def test_a_base_exception_in_the_numpy_run_of_device_data_keeps_writes(fake_gpu)
     np.testing.assert_array_equal(x.view(np.ndarray), [0.0, 7.0, 0.0])
 
 
+# -- #9: arrays in non-native byte order -----------------------------------------------------------
+SWAPPED = np.dtype(">f8") if np.dtype("f8").isnative and np.little_endian else np.dtype("<f8")
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_writes_into_a_non_native_array_reach_the_caller_in_its_byte_order(on_gpu, layout):
+    def scale(x):
+        x *= 2
+        x[0] = -1.5
+        return x.sum()
+
+    parent = (rng.random((6, 8)) * 100).astype(SWAPPED)
+    expected = parent.copy()
+    want = scale(LAYOUTS[layout](expected))
+    f = offload(scale)
+    got = f(LAYOUTS[layout](parent))
+    assert f.last_decision.backend == "cupy"
+    assert parent.dtype == SWAPPED
+    np.testing.assert_array_equal(parent, expected)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_a_non_native_argument_returned_or_viewed_keeps_its_values(on_gpu):
+    @offload
+    def parts(x):
+        return x, x[1:], x[::-1], x.view(np.uint8)[:8]
+
+    x = np.arange(6.0).astype(SWAPPED)
+    same, tail, backwards, raw = parts(x)
+    assert same is x
+    np.testing.assert_array_equal(tail, x[1:])
+    np.testing.assert_array_equal(backwards, x[::-1])
+    np.testing.assert_array_equal(raw, x.astype("=f8").view(np.uint8)[:8])  # the device's bytes are native
+
+
+def test_overlapping_non_native_arguments_run_on_numpy(on_gpu):
+    def shift(a, b):
+        a[1:] += b[:-1]
+        return a.sum()
+
+    base = (rng.random(10)).astype(SWAPPED)
+    expected = base.copy()
+    want = shift(expected[2:], expected[:8])
+    f = offload(shift)
+    assert f(base[2:], base[:8]) == want
+    np.testing.assert_array_equal(base, expected)
+    assert f.last_decision.backend == "numpy" and "byte order" in f.last_decision.reason
+
+
 # -- #10: dtypes no device holds -----------------------------------------------------------------
 LONG = [d for d in (np.dtype(np.longdouble), np.dtype(np.clongdouble))
         if d not in (np.dtype(np.float64), np.dtype(np.complex128))]  # where long double is double, it is held

@@ -235,7 +235,8 @@ class Moved:
         # A contiguous original and its copy match byte for byte: results that are views of
         # the copy can become views of the original.
         contiguous = original.flags.c_contiguous or original.flags.f_contiguous
-        if contiguous and original.strides == copy.strides and original.nbytes:
+        same_bytes = original.dtype == copy.dtype  # not so for a non-native original: its copy is native
+        if contiguous and same_bytes and original.strides == copy.strides and original.nbytes:
             low = self._copy_pointer(copy)
             self.regions.append(_Region(low, low + copy.nbytes, self._original_bytes(original, *self._extent(original))))
 
@@ -255,6 +256,8 @@ class Moved:
         for a in group:
             if self.to_device and (why := why_not_on_device(a)) is not None:
                 raise Ineligible(f"{why} cannot live on the GPU")
+            if not a.dtype.isnative:  # the span is copied byte for byte: no byte order conversion
+                raise Ineligible(f"overlapping array arguments in non-native byte order ({a.dtype}) cannot be copied as one span")
             if (self._pointer(a) - start) % a.dtype.alignment:
                 raise Ineligible("overlapping array arguments at offsets the device cannot align")
         original_span = self._original_bytes(group[0], start, high)
@@ -325,10 +328,17 @@ class Moved:
                     raise ReadOnlyWritten(f"the function wrote into a read-only array of shape {e.original.shape}")
             for e in dirty:
                 if e.original.flags.writeable:
-                    self.backend.to_host(e.copy, out=e.original)
+                    self._copy_back(e.original, e.copy)
         else:
             for e in dirty:
                 self.backend.assign(e.original, e.copy)
+
+    def _copy_back(self, original: np.ndarray, copy: Any) -> None:
+        """Write a device copy's values into the caller's host array, in the caller's byte order."""
+        if original.dtype == copy.dtype:
+            self.backend.to_host(copy, out=original)
+        else:  # a non-native original (its copy is native): NumPy converts on assignment
+            original[...] = self.backend.to_host(copy)
 
     def discard(self) -> None:
         """Drop every reference to the copies and snapshots (the call is over or abandoned)."""
