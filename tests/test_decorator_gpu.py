@@ -360,3 +360,36 @@ def test_long_double_arguments_run_on_numpy_with_the_reason():
         assert np.array_equal(a, [0, 2, 4]) and a.dtype == dtype
         assert double.last_decision.backend == "numpy"
         assert str(dtype) in reason and "forced cupy ignored" in reason
+
+
+def test_a_view_of_a_strided_argument_is_a_view_of_the_callers_memory():
+    def head_and_back(x):
+        x[0] = -5.0
+        return x[:2], x[::-1], x.T
+
+    f = offload(head_and_back)
+    for make in (lambda: np.arange(10.0)[::2], lambda: np.arange(10.0)[::-1],
+                 lambda: np.arange(12.0).reshape(3, 4).T, lambda: np.arange(12.0).reshape(3, 4)[:, 1],
+                 lambda: np.arange(48.0).reshape(6, 8)[::2, ::-3], lambda: np.arange(6.0).astype(SWAPPED)[::-2]):
+        a, ref = make(), make()
+        with config(backend="cupy"):
+            got = f(a)
+        want = head_and_back(ref)
+        assert f.last_decision.backend == "cupy"
+        for g, w in zip(got, want):
+            assert type(g) is np.ndarray and np.shares_memory(g, a) and g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+        got[0][...] = 7.0
+        want[0][...] = 7.0
+        np.testing.assert_array_equal(a, ref)
+
+
+def test_a_host_view_of_strided_device_data_is_a_view_of_the_device_array():
+    @offload(backend="numpy")
+    def head(x):
+        return x[:2]
+
+    parent = cp.arange(10.0)
+    out = head(parent[::-2])
+    assert isinstance(out, cp.ndarray) and cp.shares_memory(out, parent)
+    cp.testing.assert_array_equal(out, cp.asarray([9.0, 7.0]))

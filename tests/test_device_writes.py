@@ -8,6 +8,8 @@ import contextlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autooffload import offload
 
@@ -183,3 +185,147 @@ def test_every_device_dtype_is_held_in_either_byte_order():
         assert np.dtype(code) in DEVICE_DTYPES and np.dtype(code).newbyteorder() in DEVICE_DTYPES
     for other in ["O", "U3", "S2", "M8[s]", "m8[s]", "V8", [("a", "f8")], (np.float64, (2,))] + LONG:
         assert np.dtype(other) not in DEVICE_DTYPES
+
+
+# -- #11: views of strided arguments are views of the caller's memory -----------------------------
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def _translated(original, copy, view):
+    """``view`` (of ``copy``) as an array over ``original``'s memory, or None."""
+    from autooffload._arguments import extent
+    from autooffload._layout import translate_view
+
+    mapped = translate_view(
+        _address(view) - _address(copy), view.shape, view.strides, view.itemsize,
+        dense_shape=copy.shape, dense_strides=copy.strides, target_strides=original.strides,
+        element_size=original.itemsize,
+    )
+    if mapped is None:
+        return None
+    offset, strides = mapped
+    low, high = extent(_address(original), original.shape, original.strides, original.itemsize)
+    buffer = np.frombuffer(original.base if original.base is not None else original, np.uint8)
+    start = _address(original) - _address(buffer)
+    return np.ndarray(view.shape, view.dtype, buffer=buffer, offset=start + offset, strides=strides)
+
+
+@st.composite
+def _slices(draw, shape):
+    out = []
+    for n in shape:
+        step = draw(st.sampled_from([1, 1, 2, 3, -1, -2]))
+        a, b = sorted(draw(st.lists(st.integers(0, n), min_size=2, max_size=2)))
+        out.append(slice(a, b, step) if step > 0 else slice(b - 1 if b else None, a - 1 if a else None, step))
+    return tuple(out)
+
+
+@st.composite
+def _strided_case(draw):
+    ndim = draw(st.integers(1, 3))
+    base_shape = tuple(draw(st.lists(st.integers(1, 6), min_size=ndim, max_size=ndim)))
+    dtype = draw(st.sampled_from([np.float64, np.int16, np.complex128]))
+    base = np.arange(np.prod(base_shape)).astype(dtype).reshape(base_shape)
+    if dtype is np.complex128:
+        base = base + 1j * (base + 1000)
+    original = base[draw(_slices(base_shape))].transpose(draw(st.permutations(range(ndim))))
+    copy = np.array(original, order=draw(st.sampled_from("CF")))
+    index = draw(_slices(copy.shape))
+    perm = draw(st.permutations(range(ndim)))
+    kind = draw(st.sampled_from(["same", "real", "imag", "flat", "bytes"]))
+    return base, original, copy, index, perm, kind
+
+
+@settings(max_examples=300, deadline=None)
+@given(_strided_case())
+def test_a_view_of_the_copy_translates_into_the_same_view_of_the_original(case):
+    base, original, copy, index, perm, kind = case
+    basic = copy[index].transpose(perm)
+    if kind == "same":
+        view = basic
+    elif kind in ("real", "imag"):
+        view = getattr(basic, kind)
+    elif kind == "flat":
+        view = copy.reshape(-1, order="A")[index[0]] if copy.size else copy
+    else:
+        if not copy.size:
+            return
+        view = copy.view(np.uint8) if copy.flags.c_contiguous else copy.T.view(np.uint8)
+        view = view.reshape(-1)[index[0]]
+    if not view.size or not np.shares_memory(view, copy):
+        return
+    mapped = _translated(original, copy, view)
+    if kind == "same" or (kind in ("real", "imag") and np.iscomplexobj(copy)):
+        # Every basic-index view of the copy is that view of the original: it must be found.
+        assert mapped is not None
+        np.testing.assert_array_equal(mapped, getattr(original[index].transpose(perm), kind, None)
+                                      if kind != "same" else original[index].transpose(perm))
+    if mapped is not None:
+        assert np.shares_memory(mapped, base)
+        np.testing.assert_array_equal(mapped, view)  # element by element, what the copy's view holds
+
+
+def test_views_that_do_not_follow_the_original_are_not_translated():
+    from autooffload._layout import translate_view
+
+    original = np.arange(24.0).reshape(4, 6)[:, ::2]  # (4, 3), strides (48, 16)
+    copy = np.ascontiguousarray(original)  # strides (24, 8)
+    flat = copy.reshape(-1)[2:7]  # crosses from row 0 into row 1: no fixed step in the original
+    assert _translated(original, copy, flat) is None
+    halves = copy.view(np.float32)[:, 1:4]  # halves of two neighbouring elements, not neighbours there
+    assert _translated(original, copy, halves) is None
+    wide = copy.reshape(-1)[:4].view(np.complex128)  # an element of it straddles two elements
+    assert _translated(original, copy, wide) is None
+    assert translate_view(8, (2,), (8,), 8, dense_shape=(3,), dense_strides=(8,), target_strides=(-8,),
+                          element_size=8) == (-8, (-8,))
+
+
+STRIDED = {
+    "a[::2]": lambda: np.arange(10.0)[::2],
+    "a[::-1]": lambda: np.arange(10.0)[::-1],
+    "transposed": lambda: np.arange(12.0).reshape(3, 4).T,
+    "column": lambda: np.arange(12.0).reshape(3, 4)[:, 1],
+    "2-d strided": lambda: np.arange(48.0).reshape(6, 8)[::2, ::-3],
+}
+
+
+@pytest.mark.parametrize("make", list(STRIDED.values()), ids=list(STRIDED))
+def test_a_view_of_a_strided_argument_is_a_view_of_the_callers_memory(on_gpu, make):
+    def head_and_back(x):
+        x[0] = -5.0
+        return x[:2], x[::-1], x.T
+
+    a, ref = make(), make()
+    got, want = offload(head_and_back)(a), head_and_back(ref)
+    for g, w in zip(got, want):
+        assert type(g) is np.ndarray and np.shares_memory(g, a)
+        np.testing.assert_array_equal(g, w)
+    got[0][...] = 7.0
+    want[0][...] = 7.0
+    np.testing.assert_array_equal(a, ref)
+
+
+def test_a_view_of_a_non_native_argument_is_a_view_in_its_byte_order(on_gpu):
+    parts = offload(lambda x: (x[1:], x[::-2]))
+    x = np.arange(6.0).astype(SWAPPED)
+    tail, back = parts(x)
+    for got, want in ((tail, x[1:]), (back, x[::-2])):
+        assert got.dtype == SWAPPED and np.shares_memory(got, x)
+        np.testing.assert_array_equal(got, want)
+    tail[0] = 42.0
+    assert x[1] == 42.0
+
+
+def test_a_host_view_of_strided_device_data_is_a_view_of_the_device_array(fake_gpu):
+    from fake_device import FakeDeviceArray
+
+    @offload(backend="numpy")
+    def head(x):
+        return x[:2]
+
+    parent = np.arange(10.0).view(FakeDeviceArray)
+    x = parent[::-2]
+    out = head(x)
+    assert type(out) is FakeDeviceArray and np.shares_memory(out, parent)
+    np.testing.assert_array_equal(out.view(np.ndarray), [9.0, 7.0])

@@ -24,6 +24,7 @@ import numpy as np
 
 from ._address import array_address
 from ._backends import DEVICE_DTYPES, DeviceBackend, bits_differ, why_not_on_device
+from ._layout import translate_view
 
 _ALIGN = 256  # device allocations are at least this aligned; span starts are aligned down to it
 
@@ -123,12 +124,43 @@ class _Entry:
 
 
 @dataclasses.dataclass
+class _Layout:
+    """How a dense copy's elements sit in the strided original it was made from."""
+
+    shape: tuple[int, ...]
+    copy_strides: tuple[int, ...]
+    original_strides: tuple[int, ...]
+    original_start: int  # offset of the original's first element in the region's original_bytes
+    element_size: int
+    swapped_dtype: Any = None  # the original's dtype where its byte order differs from the copy's
+
+    def translate(self, offset: int, x: Any) -> tuple[int, tuple[int, ...], Any] | None:
+        """(offset in original_bytes, strides, dtype) of the caller-side view matching ``x``."""
+        dtype = x.dtype
+        if self.swapped_dtype is not None:
+            if dtype != self.swapped_dtype.newbyteorder("="):
+                return None  # a view of other elements than the original's sees other bytes there
+            dtype = self.swapped_dtype
+        mapped = translate_view(offset, x.shape, x.strides, x.itemsize, dense_shape=self.shape,
+                                dense_strides=self.copy_strides, target_strides=self.original_strides,
+                                element_size=self.element_size)
+        if mapped is None:
+            return None
+        return self.original_start + mapped[0], mapped[1], dtype
+
+
+@dataclasses.dataclass
 class _Region:
-    """Copy-side bytes [low, high) that mirror caller-side bytes at ``original_low`` one to one."""
+    """Copy-side bytes [low, high) that hold the elements of caller-side memory.
+
+    Without ``layout`` they mirror the caller's bytes one to one (a view maps at the same offset
+    and strides); with it, the copy is a dense copy of one strided (or byte-swapped) original.
+    """
 
     low: int
     high: int
-    original_bytes: Any  # uint8 array over the caller's bytes, same length
+    original_bytes: Any  # uint8 array over the caller's bytes
+    layout: _Layout | None = None
 
 
 class Moved:
@@ -232,13 +264,19 @@ class Moved:
                 entry.snapshot = self._snapshot(copy)
             except MemoryError:  # cupy's OutOfMemoryError is a MemoryError
                 entry.always_write_back = True
-        # A contiguous original and its copy match byte for byte: results that are views of
-        # the copy can become views of the original.
-        contiguous = original.flags.c_contiguous or original.flags.f_contiguous
-        same_bytes = original.dtype == copy.dtype  # not so for a non-native original: its copy is native
-        if contiguous and same_bytes and original.strides == copy.strides and original.nbytes:
+        # Results that are views of the copy can become views of the original: byte for byte
+        # where the layouts and byte orders match, else through the copy's layout.
+        if original.nbytes:
             low = self._copy_pointer(copy)
-            self.regions.append(_Region(low, low + copy.nbytes, self._original_bytes(original, *self._extent(original))))
+            original_low, original_high = self._extent(original)
+            region = _Region(low, low + copy.nbytes, self._original_bytes(original, original_low, original_high))
+            contiguous = original.flags.c_contiguous or original.flags.f_contiguous
+            same_bytes = original.dtype == copy.dtype  # not so for a non-native original: its copy is native
+            if not (contiguous and same_bytes and original.strides == copy.strides):
+                region.layout = _Layout(tuple(copy.shape), tuple(copy.strides), tuple(original.strides),
+                                        self._pointer(original) - original_low, original.itemsize,
+                                        None if same_bytes else original.dtype)
+            self.regions.append(region)
 
     def _original_bytes(self, like: Any, low: int, high: int) -> Any:
         """A uint8 array over the caller-side bytes [low, high) that ``like`` lives in."""
@@ -375,10 +413,15 @@ class Moved:
         low, high = extent(ptr, x.shape, x.strides, x.itemsize)
         for region in self.regions:
             if region.low <= low and high <= region.high and high > low:
+                offset, strides, dtype = ptr - region.low, x.strides, x.dtype
+                if region.layout is not None:
+                    mapped = region.layout.translate(offset, x)
+                    if mapped is None:
+                        return None  # no view of the caller's memory holds these elements: a copy
+                    offset, strides, dtype = mapped
                 if self.to_device:
-                    return np.ndarray(x.shape, x.dtype, buffer=region.original_bytes,
-                                      offset=ptr - region.low, strides=x.strides)
-                return self.backend.view(region.original_bytes, x.shape, x.dtype, ptr - region.low, x.strides)
+                    return np.ndarray(x.shape, dtype, buffer=region.original_bytes, offset=offset, strides=strides)
+                return self.backend.view(region.original_bytes, x.shape, dtype, offset, strides)
         return None
 
 
