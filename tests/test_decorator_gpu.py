@@ -393,3 +393,28 @@ def test_a_host_view_of_strided_device_data_is_a_view_of_the_device_array():
     out = head(parent[::-2])
     assert isinstance(out, cp.ndarray) and cp.shares_memory(out, parent)
     cp.testing.assert_array_equal(out, cp.asarray([9.0, 7.0]))
+
+
+def test_a_shape_set_on_an_argument_reaches_the_caller():
+    def as_matrix(x):
+        x.shape = (2, 2)
+        x[1] += 10
+        return x, x.sum()
+
+    f = offload(as_matrix)
+    for make in (lambda: np.arange(4.0), lambda: np.arange(8.0)[::2]):
+        a, ref = make(), make()
+        want_x, want_sum = as_matrix(ref)
+        with config(backend="cupy"):
+            got_x, got_sum = f(a)
+        assert f.last_decision.backend == "cupy" and got_x is a and a.shape == (2, 2)
+        np.testing.assert_array_equal(a, ref)
+        assert got_sum == want_sum
+
+    def flatten(x):
+        x.shape = (6,)  # a column slice cannot take it in place (NumPy raises); its dense copy can
+
+    a = np.arange(12.0).reshape(3, 4)[:, :2]
+    with config(backend="cupy"), pytest.raises(AttributeError):
+        offload(flatten)(a)
+    assert a.shape == (3, 2)

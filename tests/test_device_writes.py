@@ -329,3 +329,49 @@ def test_a_host_view_of_strided_device_data_is_a_view_of_the_device_array(fake_g
     out = head(x)
     assert type(out) is FakeDeviceArray and np.shares_memory(out, parent)
     np.testing.assert_array_equal(out.view(np.ndarray), [9.0, 7.0])
+
+
+# -- #14: the function changes an argument's shape ------------------------------------------------
+@pytest.mark.parametrize("layout", ["C", "strided 1-d"])
+def test_a_shape_set_on_an_argument_reaches_the_caller_and_writes_are_kept(on_gpu, layout):
+    def as_matrix(x):
+        x.shape = (2, 2)
+        x[1] += 10
+        return x, x.sum()
+
+    make = (lambda: np.arange(4.0)) if layout == "C" else (lambda: np.arange(8.0)[::2])
+    a, ref = make(), make()
+    want_x, want_sum = as_matrix(ref)
+    f = offload(as_matrix)
+    got_x, got_sum = f(a)
+    assert f.last_decision.backend == "cupy"
+    assert got_x is a and a.shape == ref.shape == (2, 2)
+    np.testing.assert_array_equal(a, ref)
+    assert got_sum == want_sum
+
+
+def test_a_shape_the_callers_array_cannot_take_in_place_raises_as_numpy_does(on_gpu):
+    def flatten(x):
+        x[0, 0] = -1.0
+        x.shape = (6,)  # a column slice cannot be reshaped in place; its dense copy can
+        return x
+
+    ref = np.arange(12.0).reshape(3, 4)[:, :2]
+    with pytest.raises(AttributeError) as numpy_error:
+        flatten(ref)
+    a = np.arange(12.0).reshape(3, 4)[:, :2]
+    f = offload(flatten)
+    with pytest.raises(AttributeError) as offload_error:
+        f(a)
+    assert str(offload_error.value) == str(numpy_error.value)
+    assert a.shape == (3, 2) and f.last_decision.backend == "numpy"
+    np.testing.assert_array_equal(a, ref)  # the write before the error is kept, once
+
+
+def test_write_detection_compares_the_memory_as_moved(on_gpu):
+    def reshape_only(x):
+        x.shape = (4,)
+
+    a = np.arange(4.0).reshape(2, 2)
+    assert offload(reshape_only)(a) is None
+    assert a.shape == (4,) and on_gpu.to_host_calls == 0  # nothing written: nothing copied back

@@ -33,8 +33,16 @@ class Ineligible(Exception):
     """The arguments cannot be moved to the device faithfully; the call must run on NumPy."""
 
 
-class ReadOnlyWritten(Exception):
+class NumPyWouldRaise(Exception):
+    """The device run did what NumPy would have refused on the caller's arrays: rerun there."""
+
+
+class ReadOnlyWritten(NumPyWouldRaise):
     """The device run wrote into a copy of a read-only host array: NumPy would have raised."""
+
+
+class ShapeRefused(NumPyWouldRaise):
+    """The device run set a shape on a copy that the caller's array cannot take in place."""
 
 
 def extent(ptr: int, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
@@ -118,7 +126,10 @@ def _host_bytes_at(low: int, nbytes: int) -> np.ndarray:
 @dataclasses.dataclass
 class _Entry:
     original: Any  # the caller's array
-    copy: Any  # its copy on the other side
+    copy: Any  # its copy on the other side, the object the function receives
+    # A view of `copy` taken when moved: the memory in the original's shape, whatever shape the
+    # function sets on `copy` (write detection and write-back read this).
+    as_moved: Any
     snapshot: Any = None  # a copy of `copy` taken before the call (write detection)
     always_write_back: bool = False  # no snapshot could be made: write back unconditionally
 
@@ -249,7 +260,7 @@ class Moved:
         return groups
 
     def _new_entry(self, original: Any, copy: Any) -> _Entry:
-        entry = _Entry(original, copy)
+        entry = _Entry(original, copy, copy.view())
         self.entries[id(original)] = entry
         self.by_copy[id(copy)] = original
         return entry
@@ -354,10 +365,17 @@ class Moved:
         entries = list(self.entries.values())
         checked = [e for e in entries if e.snapshot is not None]
         if self.to_device:
-            flags = self.backend.changed([(e.copy, e.snapshot) for e in checked])
+            flags = self.backend.changed([(e.as_moved, e.snapshot) for e in checked])
         else:
-            flags = [bool(bits_differ(e.copy, e.snapshot).any()) for e in checked]
+            flags = [bool(bits_differ(e.as_moved, e.snapshot).any()) for e in checked]
         dirty = [e for e, f in zip(checked, flags) if f] + [e for e in entries if e.always_write_back]
+        reshaped = [e for e in entries if tuple(e.copy.shape) != tuple(e.as_moved.shape)]
+        # First what NumPy would have refused, before anything reaches the caller.
+        for e in reshaped:
+            try:
+                e.original.view().shape = e.copy.shape
+            except AttributeError as exc:  # NumPy's own words for it
+                raise ShapeRefused(str(exc)) from exc
         if self.to_device:
             for e in dirty:
                 if not e.original.flags.writeable:
@@ -366,10 +384,12 @@ class Moved:
                     raise ReadOnlyWritten(f"the function wrote into a read-only array of shape {e.original.shape}")
             for e in dirty:
                 if e.original.flags.writeable:
-                    self._copy_back(e.original, e.copy)
+                    self._copy_back(e.original, e.as_moved)
         else:
             for e in dirty:
-                self.backend.assign(e.original, e.copy)
+                self.backend.assign(e.original, e.as_moved)
+        for e in reshaped:  # in NumPy the caller's array is the object whose shape was set
+            e.original.shape = e.copy.shape
 
     def _copy_back(self, original: np.ndarray, copy: Any) -> None:
         """Write a device copy's values into the caller's host array, in the caller's byte order."""

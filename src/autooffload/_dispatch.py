@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _backends, _config, _log
-from ._arguments import Ineligible, ReadOnlyWritten, iter_leaves, move
+from ._arguments import Ineligible, NumPyWouldRaise, iter_leaves, move
 from ._backends import why_not_on_device
 from ._decide import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
 from ._kinds import describe, infer_work
@@ -494,8 +494,8 @@ class _State:
         if moved is not None:
             try:
                 moved.write_back()
-            except ReadOnlyWritten as exc:
-                # NumPy would have raised on the write: rerun there so the caller gets that error.
+            except NumPyWouldRaise as exc:
+                # NumPy would have raised on the write or the shape: rerun there for that error.
                 self._ran_on_numpy(d, str(exc))
                 return self.run_numpy(args, kwargs, d.device_bytes > 0)
             if not d.device_bytes:
