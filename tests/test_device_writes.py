@@ -375,3 +375,98 @@ def test_write_detection_compares_the_memory_as_moved(on_gpu):
     a = np.arange(4.0).reshape(2, 2)
     assert offload(reshape_only)(a) is None
     assert a.shape == (4,) and on_gpu.to_host_calls == 0  # nothing written: nothing copied back
+
+
+# -- the write probes that held (../shared/repro/explore_writes.py), kept holding -----------------
+def _same(a, b):
+    if isinstance(a, np.ndarray):
+        return type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True) \
+            and np.array_equal(a.view(np.uint8) if a.flags.c_contiguous else a, b.view(np.uint8) if b.flags.c_contiguous else b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return type(a) is type(b) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _view_write(x):
+    x[2:5][:] = -1
+
+
+def _out_into_strided_view_of_self(x):
+    np.multiply(x[1::2], 2, out=x[::2])
+    return x
+
+
+def _in_list(items):
+    items[0] *= 2
+    items[1][0] = 7
+
+
+def _in_dict(d):
+    d["a"] += 1
+    d["b"] = d["a"] * 2
+    d.pop("c")
+
+
+def _list_append(items):
+    items.append(items[0] * 2)
+
+
+def _tuple_in_list(items):
+    items[0][0][:] = 5
+
+
+def _nested_list_rebind(items):
+    items[0][0] = items[0][0] + 1
+
+
+def _nan_write(x):
+    x[0] = np.nan
+
+
+def _negative_zero(x):
+    x[0] = -0.0
+
+
+def _nan_payload(x):
+    x.view(np.uint64)[0] = 0x7FF8000000000001
+
+
+def _return_view_written(x):
+    v = x[1:3]
+    v += 10
+    return v
+
+
+def _keyword_only_out(x, *, out):
+    out[...] = x * 2
+
+
+PROBES = {
+    "write through a view": (_view_write, lambda: ((np.arange(8.0),), {})),
+    "out= into a strided view of itself": (_out_into_strided_view_of_self, lambda: ((np.arange(6.0),), {})),
+    "arrays in a list": (_in_list, lambda: (([np.arange(3.0), np.arange(3.0)],), {})),
+    "dict: write, rebind, pop": (_in_dict, lambda: (({"a": np.arange(3.0), "c": np.ones(2)},), {})),
+    "list append": (_list_append, lambda: (([np.arange(3.0)],), {})),
+    "array in a tuple in a list": (_tuple_in_list, lambda: (([(np.arange(3.0),)],), {})),
+    "nested list item rebound": (_nested_list_rebind, lambda: (([[np.arange(3.0)]],), {})),
+    "NaN over a number": (_nan_write, lambda: ((np.arange(3.0),), {})),
+    "-0.0 over +0.0": (_negative_zero, lambda: ((np.zeros(3),), {})),
+    "a NaN payload changed": (_nan_payload, lambda: ((np.full(3, np.nan),), {})),
+    "a returned view, written": (_return_view_written, lambda: ((np.arange(5.0),), {})),
+    "keyword-only out": (_keyword_only_out, lambda: ((np.arange(3.0),), {"out": np.zeros(3)})),
+}
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+def test_writes_and_results_match_numpy(on_gpu, name):
+    func, make = PROBES[name]
+    ref_args, ref_kwargs = make()
+    want = func(*ref_args, **ref_kwargs)
+    args, kwargs = make()
+    f = offload(func)
+    got = f(*args, **kwargs)
+    assert f.last_decision.backend == "cupy"
+    assert _same((args, kwargs), (ref_args, ref_kwargs))
+    assert _same(got, want)
