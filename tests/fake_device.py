@@ -99,6 +99,18 @@ fake_cupy.fft = _FakeModule("fake_cupy.fft", np.fft)
 fake_cupy.random = _FakeModule("fake_cupy.random", np.random)
 
 
+# The dtypes cupy.ndarray accepts (its own list, cupy/_core/_dtype.pyx: '?bhilqBHILQefdFD'), in
+# native byte order only; anything else raises ValueError there, as here.
+_CUPY_TYPE_CHARS = "?bhilqBHILQefdFD"
+
+
+def _check_device_dtype(dtype: np.dtype) -> None:
+    if not dtype.isnative:
+        raise ValueError(f"Unsupported dtype {dtype} with big-endian byte-order")
+    if dtype.char not in _CUPY_TYPE_CHARS:
+        raise ValueError(f"Unsupported dtype {dtype}")
+
+
 def _pointer(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
@@ -120,16 +132,18 @@ class FakeDevice:
         if self.fail_to_device is not None:
             exc, self.fail_to_device = self.fail_to_device, None
             raise exc
+        _check_device_dtype(host.dtype.newbyteorder("="))
         self.to_device_calls += 1
         order = "F" if host.flags.f_contiguous and not host.flags.c_contiguous else "C"
-        return np.array(host, copy=True, order=order).view(FakeDeviceArray)
+        # Like the copy engine (_transfer.to_device): a device array is always in native byte order.
+        return np.array(host, dtype=host.dtype.newbyteorder("="), copy=True, order=order).view(FakeDeviceArray)
 
     def to_host(self, dev: FakeDeviceArray, out: np.ndarray | None = None) -> np.ndarray:
         self.to_host_calls += 1
         if out is None:
             order = "F" if dev.flags.f_contiguous and not dev.flags.c_contiguous else "C"
             return np.array(dev.view(np.ndarray), copy=True, order=order)
-        if out.shape != dev.shape or out.dtype != dev.dtype:
+        if out.shape != dev.shape or out.dtype != dev.dtype:  # the check of _transfer.to_host
             raise ValueError(f"out must be {dev.shape} {dev.dtype}; got {out.shape} {out.dtype}")
         out[...] = dev.view(np.ndarray)
         return out
@@ -138,6 +152,7 @@ class FakeDevice:
         return dev.copy(order="K")
 
     def view(self, buf, shape, dtype, offset, strides):
+        _check_device_dtype(np.dtype(dtype))
         return np.ndarray(shape, dtype, buffer=buf.view(np.ndarray), offset=offset, strides=strides).view(
             FakeDeviceArray
         )

@@ -307,3 +307,124 @@ def test_zero_d_results_are_numpy_scalars_and_zero_d_arguments_come_back_as_them
             assert type(got) is np.float64 and got == fn(x)  # CuPy's x[1] is a 0-d view of x
         zero_d = np.array(2.0)
         assert offload(lambda z: z)(zero_d) is zero_d
+
+
+SWAPPED = np.dtype("f8").newbyteorder("S")  # '>f8' on a little-endian machine
+
+
+def test_non_native_byte_order_arguments_are_written_back_in_their_byte_order():
+    def scale(x):
+        x *= 2
+        x[0] = -1.5
+        return x.sum()
+
+    f = offload(scale)
+    for view in (lambda p: p, lambda p: p.T, lambda p: p[::3, 1::2], lambda p: p[::-1, ::-2]):
+        parent = (rng.random((64, 48)) * 100).astype(SWAPPED)
+        expected = parent.copy()
+        want = scale(view(expected))
+        with config(backend="cupy"):
+            got = f(view(parent))
+        assert f.last_decision.backend == "cupy"
+        assert parent.dtype == SWAPPED
+        np.testing.assert_array_equal(parent, expected)
+        assert got == pytest.approx(want, rel=1e-12)
+
+    x = np.arange(6.0).astype(SWAPPED)
+    with config(backend="cupy"):
+        same, tail, backwards = offload(lambda x: (x, x[1:], x[::-1]))(x)
+    assert same is x
+    np.testing.assert_array_equal(tail, x[1:])
+    np.testing.assert_array_equal(backwards, x[::-1])
+
+    def shift(a, b):  # overlapping: copied as one byte span, which cannot change byte order
+        a[1:] += b[:-1]
+        return a.sum()
+
+    base = rng.random(100).astype(SWAPPED)
+    expected = base.copy()
+    want = shift(expected[2:], expected[:98])
+    g = offload(shift)
+    with config(backend="cupy"):
+        assert g(base[2:], base[:98]) == want
+    np.testing.assert_array_equal(base, expected)
+    assert g.last_decision.backend == "numpy" and "byte order" in g.last_decision.reason
+
+
+def test_long_double_arguments_run_on_numpy_with_the_reason():
+    held = [np.dtype(np.float64), np.dtype(np.complex128)]
+    dtypes = [d for d in (np.dtype(np.longdouble), np.dtype(np.clongdouble)) if d not in held]
+    if not dtypes:
+        pytest.skip("long double is double on this platform")
+
+    @offload
+    def double(x):
+        x *= 2
+        return x
+
+    for dtype in dtypes:
+        a = np.arange(3).astype(dtype)
+        with config(backend="cupy"):
+            reason = explain(double, a).reason
+            assert double(a) is a
+        assert np.array_equal(a, [0, 2, 4]) and a.dtype == dtype
+        assert double.last_decision.backend == "numpy"
+        assert str(dtype) in reason and "forced cupy ignored" in reason
+
+
+def test_a_view_of_a_strided_argument_is_a_view_of_the_callers_memory():
+    def head_and_back(x):
+        x[0] = -5.0
+        return x[:2], x[::-1], x.T
+
+    f = offload(head_and_back)
+    for make in (lambda: np.arange(10.0)[::2], lambda: np.arange(10.0)[::-1],
+                 lambda: np.arange(12.0).reshape(3, 4).T, lambda: np.arange(12.0).reshape(3, 4)[:, 1],
+                 lambda: np.arange(48.0).reshape(6, 8)[::2, ::-3], lambda: np.arange(6.0).astype(SWAPPED)[::-2]):
+        a, ref = make(), make()
+        with config(backend="cupy"):
+            got = f(a)
+        want = head_and_back(ref)
+        assert f.last_decision.backend == "cupy"
+        for g, w in zip(got, want):
+            assert type(g) is np.ndarray and np.shares_memory(g, a) and g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)
+        got[0][...] = 7.0
+        want[0][...] = 7.0
+        np.testing.assert_array_equal(a, ref)
+
+
+def test_a_host_view_of_strided_device_data_is_a_view_of_the_device_array():
+    @offload(backend="numpy")
+    def head(x):
+        return x[:2]
+
+    parent = cp.arange(10.0)
+    out = head(parent[::-2])
+    assert isinstance(out, cp.ndarray) and cp.shares_memory(out, parent)
+    cp.testing.assert_array_equal(out, cp.asarray([9.0, 7.0]))
+
+
+def test_a_shape_set_on_an_argument_reaches_the_caller():
+    def as_matrix(x):
+        x.shape = (2, 2)
+        x[1] += 10
+        return x, x.sum()
+
+    f = offload(as_matrix)
+    for make in (lambda: np.arange(4.0), lambda: np.arange(8.0)[::2]):
+        a, ref = make(), make()
+        want_x, want_sum = as_matrix(ref)
+        with config(backend="cupy"):
+            got_x, got_sum = f(a)
+        assert f.last_decision.backend == "cupy" and got_x is a and a.shape == (2, 2)
+        np.testing.assert_array_equal(a, ref)
+        assert got_sum == want_sum
+
+    def flatten(x):
+        x.shape = (6,)  # a column slice cannot take it in place (NumPy raises); its dense copy can
+
+    a = np.arange(12.0).reshape(3, 4)[:, :2]
+    with config(backend="cupy"), pytest.raises(AttributeError):
+        offload(flatten)(a)
+    assert a.shape == (3, 2)

@@ -28,7 +28,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ._address import array_address
-from ._backends import DEVICE_DTYPE_KINDS, DeviceBackend, bits_differ
+from ._backends import DEVICE_DTYPES, DeviceBackend, bits_differ, why_not_on_device
+from ._layout import translate_view
 from ._rebind import _LIBRARY_ROOTS
 
 _ALIGN = 256  # device allocations are at least this aligned; span starts are aligned down to it
@@ -38,8 +39,16 @@ class Ineligible(Exception):
     """The arguments cannot be moved to the device faithfully; the call must run on NumPy."""
 
 
-class ReadOnlyWritten(Exception):
+class NumPyWouldRaise(Exception):
+    """The device run did what NumPy would have refused on the caller's arrays: rerun there."""
+
+
+class ReadOnlyWritten(NumPyWouldRaise):
     """The device run wrote into a copy of a read-only host array: NumPy would have raised."""
+
+
+class ShapeRefused(NumPyWouldRaise):
+    """The device run set a shape on a copy that the caller's array cannot take in place."""
 
 
 def extent(ptr: int, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
@@ -230,18 +239,52 @@ def _host_bytes_at(low: int, nbytes: int) -> np.ndarray:
 @dataclasses.dataclass
 class _Entry:
     original: Any  # the caller's array
-    copy: Any  # its copy on the other side
+    copy: Any  # its copy on the other side, the object the function receives
+    # A view of `copy` taken when moved: the memory in the original's shape, whatever shape the
+    # function sets on `copy` (write detection and write-back read this).
+    as_moved: Any
     snapshot: Any = None  # a copy of `copy` taken before the call (write detection)
     always_write_back: bool = False  # no snapshot could be made: write back unconditionally
 
 
 @dataclasses.dataclass
+class _Layout:
+    """How a dense copy's elements sit in the strided original it was made from."""
+
+    shape: tuple[int, ...]
+    copy_strides: tuple[int, ...]
+    original_strides: tuple[int, ...]
+    original_start: int  # offset of the original's first element in the region's original_bytes
+    element_size: int
+    swapped_dtype: Any = None  # the original's dtype where its byte order differs from the copy's
+
+    def translate(self, offset: int, x: Any) -> tuple[int, tuple[int, ...], Any] | None:
+        """(offset in original_bytes, strides, dtype) of the caller-side view matching ``x``."""
+        dtype = x.dtype
+        if self.swapped_dtype is not None:
+            if dtype != self.swapped_dtype.newbyteorder("="):
+                return None  # a view of other elements than the original's sees other bytes there
+            dtype = self.swapped_dtype
+        mapped = translate_view(offset, x.shape, x.strides, x.itemsize, dense_shape=self.shape,
+                                dense_strides=self.copy_strides, target_strides=self.original_strides,
+                                element_size=self.element_size)
+        if mapped is None:
+            return None
+        return self.original_start + mapped[0], mapped[1], dtype
+
+
+@dataclasses.dataclass
 class _Region:
-    """Copy-side bytes [low, high) that mirror caller-side bytes at ``original_low`` one to one."""
+    """Copy-side bytes [low, high) that hold the elements of caller-side memory.
+
+    Without ``layout`` they mirror the caller's bytes one to one (a view maps at the same offset
+    and strides); with it, the copy is a dense copy of one strided (or byte-swapped) original.
+    """
 
     low: int
     high: int
-    original_bytes: Any  # uint8 array over the caller's bytes, same length
+    original_bytes: Any  # uint8 array over the caller's bytes
+    layout: _Layout | None = None
 
 
 class Moved:
@@ -333,14 +376,14 @@ class Moved:
         return groups
 
     def _new_entry(self, original: Any, copy: Any) -> _Entry:
-        entry = _Entry(original, copy)
+        entry = _Entry(original, copy, copy.view())
         self.entries[id(original)] = entry
         self.by_copy[id(copy)] = original
         return entry
 
     def _move_single(self, original: Any) -> None:
-        if self.to_device and original.dtype.kind not in DEVICE_DTYPE_KINDS:
-            raise Ineligible(f"dtype {original.dtype} cannot live on the GPU")
+        if self.to_device and (why := why_not_on_device(original)) is not None:
+            raise Ineligible(f"{why} cannot live on the GPU")
         copy = self._copy_over(original)
         entry = self._new_entry(original, copy)
         if not self.pure:
@@ -348,12 +391,19 @@ class Moved:
                 entry.snapshot = self._snapshot(copy)
             except MemoryError:  # cupy's OutOfMemoryError is a MemoryError
                 entry.always_write_back = True
-        # A contiguous original and its copy match byte for byte: results that are views of
-        # the copy can become views of the original.
-        contiguous = original.flags.c_contiguous or original.flags.f_contiguous
-        if contiguous and original.strides == copy.strides and original.nbytes:
+        # Results that are views of the copy can become views of the original: byte for byte
+        # where the layouts and byte orders match, else through the copy's layout.
+        if original.nbytes:
             low = self._copy_pointer(copy)
-            self.regions.append(_Region(low, low + copy.nbytes, self._original_bytes(original, *self._extent(original))))
+            original_low, original_high = self._extent(original)
+            region = _Region(low, low + copy.nbytes, self._original_bytes(original, original_low, original_high))
+            contiguous = original.flags.c_contiguous or original.flags.f_contiguous
+            same_bytes = original.dtype == copy.dtype  # not so for a non-native original: its copy is native
+            if not (contiguous and same_bytes and original.strides == copy.strides):
+                region.layout = _Layout(tuple(copy.shape), tuple(copy.strides), tuple(original.strides),
+                                        self._pointer(original) - original_low, original.itemsize,
+                                        None if same_bytes else original.dtype)
+            self.regions.append(region)
 
     def _original_bytes(self, like: Any, low: int, high: int) -> Any:
         """A uint8 array over the caller-side bytes [low, high) that ``like`` lives in."""
@@ -369,8 +419,10 @@ class Moved:
         high = max(self._extent(a)[1] for a in group)
         start = max(min(self._allocation_start(a) for a in group), low - low % _ALIGN)
         for a in group:
-            if a.dtype.kind not in DEVICE_DTYPE_KINDS and self.to_device:
-                raise Ineligible(f"dtype {a.dtype} cannot live on the GPU")
+            if self.to_device and (why := why_not_on_device(a)) is not None:
+                raise Ineligible(f"{why} cannot live on the GPU")
+            if not a.dtype.isnative:  # the span is copied byte for byte: no byte order conversion
+                raise Ineligible(f"overlapping array arguments in non-native byte order ({a.dtype}) cannot be copied as one span")
             if (self._pointer(a) - start) % a.dtype.alignment:
                 raise Ineligible("overlapping array arguments at offsets the device cannot align")
         original_span = self._original_bytes(group[0], start, high)
@@ -429,10 +481,17 @@ class Moved:
         entries = list(self.entries.values())
         checked = [e for e in entries if e.snapshot is not None]
         if self.to_device:
-            flags = self.backend.changed([(e.copy, e.snapshot) for e in checked])
+            flags = self.backend.changed([(e.as_moved, e.snapshot) for e in checked])
         else:
-            flags = [bool(bits_differ(e.copy, e.snapshot).any()) for e in checked]
+            flags = [bool(bits_differ(e.as_moved, e.snapshot).any()) for e in checked]
         dirty = [e for e, f in zip(checked, flags) if f] + [e for e in entries if e.always_write_back]
+        reshaped = [e for e in entries if tuple(e.copy.shape) != tuple(e.as_moved.shape)]
+        # First what NumPy would have refused, before anything reaches the caller.
+        for e in reshaped:
+            try:
+                e.original.view().shape = e.copy.shape
+            except AttributeError as exc:  # NumPy's own words for it
+                raise ShapeRefused(str(exc)) from exc
         if self.to_device:
             for e in dirty:
                 if not e.original.flags.writeable:
@@ -441,16 +500,28 @@ class Moved:
                     raise ReadOnlyWritten(f"the function wrote into a read-only array of shape {e.original.shape}")
             for e in dirty:
                 if e.original.flags.writeable:
-                    self.backend.to_host(e.copy, out=e.original)
+                    self._copy_back(e.original, e.as_moved)
         else:
             for e in dirty:
-                self.backend.assign(e.original, e.copy)
+                self.backend.assign(e.original, e.as_moved)
+        for e in reshaped:  # in NumPy the caller's array is the object whose shape was set
+            e.original.shape = e.copy.shape
+
+    def _copy_back(self, original: np.ndarray, copy: Any) -> None:
+        """Write a device copy's values into the caller's host array, in the caller's byte order."""
+        if original.dtype == copy.dtype:
+            self.backend.to_host(copy, out=original)
+        else:  # a non-native original (its copy is native): NumPy converts on assignment
+            original[...] = self.backend.to_host(copy)
 
     def discard(self) -> None:
+        """Drop every reference to the copies and snapshots (the call is over or abandoned)."""
         self.entries.clear()
         self.by_copy.clear()
         self.regions.clear()
         self.converted.clear()
+        self.containers = []
+        self.args, self.kwargs = (), {}
 
     # -- results -----------------------------------------------------------------------------
     def result(self, obj: Any) -> Any:
@@ -486,8 +557,8 @@ class Moved:
             return host[()] if host.ndim == 0 else host
         if isinstance(x, np.generic):
             x = np.asarray(x)
-        elif x.dtype.kind not in DEVICE_DTYPE_KINDS:
-            return x  # an object/string result of the NumPy run cannot live on the device
+        elif x.dtype not in DEVICE_DTYPES:
+            return x  # an object, string or long double result of the NumPy run cannot live on the device
         view = self._view_of_original(x, self._copy_pointer(x))
         return view if view is not None else self.backend.to_device(x)
 
@@ -496,10 +567,15 @@ class Moved:
         low, high = extent(ptr, x.shape, x.strides, x.itemsize)
         for region in self.regions:
             if region.low <= low and high <= region.high and high > low:
+                offset, strides, dtype = ptr - region.low, x.strides, x.dtype
+                if region.layout is not None:
+                    mapped = region.layout.translate(offset, x)
+                    if mapped is None:
+                        return None  # no view of the caller's memory holds these elements: a copy
+                    offset, strides, dtype = mapped
                 if self.to_device:
-                    return np.ndarray(x.shape, x.dtype, buffer=region.original_bytes,
-                                      offset=ptr - region.low, strides=x.strides)
-                return self.backend.view(region.original_bytes, x.shape, x.dtype, ptr - region.low, x.strides)
+                    return np.ndarray(x.shape, dtype, buffer=region.original_bytes, offset=offset, strides=strides)
+                return self.backend.view(region.original_bytes, x.shape, dtype, offset, strides)
         return None
 
 

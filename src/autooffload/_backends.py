@@ -19,8 +19,23 @@ from . import _config
 
 logger = logging.getLogger("autooffload")
 
-# dtype kinds CuPy holds: bool, signed, unsigned, float, complex.
-DEVICE_DTYPE_KINDS = frozenset("biufc")
+# The dtypes a device array holds: bool, int8-64, uint8-64, float16/32/64, complex64/128, given
+# in either byte order (a copy to the device is made in native order). Not np.longdouble /
+# np.clongdouble (float128, complex256), datetimes, strings, objects, structured dtypes.
+_DEVICE_DTYPE_CODES = ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16")
+DEVICE_DTYPES = frozenset(
+    np.dtype(code).newbyteorder(order) for code in _DEVICE_DTYPE_CODES for order in ("<", ">")
+)
+DEVICE_DTYPES_TEXT = "bool, int8-64, uint8-64, float16/32/64, complex64/128"
+
+
+def why_not_on_device(a: np.ndarray) -> str | None:
+    """None if the host array ``a`` can be copied to the device as it is; else what it is."""
+    if type(a) is not np.ndarray and type(a) is not np.memmap:
+        return f"an array subclass ({type(a).__name__})"
+    if a.dtype not in DEVICE_DTYPES:
+        return f"an array of dtype {a.dtype} (the GPU holds {DEVICE_DTYPES_TEXT})"
+    return None
 
 
 class DeviceBackend:

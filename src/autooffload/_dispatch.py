@@ -24,8 +24,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _backends, _config, _log
-from ._arguments import Ineligible, ReadOnlyWritten, iter_leaves, move
-from ._backends import DEVICE_DTYPE_KINDS
+from ._arguments import Ineligible, NumPyWouldRaise, iter_leaves, move
+from ._backends import why_not_on_device
 from ._decide import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
 from ._kinds import describe, infer_work
 from ._purity import may_write_arguments
@@ -185,9 +185,19 @@ class _State:
                 _seen_device_type[0] = device_type  # from now on the hot path knows it too
             else:
                 host += n
-                if (type(a) is not np.ndarray and type(a) is not np.memmap) or a.dtype.kind not in DEVICE_DTYPE_KINDS:
+                if why_not_on_device(a) is not None:
                     odd = True
         return host, dev, largest, odd
+
+    @staticmethod
+    def odd_argument(args: tuple, kwargs: dict) -> str:
+        """The first host array that made ``scan`` call the arguments odd, described."""
+        device_type = _backends.device_array_type()
+        for a in iter_leaves((args, kwargs), lambda x: isinstance(x, np.ndarray) and type(x) is not device_type):
+            why = why_not_on_device(a)
+            if why is not None:
+                return why
+        return "an argument"
 
     @staticmethod
     def type_signature(args: tuple, kwargs: dict) -> tuple:
@@ -282,7 +292,7 @@ class _State:
             return make(NUMPY, f"forced by {source}")
         if forced == CUPY:
             if odd:
-                return make(NUMPY, "an argument CuPy cannot hold (dtype or array subclass); forced cupy ignored")
+                return make(NUMPY, f"{self.odd_argument(args, kwargs)} cannot live on the GPU; forced cupy ignored")
             if _backends.load() is None:
                 raise GPUUnavailableError(
                     f"{self.name}: backend 'cupy' was forced by {source}, but the GPU cannot be used: "
@@ -290,7 +300,7 @@ class _State:
                 )
             return make(CUPY, f"forced by {source}")
         if odd:
-            return make(NUMPY, "an argument CuPy cannot hold (object/string/structured dtype or array subclass)")
+            return make(NUMPY, f"{self.odd_argument(args, kwargs)} cannot live on the GPU")
         if host == 0 and dev == 0:
             return make(NUMPY, "no array arguments to size the work by")
         profile = _active_profile()
@@ -388,6 +398,8 @@ class _State:
             result = self.func(*args, **kwargs)
         except BaseException:
             moved.write_back()  # NumPy keeps writes made before an exception; so do we
+            moved.discard()
+            del args, kwargs
             raise
         moved.write_back()
         return moved.result(result)
@@ -484,11 +496,13 @@ class _State:
             twin.refresh()
         try:
             result = fn(*call_args, **call_kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt and SystemExit too: NumPy keeps the writes
             cause = None if _raised_by_own_code(exc, twin, backend) else backend.fallback_cause(exc)
             if cause is None:
                 if moved is not None:
                     moved.write_back()  # writes made before the user's exception are kept
+                    moved.discard()  # the traceback keeps this frame: let the copies go
+                del call_args, call_kwargs
                 raise
             return False, (exc, cause)
         if twin is not None:
@@ -501,8 +515,8 @@ class _State:
         if moved is not None:
             try:
                 moved.write_back()
-            except ReadOnlyWritten as exc:
-                # NumPy would have raised on the write: rerun there so the caller gets that error.
+            except NumPyWouldRaise as exc:
+                # NumPy would have raised on the write or the shape: rerun there for that error.
                 if reach is not None:
                     reach.restore()
                 self._ran_on_numpy(d, str(exc))
