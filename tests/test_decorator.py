@@ -275,3 +275,39 @@ def test_a_bad_environment_value_fails_calls_not_decoration(monkeypatch):
     f = offload(mean_of_products)  # importing a module of decorated functions still works
     with pytest.raises(ConfigError, match="AUTOOFFLOAD_BACKEND must be one of"):
         f(rng.random(3), rng.random(3))
+
+
+def test_a_parameter_named_like_its_function_is_just_an_argument(fake_gpu):
+    # The generated wrapper once stored last_decision through its own name, which such a
+    # parameter shadows: every call raised, or set the attribute on the caller's object.
+    def signal(signal):
+        return np.abs(signal).max()
+
+    class Box:
+        pass
+
+    def box(box, x):
+        return x * 2
+
+    x = np.arange(-3.0, 2.0)
+    for wrapped in (offload(signal), offload(backend="cupy")(signal)):
+        assert wrapped(x) == 3.0
+        assert wrapped.last_decision.host_bytes == x.nbytes
+    smooth = offload(lambda offloaded: offloaded * 2)  # a lambda's wrapper is named "offloaded"
+    np.testing.assert_array_equal(smooth(x), x * 2)
+    assert smooth.last_decision.backend == "numpy"
+    b = Box()
+    np.testing.assert_array_equal(offload(box)(b, x), x * 2)
+    assert vars(b) == {}
+    # Names of the wrapper's own closure variables, as parameters or as the function's name.
+    def _ao_func(_ao_exact, offloaded):
+        return _ao_exact + offloaded
+
+    def _ao_exact(x):
+        return x + 1.0
+
+    for weird in (offload(_ao_func), offload(_ao_exact)):
+        for _ in range(2):  # deciding, then the cached decision
+            args = (x, 1.0) if weird.__name__ == "_ao_func" else (x,)
+            np.testing.assert_array_equal(weird(*args), x + 1.0)
+            assert weird.last_decision.host_bytes == x.nbytes

@@ -505,9 +505,10 @@ class _State:
         return result
 
 
-def _hot_path_names(state: _State) -> dict[str, Any]:
+def _hot_path_names(state: _State, attrs: dict) -> dict[str, Any]:
     """What the hot path reads, as locals of the closure that holds it."""
     return {
+        "_ao_attrs": attrs,
         "_ao_func": state.func,
         "_ao_state": state,
         "_ao_exact": state.exact,
@@ -531,6 +532,7 @@ def _hot_path_names(state: _State) -> dict[str, Any]:
 
 # The hot path, written once and specialised per function: ARGSCAN sums the bytes of the
 # arguments (returning to the general path for anything unusual), CALLARGS/ARGS/KWARGS pass them on.
+# Its body reaches nothing by the function's name, which a parameter may shadow.
 _HOT_PATH = """
 def _ao_make({closure}):
     def {name}({params}):
@@ -553,7 +555,7 @@ def _ao_make({closure}):
                 _ao_debug = _ao_debug_on(10)
             if _ao_debug or _ao_state.log_path is not None:
                 _ao_record(_ao_d, first_in_bucket=False)
-        {name}.last_decision = _ao_d
+        _ao_attrs["last_decision"] = _ao_d  # the wrapper's __dict__: {name} may be a parameter's name
         if _ao_d.backend is _ao_numpy and not _ao_dev:
             if _ao_inject_xp:
                 return _ao_state.run_numpy({args}, {kwargs}, False)
@@ -624,7 +626,8 @@ def _hot_path_source(func: Callable, closure: list[str]) -> tuple[str, dict[str,
     kwargs = "{" + ", ".join(f"{n!r}: {n}" for n in keyword) + "}"
     source = _HOT_PATH.format(
         closure=", ".join(closure + list(defaults)),
-        name=func.__name__ if func.__name__.isidentifier() else "offloaded",
+        # A name of the closure's own (_ao_*) would shadow that closure variable in _ao_make.
+        name=func.__name__ if func.__name__.isidentifier() and not func.__name__.startswith("_ao_") else "offloaded",
         params=", ".join(params),
         argscan="".join(_SCAN_ONE.format(arg=n, args=args, kwargs=kwargs) for n in positional + keyword),
         args=args,
@@ -654,8 +657,8 @@ def _make_fastpath(state: _State, attrs: dict):
 
 
 def _make_offloaded(func: Callable, state: _State) -> Callable:
-    names = _hot_path_names(state)
-    attrs: dict[str, Any] = {}  # becomes the wrapper's __dict__; the C check stores last_decision there
+    attrs: dict[str, Any] = {}  # becomes the wrapper's __dict__; the hot path and the C check store last_decision there
+    names = _hot_path_names(state, attrs)
     state.fastpath = _make_fastpath(state, attrs)
     if state.fastpath is not None:
         names["_ao_fast"] = state.fastpath
