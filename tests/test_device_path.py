@@ -3,6 +3,8 @@
 Real GPU behaviour is proven by the tests marked ``gpu`` (test_decorator_gpu.py).
 """
 
+import asyncio
+import functools
 import warnings
 from collections import namedtuple
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 import fake_device
-from autooffload import GPUFallbackWarning, offload
+from autooffload import ConfigError, GPUFallbackWarning, offload
 from fake_device import FakeDeviceArray
 
 rng = np.random.default_rng(11)
@@ -386,3 +388,110 @@ def test_device_resident_xp_function_gets_the_device_module_and_falls_back_with_
     with pytest.warns(GPUFallbackWarning, match="median"):
         got = f(big)
     assert float(np.asarray(got)) == np.median(np.asarray(big))
+
+
+# --- functions whose body runs after the call returned: generators and coroutines ---------------
+def _write_then_yield(x):
+    x[0] = 99.0
+    yield np.sin(x)
+    yield x.sum()
+
+
+async def _write_then_return(x):
+    x[0] = 99.0
+    return np.sin(x)
+
+
+async def _write_then_yield_async(x):
+    x[0] = 99.0
+    yield np.sin(x)
+
+
+def _drain_async_gen(agen):
+    async def drain():
+        return [v async for v in agen]
+
+    return asyncio.run(drain())
+
+
+class _Stepper:
+    def steps(self, x):
+        x[0] = 99.0
+        yield np.sin(x)
+
+
+_LAZY_BODIES = [
+    pytest.param(_write_then_yield, list, "generator function", id="generator"),
+    pytest.param(_write_then_return, asyncio.run, "async function", id="async def"),
+    pytest.param(_write_then_yield_async, _drain_async_gen, "async generator function", id="async generator"),
+    pytest.param(functools.partial(_write_then_yield), list, "generator function", id="partial of a generator"),
+    pytest.param(_Stepper().steps, list, "generator function", id="bound generator method"),
+]
+
+
+def _check_like_numpy(func, consume, fake_gpu):
+    expected_x = np.arange(4.0)
+    expected = consume(func.__wrapped__(expected_x))
+    x = np.arange(4.0)
+    got = consume(func(x))
+    got = got if isinstance(got, list) else [got]
+    expected = expected if isinstance(expected, list) else [expected]
+    np.testing.assert_array_equal(x, expected_x)  # the write reached the caller's array
+    assert [type(v) for v in got] == [type(v) for v in expected]
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+    assert fake_gpu.to_device_calls == 0
+
+
+@pytest.mark.parametrize("body, consume, what", _LAZY_BODIES)
+def test_generators_and_coroutines_run_on_numpy_when_cupy_is_forced_by_config(body, consume, what, on_gpu):
+    f = offload(body)
+    _check_like_numpy(f, consume, on_gpu)
+    d = f.last_decision
+    assert d.backend == "numpy" and what in d.reason and "forced cupy ignored" in d.reason
+    assert f.stats.numpy == 1 and f.stats.cupy == 0
+
+
+@pytest.mark.parametrize("body, consume, what", _LAZY_BODIES)
+def test_generators_and_coroutines_stay_on_numpy_when_the_gpu_would_win(body, consume, what, fake_gpu, use_profile):
+    from autooffload import _backends
+    from conftest import synthetic_profile
+
+    use_profile(synthetic_profile(cold_start=0.0))
+    _backends.mark_gpu_ready()
+    big = np.ones(1 << 20)
+    plain = offload(lambda x: np.sin(x))
+    plain(big)
+    assert plain.last_decision.backend == "cupy"  # the same data would go to the GPU
+    fake_gpu.to_device_calls = 0
+    f = offload(body)
+    unstarted = f(big)  # not run: only the decision matters here
+    if hasattr(unstarted, "close"):
+        unstarted.close()
+    assert f.last_decision.backend == "numpy" and what in f.last_decision.reason
+    _check_like_numpy(f, consume, fake_gpu)
+
+
+@pytest.mark.parametrize("body, consume, what", _LAZY_BODIES)
+def test_forcing_cupy_on_a_generator_or_coroutine_is_refused_at_decoration(body, consume, what, fake_gpu):
+    with pytest.raises(ConfigError, match=f"backend='cupy'.*{what}.*NumPy"):
+        offload(backend="cupy")(body)
+
+
+def test_forcing_cupy_by_the_environment_runs_generators_on_numpy(monkeypatch, fake_gpu):
+    import autooffload
+
+    monkeypatch.setenv("AUTOOFFLOAD_BACKEND", "cupy")
+    autooffload.reload_environment()
+    f = offload(_write_then_yield)
+    _check_like_numpy(f, list, fake_gpu)
+    assert "generator function" in f.last_decision.reason
+
+
+def test_device_arrays_given_to_a_generator_are_refused_clearly(fake_gpu):
+    # Its writes could not be copied back to the device arrays after the body ran.
+    f = offload(_write_then_yield)
+    x = np.arange(4.0).view(FakeDeviceArray)
+    with pytest.raises(TypeError, match="generator function.*device arrays.*NumPy arrays"):
+        f(x)
+    np.testing.assert_array_equal(x.view(np.ndarray), np.arange(4.0))

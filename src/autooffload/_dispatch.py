@@ -122,6 +122,28 @@ def _xp_parameter(func: Callable) -> tuple[int | str | None, bool]:
     return None, False
 
 
+def _body_runs_after_return(func: Callable) -> str | None:
+    """What ``func`` is if calling it only creates a generator or coroutine, else None.
+
+    Such a body runs after the wrapper returned, too late to copy writes and results back from
+    the GPU. Seen through functools.partial, bound methods, callable objects and ``__wrapped__``
+    (a functools.wraps wrapper of one returns what it returns). A plain function that returns a
+    generator it got elsewhere cannot be told from its code, and is not caught.
+    """
+    seen: set[int] = set()
+    while func is not None and id(func) not in seen:
+        seen.add(id(func))
+        for candidate in (func, getattr(type(func), "__call__", None)):
+            if inspect.isasyncgenfunction(candidate):
+                return "an async generator function"
+            if inspect.iscoroutinefunction(candidate):
+                return "an async function"
+            if inspect.isgeneratorfunction(candidate):
+                return "a generator function"
+        func = getattr(func, "__wrapped__", None)
+    return None
+
+
 class _State:
     """Everything one offloaded function keeps between calls."""
 
@@ -136,6 +158,14 @@ class _State:
                 raise ConfigError(f"offload(kind=...) must be one of {', '.join(KINDS)}; got {kind!r}")
             self.work, self.kind_text = ((kind, 1),), kind
         self.backend_choice = _config.check_backend(backend, "offload(backend=...)")
+        # Generators and coroutines always run on NumPy (see _body_runs_after_return).
+        self.runs_after_return = _body_runs_after_return(func)
+        if self.runs_after_return is not None and self.backend_choice == CUPY:
+            raise ConfigError(
+                f"offload(backend='cupy'): {self.name} is {self.runs_after_return}, whose body runs after "
+                f"the call returns, too late to copy its writes and results back from the GPU; it can "
+                f"only run on NumPy: use backend='auto' or 'numpy'"
+            )
         self.pure = bool(pure)
         # Whether the code can write into its arguments at all (see _purity.py): if not, calls
         # with plain array and scalar arguments skip the write detection.
@@ -278,6 +308,15 @@ class _State:
 
         if forced == NUMPY:
             return make(NUMPY, f"forced by {source}")
+        if self.runs_after_return is not None:
+            if dev:
+                raise TypeError(
+                    f"{self.name} is {self.runs_after_return}: it runs on NumPy, and its writes could not "
+                    f"be copied back to device arrays after its body ran; pass NumPy arrays, not device arrays"
+                )
+            return make(NUMPY, f"{self.runs_after_return}: its body runs after the call returns, too late to "
+                               f"copy writes and results back from the GPU"
+                               + ("; forced cupy ignored" if forced == CUPY else ""))
         if forced == CUPY:
             if odd:
                 return make(NUMPY, "an argument CuPy cannot hold (dtype or array subclass); forced cupy ignored")
@@ -683,6 +722,13 @@ def offload(func: Callable | None = None, *, kind: str | None = None, backend: s
     "matmul", "solve", "random", "generic"); by default it is read from the function's code.
     ``backend``: "auto" (default), or "numpy" / "cupy" to force one. ``pure=True`` promises the
     function writes into none of its arguments, which skips the write detection.
+
+    Generator functions, ``async def`` functions and async generators always run on NumPy: their
+    body runs after the call returned, when writes and results can no longer be copied back from
+    the GPU. ``backend="cupy"`` on one is refused at once with a ConfigError (the request names
+    this function and can never be met, so it is reported where it was made); a ``config()``
+    block or AUTOOFFLOAD_BACKEND forcing "cupy" covers many functions, so there they run on NumPy
+    and ``last_decision.reason`` says why.
     """
     if func is None:
         return lambda f: offload(f, kind=kind, backend=backend, pure=pure)
