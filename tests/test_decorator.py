@@ -1,5 +1,8 @@
 """@offload as a user meets it: wrapping, results, steering, errors, without any GPU."""
 
+import asyncio
+import contextvars
+import functools
 import inspect
 import threading
 
@@ -137,6 +140,114 @@ def test_config_is_thread_local(fake_gpu):
         f(a, a)
         seen["this"] = f.last_decision.backend
     assert seen == {"other": "numpy", "this": "cupy"}
+
+
+def _config_backend():
+    return autooffload._config.current_backend()
+
+
+def test_config_blocks_of_interleaved_asyncio_tasks_stay_their_own(fake_gpu):
+    f = offload(mean_of_products)
+    a = rng.random(10)
+    seen = {}
+
+    async def first():  # enters first, exits first
+        with config(backend="cupy"):
+            await asyncio.sleep(0.01)
+            f(a, a)
+            seen["first"] = f.last_decision.backend
+
+    async def second():  # enters second, exits last
+        await asyncio.sleep(0.001)
+        with config(backend="numpy"):
+            await asyncio.sleep(0.03)
+            f(a, a)
+            seen["second"] = f.last_decision.backend, f.last_decision.reason
+
+    async def main():
+        await asyncio.gather(first(), second())
+
+    asyncio.run(main())
+    assert seen == {"first": "cupy", "second": ("numpy", "forced by config()")}
+    assert _config_backend() is None
+    f(a, a)
+    assert "forced" not in f.last_decision.reason
+
+
+def test_a_task_created_inside_a_block_keeps_it_after_the_block_ended(fake_gpu):
+    f = offload(mean_of_products)
+    a = rng.random(10)
+    f(a, a)
+    f(a, a)  # a cached NumPy decision: the C check, where built, may answer such calls alone
+    assert f.last_decision.backend == "numpy"
+
+    async def later():
+        await asyncio.sleep(0.01)
+        f(a, a)
+        return f.last_decision.backend
+
+    async def main():
+        with config(backend="cupy"):
+            task = asyncio.create_task(later())  # asyncio copies the context into the task
+        assert _config_backend() is None
+        return await task
+
+    assert asyncio.run(main()) == "cupy"
+    f(a, a)
+    assert f.last_decision.backend == "numpy"
+
+
+def test_a_thread_gets_a_block_only_with_the_context_handed_over(fake_gpu):
+    f = offload(mean_of_products)
+    a = rng.random(10)
+    seen = []
+
+    def call():
+        f(a, a)
+        seen.append(f.last_decision.backend)
+
+    with config(backend="cupy"):
+        for target in (call, functools.partial(contextvars.copy_context().run, call)):
+            t = threading.Thread(target=target)
+            t.start()
+            t.join()
+    assert seen == ["numpy", "cupy"]
+
+
+def test_nested_blocks_and_exceptions_restore_the_enclosing_block():
+    with config(backend="cupy"):
+        with pytest.raises(ZeroDivisionError):
+            with config(backend="numpy"):
+                assert _config_backend() == "numpy"
+                1 / 0
+        assert _config_backend() == "cupy"
+        with config(backend="auto"):
+            with config(backend="numpy"):
+                assert _config_backend() == "numpy"
+            assert _config_backend() == "auto"
+        assert _config_backend() == "cupy"
+    assert _config_backend() is None
+
+
+def test_a_generator_suspended_inside_a_block_does_not_revive_it_later():
+    def steps():
+        with config(backend="numpy"):
+            yield _config_backend()
+        yield _config_backend()
+
+    gen = steps()
+    assert next(gen) == "numpy"
+    assert _config_backend() == "numpy"  # the generator shares this context while suspended
+    with config(backend="cupy"):
+        assert next(gen) == "cupy"  # the generator left its block: the caller's is the innermost
+        assert _config_backend() == "cupy"
+    assert _config_backend() is None  # not the generator's block, which ended first
+    gen.close()
+    # A generator closed (or collected) while suspended inside a block leaves it too.
+    gen = steps()
+    next(gen)
+    gen.close()
+    assert _config_backend() is None
 
 
 class Portfolio:

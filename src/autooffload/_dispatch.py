@@ -375,7 +375,7 @@ class _State:
     def call(self, args: tuple, kwargs: dict) -> Any:
         """The general path: nested containers, kwargs, device arrays, anything unusual."""
         host, dev, largest, odd = self.scan(args, kwargs)
-        config_backend = _config.local.backend
+        config_backend = _config.current_backend()
         key = (host, dev, odd, config_backend)
         d = self.exact.get(key)
         if d is None:
@@ -551,7 +551,7 @@ def _hot_path_names(state: _State, attrs: dict) -> dict[str, Any]:
         "_ao_func": state.func,
         "_ao_state": state,
         "_ao_exact": state.exact,
-        "_ao_local": _config.local,
+        "_ao_config_backend_get": _config.current_backend,
         "_ao_debug_on": _log.logger.isEnabledFor,
         # logging's own per-level cache (cleared in place whenever levels change): a dict lookup
         # instead of a method call; a missing entry falls back to isEnabledFor, which fills it.
@@ -578,7 +578,7 @@ def _ao_make({closure}):
 {fastcheck}        _ao_host = _ao_dev = 0
         _ao_device_type = _ao_seen_device_type[0]
 {argscan}
-        _ao_config_backend = _ao_local.backend
+        _ao_config_backend = _ao_config_backend_get()
         if _ao_dev:
             _ao_key = (_ao_host, _ao_dev, False, _ao_config_backend)  # the general path's key form
         else:
@@ -692,7 +692,7 @@ def _make_fastpath(state: _State, attrs: dict):
     level_cache = getattr(_log.logger, "_cache", None)
     if _native is None or state.inject_xp or type(level_cache) is not dict:
         return None  # without logging's level cache the C side cannot tell whether DEBUG is on
-    return _native.FastPath(state.fast, np.ndarray, tuple(_PASSIVE), level_cache, attrs)
+    return _native.FastPath(state.fast, np.ndarray, tuple(_PASSIVE), level_cache, attrs, _config.backend_in_context)
 
 
 def _make_offloaded(func: Callable, state: _State) -> Callable:
@@ -753,7 +753,7 @@ def explain(func: Callable, *args, **kwargs) -> Decision:
     if state is None:
         raise TypeError(f"explain() takes a function decorated with @offload; got {func!r}")
     host, dev, largest, odd = state.scan(args, kwargs)
-    config_backend = _config.local.backend
+    config_backend = _config.current_backend()
     key = (host, dev, odd, config_backend)
     d = state.exact.get(key) or state.decide(key, host, dev, largest, odd, config_backend, args, kwargs, amortize=False)
     if d.backend == CUPY:
