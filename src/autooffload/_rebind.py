@@ -8,10 +8,10 @@ get twins of their own, so ``np.zeros`` inside a helper also lands on the device
 callables (``np.fft.fft``, ``np.linalg.solve``, ufuncs) have no code to copy: their twin is the
 counterpart itself.
 
-Twins of helpers are cached while their function lives (weakly keyed); an offloaded function keeps
-its own twin in its state. The twin's globals are a copy; before each call ``refresh()`` re-reads the names the code uses
-from the real module, so a global reassigned after decoration is seen, and names the function
-assigns with ``global`` are written back after the call.
+Twins of helpers are cached while their function lives (weakly keyed); an offloaded function
+keeps its own twin in its state. The twin's globals are a copy; before each call ``refresh()``
+re-reads the names the code uses from the real module, so a global reassigned after decoration
+is seen, and names the function assigns with ``global`` are written back after the call.
 """
 
 from __future__ import annotations
