@@ -422,3 +422,34 @@ def test_a_parameter_named_like_its_function_is_just_an_argument(fake_gpu):
             args = (x, 1.0) if weird.__name__ == "_ao_func" else (x,)
             np.testing.assert_array_equal(weird(*args), x + 1.0)
             assert weird.last_decision.host_bytes == x.nbytes
+
+
+# --- pickling: functions are pickled by reference (module + __qualname__) --------------------------
+def test_every_module_level_form_pickles_to_itself():
+    import pickle
+
+    import pickle_targets as t
+
+    x = np.linspace(0.0, 1.0, 8)
+    for f in (t.decorated, t.score, t.fft, t.scaled, t.Model.m):
+        assert pickle.loads(pickle.dumps(f)) is f
+    assert pickle.loads(pickle.dumps(t.score)) is t.score and t.score.__qualname__ == "score"
+    assert t.score.__module__ == "pickle_targets" and t.score.__name__ == "_score_impl"
+    assert t.fft.__module__ == "pickle_targets" and t.Model.m.__qualname__ == "Model.m"
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(t.fft))(x), np.fft.fft(x))
+    assert pickle.loads(pickle.dumps(t.Model().m))(x) == 1.0
+    with pytest.raises(pickle.PicklingError, match="not the same object"):
+        pickle.dumps(t.built_in_a_function())
+
+
+def test_a_multiprocessing_pool_maps_offloaded_functions():
+    import multiprocessing
+
+    import pickle_targets as t
+
+    xs = [np.arange(4.0), np.arange(6.0)]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert pool.map(t.score, xs) == [np.cos(x).sum() for x in xs]
+        fft = pool.map(t.fft, xs)
+    for got, x in zip(fft, xs):
+        np.testing.assert_array_equal(got, np.fft.fft(x))

@@ -11,13 +11,17 @@ Everything else (containers, kwargs, device arrays, GPU runs, fallbacks) takes t
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import dis
 import functools
 import inspect
 import itertools
+import sys
 import threading
 import types
 import warnings
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -729,9 +733,22 @@ def offload(func: Callable | None = None, *, kind: str | None = None, backend: s
     this function and can never be met, so it is reported where it was made); a ``config()``
     block or AUTOOFFLOAD_BACKEND forcing "cupy" covers many functions, so there they run on NumPy
     and ``last_decision.reason`` says why.
+
+    Pickling (multiprocessing): a function pickles by reference, its ``__module__`` and
+    ``__qualname__``. When the result is stored under a name at a module's top level or in a
+    class body (``score = offload(impl)``, ``fft = offload(np.fft.fft)``, ``@offload def f``),
+    the wrapper takes that module and name, so it pickles to itself; ``__name__`` stays the
+    function's own. A wrapper built elsewhere (inside a function) fails as pickle fails for it.
     """
     if func is None:
-        return lambda f: offload(f, kind=kind, backend=backend, pure=pure)
+        def decorate(f: Callable) -> Callable:
+            return _offload(f, kind, backend, pure, sys._getframe(1))
+
+        return decorate
+    return _offload(func, kind, backend, pure, sys._getframe(1))
+
+
+def _offload(func: Callable, kind: str | None, backend: str, pure: bool, caller: types.FrameType) -> Callable:
     if isinstance(func, (staticmethod, classmethod)):
         raise TypeError(
             f"offload expects a function; got a {type(func).__name__}: put @{type(func).__name__} above @offload"
@@ -741,7 +758,50 @@ def offload(func: Callable | None = None, *, kind: str | None = None, backend: s
     existing = getattr(func, "__autooffload__", None)
     if existing is not None:
         func = existing.func  # re-decorating replaces the options instead of stacking wrappers
-    return _make_offloaded(func, _State(func, kind, backend, pure))
+    offloaded = _make_offloaded(func, _State(func, kind, backend, pure))
+    binding = _bound_name(caller)
+    if binding is not None:
+        offloaded.__module__, offloaded.__qualname__ = binding
+    return offloaded
+
+
+# code object -> (offsets of its instructions, the name each stores into or None), built once per
+# module or class body however many functions it offloads.
+_stores_by_code: "weakref.WeakKeyDictionary[types.CodeType, tuple[list[int], list]]" = weakref.WeakKeyDictionary()
+
+
+def _bound_name(frame: types.FrameType) -> tuple[str, str] | None:
+    """(module, qualname) of the name the statement running in ``frame`` stores its call's result
+    into, where pickle can find it again: ``name = offload(...)`` (or ``@offload``) at a module's
+    top level or in a class body, or ``global name`` then ``name = ...``; else None."""
+    code = frame.f_code
+    table = _stores_by_code.get(code)
+    if table is None:
+        offsets, stores = [], []
+        for ins in dis.get_instructions(code):  # inline caches are not listed
+            if ins.opname != "EXTENDED_ARG":  # the prefix of a large argument, not an instruction
+                offsets.append(ins.offset)
+                stores.append((ins.opname, ins.argval) if ins.opname in ("STORE_NAME", "STORE_GLOBAL") else None)
+        table = _stores_by_code[code] = (offsets, stores)
+    offsets, stores = table
+    # f_lasti is the call's offset, or (3.11) that of its last inline cache: the next listed
+    # instruction is what the call's result goes to.
+    i = bisect.bisect_right(offsets, frame.f_lasti)
+    store = stores[i] if i < len(stores) else None
+    if store is None:
+        return None
+    opname, name = store
+    module_globals = frame.f_globals
+    if opname == "STORE_GLOBAL" or frame.f_locals is module_globals:
+        module = module_globals.get("__name__")
+        return (module, name) if isinstance(module, str) else None
+    if code.co_flags & inspect.CO_OPTIMIZED:
+        return None  # a function's local: pickle cannot reach it
+    namespace = frame.f_locals  # a class body: it records its own module and qualified name
+    module, owner = namespace.get("__module__"), namespace.get("__qualname__")
+    if not (isinstance(module, str) and isinstance(owner, str)):
+        return None
+    return module, f"{owner}.{name}"
 
 
 def explain(func: Callable, *args, **kwargs) -> Decision:
