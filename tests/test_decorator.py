@@ -440,6 +440,9 @@ def test_every_module_level_form_pickles_to_itself():
     assert pickle.loads(pickle.dumps(t.Model().m))(x) == 1.0
     with pytest.raises(pickle.PicklingError, match="not the same object"):
         pickle.dumps(t.built_in_a_function())
+    import copy  # as the probe explore_pickle.py found: copies are the function itself
+
+    assert copy.copy(t.score) is t.score and copy.deepcopy({"f": t.score})["f"] is t.score
 
 
 def test_a_multiprocessing_pool_maps_offloaded_functions():
@@ -453,3 +456,17 @@ def test_a_multiprocessing_pool_maps_offloaded_functions():
         fft = pool.map(t.fft, xs)
     for got, x in zip(fft, xs):
         np.testing.assert_array_equal(got, np.fft.fft(x))
+
+
+def test_decision_caches_stay_bounded_over_many_distinct_sizes(monkeypatch):
+    # From the probe mem_growth.py: the exact cache is cleared at its limit, buckets are few.
+    from autooffload import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_EXACT_CACHE_LIMIT", 64)
+    f = offload(lambda x: np.sum(x))
+    for n in range(1000):
+        f(np.empty(n, dtype=np.uint8))
+        f([np.empty(n % 50, dtype=np.uint8)])  # the general path's keys
+    state = f.__autooffload__
+    assert len(state.exact) <= 64 and len(state.fast) <= 64
+    assert len(state.buckets) < 40

@@ -495,3 +495,99 @@ def test_device_arrays_given_to_a_generator_are_refused_clearly(fake_gpu):
     with pytest.raises(TypeError, match="generator function.*device arrays.*NumPy arrays"):
         f(x)
     np.testing.assert_array_equal(x.view(np.ndarray), np.arange(4.0))
+
+
+# --- every kind of callable, on NumPy and on the GPU path (from the probe explore_callables.py) ---
+class _Shapes:
+    k = 2.0
+    arr = np.arange(5.0)
+
+    @staticmethod
+    @offload
+    def static(x):
+        return np.sin(x)
+
+    @classmethod
+    @offload
+    def klass(cls, x):
+        return np.sin(x) * cls.k
+
+    @offload
+    def method(self, x):
+        return np.sin(x) * self.k
+
+    @property
+    @offload
+    def prop(self):
+        return np.sin(self.arr)
+
+
+class _Slotted:
+    __slots__ = ("k",)
+
+    def __init__(self):
+        self.k = 2.0
+
+    @offload
+    def method(self, x):
+        return np.sin(x) * self.k
+
+
+def _outer_closure():
+    k = 3.0
+
+    def inner(x):
+        return np.sin(x) * k
+
+    return inner
+
+
+def _wraps(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class _CallableObject:
+    def __call__(self, x):
+        return np.sin(x)
+
+
+_A = np.arange(10.0)
+_ONES = np.ones(10)
+_CALLABLES = [
+    ("lambda", lambda: offload(lambda x: np.sin(x)), lambda f: f(_A), np.sin(_A)),
+    ("partial", lambda: offload(functools.partial(np.add, 1.0)), lambda f: f(_A), _A + 1.0),
+    ("closure", lambda: offload(_outer_closure()), lambda f: f(_A), np.sin(_A) * 3.0),
+    ("staticmethod", lambda: _Shapes, lambda c: c.static(_A), np.sin(_A)),
+    ("classmethod", lambda: _Shapes, lambda c: c.klass(_A), np.sin(_A) * 2.0),
+    ("method", _Shapes, lambda o: o.method(_A), np.sin(_A) * 2.0),
+    ("property", _Shapes, lambda o: o.prop, np.sin(np.arange(5.0))),
+    ("slots method", _Slotted, lambda o: o.method(_A), np.sin(_A) * 2.0),
+    ("*args/**kwargs", lambda: offload(lambda *xs, **kw: sum(np.sin(x) for x in xs) + kw.get("b", 0)),
+     lambda f: f(_A, _A, b=_A), 2 * np.sin(_A) + _A),
+    ("keyword-only", lambda: offload(lambda x, *, scale=2.0: x * scale), lambda f: f(_A, scale=3.0), _A * 3.0),
+    ("array default", lambda: offload(lambda x, w=_ONES: x * w), lambda f: f(_A), _A),
+    ("functools.wraps", lambda: offload(_wraps(lambda x: np.sin(x))), lambda f: f(_A), np.sin(_A)),
+    ("offload twice", lambda: offload(offload(lambda x: np.cos(x))), lambda f: f(_A), np.cos(_A)),
+    ("callable object", lambda: offload(_CallableObject()), lambda f: f(_A), np.sin(_A)),
+    ("ufunc", lambda: offload(np.sin), lambda f: f(_A), np.sin(_A)),
+    ("ufunc.reduce", lambda: offload(np.add.reduce), lambda f: f(_A), np.add.reduce(_A)),
+    ("np.vectorize", lambda: offload(np.vectorize(lambda v: v * 2)), lambda f: f(_A), _A * 2),
+    ("np.fft.fft", lambda: offload(np.fft.fft), lambda f: f(_A), np.fft.fft(_A)),
+    ("builtin sum", lambda: offload(sum), lambda f: f(_A), sum(_A)),
+]
+
+
+@pytest.mark.filterwarnings("ignore::autooffload.GPUFallbackWarning")
+@pytest.mark.parametrize("mode", ["numpy", "cupy"])
+@pytest.mark.parametrize("make, call, expected", [pytest.param(*c[1:], id=c[0]) for c in _CALLABLES])
+def test_every_kind_of_callable_gives_numpys_result(make, call, expected, mode, fake_gpu):
+    from autooffload import config
+
+    with config(backend=mode):
+        got = call(make())
+    assert type(got) is type(expected)
+    np.testing.assert_allclose(got, expected)
