@@ -1,5 +1,8 @@
 """@offload as a user meets it: wrapping, results, steering, errors, without any GPU."""
 
+import asyncio
+import contextvars
+import functools
 import inspect
 import threading
 
@@ -139,6 +142,114 @@ def test_config_is_thread_local(fake_gpu):
     assert seen == {"other": "numpy", "this": "cupy"}
 
 
+def _config_backend():
+    return autooffload._config.current_backend()
+
+
+def test_config_blocks_of_interleaved_asyncio_tasks_stay_their_own(fake_gpu):
+    f = offload(mean_of_products)
+    a = rng.random(10)
+    seen = {}
+
+    async def first():  # enters first, exits first
+        with config(backend="cupy"):
+            await asyncio.sleep(0.01)
+            f(a, a)
+            seen["first"] = f.last_decision.backend
+
+    async def second():  # enters second, exits last
+        await asyncio.sleep(0.001)
+        with config(backend="numpy"):
+            await asyncio.sleep(0.03)
+            f(a, a)
+            seen["second"] = f.last_decision.backend, f.last_decision.reason
+
+    async def main():
+        await asyncio.gather(first(), second())
+
+    asyncio.run(main())
+    assert seen == {"first": "cupy", "second": ("numpy", "forced by config()")}
+    assert _config_backend() is None
+    f(a, a)
+    assert "forced" not in f.last_decision.reason
+
+
+def test_a_task_created_inside_a_block_keeps_it_after_the_block_ended(fake_gpu):
+    f = offload(mean_of_products)
+    a = rng.random(10)
+    f(a, a)
+    f(a, a)  # a cached NumPy decision: the C check, where built, may answer such calls alone
+    assert f.last_decision.backend == "numpy"
+
+    async def later():
+        await asyncio.sleep(0.01)
+        f(a, a)
+        return f.last_decision.backend
+
+    async def main():
+        with config(backend="cupy"):
+            task = asyncio.create_task(later())  # asyncio copies the context into the task
+        assert _config_backend() is None
+        return await task
+
+    assert asyncio.run(main()) == "cupy"
+    f(a, a)
+    assert f.last_decision.backend == "numpy"
+
+
+def test_a_thread_gets_a_block_only_with_the_context_handed_over(fake_gpu):
+    f = offload(mean_of_products)
+    a = rng.random(10)
+    seen = []
+
+    def call():
+        f(a, a)
+        seen.append(f.last_decision.backend)
+
+    with config(backend="cupy"):
+        for target in (call, functools.partial(contextvars.copy_context().run, call)):
+            t = threading.Thread(target=target)
+            t.start()
+            t.join()
+    assert seen == ["numpy", "cupy"]
+
+
+def test_nested_blocks_and_exceptions_restore_the_enclosing_block():
+    with config(backend="cupy"):
+        with pytest.raises(ZeroDivisionError):
+            with config(backend="numpy"):
+                assert _config_backend() == "numpy"
+                1 / 0
+        assert _config_backend() == "cupy"
+        with config(backend="auto"):
+            with config(backend="numpy"):
+                assert _config_backend() == "numpy"
+            assert _config_backend() == "auto"
+        assert _config_backend() == "cupy"
+    assert _config_backend() is None
+
+
+def test_a_generator_suspended_inside_a_block_does_not_revive_it_later():
+    def steps():
+        with config(backend="numpy"):
+            yield _config_backend()
+        yield _config_backend()
+
+    gen = steps()
+    assert next(gen) == "numpy"
+    assert _config_backend() == "numpy"  # the generator shares this context while suspended
+    with config(backend="cupy"):
+        assert next(gen) == "cupy"  # the generator left its block: the caller's is the innermost
+        assert _config_backend() == "cupy"
+    assert _config_backend() is None  # not the generator's block, which ended first
+    gen.close()
+    # A generator closed (or collected) while suspended inside a block leaves it too.
+    gen = steps()
+    next(gen)
+    gen.close()
+    assert _config_backend() is None
+
+
 class Portfolio:
     def __init__(self, w):
         self.w = w
@@ -275,3 +386,87 @@ def test_a_bad_environment_value_fails_calls_not_decoration(monkeypatch):
     f = offload(mean_of_products)  # importing a module of decorated functions still works
     with pytest.raises(ConfigError, match="AUTOOFFLOAD_BACKEND must be one of"):
         f(rng.random(3), rng.random(3))
+
+
+def test_a_parameter_named_like_its_function_is_just_an_argument(fake_gpu):
+    # The generated wrapper once stored last_decision through its own name, which such a
+    # parameter shadows: every call raised, or set the attribute on the caller's object.
+    def signal(signal):
+        return np.abs(signal).max()
+
+    class Box:
+        pass
+
+    def box(box, x):
+        return x * 2
+
+    x = np.arange(-3.0, 2.0)
+    for wrapped in (offload(signal), offload(backend="cupy")(signal)):
+        assert wrapped(x) == 3.0
+        assert wrapped.last_decision.host_bytes == x.nbytes
+    smooth = offload(lambda offloaded: offloaded * 2)  # a lambda's wrapper is named "offloaded"
+    np.testing.assert_array_equal(smooth(x), x * 2)
+    assert smooth.last_decision.backend == "numpy"
+    b = Box()
+    np.testing.assert_array_equal(offload(box)(b, x), x * 2)
+    assert vars(b) == {}
+    # Names of the wrapper's own closure variables, as parameters or as the function's name.
+    def _ao_func(_ao_exact, offloaded):
+        return _ao_exact + offloaded
+
+    def _ao_exact(x):
+        return x + 1.0
+
+    for weird in (offload(_ao_func), offload(_ao_exact)):
+        for _ in range(2):  # deciding, then the cached decision
+            args = (x, 1.0) if weird.__name__ == "_ao_func" else (x,)
+            np.testing.assert_array_equal(weird(*args), x + 1.0)
+            assert weird.last_decision.host_bytes == x.nbytes
+
+
+# --- pickling: functions are pickled by reference (module + __qualname__) --------------------------
+def test_every_module_level_form_pickles_to_itself():
+    import pickle
+
+    import pickle_targets as t
+
+    x = np.linspace(0.0, 1.0, 8)
+    for f in (t.decorated, t.score, t.fft, t.scaled, t.Model.m):
+        assert pickle.loads(pickle.dumps(f)) is f
+    assert pickle.loads(pickle.dumps(t.score)) is t.score and t.score.__qualname__ == "score"
+    assert t.score.__module__ == "pickle_targets" and t.score.__name__ == "_score_impl"
+    assert t.fft.__module__ == "pickle_targets" and t.Model.m.__qualname__ == "Model.m"
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(t.fft))(x), np.fft.fft(x))
+    assert pickle.loads(pickle.dumps(t.Model().m))(x) == 1.0
+    with pytest.raises(pickle.PicklingError, match="not the same object"):
+        pickle.dumps(t.built_in_a_function())
+    import copy  # as the probe explore_pickle.py found: copies are the function itself
+
+    assert copy.copy(t.score) is t.score and copy.deepcopy({"f": t.score})["f"] is t.score
+
+
+def test_a_multiprocessing_pool_maps_offloaded_functions():
+    import multiprocessing
+
+    import pickle_targets as t
+
+    xs = [np.arange(4.0), np.arange(6.0)]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert pool.map(t.score, xs) == [np.cos(x).sum() for x in xs]
+        fft = pool.map(t.fft, xs)
+    for got, x in zip(fft, xs):
+        np.testing.assert_array_equal(got, np.fft.fft(x))
+
+
+def test_decision_caches_stay_bounded_over_many_distinct_sizes(monkeypatch):
+    # From the probe mem_growth.py: the exact cache is cleared at its limit, buckets are few.
+    from autooffload import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_EXACT_CACHE_LIMIT", 64)
+    f = offload(lambda x: np.sum(x))
+    for n in range(1000):
+        f(np.empty(n, dtype=np.uint8))
+        f([np.empty(n % 50, dtype=np.uint8)])  # the general path's keys
+    state = f.__autooffload__
+    assert len(state.exact) <= 64 and len(state.fast) <= 64
+    assert len(state.buckets) < 40

@@ -5,6 +5,7 @@ Marked ``gpu``: skipped where CuPy or a CUDA device is missing. Run on the GPU m
 differences come only from summation order and library algorithms (cuBLAS, cuFFT, cuSOLVER).
 """
 
+import asyncio
 import threading
 import warnings
 
@@ -275,6 +276,31 @@ def test_every_dtype_empty_and_zero_d_round_trip():
         assert f(np.empty((0, 4))).shape == (0, 4)
         doubled = offload(lambda x: x * 2)(np.array(2.5))
         assert type(doubled) is np.float64 and doubled == 5.0
+
+
+def test_generators_and_coroutines_run_on_numpy_with_their_writes():
+    def scale_rows(m):
+        for row in m:
+            row *= 2.0  # a write into the caller's array, made while the caller iterates
+            yield np.sin(row).sum()
+
+    async def normalise(v):
+        v /= np.linalg.norm(v)
+        return np.cumsum(v)
+
+    m, v = rng.random((64, 1024)), rng.random(1 << 16)
+    m_ref, v_ref = m.copy(), v.copy()
+    expected_rows, expected_sum = list(scale_rows(m_ref)), asyncio.run(normalise(v_ref))
+    with config(backend="cupy"):
+        rows_f, norm_f = offload(scale_rows), offload(normalise)
+        rows, summed = list(rows_f(m)), asyncio.run(norm_f(v))
+    assert [type(r) for r in rows] == [type(r) for r in expected_rows]
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(m, m_ref)
+    assert type(summed) is np.ndarray
+    np.testing.assert_array_equal(summed, expected_sum)
+    np.testing.assert_array_equal(v, v_ref)
+    assert rows_f.last_decision.backend == "numpy" and norm_f.last_decision.backend == "numpy"
 
 
 def test_many_threads_on_the_gpu():

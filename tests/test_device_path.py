@@ -3,6 +3,8 @@
 Real GPU behaviour is proven by the tests marked ``gpu`` (test_decorator_gpu.py).
 """
 
+import asyncio
+import functools
 import warnings
 from collections import namedtuple
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 import fake_device
-from autooffload import GPUFallbackWarning, offload
+from autooffload import ConfigError, GPUFallbackWarning, offload
 from fake_device import FakeDeviceArray
 
 rng = np.random.default_rng(11)
@@ -386,3 +388,206 @@ def test_device_resident_xp_function_gets_the_device_module_and_falls_back_with_
     with pytest.warns(GPUFallbackWarning, match="median"):
         got = f(big)
     assert float(np.asarray(got)) == np.median(np.asarray(big))
+
+
+# --- functions whose body runs after the call returned: generators and coroutines ---------------
+def _write_then_yield(x):
+    x[0] = 99.0
+    yield np.sin(x)
+    yield x.sum()
+
+
+async def _write_then_return(x):
+    x[0] = 99.0
+    return np.sin(x)
+
+
+async def _write_then_yield_async(x):
+    x[0] = 99.0
+    yield np.sin(x)
+
+
+def _drain_async_gen(agen):
+    async def drain():
+        return [v async for v in agen]
+
+    return asyncio.run(drain())
+
+
+class _Stepper:
+    def steps(self, x):
+        x[0] = 99.0
+        yield np.sin(x)
+
+
+_LAZY_BODIES = [
+    pytest.param(_write_then_yield, list, "generator function", id="generator"),
+    pytest.param(_write_then_return, asyncio.run, "async function", id="async def"),
+    pytest.param(_write_then_yield_async, _drain_async_gen, "async generator function", id="async generator"),
+    pytest.param(functools.partial(_write_then_yield), list, "generator function", id="partial of a generator"),
+    pytest.param(_Stepper().steps, list, "generator function", id="bound generator method"),
+]
+
+
+def _check_like_numpy(func, consume, fake_gpu):
+    expected_x = np.arange(4.0)
+    expected = consume(func.__wrapped__(expected_x))
+    x = np.arange(4.0)
+    got = consume(func(x))
+    got = got if isinstance(got, list) else [got]
+    expected = expected if isinstance(expected, list) else [expected]
+    np.testing.assert_array_equal(x, expected_x)  # the write reached the caller's array
+    assert [type(v) for v in got] == [type(v) for v in expected]
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+    assert fake_gpu.to_device_calls == 0
+
+
+@pytest.mark.parametrize("body, consume, what", _LAZY_BODIES)
+def test_generators_and_coroutines_run_on_numpy_when_cupy_is_forced_by_config(body, consume, what, on_gpu):
+    f = offload(body)
+    _check_like_numpy(f, consume, on_gpu)
+    d = f.last_decision
+    assert d.backend == "numpy" and what in d.reason and "forced cupy ignored" in d.reason
+    assert f.stats.numpy == 1 and f.stats.cupy == 0
+
+
+@pytest.mark.parametrize("body, consume, what", _LAZY_BODIES)
+def test_generators_and_coroutines_stay_on_numpy_when_the_gpu_would_win(body, consume, what, fake_gpu, use_profile):
+    from autooffload import _backends
+    from conftest import synthetic_profile
+
+    use_profile(synthetic_profile(cold_start=0.0))
+    _backends.mark_gpu_ready()
+    big = np.ones(1 << 20)
+    plain = offload(lambda x: np.sin(x))
+    plain(big)
+    assert plain.last_decision.backend == "cupy"  # the same data would go to the GPU
+    fake_gpu.to_device_calls = 0
+    f = offload(body)
+    unstarted = f(big)  # not run: only the decision matters here
+    if hasattr(unstarted, "close"):
+        unstarted.close()
+    assert f.last_decision.backend == "numpy" and what in f.last_decision.reason
+    _check_like_numpy(f, consume, fake_gpu)
+
+
+@pytest.mark.parametrize("body, consume, what", _LAZY_BODIES)
+def test_forcing_cupy_on_a_generator_or_coroutine_is_refused_at_decoration(body, consume, what, fake_gpu):
+    with pytest.raises(ConfigError, match=f"backend='cupy'.*{what}.*NumPy"):
+        offload(backend="cupy")(body)
+
+
+def test_forcing_cupy_by_the_environment_runs_generators_on_numpy(monkeypatch, fake_gpu):
+    import autooffload
+
+    monkeypatch.setenv("AUTOOFFLOAD_BACKEND", "cupy")
+    autooffload.reload_environment()
+    f = offload(_write_then_yield)
+    _check_like_numpy(f, list, fake_gpu)
+    assert "generator function" in f.last_decision.reason
+
+
+def test_device_arrays_given_to_a_generator_are_refused_clearly(fake_gpu):
+    # Its writes could not be copied back to the device arrays after the body ran.
+    f = offload(_write_then_yield)
+    x = np.arange(4.0).view(FakeDeviceArray)
+    with pytest.raises(TypeError, match="generator function.*device arrays.*NumPy arrays"):
+        f(x)
+    np.testing.assert_array_equal(x.view(np.ndarray), np.arange(4.0))
+
+
+# --- every kind of callable, on NumPy and on the GPU path (from the probe explore_callables.py) ---
+class _Shapes:
+    k = 2.0
+    arr = np.arange(5.0)
+
+    @staticmethod
+    @offload
+    def static(x):
+        return np.sin(x)
+
+    @classmethod
+    @offload
+    def klass(cls, x):
+        return np.sin(x) * cls.k
+
+    @offload
+    def method(self, x):
+        return np.sin(x) * self.k
+
+    @property
+    @offload
+    def prop(self):
+        return np.sin(self.arr)
+
+
+class _Slotted:
+    __slots__ = ("k",)
+
+    def __init__(self):
+        self.k = 2.0
+
+    @offload
+    def method(self, x):
+        return np.sin(x) * self.k
+
+
+def _outer_closure():
+    k = 3.0
+
+    def inner(x):
+        return np.sin(x) * k
+
+    return inner
+
+
+def _wraps(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class _CallableObject:
+    def __call__(self, x):
+        return np.sin(x)
+
+
+_A = np.arange(10.0)
+_ONES = np.ones(10)
+_CALLABLES = [
+    ("lambda", lambda: offload(lambda x: np.sin(x)), lambda f: f(_A), np.sin(_A)),
+    ("partial", lambda: offload(functools.partial(np.add, 1.0)), lambda f: f(_A), _A + 1.0),
+    ("closure", lambda: offload(_outer_closure()), lambda f: f(_A), np.sin(_A) * 3.0),
+    ("staticmethod", lambda: _Shapes, lambda c: c.static(_A), np.sin(_A)),
+    ("classmethod", lambda: _Shapes, lambda c: c.klass(_A), np.sin(_A) * 2.0),
+    ("method", _Shapes, lambda o: o.method(_A), np.sin(_A) * 2.0),
+    ("property", _Shapes, lambda o: o.prop, np.sin(np.arange(5.0))),
+    ("slots method", _Slotted, lambda o: o.method(_A), np.sin(_A) * 2.0),
+    ("*args/**kwargs", lambda: offload(lambda *xs, **kw: sum(np.sin(x) for x in xs) + kw.get("b", 0)),
+     lambda f: f(_A, _A, b=_A), 2 * np.sin(_A) + _A),
+    ("keyword-only", lambda: offload(lambda x, *, scale=2.0: x * scale), lambda f: f(_A, scale=3.0), _A * 3.0),
+    ("array default", lambda: offload(lambda x, w=_ONES: x * w), lambda f: f(_A), _A),
+    ("functools.wraps", lambda: offload(_wraps(lambda x: np.sin(x))), lambda f: f(_A), np.sin(_A)),
+    ("offload twice", lambda: offload(offload(lambda x: np.cos(x))), lambda f: f(_A), np.cos(_A)),
+    ("callable object", lambda: offload(_CallableObject()), lambda f: f(_A), np.sin(_A)),
+    ("ufunc", lambda: offload(np.sin), lambda f: f(_A), np.sin(_A)),
+    ("ufunc.reduce", lambda: offload(np.add.reduce), lambda f: f(_A), np.add.reduce(_A)),
+    ("np.vectorize", lambda: offload(np.vectorize(lambda v: v * 2)), lambda f: f(_A), _A * 2),
+    ("np.fft.fft", lambda: offload(np.fft.fft), lambda f: f(_A), np.fft.fft(_A)),
+    ("builtin sum", lambda: offload(sum), lambda f: f(_A), sum(_A)),
+]
+
+
+@pytest.mark.filterwarnings("ignore::autooffload.GPUFallbackWarning")
+@pytest.mark.parametrize("mode", ["numpy", "cupy"])
+@pytest.mark.parametrize("make, call, expected", [pytest.param(*c[1:], id=c[0]) for c in _CALLABLES])
+def test_every_kind_of_callable_gives_numpys_result(make, call, expected, mode, fake_gpu):
+    from autooffload import config
+
+    with config(backend=mode):
+        got = call(make())
+    assert type(got) is type(expected)
+    np.testing.assert_allclose(got, expected)

@@ -1,5 +1,6 @@
 """Logging of decisions, the import contract, and calls from many threads."""
 
+import contextlib
 import errno
 import json
 import logging
@@ -162,3 +163,93 @@ def test_many_threads_get_numpys_results_and_every_call_is_counted(fake_gpu):
     assert not errors, errors[:3]
     assert work.stats.calls == n_threads * n_calls
     assert work.stats.cupy == n_threads * n_calls // 2
+
+
+def test_each_thread_sees_only_its_own_nested_config_blocks(fake_gpu):
+    # From the probes threads_isolation.py / threads_config.py: blocks never leak across threads.
+    from fake_device import FakeDeviceArray
+
+    @offload
+    def where(x):
+        return type(x) is FakeDeviceArray
+
+    @offload
+    def double_in_place(x):
+        x *= 2
+        return x.sum()
+
+    bad = []
+
+    def check(label, want_device, x):
+        expected = x * 2
+        if where(x) != want_device:
+            bad.append((label, "placement"))
+        if double_in_place(x) != expected.sum() or not np.array_equal(x, expected):
+            bad.append((label, "write"))
+
+    def forced():
+        for i in range(150):
+            with config(backend="cupy"):
+                check("cupy", True, np.arange(float(i % 7 + 1)))
+
+    def free():
+        for i in range(150):
+            check("none", False, np.arange(float(i % 7 + 1)))
+
+    def nested():
+        for i in range(150):
+            with config(backend="cupy"):
+                with config(backend="numpy"):
+                    check("inner numpy", False, np.arange(float(i % 7 + 1)))
+                check("outer cupy", True, np.arange(float(i % 7 + 1)))
+
+    threads = [threading.Thread(target=t) for t in (forced, free, nested) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad, bad[:5]
+
+
+def test_threads_racing_through_a_small_decision_cache_get_numpys_results(monkeypatch, fake_gpu):
+    # From the probe threads_stress.py: the exact-decision cache is cleared while others read it.
+    from autooffload import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_EXACT_CACHE_LIMIT", 8)
+
+    @offload
+    def f(x, y):
+        return (np.sqrt(np.abs(x)) + y).sum()
+
+    @offload
+    def g(d):
+        d["a"] *= 3
+        return np.sort(d["a"])
+
+    bad = []
+
+    def worker(seed):
+        r = np.random.default_rng(seed)
+        for i in range(150):
+            x = r.standard_normal(int(r.integers(1, 400)))
+            mode = ("cupy", "numpy", "auto", None)[i % 4]
+            try:
+                with config(backend=mode) if mode else contextlib.nullcontext():
+                    a = f(x, 1.5)
+                    d = {"a": x.copy()}
+                    b = g(d)
+                if a != (np.sqrt(np.abs(x)) + 1.5).sum():
+                    bad.append(("f", mode))
+                if not (np.array_equal(d["a"], x * 3) and np.array_equal(b, np.sort(x * 3))):
+                    bad.append(("g", mode))
+            except Exception as exc:  # pragma: no cover - reported below
+                bad.append(("raised", repr(exc)))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad, bad[:5]
+    assert len(f.__autooffload__.exact) <= 8 and len(g.__autooffload__.exact) <= 8
+    assert f.stats.calls == g.stats.calls == 900

@@ -7,6 +7,7 @@ Everything else must reach the Python path, and the decorator must behave the sa
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import subprocess
@@ -92,12 +93,14 @@ def test_scalars_and_tuples_of_scalars_are_passive():
     np.testing.assert_array_equal(f(a, (10, 10), 2.5), a.reshape(10, 10) * 2.5)
 
 
-def test_a_config_block_in_any_thread_sends_calls_to_python():
+def test_a_config_block_sends_calls_of_its_own_context_to_python_only():
     f, fp, (a, b) = warmed()
     inside, release = threading.Event(), threading.Event()
+    seen = []
 
     def hold_block():
         with config(backend="numpy"):
+            seen.append(fp(a, b))
             inside.set()
             release.wait(10)
 
@@ -105,10 +108,13 @@ def test_a_config_block_in_any_thread_sends_calls_to_python():
     t.start()
     try:
         inside.wait(10)
-        assert fp(a, b) is False
+        assert seen == [False]
+        assert fp(a, b) is True  # another thread's block is not this thread's
     finally:
         release.set()
         t.join()
+    with config(backend="auto"):
+        assert fp(a, b) is False
     assert fp(a, b) is True
 
 
@@ -157,14 +163,15 @@ def test_xp_injection_and_log_file_never_use_the_c_check(monkeypatch, tmp_path):
 
 
 def test_constructor_checks_its_arguments():
+    var = contextvars.ContextVar("backend", default=None)
     with pytest.raises(TypeError):
-        native.FastPath({}, np.ndarray, [int], None, {})
+        native.FastPath({}, np.ndarray, [int], None, {}, var)
     with pytest.raises(TypeError, match="level_cache"):
-        native.FastPath({}, np.ndarray, (int,), [], {})
+        native.FastPath({}, np.ndarray, (int,), [], {}, var)
     with pytest.raises(ValueError, match="at most"):
-        native.FastPath({}, np.ndarray, (int,) * 33, None, {})
-    with pytest.raises(ValueError):
-        native.config_block(2)
+        native.FastPath({}, np.ndarray, (int,) * 33, None, {}, var)
+    with pytest.raises(TypeError, match="ContextVar"):
+        native.FastPath({}, np.ndarray, (int,), None, {}, "backend")
 
 
 def test_the_decorator_tests_pass_on_the_pure_python_wrapper():

@@ -1,4 +1,4 @@
-"""Thread-local ``config()`` and the environment variables.
+"""``config()`` blocks, kept in a context variable, and the environment variables.
 
 Environment variables are read once, lazily, and re-read by ``reload_environment()`` (tests, or
 a program that changes them after the first call).
@@ -7,18 +7,12 @@ a program that changes them after the first call).
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from .errors import ConfigError
-
-try:  # the C check of the NumPy path must know when a config() block is active (see _native.c)
-    from ._native import config_block as _count_config_block
-except ImportError:
-    def _count_config_block(delta: int) -> int:
-        return 0
 
 BACKEND_CHOICES = ("numpy", "cupy", "auto")
 
@@ -89,27 +83,41 @@ def invalidate_decisions() -> None:
         cache.reset()
 
 
-class _Local(threading.local):
-    # None: no config() block is active in this thread.
-    backend: str | None = None
+# The backend of the innermost config() block active in this context (a thread, or an asyncio
+# task), None outside every block. Read on every call: by the hot path through current_backend,
+# and by the C check of the NumPy path (_native.c), which answers alone only when it is None.
+backend_in_context: ContextVar[str | None] = ContextVar("autooffload_config_backend", default=None)
+current_backend = backend_in_context.get
+# The blocks active in this context, innermost last: (block, backend) pairs.
+_blocks: ContextVar[tuple] = ContextVar("autooffload_config_blocks", default=())
 
 
-local = _Local()
+def _set_blocks(blocks: tuple) -> None:
+    _blocks.set(blocks)
+    backend_in_context.set(blocks[-1][1] if blocks else None)
 
 
 @contextmanager
 def config(*, backend: str):
-    """Force every offloaded call in this thread, inside the block, onto ``backend``.
+    """Force every offloaded call inside the block onto ``backend``, in this thread or asyncio task.
 
     ``backend`` is "numpy", "cupy" or "auto" (the cost model decides). Blocks nest; the
-    innermost wins. Other threads are not affected.
+    innermost wins. The setting lives in a context variable, as ``decimal.localcontext`` does:
+    each thread and each asyncio task sees only its own blocks, however their blocks interleave.
+    A task created inside a block starts with it (asyncio copies the context into new tasks, and
+    ``asyncio.to_thread`` into its thread); a thread started inside a block does not, unless the
+    context is handed over (``contextvars.copy_context().run``). A generator suspended inside a
+    block shares its caller's context, so the block stays active for the caller until the
+    generator leaves it; a block must end in the context (thread or task) where it began, else
+    that context keeps it.
     """
     backend = check_backend(backend, "config(backend=...)")
-    previous = local.backend
-    local.backend = backend
-    _count_config_block(+1)
+    block = object()
+    _set_blocks(_blocks.get() + ((block, backend),))
     try:
         yield
     finally:
-        _count_config_block(-1)
-        local.backend = previous
+        # This block leaves, wherever it is in the stack: in one context blocks may end out of
+        # order (a generator suspended inside a block, resumed after its caller opened another),
+        # and restoring the value saved at entry would then revive a block that already ended.
+        _set_blocks(tuple(entry for entry in _blocks.get() if entry[0] is not block))

@@ -11,14 +11,17 @@ Everything else (containers, kwargs, device arrays, GPU runs, fallbacks) takes t
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import dis
 import functools
 import inspect
 import itertools
+import sys
 import threading
 import types
 import warnings
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -124,6 +127,28 @@ def _xp_parameter(func: Callable) -> tuple[int | str | None, bool]:
     return None, False
 
 
+def _body_runs_after_return(func: Callable) -> str | None:
+    """What ``func`` is if calling it only creates a generator or coroutine, else None.
+
+    Such a body runs after the wrapper returned, too late to copy writes and results back from
+    the GPU. Seen through functools.partial, bound methods, callable objects and ``__wrapped__``
+    (a functools.wraps wrapper of one returns what it returns). A plain function that returns a
+    generator it got elsewhere cannot be told from its code, and is not caught.
+    """
+    seen: set[int] = set()
+    while func is not None and id(func) not in seen:
+        seen.add(id(func))
+        for candidate in (func, getattr(type(func), "__call__", None)):
+            if inspect.isasyncgenfunction(candidate):
+                return "an async generator function"
+            if inspect.iscoroutinefunction(candidate):
+                return "an async function"
+            if inspect.isgeneratorfunction(candidate):
+                return "a generator function"
+        func = getattr(func, "__wrapped__", None)
+    return None
+
+
 class _State:
     """Everything one offloaded function keeps between calls."""
 
@@ -138,6 +163,14 @@ class _State:
                 raise ConfigError(f"offload(kind=...) must be one of {', '.join(KINDS)}; got {kind!r}")
             self.work, self.kind_text = ((kind, 1),), kind
         self.backend_choice = _config.check_backend(backend, "offload(backend=...)")
+        # Generators and coroutines always run on NumPy (see _body_runs_after_return).
+        self.runs_after_return = _body_runs_after_return(func)
+        if self.runs_after_return is not None and self.backend_choice == CUPY:
+            raise ConfigError(
+                f"offload(backend='cupy'): {self.name} is {self.runs_after_return}, whose body runs after "
+                f"the call returns, too late to copy its writes and results back from the GPU; it can "
+                f"only run on NumPy: use backend='auto' or 'numpy'"
+            )
         self.pure = bool(pure)
         # Whether the code can write into its arguments at all (see _purity.py): if not, calls
         # with plain array and scalar arguments skip the write detection.
@@ -290,6 +323,15 @@ class _State:
 
         if forced == NUMPY:
             return make(NUMPY, f"forced by {source}")
+        if self.runs_after_return is not None:
+            if dev:
+                raise TypeError(
+                    f"{self.name} is {self.runs_after_return}: it runs on NumPy, and its writes could not "
+                    f"be copied back to device arrays after its body ran; pass NumPy arrays, not device arrays"
+                )
+            return make(NUMPY, f"{self.runs_after_return}: its body runs after the call returns, too late to "
+                               f"copy writes and results back from the GPU"
+                               + ("; forced cupy ignored" if forced == CUPY else ""))
         if forced == CUPY:
             if odd:
                 return make(NUMPY, f"{self.odd_argument(args, kwargs)} cannot live on the GPU; forced cupy ignored")
@@ -348,7 +390,7 @@ class _State:
     def call(self, args: tuple, kwargs: dict) -> Any:
         """The general path: nested containers, kwargs, device arrays, anything unusual."""
         host, dev, largest, odd = self.scan(args, kwargs)
-        config_backend = _config.local.backend
+        config_backend = _config.current_backend()
         key = (host, dev, odd, config_backend)
         d = self.exact.get(key)
         if d is None:
@@ -562,13 +604,14 @@ def _raised_by_own_code(exc: BaseException, twin, backend) -> bool:
     return handled is None or backend.fallback_cause(handled) is None or _raised_by_own_code(handled, twin, backend)
 
 
-def _hot_path_names(state: _State) -> dict[str, Any]:
+def _hot_path_names(state: _State, attrs: dict) -> dict[str, Any]:
     """What the hot path reads, as locals of the closure that holds it."""
     return {
+        "_ao_attrs": attrs,
         "_ao_func": state.func,
         "_ao_state": state,
         "_ao_exact": state.exact,
-        "_ao_local": _config.local,
+        "_ao_config_backend_get": _config.current_backend,
         "_ao_debug_on": _log.logger.isEnabledFor,
         # logging's own per-level cache (cleared in place whenever levels change): a dict lookup
         # instead of a method call; a missing entry falls back to isEnabledFor, which fills it.
@@ -588,13 +631,14 @@ def _hot_path_names(state: _State) -> dict[str, Any]:
 
 # The hot path, written once and specialised per function: ARGSCAN sums the bytes of the
 # arguments (returning to the general path for anything unusual), CALLARGS/ARGS/KWARGS pass them on.
+# Its body reaches nothing by the function's name, which a parameter may shadow.
 _HOT_PATH = """
 def _ao_make({closure}):
     def {name}({params}):
 {fastcheck}        _ao_host = _ao_dev = 0
         _ao_device_type = _ao_seen_device_type[0]
 {argscan}
-        _ao_config_backend = _ao_local.backend
+        _ao_config_backend = _ao_config_backend_get()
         if _ao_dev:
             _ao_key = (_ao_host, _ao_dev, False, _ao_config_backend)  # the general path's key form
         else:
@@ -610,7 +654,7 @@ def _ao_make({closure}):
                 _ao_debug = _ao_debug_on(10)
             if _ao_debug or _ao_state.log_path is not None:
                 _ao_record(_ao_d, first_in_bucket=False)
-        {name}.last_decision = _ao_d
+        _ao_attrs["last_decision"] = _ao_d  # the wrapper's __dict__: {name} may be a parameter's name
         if _ao_d.backend is _ao_numpy and not _ao_dev:
             if _ao_inject_xp:
                 return _ao_state.run_numpy({args}, {kwargs}, False)
@@ -681,7 +725,8 @@ def _hot_path_source(func: Callable, closure: list[str]) -> tuple[str, dict[str,
     kwargs = "{" + ", ".join(f"{n!r}: {n}" for n in keyword) + "}"
     source = _HOT_PATH.format(
         closure=", ".join(closure + list(defaults)),
-        name=func.__name__ if func.__name__.isidentifier() else "offloaded",
+        # A name of the closure's own (_ao_*) would shadow that closure variable in _ao_make.
+        name=func.__name__ if func.__name__.isidentifier() and not func.__name__.startswith("_ao_") else "offloaded",
         params=", ".join(params),
         argscan="".join(_SCAN_ONE.format(arg=n, args=args, kwargs=kwargs) for n in positional + keyword),
         args=args,
@@ -707,12 +752,12 @@ def _make_fastpath(state: _State, attrs: dict):
     level_cache = getattr(_log.logger, "_cache", None)
     if _native is None or state.inject_xp or type(level_cache) is not dict:
         return None  # without logging's level cache the C side cannot tell whether DEBUG is on
-    return _native.FastPath(state.fast, np.ndarray, tuple(_PASSIVE), level_cache, attrs)
+    return _native.FastPath(state.fast, np.ndarray, tuple(_PASSIVE), level_cache, attrs, _config.backend_in_context)
 
 
 def _make_offloaded(func: Callable, state: _State) -> Callable:
-    names = _hot_path_names(state)
-    attrs: dict[str, Any] = {}  # becomes the wrapper's __dict__; the C check stores last_decision there
+    attrs: dict[str, Any] = {}  # becomes the wrapper's __dict__; the hot path and the C check store last_decision there
+    names = _hot_path_names(state, attrs)
     state.fastpath = _make_fastpath(state, attrs)
     if state.fastpath is not None:
         names["_ao_fast"] = state.fastpath
@@ -737,9 +782,29 @@ def offload(func: Callable | None = None, *, kind: str | None = None, backend: s
     "matmul", "solve", "random", "generic"); by default it is read from the function's code.
     ``backend``: "auto" (default), or "numpy" / "cupy" to force one. ``pure=True`` promises the
     function writes into none of its arguments, which skips the write detection.
+
+    Generator functions, ``async def`` functions and async generators always run on NumPy: their
+    body runs after the call returned, when writes and results can no longer be copied back from
+    the GPU. ``backend="cupy"`` on one is refused at once with a ConfigError (the request names
+    this function and can never be met, so it is reported where it was made); a ``config()``
+    block or AUTOOFFLOAD_BACKEND forcing "cupy" covers many functions, so there they run on NumPy
+    and ``last_decision.reason`` says why.
+
+    Pickling (multiprocessing): a function pickles by reference, its ``__module__`` and
+    ``__qualname__``. When the result is stored under a name at a module's top level or in a
+    class body (``score = offload(impl)``, ``fft = offload(np.fft.fft)``, ``@offload def f``),
+    the wrapper takes that module and name, so it pickles to itself; ``__name__`` stays the
+    function's own. A wrapper built elsewhere (inside a function) fails as pickle fails for it.
     """
     if func is None:
-        return lambda f: offload(f, kind=kind, backend=backend, pure=pure)
+        def decorate(f: Callable) -> Callable:
+            return _offload(f, kind, backend, pure, sys._getframe(1))
+
+        return decorate
+    return _offload(func, kind, backend, pure, sys._getframe(1))
+
+
+def _offload(func: Callable, kind: str | None, backend: str, pure: bool, caller: types.FrameType) -> Callable:
     if isinstance(func, (staticmethod, classmethod)):
         raise TypeError(
             f"offload expects a function; got a {type(func).__name__}: put @{type(func).__name__} above @offload"
@@ -749,7 +814,50 @@ def offload(func: Callable | None = None, *, kind: str | None = None, backend: s
     existing = getattr(func, "__autooffload__", None)
     if existing is not None:
         func = existing.func  # re-decorating replaces the options instead of stacking wrappers
-    return _make_offloaded(func, _State(func, kind, backend, pure))
+    offloaded = _make_offloaded(func, _State(func, kind, backend, pure))
+    binding = _bound_name(caller)
+    if binding is not None:
+        offloaded.__module__, offloaded.__qualname__ = binding
+    return offloaded
+
+
+# code object -> (offsets of its instructions, the name each stores into or None), built once per
+# module or class body however many functions it offloads.
+_stores_by_code: "weakref.WeakKeyDictionary[types.CodeType, tuple[list[int], list]]" = weakref.WeakKeyDictionary()
+
+
+def _bound_name(frame: types.FrameType) -> tuple[str, str] | None:
+    """(module, qualname) of the name the statement running in ``frame`` stores its call's result
+    into, where pickle can find it again: ``name = offload(...)`` (or ``@offload``) at a module's
+    top level or in a class body, or ``global name`` then ``name = ...``; else None."""
+    code = frame.f_code
+    table = _stores_by_code.get(code)
+    if table is None:
+        offsets, stores = [], []
+        for ins in dis.get_instructions(code):  # inline caches are not listed
+            if ins.opname != "EXTENDED_ARG":  # the prefix of a large argument, not an instruction
+                offsets.append(ins.offset)
+                stores.append((ins.opname, ins.argval) if ins.opname in ("STORE_NAME", "STORE_GLOBAL") else None)
+        table = _stores_by_code[code] = (offsets, stores)
+    offsets, stores = table
+    # f_lasti is the call's offset, or (3.11) that of its last inline cache: the next listed
+    # instruction is what the call's result goes to.
+    i = bisect.bisect_right(offsets, frame.f_lasti)
+    store = stores[i] if i < len(stores) else None
+    if store is None:
+        return None
+    opname, name = store
+    module_globals = frame.f_globals
+    if opname == "STORE_GLOBAL" or frame.f_locals is module_globals:
+        module = module_globals.get("__name__")
+        return (module, name) if isinstance(module, str) else None
+    if code.co_flags & inspect.CO_OPTIMIZED:
+        return None  # a function's local: pickle cannot reach it
+    namespace = frame.f_locals  # a class body: it records its own module and qualified name
+    module, owner = namespace.get("__module__"), namespace.get("__qualname__")
+    if not (isinstance(module, str) and isinstance(owner, str)):
+        return None
+    return module, f"{owner}.{name}"
 
 
 def explain(func: Callable, *args, **kwargs) -> Decision:
@@ -761,7 +869,7 @@ def explain(func: Callable, *args, **kwargs) -> Decision:
     if state is None:
         raise TypeError(f"explain() takes a function decorated with @offload; got {func!r}")
     host, dev, largest, odd = state.scan(args, kwargs)
-    config_backend = _config.local.backend
+    config_backend = _config.current_backend()
     key = (host, dev, odd, config_backend)
     d = state.exact.get(key) or state.decide(key, host, dev, largest, odd, config_backend, args, kwargs, amortize=False)
     if d.backend == CUPY:

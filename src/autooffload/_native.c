@@ -4,7 +4,8 @@
  * FastPath. An offloaded function's Python wrapper first calls its FastPath object with the call's own
  * arguments. The object answers True only when the whole decision is already known to be "run
  * the original function on NumPy, nothing else to do": every argument is an exact numpy.ndarray
- * or a passive scalar, no config() block is active in any thread, DEBUG logging is known to be
+ * or a passive scalar, no config() block is active in the caller's context (the context variable
+ * _config.backend_in_context is None: per thread and per asyncio task), DEBUG logging is known to be
  * off, and the arguments' total bytes are a key of the function's `fast` dict (filled by the
  * Python side only with plain NumPy decisions: no device data, no cold-start bookkeeping, no log
  * file, no xp injection). On True it has also stored the decision as `last_decision` and counted
@@ -25,9 +26,6 @@
 
 #define MAX_PASSIVE 32
 
-/* config() blocks active in any thread: while one is, every call takes the Python path. */
-static Py_ssize_t config_blocks = 0;
-
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -36,6 +34,7 @@ typedef struct {
     PyObject *level_cache; /* logging.Logger._cache of the "autooffload" logger, or None */
     PyObject *attrs;       /* the wrapper function's __dict__ (last_decision goes there) */
     PyObject *passive;     /* tuple of types passed over (kept for the references) */
+    PyObject *config_backend; /* the ContextVar of the innermost config() block's backend */
     PyTypeObject *passive_types[MAX_PASSIVE];
     getter nbytes_get;     /* ndarray's own nbytes getter (skips the attribute lookup), or NULL */
     void *nbytes_closure;
@@ -100,9 +99,19 @@ fastpath_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
     if (kwnames != NULL) {
         n += PyTuple_GET_SIZE(kwnames);
     }
-    if (config_blocks != 0) {
+    /* A config() block active in this context (this task's or thread's own, or one inherited
+       with a copied context) decides: only the Python path reads it. ContextVar reads are cached
+       per thread and context, a few ns. */
+    PyObject *config_backend;
+    if (PyContextVar_Get(self->config_backend, NULL, &config_backend) < 0) {
+        PyErr_Clear();
         Py_RETURN_FALSE;
     }
+    if (config_backend != Py_None) {
+        Py_XDECREF(config_backend);
+        Py_RETURN_FALSE;
+    }
+    Py_DECREF(config_backend);
     if (self->level_cache != Py_None) {
         /* logging fills this dict on isEnabledFor and clears it in place when levels change:
            only a cached False proves DEBUG is off; a missing entry goes to Python, which fills it. */
@@ -152,11 +161,11 @@ fastpath_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
 static PyObject *
 fastpath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fast", "ndarray", "passive", "level_cache", "attrs", NULL};
-    PyObject *fast, *ndarray, *passive, *level_cache, *attrs;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OO!:FastPath", kwlist, &PyDict_Type, &fast,
+    static char *kwlist[] = {"fast", "ndarray", "passive", "level_cache", "attrs", "config_backend", NULL};
+    PyObject *fast, *ndarray, *passive, *level_cache, *attrs, *config_backend;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OO!O!:FastPath", kwlist, &PyDict_Type, &fast,
                                      &PyType_Type, &ndarray, &PyTuple_Type, &passive, &level_cache,
-                                     &PyDict_Type, &attrs)) {
+                                     &PyDict_Type, &attrs, &PyContextVar_Type, &config_backend)) {
         return NULL;
     }
     if (level_cache != Py_None && !PyDict_CheckExact(level_cache)) {
@@ -185,6 +194,7 @@ fastpath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->passive = Py_NewRef(passive);
     self->level_cache = Py_NewRef(level_cache);
     self->attrs = Py_NewRef(attrs);
+    self->config_backend = Py_NewRef(config_backend);
     self->n_passive = n_passive;
     for (Py_ssize_t i = 0; i < n_passive; i++) {
         self->passive_types[i] = (PyTypeObject *)PyTuple_GET_ITEM(passive, i);
@@ -211,6 +221,7 @@ fastpath_traverse(FastPath *self, visitproc visit, void *arg)
     Py_VISIT(self->passive);
     Py_VISIT(self->level_cache);
     Py_VISIT(self->attrs);
+    Py_VISIT(self->config_backend);
     return 0;
 }
 
@@ -222,6 +233,7 @@ fastpath_clear(FastPath *self)
     Py_CLEAR(self->passive);
     Py_CLEAR(self->level_cache);
     Py_CLEAR(self->attrs);
+    Py_CLEAR(self->config_backend);
     return 0;
 }
 
@@ -242,7 +254,7 @@ static PyMemberDef fastpath_members[] = {
 static PyTypeObject FastPathType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "autooffload._native.FastPath",
-    .tp_doc = "FastPath(fast, ndarray, passive, level_cache, attrs): the NumPy-path check of one offloaded function",
+    .tp_doc = "FastPath(fast, ndarray, passive, level_cache, attrs, config_backend): the NumPy-path check of one offloaded function",
     .tp_basicsize = sizeof(FastPath),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = fastpath_new,
@@ -273,28 +285,7 @@ array_address(PyObject *module, PyObject *arg)
     return PyLong_FromVoidPtr(((ArrayHead *)arg)->data);
 }
 
-static PyObject *
-config_block(PyObject *module, PyObject *arg)
-{
-    /* +1 when a config() block starts, -1 when it ends; returns how many are active. */
-    Py_ssize_t delta = PyLong_AsSsize_t(arg);
-    if (delta == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (delta != 1 && delta != -1) {
-        PyErr_Format(PyExc_ValueError, "config_block takes +1 or -1, got %zd", delta);
-        return NULL;
-    }
-    if (config_blocks + delta < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "config_block: more blocks ended than started");
-        return NULL;
-    }
-    config_blocks += delta;
-    return PyLong_FromSsize_t(config_blocks);
-}
-
 static PyMethodDef module_methods[] = {
-    {"config_block", config_block, METH_O, "config_block(+1 | -1) -> active config() blocks"},
     {"array_address", array_address, METH_O, "array_address(a) -> a.ctypes.data, faster"},
     {NULL, NULL, 0, NULL},
 };

@@ -8,9 +8,10 @@ get twins of their own, so ``np.zeros`` inside a helper also lands on the device
 callables (``np.fft.fft``, ``np.linalg.solve``, ufuncs) have no code to copy: their twin is the
 counterpart itself.
 
-The twin's globals are a copy; before each call ``refresh()`` re-reads the names the code uses
-from the real module, so a global reassigned after decoration is seen, and names the function
-assigns with ``global`` are written back after the call.
+Twins of helpers are cached while their function lives (weakly keyed); an offloaded function
+keeps its own twin in its state. The twin's globals are a copy; before each call ``refresh()``
+re-reads the names the code uses from the real module, so a global reassigned after decoration
+is seen, and names the function assigns with ``global`` are written back after the call.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import dis
 import threading
 import types
 import warnings
+import weakref
 from typing import Any, Callable
 
 _MISSING = object()
@@ -72,7 +74,9 @@ class Translator:
                     counterpart = getattr(xp_mod, name, None)
                     if counterpart is not None and counterpart is not value:
                         self._table.setdefault(id(value), (value, counterpart))
-        self._twins: dict[int, tuple[Any, "Twin"]] = {}
+        # function -> its twin, for as long as the function lives (keyed weakly: a closure built
+        # per request, once run on the device, must not be kept alive with a copy of its globals).
+        self._twins: "weakref.WeakKeyDictionary[types.FunctionType, Twin]" = weakref.WeakKeyDictionary()
         self._lock = threading.RLock()
 
     def counterpart(self, value: Any) -> Any:
@@ -91,30 +95,35 @@ class Translator:
             return self.twin_of_function(value).func
         return value
 
-    def twin_of_function(self, func: types.FunctionType) -> "Twin":
-        entry = self._twins.get(id(func))
-        if entry is not None and entry[0] is func and entry[1].ready:
-            return entry[1]
+    def twin_of_function(self, func: types.FunctionType, keep: bool = True) -> "Twin":
+        """The twin of ``func``; cached while ``func`` lives, unless ``keep`` is False (then the
+        caller holds it: registered only while it is built, for recursive helpers)."""
+        twin = self._twins.get(func)
+        if twin is not None and twin.ready:
+            return twin
         # Building, or reaching a twin another thread is still building, holds the lock; the
         # building thread itself re-enters (recursive helpers) and gets the unfinished twin.
         with self._lock:
-            entry = self._twins.get(id(func))
-            if entry is not None and entry[0] is func:
-                return entry[1]
+            twin = self._twins.get(func)
+            if twin is not None:
+                return twin
             twin = Twin.__new__(Twin)
             # Registered before it is built, so recursive helpers find it instead of looping.
-            self._twins[id(func)] = (func, twin)
+            self._twins[func] = twin
             try:
                 twin._build(func, self)
-            except BaseException:
-                del self._twins[id(func)]
-                raise
+            finally:
+                if not (keep and twin.ready):
+                    del self._twins[func]
             return twin
 
     def device_callable(self, func: Callable) -> tuple[Callable | None, "Twin | None", str]:
         """(what to call on the device, the twin to refresh or None, how it was found).
 
-        (None, None, why) when there is no device version of ``func``.
+        (None, None, why) when there is no device version of ``func``. The twin of ``func``
+        itself is not cached here: the caller keeps it (an offloaded function's state), so it lives
+        exactly as long as the caller, even when it reaches the caller back (a decorated closure
+        calling itself through its closure cell), which a cache keyed by ``func`` would keep alive.
         """
         found = self.counterpart(func)
         if found is not _MISSING:
@@ -125,7 +134,7 @@ class Translator:
                 return None, None, how
             return types.MethodType(inner, func.__self__), twin, how
         if type(func) is types.FunctionType:
-            twin = self.twin_of_function(func)
+            twin = self.twin_of_function(func, keep=False)
             return twin.func, twin, "rebound twin"
         return None, None, f"{type(func).__name__} objects have no device version"
 
@@ -168,9 +177,9 @@ class Twin:
         if new is value:
             return cell  # shared with the enclosing scope: `nonlocal` writes stay visible
         if isinstance(value, types.FunctionType):
-            twin = self._translator._twins.get(id(value))
+            twin = self._translator._twins.get(value)
             if twin is not None:
-                self._children.append(twin[1])
+                self._children.append(twin)
         return types.CellType(new)
 
     def refresh(self) -> None:
@@ -191,9 +200,9 @@ class Twin:
                 new = translate(value)
                 mine[name] = new
                 if new is not value and isinstance(value, types.FunctionType):
-                    entry = self._translator._twins.get(id(value))
-                    if entry is not None and entry[1] not in self._children:
-                        self._children.append(entry[1])
+                    twin = self._translator._twins.get(value)
+                    if twin is not None and twin not in self._children:
+                        self._children.append(twin)
             for child in self._children:
                 child.refresh()
         finally:
