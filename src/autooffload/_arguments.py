@@ -67,7 +67,7 @@ def extent(ptr: int, shape: tuple[int, ...], strides: tuple[int, ...], itemsize:
 def map_tree(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool], rebuilt: list | None = None) -> Any:
     """``obj`` with every leaf replaced by ``leaf(it)``; containers rebuilt only when changed.
 
-    ``rebuilt`` collects (original, new) for each list and dict that had to be rebuilt.
+    ``rebuilt`` collects (original, new) for each container that had to be rebuilt.
     """
     if is_leaf(obj):
         return leaf(obj)
@@ -79,14 +79,16 @@ def map_tree(obj: Any, leaf: Callable[[Any], Any], is_leaf: Callable[[Any], bool
         new = t(items)
     elif isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
         items = [map_tree(x, leaf, is_leaf, rebuilt) for x in obj]
-        return obj if all(a is b for a, b in zip(items, obj)) else t(*items)
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        new = t(*items)
     elif t is dict:
         new = {k: map_tree(v, leaf, is_leaf, rebuilt) for k, v in obj.items()}
         if all(new[k] is v for k, v in obj.items()):
             return obj
     else:
         return obj
-    if rebuilt is not None and t is not tuple:
+    if rebuilt is not None:
         rebuilt.append((obj, new))
     return new
 
@@ -292,6 +294,7 @@ class Moved:
 
     def __init__(self, backend: DeviceBackend, to_device: bool, pure: bool):
         self.containers: list = []
+        self.tuples: dict[int, tuple] = {}  # id(rebuilt tuple) -> (it, the caller's tuple)
         self.backend = backend
         self.to_device = to_device
         self.pure = pure
@@ -348,7 +351,10 @@ class Moved:
             rebuilt = [(o, n) for o, n in rebuilt if o is not kwargs]  # the ** dict is ours, not the caller's
         # The caller's lists and dicts that hold arrays were rebuilt with copies: remember what
         # they held, so appends, pops and item assignments made by the run can be replayed.
-        self.containers = [(o, n, list(n.items()) if type(n) is dict else list(n)) for o, n in rebuilt]
+        self.containers = [(o, n, list(n.items()) if type(n) is dict else list(n))
+                           for o, n in rebuilt if not isinstance(n, tuple)]
+        # Tuples cannot change: a rebuilt one returned or stored is the caller's own again.
+        self.tuples = {id(n): (n, o) for o, n in rebuilt if isinstance(n, tuple)}
         return self
 
     def _copy_of(self, original: Any) -> Any:
@@ -521,6 +527,7 @@ class Moved:
         self.regions.clear()
         self.converted.clear()
         self.containers = []
+        self.tuples = {}
         self.args, self.kwargs = (), {}
 
     # -- results -----------------------------------------------------------------------------
@@ -530,6 +537,7 @@ class Moved:
         Also what anything the run stored where the caller can reach it becomes (_reachable.py).
         """
         known = {id(new): original for original, new, _ in self.containers}
+        known.update((key, original) for key, (_, original) in self.tuples.items())
         return map_result(obj, self._result_leaf, self._is_copy_side, known)
 
     def _result_leaf(self, x: Any) -> Any:
