@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fake_device
-from autooffload import ConfigError, GPUFallbackWarning, offload
+from autooffload import ConfigError, GPUFallbackWarning, config, offload
 from fake_device import FakeDeviceArray
 
 rng = np.random.default_rng(11)
@@ -591,3 +591,19 @@ def test_every_kind_of_callable_gives_numpys_result(make, call, expected, mode, 
         got = call(make())
     assert type(got) is type(expected)
     np.testing.assert_allclose(got, expected)
+
+
+def test_the_fallback_warning_points_at_the_callers_line(fake_gpu):
+    import fake_device
+
+    fake_device.FAKE_MISSING.add("median")
+
+    @offload
+    def middle(x):
+        return np.median(x)
+
+    with config(backend="cupy"), pytest.warns(GPUFallbackWarning) as caught:
+        middle(np.arange(5.0))  # the warning's line
+    (warning,) = caught
+    assert warning.filename == __file__
+    assert "the warning's line" in open(__file__).read().splitlines()[warning.lineno - 1]

@@ -470,3 +470,37 @@ def test_writes_and_results_match_numpy(on_gpu, name):
     assert f.last_decision.backend == "cupy"
     assert _same((args, kwargs), (ref_args, ref_kwargs))
     assert _same(got, want)
+
+
+def test_a_function_that_sets_array_flags_runs_on_numpy_so_the_flag_reaches_the_caller(on_gpu):
+    @offload
+    def freeze(x):
+        x.flags.writeable = False
+        return x.sum()
+
+    @offload
+    def freeze_by_method(x):
+        x.setflags(write=False)
+
+    for f in (freeze, freeze_by_method):
+        x = np.arange(3.0)
+        f(x)
+        assert not x.flags.writeable
+        assert f.last_decision.backend == "numpy"
+        assert "flags" in f.last_decision.reason and "forced cupy ignored" in f.last_decision.reason
+
+
+def test_global_assignments_before_the_functions_own_exception_reach_the_module(on_gpu):
+    namespace = {"np": np, "LAST": None}
+    exec(
+        "def f(x):\n"
+        "    global LAST\n"
+        "    LAST = x * 2\n"
+        "    raise ValueError('after the store')\n",
+        namespace,
+    )
+    x = np.arange(3.0)
+    with pytest.raises(ValueError, match="after the store"):
+        offload(namespace["f"])(x)
+    assert type(namespace["LAST"]) is np.ndarray
+    np.testing.assert_array_equal(namespace["LAST"], x * 2)

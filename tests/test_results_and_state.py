@@ -311,3 +311,15 @@ def test_a_type_error_reraised_from_a_device_failure_still_falls_back(on_gpu):
 
     with pytest.warns(GPUFallbackWarning):
         assert f(np.arange(5.0)) == 2.0
+
+
+def test_a_tuple_argument_returned_is_the_callers_tuple(on_gpu):
+    x = np.arange(3.0)
+    box = (x, 2)
+
+    @offload
+    def passthrough(box):
+        return box, [box]
+
+    out, listed = passthrough(box)
+    assert out is box and listed[0] is box and out[0] is x

@@ -20,7 +20,6 @@ import itertools
 import sys
 import threading
 import types
-import warnings
 import weakref
 from typing import Any, Callable
 
@@ -31,9 +30,9 @@ from ._arguments import Ineligible, NumPyWouldRaise, iter_leaves, move
 from ._backends import why_not_on_device
 from ._decide import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
 from ._kinds import describe, infer_work
-from ._purity import may_write_arguments
+from ._purity import may_write_arguments, sets_array_flags
 from ._reachable import Reachable
-from .errors import ConfigError, GPUFallbackWarning, GPUUnavailableError
+from .errors import ConfigError, GPUFallbackWarning, GPUUnavailableError, warn_at_user_line
 
 try:  # the optional C check of the NumPy path (see _native.c); the Python wrapper works alone
     from . import _native
@@ -171,6 +170,8 @@ class _State:
                 f"the call returns, too late to copy its writes and results back from the GPU; it can "
                 f"only run on NumPy: use backend='auto' or 'numpy'"
             )
+        # A function that sets array flags runs on NumPy, where the flag reaches the caller's array.
+        self.sets_flags = sets_array_flags(func)
         self.pure = bool(pure)
         # Whether the code can write into its arguments at all (see _purity.py): if not, calls
         # with plain array and scalar arguments skip the write detection.
@@ -332,6 +333,9 @@ class _State:
             return make(NUMPY, f"{self.runs_after_return}: its body runs after the call returns, too late to "
                                f"copy writes and results back from the GPU"
                                + ("; forced cupy ignored" if forced == CUPY else ""))
+        if self.sets_flags is not None and not dev:
+            return make(NUMPY, f"{self.sets_flags}: CuPy arrays carry no flags, so the change could not reach "
+                               f"the caller's array" + ("; forced cupy ignored" if forced == CUPY else ""))
         if forced == CUPY:
             if odd:
                 return make(NUMPY, f"{self.odd_argument(args, kwargs)} cannot live on the GPU; forced cupy ignored")
@@ -497,6 +501,8 @@ class _State:
                 ok, outcome = self._call_device(fn, twin, moved, args, kwargs, backend)
             except BaseException:
                 self._sweep(reach, moved, d)  # the function's own exception: its stores stay, on the host
+                if moved is not None:
+                    moved.discard()  # the traceback keeps this frame: let the copies go
                 raise
             if ok:
                 return self._finish_gpu(d, moved, outcome, args, kwargs, reach)
@@ -543,8 +549,9 @@ class _State:
             if cause is None:
                 if moved is not None:
                     moved.write_back()  # writes made before the user's exception are kept
-                    moved.discard()  # the traceback keeps this frame: let the copies go
-                del call_args, call_kwargs
+                if twin is not None:
+                    twin.write_back_globals()  # and so are its `global` assignments
+                del call_args, call_kwargs  # the traceback keeps this frame: let the copies go
                 raise
             return False, (exc, cause)
         if twin is not None:
@@ -576,11 +583,10 @@ class _State:
         self._ran_on_numpy(d, f"GPU run failed ({cause}); fell back to NumPy")
         if not self.warned:
             self.warned = True
-            warnings.warn(
+            warn_at_user_line(
                 f"{self.name}: CuPy cannot run this code as written ({cause}); returned the NumPy "
                 f"result, and calls with these argument types will run on NumPy from now on",
                 GPUFallbackWarning,
-                stacklevel=6,
             )
         return result
 

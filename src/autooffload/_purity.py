@@ -134,3 +134,26 @@ def may_write_arguments(func: Any) -> tuple[bool, str]:
         return True, f"{type(inner).__name__} has no code to read"
     why = _why_may_write(inner, set())
     return (why is not None), (why or "no write into arguments is possible")
+
+
+# Array metadata a device array cannot carry back: CuPy's ``ndarray.flags`` is a fresh read-only
+# object on every access, so ``x.flags.writeable = False`` (or ``x.setflags(write=False)``) on a
+# device copy is lost before anything can copy it to the caller's array.
+_FLAG_WRITES = frozenset({"writeable", "setflags"})
+
+
+def sets_array_flags(func: Any) -> str | None:
+    """What in ``func``'s code sets an array's flags (``.writeable = ``, ``.setflags(``), or None.
+
+    Read from the bytecode of the function and its nested code; a helper it calls is not read
+    (its flag changes are lost on the GPU path: a documented limit).
+    """
+    inner = getattr(func, "__func__", func)
+    if type(inner) is not types.FunctionType:
+        return None
+    for code in _code_objects(inner.__code__):
+        for ins in dis.get_instructions(code):
+            if ins.argval in _FLAG_WRITES and ins.opname in ("STORE_ATTR", "LOAD_ATTR", "LOAD_METHOD"):
+                if ins.argval == "setflags" or ins.opname == "STORE_ATTR":
+                    return f"it sets an array's flags (.{ins.argval})"
+    return None
