@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine (see ../shared/gpu/README.md): build the C extensions for its
+# Python, install the carried wheels, then the steps named (tests, overhead, suite-quick, suite,
+# seed, transfer, decisions), each logged under $OUT/<step>.log with its wall time.
+#   device tool: command "bash tools/gpu_run.sh tests overhead", carry [".whl"]
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-out}
+MACHINE=${MACHINE:-h200}
+mkdir -p "$OUT"
+python3 setup.py build_ext --inplace -q > "$OUT/build.log" 2>&1 || tail -5 "$OUT/build.log"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > /dev/null 2>&1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+export AUTOOFFLOAD_CACHE_DIR=${AUTOOFFLOAD_CACHE_DIR:-/tmp/ao-cache}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc;
+  python3 -c "import numpy, cupy; print('numpy', numpy.__version__, 'cupy', cupy.__version__)"; } > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+step() {  # step NAME COMMAND...
+    local name=$1; shift
+    local start=$EPOCHREALTIME
+    "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    awk -v n="$name" -v rc="$rc" -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "== %s: rc=%s wall=%.1fs\n", n, rc, b - a }'
+    tail -n "${TAIL:-6}" "$OUT/$name.log"
+}
+for s in "$@"; do
+    case $s in
+        tests) TAIL=25 step tests python3 -m pytest -m gpu -q -p no:cacheprovider -W ignore::DeprecationWarning ;;
+        overhead) step overhead python3 benchmarks/overhead.py --machine "$MACHINE" ;;
+        suite-quick) AUTOOFFLOAD_LOG="$OUT/suite-decisions.jsonl" step suite-quick python3 benchmarks/suite.py --quick --machine "$MACHINE-quick" ;;
+        suite) step suite python3 benchmarks/suite.py --machine "$MACHINE" ;;
+        seed) step seed python3 benchmarks/seed_article.py --machine "$MACHINE" ;;
+        transfer) step transfer python3 benchmarks/transfer.py --machine "$MACHINE" ;;
+        decisions) step decisions sh -c "python3 tools/decision_table.py > $OUT/decision-table.jsonl" ;;
+        *) echo "unknown step $s" ;;
+    esac
+done
+tar czf "$OUT/results.tgz" benchmarks/results 2>/dev/null || true
