@@ -33,7 +33,7 @@ def clean_autooffload(monkeypatch, tmp_path):
     from autooffload import _backends, _dispatch
 
     autooffload.reload_environment()
-    reset_profile = getattr(__import__("autooffload._profile", fromlist=["x"]), "reset_active_profile", None)
+    reset_profile = getattr(__import__("autooffload._profiles", fromlist=["x"]), "reset_active_profile", None)
     if reset_profile is not None and not _is_gpu_test():
         reset_profile()
     _dispatch._forgone_s = 0.0
@@ -78,8 +78,8 @@ def on_gpu(fake_gpu):
 def synthetic_profile(*, cpu_per_byte=1e-9, gpu_per_byte=1e-11, gpu_floor=20e-6, copy_per_byte=1e-10,
                       copy_floor=10e-6, cold_start=1.0, has_gpu=True, kinds=None):
     """A profile with straight-line curves, for exact cost-model tests."""
-    from autooffload._decide import KINDS
-    from autooffload._profile import Curve, KindTiming, Profile
+    from autooffload._costmodel import KINDS
+    from autooffload._profiles import Curve, KindTiming, Profile
 
     def line(per_byte, floor):
         # Decades plus the kink where the floor meets the line: log-log interpolation is then exact.

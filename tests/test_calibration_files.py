@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from autooffload._profile import SHIPPED_PROFILES_DIR, load_profile, shipped_profile_paths
+from autooffload._profiles import SHIPPED_PROFILES_DIR, load_profile, shipped_profile_paths
 from autooffload.cli import crossover_table, describe, format_show
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,7 +14,7 @@ PROFILE_FILES = sorted({*REPO.glob("calibration/**/*.json"), *SHIPPED_PROFILES_D
 
 
 def test_there_are_profiles_to_check():
-    assert PROFILE_FILES, "no profile files found in calibration/ or src/autooffload/profiles/"
+    assert PROFILE_FILES, "no profile files found in calibration/ or src/autooffload/_profiles/shipped/"
     assert shipped_profile_paths(), "the package ships no profiles"
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from autooffload import _calibrate, _profile, cli
-from autooffload._decide import KINDS
-from autooffload._profile import (
+from autooffload import _calibrate, _profiles, cli
+from autooffload._profiles import fingerprint as fingerprint_module, store
+from autooffload._costmodel import KINDS
+from autooffload._profiles import (
     Curve,
     Fingerprint,
     KindTiming,
@@ -36,8 +37,8 @@ SRC = Path(cli.__file__).resolve().parents[1]
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("AUTOOFFLOAD_PROFILE", raising=False)
-    monkeypatch.setattr(_profile, "SHIPPED_PROFILES_DIR", tmp_path / "shipped")
-    monkeypatch.setattr(_profile, "_PROC_GPUS", tmp_path / "no-proc-gpus")
+    monkeypatch.setattr(store, "SHIPPED_PROFILES_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(fingerprint_module, "_PROC_GPUS", tmp_path / "no-proc-gpus")
     reset_active_profile()
     yield
     reset_active_profile()
@@ -199,10 +200,10 @@ def test_calibrate_saves_and_prints_the_table(fake_sweep, capsys):
 
 
 def test_calibrate_makes_the_new_profile_active(fake_sweep):
-    assert _profile.active_profile().source == "built-in"
+    assert _profiles.active_profile().source == "built-in"
     main(["calibrate"])
     assert fake_sweep[0].name == "default"
-    assert _profile.active_profile().source == str(default_profile_path())
+    assert _profiles.active_profile().source == str(default_profile_path())
 
 
 def test_calibrate_json_prints_the_profile(fake_sweep, tmp_path, capsys):
@@ -282,7 +283,7 @@ _CALIBRATE_PROCESS = """
 import sys, time
 from pathlib import Path
 from autooffload import _calibrate
-from autooffload._profile import Profile, current_fingerprint
+from autooffload._profiles import Profile, current_fingerprint
 from autooffload.cli import main
 
 me, other, output = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -316,7 +317,7 @@ def test_two_calibrations_at_once_one_runs_one_is_refused_and_the_file_is_never_
         if output.exists():
             try:
                 load_profile(output)
-            except _profile.ProfileError as e:
+            except _profiles.ProfileError as e:
                 torn.append(str(e))
         time.sleep(0.005)
     results = sorted((p.returncode, p.communicate()[1]) for p in procs)

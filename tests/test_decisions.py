@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from autooffload import _decide, offload
-from autooffload._decide import CUPY, NUMPY, Request, choose, crossover, predict, size_bucket
-from autooffload._defaults import builtin_profile
+from autooffload import _costmodel, offload
+from autooffload._costmodel import CUPY, NUMPY, Request, choose, crossover, predict, size_bucket
+from autooffload._profiles import builtin_profile
 from autooffload._kinds import describe, infer_work
 from conftest import synthetic_profile
 
@@ -116,7 +116,7 @@ def test_dispatcher_follows_the_profile(fake_gpu, use_profile):
 def test_cost_model_runs_once_per_size_bucket(fake_gpu, use_profile, monkeypatch):
     use_profile(synthetic_profile())
     calls = []
-    real_predict = _decide.predict
+    real_predict = _costmodel.predict
     from autooffload import _dispatch
 
     monkeypatch.setattr(_dispatch, "predict", lambda *a: calls.append(1) or real_predict(*a))
@@ -166,7 +166,7 @@ def test_moving_device_data_to_the_host_waits_for_the_device():
 
 
 def test_device_data_leaves_the_device_only_for_a_clear_win():
-    from autooffload._decide import DEVICE_DATA_MARGIN, Prediction
+    from autooffload._costmodel import DEVICE_DATA_MARGIN, Prediction
 
     close = Prediction(cpu_s=1.0, gpu_s=1.5)
     assert choose(close)[0] == NUMPY

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from autooffload._decide import KINDS, Request, crossover, predict
-from autooffload._profile import Curve, KindTiming, Profile
+from autooffload._costmodel import KINDS, Request, crossover, predict
+from autooffload._profiles import Curve, KindTiming, Profile
 
 HUGE = 1e13
 

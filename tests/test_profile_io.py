@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autooffload import _profile
-from autooffload._defaults import builtin_profile
-from autooffload._profile import (
+from autooffload._profiles import fingerprint as fingerprint_module, resolve, store
+from autooffload._profiles import builtin_profile
+from autooffload._profiles import (
     SCHEMA_VERSION,
     Curve,
     Fingerprint,
@@ -47,8 +47,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("AUTOOFFLOAD_PROFILE", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(_profile, "SHIPPED_PROFILES_DIR", tmp_path / "shipped")
-    monkeypatch.setattr(_profile, "_PROC_GPUS", tmp_path / "no-proc-gpus")
+    monkeypatch.setattr(store, "SHIPPED_PROFILES_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(fingerprint_module, "_PROC_GPUS", tmp_path / "no-proc-gpus")
     reset_active_profile()
     yield
     reset_active_profile()
@@ -65,7 +65,7 @@ def fake_proc_gpus(tmp_path: Path, monkeypatch, gpus: list[tuple[str, str]]) -> 
             f"Model: \t\t {name}\nIRQ:   \t\t 42\nGPU UUID: \t {uuid}\nVideo BIOS: \t ??.??.??.??.??\n"
             f"Bus Type: \t PCIe\nDevice Minor: \t {i}\n"
         )
-    monkeypatch.setattr(_profile, "_PROC_GPUS", root)
+    monkeypatch.setattr(fingerprint_module, "_PROC_GPUS", root)
 
 
 def this_machine(**changes) -> Fingerprint:
@@ -101,11 +101,11 @@ def test_fingerprint_describes_this_machine():
 
 def test_fingerprint_and_active_profile_import_neither_cupy_nor_numba():
     code = (
-        "import sys; from autooffload._profile import current_fingerprint, active_profile;"
+        "import sys; from autooffload._profiles import current_fingerprint, active_profile;"
         "current_fingerprint(probe_gpu=False); active_profile();"
         "print(sorted(m for m in ('cupy', 'numba') if m in sys.modules))"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(_profile.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(store.__file__).parents[2])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -136,15 +136,15 @@ def test_version_drift_lists_changed_software_only():
 
 def test_proc_gpus_follow_cuda_visible_devices(tmp_path, monkeypatch):
     fake_proc_gpus(tmp_path, monkeypatch, [(H100, UUID), ("NVIDIA A100", "GPU-aaaaaaaa-1111-2222-3333-444444444444")])
-    assert [g[0] for g in _profile._visible_proc_gpus()] == [H100, "NVIDIA A100"]
+    assert [g[0] for g in fingerprint_module._visible_proc_gpus()] == [H100, "NVIDIA A100"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert _profile._visible_proc_gpus() == [("NVIDIA A100", "GPU-aaaaaaaa-1111-2222-3333-444444444444")]
+    assert fingerprint_module._visible_proc_gpus() == [("NVIDIA A100", "GPU-aaaaaaaa-1111-2222-3333-444444444444")]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5c5c1a2b")
-    assert _profile._visible_proc_gpus() == [(H100, UUID)]
+    assert fingerprint_module._visible_proc_gpus() == [(H100, UUID)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert _profile._visible_proc_gpus() == []
+    assert fingerprint_module._visible_proc_gpus() == []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1,0")
-    assert _profile._visible_proc_gpus() == []
+    assert fingerprint_module._visible_proc_gpus() == []
 
 
 def test_cheap_fingerprint_takes_the_gpu_identity_from_proc(tmp_path, monkeypatch):
@@ -207,7 +207,7 @@ def test_save_reports_an_unwritable_place(tmp_path):
 
 
 def good_json() -> str:
-    return _profile.profile_json(small_profile())
+    return store.profile_json(small_profile())
 
 
 BAD_FILES = {
@@ -249,7 +249,7 @@ def test_load_names_the_file_the_problem_and_the_fix(tmp_path, case):
 
 
 def gpu_profile_json() -> dict:
-    return json.loads(_profile.profile_json(small_profile(has_gpu=True).model_copy(
+    return json.loads(store.profile_json(small_profile(has_gpu=True).model_copy(
         update={"launch_latency_s": 2e-5, "cold_start_s": 1.0, "fingerprint": this_machine(gpu_memory_bytes=2**34, blas_threads=2)}
     )))
 
@@ -516,7 +516,7 @@ def test_active_profile_never_raises(monkeypatch):
     def broken():
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(_profile, "default_profile_path", broken)
+    monkeypatch.setattr(store, "default_profile_path", broken)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         assert active_profile().source == "built-in"
@@ -582,7 +582,7 @@ def test_builtin_profile_is_marked_builtin():
 def test_software_drift_is_logged_not_refused(monkeypatch, caplog):
     old = small_profile(this_machine(numpy_version="1.0.0"), has_gpu=True).model_copy(update={"transfer_engine": "engine-v0"})
     path = save_profile(old, default_profile_path())
-    monkeypatch.setattr(_profile, "_current_transfer_engine", lambda: "engine-v9")
+    monkeypatch.setattr(resolve, "_current_transfer_engine", lambda: "engine-v9")
     with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO, logger="autooffload"):
         warnings.simplefilter("always")
         assert active_profile().source == str(path)

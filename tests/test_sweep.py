@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from autooffload import _profile, _sweep
-from autooffload._decide import KINDS, Request, crossover, predict
-from autooffload._profile import load_profile, save_profile
+from autooffload import _profiles, _sweep
+from autooffload._profiles import fingerprint as fingerprint_module
+from autooffload._costmodel import KINDS, Request, crossover, predict
+from autooffload._profiles import load_profile, save_profile
 from autooffload._sweep import (
     WORKLOADS,
     GpuSide,
@@ -264,13 +265,13 @@ def test_the_fingerprint_identity_matches_what_the_loader_sees(tmp_path, monkeyp
     root = tmp_path / "gpus" / "0000:01:00.0"
     root.mkdir(parents=True)
     (root / "information").write_text("Model: \t NVIDIA H100 80GB HBM3\nGPU UUID: \t GPU-12345678-1234-1234-1234-123456789abc\n")
-    monkeypatch.setattr(_profile, "_PROC_GPUS", tmp_path / "gpus")
+    monkeypatch.setattr(fingerprint_module, "_PROC_GPUS", tmp_path / "gpus")
     clock = FakeClock()
     side = fake_gpu(clock)
     side.fingerprint["gpu_uuid"] = "GPU-12345678-1234-1234-1234-123456789ABC"  # CUDA spells it otherwise
     profile = run_sweep(small_plan(), clock=clock, gpu=side, workloads=fake_workloads(clock, kinds=("sort",)))
     assert profile.fingerprint.gpu_name == "NVIDIA H100 80GB HBM3"
-    assert _profile.this_machine_mismatch(profile.fingerprint) is None
+    assert _profiles.this_machine_mismatch(profile.fingerprint) is None
 
 
 def test_sweep_module_does_not_import_cupy():

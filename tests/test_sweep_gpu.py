@@ -24,8 +24,8 @@ except Exception:  # CuPy without a driver or device
 if _DEVICES < 1:
     pytest.skip("no CUDA device", allow_module_level=True)
 
-from autooffload._decide import KINDS, crossover  # noqa: E402
-from autooffload._profile import machine_id, save_profile, this_machine_mismatch  # noqa: E402
+from autooffload._costmodel import KINDS, crossover  # noqa: E402
+from autooffload._profiles import machine_id, save_profile, this_machine_mismatch  # noqa: E402
 from autooffload._sweep import SEED, SweepPlan, _random, run_sweep  # noqa: E402
 from autooffload._timing import TimerSettings, measure  # noqa: E402
 

@@ -26,7 +26,7 @@ import numpy as np
 from . import _backends, _config, _log
 from ._arguments import Ineligible, ReadOnlyWritten, iter_leaves, move
 from ._backends import DEVICE_DTYPE_KINDS
-from ._decide import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
+from ._costmodel import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
 from ._kinds import describe, infer_work
 from ._purity import may_write_arguments
 from ._reachable import Reachable
@@ -61,14 +61,9 @@ def _count(counter: itertools.count) -> int:
 
 
 def _active_profile():
-    from . import _profile
+    from ._profiles import active_profile
 
-    loader = getattr(_profile, "active_profile", None)
-    if loader is not None:
-        return loader()
-    from ._defaults import builtin_profile
-
-    return builtin_profile()
+    return active_profile()
 
 
 class Stats:

@@ -11,8 +11,8 @@ import math
 from datetime import timezone
 from pathlib import Path
 
-from ._decide import Request, crossover, predict
-from ._profile import Curve, Profile
+from ._costmodel import Request, crossover, predict
+from ._profiles import Curve, Profile
 from ._units import format_bytes
 
 

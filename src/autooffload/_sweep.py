@@ -5,7 +5,7 @@ seconds by input bytes, from 1 KiB up to a cap set by free host and GPU memory a
 budget; host<->device copy curves through the transfer engine the library uses; the launch
 latency of a tiny kernel; the cold start of a fresh process (``import cupy`` + first kernel).
 
-Curves are keyed by the bytes of all array inputs, as ``_defaults.py`` keys them: ``a*5+b`` at n
+Curves are keyed by the bytes of all array inputs, as ``_profiles/defaults.py`` keys them: ``a*5+b`` at n
 float64 elements is 16 n bytes, ``n x n @ n x n`` is 16 n^2. Random generation has no array
 input: it is keyed by the bytes it generates. Inputs are random float64 (never zeros: some
 libraries shortcut them).
@@ -26,8 +26,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy
 
-from ._decide import KINDS
-from ._profile import Curve, KindTiming, Profile, current_fingerprint, gpu_fingerprint_fields, package_version
+from ._costmodel import KINDS
+from ._profiles import Curve, KindTiming, Profile, current_fingerprint, gpu_fingerprint_fields, package_version
 from ._timing import Clock, TimerSettings, Timing, measure
 from ._units import format_bytes
 
@@ -102,7 +102,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("random", _generator, lambda xp, rng, n: rng.random(n), working_set=1.1),
     )
 }
-# Kinds the sweep measures; the others in _decide.KINDS reuse a measured one.
+# Kinds the sweep measures; the others in _costmodel.KINDS reuse a measured one.
 REUSED_KINDS: dict[str, str] = {"generic": "elementwise"}
 
 
@@ -233,7 +233,7 @@ def cupy_gpu_side() -> tuple[GpuSide | None, str]:
     except Exception as e:
         return None, f"no GPU measured: CUDA is not usable ({type(e).__name__}: {e})"
 
-    from ._profile import cuda_gpu_details
+    from ._profiles import cuda_gpu_details
 
     notes = []
     try:

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from typing import Sequence, TextIO
 
 from ._config import reload_environment
-from ._decide import KINDS, crossover
-from ._profile import (
+from ._costmodel import KINDS, crossover
+from ._profiles import (
     Profile,
     active_profile,
     load_profile,

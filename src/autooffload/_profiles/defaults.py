@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from ._profile import Curve, Fingerprint, KindTiming, Profile
+from .model import Curve, Fingerprint, KindTiming, Profile
 
 KiB, MiB, GiB = 1024.0, 1024.0**2, 1024.0**3
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from ._profile import Curve, Profile
+from ._profiles import Curve, Profile
 from ._units import format_bytes
 
 NUMPY, CUPY = "numpy", "cupy"
