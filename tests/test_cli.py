@@ -16,9 +16,9 @@ from autooffload import _calibrate, _profiles, cli
 from autooffload._profiles import fingerprint as fingerprint_module, store
 from autooffload._costmodel import KINDS
 from autooffload._profiles import (
+    BackendTiming,
     Curve,
     Fingerprint,
-    KindTiming,
     Profile,
     current_fingerprint,
     default_profile_path,
@@ -49,13 +49,18 @@ def gpu_profile(fingerprint: Fingerprint | None = None, note: str = "synthetic")
     linear = lambda k: Curve(nbytes=[1.0, 1e13], seconds=[k, k * 1e13])  # noqa: E731
     return Profile(
         fingerprint=fingerprint if fingerprint is not None else current_fingerprint(probe_gpu=False),
-        has_gpu=True,
-        transfer_engine="test-engine",
-        h2d=linear(1e-10),
-        d2h=linear(1e-10),
-        launch_latency_s=1e-5,
-        cold_start_s=1.2,
-        kinds={k: KindTiming(cpu=linear(1e-9), gpu=Curve(nbytes=[1.0, 1e13], seconds=[1e-5, 1e-5])) for k in KINDS},
+        backends={
+            "numpy": BackendTiming(memory="host", kinds={k: linear(1e-9) for k in KINDS}),
+            "cupy": BackendTiming(
+                memory="device",
+                kinds={k: Curve(nbytes=[1.0, 1e13], seconds=[1e-5, 1e-5]) for k in KINDS},
+                warmup_s=1.2,
+                launch_latency_s=1e-5,
+                transfer_engine="test-engine",
+                h2d=linear(1e-10),
+                d2h=linear(1e-10),
+            ),
+        },
         notes=[note],
     )
 
@@ -151,6 +156,10 @@ MALFORMED_FILES = {
     "truncated": b'{"schema_version": 1, "fingerprint": {"hostname": "x"',
     "nan-latency": b'{"schema_version": 1, "launch_latency_s": NaN}',
     "negative-cold-start": b'{"schema_version": 1, "cold_start_s": -5}',
+    "nan-latency-schema-2": b'{"schema_version": 2, "backends": {"numpy": {"memory": "host"}, '
+    b'"cupy": {"memory": "device", "launch_latency_s": NaN}}}',
+    "negative-warmup-schema-2": b'{"schema_version": 2, "backends": {"numpy": {"memory": "host"}, '
+    b'"cupy": {"memory": "device", "warmup_s": -5}}}',
 }
 
 
@@ -181,7 +190,8 @@ def test_show_a_missing_file(tmp_path, capsys):
 
 
 def test_show_a_cpu_only_profile(tmp_path, capsys):
-    profile = Profile(fingerprint=current_fingerprint(probe_gpu=False), kinds={"sort": KindTiming(cpu=Curve(nbytes=[1e3], seconds=[1e-6]))})
+    numpy = BackendTiming(memory="host", kinds={"sort": Curve(nbytes=[1e3], seconds=[1e-6])})
+    profile = Profile(fingerprint=current_fingerprint(probe_gpu=False), backends={"numpy": numpy})
     path = save_profile(profile, tmp_path / "cpu.json")
     assert main(["show", str(path)]) == 0
     assert "every call runs on NumPy" in capsys.readouterr().out

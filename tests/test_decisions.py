@@ -15,24 +15,24 @@ from conftest import synthetic_profile
 def test_prediction_parts_for_host_data():
     p = synthetic_profile()
     pred = predict(p, Request("elementwise", host_bytes=10**8, largest_bytes=10**8, gpu_ready=True))
-    assert pred.cpu_parts == {"compute": pytest.approx(0.1)}
-    assert pred.gpu_parts["compute"] == pytest.approx(1e-3)
-    assert pred.gpu_parts["copy_in"] == pytest.approx(1e-2)
-    assert pred.gpu_parts["copy_out"] == pytest.approx(1e-2)
-    assert "cold_start" not in pred.gpu_parts
+    assert pred.parts[NUMPY] == {"compute": pytest.approx(0.1)}
+    assert pred.parts[CUPY]["compute"] == pytest.approx(1e-3)
+    assert pred.parts[CUPY]["copy_in"] == pytest.approx(1e-2)
+    assert pred.parts[CUPY]["copy_out"] == pytest.approx(1e-2)
+    assert "cold_start" not in pred.parts[CUPY]
     assert choose(pred)[0] == CUPY
 
 
 def test_device_data_charges_copies_to_the_cpu_side():
     p = synthetic_profile()
     pred = predict(p, Request("elementwise", device_bytes=10**6, largest_bytes=10**6, gpu_ready=True))
-    assert "copy_in" not in pred.gpu_parts and "copy_out" not in pred.gpu_parts
-    assert pred.cpu_parts["copy_in"] == pytest.approx(1e-4) and pred.cpu_parts["copy_out"] == pytest.approx(1e-4)
+    assert "copy_in" not in pred.parts[CUPY] and "copy_out" not in pred.parts[CUPY]
+    assert pred.parts[NUMPY]["copy_in"] == pytest.approx(1e-4) and pred.parts[NUMPY]["copy_out"] == pytest.approx(1e-4)
 
 
 def test_reductions_predict_no_result_copy():
     pred = predict(synthetic_profile(), Request("reduction", host_bytes=10**8, largest_bytes=10**8))
-    assert pred.gpu_parts["copy_out"] == 0.0
+    assert pred.parts[CUPY]["copy_out"] == 0.0
 
 
 def test_cold_start_counts_until_the_gpu_is_ready():
@@ -41,19 +41,19 @@ def test_cold_start_counts_until_the_gpu_is_ready():
     backend, reason, savings = choose(cold)
     assert backend == NUMPY and "once warm" in reason
     assert savings == pytest.approx(0.1 - 0.021)
-    assert cold.gpu_warm_s == pytest.approx(0.021)
+    assert cold.warm_s(CUPY) == pytest.approx(0.021)
 
 
 def test_work_mix_adds_curves():
     p = synthetic_profile()
     one = predict(p, Request("elementwise", host_bytes=10**6, largest_bytes=10**6))
     mix = predict(p, Request((("elementwise", 2), ("fft", 1)), host_bytes=10**6, largest_bytes=10**6))
-    assert mix.cpu_s == pytest.approx(3 * one.cpu_s)
+    assert mix.seconds[NUMPY] == pytest.approx(3 * one.seconds[NUMPY])
 
 
 def test_no_gpu_profile_never_predicts_gpu():
     pred = predict(synthetic_profile(has_gpu=False), Request("fft", host_bytes=10**9, largest_bytes=10**9))
-    assert pred.gpu_s is None and choose(pred)[0] == NUMPY
+    assert pred.seconds[CUPY] is None and choose(pred)[0] == NUMPY
 
 
 def test_crossover_is_where_the_lines_meet():
@@ -148,28 +148,28 @@ def test_each_copied_array_pays_the_copy_latency():
     p = synthetic_profile()  # copy floor 10 us
     one = predict(p, Request("elementwise", host_bytes=1000, largest_bytes=500, gpu_ready=True, host_arrays=1))
     three = predict(p, Request("elementwise", host_bytes=1000, largest_bytes=500, gpu_ready=True, host_arrays=3))
-    assert three.gpu_parts["copy_in"] - one.gpu_parts["copy_in"] == pytest.approx(2 * 10e-6)
+    assert three.parts[CUPY]["copy_in"] - one.parts[CUPY]["copy_in"] == pytest.approx(2 * 10e-6)
 
 
 def test_a_chain_of_gpu_operations_synchronizes_once():
     p = synthetic_profile()  # GPU floor 20 us, launch latency 20 us
     single = predict(p, Request("elementwise", device_bytes=1000, largest_bytes=1000, gpu_ready=True))
     chain = predict(p, Request((("elementwise", 3),), device_bytes=1000, largest_bytes=1000, gpu_ready=True))
-    assert chain.gpu_parts["compute"] == pytest.approx(3 * 20e-6 - 2 * 10e-6)
-    assert chain.gpu_parts["compute"] >= single.gpu_parts["compute"]
+    assert chain.parts[CUPY]["compute"] == pytest.approx(3 * 20e-6 - 2 * 10e-6)
+    assert chain.parts[CUPY]["compute"] >= single.parts[CUPY]["compute"]
 
 
 def test_moving_device_data_to_the_host_waits_for_the_device():
     p = synthetic_profile()
     pred = predict(p, Request("elementwise", device_bytes=1000, largest_bytes=1000, gpu_ready=True))
-    assert pred.cpu_parts["sync"] == pytest.approx(20e-6)
+    assert pred.parts[NUMPY]["sync"] == pytest.approx(20e-6)
 
 
 def test_device_data_leaves_the_device_only_for_a_clear_win():
     from autooffload._costmodel import DEVICE_DATA_MARGIN, Prediction
 
-    close = Prediction(cpu_s=1.0, gpu_s=1.5)
+    close = Prediction({NUMPY: 1.0, CUPY: 1.5})
     assert choose(close)[0] == NUMPY
     backend, reason, _ = choose(close, data_on_device=True)
     assert backend == CUPY and "stays on the device" in reason
-    assert choose(Prediction(cpu_s=1.0, gpu_s=DEVICE_DATA_MARGIN * 1.01), data_on_device=True)[0] == NUMPY
+    assert choose(Prediction({NUMPY: 1.0, CUPY: DEVICE_DATA_MARGIN * 1.01}), data_on_device=True)[0] == NUMPY

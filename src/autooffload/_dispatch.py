@@ -268,8 +268,8 @@ class _State:
         arrays = [a for a in typed if not isinstance(a, np.generic)]
 
         def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "") -> Decision:
-            predicted = {NUMPY: pred.cpu_s, CUPY: pred.gpu_s} if pred is not None else {}
-            cold = pred.gpu_parts.get("cold_start", 0.0) if pred is not None else 0.0
+            predicted = dict(pred.seconds) if pred is not None else {}
+            cold = pred.parts[CUPY].get("cold_start", 0.0) if pred is not None else 0.0
             return Decision(self.name, backend, reason, self.kind_text, host, dev, dtypes, predicted,
                             profile, bucket_key[:2], savings, cold)
 

@@ -17,7 +17,7 @@ from .fingerprint import (
     this_machine_mismatch,
     version_drift,
 )
-from .model import SCHEMA_VERSION, Curve, Fingerprint, KindTiming, Profile
+from .model import REFERENCE_BACKEND, SCHEMA_VERSION, BackendTiming, Curve, Fingerprint, Memory, Profile, migrate_v1_to_v2
 from .resolve import active_profile, reset_active_profile, shipped_profile_for_this_gpu, software_drift
 from .store import (
     CALIBRATE_HINT,
@@ -36,10 +36,13 @@ __all__ = [
     "CALIBRATE_HINT",
     "SCHEMA_VERSION",
     "SHIPPED_PROFILES_DIR",
+    "REFERENCE_BACKEND",
+    "BackendTiming",
     "Curve",
     "Fingerprint",
-    "KindTiming",
+    "Memory",
     "Profile",
+    "migrate_v1_to_v2",
     "active_profile",
     "builtin_profile",
     "cache_dir",

@@ -122,8 +122,9 @@ def software_drift(profile: Profile) -> list[str]:
     here, _ = _cheap_identity()
     changes = version_drift(profile.fingerprint, here)
     engine = _current_transfer_engine()
-    if profile.has_gpu and profile.transfer_engine and engine and profile.transfer_engine != engine:
-        changes.append(f"copy engine {profile.transfer_engine} -> {engine}")
+    for device in profile.device_backends().values():
+        if device.transfer_engine and engine and device.transfer_engine != engine:
+            changes.append(f"copy engine {device.transfer_engine} -> {engine}")
     return changes
 
 
@@ -140,7 +141,7 @@ def shipped_profile_for_this_gpu() -> Profile | None:
     candidates = []
     for path in shipped_profile_paths():
         profile = _try_load(path)
-        if profile is not None and profile.has_gpu and _normalize(profile.fingerprint.gpu_name) == _normalize(here.gpu_name):
+        if profile is not None and profile.device_backends() and _normalize(profile.fingerprint.gpu_name) == _normalize(here.gpu_name):
             fp = profile.fingerprint
             closeness = (_normalize(fp.cpu_model) == _normalize(here.cpu_model), -abs(fp.cpu_cores - here.cpu_cores), profile.created)
             candidates.append((closeness, path.name, profile))

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from ..errors import CalibrationError, ProfileError
 from .fingerprint import machine_id
-from .model import SCHEMA_VERSION, Profile
+from .model import MIGRATIONS, SCHEMA_VERSION, Profile, upgrade
 
 CALIBRATE_HINT = "run `autooffload calibrate` to measure this machine"
 SHIPPED_PROFILES_DIR = Path(__file__).resolve().parent / "shipped"
@@ -71,6 +71,9 @@ def _profile_error(path: Path | str, what: str) -> ProfileError:
 def load_profile(path: str | os.PathLike) -> Profile:
     """Read and validate a profile file; ``ProfileError`` says what is wrong with it.
 
+    A file of an older schema is migrated as it is read (see model.MIGRATIONS); one of a newer
+    schema is refused.
+
     Does not check that the profile is this machine's: see ``this_machine_mismatch``.
     """
     path = Path(path)
@@ -109,16 +112,17 @@ def load_profile(path: str | os.PathLike) -> Profile:
             f"has schema_version {version}, newer than this autooffload reads ({SCHEMA_VERSION}); "
             "upgrade autooffload, or",
         )
-    if version < SCHEMA_VERSION:
+    if version < SCHEMA_VERSION and version not in MIGRATIONS:
         raise _profile_error(path, f"has the old schema_version {version} (this autooffload reads {SCHEMA_VERSION})")
     try:
-        profile = Profile.model_validate(data)
+        profile = Profile.model_validate(upgrade(data))
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}{_given(err['input'])}" for err in e.errors()[:3]
         )
         more = f" (and {e.error_count() - 3} more)" if e.error_count() > 3 else ""
-        raise _profile_error(path, f"does not match profile schema {SCHEMA_VERSION}: {problems}{more}") from None
+        read_as = f" (read from schema {version})" if version < SCHEMA_VERSION else ""
+        raise _profile_error(path, f"does not match profile schema {SCHEMA_VERSION}{read_as}: {problems}{more}") from None
     return profile.with_source(str(path))
 
 
