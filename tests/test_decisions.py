@@ -173,3 +173,59 @@ def test_device_data_leaves_the_device_only_for_a_clear_win():
     backend, reason, _ = choose(close, data_on_device=True)
     assert backend == CUPY and "stays on the device" in reason
     assert choose(Prediction({NUMPY: 1.0, CUPY: DEVICE_DATA_MARGIN * 1.01}), data_on_device=True)[0] == NUMPY
+
+
+# ------------------------------------------------------------------ predictions per backend
+
+
+def test_a_host_only_profile_predicts_numpy_alone():
+    pred = predict(synthetic_profile(has_gpu=False), Request("elementwise", host_bytes=10**6, largest_bytes=10**6))
+    assert pred.seconds == {NUMPY: pytest.approx(1e-3), CUPY: None}
+    assert pred.parts == {NUMPY: {"compute": pytest.approx(1e-3)}, CUPY: {}}
+    assert pred.warm_s(CUPY) is None and pred.warm_s(NUMPY) == pred.seconds[NUMPY]
+
+
+def test_moves_follow_each_backends_memory():
+    p = synthetic_profile()
+    host_data = predict(p, Request("elementwise", host_bytes=10**6, largest_bytes=10**6, gpu_ready=True))
+    # Host data: the host backend moves nothing; the device backend copies in and the result out.
+    assert set(host_data.parts[NUMPY]) == {"compute"}
+    assert set(host_data.parts[CUPY]) == {"compute", "copy_in", "copy_out"}
+    device_data = predict(p, Request("elementwise", device_bytes=10**6, largest_bytes=10**6, gpu_ready=True))
+    # Device data: the device backend moves nothing; the host backend copies out, back, and waits once.
+    assert set(device_data.parts[CUPY]) == {"compute"}
+    assert set(device_data.parts[NUMPY]) == {"compute", "copy_in", "copy_out", "sync"}
+    for pred in (host_data, device_data):
+        for backend in (NUMPY, CUPY):
+            assert pred.seconds[backend] == sum(pred.parts[backend].values())
+
+
+def test_only_a_backend_with_a_warm_up_pays_it():
+    cold = predict(synthetic_profile(cold_start=2.0), Request("elementwise", host_bytes=10**6, largest_bytes=10**6))
+    assert cold.parts[CUPY]["cold_start"] == 2.0 and "cold_start" not in cold.parts[NUMPY]
+    assert cold.warm_s(CUPY) == pytest.approx(cold.seconds[CUPY] - 2.0)
+
+
+def test_a_backend_without_the_kinds_curve_is_not_predicted():
+    from autooffload._profiles import Profile
+
+    p = synthetic_profile()
+    cupy = p.backend(CUPY)
+    fewer = cupy.model_copy(update={"kinds": {k: c for k, c in cupy.kinds.items() if k != "fft"}})
+    q = Profile(backends={NUMPY: p.backend(NUMPY), CUPY: fewer})
+    pred = predict(q, Request("fft", host_bytes=10**6, largest_bytes=10**6))
+    # The kind resolves on the profile ("fft" is there), not per backend: CuPy's generic curve is not borrowed.
+    assert pred.seconds[CUPY] is None and pred.seconds[NUMPY] is not None
+    # A device backend without its copy curves cannot be predicted at all.
+    no_copies = Profile(backends={NUMPY: p.backend(NUMPY), CUPY: cupy.model_copy(update={"h2d": None})})
+    assert predict(no_copies, Request("elementwise", device_bytes=10, largest_bytes=10)).seconds[CUPY] is None
+
+
+def test_a_backend_this_version_does_not_run_is_ignored():
+    from autooffload._profiles import BackendTiming, Profile
+
+    p = synthetic_profile()
+    numba = BackendTiming(memory="host", kinds=dict(p.backend(NUMPY).kinds))
+    q = Profile(backends={**p.backends, "numba": numba})
+    req = Request("elementwise", host_bytes=10**6, largest_bytes=10**6)
+    assert predict(q, req) == predict(p, req) and list(predict(q, req).seconds) == [NUMPY, CUPY]

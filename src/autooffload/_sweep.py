@@ -466,25 +466,25 @@ def _measure_device_point(
 
 
 def _measure_transfers(
-    gpu: DeviceSide, plan: SweepPlan, *, host_cap: int, gpu_cap: int, clock: Clock
+    device: DeviceSide, plan: SweepPlan, *, host_cap: int, device_cap: int, clock: Clock
 ) -> tuple[Curve | None, Curve | None]:
     h2d: list[tuple[int, Timing]] = []
     d2h: list[tuple[int, Timing]] = []
     for size in plan.transfer_sizes:
         # Host: the source and a received copy; device: the copy and one in flight.
-        if 2 * size > host_cap or 2 * size > gpu_cap:
+        if 2 * size > host_cap or 2 * size > device_cap:
             break
         host = _random(numpy, max(1, size // 8), SEED)
         try:
-            h2d.append((host.nbytes, measure(lambda: gpu.to_device(host), sync=gpu.sync, settings=plan.timer, clock=clock)))
-            device = gpu.to_device(host)
-            gpu.sync()
-            d2h.append((host.nbytes, measure(lambda: gpu.to_host(device), sync=gpu.sync, settings=plan.timer, clock=clock)))
-        except gpu.out_of_memory:
+            h2d.append((host.nbytes, measure(lambda: device.to_device(host), sync=device.sync, settings=plan.timer, clock=clock)))
+            on_device = device.to_device(host)
+            device.sync()
+            d2h.append((host.nbytes, measure(lambda: device.to_host(on_device), sync=device.sync, settings=plan.timer, clock=clock)))
+        except device.out_of_memory:
             break
         finally:
-            device = None
-            gpu.release()
+            on_device = None
+            device.release()
     return _curve(h2d), _curve(d2h)
 
 
@@ -562,7 +562,7 @@ def run_sweep(
     backends = {host.name: BackendTiming(memory=host.memory, kinds=curves[host.name])}
     for step, (name, device) in zip(range(len(kinds), steps, 3), devices.items()):
         notify(SweepProgress(step / steps, "transfers", device.transfer_engine))
-        h2d, d2h = _measure_transfers(device, plan, host_cap=host_cap, gpu_cap=device_caps[name], clock=clock)
+        h2d, d2h = _measure_transfers(device, plan, host_cap=host_cap, device_cap=device_caps[name], clock=clock)
         notify(SweepProgress((step + 1) / steps, "launch latency", "8-element a*5+b, synchronized"))
         launch_latency = _measure_launch_latency(device, workloads, plan, clock)
         notify(SweepProgress((step + 2) / steps, "cold start", f"fresh process: import {name} + first kernel"))
@@ -593,16 +593,16 @@ def run_sweep(
     ).with_source("sweep (not saved)")
 
 
-def _measure_launch_latency(gpu: DeviceSide, workloads: Mapping[str, Workload], plan: SweepPlan, clock: Clock) -> float | None:
+def _measure_launch_latency(device: DeviceSide, workloads: Mapping[str, Workload], plan: SweepPlan, clock: Clock) -> float | None:
     workload = workloads.get("elementwise")
     if workload is None:
         return None
-    args, _ = workload.prepare(gpu.xp, 128, SEED)  # 8 float64 elements per input
-    gpu.sync()
-    timing = measure(lambda: workload.run(gpu.xp, *args), sync=gpu.sync, settings=plan.timer, clock=clock)
+    args, _ = workload.prepare(device.xp, 128, SEED)  # 8 float64 elements per input
+    device.sync()
+    timing = measure(lambda: workload.run(device.xp, *args), sync=device.sync, settings=plan.timer, clock=clock)
     return max(timing.median_s, MIN_SECONDS)
 
 
-def _median_cold_start(gpu: DeviceSide, runs: int) -> float | None:
-    times = sorted(t for t in (gpu.cold_start() for _ in range(max(1, runs))) if t is not None and t > 0)
+def _median_cold_start(device: DeviceSide, runs: int) -> float | None:
+    times = sorted(t for t in (device.cold_start() for _ in range(max(1, runs))) if t is not None and t > 0)
     return times[len(times) // 2] if times else None
