@@ -167,8 +167,12 @@ def _data_device(profile: Profile) -> BackendTiming | None:
     return next(iter(profile.device_backends().values()), None)
 
 
-def _predict_backend(profile: Profile, backend: BackendTiming, req: Request, kinds, total: float, out_bytes: float) -> dict[str, float] | None:
-    """The parts of ``req``'s seconds on ``backend``, or None when the profile cannot predict it."""
+def _predict_backend(
+    profile: Profile, backend: BackendTiming, req: Request, kinds: list[tuple[str, float]], total: float, out_bytes: float
+) -> dict[str, float] | None:
+    """The parts of ``req``'s seconds on ``backend``, or None when the profile cannot predict it.
+
+    ``kinds``: the work mix with each kind resolved on the profile (``resolve_kind``)."""
     if not backend.can_predict():
         return None
     work = [(backend.kinds.get(kind), count) for kind, count in kinds]
