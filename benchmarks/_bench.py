@@ -470,9 +470,9 @@ def _blas() -> str | None:
 def profile_source() -> str:
     """Which calibration profile @offload decides with here (path, 'built-in', ...)."""
     try:
-        from autooffload import _profile
+        from autooffload._profiles import active_profile
 
-        return str(_profile.active_profile().source)
+        return str(active_profile().source)
     except Exception as exc:
         return f"unknown ({type(exc).__name__}: {exc})"
 

@@ -33,7 +33,7 @@ def clean_autooffload(monkeypatch, tmp_path):
     from autooffload import _backends, _dispatch
 
     autooffload.reload_environment()
-    reset_profile = getattr(__import__("autooffload._profile", fromlist=["x"]), "reset_active_profile", None)
+    reset_profile = getattr(__import__("autooffload._profiles", fromlist=["x"]), "reset_active_profile", None)
     if reset_profile is not None and not _is_gpu_test():
         reset_profile()
     _dispatch._forgone_s = 0.0
@@ -77,24 +77,27 @@ def on_gpu(fake_gpu):
 
 def synthetic_profile(*, cpu_per_byte=1e-9, gpu_per_byte=1e-11, gpu_floor=20e-6, copy_per_byte=1e-10,
                       copy_floor=10e-6, cold_start=1.0, has_gpu=True, kinds=None):
-    """A profile with straight-line curves, for exact cost-model tests."""
-    from autooffload._decide import KINDS
-    from autooffload._profile import Curve, KindTiming, Profile
+    """A profile with straight-line curves, for exact cost-model tests (``has_gpu=False``: NumPy only)."""
+    from autooffload._costmodel import KINDS
+    from autooffload._profiles import BackendTiming, Curve, Profile
 
     def line(per_byte, floor):
         # Decades plus the kink where the floor meets the line: log-log interpolation is then exact.
         sizes = sorted({10.0**k for k in range(2, 13)} | {floor / per_byte})
         return Curve(nbytes=sizes, seconds=[max(floor, s * per_byte) for s in sizes])
 
-    timing = KindTiming(cpu=line(cpu_per_byte, 1e-6), gpu=line(gpu_per_byte, gpu_floor) if has_gpu else None)
-    return Profile(
-        has_gpu=has_gpu,
-        h2d=line(copy_per_byte, copy_floor) if has_gpu else None,
-        d2h=line(copy_per_byte, copy_floor) if has_gpu else None,
-        launch_latency_s=gpu_floor if has_gpu else None,
-        cold_start_s=cold_start if has_gpu else None,
-        kinds={k: timing for k in (kinds or KINDS)},
-    ).with_source("synthetic")
+    kinds = kinds or KINDS
+    backends = {"numpy": BackendTiming(memory="host", kinds={k: line(cpu_per_byte, 1e-6) for k in kinds})}
+    if has_gpu:
+        backends["cupy"] = BackendTiming(
+            memory="device",
+            kinds={k: line(gpu_per_byte, gpu_floor) for k in kinds},
+            warmup_s=cold_start,
+            launch_latency_s=gpu_floor,
+            h2d=line(copy_per_byte, copy_floor),
+            d2h=line(copy_per_byte, copy_floor),
+        )
+    return Profile(backends=backends).with_source("synthetic")
 
 
 @pytest.fixture

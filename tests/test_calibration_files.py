@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from autooffload._profile import SHIPPED_PROFILES_DIR, load_profile, shipped_profile_paths
+from autooffload._profiles import SCHEMA_VERSION, SHIPPED_PROFILES_DIR, load_profile, shipped_profile_paths
 from autooffload.cli import crossover_table, describe, format_show
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,7 +15,7 @@ PROFILE_FILES = sorted({*REPO.glob("calibration/**/*.json"), *SHIPPED_PROFILES_D
 
 
 def test_there_are_profiles_to_check():
-    assert PROFILE_FILES, "no profile files found in calibration/ or src/autooffload/profiles/"
+    assert PROFILE_FILES, "no profile files found in calibration/ or src/autooffload/_profiles/shipped/"
     assert shipped_profile_paths(), "the package ships no profiles"
 
 
@@ -24,8 +25,9 @@ def test_profile_file_loads_and_is_described(path):
     assert profile.source == str(path)
     fp = profile.fingerprint
     assert fp.cpu_model not in ("", "unknown") and fp.cpu_cores > 0
-    assert profile.kinds, "a real profile has measured kinds"
-    assert not profile.has_gpu or fp.gpu_name, "a GPU profile names its GPU (shipped profiles are matched by it)"
+    assert profile.backend("numpy").kinds, "a real profile has measured kinds"
+    assert profile.schema_version == SCHEMA_VERSION and json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
+    assert not profile.device_backends() or fp.gpu_name, "a GPU profile names its GPU (shipped profiles are matched by it)"
     table = crossover_table(profile)
     assert all(set(v) == {"host", "device"} for v in table.values())
     assert "Measured:" in format_show(describe(profile))

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from autooffload import _calibrate, _profile, cli
-from autooffload._decide import KINDS
-from autooffload._profile import (
+from autooffload import _calibrate, _profiles, cli
+from autooffload._profiles import fingerprint as fingerprint_module, store
+from autooffload._costmodel import KINDS
+from autooffload._profiles import (
+    BackendTiming,
     Curve,
     Fingerprint,
-    KindTiming,
     Profile,
     current_fingerprint,
     default_profile_path,
@@ -36,8 +37,8 @@ SRC = Path(cli.__file__).resolve().parents[1]
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("AUTOOFFLOAD_PROFILE", raising=False)
-    monkeypatch.setattr(_profile, "SHIPPED_PROFILES_DIR", tmp_path / "shipped")
-    monkeypatch.setattr(_profile, "_PROC_GPUS", tmp_path / "no-proc-gpus")
+    monkeypatch.setattr(store, "SHIPPED_PROFILES_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(fingerprint_module, "_PROC_GPUS", tmp_path / "no-proc-gpus")
     reset_active_profile()
     yield
     reset_active_profile()
@@ -48,13 +49,18 @@ def gpu_profile(fingerprint: Fingerprint | None = None, note: str = "synthetic")
     linear = lambda k: Curve(nbytes=[1.0, 1e13], seconds=[k, k * 1e13])  # noqa: E731
     return Profile(
         fingerprint=fingerprint if fingerprint is not None else current_fingerprint(probe_gpu=False),
-        has_gpu=True,
-        transfer_engine="test-engine",
-        h2d=linear(1e-10),
-        d2h=linear(1e-10),
-        launch_latency_s=1e-5,
-        cold_start_s=1.2,
-        kinds={k: KindTiming(cpu=linear(1e-9), gpu=Curve(nbytes=[1.0, 1e13], seconds=[1e-5, 1e-5])) for k in KINDS},
+        backends={
+            "numpy": BackendTiming(memory="host", kinds={k: linear(1e-9) for k in KINDS}),
+            "cupy": BackendTiming(
+                memory="device",
+                kinds={k: Curve(nbytes=[1.0, 1e13], seconds=[1e-5, 1e-5]) for k in KINDS},
+                warmup_s=1.2,
+                launch_latency_s=1e-5,
+                transfer_engine="test-engine",
+                h2d=linear(1e-10),
+                d2h=linear(1e-10),
+            ),
+        },
         notes=[note],
     )
 
@@ -150,6 +156,10 @@ MALFORMED_FILES = {
     "truncated": b'{"schema_version": 1, "fingerprint": {"hostname": "x"',
     "nan-latency": b'{"schema_version": 1, "launch_latency_s": NaN}',
     "negative-cold-start": b'{"schema_version": 1, "cold_start_s": -5}',
+    "nan-latency-schema-2": b'{"schema_version": 2, "backends": {"numpy": {"memory": "host"}, '
+    b'"cupy": {"memory": "device", "launch_latency_s": NaN}}}',
+    "negative-warmup-schema-2": b'{"schema_version": 2, "backends": {"numpy": {"memory": "host"}, '
+    b'"cupy": {"memory": "device", "warmup_s": -5}}}',
 }
 
 
@@ -180,7 +190,8 @@ def test_show_a_missing_file(tmp_path, capsys):
 
 
 def test_show_a_cpu_only_profile(tmp_path, capsys):
-    profile = Profile(fingerprint=current_fingerprint(probe_gpu=False), kinds={"sort": KindTiming(cpu=Curve(nbytes=[1e3], seconds=[1e-6]))})
+    numpy = BackendTiming(memory="host", kinds={"sort": Curve(nbytes=[1e3], seconds=[1e-6])})
+    profile = Profile(fingerprint=current_fingerprint(probe_gpu=False), backends={"numpy": numpy})
     path = save_profile(profile, tmp_path / "cpu.json")
     assert main(["show", str(path)]) == 0
     assert "every call runs on NumPy" in capsys.readouterr().out
@@ -199,10 +210,10 @@ def test_calibrate_saves_and_prints_the_table(fake_sweep, capsys):
 
 
 def test_calibrate_makes_the_new_profile_active(fake_sweep):
-    assert _profile.active_profile().source == "built-in"
+    assert _profiles.active_profile().source == "built-in"
     main(["calibrate"])
     assert fake_sweep[0].name == "default"
-    assert _profile.active_profile().source == str(default_profile_path())
+    assert _profiles.active_profile().source == str(default_profile_path())
 
 
 def test_calibrate_json_prints_the_profile(fake_sweep, tmp_path, capsys):
@@ -282,7 +293,7 @@ _CALIBRATE_PROCESS = """
 import sys, time
 from pathlib import Path
 from autooffload import _calibrate
-from autooffload._profile import Profile, current_fingerprint
+from autooffload._profiles import Profile, current_fingerprint
 from autooffload.cli import main
 
 me, other, output = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -316,7 +327,7 @@ def test_two_calibrations_at_once_one_runs_one_is_refused_and_the_file_is_never_
         if output.exists():
             try:
                 load_profile(output)
-            except _profile.ProfileError as e:
+            except _profiles.ProfileError as e:
                 torn.append(str(e))
         time.sleep(0.005)
     results = sorted((p.returncode, p.communicate()[1]) for p in procs)

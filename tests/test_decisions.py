@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from autooffload import _decide, offload
-from autooffload._decide import CUPY, NUMPY, Request, choose, crossover, predict, size_bucket
-from autooffload._defaults import builtin_profile
+from autooffload import _costmodel, offload
+from autooffload._costmodel import CUPY, NUMPY, Request, choose, crossover, predict, size_bucket
+from autooffload._profiles import builtin_profile
 from autooffload._kinds import describe, infer_work
 from conftest import synthetic_profile
 
@@ -15,24 +15,24 @@ from conftest import synthetic_profile
 def test_prediction_parts_for_host_data():
     p = synthetic_profile()
     pred = predict(p, Request("elementwise", host_bytes=10**8, largest_bytes=10**8, gpu_ready=True))
-    assert pred.cpu_parts == {"compute": pytest.approx(0.1)}
-    assert pred.gpu_parts["compute"] == pytest.approx(1e-3)
-    assert pred.gpu_parts["copy_in"] == pytest.approx(1e-2)
-    assert pred.gpu_parts["copy_out"] == pytest.approx(1e-2)
-    assert "cold_start" not in pred.gpu_parts
+    assert pred.parts[NUMPY] == {"compute": pytest.approx(0.1)}
+    assert pred.parts[CUPY]["compute"] == pytest.approx(1e-3)
+    assert pred.parts[CUPY]["copy_in"] == pytest.approx(1e-2)
+    assert pred.parts[CUPY]["copy_out"] == pytest.approx(1e-2)
+    assert "cold_start" not in pred.parts[CUPY]
     assert choose(pred)[0] == CUPY
 
 
 def test_device_data_charges_copies_to_the_cpu_side():
     p = synthetic_profile()
     pred = predict(p, Request("elementwise", device_bytes=10**6, largest_bytes=10**6, gpu_ready=True))
-    assert "copy_in" not in pred.gpu_parts and "copy_out" not in pred.gpu_parts
-    assert pred.cpu_parts["copy_in"] == pytest.approx(1e-4) and pred.cpu_parts["copy_out"] == pytest.approx(1e-4)
+    assert "copy_in" not in pred.parts[CUPY] and "copy_out" not in pred.parts[CUPY]
+    assert pred.parts[NUMPY]["copy_in"] == pytest.approx(1e-4) and pred.parts[NUMPY]["copy_out"] == pytest.approx(1e-4)
 
 
 def test_reductions_predict_no_result_copy():
     pred = predict(synthetic_profile(), Request("reduction", host_bytes=10**8, largest_bytes=10**8))
-    assert pred.gpu_parts["copy_out"] == 0.0
+    assert pred.parts[CUPY]["copy_out"] == 0.0
 
 
 def test_cold_start_counts_until_the_gpu_is_ready():
@@ -41,19 +41,19 @@ def test_cold_start_counts_until_the_gpu_is_ready():
     backend, reason, savings = choose(cold)
     assert backend == NUMPY and "once warm" in reason
     assert savings == pytest.approx(0.1 - 0.021)
-    assert cold.gpu_warm_s == pytest.approx(0.021)
+    assert cold.warm_s(CUPY) == pytest.approx(0.021)
 
 
 def test_work_mix_adds_curves():
     p = synthetic_profile()
     one = predict(p, Request("elementwise", host_bytes=10**6, largest_bytes=10**6))
     mix = predict(p, Request((("elementwise", 2), ("fft", 1)), host_bytes=10**6, largest_bytes=10**6))
-    assert mix.cpu_s == pytest.approx(3 * one.cpu_s)
+    assert mix.seconds[NUMPY] == pytest.approx(3 * one.seconds[NUMPY])
 
 
 def test_no_gpu_profile_never_predicts_gpu():
     pred = predict(synthetic_profile(has_gpu=False), Request("fft", host_bytes=10**9, largest_bytes=10**9))
-    assert pred.gpu_s is None and choose(pred)[0] == NUMPY
+    assert pred.seconds[CUPY] is None and choose(pred)[0] == NUMPY
 
 
 def test_crossover_is_where_the_lines_meet():
@@ -116,7 +116,7 @@ def test_dispatcher_follows_the_profile(fake_gpu, use_profile):
 def test_cost_model_runs_once_per_size_bucket(fake_gpu, use_profile, monkeypatch):
     use_profile(synthetic_profile())
     calls = []
-    real_predict = _decide.predict
+    real_predict = _costmodel.predict
     from autooffload import _dispatch
 
     monkeypatch.setattr(_dispatch, "predict", lambda *a: calls.append(1) or real_predict(*a))
@@ -148,28 +148,84 @@ def test_each_copied_array_pays_the_copy_latency():
     p = synthetic_profile()  # copy floor 10 us
     one = predict(p, Request("elementwise", host_bytes=1000, largest_bytes=500, gpu_ready=True, host_arrays=1))
     three = predict(p, Request("elementwise", host_bytes=1000, largest_bytes=500, gpu_ready=True, host_arrays=3))
-    assert three.gpu_parts["copy_in"] - one.gpu_parts["copy_in"] == pytest.approx(2 * 10e-6)
+    assert three.parts[CUPY]["copy_in"] - one.parts[CUPY]["copy_in"] == pytest.approx(2 * 10e-6)
 
 
 def test_a_chain_of_gpu_operations_synchronizes_once():
     p = synthetic_profile()  # GPU floor 20 us, launch latency 20 us
     single = predict(p, Request("elementwise", device_bytes=1000, largest_bytes=1000, gpu_ready=True))
     chain = predict(p, Request((("elementwise", 3),), device_bytes=1000, largest_bytes=1000, gpu_ready=True))
-    assert chain.gpu_parts["compute"] == pytest.approx(3 * 20e-6 - 2 * 10e-6)
-    assert chain.gpu_parts["compute"] >= single.gpu_parts["compute"]
+    assert chain.parts[CUPY]["compute"] == pytest.approx(3 * 20e-6 - 2 * 10e-6)
+    assert chain.parts[CUPY]["compute"] >= single.parts[CUPY]["compute"]
 
 
 def test_moving_device_data_to_the_host_waits_for_the_device():
     p = synthetic_profile()
     pred = predict(p, Request("elementwise", device_bytes=1000, largest_bytes=1000, gpu_ready=True))
-    assert pred.cpu_parts["sync"] == pytest.approx(20e-6)
+    assert pred.parts[NUMPY]["sync"] == pytest.approx(20e-6)
 
 
 def test_device_data_leaves_the_device_only_for_a_clear_win():
-    from autooffload._decide import DEVICE_DATA_MARGIN, Prediction
+    from autooffload._costmodel import DEVICE_DATA_MARGIN, Prediction
 
-    close = Prediction(cpu_s=1.0, gpu_s=1.5)
+    close = Prediction({NUMPY: 1.0, CUPY: 1.5})
     assert choose(close)[0] == NUMPY
     backend, reason, _ = choose(close, data_on_device=True)
     assert backend == CUPY and "stays on the device" in reason
-    assert choose(Prediction(cpu_s=1.0, gpu_s=DEVICE_DATA_MARGIN * 1.01), data_on_device=True)[0] == NUMPY
+    assert choose(Prediction({NUMPY: 1.0, CUPY: DEVICE_DATA_MARGIN * 1.01}), data_on_device=True)[0] == NUMPY
+
+
+# ------------------------------------------------------------------ predictions per backend
+
+
+def test_a_host_only_profile_predicts_numpy_alone():
+    pred = predict(synthetic_profile(has_gpu=False), Request("elementwise", host_bytes=10**6, largest_bytes=10**6))
+    assert pred.seconds == {NUMPY: pytest.approx(1e-3), CUPY: None}
+    assert pred.parts == {NUMPY: {"compute": pytest.approx(1e-3)}, CUPY: {}}
+    assert pred.warm_s(CUPY) is None and pred.warm_s(NUMPY) == pred.seconds[NUMPY]
+
+
+def test_moves_follow_each_backends_memory():
+    p = synthetic_profile()
+    host_data = predict(p, Request("elementwise", host_bytes=10**6, largest_bytes=10**6, gpu_ready=True))
+    # Host data: the host backend moves nothing; the device backend copies in and the result out.
+    assert set(host_data.parts[NUMPY]) == {"compute"}
+    assert set(host_data.parts[CUPY]) == {"compute", "copy_in", "copy_out"}
+    device_data = predict(p, Request("elementwise", device_bytes=10**6, largest_bytes=10**6, gpu_ready=True))
+    # Device data: the device backend moves nothing; the host backend copies out, back, and waits once.
+    assert set(device_data.parts[CUPY]) == {"compute"}
+    assert set(device_data.parts[NUMPY]) == {"compute", "copy_in", "copy_out", "sync"}
+    for pred in (host_data, device_data):
+        for backend in (NUMPY, CUPY):
+            assert pred.seconds[backend] == sum(pred.parts[backend].values())
+
+
+def test_only_a_backend_with_a_warm_up_pays_it():
+    cold = predict(synthetic_profile(cold_start=2.0), Request("elementwise", host_bytes=10**6, largest_bytes=10**6))
+    assert cold.parts[CUPY]["cold_start"] == 2.0 and "cold_start" not in cold.parts[NUMPY]
+    assert cold.warm_s(CUPY) == pytest.approx(cold.seconds[CUPY] - 2.0)
+
+
+def test_a_backend_without_the_kinds_curve_is_not_predicted():
+    from autooffload._profiles import Profile
+
+    p = synthetic_profile()
+    cupy = p.backend(CUPY)
+    fewer = cupy.model_copy(update={"kinds": {k: c for k, c in cupy.kinds.items() if k != "fft"}})
+    q = Profile(backends={NUMPY: p.backend(NUMPY), CUPY: fewer})
+    pred = predict(q, Request("fft", host_bytes=10**6, largest_bytes=10**6))
+    # The kind resolves on the profile ("fft" is there), not per backend: CuPy's generic curve is not borrowed.
+    assert pred.seconds[CUPY] is None and pred.seconds[NUMPY] is not None
+    # A device backend without its copy curves cannot be predicted at all.
+    no_copies = Profile(backends={NUMPY: p.backend(NUMPY), CUPY: cupy.model_copy(update={"h2d": None})})
+    assert predict(no_copies, Request("elementwise", device_bytes=10, largest_bytes=10)).seconds[CUPY] is None
+
+
+def test_a_backend_this_version_does_not_run_is_ignored():
+    from autooffload._profiles import BackendTiming, Profile
+
+    p = synthetic_profile()
+    numba = BackendTiming(memory="host", kinds=dict(p.backend(NUMPY).kinds))
+    q = Profile(backends={**p.backends, "numba": numba})
+    req = Request("elementwise", host_bytes=10**6, largest_bytes=10**6)
+    assert predict(q, req) == predict(p, req) and list(predict(q, req).seconds) == [NUMPY, CUPY]

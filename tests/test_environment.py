@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from autooffload import _backends, _config, _profile, offload
+from autooffload import _backends, _config, _profiles, offload
 from autooffload.errors import AutoOffloadWarning, ConfigError, GPUUnavailableError, ProfileWarning
 
 
@@ -46,7 +46,7 @@ def test_each_environment_value_at_a_fresh_start(tmp_path, monkeypatch, variable
     monkeypatch.setenv(variable, value)
     monkeypatch.setitem(sys.modules, "cupy", None)  # no GPU, also on a machine with one
     _backends.set_backend_for_tests(None)
-    _profile.reset_active_profile()
+    _profiles.reset_active_profile()
     _config._env = None  # read on the first call, as in a new process
 
     @offload

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from autooffload._decide import KINDS, Request, crossover, predict
-from autooffload._profile import Curve, KindTiming, Profile
+from autooffload._costmodel import KINDS, Request, crossover, predict
+from autooffload._profiles import BackendTiming, Curve, Profile
 
 HUGE = 1e13
 
@@ -100,13 +100,13 @@ def flat(seconds: float) -> Curve:
 
 def synthetic(cpu_per_byte=1e-9, gpu_fixed=1e-5, copy_per_byte=1e-10, kinds=KINDS, has_gpu=True) -> Profile:
     """CPU: 1 ns/byte. GPU: a flat 10 us launch floor. Copies: 10 GB/s, no fixed cost."""
-    return Profile(
-        has_gpu=has_gpu,
-        h2d=linear(copy_per_byte),
-        d2h=linear(copy_per_byte),
-        cold_start_s=1.0,
-        kinds={k: KindTiming(cpu=linear(cpu_per_byte), gpu=flat(gpu_fixed)) for k in kinds},
-    )
+    backends = {"numpy": BackendTiming(memory="host", kinds={k: linear(cpu_per_byte) for k in kinds})}
+    if has_gpu:
+        backends["cupy"] = BackendTiming(
+            memory="device", kinds={k: flat(gpu_fixed) for k in kinds}, warmup_s=1.0,
+            h2d=linear(copy_per_byte), d2h=linear(copy_per_byte),
+        )
+    return Profile(backends=backends)
 
 
 def grid_below(n: float) -> float:
@@ -142,8 +142,8 @@ def test_crossover_matches_the_analytic_size(kind, location, analytic):
     before = grid_below(at)
     req = Request(kind, host_bytes=before if location == "host" else 0,
                   device_bytes=before if location == "device" else 0, largest_bytes=before, gpu_ready=True)
-    pred = predict(profile, req)
-    assert pred.gpu_s >= pred.cpu_s
+    seconds = predict(profile, req).seconds
+    assert seconds["cupy"] >= seconds["numpy"]
 
 
 def test_device_resident_data_crosses_over_earlier_than_host_data():
@@ -161,7 +161,7 @@ def test_no_crossover_when_copies_cost_more_than_the_cpu():
 
 def test_no_crossover_without_gpu_timings():
     assert crossover(synthetic(has_gpu=False), "matmul", "host") is None
-    cpu_only = Profile(kinds={"elementwise": KindTiming(cpu=linear(1e-9))})
+    cpu_only = Profile(backends={"numpy": BackendTiming(memory="host", kinds={"elementwise": linear(1e-9)})})
     assert crossover(cpu_only, "elementwise", "device") is None
 
 

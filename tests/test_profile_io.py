@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autooffload import _profile
-from autooffload._defaults import builtin_profile
-from autooffload._profile import (
+from autooffload._profiles import fingerprint as fingerprint_module, resolve, store
+from autooffload._profiles import builtin_profile
+from autooffload._profiles import (
     SCHEMA_VERSION,
+    BackendTiming,
     Curve,
     Fingerprint,
-    KindTiming,
     Profile,
     active_profile,
     current_fingerprint,
@@ -47,8 +47,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("AUTOOFFLOAD_PROFILE", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(_profile, "SHIPPED_PROFILES_DIR", tmp_path / "shipped")
-    monkeypatch.setattr(_profile, "_PROC_GPUS", tmp_path / "no-proc-gpus")
+    monkeypatch.setattr(store, "SHIPPED_PROFILES_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(fingerprint_module, "_PROC_GPUS", tmp_path / "no-proc-gpus")
     reset_active_profile()
     yield
     reset_active_profile()
@@ -65,21 +65,22 @@ def fake_proc_gpus(tmp_path: Path, monkeypatch, gpus: list[tuple[str, str]]) -> 
             f"Model: \t\t {name}\nIRQ:   \t\t 42\nGPU UUID: \t {uuid}\nVideo BIOS: \t ??.??.??.??.??\n"
             f"Bus Type: \t PCIe\nDevice Minor: \t {i}\n"
         )
-    monkeypatch.setattr(_profile, "_PROC_GPUS", root)
+    monkeypatch.setattr(fingerprint_module, "_PROC_GPUS", root)
 
 
 def this_machine(**changes) -> Fingerprint:
     return current_fingerprint(probe_gpu=False).model_copy(update=changes)
 
 
-def small_profile(fingerprint: Fingerprint | None = None, note: str = "", has_gpu: bool = False) -> Profile:
+def small_profile(fingerprint: Fingerprint | None = None, note: str = "", has_gpu: bool = False, **device) -> Profile:
+    """NumPy curves, and with ``has_gpu`` a "cupy" device backend (``device``: its other fields)."""
     curve = Curve(nbytes=[1e3, 1e6], seconds=[1e-6, 1e-3])
+    backends = {"numpy": BackendTiming(memory="host", kinds={"elementwise": curve})}
+    if has_gpu:
+        backends["cupy"] = BackendTiming(memory="device", kinds={"elementwise": curve}, h2d=curve, d2h=curve, **device)
     return Profile(
         fingerprint=fingerprint if fingerprint is not None else this_machine(),
-        has_gpu=has_gpu,
-        h2d=curve if has_gpu else None,
-        d2h=curve if has_gpu else None,
-        kinds={"elementwise": KindTiming(cpu=curve, gpu=curve if has_gpu else None)},
+        backends=backends,
         notes=[note] if note else [],
     )
 
@@ -101,11 +102,11 @@ def test_fingerprint_describes_this_machine():
 
 def test_fingerprint_and_active_profile_import_neither_cupy_nor_numba():
     code = (
-        "import sys; from autooffload._profile import current_fingerprint, active_profile;"
+        "import sys; from autooffload._profiles import current_fingerprint, active_profile;"
         "current_fingerprint(probe_gpu=False); active_profile();"
         "print(sorted(m for m in ('cupy', 'numba') if m in sys.modules))"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(_profile.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(store.__file__).parents[2])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -136,15 +137,15 @@ def test_version_drift_lists_changed_software_only():
 
 def test_proc_gpus_follow_cuda_visible_devices(tmp_path, monkeypatch):
     fake_proc_gpus(tmp_path, monkeypatch, [(H100, UUID), ("NVIDIA A100", "GPU-aaaaaaaa-1111-2222-3333-444444444444")])
-    assert [g[0] for g in _profile._visible_proc_gpus()] == [H100, "NVIDIA A100"]
+    assert [g[0] for g in fingerprint_module._visible_proc_gpus()] == [H100, "NVIDIA A100"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert _profile._visible_proc_gpus() == [("NVIDIA A100", "GPU-aaaaaaaa-1111-2222-3333-444444444444")]
+    assert fingerprint_module._visible_proc_gpus() == [("NVIDIA A100", "GPU-aaaaaaaa-1111-2222-3333-444444444444")]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5c5c1a2b")
-    assert _profile._visible_proc_gpus() == [(H100, UUID)]
+    assert fingerprint_module._visible_proc_gpus() == [(H100, UUID)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert _profile._visible_proc_gpus() == []
+    assert fingerprint_module._visible_proc_gpus() == []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1,0")
-    assert _profile._visible_proc_gpus() == []
+    assert fingerprint_module._visible_proc_gpus() == []
 
 
 def test_cheap_fingerprint_takes_the_gpu_identity_from_proc(tmp_path, monkeypatch):
@@ -207,18 +208,21 @@ def test_save_reports_an_unwritable_place(tmp_path):
 
 
 def good_json() -> str:
-    return _profile.profile_json(small_profile())
+    return store.profile_json(small_profile())
 
 
 BAD_FILES = {
     "corrupt": (lambda: '{"schema_version": 1, "kinds": [oops]}', "not valid JSON"),
     "truncated": (lambda: good_json()[: len(good_json()) // 2], "truncated"),
     "empty": (lambda: "", "empty"),
-    "future-schema": (lambda: good_json().replace('"schema_version": 1', '"schema_version": 99'), "newer"),
-    "old-schema": (lambda: good_json().replace('"schema_version": 1', '"schema_version": 0'), "old schema_version"),
+    "future-schema": (lambda: good_json().replace('"schema_version": 2', '"schema_version": 99'), "newer"),
+    "old-schema": (lambda: good_json().replace('"schema_version": 2', '"schema_version": 0'), "old schema_version"),
     "no-schema": (lambda: json.dumps({"kinds": {}}), "schema_version"),
     "not-an-object": (lambda: "[1, 2, 3]", "not a profile object"),
-    "wrong-fields": (lambda: good_json().replace('"has_gpu"', '"has_gpus"'), "does not match"),
+    "wrong-fields": (lambda: good_json().replace('"backends"', '"backend"'), "does not match"),
+    "schema-1-fields-in-schema-2": (lambda: good_json().replace('"quick"', '"has_gpu"'), "does not match"),
+    "no-reference-backend": (lambda: good_json().replace('"numpy"', '"numba"'), "host backend 'numpy'"),
+    "copies-on-the-host": (lambda: good_json().replace('"transfer_engine": null', '"transfer_engine": "x"'), "host backend copies nothing"),
     "bad-curve": (lambda: good_json().replace("0.001", "-1.0"), "does not match"),
     "binary": (lambda: b"\xff\xfe\x00garbage", "not UTF-8"),
     # Past the JSON parser's recursion limit / Python's limit on digits of an integer.
@@ -249,22 +253,21 @@ def test_load_names_the_file_the_problem_and_the_fix(tmp_path, case):
 
 
 def gpu_profile_json() -> dict:
-    return json.loads(_profile.profile_json(small_profile(has_gpu=True).model_copy(
-        update={"launch_latency_s": 2e-5, "cold_start_s": 1.0, "fingerprint": this_machine(gpu_memory_bytes=2**34, blas_threads=2)}
-    )))
+    fingerprint = this_machine(gpu_memory_bytes=2**34, blas_threads=2)
+    return json.loads(store.profile_json(small_profile(fingerprint, has_gpu=True, launch_latency_s=2e-5, warmup_s=1.0)))
 
 
 # (where in the file, a value no machine can have): every number the cost model or `show` reads.
 NAN, INF = float("nan"), float("inf")
 IMPOSSIBLE_VALUES = [
-    *((("launch_latency_s",), v) for v in (NAN, INF, -INF, -1e-5)),
-    *((("cold_start_s",), v) for v in (NAN, INF, -5.0)),
+    *((("backends", "cupy", "launch_latency_s"), v) for v in (NAN, INF, -INF, -1e-5)),
+    *((("backends", "cupy", "warmup_s"), v) for v in (NAN, INF, -5.0)),
     (("fingerprint", "cpu_cores"), -1),
     *((("fingerprint", "gpu_memory_bytes"), v) for v in (0, -1)),
     *((("fingerprint", "blas_threads"), v) for v in (0, -4)),
-    *((("h2d", "seconds", 0), v) for v in (NAN, INF, 0.0, -1e-3)),
-    *((("kinds", "elementwise", "cpu", "nbytes", 1), v) for v in (NAN, INF, 1e2, -1.0)),  # 1e2: sizes decrease
-    *((("kinds", "elementwise", "gpu", "seconds", 1), v) for v in (NAN, -INF)),
+    *((("backends", "cupy", "h2d", "seconds", 0), v) for v in (NAN, INF, 0.0, -1e-3)),
+    *((("backends", "numpy", "kinds", "elementwise", "nbytes", 1), v) for v in (NAN, INF, 1e2, -1.0)),  # 1e2: sizes decrease
+    *((("backends", "cupy", "kinds", "elementwise", "seconds", 1), v) for v in (NAN, -INF)),
 ]
 
 
@@ -290,7 +293,7 @@ def test_an_impossible_number_is_rejected_naming_the_field_and_the_value(tmp_pat
     assert field in message and repr(value) in message, message
 
 
-@pytest.mark.parametrize("where, value", [(("cold_start_s",), -5.0), (("launch_latency_s",), NAN)])
+@pytest.mark.parametrize("where, value", [(("backends", "cupy", "warmup_s"), -5.0), (("backends", "cupy", "launch_latency_s"), NAN)])
 def test_an_impossible_number_falls_back_to_the_next_profile(tmp_path, monkeypatch, fake_gpu, where, value):
     bad = tmp_path / "bad.json"
     bad.write_text(_with_value(where, value))
@@ -303,7 +306,7 @@ def test_an_impossible_number_falls_back_to_the_next_profile(tmp_path, monkeypat
         warnings.simplefilter("always")
         d = explain(f, np.ones(10))
     (message,) = profile_warnings(record)
-    assert str(bad) in message and where[0] in message and repr(value) in message
+    assert str(bad) in message and ".".join(where) in message and repr(value) in message
     assert d.profile == "built-in"
     assert d.backend == "numpy" and all(t > 0 for t in d.predicted_s.values())
 
@@ -516,7 +519,7 @@ def test_active_profile_never_raises(monkeypatch):
     def broken():
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(_profile, "default_profile_path", broken)
+    monkeypatch.setattr(store, "default_profile_path", broken)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         assert active_profile().source == "built-in"
@@ -580,9 +583,9 @@ def test_builtin_profile_is_marked_builtin():
 
 
 def test_software_drift_is_logged_not_refused(monkeypatch, caplog):
-    old = small_profile(this_machine(numpy_version="1.0.0"), has_gpu=True).model_copy(update={"transfer_engine": "engine-v0"})
+    old = small_profile(this_machine(numpy_version="1.0.0"), has_gpu=True, transfer_engine="engine-v0")
     path = save_profile(old, default_profile_path())
-    monkeypatch.setattr(_profile, "_current_transfer_engine", lambda: "engine-v9")
+    monkeypatch.setattr(resolve, "_current_transfer_engine", lambda: "engine-v9")
     with warnings.catch_warnings(record=True) as record, caplog.at_level(logging.INFO, logger="autooffload"):
         warnings.simplefilter("always")
         assert active_profile().source == str(path)

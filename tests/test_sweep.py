@@ -10,18 +10,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from autooffload import _profile, _sweep
-from autooffload._decide import KINDS, Request, crossover, predict
-from autooffload._profile import load_profile, save_profile
+from autooffload import _profiles, _sweep
+from autooffload._profiles import fingerprint as fingerprint_module
+from autooffload._costmodel import KINDS, Request, crossover, predict
+from autooffload._profiles import load_profile, save_profile
 from autooffload._sweep import (
     WORKLOADS,
-    GpuSide,
+    DeviceSide,
     SweepPlan,
     Workload,
-    cupy_gpu_side,
+    cupy_side,
     geometric_sizes,
     measure_cold_start,
+    numpy_side,
     run_sweep,
+    sweep_sides,
 )
 from autooffload._timing import FakeClock, TimerSettings
 
@@ -55,7 +58,15 @@ def fake_workloads(clock: FakeClock, kinds=tuple(WORKLOADS), gpu_out_of_memory_f
     return {k: Workload(k, prepare, run, working_set=2.0) for k in kinds}
 
 
-def fake_gpu(clock: FakeClock, cold_start: float | None = 1.5) -> GpuSide:
+def with_device(device: DeviceSide) -> dict:
+    """The sides of a machine with NumPy and ``device`` (as "cupy")."""
+    return {"numpy": numpy_side(), device.name: device}
+
+
+CPU_ONLY = {"numpy": numpy_side()}
+
+
+def fake_gpu(clock: FakeClock, cold_start: float | None = 1.5) -> DeviceSide:
     class DeviceArray:
         def __init__(self, nbytes):
             self.nbytes = nbytes
@@ -68,7 +79,8 @@ def fake_gpu(clock: FakeClock, cold_start: float | None = 1.5) -> GpuSide:
         clock.advance(copy_cost(dev.nbytes))
         return np.empty(dev.nbytes // 8)
 
-    return GpuSide(
+    return DeviceSide(
+        name="cupy",
         xp=FAKE_GPU,
         sync=lambda: None,
         to_device=to_device,
@@ -98,23 +110,25 @@ def small_plan(**changes) -> SweepPlan:
 def test_fake_sweep_records_exact_timings_for_every_kind():
     clock = FakeClock()
     seen = []
-    profile = run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock), progress=seen.append)
+    profile = run_sweep(small_plan(), clock=clock, sides=with_device(fake_gpu(clock)), workloads=fake_workloads(clock), progress=seen.append)
 
-    assert profile.has_gpu and profile.gpu_usable
-    assert set(profile.kinds) == set(KINDS)  # measured ones plus "generic"
-    assert profile.kinds["generic"] == profile.kinds["elementwise"]
+    cpu, gpu = profile.backend("numpy"), profile.backend("cupy")
+    assert profile.has_device_timings() and (cpu.memory, gpu.memory) == ("host", "device")
+    assert set(cpu.kinds) == set(gpu.kinds) == set(KINDS)  # measured ones plus "generic"
+    assert cpu.kinds["generic"] == cpu.kinds["elementwise"] and gpu.kinds["generic"] == gpu.kinds["elementwise"]
     sizes = [float(s) for s in small_plan().sizes]
-    for kind, timing in profile.kinds.items():
-        assert timing.cpu.nbytes == sizes, kind
-        assert timing.cpu.seconds == [cpu_cost(int(b)) for b in sizes]
-        assert timing.gpu.seconds == [gpu_cost(int(b)) for b in sizes]
-        assert timing.cpu.noisy == [] and timing.gpu.noisy == []
-    assert profile.h2d.nbytes == [4 * KiB, 16 * KiB]
-    assert profile.h2d.seconds == [copy_cost(4 * KiB), copy_cost(16 * KiB)]
-    assert profile.d2h.seconds == profile.h2d.seconds
-    assert profile.launch_latency_s == gpu_cost(128)
-    assert profile.cold_start_s == 1.5
-    assert profile.transfer_engine == "fake-engine"
+    for kind in KINDS:
+        assert cpu.kinds[kind].nbytes == sizes, kind
+        assert cpu.kinds[kind].seconds == [cpu_cost(int(b)) for b in sizes]
+        assert gpu.kinds[kind].seconds == [gpu_cost(int(b)) for b in sizes]
+        assert cpu.kinds[kind].noisy == [] and gpu.kinds[kind].noisy == []
+    assert gpu.h2d.nbytes == [4 * KiB, 16 * KiB]
+    assert gpu.h2d.seconds == [copy_cost(4 * KiB), copy_cost(16 * KiB)]
+    assert gpu.d2h.seconds == gpu.h2d.seconds
+    assert gpu.launch_latency_s == gpu_cost(128)
+    assert gpu.warmup_s == 1.5
+    assert gpu.transfer_engine == "fake-engine"
+    assert cpu.warmup_s is None and cpu.launch_latency_s is None and cpu.h2d is None
     assert profile.fingerprint.gpu_compute_capability == "9.0"
     assert profile.fingerprint.gpu_name == "Fake GPU 9000"  # /proc sees no GPU here, so CUDA's name stands
 
@@ -125,7 +139,7 @@ def test_fake_sweep_records_exact_timings_for_every_kind():
 
 def test_fake_sweep_crossover_matches_the_fake_costs():
     clock = FakeClock()
-    profile = run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock))
+    profile = run_sweep(small_plan(), clock=clock, sides=with_device(fake_gpu(clock)), workloads=fake_workloads(clock))
     # Device data: NumPy pays 2^-30 s/B plus copies out and back; GPU 2^-16 + 2^-36 s/B.
     at = crossover(profile, "reduction", "device", hi=2.0**30)
     assert at is not None
@@ -133,15 +147,16 @@ def test_fake_sweep_crossover_matches_the_fake_costs():
     def prediction(n):
         return predict(profile, Request("reduction", device_bytes=int(n), largest_bytes=int(n), gpu_ready=True))
 
-    assert prediction(at).gpu_s < prediction(at).cpu_s
-    assert prediction(at).cpu_parts["copy_in"] == profile.d2h.predict(at)  # the fake copy costs are used
+    assert prediction(at).seconds["cupy"] < prediction(at).seconds["numpy"]
+    # the fake copy costs are used
+    assert prediction(at).parts["numpy"]["copy_in"] == profile.backend("cupy").d2h.predict(at)
     if at > 1024:  # the grid step below still favours NumPy
-        assert prediction(at / 2**0.25).gpu_s >= prediction(at / 2**0.25).cpu_s
+        assert prediction(at / 2**0.25).seconds["cupy"] >= prediction(at / 2**0.25).seconds["numpy"]
 
 
 def test_sweep_profile_survives_a_save_and_load(tmp_path):
     clock = FakeClock()
-    profile = run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock))
+    profile = run_sweep(small_plan(), clock=clock, sides=with_device(fake_gpu(clock)), workloads=fake_workloads(clock))
     loaded = load_profile(save_profile(profile, tmp_path / "p.json"))
     assert loaded.model_dump() == profile.model_dump()
 
@@ -149,8 +164,8 @@ def test_sweep_profile_survives_a_save_and_load(tmp_path):
 def test_time_budget_stops_a_kind_early():
     clock = FakeClock()
     plan = small_plan(sizes=geometric_sizes(KiB, 64 * MiB, 4), cpu_only_budget_s=0.05)
-    profile = run_sweep(plan, clock=clock, gpu=None, workloads=fake_workloads(clock, kinds=("sort",)))
-    measured = profile.kinds["sort"].cpu.nbytes
+    profile = run_sweep(plan, clock=clock, sides=CPU_ONLY, workloads=fake_workloads(clock, kinds=("sort",)))
+    measured = profile.backend("numpy").kinds["sort"].nbytes
     assert len(measured) < len(plan.sizes)
     assert any("time budget" in n for n in profile.notes)
     assert clock() <= 0.05 * 1.5 + 1e-9  # predicted points keep it close to the budget
@@ -159,8 +174,8 @@ def test_time_budget_stops_a_kind_early():
 def test_slow_calls_stop_a_kind():
     clock = FakeClock()
     plan = small_plan(sizes=geometric_sizes(KiB, 64 * MiB, 4), max_call_s=cpu_cost(64 * KiB))
-    profile = run_sweep(plan, clock=clock, gpu=None, workloads=fake_workloads(clock, kinds=("fft",)))
-    assert profile.kinds["fft"].cpu.nbytes[-1] == 64 * KiB
+    profile = run_sweep(plan, clock=clock, sides=CPU_ONLY, workloads=fake_workloads(clock, kinds=("fft",)))
+    assert profile.backend("numpy").kinds["fft"].nbytes[-1] == 64 * KiB
     assert any("one NumPy call took" in n for n in profile.notes)
 
 
@@ -168,24 +183,24 @@ def test_host_memory_caps_the_sizes():
     clock = FakeClock()
     plan = small_plan(host_memory_fraction=1.0)
     # 2x working set: 64 KiB of free memory allows inputs up to 32 KiB.
-    profile = run_sweep(plan, clock=clock, gpu=None, workloads=fake_workloads(clock, kinds=("matmul",)), host_free_bytes=64 * KiB)
-    assert profile.kinds["matmul"].cpu.nbytes == [1 * KiB, 4 * KiB, 16 * KiB]
+    profile = run_sweep(plan, clock=clock, sides=CPU_ONLY, workloads=fake_workloads(clock, kinds=("matmul",)), host_free_bytes=64 * KiB)
+    assert profile.backend("numpy").kinds["matmul"].nbytes == [1 * KiB, 4 * KiB, 16 * KiB]
     assert any("host memory cap" in n for n in profile.notes)
 
 
 def test_gpu_out_of_memory_ends_the_gpu_curve_only():
     clock = FakeClock()
     profile = run_sweep(
-        small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock, kinds=("sort",), gpu_out_of_memory_from=16 * KiB)
+        small_plan(), clock=clock, sides=with_device(fake_gpu(clock)), workloads=fake_workloads(clock, kinds=("sort",), gpu_out_of_memory_from=16 * KiB)
     )
-    assert len(profile.kinds["sort"].cpu.nbytes) == 4
-    assert profile.kinds["sort"].gpu.nbytes == [1 * KiB, 4 * KiB]
+    assert len(profile.backend("numpy").kinds["sort"].nbytes) == 4
+    assert profile.backend("cupy").kinds["sort"].nbytes == [1 * KiB, 4 * KiB]
 
 
 def test_failed_cold_start_is_left_out_and_noted():
     clock = FakeClock()
-    profile = run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock, cold_start=None), workloads=fake_workloads(clock, kinds=("sort",)))
-    assert profile.cold_start_s is None
+    profile = run_sweep(small_plan(), clock=clock, sides=with_device(fake_gpu(clock, cold_start=None)), workloads=fake_workloads(clock, kinds=("sort",)))
+    assert profile.backend("cupy").warmup_s is None
     assert any("cold start not measured" in n for n in profile.notes)
 
 
@@ -198,8 +213,8 @@ def test_noisy_points_are_flagged_in_the_curve():
         clock.advance(cpu_cost(nbytes) * (1 + 0.5 * (calls["n"] % 3)))  # 1x, 1.5x, 2x, ...
 
     wl = {"sort": Workload("sort", lambda xp, t, s: ((t,), t), run, working_set=1.0)}
-    profile = run_sweep(small_plan(), clock=clock, gpu=None, workloads=wl)
-    assert any(profile.kinds["sort"].cpu.noisy)
+    profile = run_sweep(small_plan(), clock=clock, sides=CPU_ONLY, workloads=wl)
+    assert any(profile.backend("numpy").kinds["sort"].noisy)
     assert any("noisy points" in n for n in profile.notes)
 
 
@@ -208,15 +223,14 @@ def test_cpu_only_sweep_with_real_work_is_quick_and_complete():
         sizes=(1 * KiB, 32 * KiB),
         timer=TimerSettings(warmup=1, repeats=3, min_repeats=3, min_sample_s=2e-4, max_point_s=0.05),
     )
-    profile = run_sweep(plan, gpu=None)
-    assert not profile.has_gpu and not profile.gpu_usable
-    assert set(profile.kinds) == set(KINDS)
-    for kind, timing in profile.kinds.items():
-        assert timing.gpu is None
-        assert all(0 < s < 0.1 for s in timing.cpu.seconds), kind
-        assert 900 <= timing.cpu.nbytes[0] <= 1100, kind
+    profile = run_sweep(plan, sides=CPU_ONLY)
+    assert list(profile.backends) == ["numpy"] and not profile.device_backends() and not profile.has_device_timings()
+    numpy = profile.backend("numpy")
+    assert set(numpy.kinds) == set(KINDS)
+    for kind, curve in numpy.kinds.items():
+        assert all(0 < s < 0.1 for s in curve.seconds), kind
+        assert 900 <= curve.nbytes[0] <= 1100, kind
     assert profile.fingerprint.cpu_cores > 0
-    assert profile.h2d is None and profile.cold_start_s is None
     assert crossover(profile, "fft", "host") is None
 
 
@@ -249,14 +263,16 @@ def test_plans():
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
 def test_without_cupy_there_is_no_gpu_side_and_no_cold_start():
-    side, why = cupy_gpu_side()
+    side, why = cupy_side()
     assert side is None and "CuPy cannot be imported" in why
+    sides, notes = sweep_sides()
+    assert list(sides) == ["numpy"] and sides["numpy"].memory == "host" and notes == [why]
     assert measure_cold_start(timeout_s=30) is None
 
 
 def test_progress_is_optional_and_nothing_is_printed(capsys):
     clock = FakeClock()
-    run_sweep(small_plan(), clock=clock, gpu=fake_gpu(clock), workloads=fake_workloads(clock, kinds=("sort",)))
+    run_sweep(small_plan(), clock=clock, sides=with_device(fake_gpu(clock)), workloads=fake_workloads(clock, kinds=("sort",)))
     assert capsys.readouterr() == ("", "")
 
 
@@ -264,13 +280,13 @@ def test_the_fingerprint_identity_matches_what_the_loader_sees(tmp_path, monkeyp
     root = tmp_path / "gpus" / "0000:01:00.0"
     root.mkdir(parents=True)
     (root / "information").write_text("Model: \t NVIDIA H100 80GB HBM3\nGPU UUID: \t GPU-12345678-1234-1234-1234-123456789abc\n")
-    monkeypatch.setattr(_profile, "_PROC_GPUS", tmp_path / "gpus")
+    monkeypatch.setattr(fingerprint_module, "_PROC_GPUS", tmp_path / "gpus")
     clock = FakeClock()
     side = fake_gpu(clock)
     side.fingerprint["gpu_uuid"] = "GPU-12345678-1234-1234-1234-123456789ABC"  # CUDA spells it otherwise
-    profile = run_sweep(small_plan(), clock=clock, gpu=side, workloads=fake_workloads(clock, kinds=("sort",)))
+    profile = run_sweep(small_plan(), clock=clock, sides=with_device(side), workloads=fake_workloads(clock, kinds=("sort",)))
     assert profile.fingerprint.gpu_name == "NVIDIA H100 80GB HBM3"
-    assert _profile.this_machine_mismatch(profile.fingerprint) is None
+    assert _profiles.this_machine_mismatch(profile.fingerprint) is None
 
 
 def test_sweep_module_does_not_import_cupy():

@@ -24,8 +24,8 @@ except Exception:  # CuPy without a driver or device
 if _DEVICES < 1:
     pytest.skip("no CUDA device", allow_module_level=True)
 
-from autooffload._decide import KINDS, crossover  # noqa: E402
-from autooffload._profile import machine_id, save_profile, this_machine_mismatch  # noqa: E402
+from autooffload._costmodel import KINDS, crossover  # noqa: E402
+from autooffload._profiles import machine_id, save_profile, this_machine_mismatch  # noqa: E402
 from autooffload._sweep import SEED, SweepPlan, _random, run_sweep  # noqa: E402
 from autooffload._timing import TimerSettings, measure  # noqa: E402
 
@@ -62,14 +62,14 @@ def quick():
 def test_quick_sweep_end_to_end(quick):
     profile, wall = quick
     assert wall < QUICK_LIMIT_S, f"quick sweep took {wall:.1f} s"
-    assert profile.has_gpu and profile.gpu_usable
-    assert set(profile.kinds) == set(KINDS)
-    for kind, timing in profile.kinds.items():
-        assert timing.gpu is not None, kind
-        assert len(timing.cpu.nbytes) >= 5 and len(timing.gpu.nbytes) >= 5, kind
-    assert profile.h2d.nbytes[-1] >= 64 * MiB and profile.d2h.nbytes[-1] >= 64 * MiB
-    assert 1e-6 < profile.launch_latency_s < 1e-3
-    assert profile.cold_start_s is not None and 0.05 < profile.cold_start_s < 30
+    assert profile.has_device_timings()
+    cpu, gpu = profile.backend("numpy"), profile.backend("cupy")
+    assert set(cpu.kinds) == set(gpu.kinds) == set(KINDS)
+    for kind in KINDS:
+        assert len(cpu.kinds[kind].nbytes) >= 5 and len(gpu.kinds[kind].nbytes) >= 5, kind
+    assert gpu.h2d.nbytes[-1] >= 64 * MiB and gpu.d2h.nbytes[-1] >= 64 * MiB
+    assert 1e-6 < gpu.launch_latency_s < 1e-3
+    assert gpu.warmup_s is not None and 0.05 < gpu.warmup_s < 30
     fp = profile.fingerprint
     assert fp.gpu_name and fp.gpu_compute_capability and fp.gpu_memory_bytes and fp.cuda_runtime_version
     # The loader will recognise this machine in its saved profile.

@@ -8,7 +8,7 @@ CuPy is imported only when a call is sent to the GPU, never by ``import autooffl
 import logging as _logging
 
 from ._config import config, reload_environment
-from ._decide import Decision
+from ._costmodel import Decision
 from ._dispatch import Stats, explain, offload
 from .errors import (
     AutoOffloadError,

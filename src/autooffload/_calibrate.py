@@ -1,6 +1,6 @@
 """``calibrate()``: run the sweep, save the profile, make it the active one.
 
-Kept apart from ``_sweep`` (which only measures) and ``_profile`` (which only stores), so the
+Kept apart from ``_sweep`` (which only measures) and ``_profiles`` (which only stores), so the
 order that makes an interrupted calibration harmless is written down in one place: measure
 everything first, then replace the file atomically in one step. Ctrl-C during the sweep leaves
 the old profile untouched, since nothing has been written yet.
@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ._profile import Profile, cache_dir, profile_path, reset_active_profile, save_profile
+from ._profiles import Profile, cache_dir, profile_path, reset_active_profile, save_profile
 from ._sweep import ProgressCallback, SweepPlan, run_sweep
 from .errors import CalibrationError
 

@@ -28,7 +28,7 @@ import numpy as np
 from . import _backends, _config, _log
 from ._arguments import Ineligible, NumPyWouldRaise, iter_leaves, move
 from ._backends import why_not_on_device
-from ._decide import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
+from ._costmodel import CUPY, KINDS, NUMPY, Decision, Request, choose, predict, size_bucket
 from ._kinds import describe, infer_work
 from ._purity import may_write_arguments, sets_array_flags
 from ._reachable import Reachable
@@ -63,14 +63,9 @@ def _count(counter: itertools.count) -> int:
 
 
 def _active_profile():
-    from . import _profile
+    from ._profiles import active_profile
 
-    loader = getattr(_profile, "active_profile", None)
-    if loader is not None:
-        return loader()
-    from ._defaults import builtin_profile
-
-    return builtin_profile()
+    return active_profile()
 
 
 class Stats:
@@ -317,8 +312,8 @@ class _State:
         arrays = [a for a in typed if not isinstance(a, np.generic)]
 
         def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "") -> Decision:
-            predicted = {NUMPY: pred.cpu_s, CUPY: pred.gpu_s} if pred is not None else {}
-            cold = pred.gpu_parts.get("cold_start", 0.0) if pred is not None else 0.0
+            predicted = dict(pred.seconds) if pred is not None else {}
+            cold = pred.parts[CUPY].get("cold_start", 0.0) if pred is not None else 0.0
             return Decision(self.name, backend, reason, self.kind_text, host, dev, dtypes, predicted,
                             profile, bucket_key[:2], savings, cold)
 

@@ -11,8 +11,8 @@ import math
 from datetime import timezone
 from pathlib import Path
 
-from ._decide import Request, crossover, predict
-from ._profile import Curve, Profile
+from ._costmodel import CUPY, NUMPY, Request, crossover, predict
+from ._profiles import Curve, Profile
 from ._units import format_bytes
 
 
@@ -27,12 +27,17 @@ def _grid(lo: float, hi: float, points: int = 64) -> list[float]:
 
 def _host_resident_gpu_seconds(profile: Profile, kind: str, nbytes: float) -> float | None:
     """Warm GPU seconds with numpy data in and out: compute plus both copies."""
-    return predict(profile, Request(kind, host_bytes=int(nbytes), largest_bytes=int(nbytes), gpu_ready=True)).gpu_s
+    return predict(profile, Request(kind, host_bytes=int(nbytes), largest_bytes=int(nbytes), gpu_ready=True)).seconds[CUPY]
 
 
-def _device_resident_cpu_seconds(profile: Profile, kind: str, nbytes: float) -> float:
+def _device_resident_cpu_seconds(profile: Profile, kind: str, nbytes: float) -> float | None:
     """NumPy seconds with cupy data in and out: copies to the host and back plus compute."""
-    return predict(profile, Request(kind, device_bytes=int(nbytes), largest_bytes=int(nbytes), gpu_ready=True)).cpu_s
+    return predict(profile, Request(kind, device_bytes=int(nbytes), largest_bytes=int(nbytes), gpu_ready=True)).seconds[NUMPY]
+
+
+def _kind_curves(profile: Profile, backend: str) -> dict[str, Curve]:
+    timing = profile.backend(backend)
+    return timing.kinds if timing is not None else {}
 
 
 def _plot_curve_points(ax, curve: Curve, color: str, label: str) -> None:
@@ -55,23 +60,29 @@ def plot_profile(profile: Profile, output: str | Path) -> Path:
             "plotting needs matplotlib: pip install 'autooffload[plot]' (or matplotlib>=3.7)"
         ) from e
 
-    kinds = [k for k, t in profile.kinds.items() if not (k == "generic" and t == profile.kinds.get("elementwise"))]
+    numpy_kinds, cupy_kinds = _kind_curves(profile, NUMPY), _kind_curves(profile, CUPY)
+    gpu_usable = profile.has_device_timings()
+
+    def same_as_elementwise(kind: str) -> bool:  # the sweep's "generic" repeats "elementwise"
+        return all(k.get(kind) == k.get("elementwise") for k in (numpy_kinds, cupy_kinds))
+
+    kinds = [k for k in numpy_kinds if not (k == "generic" and same_as_elementwise(k))]
     columns = 3
     rows = max(1, math.ceil(len(kinds) / columns))
     fig = Figure(figsize=(5.0 * columns, 3.6 * rows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, kind in zip(axes, kinds):
-        timing = profile.kinds[kind]
-        curves = [timing.cpu] + ([timing.gpu] if timing.gpu is not None else [])
+        cpu, gpu = numpy_kinds[kind], cupy_kinds.get(kind)
+        curves = [cpu] + ([gpu] if gpu is not None else [])
         lo = min(c.nbytes[0] for c in curves)
         hi = max(c.nbytes[-1] for c in curves) * 4
         xs = _grid(lo, hi)
-        ax.plot(xs, [timing.cpu.predict(x) for x in xs], "-", color="tab:blue", label="NumPy (CPU)")
-        _plot_curve_points(ax, timing.cpu, "tab:blue", "NumPy")
-        if timing.gpu is not None and profile.gpu_usable:
-            ax.plot(xs, [timing.gpu.predict(x) for x in xs], "-", color="tab:green", label="CuPy, data on GPU")
-            _plot_curve_points(ax, timing.gpu, "tab:green", "CuPy")
+        ax.plot(xs, [cpu.predict(x) for x in xs], "-", color="tab:blue", label="NumPy (CPU)")
+        _plot_curve_points(ax, cpu, "tab:blue", "NumPy")
+        if gpu is not None and gpu_usable:
+            ax.plot(xs, [gpu.predict(x) for x in xs], "-", color="tab:green", label="CuPy, data on GPU")
+            _plot_curve_points(ax, gpu, "tab:green", "CuPy")
             host = [_host_resident_gpu_seconds(profile, kind, x) for x in xs]
             ax.plot(xs, host, "--", color="tab:red", label="CuPy + copies, data on host")
             device = [_device_resident_cpu_seconds(profile, kind, x) for x in xs]
@@ -94,7 +105,7 @@ def plot_profile(profile: Profile, output: str | Path) -> Path:
         ax.set_xlabel("input bytes")
         ax.set_ylabel("seconds per call")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=6, loc="upper left" if timing.gpu is None else "lower right")
+        ax.legend(fontsize=6, loc="upper left" if gpu is None else "lower right")
     for ax in axes[len(kinds):]:
         ax.set_visible(False)
 

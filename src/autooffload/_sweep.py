@@ -1,16 +1,21 @@
 """The calibration sweep: measures this machine and returns a ``Profile``.
 
-For each kind of work, NumPy (CPU) and CuPy (GPU, data already on the device, synchronized)
-seconds by input bytes, from 1 KiB up to a cap set by free host and GPU memory and by the time
+For each kind of work and each backend ("side": NumPy on the host; CuPy on the GPU, data already
+on the device, synchronized), seconds by input bytes, from 1 KiB up to a cap set by free host and GPU memory and by the time
 budget; host<->device copy curves through the transfer engine the library uses; the launch
 latency of a tiny kernel; the cold start of a fresh process (``import cupy`` + first kernel).
 
-Curves are keyed by the bytes of all array inputs, as ``_defaults.py`` keys them: ``a*5+b`` at n
+Curves are keyed by the bytes of all array inputs, as ``_profiles/defaults.py`` keys them: ``a*5+b`` at n
 float64 elements is 16 n bytes, ``n x n @ n x n`` is 16 n^2. Random generation has no array
 input: it is keyed by the bytes it generates. Inputs are random float64 (never zeros: some
 libraries shortcut them).
 
-Nothing here prints: progress goes to a callback. Clock, workloads, GPU side and plan are
+The sides are a mapping from backend name to what the sweep needs of it (``sweep_sides()``);
+the profile stores one ``BackendTiming`` per side. The host side "numpy" sets the pace (sizes
+grow while a NumPy call stays within the plan's limits); a device side is measured at each of
+those sizes while it has memory.
+
+Nothing here prints: progress goes to a callback. Clock, workloads, sides and plan are
 injectable so tests run the whole sweep in milliseconds with exact, fake timings.
 """
 
@@ -26,8 +31,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy
 
-from ._decide import KINDS
-from ._profile import Curve, KindTiming, Profile, current_fingerprint, gpu_fingerprint_fields, package_version
+from ._costmodel import KINDS
+from ._profiles import (
+    REFERENCE_BACKEND,
+    BackendTiming,
+    Curve,
+    Memory,
+    Profile,
+    cuda_gpu_details,
+    current_fingerprint,
+    gpu_fingerprint_fields,
+    package_version,
+)
 from ._timing import Clock, TimerSettings, Timing, measure
 from ._units import format_bytes
 
@@ -102,7 +117,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("random", _generator, lambda xp, rng, n: rng.random(n), working_set=1.1),
     )
 }
-# Kinds the sweep measures; the others in _decide.KINDS reuse a measured one.
+# Kinds the sweep measures; the others in _costmodel.KINDS reuse a measured one.
 REUSED_KINDS: dict[str, str] = {"generic": "elementwise"}
 
 
@@ -179,23 +194,40 @@ ProgressCallback = Callable[[SweepProgress], None]
 
 
 # ---------------------------------------------------------------------------------------------
-# The GPU, behind a small interface (a test double stands in for it in CPU tests).
+# The sides: each backend behind a small interface (a test double stands in for the GPU).
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class GpuSide:
-    xp: Any  # the array module: cupy
+@dataclass(kw_only=True)
+class Side:
+    """One backend as the sweep measures it."""
+
+    name: str  # the backend's name in the profile
+    memory: Memory  # where its arrays live: "host" or "device"
+    xp: Any  # the array module the workloads run with (numpy, cupy)
+    sync: Callable[[], None] | None = None  # wait for queued work; None: calls return when done
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class DeviceSide(Side):
+    """A backend with memory of its own: also its copies, its free memory and its cold start."""
+
+    memory: Memory = "device"
     sync: Callable[[], None]  # wait for the current stream
     to_device: Callable[[numpy.ndarray], Any]
     to_host: Callable[[Any], numpy.ndarray]
     transfer_engine: str
     free_bytes: Callable[[], int]
     release: Callable[[], None]  # give cached device memory back between sizes
-    cold_start: Callable[[], float | None]  # seconds of a fresh process's first GPU work
+    cold_start: Callable[[], float | None]  # seconds of a fresh process's first work here
     out_of_memory: tuple[type[BaseException], ...] = (MemoryError,)
     fingerprint: dict = field(default_factory=dict)  # Fingerprint fields measured through CUDA
-    notes: list[str] = field(default_factory=list)
+
+
+def numpy_side() -> Side:
+    """NumPy on the host: always there."""
+    return Side(name="numpy", memory="host", xp=numpy)
 
 
 _COLD_START_CODE = """
@@ -220,8 +252,8 @@ def measure_cold_start(timeout_s: float = 120.0) -> float | None:
         return None
 
 
-def cupy_gpu_side() -> tuple[GpuSide | None, str]:
-    """The real GPU side, or None and why there is none."""
+def cupy_side() -> tuple[DeviceSide | None, str]:
+    """CuPy on the GPU, or None and why there is none."""
     try:
         import cupy
     except Exception as e:  # ImportError, or a broken CUDA install raising at import
@@ -232,8 +264,6 @@ def cupy_gpu_side() -> tuple[GpuSide | None, str]:
         cupy.cuda.Device(0).use()
     except Exception as e:
         return None, f"no GPU measured: CUDA is not usable ({type(e).__name__}: {e})"
-
-    from ._profile import cuda_gpu_details
 
     notes = []
     try:
@@ -255,7 +285,8 @@ def cupy_gpu_side() -> tuple[GpuSide | None, str]:
 
     oom: tuple[type[BaseException], ...] = (cupy.cuda.memory.OutOfMemoryError, MemoryError)
     return (
-        GpuSide(
+        DeviceSide(
+            name="cupy",
             xp=cupy,
             sync=sync,
             to_device=to_device,
@@ -270,6 +301,15 @@ def cupy_gpu_side() -> tuple[GpuSide | None, str]:
         ),
         "",
     )
+
+
+def sweep_sides() -> tuple[dict[str, Side], list[str]]:
+    """The sides this machine can measure, by backend name, and notes on those it cannot."""
+    sides: dict[str, Side] = {"numpy": numpy_side()}
+    cupy, why_not = cupy_side()
+    if cupy is not None:
+        sides[cupy.name] = cupy
+    return sides, [why_not] if why_not else []
 
 
 def free_host_bytes() -> int:
@@ -339,8 +379,7 @@ def _predicted_point_s(call_s: float, timer: TimerSettings) -> float:
 
 @dataclass
 class _KindResult:
-    cpu: list[tuple[int, Timing]] = field(default_factory=list)
-    gpu: list[tuple[int, Timing]] = field(default_factory=list)
+    points: dict[str, list[tuple[int, Timing]]]  # by side name
     stop_reason: str = "largest planned size reached"
 
 
@@ -348,16 +387,18 @@ def _measure_kind(
     workload: Workload,
     plan: SweepPlan,
     *,
-    gpu: GpuSide | None,
+    host: Side,
+    devices: Mapping[str, DeviceSide],
     host_cap: int,
-    gpu_cap: int,
+    device_caps: Mapping[str, int],
     budget_s: float,
     clock: Clock,
     report: Callable[[int, str], None],
 ) -> _KindResult:
-    result = _KindResult()
+    result = _KindResult({host.name: [], **{name: [] for name in devices}})
+    host_points = result.points[host.name]
     start = clock()
-    gpu_alive = gpu is not None
+    alive = set(devices)
     previous: tuple[int, float] | None = None  # (target bytes, NumPy seconds per call)
     slope = workload.work_exponent
     for index, target in enumerate(plan.sizes):
@@ -373,76 +414,77 @@ def _measure_kind(
             if clock() - start + _predicted_point_s(predicted_call, plan.timer) > budget_s:
                 result.stop_reason = f"time budget ({budget_s:.1f} s for this kind)"
                 break
-        report(index, f"{format_bytes(target, 4)} numpy")
+        report(index, f"{format_bytes(target, 4)} {host.name}")
         try:
-            args, nbytes = workload.prepare(numpy, target, SEED)
-            timing = measure(lambda: workload.run(numpy, *args), settings=plan.timer, clock=clock)
+            args, nbytes = workload.prepare(host.xp, target, SEED)
+            timing = measure(lambda: workload.run(host.xp, *args), sync=host.sync, settings=plan.timer, clock=clock)
         except MemoryError:
             result.stop_reason = "host out of memory"
             break
         finally:
             args = ()
-        result.cpu.append((nbytes, timing))
-        if len(result.cpu) >= 2:  # measured growth, kept sane, predicts the next point
-            (b0, t0), (b1, t1) = result.cpu[-2], result.cpu[-1]
+        host_points.append((nbytes, timing))
+        if len(host_points) >= 2:  # measured growth, kept sane, predicts the next point
+            (b0, t0), (b1, t1) = host_points[-2], host_points[-1]
             if b1 > b0 and t1.median_s > 0 and t0.median_s > 0:
                 slope = min(2.0, max(1.0, math.log(t1.median_s / t0.median_s) / math.log(b1 / b0)))
         previous = (target, timing.median_s)
 
-        if gpu_alive and gpu is not None:
-            gpu_alive = _measure_gpu_point(workload, plan, gpu, target, gpu_cap, clock, result, report, index)
+        for name, device in devices.items():
+            if name in alive and not _measure_device_point(workload, plan, device, target, device_caps[name], clock, result, report, index):
+                alive.discard(name)
     return result
 
 
-def _measure_gpu_point(
+def _measure_device_point(
     workload: Workload,
     plan: SweepPlan,
-    gpu: GpuSide,
+    device: DeviceSide,
     target: int,
-    gpu_cap: int,
+    cap: int,
     clock: Clock,
     result: _KindResult,
     report: Callable[[int, str], None],
     index: int,
 ) -> bool:
-    """Measure one GPU point into ``result``; False once the GPU curve must stop."""
-    if target * workload.working_set > gpu_cap:
+    """Measure one point of ``device`` into ``result``; False once its curve must stop."""
+    if target * workload.working_set > cap:
         return False
-    report(index, f"{format_bytes(target, 4)} cupy")
+    report(index, f"{format_bytes(target, 4)} {device.name}")
     args: tuple = ()
     try:
-        args, nbytes = workload.prepare(gpu.xp, target, SEED)
-        gpu.sync()
-        timing = measure(lambda: workload.run(gpu.xp, *args), sync=gpu.sync, settings=plan.timer, clock=clock)
-    except gpu.out_of_memory:
+        args, nbytes = workload.prepare(device.xp, target, SEED)
+        device.sync()
+        timing = measure(lambda: workload.run(device.xp, *args), sync=device.sync, settings=plan.timer, clock=clock)
+    except device.out_of_memory:
         return False
     finally:
         args = ()
-        gpu.release()
-    result.gpu.append((nbytes, timing))
+        device.release()
+    result.points[device.name].append((nbytes, timing))
     return True
 
 
 def _measure_transfers(
-    gpu: GpuSide, plan: SweepPlan, *, host_cap: int, gpu_cap: int, clock: Clock
+    device: DeviceSide, plan: SweepPlan, *, host_cap: int, device_cap: int, clock: Clock
 ) -> tuple[Curve | None, Curve | None]:
     h2d: list[tuple[int, Timing]] = []
     d2h: list[tuple[int, Timing]] = []
     for size in plan.transfer_sizes:
         # Host: the source and a received copy; device: the copy and one in flight.
-        if 2 * size > host_cap or 2 * size > gpu_cap:
+        if 2 * size > host_cap or 2 * size > device_cap:
             break
         host = _random(numpy, max(1, size // 8), SEED)
         try:
-            h2d.append((host.nbytes, measure(lambda: gpu.to_device(host), sync=gpu.sync, settings=plan.timer, clock=clock)))
-            device = gpu.to_device(host)
-            gpu.sync()
-            d2h.append((host.nbytes, measure(lambda: gpu.to_host(device), sync=gpu.sync, settings=plan.timer, clock=clock)))
-        except gpu.out_of_memory:
+            h2d.append((host.nbytes, measure(lambda: device.to_device(host), sync=device.sync, settings=plan.timer, clock=clock)))
+            on_device = device.to_device(host)
+            device.sync()
+            d2h.append((host.nbytes, measure(lambda: device.to_host(on_device), sync=device.sync, settings=plan.timer, clock=clock)))
+        except device.out_of_memory:
             break
         finally:
-            device = None
-            gpu.release()
+            on_device = None
+            device.release()
     return _curve(h2d), _curve(d2h)
 
 
@@ -451,14 +493,15 @@ def run_sweep(
     *,
     progress: ProgressCallback | None = None,
     clock: Clock = time.perf_counter,
-    gpu: GpuSide | None | str = "auto",
+    sides: Mapping[str, Side] | str = "auto",
     workloads: Mapping[str, Workload] = WORKLOADS,
     host_free_bytes: int | None = None,
 ) -> Profile:
     """Measure this machine and return its Profile (not saved: see ``_calibrate.calibrate``).
 
-    ``gpu="auto"`` uses CuPy when it and a device are there; None measures the CPU only; a
-    ``GpuSide`` is used as given (tests pass a double). ``clock``, ``workloads`` and
+    ``sides="auto"`` measures what ``sweep_sides()`` finds (NumPy, and CuPy when it and a device
+    are there); a mapping from backend name to ``Side`` is used as given (tests pass doubles).
+    It must hold the host side "numpy", which sets the pace. ``clock``, ``workloads`` and
     ``host_free_bytes`` are for tests.
     """
     plan = plan or SweepPlan.default()
@@ -467,28 +510,28 @@ def run_sweep(
     notes: list[str] = [f"{plan.name} sweep"]
 
     notify(SweepProgress(0.0, "setup", "fingerprint and devices"))
-    if gpu == "auto":
-        gpu, why_not = cupy_gpu_side()
-        if why_not:
-            notes.append(why_not)
-    assert not isinstance(gpu, str)
+    if sides == "auto":
+        sides, why_not = sweep_sides()
+        notes.extend(why_not)
+    assert not isinstance(sides, str)
+    host = sides[REFERENCE_BACKEND]
+    devices = {name: side for name, side in sides.items() if isinstance(side, DeviceSide)}
     fingerprint = current_fingerprint(probe_gpu=False)
-    if gpu is not None:
-        fingerprint = fingerprint.model_copy(update=gpu_fingerprint_fields(fingerprint, gpu.fingerprint))
-    if gpu is not None:
-        notes.extend(gpu.notes)
+    for device in devices.values():
+        fingerprint = fingerprint.model_copy(update=gpu_fingerprint_fields(fingerprint, device.fingerprint))
+    for side in sides.values():
+        notes.extend(side.notes)
 
     host_cap = int((host_free_bytes if host_free_bytes is not None else free_host_bytes()) * plan.host_memory_fraction)
-    gpu_cap = int(gpu.free_bytes() * plan.gpu_memory_fraction) if gpu is not None else 0
-    notes.append(f"memory caps: host {format_bytes(host_cap, 4)}" + (f", GPU {format_bytes(gpu_cap, 4)}" if gpu else ""))
+    device_caps = {name: int(device.free_bytes() * plan.gpu_memory_fraction) for name, device in devices.items()}
+    notes.append(f"memory caps: host {format_bytes(host_cap, 4)}" + "".join(f", GPU {format_bytes(cap, 4)}" for cap in device_caps.values()))
 
-    # Progress weights: the kinds take most of the time; the GPU extras a little.
+    # Progress weights: the kinds take most of the time; each device's extras a little.
     kinds = [k for k in plan.kinds if k in workloads]
-    extras = 3 if gpu is not None else 0
-    steps = len(kinds) + extras
+    steps = len(kinds) + 3 * len(devices)
 
-    kinds_measured: dict[str, KindTiming] = {}
-    budget_left = plan.budget_s if gpu is not None else plan.cpu_only_budget_s
+    curves: dict[str, dict[str, Curve]] = {name: {} for name in sides}
+    budget_left = plan.budget_s if devices else plan.cpu_only_budget_s
     for done, kind in enumerate(kinds):
         kind_start = clock()
         share = budget_left / (len(kinds) - done)
@@ -498,35 +541,45 @@ def run_sweep(
             notify(SweepProgress((done + within) / steps, kind, detail))
 
         result = _measure_kind(
-            workloads[kind], plan, gpu=gpu, host_cap=host_cap, gpu_cap=gpu_cap, budget_s=share, clock=clock, report=report
+            workloads[kind], plan, host=host, devices=devices, host_cap=host_cap, device_caps=device_caps,
+            budget_s=share, clock=clock, report=report,
         )
         budget_left -= clock() - kind_start
-        cpu_curve = _curve(result.cpu, blip_tolerance=plan.timer.noisy_spread)
-        if cpu_curve is None:
+        host_curve = _curve(result.points[host.name], blip_tolerance=plan.timer.noisy_spread)
+        if host_curve is None:
             notes.append(f"{kind}: not measured ({result.stop_reason})")
             continue
-        kinds_measured[kind] = KindTiming(cpu=cpu_curve, gpu=_curve(result.gpu))
-        notes.append(f"{kind}: up to {format_bytes(cpu_curve.nbytes[-1], 4)}; stopped: {result.stop_reason}")
+        curves[host.name][kind] = host_curve
+        for name in devices:
+            if (device_curve := _curve(result.points[name])) is not None:
+                curves[name][kind] = device_curve
+        notes.append(f"{kind}: up to {format_bytes(host_curve.nbytes[-1], 4)}; stopped: {result.stop_reason}")
     for kind, source in REUSED_KINDS.items():
-        if kind in KINDS and source in kinds_measured and kind not in kinds_measured:
-            kinds_measured[kind] = kinds_measured[source]
+        for side_curves in curves.values():
+            if kind in KINDS and source in side_curves and kind not in side_curves:
+                side_curves[kind] = side_curves[source]
 
-    h2d = d2h = None
-    launch_latency = cold_start = None
-    if gpu is not None:
-        step = len(kinds)
-        notify(SweepProgress(step / steps, "transfers", gpu.transfer_engine))
-        h2d, d2h = _measure_transfers(gpu, plan, host_cap=host_cap, gpu_cap=gpu_cap, clock=clock)
+    backends = {host.name: BackendTiming(memory=host.memory, kinds=curves[host.name])}
+    for step, (name, device) in zip(range(len(kinds), steps, 3), devices.items()):
+        notify(SweepProgress(step / steps, "transfers", device.transfer_engine))
+        h2d, d2h = _measure_transfers(device, plan, host_cap=host_cap, device_cap=device_caps[name], clock=clock)
         notify(SweepProgress((step + 1) / steps, "launch latency", "8-element a*5+b, synchronized"))
-        launch_latency = _measure_launch_latency(gpu, workloads, plan, clock)
-        notify(SweepProgress((step + 2) / steps, "cold start", "fresh process: import cupy + first kernel"))
-        cold_start = _median_cold_start(gpu, plan.cold_start_runs)
+        launch_latency = _measure_launch_latency(device, workloads, plan, clock)
+        notify(SweepProgress((step + 2) / steps, "cold start", f"fresh process: import {name} + first kernel"))
+        cold_start = _median_cold_start(device, plan.cold_start_runs)
         if cold_start is None:
             notes.append("cold start not measured (the subprocess failed); the dispatcher assumes its default")
+        backends[name] = BackendTiming(
+            memory=device.memory, kinds=curves[name], warmup_s=cold_start, launch_latency_s=launch_latency,
+            transfer_engine=device.transfer_engine, h2d=h2d, d2h=d2h,
+        )
 
     noisy = sum(
-        sum(c.noisy) for t in kinds_measured.values() for c in (t.cpu, t.gpu) if c is not None
-    ) + sum(sum(c.noisy) for c in (h2d, d2h) if c is not None)
+        sum(c.noisy)
+        for b in backends.values()
+        for c in (*b.kinds.values(), b.h2d, b.d2h)
+        if c is not None
+    )
     if noisy:
         notes.append(f"{noisy} noisy points (spread over {plan.timer.noisy_spread:.0%}): consider recalibrating on an idle machine")
     notes.append(f"sweep wall time {time.perf_counter() - wall_start:.1f} s")
@@ -534,28 +587,22 @@ def run_sweep(
     return Profile(
         autooffload_version=package_version(),
         fingerprint=fingerprint,
-        has_gpu=gpu is not None,
         quick=plan.name == "quick",
-        transfer_engine=gpu.transfer_engine if gpu is not None else None,
-        h2d=h2d,
-        d2h=d2h,
-        launch_latency_s=launch_latency,
-        cold_start_s=cold_start,
-        kinds=kinds_measured,
+        backends=backends,
         notes=notes,
     ).with_source("sweep (not saved)")
 
 
-def _measure_launch_latency(gpu: GpuSide, workloads: Mapping[str, Workload], plan: SweepPlan, clock: Clock) -> float | None:
+def _measure_launch_latency(device: DeviceSide, workloads: Mapping[str, Workload], plan: SweepPlan, clock: Clock) -> float | None:
     workload = workloads.get("elementwise")
     if workload is None:
         return None
-    args, _ = workload.prepare(gpu.xp, 128, SEED)  # 8 float64 elements per input
-    gpu.sync()
-    timing = measure(lambda: workload.run(gpu.xp, *args), sync=gpu.sync, settings=plan.timer, clock=clock)
+    args, _ = workload.prepare(device.xp, 128, SEED)  # 8 float64 elements per input
+    device.sync()
+    timing = measure(lambda: workload.run(device.xp, *args), sync=device.sync, settings=plan.timer, clock=clock)
     return max(timing.median_s, MIN_SECONDS)
 
 
-def _median_cold_start(gpu: GpuSide, runs: int) -> float | None:
-    times = sorted(t for t in (gpu.cold_start() for _ in range(max(1, runs))) if t is not None and t > 0)
+def _median_cold_start(device: DeviceSide, runs: int) -> float | None:
+    times = sorted(t for t in (device.cold_start() for _ in range(max(1, runs))) if t is not None and t > 0)
     return times[len(times) // 2] if times else None

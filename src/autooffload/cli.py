@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from typing import Sequence, TextIO
 
 from ._config import reload_environment
-from ._decide import KINDS, crossover
-from ._profile import (
+from ._costmodel import KINDS, crossover
+from ._profiles import (
     Profile,
     active_profile,
     load_profile,
@@ -39,7 +39,7 @@ SHOW_JSON_VERSION = 1  # of the `show --json` document (keys below); bump on cha
 
 def crossover_table(profile: Profile) -> dict[str, dict[str, float | None]]:
     """Per kind: smallest input bytes from which the warm GPU wins, with data on host / device."""
-    if not profile.gpu_usable:
+    if not profile.has_device_timings():
         return {kind: {"host": None, "device": None} for kind in KINDS}
     table = {}
     for kind in KINDS:
@@ -64,7 +64,7 @@ def describe(profile: Profile, *, note: str | None = None) -> dict:
         "note": note,
         "age_s": max(0.0, (datetime.now(timezone.utc) - created).total_seconds()),
         "version_drift": [] if is_builtin or mismatch else software_drift(profile),
-        "gpu_usable": profile.gpu_usable,
+        "gpu_usable": profile.has_device_timings(),
         "crossovers": crossover_table(profile),
         "profile": profile.model_dump(mode="json"),
     }
@@ -135,10 +135,13 @@ def format_show(doc: dict) -> str:
         lines.append("")
         lines.append("No GPU timings in this profile: every call runs on NumPy.")
         return "\n".join(lines) + "\n"
-    lines.append(
-        f"GPU costs: copies via {p['transfer_engine'] or '?'}; launch latency {human_seconds(p['launch_latency_s'])}; "
-        f"cold start {human_seconds(p['cold_start_s'])} (once per process)"
-    )
+    for backend in p["backends"].values():
+        if backend["memory"] == "device":
+            lines.append(
+                f"GPU costs: copies via {backend['transfer_engine'] or '?'}; "
+                f"launch latency {human_seconds(backend['launch_latency_s'])}; "
+                f"cold start {human_seconds(backend['warmup_s'])} (once per process)"
+            )
     lines.append("")
     lines.append("Crossovers: smallest input (bytes of all array inputs) from which the warm GPU wins")
     header = ("kind", "numpy data (host)", "cupy data (device)")

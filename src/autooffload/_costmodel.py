@@ -1,12 +1,14 @@
-"""The cost model: pure functions of (profile, request) -> prediction / Decision.
+"""The cost model: pure functions of (profile, request) -> prediction.
 
 No I/O, no CuPy, no global state: the dispatcher owns caching and the cold-start bookkeeping, so
-everything here is tested exactly with synthetic profiles.
+everything here is tested exactly with synthetic profiles. The planner decides; this module only
+predicts, and ``choose`` states the rule that turns a prediction into a backend.
 
-A call on NumPy costs the CPU curve of its kind, plus, when inputs live on the device, copying
-them to the host and the result back to the device. A call on CuPy costs the GPU curve, plus
-copying host-resident inputs in and a host-bound result out, plus the cold start (CUDA context,
-``import cupy``, first kernel) while the GPU has not been used in this process.
+Every backend is predicted the same way, from what the profile says of it (see
+``_profiles/model.py``): its curve for the kind of work, plus moving the data when the backend's
+memory is not where the data is (a host backend given device data copies the inputs out and the
+result back, after waiting for the device's queue; a device backend given host data copies the
+inputs in and a host-bound result out), plus its warm-up while it has not run in this process.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from ._profile import Curve, Profile
+from ._profiles import BackendTiming, Curve, Profile
 from ._units import format_bytes
 
 NUMPY, CUPY = "numpy", "cupy"
+# The backends predicted, in the order predictions list them. A profile's other backends are
+# ignored (a newer profile may know one this version cannot run).
 BACKENDS = (NUMPY, CUPY)
 
 # Bytes of result per byte of the largest input, per kind (used to predict copies of the result).
@@ -67,19 +71,21 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """Predicted seconds per backend, with the parts they are made of."""
+    """Predicted seconds per backend (None: the profile cannot predict it), with their parts.
 
-    cpu_s: float
-    gpu_s: float | None  # None: the profile cannot predict the GPU (no GPU, kind not measured)
-    cpu_parts: dict[str, float] = field(default_factory=dict)
-    gpu_parts: dict[str, float] = field(default_factory=dict)
+    ``parts[backend]`` holds "compute", and where they apply "copy_in", "copy_out", "sync" and
+    "cold_start"; it is empty for a backend that cannot be predicted.
+    """
 
-    @property
-    def gpu_warm_s(self) -> float | None:
-        """GPU time without the one-off cold start."""
-        if self.gpu_s is None:
+    seconds: dict[str, float | None]
+    parts: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def warm_s(self, backend: str) -> float | None:
+        """Seconds on ``backend`` without its one-off warm-up."""
+        seconds = self.seconds.get(backend)
+        if seconds is None:
             return None
-        return self.gpu_s - self.gpu_parts.get("cold_start", 0.0)
+        return seconds - self.parts.get(backend, {}).get("cold_start", 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,50 +140,75 @@ def _copy(curve: Curve | None, nbytes: float, arrays: int = 1) -> float:
     return curve.predict(nbytes) + max(arrays - 1, 0) * curve.seconds[0]
 
 
-def _gpu_compute(profile: Profile, work, total: float) -> float:
-    """GPU seconds of a work mix: each curve point ends in a synchronization (that is how it is
-    timed), but a chain of CuPy operations synchronizes once, so the round trip is counted once.
-    Half the measured launch latency stands for that round trip."""
+def _compute(backend: BackendTiming, work: list[tuple[Curve, float]], total: float) -> float:
+    """Seconds of a work mix on ``backend``: the sum of its kinds' curves. Each point of a device
+    curve ends in a synchronization (that is how it is timed), but a chain of operations
+    synchronizes once, so the round trip is counted once: half the measured launch latency stands
+    for it. A host backend has no launch latency and no such discount."""
     units = sum(n for _, n in work)
-    seconds = sum(n * t.gpu.predict(total) for t, n in work)
-    if units > 1 and profile.launch_latency_s:
-        floor = max(t.gpu.predict(total) for t, _ in work)
-        seconds = max(floor, seconds - (units - 1) * 0.5 * profile.launch_latency_s)
+    seconds = sum(n * curve.predict(total) for curve, n in work)
+    if units > 1 and backend.launch_latency_s:
+        floor = max(curve.predict(total) for curve, _ in work)
+        seconds = max(floor, seconds - (units - 1) * 0.5 * backend.launch_latency_s)
     return seconds
 
 
-def kind_timing(profile: Profile, kind: str):
-    """The profile's curves for ``kind``, falling back to "generic", then "elementwise"."""
+def resolve_kind(profile: Profile, kind: str) -> str:
+    """The kind whose curves stand for ``kind``: itself, else "generic", else "elementwise"."""
+    known = profile.kind_names()
     for k in (kind, "generic", "elementwise"):
-        if k in profile.kinds:
-            return profile.kinds[k]
+        if k in known:
+            return k
     raise KeyError(f"profile {profile.source} has no curves for kind {kind!r} nor a generic fallback")
 
 
+def _data_device(profile: Profile) -> BackendTiming | None:
+    """The device backend whose memory device-resident arguments live in (CuPy's, the only one)."""
+    return next(iter(profile.device_backends().values()), None)
+
+
+def _predict_backend(
+    profile: Profile, backend: BackendTiming, req: Request, kinds: list[tuple[str, float]], total: float, out_bytes: float
+) -> dict[str, float] | None:
+    """The parts of ``req``'s seconds on ``backend``, or None when the profile cannot predict it.
+
+    ``kinds``: the work mix with each kind resolved on the profile (``resolve_kind``)."""
+    if not backend.can_predict():
+        return None
+    work = [(backend.kinds.get(kind), count) for kind, count in kinds]
+    if any(curve is None for curve, _ in work):
+        return None
+    parts = {"compute": _compute(backend, work, total)}
+    if backend.memory == "host":
+        device = _data_device(profile)
+        if req.device_bytes and device is not None and device.d2h is not None and device.h2d is not None:
+            parts["copy_in"] = _copy(device.d2h, req.device_bytes, req.device_arrays)
+            parts["copy_out"] = _copy(device.h2d, out_bytes)
+            # Copying device data out first waits for the device's queue to drain: a round trip.
+            parts["sync"] = device.launch_latency_s or 0.0
+    else:
+        if req.host_bytes:
+            parts["copy_in"] = _copy(backend.h2d, req.host_bytes, req.host_arrays)
+        if not req.result_on_device:
+            parts["copy_out"] = _copy(backend.d2h, out_bytes)
+    if not req.gpu_ready and backend.warmup_s:
+        parts["cold_start"] = backend.warmup_s
+    return parts
+
+
 def predict(profile: Profile, req: Request) -> Prediction:
-    """Predicted seconds of ``req`` on each backend."""
-    work = [(kind_timing(profile, kind), count) for kind, count in req.work]
+    """Predicted seconds of ``req`` on each backend of ``BACKENDS``."""
+    kinds = [(resolve_kind(profile, kind), count) for kind, count in req.work]
     total = max(req.total_bytes, 1)
     out_bytes = max(OUTPUT_RATIO.get(kind, 1.0) for kind, _ in req.work) * req.largest_bytes
-
-    cpu_parts = {"compute": sum(n * t.cpu.predict(total) for t, n in work)}
-    if req.device_bytes and profile.d2h is not None and profile.h2d is not None:
-        cpu_parts["copy_in"] = _copy(profile.d2h, req.device_bytes, req.device_arrays)
-        cpu_parts["copy_out"] = _copy(profile.h2d, out_bytes)
-        # Copying device data out first waits for the device's queue to drain: a round trip.
-        cpu_parts["sync"] = profile.launch_latency_s or 0.0
-
-    if not profile.gpu_usable or any(t.gpu is None for t, _ in work):
-        return Prediction(sum(cpu_parts.values()), None, cpu_parts, {})
-
-    gpu_parts = {"compute": _gpu_compute(profile, work, total)}
-    if req.host_bytes:
-        gpu_parts["copy_in"] = _copy(profile.h2d, req.host_bytes, req.host_arrays)
-    if not req.result_on_device:
-        gpu_parts["copy_out"] = _copy(profile.d2h, out_bytes)
-    if not req.gpu_ready and profile.cold_start_s:
-        gpu_parts["cold_start"] = profile.cold_start_s
-    return Prediction(sum(cpu_parts.values()), sum(gpu_parts.values()), cpu_parts, gpu_parts)
+    seconds: dict[str, float | None] = {}
+    parts: dict[str, dict[str, float]] = {}
+    for name in BACKENDS:
+        backend = profile.backend(name)
+        backend_parts = _predict_backend(profile, backend, req, kinds, total, out_bytes) if backend is not None else None
+        seconds[name] = sum(backend_parts.values()) if backend_parts is not None else None
+        parts[name] = backend_parts or {}
+    return Prediction(seconds, parts)
 
 
 # Data on the device leaves it only for a clear predicted win: at small sizes the GPU curves
@@ -193,18 +224,19 @@ def choose(pred: Prediction, *, data_on_device: bool = False) -> tuple[str, str,
     dispatcher adds them up across calls and pays the cold start once they exceed it (ski rental:
     never worse than twice the best choice made in hindsight).
     """
-    if pred.gpu_s is None:
+    cpu, gpu = pred.seconds[NUMPY], pred.seconds[CUPY]
+    if gpu is None:
         return NUMPY, "no GPU timings in the profile", 0.0
-    if data_on_device and pred.gpu_s <= DEVICE_DATA_MARGIN * pred.cpu_s:
-        if pred.gpu_s < pred.cpu_s:
-            return CUPY, f"GPU predicted {pred.cpu_s / pred.gpu_s:.2g}x faster", 0.0
-        return CUPY, f"data stays on the device: NumPy predicted only {pred.gpu_s / pred.cpu_s:.2g}x faster", 0.0
-    if pred.gpu_s < pred.cpu_s:
-        return CUPY, f"GPU predicted {pred.cpu_s / pred.gpu_s:.2g}x faster", 0.0
-    warm = pred.gpu_warm_s
-    if warm is not None and warm < pred.cpu_s:
-        return NUMPY, "GPU faster only once warm; cold start not yet paid off", pred.cpu_s - warm
-    return NUMPY, f"NumPy predicted {pred.gpu_s / pred.cpu_s:.2g}x faster", 0.0
+    if data_on_device and gpu <= DEVICE_DATA_MARGIN * cpu:
+        if gpu < cpu:
+            return CUPY, f"GPU predicted {cpu / gpu:.2g}x faster", 0.0
+        return CUPY, f"data stays on the device: NumPy predicted only {gpu / cpu:.2g}x faster", 0.0
+    if gpu < cpu:
+        return CUPY, f"GPU predicted {cpu / gpu:.2g}x faster", 0.0
+    warm = pred.warm_s(CUPY)
+    if warm is not None and warm < cpu:
+        return NUMPY, "GPU faster only once warm; cold start not yet paid off", cpu - warm
+    return NUMPY, f"NumPy predicted {gpu / cpu:.2g}x faster", 0.0
 
 
 def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0, hi: float = 2.0**40) -> float | None:
@@ -226,7 +258,7 @@ def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0,
             largest_bytes=n,
             gpu_ready=True,
         )
-        pred = predict(profile, req)
-        if pred.gpu_s is not None and pred.gpu_s < pred.cpu_s:
+        seconds = predict(profile, req).seconds
+        if seconds[CUPY] is not None and seconds[CUPY] < seconds[NUMPY]:
             return float(n)
     return None

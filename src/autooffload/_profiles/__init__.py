@@ -1,0 +1,67 @@
+"""Calibration profiles: what the cost model knows about a machine, and where that comes from.
+
+One concern per module: ``model`` (the file format, its history and the migration of older
+formats), ``fingerprint`` (which machine this is), ``store`` (where profiles live; reading and
+writing them), ``defaults`` (the built-in profile), ``resolve`` (which profile decisions use).
+The rest of the package imports from here.
+"""
+
+from .defaults import builtin_profile
+from .fingerprint import (
+    cuda_gpu_details,
+    current_fingerprint,
+    gpu_fingerprint_fields,
+    machine_id,
+    machine_mismatch,
+    same_machine,
+    this_machine_mismatch,
+    version_drift,
+)
+from .model import REFERENCE_BACKEND, SCHEMA_VERSION, BackendTiming, Curve, Fingerprint, Memory, Profile, migrate_v1_to_v2
+from .resolve import active_profile, reset_active_profile, shipped_profile_for_this_gpu, software_drift
+from .store import (
+    CALIBRATE_HINT,
+    SHIPPED_PROFILES_DIR,
+    cache_dir,
+    default_profile_path,
+    load_profile,
+    package_version,
+    profile_json,
+    profile_path,
+    save_profile,
+    shipped_profile_paths,
+)
+
+__all__ = [
+    "CALIBRATE_HINT",
+    "SCHEMA_VERSION",
+    "SHIPPED_PROFILES_DIR",
+    "REFERENCE_BACKEND",
+    "BackendTiming",
+    "Curve",
+    "Fingerprint",
+    "Memory",
+    "Profile",
+    "migrate_v1_to_v2",
+    "active_profile",
+    "builtin_profile",
+    "cache_dir",
+    "cuda_gpu_details",
+    "current_fingerprint",
+    "default_profile_path",
+    "gpu_fingerprint_fields",
+    "load_profile",
+    "machine_id",
+    "machine_mismatch",
+    "package_version",
+    "profile_json",
+    "profile_path",
+    "reset_active_profile",
+    "same_machine",
+    "save_profile",
+    "shipped_profile_for_this_gpu",
+    "shipped_profile_paths",
+    "software_drift",
+    "this_machine_mismatch",
+    "version_drift",
+]
