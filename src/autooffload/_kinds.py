@@ -17,7 +17,7 @@ import dis
 import types
 from collections import Counter
 
-from ._rebind import _code_objects
+from ._codewalk import code_objects
 
 _NAMES_BY_KIND = {
     "fft": "fft ifft rfft irfft fft2 ifft2 fftn ifftn rfft2 irfft2 rfftn irfftn hfft ihfft fftshift ifftshift convolve correlate",
@@ -50,7 +50,7 @@ IN_PLACE_WEIGHT = 0.5
 
 def _work_of_code(code: types.CodeType) -> Counter:
     counts: Counter = Counter()
-    for c in _code_objects(code):
+    for c in code_objects(code):
         for ins in dis.get_instructions(c):
             if ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF"):
                 kind = KIND_OF_NAME.get(str(ins.argval))

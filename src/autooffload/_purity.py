@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._rebind import _code_objects
+from ._codewalk import code_objects
 
 _STORE_OPS = frozenset({
     "STORE_SUBSCR", "DELETE_SUBSCR", "STORE_SLICE", "STORE_ATTR", "DELETE_ATTR",
@@ -93,7 +93,7 @@ def _why_may_write(func: types.FunctionType, seen: set[int]) -> str | None:
     for default in (func.__defaults__ or ()) + tuple((func.__kwdefaults__ or {}).values()):
         if isinstance(default, (list, dict, set)):
             return "a mutable default"
-    for code in _code_objects(func.__code__):
+    for code in code_objects(func.__code__):
         for const in code.co_consts:
             if isinstance(const, tuple) and _WRITING_KEYWORDS.intersection(c for c in const if isinstance(c, str)):
                 return "passes out= (or overwrite_*=)"

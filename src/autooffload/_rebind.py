@@ -16,38 +16,17 @@ is seen, and names the function assigns with ``global`` are written back after t
 
 from __future__ import annotations
 
-import dis
 import threading
 import types
 import warnings
 import weakref
 from typing import Any, Callable
 
+from ._codewalk import referenced_names
+
 _MISSING = object()
 # Modules whose functions are never twinned: they are the libraries themselves, or ours.
 _LIBRARY_ROOTS = frozenset({"numpy", "cupy", "cupyx", "scipy", "autooffload", "builtins", "numba"})
-
-
-def _code_objects(code: types.CodeType):
-    yield code
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _code_objects(const)
-
-
-def referenced_names(code: types.CodeType) -> tuple[frozenset[str], frozenset[str]]:
-    """(names the code may load from globals, names it stores with ``global``), nested code included.
-
-    ``co_names`` also holds attribute names: a superset, which only costs a dictionary lookup.
-    """
-    loads: set[str] = set()
-    stores: set[str] = set()
-    for c in _code_objects(code):
-        loads.update(c.co_names)
-        for ins in dis.get_instructions(c):
-            if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
-                stores.add(ins.argval)
-    return frozenset(loads), frozenset(stores)
 
 
 def _is_library(func: Any) -> bool:
