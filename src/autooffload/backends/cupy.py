@@ -1,8 +1,10 @@
-"""The device backend: CuPy, imported lazily (never at ``import autooffload``).
+"""The CuPy backend: the GPU, with CuPy imported the first time a call needs it.
 
-Everything the dispatcher does on the device goes through ``DeviceBackend`` so that CPU tests can
-put a test double in its place (tests/fake_device.py). The NumPy side needs no object: it is
-NumPy itself.
+``import autooffload`` never imports CuPy: ``unavailable_reason()`` finds the package without
+importing it (importing costs ~0.25 s, creating the CUDA context ~1 s), and ``load()`` imports it
+on the first call sent to the GPU. Everything the executor does on the device goes through the
+loaded backend object, so that CPU tests can put a test double in its place
+(``set_backend_for_tests``; tests/fake_device.py).
 """
 
 from __future__ import annotations
@@ -15,38 +17,22 @@ from typing import Any
 
 import numpy as np
 
-from . import _config
+from .. import _config
+from .base import DEVICE, Backend, DeviceMemory, bits_differ, device_runner
 
 logger = logging.getLogger("autooffload")
 
-# The dtypes a device array holds: bool, int8-64, uint8-64, float16/32/64, complex64/128, given
-# in either byte order (a copy to the device is made in native order). Not np.longdouble /
-# np.clongdouble (float128, complex256), datetimes, strings, objects, structured dtypes.
-_DEVICE_DTYPE_CODES = ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16")
-DEVICE_DTYPES = frozenset(
-    np.dtype(code).newbyteorder(order) for code in _DEVICE_DTYPE_CODES for order in ("<", ">")
-)
-DEVICE_DTYPES_TEXT = "bool, int8-64, uint8-64, float16/32/64, complex64/128"
-
-
-def why_not_on_device(a: np.ndarray) -> str | None:
-    """None if the host array ``a`` can be copied to the device as it is; else what it is."""
-    if type(a) is not np.ndarray and type(a) is not np.memmap:
-        return f"an array subclass ({type(a).__name__})"
-    if a.dtype not in DEVICE_DTYPES:
-        return f"an array of dtype {a.dtype} (the GPU holds {DEVICE_DTYPES_TEXT})"
-    return None
-
-
-class DeviceBackend:
+class CupyBackend(Backend, DeviceMemory):
     """CuPy on the current CUDA device."""
 
     name = "cupy"
+    memory = DEVICE
+    warmup = "process"  # the CUDA context and kernel loading: the cold start
 
     def __init__(self, cupy: ModuleType):
         self.xp = cupy
         self.array_type = cupy.ndarray
-        from . import _transfer
+        from .. import _transfer
 
         self._transfer = _transfer
         self._fallback_types = _fallback_exception_types(cupy)
@@ -97,6 +83,9 @@ class DeviceBackend:
         """(numpy-world module, its CuPy counterpart) pairs the rebinding maps."""
         return _counterpart_modules(self.xp)
 
+    def runner(self, func):
+        return device_runner(self, func)
+
     def fallback_cause(self, exc: BaseException) -> str | None:
         """A short cause if ``exc`` means "CuPy cannot run this code as written", else None."""
         if isinstance(exc, self._fallback_types):
@@ -106,21 +95,7 @@ class DeviceBackend:
         return None
 
 
-_UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-def bits_differ(a, b):
-    """Elementwise "the bits differ" of two same-shaped arrays (NaN equals NaN, -0.0 != +0.0).
-
-    Works for NumPy and CuPy arrays of any strides: same-itemsize views need no contiguity.
-    """
-    if a.dtype.kind == "c":
-        return bits_differ(a.real, b.real) | bits_differ(a.imag, b.imag)
-    uint = _UINT_OF_SIZE[a.dtype.itemsize]
-    return a.view(uint) != b.view(uint)
-
-
-def _is_device_object(obj: Any, backend: DeviceBackend) -> bool:
+def _is_device_object(obj: Any, backend: CupyBackend) -> bool:
     if obj is None:
         return False
     if isinstance(obj, backend.array_type):
@@ -173,14 +148,17 @@ def _counterpart_modules(cupy: ModuleType) -> list[tuple[ModuleType, ModuleType]
 
 # -- loading -----------------------------------------------------------------------------------
 _lock = threading.Lock()
-_backend: DeviceBackend | None = None
+_backend: CupyBackend | None = None
 _unavailable: str | None = None  # why the GPU cannot be used, once known
-_override: DeviceBackend | None = None  # a test double installed by tests
+_override: CupyBackend | None = None  # a test double installed by tests
 # True once the CUDA context exists in this process (our first GPU run, or the caller's cupy arrays).
 gpu_ready = False
+# The device array type, once a call has passed one: the hot path compares types against it
+# without asking (a list, so the generated wrappers hold it and see it change).
+seen_array_type: list = [None]
 
 
-def set_backend_for_tests(backend: DeviceBackend | None) -> None:
+def set_backend_for_tests(backend: CupyBackend | None) -> None:
     """Install a test double as the device backend (None: back to the real CuPy)."""
     global _override, _backend, _unavailable, gpu_ready, _probed
     with _lock:
@@ -219,7 +197,7 @@ def unavailable_reason() -> str | None:
     return _unavailable
 
 
-def load() -> DeviceBackend | None:
+def load() -> CupyBackend | None:
     """The device backend, importing CuPy on first use; None when there is no usable GPU."""
     global _backend, _unavailable
     if _config.environment().disable_gpu:
@@ -249,7 +227,7 @@ def load() -> DeviceBackend | None:
             else:
                 why = "no CUDA device visible"
             if count > 0:
-                _backend = DeviceBackend(cupy)
+                _backend = CupyBackend(cupy)
             else:
                 _unavailable = f"no usable CUDA GPU ({why})"
         if _unavailable is not None:

@@ -1,0 +1,270 @@
+"""The executor: runs one call as a ``Decision`` says, and reports what actually happened.
+
+Given the decision, it moves the arguments where the chosen backend's memory is (or calls the
+backend's runner directly when all the data already lives there: the device-resident lane),
+runs, puts every write and the result back on the caller's side, and falls back to NumPy when
+the backend cannot run the code as written. Each run ends in an ``Outcome`` (the backend that
+produced the result, the fallback's cause, the seconds it took) handed to the record keeper, as
+cudf.pandas's ``_fast_slow_function_call`` returns ``(result, fast)``.
+
+Order of a device run on host data: the failure cache (argument types that failed before run on
+NumPy at once), the runner (a device twin, or why there is none), the move (copies and write
+snapshots; ineligible arguments run on NumPy), a snapshot of the state the run can reach
+(_reachable.py), the call, then write-back, the sweep of reachable state, and the result's
+conversion. On a failure CuPy signals, the reachable state is restored and the copies dropped
+before NumPy reruns the function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import dis
+import time
+import types
+from typing import Any, Callable
+
+import numpy as np
+
+from . import backends
+from ._arguments import Ineligible, NumPyWouldRaise, move
+from ._decide import Decision
+from ._reachable import Reachable
+from ._records import Outcome, Records, type_signature
+from .backends import CUPY, NUMPY
+from .backends import cupy as device
+from .errors import GPUFallbackWarning, warn_at_user_line
+
+# Argument types the hot path passes over without a second look.
+PASSIVE = frozenset(
+    {int, float, complex, bool, str, bytes, type(None), types.ModuleType,
+     np.float64, np.float32, np.int64, np.int32, np.bool_}
+)
+
+
+class Executor:
+    """Runs one function's calls (see the module docstring)."""
+
+    def __init__(self, func: Callable, name: str, records: Records, report: Callable[[Decision], None], *,
+                 pure: bool, may_write: bool, xp_param: int | str | None):
+        self.func = func
+        self.name = name
+        self.records = records
+        self.report = report  # tells the wrapper's last_decision what really ran
+        self.pure = pure
+        self.may_write = may_write
+        self.xp_param = xp_param
+        self.runners: dict[int, tuple[Any, Callable | None, Any, str]] = {}  # id(backend) -> runner
+        self.resident: tuple[Any, Callable, Any] | None = None  # (backend, device fn, twin) once one ran
+        self.warned = False
+
+    # -- what every run needs -----------------------------------------------------------------
+    def skip_write_detection(self, args: tuple, kwargs: dict) -> bool:
+        """Promised pure, or proven unable to write and given only plain arrays and scalars."""
+        if self.pure:
+            return True
+        if self.may_write:
+            return False
+        device_type = device.seen_array_type[0]
+        for a in (*args, *kwargs.values()):
+            t = type(a)
+            if not (t is np.ndarray or t is device_type or t in PASSIVE
+                    or (t is tuple and all(type(x) in PASSIVE for x in a))):
+                return False
+        return True
+
+    def with_xp(self, args: tuple, kwargs: dict, module: Any) -> tuple[tuple, dict]:
+        p = self.xp_param
+        if p is None or "xp" in kwargs or (p != "kw" and len(args) > p):
+            return args, kwargs
+        return args, {**kwargs, "xp": module}
+
+    def runner(self, backend) -> tuple[Callable | None, Any, str]:
+        entry = self.runners.get(id(backend))
+        if entry is None or entry[0] is not backend:
+            entry = (backend, *backend.runner(self.func))
+            self.runners[id(backend)] = entry
+        return entry[1], entry[2], entry[3]
+
+    def _ran_on_numpy(self, d: Decision, reason: str) -> None:
+        self.report(dataclasses.replace(d, backend=NUMPY, reason=reason))
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, d: Decision, args: tuple, kwargs: dict) -> Any:
+        """Run the call where ``d`` says; the result on the caller's side."""
+        if d.backend == NUMPY:
+            return self.run_numpy(args, kwargs, d.device_bytes > 0)
+        return self.run_device(d, args, kwargs)
+
+    def run_numpy(self, args: tuple, kwargs: dict, has_device_args: bool) -> Any:
+        """On NumPy: the function itself, after copying device arguments to the host if any."""
+        next(self.records.calls[NUMPY])
+        if not has_device_args:
+            args, kwargs = self.with_xp(args, kwargs, np)
+            return self.func(*args, **kwargs)
+        moved = move(device.load(), args, kwargs, to_device=False, pure=self.skip_write_detection(args, kwargs))
+        args, kwargs = self.with_xp(moved.args, moved.kwargs, np)
+        try:
+            result = self.func(*args, **kwargs)
+        except BaseException:
+            moved.write_back()  # NumPy keeps writes made before an exception; so do we
+            moved.discard()
+            del args, kwargs
+            raise
+        moved.write_back()
+        return moved.result(result)
+
+    def run_resident(self, d: Decision, args: tuple, kwargs: dict) -> Any:
+        """The device chosen and every array already in its memory, no module arguments (the hot
+        path's case): the runner is called directly, with no copies, write detection or argument
+        translation; else ``run``."""
+        backend = device.load()
+        entry = self.resident
+        if entry is None or entry[0] is not backend or self.records.failures:
+            return self.run(d, args, kwargs)
+        ok, outcome = self._call_device(entry[1], entry[2], None, args, kwargs, backend, translate=False)
+        if not ok:
+            return self._fail_device(d, outcome, None, backend, args, kwargs, True)
+        next(self.records.calls[CUPY])
+        return outcome
+
+    def run_device(self, d: Decision, args: tuple, kwargs: dict) -> Any:
+        backend = backends.get(d.backend)
+        has_device_args = d.device_bytes > 0
+        if self.records.failures:
+            cause = self.records.failure(type_signature(args, kwargs), d.backend)
+            if cause is not None:
+                self._ran_on_numpy(d, f"the GPU failed before for these argument types ({cause})")
+                return self.run_numpy(args, kwargs, has_device_args)
+        fn, twin, how = self.runner(backend)
+        if fn is None:
+            self._ran_on_numpy(d, f"no GPU version: {how}")
+            return self.run_numpy(args, kwargs, has_device_args)
+        self.resident = (backend, fn, twin)
+        start = time.perf_counter()
+        moved = None
+        try:
+            if d.host_bytes or not d.device_bytes:
+                # Host data, or no arrays at all: either way the result belongs on the host.
+                moved = move(backend, args, kwargs, to_device=True, pure=self.skip_write_detection(args, kwargs))
+        except Ineligible as exc:
+            self._ran_on_numpy(d, str(exc))
+            return self.run_numpy(args, kwargs, has_device_args)
+        except Exception as exc:
+            cause = backend.fallback_cause(exc)
+            if cause is None:
+                raise
+            failure = (exc, cause)
+            reach = None
+        else:
+            # What the run may change beyond its arrays (to undo before a fallback, to sweep after).
+            reach = Reachable(args, kwargs, twin, deep=self.may_write)
+            try:
+                ok, outcome = self._call_device(fn, twin, moved, args, kwargs, backend)
+            except BaseException:
+                self._sweep(reach, moved, d)  # the function's own exception: its stores stay, on the host
+                if moved is not None:
+                    moved.discard()  # the traceback keeps this frame: let the copies go
+                raise
+            if ok:
+                return self._finish_device(d, moved, outcome, args, kwargs, reach, start)
+            failure = outcome
+        return self._fail_device(d, failure, moved, backend, args, kwargs, has_device_args, reach)
+
+    @staticmethod
+    def _sweep(reach: Reachable | None, moved, d: Decision) -> None:
+        """Device arrays the run stored where the caller can reach them become the caller's side's
+        (for calls whose data came from the host: then results come back to the host too)."""
+        if reach is not None and moved is not None and not d.device_bytes:
+            reach.sweep(moved.result)
+
+    def _fail_device(self, d: Decision, failure: tuple, moved, backend, args: tuple, kwargs: dict,
+                     has_device_args: bool, reach: Reachable | None = None) -> Any:
+        """The backend could not run it: undo and free what the attempt did and took, then NumPy's result."""
+        exc, cause = failure
+        if reach is not None:
+            reach.restore()
+            self._sweep(reach, moved, d)  # what lies beyond the restore's reach
+        if moved is not None:
+            moved.discard()
+        if isinstance(exc, MemoryError):
+            backend.free_memory()
+        return self.fall_back(d, cause, args, kwargs, has_device_args)
+
+    def _call_device(self, fn, twin, moved, args, kwargs, backend, translate: bool = True) -> tuple[bool, Any]:
+        """Run ``fn`` on the device: (True, result), or (False, (exception, cause)) when CuPy cannot run it."""
+        call_args, call_kwargs = (moved.args, moved.kwargs) if moved is not None else (args, kwargs)
+        if translate:
+            # Arguments that are NumPy modules or functions (np passed in, or a default like
+            # `module=np`, which the hot path passes on explicitly) become their device counterparts.
+            to_device = backends.translator_for(backend).translate
+            call_args = tuple(to_device(a) if callable(a) or isinstance(a, types.ModuleType) else a for a in call_args)
+            call_kwargs = {k: to_device(v) if callable(v) or isinstance(v, types.ModuleType) else v
+                           for k, v in call_kwargs.items()}
+        call_args, call_kwargs = self.with_xp(call_args, call_kwargs, backend.xp)  # the caller's own serve a fallback
+        if twin is not None:
+            twin.refresh()
+        try:
+            result = fn(*call_args, **call_kwargs)
+        except BaseException as exc:  # KeyboardInterrupt and SystemExit too: NumPy keeps the writes
+            cause = None if raised_by_own_code(exc, twin, backend) else backend.fallback_cause(exc)
+            if cause is None:
+                if moved is not None:
+                    moved.write_back()  # writes made before the user's exception are kept
+                if twin is not None:
+                    twin.write_back_globals()  # and so are its `global` assignments
+                del call_args, call_kwargs  # the traceback keeps this frame: let the copies go
+                raise
+            return False, (exc, cause)
+        if twin is not None:
+            twin.write_back_globals()
+        return True, result
+
+    def _finish_device(self, d: Decision, moved, result: Any, args: tuple, kwargs: dict,
+                       reach: Reachable | None, start: float) -> Any:
+        device.mark_gpu_ready()
+        if moved is not None:
+            try:
+                moved.write_back()
+            except NumPyWouldRaise as exc:
+                # NumPy would have raised on the write or the shape: rerun there for that error.
+                if reach is not None:
+                    reach.restore()
+                self._ran_on_numpy(d, str(exc))
+                return self.run_numpy(args, kwargs, d.device_bytes > 0)
+            if not d.device_bytes:
+                self._sweep(reach, moved, d)
+                result = moved.result(result)  # the copy out synchronizes: the time below is real
+        self.records.ran(Outcome(d.backend, None, time.perf_counter() - start if moved is not None else None))
+        return result
+
+    def fall_back(self, d: Decision, cause: str, args: tuple, kwargs: dict, has_device_args: bool) -> Any:
+        result = self.run_numpy(args, kwargs, has_device_args)  # NumPy's own error propagates as is
+        self.records.fell_back(type_signature(args, kwargs), d.backend, cause)
+        self._ran_on_numpy(d, f"GPU run failed ({cause}); fell back to NumPy")
+        if not self.warned:
+            self.warned = True
+            warn_at_user_line(
+                f"{self.name}: CuPy cannot run this code as written ({cause}); returned the NumPy "
+                f"result, and calls with these argument types will run on NumPy from now on",
+                GPUFallbackWarning,
+            )
+        return result
+
+
+def raised_by_own_code(exc: BaseException, twin, backend) -> bool:
+    """Whether ``exc`` comes from a ``raise`` statement of the function's own code (its twin or a
+    helper twin): then it is the function's answer, as on NumPy, not a sign that CuPy cannot run
+    the code. A TypeError raised inside CuPy or by a C function given a device array is not; nor
+    is one the code raised while handling such a failure."""
+    tb = exc.__traceback__
+    if twin is None or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    if not twin.runs_code_in(frame.f_globals):
+        return False
+    if not any(ins.offset == tb.tb_lasti and ins.opname == "RAISE_VARARGS" for ins in dis.get_instructions(frame.f_code)):
+        return False
+    handled = exc.__cause__ or exc.__context__
+    return handled is None or backend.fallback_cause(handled) is None or raised_by_own_code(handled, twin, backend)

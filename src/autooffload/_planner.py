@@ -1,0 +1,253 @@
+"""The planner: a call's shape (bytes by location, arrays, dtypes, steering) -> a ``Decision``.
+
+One planner per offloaded function. It owns the function's decision caches: the exact cache
+(host bytes, device bytes, config block) the hot path reads without calling in, the half-octave
+size-bucket cache behind it, and the subset the C check of the NumPy path may answer alone. On
+a miss it applies the steering rules (``config()`` > ``@offload(backend=)`` >
+``AUTOOFFLOAD_BACKEND``), then the eligibility rules (dtypes, a usable GPU), then the pure cost
+model (``_decide``). The cold-start ledger is process-wide (a CUDA context is per process) and
+lives in ``COLD_START``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import numpy as np
+
+from . import _config, _log
+from ._arguments import iter_leaves
+from ._decide import Decision, Request, choose, predict, size_bucket
+from .backends import CUPY, NUMPY, why_not_on_device
+from .backends import cupy as device
+from .errors import ConfigError, GPUUnavailableError
+
+_EXACT_CACHE_LIMIT = 4096
+
+
+def call_shape(args: tuple, kwargs: dict) -> tuple[int, int, int, bool]:
+    """(host bytes, device bytes, largest array bytes, odd) over nested args and kwargs.
+
+    Odd: a host array the device cannot hold (its dtype, or an ndarray subclass).
+    """
+    device_type = device.device_array_type()
+    host = dev = largest = 0
+    odd = False
+
+    def is_array(x: Any) -> bool:
+        return isinstance(x, np.ndarray) or (device_type is not None and type(x) is device_type)
+
+    for a in iter_leaves((args, kwargs), is_array):
+        n = a.nbytes
+        largest = max(largest, n)
+        if device_type is not None and type(a) is device_type:
+            dev += n
+            device.seen_array_type[0] = device_type  # from now on the hot path knows it too
+        else:
+            host += n
+            if why_not_on_device(a) is not None:
+                odd = True
+    return host, dev, largest, odd
+
+
+def first_odd_argument(args: tuple, kwargs: dict) -> str:
+    """The first host array that made ``call_shape`` call the arguments odd, described."""
+    device_type = device.device_array_type()
+    for a in iter_leaves((args, kwargs), lambda x: isinstance(x, np.ndarray) and type(x) is not device_type):
+        why = why_not_on_device(a)
+        if why is not None:
+            return why
+    return "an argument"
+
+
+def active_profile():
+    from . import _profile
+
+    return _profile.active_profile()
+
+
+class ColdStartLedger:
+    """Ski rental for a backend's once-per-process start (the CUDA context).
+
+    Calls that stay on NumPy only because the GPU is not started yet add the seconds the warm
+    GPU would have saved; once those exceed the cold start, the next such call starts the GPU.
+    Never worse than twice the best choice made in hindsight.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.forgone_s = 0.0
+
+    def add(self, savings_s: float, cold_start_s: float) -> float | None:
+        """Add one call's forgone savings; the total (and a fresh start) once it pays the cold start."""
+        with self._lock:
+            self.forgone_s += savings_s
+            if self.forgone_s < cold_start_s:
+                return None
+            paid, self.forgone_s = self.forgone_s, 0.0
+            return paid
+
+    def reset(self) -> None:
+        with self._lock:
+            self.forgone_s = 0.0
+
+
+COLD_START = ColdStartLedger()
+
+
+class Planner:
+    """Decisions for one function (see the module docstring)."""
+
+    def __init__(self, name: str, work, kind_text: str, backend_choice: str, records, *,
+                 host_only: str | None = None, runs_after_return: str | None = None):
+        self.name = name
+        self.work = work
+        self.kind_text = kind_text
+        self.backend_choice = backend_choice
+        self.records = records
+        # Why this function can only run on NumPy whatever the steering (see _traits.py): its body
+        # runs after the call returns (a generator or coroutine), or it sets array flags.
+        self.runs_after_return = runs_after_return
+        self.host_only = host_only
+        # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
+        # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
+        # GPU readiness, the profile and the environment are not in the keys: when they change,
+        # _config.invalidate_decisions() resets every function's caches.
+        self.exact: dict[Any, Decision] = {}
+        self.buckets: dict[tuple, Decision] = {}
+        # The subset of `exact` the C check may answer alone: host bytes -> a NumPy decision with
+        # nothing else to do (see _native.c). Cleared with `exact`, in place (the C side holds it).
+        self.fast: dict[int, Decision] = {}
+        self.fast_allowed = True  # False where a NumPy call has more to do (an injected xp)
+        self.log_path = self._log_path()
+        self.lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Drop cached decisions (environment, profile or GPU state changed)."""
+        with self.lock:
+            self.exact.clear()
+            self.fast.clear()
+            self.buckets.clear()
+            self.log_path = self._log_path()
+
+    @staticmethod
+    def _log_path() -> str | None:
+        try:
+            return _config.environment().log_path
+        except ConfigError:
+            return None  # a bad AUTOOFFLOAD_* value is reported by the next call's decision
+
+    def forced(self, config_backend: str | None) -> tuple[str | None, str]:
+        """(forced backend or None, where it was forced)."""
+        if config_backend is not None and config_backend != "auto":
+            return config_backend, "config()"
+        if config_backend == "auto":
+            return None, ""
+        if self.backend_choice != "auto":
+            return self.backend_choice, "offload(backend=...)"
+        env = _config.environment().backend
+        if env != "auto":
+            return env, "AUTOOFFLOAD_BACKEND"
+        return None, ""
+
+    def decide_from_args(self, key, host: int, dev: int, config_backend: str | None, args: tuple, kwargs: dict) -> Decision:
+        """``decide`` for the hot path, which does not track the largest array."""
+        device_type = device.seen_array_type[0]
+        largest = max(
+            (a.nbytes for a in iter_leaves((args, kwargs), lambda x: type(x) is np.ndarray or type(x) is device_type)),
+            default=0,
+        )
+        return self.decide(key, host, dev, largest, False, config_backend, args, kwargs)
+
+    def decide(self, key, host: int, dev: int, largest: int, odd: bool, config_backend: str | None,
+               args: tuple, kwargs: dict, *, amortize: bool = True) -> Decision:
+        """The decision for a call (cache miss): from the size bucket's decision, or the cost model."""
+        if dev and not device.gpu_ready:
+            device.mark_gpu_ready()  # the caller's device arrays mean the CUDA context exists
+        ready = device.gpu_ready
+        forced, source = self.forced(config_backend)
+        bucket_key = (size_bucket(host), size_bucket(dev), odd, forced, ready)
+        base = self.buckets.get(bucket_key)
+        first = base is None
+        if first:
+            base = self._decide_bucket(host, dev, largest, odd, forced, source, bucket_key, args, kwargs)
+            self.buckets[bucket_key] = base
+        d = base if (base.host_bytes, base.device_bytes) == (host, dev) else dataclasses.replace(
+            base, host_bytes=host, device_bytes=dev
+        )
+        if len(self.exact) >= _EXACT_CACHE_LIMIT:
+            self.exact.clear()
+            self.fast.clear()
+        self.exact[key] = d
+        if type(key) is int and d.backend == NUMPY and not d.warm_savings_s and self.log_path is None and self.fast_allowed:
+            self.fast[key] = d  # a plain NumPy call: the C check may answer it alone from now on
+            _log.logger.isEnabledFor(_log.DEBUG)  # fills logging's level cache, which the C check reads
+        next(self.records.decisions)
+        if first or _log.active():
+            _log.record(d, first_in_bucket=first)
+        if amortize and d.warm_savings_s:
+            d = self.amortize(d)
+        return d
+
+    def _decide_bucket(self, host, dev, largest, odd, forced, source, bucket_key, args, kwargs) -> Decision:
+        device_type = device.device_array_type()
+        typed = list(iter_leaves((args, kwargs), lambda x: isinstance(x, (np.ndarray, np.generic)) or type(x) is device_type))
+        dtypes = tuple(sorted({str(a.dtype) for a in typed}))  # NumPy scalars' dtypes included
+        arrays = [a for a in typed if not isinstance(a, np.generic)]
+        ready = bucket_key[4]
+
+        def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "") -> Decision:
+            predicted = {NUMPY: pred.cpu_s, CUPY: pred.gpu_s} if pred is not None else {}
+            cold = pred.gpu_parts.get("cold_start", 0.0) if pred is not None else 0.0
+            return Decision(self.name, backend, reason, self.kind_text, host, dev, dtypes, predicted,
+                            profile, bucket_key[:2], savings, cold)
+
+        ignored = "; forced cupy ignored" if forced == CUPY else ""
+        if forced == NUMPY:
+            return make(NUMPY, f"forced by {source}")
+        if self.runs_after_return is not None:
+            if dev:
+                raise TypeError(
+                    f"{self.name} is {self.runs_after_return}: it runs on NumPy, and its writes could not "
+                    f"be copied back to device arrays after its body ran; pass NumPy arrays, not device arrays"
+                )
+            return make(NUMPY, f"{self.runs_after_return}: its body runs after the call returns, too late to "
+                               f"copy writes and results back from the GPU" + ignored)
+        if self.host_only is not None and not dev:
+            return make(NUMPY, self.host_only + ignored)
+        if forced == CUPY:
+            if odd:
+                return make(NUMPY, f"{first_odd_argument(args, kwargs)} cannot live on the GPU" + ignored)
+            if device.load() is None:
+                raise GPUUnavailableError(
+                    f"{self.name}: backend 'cupy' was forced by {source}, but the GPU cannot be used: "
+                    f"{device.unavailable_reason()}. Use backend='auto' (or 'numpy') to run on NumPy."
+                )
+            return make(CUPY, f"forced by {source}")
+        if odd:
+            return make(NUMPY, f"{first_odd_argument(args, kwargs)} cannot live on the GPU")
+        if host == 0 and dev == 0:
+            return make(NUMPY, "no array arguments to size the work by")
+        profile = active_profile()  # looked up per call: tests replace it
+        n_dev = sum(1 for a in arrays if type(a) is device_type)
+        n_host = len(arrays) - n_dev
+        pred = predict(profile, Request(self.work, host, dev, largest, ready, max(n_host, 1), max(n_dev, 1)))
+        why = device.unavailable_reason()
+        if why is not None:
+            return make(NUMPY, f"no GPU: {why}", pred, 0.0, profile.source)
+        backend, reason, savings = choose(pred, data_on_device=dev > 0)
+        if (backend == CUPY or dev) and device.load() is None:
+            return make(NUMPY, f"no GPU: {device.unavailable_reason()}", pred, 0.0, profile.source)
+        return make(backend, reason, pred, savings, profile.source)
+
+    def amortize(self, d: Decision) -> Decision:
+        """Send this call to the GPU once the forgone warm-GPU savings have paid for its cold start."""
+        forgone = COLD_START.add(d.warm_savings_s, d.cold_start_s)
+        if forgone is None or device.load() is None:
+            return d
+        return dataclasses.replace(
+            d, backend=CUPY, warm_savings_s=0.0,
+            reason=f"cold start ({d.cold_start_s:.2g} s) paid off: calls so far would have saved {forgone:.2g} s on a warm GPU",
+        )

@@ -1,0 +1,67 @@
+"""Where a call can run: backends registered by name, their modules imported when first needed.
+
+``register_lazy(name, module)`` names the module that implements a backend (the contract is in
+``base.Backend``); nothing is imported until the planner or the executor first asks for that
+backend, as dask's ``Dispatch.register_lazy`` and joblib's external backends do. NumPy and CuPy
+are the first two entries. ``import autooffload`` imports no backend library: the CuPy module
+imports CuPy in its ``load()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .base import (
+    DEVICE,
+    DEVICE_DTYPES,
+    DEVICE_DTYPES_TEXT,
+    HOST,
+    Backend,
+    DeviceMemory,
+    bits_differ,
+    device_runner,
+    translator_for,
+    why_not_on_device,
+)
+
+NUMPY, CUPY = "numpy", "cupy"
+
+_modules: dict[str, str] = {}  # backend name -> the module implementing it
+
+
+def register_lazy(name: str, module: str) -> None:
+    """Register the backend ``name``, implemented by ``module`` (imported on first use)."""
+    _modules[name] = module
+
+
+def names() -> tuple[str, ...]:
+    """Every registered backend's name, in registration order (NumPy first)."""
+    return tuple(_modules)
+
+
+def module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(_modules[name])
+    except KeyError:
+        raise KeyError(f"no backend named {name!r}; registered: {', '.join(_modules)}") from None
+
+
+def get(name: str) -> Backend | None:
+    """The backend object, loading its library on first use; None if it cannot run here."""
+    return module(name).load()
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run here, if known without importing its library."""
+    return module(name).unavailable_reason()
+
+
+register_lazy(NUMPY, "autooffload.backends.numpy")
+register_lazy(CUPY, "autooffload.backends.cupy")
+
+__all__ = [
+    "CUPY", "DEVICE", "DEVICE_DTYPES", "DEVICE_DTYPES_TEXT", "HOST", "NUMPY", "Backend", "DeviceMemory",
+    "bits_differ", "device_runner", "get", "module", "names", "register_lazy", "translator_for",
+    "unavailable_reason", "why_not_on_device",
+]
