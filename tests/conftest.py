@@ -30,16 +30,17 @@ def clean_autooffload(monkeypatch, tmp_path):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(tmp_path / "cache"))
     import autooffload
-    from autooffload import _backends, _dispatch
+    from autooffload import _planner
+    from autooffload.backends import cupy as device
 
     autooffload.reload_environment()
     reset_profile = getattr(__import__("autooffload._profiles", fromlist=["x"]), "reset_active_profile", None)
     if reset_profile is not None and not _is_gpu_test():
         reset_profile()
-    _dispatch._forgone_s = 0.0
+    _planner.COLD_START.reset()
     yield
     if not _is_gpu_test():
-        _backends.set_backend_for_tests(None)
+        device.set_backend_for_tests(None)
     import fake_device
 
     fake_device.FAKE_MISSING.clear()
@@ -58,12 +59,12 @@ def _is_gpu_test() -> bool:
 def fake_gpu():
     """The FakeDevice test double installed as the GPU backend."""
     import fake_device
-    from autooffload import _backends
+    from autooffload.backends import cupy
 
     device = fake_device.FakeDevice()
-    _backends.set_backend_for_tests(device)
+    cupy.set_backend_for_tests(device)
     yield device
-    _backends.set_backend_for_tests(None)
+    cupy.set_backend_for_tests(None)
 
 
 @pytest.fixture
@@ -103,10 +104,10 @@ def synthetic_profile(*, cpu_per_byte=1e-9, gpu_per_byte=1e-11, gpu_floor=20e-6,
 @pytest.fixture
 def use_profile(monkeypatch):
     """use_profile(profile): make every decision in the test use ``profile``."""
-    from autooffload import _config, _dispatch
+    from autooffload import _config, _planner
 
     def install(profile):
-        monkeypatch.setattr(_dispatch, "_active_profile", lambda: profile)
+        monkeypatch.setattr(_planner, "active_profile", lambda: profile)
         _config.invalidate_decisions()
         return profile
 

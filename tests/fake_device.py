@@ -3,7 +3,7 @@
 ``FakeDeviceArray`` is a distinct array type whose memory is ordinary host memory; like
 ``cupy.ndarray`` it refuses to mix with ``numpy.ndarray`` in ufuncs (TypeError), and NumPy
 functions called on it dispatch (NEP 18) to the fake module, which can be told to lack some
-functions. ``FakeDevice`` implements the backend interface of ``autooffload._backends`` and
+functions. ``FakeDevice`` implements the CuPy backend's contract (``autooffload.backends``) and
 counts the copies it makes. Nothing here says anything about real GPU behaviour: the tests
 marked ``gpu`` prove that on a GPU machine.
 """
@@ -15,7 +15,7 @@ import types
 
 import numpy as np
 
-from autooffload._backends import bits_differ
+from autooffload.backends import DEVICE, bits_differ, device_runner
 
 
 class FakeDeviceArray(np.ndarray):
@@ -116,9 +116,11 @@ def _pointer(a: np.ndarray) -> int:
 
 
 class FakeDevice:
-    """The backend interface of autooffload._backends.DeviceBackend, over host memory."""
+    """The CuPy backend's contract (``autooffload.backends.cupy.CupyBackend``), over host memory."""
 
     name = "fake-device"
+    memory = DEVICE
+    warmup = "process"
     xp = fake_cupy
     array_type = FakeDeviceArray
 
@@ -180,6 +182,9 @@ class FakeDevice:
 
     def module_pairs(self):
         return [(np, fake_cupy), (np.linalg, fake_cupy.linalg), (np.fft, fake_cupy.fft), (np.random, fake_cupy.random)]
+
+    def runner(self, func):
+        return device_runner(self, func)
 
     def fallback_cause(self, exc: BaseException) -> str | None:
         if isinstance(exc, (TypeError, NotImplementedError, MemoryError)):

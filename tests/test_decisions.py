@@ -117,9 +117,9 @@ def test_cost_model_runs_once_per_size_bucket(fake_gpu, use_profile, monkeypatch
     use_profile(synthetic_profile())
     calls = []
     real_predict = _costmodel.predict
-    from autooffload import _dispatch
+    from autooffload import _planner
 
-    monkeypatch.setattr(_dispatch, "predict", lambda *a: calls.append(1) or real_predict(*a))
+    monkeypatch.setattr(_planner, "predict", lambda *a: calls.append(1) or real_predict(*a))
     f = offload(lambda x: x + 1)
     for n in (1000, 1000, 1001, 1002, 1000):
         f(np.ones(n))

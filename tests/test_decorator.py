@@ -460,13 +460,13 @@ def test_a_multiprocessing_pool_maps_offloaded_functions():
 
 def test_decision_caches_stay_bounded_over_many_distinct_sizes(monkeypatch):
     # From the probe mem_growth.py: the exact cache is cleared at its limit, buckets are few.
-    from autooffload import _dispatch
+    from autooffload import _planner
 
-    monkeypatch.setattr(_dispatch, "_EXACT_CACHE_LIMIT", 64)
+    monkeypatch.setattr(_planner, "_EXACT_CACHE_LIMIT", 64)
     f = offload(lambda x: np.sum(x))
     for n in range(1000):
         f(np.empty(n, dtype=np.uint8))
         f([np.empty(n % 50, dtype=np.uint8)])  # the general path's keys
-    state = f.__autooffload__
-    assert len(state.exact) <= 64 and len(state.fast) <= 64
-    assert len(state.buckets) < 40
+    planner = f.__autooffload__.planner
+    assert len(planner.exact) <= 64 and len(planner.fast) <= 64
+    assert len(planner.buckets) < 40

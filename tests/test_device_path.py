@@ -343,7 +343,7 @@ def test_repeated_device_resident_calls_see_reassigned_globals_and_copy_nothing(
         out = f(x)
         assert type(out) is FakeDeviceArray and np.array_equal(np.asarray(out), np.arange(4.0) * expected)
     SCALE = 2.0
-    assert f.__autooffload__.resident is not None, f.last_decision  # the later calls took the resident lane
+    assert f.__autooffload__.executor.resident is not None, f.last_decision  # the later calls took the resident lane
     assert f.stats.cupy == 4 and fake_gpu.to_device_calls == 0 and fake_gpu.to_host_calls == 0
 
 
@@ -382,7 +382,7 @@ def test_device_resident_xp_function_gets_the_device_module_and_falls_back_with_
     big = (rng.random(9) + 0.5).view(FakeDeviceArray)
     f(small)
     out = f(small)
-    assert type(out) is FakeDeviceArray and f.__autooffload__.resident is not None
+    assert type(out) is FakeDeviceArray and f.__autooffload__.executor.resident is not None
     assert np.allclose(np.asarray(out), np.sqrt(np.asarray(small)))
     fake_device.FAKE_MISSING.add("median")
     with pytest.warns(GPUFallbackWarning, match="median"):
@@ -454,7 +454,7 @@ def test_generators_and_coroutines_run_on_numpy_when_cupy_is_forced_by_config(bo
 
 @pytest.mark.parametrize("body, consume, what", _LAZY_BODIES)
 def test_generators_and_coroutines_stay_on_numpy_when_the_gpu_would_win(body, consume, what, fake_gpu, use_profile):
-    from autooffload import _backends
+    from autooffload.backends import cupy as _backends
     from conftest import synthetic_profile
 
     use_profile(synthetic_profile(cold_start=0.0))

@@ -178,7 +178,7 @@ def test_a_long_double_result_of_a_numpy_run_of_device_data_stays_on_the_host(fa
 
 
 def test_every_device_dtype_is_held_in_either_byte_order():
-    from autooffload._backends import DEVICE_DTYPES
+    from autooffload.backends import DEVICE_DTYPES
 
     held = ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"]
     for code in held:

@@ -15,7 +15,8 @@ import warnings
 import numpy as np
 import pytest
 
-from autooffload import _backends, _config, _profiles, offload
+from autooffload import _config, _profiles, offload
+from autooffload.backends import cupy as _backends
 from autooffload.errors import AutoOffloadWarning, ConfigError, GPUUnavailableError, ProfileWarning
 
 

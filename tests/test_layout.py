@@ -106,7 +106,7 @@ def test_the_cycle_finder_sees_function_level_imports(tmp_path):
     assert import_cycles({"a": {"b"}, "b": set()}) == []
     graph = package_import_graph()
     assert "autooffload._profiles.store" in graph["autooffload._profiles.resolve"]
-    assert "autooffload._profiles" in graph["autooffload._dispatch"]  # a function-level import
+    assert "autooffload._profiles" in graph["autooffload._planner"]  # a function-level import
 
 
 def test_profiles_is_split_by_concern():

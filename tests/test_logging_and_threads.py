@@ -213,9 +213,9 @@ def test_each_thread_sees_only_its_own_nested_config_blocks(fake_gpu):
 
 def test_threads_racing_through_a_small_decision_cache_get_numpys_results(monkeypatch, fake_gpu):
     # From the probe threads_stress.py: the exact-decision cache is cleared while others read it.
-    from autooffload import _dispatch
+    from autooffload import _planner
 
-    monkeypatch.setattr(_dispatch, "_EXACT_CACHE_LIMIT", 8)
+    monkeypatch.setattr(_planner, "_EXACT_CACHE_LIMIT", 8)
 
     @offload
     def f(x, y):
@@ -251,5 +251,5 @@ def test_threads_racing_through_a_small_decision_cache_get_numpys_results(monkey
     for t in threads:
         t.join()
     assert not bad, bad[:5]
-    assert len(f.__autooffload__.exact) <= 8 and len(g.__autooffload__.exact) <= 8
+    assert len(f.__autooffload__.planner.exact) <= 8 and len(g.__autooffload__.planner.exact) <= 8
     assert f.stats.calls == g.stats.calls == 900

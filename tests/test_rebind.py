@@ -143,9 +143,9 @@ def test_twins_are_cached(on_gpu):
 
     f(np.ones(3))
     state = f.__autooffload__
-    first = state.device_fns[id(on_gpu)][1]
+    first = state.executor.runners[id(on_gpu)][1]
     f(np.ones(3))
-    assert state.device_fns[id(on_gpu)][1] is first
+    assert state.executor.runners[id(on_gpu)][1] is first
 
 
 def test_with_config_numpy_never_touches_the_device(fake_gpu):

@@ -286,7 +286,7 @@ def test_the_functions_own_type_error_is_raised_once_with_writes_kept(on_gpu):
         with pytest.raises(TypeError, match="x must be small"):
             f(x)
     assert calls == [1] and x[0] == 5.0
-    assert f.stats.fallbacks == 0 and f.stats.numpy == 0 and not f.__autooffload__.blocked
+    assert f.stats.fallbacks == 0 and f.stats.numpy == 0 and not f.__autooffload__.records.failures
 
 
 def test_a_type_error_from_a_c_function_still_falls_back(on_gpu):

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._address import array_address
-from ._backends import DEVICE_DTYPES, DeviceBackend, bits_differ, why_not_on_device
+from .backends import DEVICE_DTYPES, DeviceMemory, bits_differ, why_not_on_device
 from ._layout import translate_view
 from ._rebind import _LIBRARY_ROOTS
 
@@ -292,7 +292,7 @@ class _Region:
 class Moved:
     """One call's arguments moved to the other side, and the way back."""
 
-    def __init__(self, backend: DeviceBackend, to_device: bool, pure: bool):
+    def __init__(self, backend: DeviceMemory, to_device: bool, pure: bool):
         self.containers: list = []
         self.tuples: dict[int, tuple] = {}  # id(rebuilt tuple) -> (it, the caller's tuple)
         self.backend = backend
@@ -587,5 +587,5 @@ class Moved:
         return None
 
 
-def move(backend: DeviceBackend, args: tuple, kwargs: dict, *, to_device: bool, pure: bool) -> Moved:
+def move(backend: DeviceMemory, args: tuple, kwargs: dict, *, to_device: bool, pure: bool) -> Moved:
     return Moved(backend, to_device, pure).move(args, kwargs)

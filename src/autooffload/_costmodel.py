@@ -16,13 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from . import backends
 from ._profiles import BackendTiming, Curve, Profile
 from ._units import format_bytes
-
-NUMPY, CUPY = "numpy", "cupy"
-# The backends predicted, in the order predictions list them. A profile's other backends are
-# ignored (a newer profile may know one this version cannot run).
-BACKENDS = (NUMPY, CUPY)
+from .backends import CUPY, NUMPY
 
 # Bytes of result per byte of the largest input, per kind (used to predict copies of the result).
 # FFT of real input returns complex: twice the bytes. A reduction returns a few scalars.
@@ -197,13 +194,16 @@ def _predict_backend(
 
 
 def predict(profile: Profile, req: Request) -> Prediction:
-    """Predicted seconds of ``req`` on each backend of ``BACKENDS``."""
+    """Predicted seconds of ``req`` on each registered backend, in registration order.
+
+    A profile's other backends are ignored (a newer profile may know one this version cannot
+    run); a registered backend the profile has no curves for is predicted as None."""
     kinds = [(resolve_kind(profile, kind), count) for kind, count in req.work]
     total = max(req.total_bytes, 1)
     out_bytes = max(OUTPUT_RATIO.get(kind, 1.0) for kind, _ in req.work) * req.largest_bytes
     seconds: dict[str, float | None] = {}
     parts: dict[str, dict[str, float]] = {}
-    for name in BACKENDS:
+    for name in backends.names():
         backend = profile.backend(name)
         backend_parts = _predict_backend(profile, backend, req, kinds, total, out_bytes) if backend is not None else None
         seconds[name] = sum(backend_parts.values()) if backend_parts is not None else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import sys
 import types
 from typing import Any, Callable
@@ -304,7 +305,7 @@ def _make_fastpath(state: _State, attrs: dict):
 
 
 def _make_offloaded(func: Callable, state: _State) -> Callable:
-    attrs: dict[str, Any] = {}  # becomes the wrapper's __dict__; the hot path and the C check store last_decision there
+    attrs = state.attrs  # becomes the wrapper's __dict__; the hot path and the C check store last_decision there
     names = _hot_path_names(state, attrs)
     state.fastpath = _make_fastpath(state, attrs)
     if state.fastpath is not None:
@@ -319,7 +320,6 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
     offloaded.__autooffload__ = state
     offloaded.last_decision = None
     offloaded.stats = Stats(state)
-    state.wrapper = offloaded
     return offloaded
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import backends
 from ._arguments import Ineligible, NumPyWouldRaise, move
-from ._decide import Decision
+from ._costmodel import Decision
 from ._reachable import Reachable
 from ._records import Outcome, Records, type_signature
 from .backends import CUPY, NUMPY

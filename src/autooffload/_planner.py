@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _config, _log
 from ._arguments import iter_leaves
-from ._decide import Decision, Request, choose, predict, size_bucket
+from ._costmodel import Decision, Request, choose, predict, size_bucket
 from .backends import CUPY, NUMPY, why_not_on_device
 from .backends import cupy as device
 from .errors import ConfigError, GPUUnavailableError
@@ -63,9 +63,9 @@ def first_odd_argument(args: tuple, kwargs: dict) -> str:
 
 
 def active_profile():
-    from . import _profile
+    from ._profiles import active_profile as resolved  # pydantic and the files load at the first decision
 
-    return _profile.active_profile()
+    return resolved()
 
 
 class ColdStartLedger:
@@ -199,8 +199,8 @@ class Planner:
         ready = bucket_key[4]
 
         def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "") -> Decision:
-            predicted = {NUMPY: pred.cpu_s, CUPY: pred.gpu_s} if pred is not None else {}
-            cold = pred.gpu_parts.get("cold_start", 0.0) if pred is not None else 0.0
+            predicted = dict(pred.seconds) if pred is not None else {}
+            cold = pred.parts[CUPY].get("cold_start", 0.0) if pred is not None else 0.0
             return Decision(self.name, backend, reason, self.kind_text, host, dev, dtypes, predicted,
                             profile, bucket_key[:2], savings, cold)
 

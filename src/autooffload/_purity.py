@@ -151,7 +151,7 @@ def sets_array_flags(func: Any) -> str | None:
     inner = getattr(func, "__func__", func)
     if type(inner) is not types.FunctionType:
         return None
-    for code in _code_objects(inner.__code__):
+    for code in code_objects(inner.__code__):
         for ins in dis.get_instructions(code):
             if ins.argval in _FLAG_WRITES and ins.opname in ("STORE_ATTR", "LOAD_ATTR", "LOAD_METHOD"):
                 if ins.argval == "setflags" or ins.opname == "STORE_ATTR":
