@@ -12,16 +12,20 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from . import backends
 from .errors import ConfigError
 
-BACKEND_CHOICES = ("numpy", "cupy", "auto")
+def backend_choices() -> tuple[str, ...]:
+    """What a user may steer by: every registered backend's name, and "auto" (the cost model)."""
+    return (*backends.names(), "auto")
 
 
 def check_backend(value: object, where: str) -> str:
     """``value`` if it names a backend choice; a ConfigError naming ``where`` otherwise."""
-    if isinstance(value, str) and value.lower() in BACKEND_CHOICES:
+    choices = backend_choices()
+    if isinstance(value, str) and value.lower() in choices:
         return value.lower()
-    raise ConfigError(f"{where} must be one of {', '.join(map(repr, BACKEND_CHOICES))}; got {value!r}")
+    raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 @dataclass(frozen=True)

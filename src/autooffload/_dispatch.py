@@ -58,16 +58,23 @@ class Stats:
     def __init__(self, state: "_State"):
         self._state = state
 
+    def count(self, backend: str) -> int:
+        """Calls that ran on ``backend`` (NumPy's include fallbacks and the C check's calls)."""
+        n = self._state.records.count(backend)
+        fastpath = self._state.fastpath
+        if backend == NUMPY and fastpath is not None:
+            n += fastpath.hits
+        return n
+
     @property
     def numpy(self) -> int:
         """Calls that ran on NumPy (fallbacks included)."""
-        fastpath = self._state.fastpath
-        return self._state.records.count(NUMPY) + (fastpath.hits if fastpath is not None else 0)
+        return self.count(NUMPY)
 
     @property
     def cupy(self) -> int:
         """Calls that ran on the GPU."""
-        return self._state.records.count(CUPY)
+        return self.count(CUPY)
 
     @property
     def fallbacks(self) -> int:
@@ -81,10 +88,11 @@ class Stats:
 
     @property
     def calls(self) -> int:
-        return self.numpy + self.cupy
+        return sum(self.count(name) for name in backends.names())
 
     def as_dict(self) -> dict[str, int]:
-        return {"numpy": self.numpy, "cupy": self.cupy, "fallbacks": self.fallbacks, "decisions": self.decisions}
+        return {**{name: self.count(name) for name in backends.names()},
+                "fallbacks": self.fallbacks, "decisions": self.decisions}
 
     def __repr__(self) -> str:
         return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"

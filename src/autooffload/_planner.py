@@ -5,7 +5,7 @@ One planner per offloaded function. It owns the function's decision caches: the 
 size-bucket cache behind it, and the subset the C check of the NumPy path may answer alone. On
 a miss it applies the steering rules (``config()`` > ``@offload(backend=)`` >
 ``AUTOOFFLOAD_BACKEND``), then the eligibility rules (dtypes, a usable GPU), then the pure cost
-model (``_decide``). The cold-start ledger is process-wide (a CUDA context is per process) and
+model (``_costmodel``). The cold-start ledger is process-wide (a CUDA context is per process) and
 lives in ``COLD_START``.
 """
 
@@ -205,6 +205,9 @@ class Planner:
                             profile, bucket_key[:2], savings, cold)
 
         ignored = "; forced cupy ignored" if forced == CUPY else ""
+        if forced not in (None, NUMPY, CUPY):
+            raise ConfigError(f"{self.name}: backend {forced!r} (forced by {source}) is registered, but the "
+                              f"planner has no rules for it yet; use 'numpy', 'cupy' or 'auto'")
         if forced == NUMPY:
             return make(NUMPY, f"forced by {source}")
         if self.runs_after_return is not None:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy
 
+from . import backends
 from ._costmodel import KINDS
 from ._profiles import (
     REFERENCE_BACKEND,
@@ -303,13 +304,30 @@ def cupy_side() -> tuple[DeviceSide | None, str]:
     )
 
 
+def _numpy_side_or_why() -> tuple[Side | None, str | None]:
+    return numpy_side(), None
+
+
+# How to measure each backend the registry knows, by its name.
+_SIDE_MAKERS: dict[str, Callable[[], tuple[Side | None, str | None]]] = {
+    "numpy": _numpy_side_or_why,
+    "cupy": cupy_side,
+}
+
+
 def sweep_sides() -> tuple[dict[str, Side], list[str]]:
-    """The sides this machine can measure, by backend name, and notes on those it cannot."""
-    sides: dict[str, Side] = {"numpy": numpy_side()}
-    cupy, why_not = cupy_side()
-    if cupy is not None:
-        sides[cupy.name] = cupy
-    return sides, [why_not] if why_not else []
+    """The sides this machine can measure, one per registered backend (``backends.names()``), and
+    notes on those it cannot."""
+    sides: dict[str, Side] = {}
+    notes: list[str] = []
+    for name in backends.names():
+        maker = _SIDE_MAKERS.get(name)
+        side, why_not = maker() if maker is not None else (None, f"no sweep side for backend {name!r}")
+        if side is not None:
+            sides[name] = side
+        elif why_not:
+            notes.append(why_not)
+    return sides, notes
 
 
 def free_host_bytes() -> int:

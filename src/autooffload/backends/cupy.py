@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import _config
-from .base import DEVICE, Backend, DeviceMemory, bits_differ, device_runner
+from .base import DEVICE, DEVICE_DTYPES, Backend, DeviceMemory, bits_differ, device_runner
 
 logger = logging.getLogger("autooffload")
 
@@ -28,6 +28,7 @@ class CupyBackend(Backend, DeviceMemory):
     name = "cupy"
     memory = DEVICE
     warmup = "process"  # the CUDA context and kernel loading: the cold start
+    dtypes = DEVICE_DTYPES
 
     def __init__(self, cupy: ModuleType):
         self.xp = cupy
