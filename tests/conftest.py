@@ -29,6 +29,9 @@ def clean_autooffload(monkeypatch, tmp_path):
         if name.startswith("AUTOOFFLOAD_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(tmp_path / "cache"))
+    from autooffload import _learn
+
+    _learn.reset_for_tests()  # each test learns afresh, into its own cache dir
     import autooffload
     from autooffload import _planner
     from autooffload.backends import cupy as device

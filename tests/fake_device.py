@@ -177,6 +177,9 @@ class FakeDevice:
         self.changed_calls += 1
         return [bool(bits_differ(a.view(np.ndarray), b.view(np.ndarray)).any()) for a, b in pairs]
 
+    def synchronize(self) -> None:
+        pass  # host memory: nothing is in flight
+
     def free_memory(self) -> None:
         pass
 

@@ -3,6 +3,8 @@
 import math
 
 import numpy as np
+
+import autooffload
 import pytest
 
 from autooffload import _costmodel, offload
@@ -114,6 +116,9 @@ def test_dispatcher_follows_the_profile(fake_gpu, use_profile):
 
 
 def test_cost_model_runs_once_per_size_bucket(fake_gpu, use_profile, monkeypatch):
+    # Profile alone: with learning, a bucket is decided again once its measurements are trusted.
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "0")
+    autooffload.reload_environment()
     use_profile(synthetic_profile())
     calls = []
     real_predict = _costmodel.predict
@@ -128,7 +133,9 @@ def test_cost_model_runs_once_per_size_bucket(fake_gpu, use_profile, monkeypatch
     assert f.stats.decisions == 3  # three distinct exact sizes
 
 
-def test_cold_start_is_paid_once_the_forgone_savings_exceed_it(fake_gpu, use_profile):
+def test_cold_start_is_paid_once_the_forgone_savings_exceed_it(fake_gpu, use_profile, monkeypatch):
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "0")  # the ledger against the profile's exact numbers
+    autooffload.reload_environment()
     # Warm GPU saves ~0.079 s per call; the cold start costs 0.5 s: ski rental flips on call 7.
     use_profile(synthetic_profile(cold_start=0.5))
     f = offload(kind="elementwise")(lambda x: x + 1)

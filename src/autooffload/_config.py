@@ -35,6 +35,7 @@ class Environment:
     log_path: str | None
     profile_path: str | None
     cache_dir: str | None
+    learn: bool  # AUTOOFFLOAD_LEARN: decisions use the function's own measured times (_learn.py)
 
 
 def _read_environment() -> Environment:
@@ -43,12 +44,16 @@ def _read_environment() -> Environment:
     raw_disable = os.environ.get("AUTOOFFLOAD_DISABLE_GPU", "").strip().lower()
     if raw_disable not in ("", "0", "1", "true", "false", "yes", "no"):
         raise ConfigError(f"AUTOOFFLOAD_DISABLE_GPU must be 1/0 (or true/false, yes/no); got {raw_disable!r}")
+    raw_learn = os.environ.get("AUTOOFFLOAD_LEARN", "").strip().lower()
+    if raw_learn not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"AUTOOFFLOAD_LEARN must be 1/0 (or true/false, yes/no); got {raw_learn!r}")
     return Environment(
         backend=backend,
         disable_gpu=raw_disable in ("1", "true", "yes"),
         log_path=os.environ.get("AUTOOFFLOAD_LOG") or None,
         profile_path=os.environ.get("AUTOOFFLOAD_PROFILE") or None,
         cache_dir=os.environ.get("AUTOOFFLOAD_CACHE_DIR") or None,
+        learn=raw_learn not in ("0", "false", "no"),
     )
 
 

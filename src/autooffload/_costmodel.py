@@ -102,6 +102,13 @@ class Decision:
     # GPU seconds saved per call if the GPU were warm (>0 while only the cold start stands in the way).
     warm_savings_s: float = 0.0
     cold_start_s: float = 0.0  # the one-off GPU start cost those savings must pay back
+    # Where each backend's prediction came from: "profile", "learned from 12 calls", "profile,
+    # corrected x3.1 by this function's history" (_learn.py); empty where nothing was predicted.
+    sources: dict[str, str] = field(default_factory=dict)
+    # The profile's own predictions, before learning adjusted them (what history errors are against).
+    profile_s: dict[str, float | None] = field(default_factory=dict)
+    observe: bool = False  # this call's time is measured (see _learn.py)
+    exploring: bool = False  # the model is uncertain: this call tries another backend
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -113,7 +120,8 @@ class Decision:
         def fmt(s: float | None) -> str:
             return "n/a" if s is None else f"{s * 1e3:.3g} ms"
 
-        pred = ", ".join(f"{b} {fmt(s)}" for b, s in self.predicted_s.items())
+        pred = ", ".join(f"{b} {fmt(s)}" + (f" ({self.sources[b]})" if self.sources.get(b, "profile") != "profile" else "")
+                         for b, s in self.predicted_s.items())
         details = [self.kind, f"host {format_bytes(self.host_bytes)}, device {format_bytes(self.device_bytes)}"]
         if pred:
             details.append(f"predicted {pred}")

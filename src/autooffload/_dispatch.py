@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _config, _log, backends
+from . import _config, _learn, _log, backends
 from ._costmodel import KINDS, Decision
 from ._executor import PASSIVE, Executor
 from ._kinds import describe, infer_work
@@ -128,6 +128,9 @@ class _State:
         self.planner = Planner(self.name, work, kind_text, backend_choice, self.records,
                                host_only=host_only_reason(func), runs_after_return=runs_after_return)
         self.planner.fast_allowed = not self.inject_xp
+        self.learner = _learn.Learner(func)
+        self.learner.revisit = self.planner.reset  # a measurement that changes the answer: decide again
+        self.planner.learner = self.learner
         _config.register_decision_cache(self.planner)
         # Whether the code can write into its arguments at all (see _purity.py): if not, calls
         # with plain array and scalar arguments skip the write detection.
@@ -155,9 +158,36 @@ class _State:
             if _log.active():
                 _log.record(d, first_in_bucket=False)
         self.report(d)
+        if d.observe:
+            return self.run_observed(d, args, kwargs)
         if d.backend == NUMPY and not dev:
             return self.executor.run_numpy(args, kwargs, False)
         return self.executor.run(d, args, kwargs)
+
+    def run_observed(self, d: Decision, args: tuple, kwargs: dict) -> Any:
+        """Run ``d`` and measure it: the whole call, including the copies and the device work it
+        waited for (a device run on host data ends in a synchronization)."""
+        start = _learn.clock()
+        raised = True
+        try:
+            if d.backend == NUMPY and not d.device_bytes:
+                result = self.executor.run_numpy(args, kwargs, False)
+            else:
+                result = self.executor.run(d, args, kwargs)
+                ran = self.attrs.get("last_decision", d).backend
+                if ran != NUMPY:
+                    backends.get(ran).synchronize()
+            raised = False
+            return result
+        finally:
+            self._observed(d, _learn.clock() - start, raised)
+
+    def _observed(self, d: Decision, seconds: float, raised: bool) -> None:
+        ran = self.attrs.get("last_decision", d)
+        if not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
+            self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring)
+        if _log.active():
+            _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)
 
 
 def _hot_path_names(state: _State, attrs: dict) -> dict[str, Any]:
@@ -182,6 +212,7 @@ def _hot_path_names(state: _State, attrs: dict) -> dict[str, Any]:
         "_ao_numpy": NUMPY,
         "_ao_cupy": CUPY,
         "_ao_general": state.call,
+        "_ao_observed": state.run_observed,
         "_ao_seen_device_type": device.seen_array_type,
     }
 
@@ -212,6 +243,8 @@ def _ao_make({closure}):
             if _ao_debug or _ao_planner.log_path is not None:
                 _ao_record(_ao_d, first_in_bucket=False)
         _ao_attrs["last_decision"] = _ao_d  # the wrapper's __dict__: {name} may be a parameter's name
+        if _ao_d.observe:
+            return _ao_observed(_ao_d, {args}, {kwargs})
         if _ao_d.backend is _ao_numpy and not _ao_dev:
             if _ao_inject_xp:
                 return _ao_executor.run_numpy({args}, {kwargs}, False)

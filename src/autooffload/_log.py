@@ -23,17 +23,27 @@ def active() -> bool:
     return logger.isEnabledFor(DEBUG) or _config.environment().log_path is not None
 
 
-def record(decision, *, first_in_bucket: bool) -> None:
-    """DEBUG for every decision, INFO the first time a function meets a size bucket, JSON line to the file."""
+def record(decision, *, first_in_bucket: bool, observed_s: float | None = None, raised: bool = False) -> None:
+    """DEBUG for every decision, INFO the first time a function meets a size bucket, JSON line to the file.
+
+    A decision that is measured (``decision.observe``) is written to the file after its call,
+    with ``observed_s`` beside ``predicted_s`` (and ``raised`` if the call raised): one line per call.
+    """
     global _unwritable_in
-    level = INFO if first_in_bucket else DEBUG
-    if logger.isEnabledFor(level):
-        logger.log(level, "%s", decision)
+    if observed_s is None:
+        level = INFO if first_in_bucket else DEBUG
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s", decision)
     env = _config.environment()
     path = env.log_path
-    if path is None or env is _unwritable_in:
+    if path is None or env is _unwritable_in or (decision.observe and observed_s is None):
         return
-    line = json.dumps({"time": time.time(), **decision.to_dict()}, default=str)
+    fields = {"time": time.time(), **decision.to_dict()}
+    if observed_s is not None:
+        fields["observed_s"] = observed_s
+        if raised:
+            fields["raised"] = True
+    line = json.dumps(fields, default=str)
     # Records are made before the function runs: a log that fails here must not stop the call.
     with _file_lock:
         if env is _unwritable_in:

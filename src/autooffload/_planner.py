@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _config, _log
+from . import _config, _learn, _log
 from ._arguments import iter_leaves
 from ._costmodel import Decision, Request, choose, predict, size_bucket
 from .backends import CUPY, NUMPY, why_not_on_device
@@ -111,6 +111,7 @@ class Planner:
         # runs after the call returns (a generator or coroutine), or it sets array flags.
         self.runs_after_return = runs_after_return
         self.host_only = host_only
+        self.learner: _learn.Learner | None = None  # set by the function's _State
         # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
         # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
         # GPU readiness, the profile and the environment are not in the keys: when they change,
@@ -181,7 +182,8 @@ class Planner:
             self.exact.clear()
             self.fast.clear()
         self.exact[key] = d
-        if type(key) is int and d.backend == NUMPY and not d.warm_savings_s and self.log_path is None and self.fast_allowed:
+        if (type(key) is int and d.backend == NUMPY and not d.warm_savings_s and not d.observe
+                and self.log_path is None and self.fast_allowed):
             self.fast[key] = d  # a plain NumPy call: the C check may answer it alone from now on
             _log.logger.isEnabledFor(_log.DEBUG)  # fills logging's level cache, which the C check reads
         next(self.records.decisions)
@@ -198,11 +200,11 @@ class Planner:
         arrays = [a for a in typed if not isinstance(a, np.generic)]
         ready = bucket_key[4]
 
-        def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "") -> Decision:
+        def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "", **learned) -> Decision:
             predicted = dict(pred.seconds) if pred is not None else {}
             cold = pred.parts[CUPY].get("cold_start", 0.0) if pred is not None else 0.0
             return Decision(self.name, backend, reason, self.kind_text, host, dev, dtypes, predicted,
-                            profile, bucket_key[:2], savings, cold)
+                            profile, bucket_key[:2], savings, cold, **learned)
 
         ignored = "; forced cupy ignored" if forced == CUPY else ""
         if forced not in (None, NUMPY, CUPY):
@@ -240,10 +242,28 @@ class Planner:
         why = device.unavailable_reason()
         if why is not None:
             return make(NUMPY, f"no GPU: {why}", pred, 0.0, profile.source)
+        learner = self.learner if self.learner is not None and _learn.enabled() else None
+        if learner is None:
+            backend, reason, savings = choose(pred, data_on_device=dev > 0)
+            if (backend == CUPY or dev) and device.load() is None:
+                return make(NUMPY, f"no GPU: {device.unavailable_reason()}", pred, 0.0, profile.source)
+            return make(backend, reason, pred, savings, profile.source)
+        bucket = bucket_key[:2]
+        profile_s = dict(pred.seconds)
+        pred, sources = learner.adjust(pred, bucket)
         backend, reason, savings = choose(pred, data_on_device=dev > 0)
+        exploring = False
+        if not dev:  # device-resident calls are not timed (see _learn.py)
+            other = learner.exploration(pred, backend, bucket, sources)
+            if other is not None:
+                reason = (f"exploring {other}: predicted {pred.seconds[other] * 1e3:.3g} ms against "
+                          f"{pred.seconds[backend] * 1e3:.3g} ms on {backend}, from {sources.get(other, 'the profile')}")
+                backend, savings, exploring = other, 0.0, True
         if (backend == CUPY or dev) and device.load() is None:
             return make(NUMPY, f"no GPU: {device.unavailable_reason()}", pred, 0.0, profile.source)
-        return make(backend, reason, pred, savings, profile.source)
+        observe = not dev and (exploring or learner.wants_observation(backend, bucket, backend != NUMPY))
+        return make(backend, reason, pred, savings, profile.source, sources=sources, profile_s=profile_s,
+                    observe=observe, exploring=exploring)
 
     def amortize(self, d: Decision) -> Decision:
         """Send this call to the GPU once the forgone warm-GPU savings have paid for its cold start."""

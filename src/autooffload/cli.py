@@ -274,6 +274,46 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def format_history(rows: list[dict]) -> str:
+    """The learned history as a table: per function and size, calls, observed vs predicted time."""
+    if not rows:
+        return "no learned history on this machine yet (offloaded calls record it as they run)"
+    lines = [f"{'function':<44} {'size':>9}  {'backend':<7} {'calls':>6} {'observed':>10} {'predicted':>10}  note"]
+    total_saved = 0.0
+    for row in rows:
+        size = human_bytes(2.0 ** (max(row["bucket"][0] if row["bucket"][1] < 0 else row["bucket"][1], 0) / 2))
+        where = "host" if row["bucket"][1] < 0 else "device"
+        for backend, calls in sorted(row["calls"].items()):
+            note = ""
+            if backend == row["choice"]:
+                note = "chosen"
+                if row["saved_s"] > 0:
+                    note += f"; saved {human_seconds(row['saved_s'])} over the profile's {row['profile_choice']}"
+            name = row["function"].rsplit(":", 1)[0] if row["function"].count(":") >= 2 else row["function"]
+            lines.append(f"{name[-44:]:<44} {size:>9}  {backend:<7} {calls:>6} "
+                         f"{human_seconds(row['observed_s'][backend]):>10} {human_seconds(row['predicted_s'][backend]):>10}  "
+                         f"{note} ({where} data)".rstrip())
+        total_saved += row["saved_s"]
+    lines.append(f"learning saved {human_seconds(total_saved)} in all, as far as measured")
+    return "\n".join(lines)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from . import _learn
+    from ._history import summary
+
+    if args.clear:
+        _learn.STORE.clear()
+        print(f"autooffload: forgot the learned history ({_learn.history_path()})")
+        return EXIT_OK
+    rows = summary(_learn.STORE.all_functions())
+    if args.json:
+        print(json.dumps(rows, default=list, indent=1))
+    else:
+        print(format_history(rows))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autooffload",
@@ -296,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", required=True, metavar="FILE.png", help="image to write")
     plot.add_argument("path", nargs="?", metavar="PATH", help="profile file (default: the one in use)")
     plot.set_defaults(run=cmd_plot)
+
+    history = commands.add_parser("history", help="what each function's own calls measured, and what learning saved")
+    history.add_argument("--clear", action="store_true", help="forget the learned history of this machine")
+    history.add_argument("--json", action="store_true", help="print the rows as JSON")
+    history.set_defaults(run=cmd_history)
     return parser
 
 

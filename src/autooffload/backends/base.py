@@ -69,6 +69,8 @@ class Backend:
       function itself, a device twin with NumPy names rebound, a compiled version), the twin to
       refresh before each call (or None), and how it was found; ``(None, None, why)`` when there
       is no version of ``func`` for this backend;
+    - ``synchronize()``: wait for the work it queued (a device stream), so a measured call's time
+      is the real one; host backends return at once (the default);
     - ``fallback_cause(exc)``: a short cause if ``exc`` means "this backend cannot run the code
       as written" (the call is then redone on NumPy and the argument types remembered), None if
       the exception is the function's own.
@@ -85,6 +87,9 @@ class Backend:
 
     def runner(self, func: Callable) -> tuple[Callable | None, Any, str]:
         raise NotImplementedError
+
+    def synchronize(self) -> None:
+        return None
 
     def fallback_cause(self, exc: BaseException) -> str | None:
         return None

@@ -75,6 +75,10 @@ class CupyBackend(Backend, DeviceMemory):
         flags = xp.stack([xp.any(bits_differ(a, b)) for a, b in pairs])
         return [bool(f) for f in flags.get()]
 
+    def synchronize(self) -> None:
+        """Wait for the current stream: a measured call's time includes the device work."""
+        self.xp.cuda.get_current_stream().synchronize()
+
     def free_memory(self) -> None:
         """Give cached device blocks back (after an out-of-memory failure)."""
         self.xp.get_default_memory_pool().free_all_blocks()

@@ -1,0 +1,208 @@
+"""Decisions that learn: a function's own measured times correct the profile's predictions.
+
+The profile predicts from curves per kind of work; a function whose work its code does not show
+(a Python loop of small operations, a library function of unknown kind, a shape the byte count
+hides) can be predicted 10-50x wrong. Each offloaded function therefore keeps its observed
+times (``_history``) and, per backend and size bucket, its decisions use:
+
+1. **what it measured there**, once the cell is trusted (two samples after the dropped first):
+   "learned from N calls";
+2. else **its neighbouring sizes**: a least-squares line in log-log space through its trusted
+   cells of that backend and data location (as StarPU's regression models fit ``a*n^b``), used
+   only between the smallest and largest size it has seen, slope clamped to [0, 2];
+3. else **the profile, corrected** by the function's own error there: the observed/predicted
+   ratio of its nearest trusted cell on that backend (a function 30x slower on the GPU than
+   predicted at one size is not 30x cheaper at the next);
+4. else the profile.
+
+**Exploration with bounded regret.** When the model is uncertain (the best alternative is
+predicted within ``EXPLORE_WITHIN`` of the choice, or the choice's own prediction was corrected
+by more than that factor) and the alternative has not been measured at this size, one call runs
+there instead ("exploring"), and again until its cell is trusted, but only while the exploring
+calls' observed seconds, plus the predicted seconds of the next one, stay within
+``EXPLORE_FRACTION`` of everything the function has been observed to run in this process. So
+over any run, exploring costs at most ``EXPLORE_FRACTION`` x the observed time, plus the
+misprediction of one call (the last exploring call may take longer than predicted). Writes,
+results and fallback behave exactly as on any other call: exploring only changes the backend.
+
+**What is observed.** Calls whose decision says ``observe`` (learning is on, the data is on the
+host, and the chosen backend is not yet trusted there, or exploration is pending, or the call
+runs on a device backend) are timed with a ``perf_counter`` pair around the whole call; a device
+run on host data ends in the copy out (or a stream synchronization where nothing is copied out),
+so the time includes the device work it waited for. Once a bucket is trusted and certain, its
+NumPy calls go back to the untimed hot path and the C check. Calls on device-resident data are
+not timed (that would add a synchronization); their decisions use the profile.
+
+``AUTOOFFLOAD_LEARN=0`` turns all of this off: the profile alone decides, as before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import _config
+from ._costmodel import Prediction
+from ._history import FunctionHistory, Store, function_key
+
+EXPLORE_FRACTION = 0.10  # of a function's observed seconds, at most, spent exploring
+EXPLORE_WITHIN = 2.0  # predictions closer than this factor (or corrected by more) are uncertain
+REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
+clock = time.perf_counter  # tests replace it
+
+
+def history_path() -> Path | None:
+    """This machine's history file under the cache dir (one per machine, like its profile)."""
+    try:
+        from ._profiles import cache_dir, machine_id
+
+        return cache_dir() / f"history-{machine_id()}.json"
+    except Exception:  # no usable cache dir: learn in memory only
+        return None
+
+
+STORE = Store(history_path)
+
+
+def enabled() -> bool:
+    try:
+        return _config.environment().learn
+    except Exception:
+        return False
+
+
+def _bucket_bytes(bucket: tuple[int, int]) -> float:
+    """Representative bytes of a (host, device) half-octave bucket: its data location's bytes."""
+    b = bucket[0] if bucket[1] < 0 else bucket[1]
+    return 2.0 ** (max(b, 0) / 2)
+
+
+def loglog_fit(points: list[tuple[float, float]], at: float) -> float | None:
+    """Seconds at ``at`` bytes from (bytes, seconds) points, or None outside their range."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    xs = [x for x, _ in points]
+    if not (min(xs) <= at <= max(xs)):
+        return None
+    lx = [math.log(x) for x, _ in points]
+    ly = [math.log(y) for _, y in points]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    sxx = sum((a - mx) ** 2 for a in lx)
+    slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sxx
+    slope = min(max(slope, 0.0), 2.0)
+    return math.exp(my + slope * (math.log(at) - mx))
+
+
+class Learner:
+    """One function's learning: adjusted predictions, exploration, observations."""
+
+    def __init__(self, func: Callable):
+        self.key = function_key(func)
+        self._history: FunctionHistory | None = None
+        self.revisit: Callable[[], None] = lambda: None  # the planner's reset, set by _State
+        self._pending: set[tuple[int, int]] = set()  # buckets where exploration waits for budget
+
+    @property
+    def history(self) -> FunctionHistory:
+        if self._history is None:
+            self._history = STORE.function(self.key)  # loads the file at the first use
+        return self._history
+
+    # -- predictions ---------------------------------------------------------------------------
+    def adjust(self, pred: Prediction, bucket: tuple[int, int]) -> tuple[Prediction, dict[str, str]]:
+        """``pred`` with each backend's seconds replaced or corrected by this function's history."""
+        history = self.history
+        location = "host" if bucket[1] < 0 else "device"
+        seconds = dict(pred.seconds)
+        parts = {name: dict(p) for name, p in pred.parts.items()}
+        sources: dict[str, str] = {}
+        for name, predicted in pred.seconds.items():
+            if predicted is None:
+                continue
+            cold = pred.parts.get(name, {}).get("cold_start", 0.0)
+            warm = predicted - cold
+            cell = history.cell((name, *bucket))
+            estimate = cell.estimate() if cell is not None else None
+            if estimate is not None:
+                learned, source = estimate, f"learned from {cell.count} calls"
+            else:
+                learned, source = self._from_other_sizes(name, location, bucket, warm)
+                if learned is None:
+                    sources[name] = "profile"
+                    continue
+            seconds[name] = learned + cold
+            parts[name] = {"learned": learned, **({"cold_start": cold} if cold else {})}
+            sources[name] = source
+        return Prediction(seconds, parts), sources
+
+    def _from_other_sizes(self, name: str, location: str, bucket, warm: float) -> tuple[float | None, str]:
+        cells = self.history.backend_cells(name, location)
+        if not cells:
+            return None, ""
+        at = _bucket_bytes(bucket)
+        points = [(_bucket_bytes(k[1:]), c.estimate()) for k, c in cells]
+        fitted = loglog_fit(points, at)
+        if fitted is not None:
+            return fitted, f"learned from {len(points)} neighbouring sizes"
+        nearest = min(cells, key=lambda kc: abs(math.log(_bucket_bytes(kc[0][1:]) / at)))[1]
+        error = nearest.profile_error()
+        if error is None:
+            return None, ""
+        return warm * error, f"profile, corrected x{error:.2g} by this function's history"
+
+    # -- exploring -----------------------------------------------------------------------------
+    def exploration(self, pred: Prediction, chosen: str, bucket: tuple[int, int],
+                    sources: dict[str, str]) -> str | None:
+        """The backend to try for this call instead of ``chosen``, or None (see the docstring)."""
+        others = [(s, n) for n, s in pred.seconds.items() if n != chosen and s is not None]
+        mine = pred.seconds.get(chosen)
+        if not others or mine is None:
+            return None
+        best, other = min(others)
+        history = self.history
+        cell = history.cell((other, *bucket))
+        if cell is not None and cell.trusted:
+            self._pending.discard(bucket)
+            return None
+        corrected = "corrected" in sources.get(chosen, "")
+        if best > EXPLORE_WITHIN * mine and not corrected:
+            self._pending.discard(bucket)
+            return None
+        if history.explored_s + best <= EXPLORE_FRACTION * history.observed_s:
+            self._pending.discard(bucket)
+            return other
+        self._pending.add(bucket)  # keep observing: the budget grows with the observed time
+        return None
+
+    def wants_observation(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool) -> bool:
+        if on_device_backend or bucket in self._pending:
+            return True
+        cell = self.history.cell((chosen, *bucket))
+        return cell is None or not cell.trusted
+
+    # -- observing -----------------------------------------------------------------------------
+    def observe(self, backend: str, bucket: tuple[int, int], seconds: float, predicted: float | None,
+                *, exploring: bool) -> None:
+        """One call's observed seconds; the planner decides again where that may change its answer."""
+        history = self.history
+        cell = history.cell((backend, *bucket))
+        before = cell.estimate() if cell is not None else None
+        cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring)
+        STORE.observed()
+        after = cell.estimate()
+        moved = after is not None and (before is None or not (1 / REVISIT_FACTOR < after / before < REVISIT_FACTOR))
+        affordable = bucket in self._pending and history.explored_s < EXPLORE_FRACTION * history.observed_s
+        if moved or affordable or exploring:
+            self.revisit()
+
+
+def reset_for_tests(path_for: Callable[[], Path | None] = history_path) -> None:
+    """A fresh in-process store (tests: each gets its own cache dir)."""
+    global STORE
+    atexit.unregister(STORE.save)
+    STORE = Store(path_for)
+
