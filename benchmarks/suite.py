@@ -142,6 +142,38 @@ def zscore_winsorize(x, xp=np):
     return xp.clip(z, -3.0, 3.0)
 
 
+# The classes of work a per-kind curve cannot see (issue 12): decisions must learn them.
+def panel_recurrence(panel, xp=np):
+    """An exponentially weighted recurrence down the rows of a (days, assets) panel: a Python loop
+    of small operations (one launch each on the GPU)."""
+    out = xp.empty_like(panel)
+    out[0] = panel[0]
+    for i in range(1, panel.shape[0]):
+        out[i] = 0.94 * out[i - 1] + 0.06 * panel[i]
+    return out
+
+
+def column_dispersion(x, xp=np):
+    """A per-column loop of small reductions: the spread of each column over its median."""
+    out = xp.empty(x.shape[1])
+    for j in range(x.shape[1]):
+        col = x[:, j]
+        out[j] = (col.max() - col.min()) / (xp.abs(col).mean() + 1.0)
+    return out
+
+
+def bessel_weights(x, xp=np):
+    """Modified Bessel I0 weights (a Kaiser-like window): a NumPy function of no known kind,
+    slow in NumPy (a Python-level Chebyshev series) and a single kernel in CuPy."""
+    return xp.i0(x) / xp.i0(xp.abs(x).max())
+
+
+def normal_equations(a, b, xp=np):
+    """Least squares through the normal equations of a tall (rows, 79) matrix: a 79x79 solve that
+    the input's bytes make look like a large one."""
+    return xp.linalg.solve(a.T @ a, a.T @ b)
+
+
 # =============================================================================================
 # Inputs per size and the checks
 # =============================================================================================
@@ -243,6 +275,18 @@ CASES = [
     Case("zscore_winsor", zscore_winsorize, _matrix,
          lambda n: f"({max(2, n // (100 if n >= 1000 else max(2, n // 10)))}, {100 if n >= 1000 else max(2, n // 10)})",
          rtol=1e-9, atol=1e-9, kind="reductions + elementwise"),
+    Case("panel_recur", panel_recurrence, lambda n, g: (g.standard_normal((max(2, n // 200), 200 if n >= 400 else 2)),),
+         lambda n: f"panel ({max(2, n // 200)}, {200 if n >= 400 else 2})", rtol=1e-9, atol=1e-12,
+         max_n=10**6, why_cap="a Python loop over rows: 1e7 takes seconds on the GPU", kind="Python loop over rows"),
+    Case("column_disp", column_dispersion, lambda n, g: (g.standard_normal((max(2, n // 500), 500 if n >= 1000 else 2)),),
+         lambda n: f"x ({max(2, n // 500)}, {500 if n >= 1000 else 2})", rtol=1e-9, atol=1e-12,
+         max_n=10**7, why_cap="a Python loop over columns", kind="Python loop of small reductions"),
+    Case("bessel_i0", bessel_weights, lambda n, g: (g.uniform(-20.0, 20.0, max(2, n)),), lambda n: f"x ({n},)",
+         rtol=1e-9, atol=1e-12, max_n=10**7, why_cap="NumPy's i0 at 1e8 takes ~10 s a call",
+         kind="library function of unknown kind"),
+    Case("normal_eqs", normal_equations, lambda n, g: (g.standard_normal((max(79, n // 79), 79)), g.standard_normal(max(79, n // 79))),
+         lambda n: f"a ({max(79, n // 79)}, 79), b ({max(79, n // 79)},)", rtol=1e-6, atol=1e-9,
+         kind="a small solve the bytes make look large"),
 ]
 
 
@@ -399,13 +443,13 @@ def _main(argv, quiet: bool) -> dict:
                                            "notes": notes}, say.text())
 
     # -- the table -------------------------------------------------------------------------------
-    headers = ["function", "n", "shapes", "NumPy", "CuPy+copies", "@offload", "picked", "x CuPy", "x @offload", "ratio"]
+    headers = ["function", "n", "shapes", "NumPy", "CuPy+copies", "@offload", "picked", "settled", "x CuPy", "x @offload", "ratio"]
     trows = []
     for r in rows:
         t = r["times"]
         trows.append([r["function"], B.fmt_n(r["n"]), r["shapes"]]
                      + [B.Stat(**{k: v for k, v in t[c].items() if k != "spread"}).cell() if t.get(c) else B.NA for c in COLS]
-                     + [r.get("picked") or B.NA, B.fmt_x(r["speedup"].get("cupy_copies")),
+                     + [r.get("picked") or B.NA, _settled_text(r), B.fmt_x(r["speedup"].get("cupy_copies")),
                         B.fmt_x(r["speedup"].get("offload")), f"{r['ratio']:.2f}" if r.get("ratio") else B.NA])
     say("")
     say(B.table(headers, trows, left=3))
@@ -538,6 +582,7 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
     first_off = guarded("@offload", offload_first)
     if first_off is not None:
         fns["offload"], syncs["offload"] = call_off, B.sync_if_offloaded(cp, fn_off)
+        guarded("@offload settling", lambda: settle(fn_off, call_off, row))
     del reference, ref
 
     # Then the columns side by side, round by round (a variant that fails alone is retried alone).
@@ -573,6 +618,39 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
     best = min([t[c] for c in ("numpy", "cupy_copies") if c in t], default=None)
     row["ratio"] = t["offload"] / best if best and "offload" in t else None
     return row
+
+
+def _settled_text(row: dict) -> str:
+    """After how many calls the decision settled ("3"), "-" if it never moved, "no" if it did not settle."""
+    settle = row.get("settle")
+    if not settle:
+        return B.NA
+    if not settle["settled"]:
+        return "no"
+    return str(settle["settled_after"]) if settle["settled_after"] else "-"
+
+
+SETTLE_CALLS = 40  # at most, per row
+SETTLE_STABLE = 4  # the same backend this many calls in a row, none of them exploring: settled
+
+
+def settle(fn_off, call, row: dict, max_s: float = 5.0) -> None:
+    """Call until the decision settles (learning, exploring); record how many calls that took."""
+    seen = [(fn_off.last_decision.backend, fn_off.last_decision.exploring)]
+    start = time.perf_counter()
+    while len(seen) < SETTLE_CALLS and time.perf_counter() - start < max_s:
+        tail = seen[-SETTLE_STABLE:]
+        if len(tail) == SETTLE_STABLE and len({b for b, _ in tail}) == 1 and not any(e for _, e in tail):
+            break
+        call()
+        seen.append((fn_off.last_decision.backend, fn_off.last_decision.exploring))
+    backends = [b for b, _ in seen]
+    last = backends[-1]
+    stable_from = len(backends)
+    while stable_from > 0 and backends[stable_from - 1] == last and not seen[stable_from - 1][1]:
+        stable_from -= 1
+    row["settle"] = {"calls": len(seen), "settled_after": stable_from, "backends": backends,
+                     "settled": len(seen) < SETTLE_CALLS and time.perf_counter() - start < max_s}
 
 
 if __name__ == "__main__":
