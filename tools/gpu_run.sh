@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine (see ../shared/gpu/README.md): build the C extensions for its
 # Python, install the carried wheels, then the steps named (tests, overhead, suite-quick, suite,
-# seed, transfer, decisions), each logged under $OUT/<step>.log with its wall time.
+# seed, transfer, decisions, calibrate, calibrate-quick, suite-profile, suite-noprofile), each logged under $OUT/<step>.log with its wall time.
 #   device tool: command "bash tools/gpu_run.sh tests overhead", carry [".whl"]
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
@@ -31,6 +31,11 @@ for s in "$@"; do
         seed) step seed python3 benchmarks/seed_article.py --machine "$MACHINE" ;;
         transfer) step transfer python3 benchmarks/transfer.py --machine "$MACHINE" ;;
         decisions) step decisions sh -c "python3 tools/decision_table.py > $OUT/decision-table.jsonl" ;;
+        calibrate) step calibrate python3 -m autooffload calibrate --output "$OUT/$MACHINE.json"
+                   step show python3 -m autooffload show "$OUT/$MACHINE.json" ;;
+        calibrate-quick) step calibrate-quick python3 -m autooffload calibrate --quick --output "$OUT/$MACHINE-quick.json" ;;
+        suite-profile) AUTOOFFLOAD_PROFILE="$OUT/$MACHINE.json" step suite-profile python3 benchmarks/suite.py --machine "$MACHINE" --budget-s "${BUDGET:-150}" ;;
+        suite-noprofile) step suite-noprofile python3 benchmarks/suite.py --machine "$MACHINE-noprofile" --budget-s "${BUDGET:-150}" ;;
         *) echo "unknown step $s" ;;
     esac
 done
