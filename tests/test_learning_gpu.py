@@ -38,7 +38,7 @@ CASES = [  # (suite function, n, the H100 profile's first choice)
     ("panel_recur", 10**6, "cupy"),
     ("column_disp", 10**6, "cupy"),
     ("bessel_i0", 10**5, "numpy"),
-    ("normal_eqs", 10**5, "cupy"),
+    ("normal_eqs", 2 * 10**4, "cupy"),  # (253, 79): at 1e5 the two were within 1.4x on the H200
 ]
 
 

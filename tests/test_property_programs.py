@@ -9,7 +9,7 @@ forced (the FakeDevice test double of tests/fake_device.py runs the device path 
 The two runs must agree on:
 
 - the result: the same container types, array dtypes, shapes, values (integers bit for bit,
-  floating point within 4 ulp: see ``Values``), and NumPy scalar versus Python number;
+  floating point within 32 ulp: see ``Values``), and NumPy scalar versus Python number;
 - which result leaves are the caller's own arrays (``is``) or share its memory;
 - every write: each argument, its parent and the container argument end equal;
 - the exception raised, if any: the same type and message.
@@ -190,7 +190,7 @@ class Values:
     contiguous and strided inputs (its SIMD loops), and the device copy of a strided argument is
     contiguous. NaNs equal NaNs."""
 
-    ULPS = 4
+    ULPS = 32  # reductions of up to ~30 elements in another order (strided vs contiguous copy)
 
     def __init__(self, a: np.ndarray):
         self.a = np.array(a, copy=True)
