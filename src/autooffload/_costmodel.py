@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from . import backends
-from ._profiles import BackendTiming, Curve, Profile
 from ._units import format_bytes
 from .backends import CUPY, NUMPY
+
+if TYPE_CHECKING:  # only annotations: importing _profiles at run time would load pydantic at import
+    from ._profiles import BackendTiming, Curve, Profile
 
 # Bytes of result per byte of the largest input, per kind (used to predict copies of the result).
 # FFT of real input returns complex: twice the bytes. A reduction returns a few scalars.
