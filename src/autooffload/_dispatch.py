@@ -25,7 +25,7 @@ import functools
 import inspect
 import sys
 import types
-from typing import Any, Callable
+from typing import Any, Callable, ParamSpec, Protocol, TypeVar, overload
 
 import numpy as np
 
@@ -261,7 +261,10 @@ def _hot_path_source(func: Callable, closure: list[str]) -> tuple[str, dict[str,
     except (TypeError, ValueError):
         return None
     last_positional_only = max((i for i, p in enumerate(parameters) if p.kind is p.POSITIONAL_ONLY), default=None)
-    params, positional, keyword, defaults = [], [], [], {}
+    params: list[str] = []
+    positional: list[str] = []
+    keyword: list[str] = []
+    defaults: dict[str, Any] = {}
     for i, p in enumerate(parameters):
         # *args/**kwargs, and an xp parameter (whether the caller gave it must stay visible), use
         # the generic wrapper.
@@ -331,7 +334,28 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
     return offloaded
 
 
-def offload(func: Callable | None = None, *, kind: str | None = None, backend: str = "auto", pure: bool = False):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Offloaded(Protocol[P, R]):
+    """What ``@offload`` returns, for type checkers: the function's own signature, plus the
+    attributes the wrapper carries. At run time it is a plain function (see ``_make_offloaded``)."""
+
+    last_decision: Decision | None
+    stats: Stats
+    __wrapped__: Callable[P, R]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+
+@overload
+def offload(func: Callable[P, R], /) -> Offloaded[P, R]: ...
+@overload
+def offload(
+    func: None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False
+) -> Callable[[Callable[P, R]], Offloaded[P, R]]: ...
+def offload(func: Callable | None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False) -> Any:
     """Run ``func`` on NumPy or CuPy, whichever the cost model predicts is faster for each call.
 
     ``kind``: the kind of work ("elementwise", "transcendental", "reduction", "sort", "fft",
