@@ -112,6 +112,25 @@ class Decision:
         d["bucket"] = list(self.bucket)
         return d
 
+    def __repr__(self) -> str:
+        """Short: where, why, how much data (``str()`` is the full log line)."""
+        return (f"Decision({self.function} -> {self.backend}: {self.reason}; "
+                f"{self.kind}, {format_bytes(self.host_bytes + self.device_bytes)})")
+
+    def _repr_html_(self) -> str:
+        """A two-column table in Jupyter: each field a row, predictions in milliseconds."""
+        import html
+
+        def ms(s: float | None) -> str:
+            return "cannot run here" if s is None else f"{s * 1e3:.3g} ms"
+
+        rows = [("function", self.function), ("ran on", self.backend), ("why", self.reason), ("work", self.kind),
+                ("data", f"host {format_bytes(self.host_bytes)}, device {format_bytes(self.device_bytes)}"),
+                *((f"predicted {b}", ms(s)) for b, s in self.predicted_s.items()), ("profile", self.profile)]
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+                       f"{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return f"<table>{body}</table>"
+
     def __str__(self) -> str:
         def fmt(s: float | None) -> str:
             return "n/a" if s is None else f"{s * 1e3:.3g} ms"

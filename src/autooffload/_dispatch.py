@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import inspect
 import sys
 import types
@@ -83,7 +84,9 @@ class Stats:
 
     @property
     def decisions(self) -> int:
-        """Decision-cache misses (the cost model or a rule was consulted)."""
+        """Times a decision was made afresh, not taken from the cache: the first call at each new
+        size bucket, data location or ``config()`` steering, and each ``explain()`` that missed.
+        Shown as ``new_decisions`` in the repr; not a count of calls."""
         return self._state.records.snapshot()["decisions"]
 
     @property
@@ -94,8 +97,21 @@ class Stats:
         return {**{name: self.count(name) for name in backends.names()},
                 "fallbacks": self.fallbacks, "decisions": self.decisions}
 
+    def _shown(self) -> dict[str, int]:
+        """as_dict() with the decisions count under the name that says what it counts."""
+        shown = self.as_dict()
+        shown["new_decisions"] = shown.pop("decisions")
+        return shown
+
     def __repr__(self) -> str:
-        return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
+        return "Stats(" + ", ".join(f"{k}={v}" for k, v in self._shown().items()) + ")"
+
+    def _repr_html_(self) -> str:
+        """A one-row table in Jupyter."""
+        shown = self._shown()
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in shown)
+        row = "".join(f"<td>{v}</td>" for v in shown.values())
+        return f"<table><tr>{head}</tr><tr>{row}</tr></table>"
 
 
 class _State:
