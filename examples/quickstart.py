@@ -83,7 +83,7 @@ def main() -> None:
         smooth(big, 64)
     print(f"inside config(backend='numpy'): {smooth.last_decision.backend}, {why(smooth.last_decision)}")
     print("(the first call's time includes loading this machine's profile, once per process)")
-    print(f"\nscore.stats  {score.stats}   (new_decisions: calls that were decided afresh, not cached)")
+    print(f"\nscore.stats  {score.stats}\n  (new_decisions: calls decided afresh, not taken from the cache)")
 
     if no_gpu_reason:
         print(
