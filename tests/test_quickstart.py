@@ -23,4 +23,4 @@ def test_quickstart_without_a_gpu():
     assert lines[0].split() == ["function", "size", "calls", "ran", "on", "why", "last", "call"]
     assert out.count("Why no GPU:") == 1 and "AUTOOFFLOAD_DISABLE_GPU=1" in out
     assert max(len(line) for line in lines) <= 120
-    assert "predicted" not in out  # no prediction for a GPU that cannot run
+    assert "predicted cupy" not in out and "cupy 1" not in out  # no prediction for a GPU that cannot run
