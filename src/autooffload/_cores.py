@@ -22,11 +22,16 @@ _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 
 
+def machine_cores() -> int:
+    """All of the machine's cores (what ``autooffload info`` compares the usable count with)."""
+    return max(1, os.cpu_count() or 1)
+
+
 def affinity_cores() -> int:
     """Cores this process may be scheduled on (all of the machine's where affinity is unknown)."""
     with suppress(AttributeError, OSError):  # sched_getaffinity: Linux only
         return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    return machine_cores()
 
 
 def _own_cgroup_paths(proc_self_cgroup: Path) -> tuple[str | None, str | None]:

@@ -10,12 +10,11 @@ calls that need no CUDA context (versions, device count and properties): creatin
 from __future__ import annotations
 
 import importlib
-import os
 import platform
 import sys
 from typing import Any
 
-from ._cores import affinity_cores, cgroup_quota, usable_cores
+from ._cores import affinity_cores, cgroup_quota, machine_cores, usable_cores
 
 
 def _error(exc: BaseException) -> str:
@@ -36,7 +35,7 @@ def extensions() -> dict[str, str]:
 
 def cores() -> dict[str, Any]:
     return {
-        "machine": os.cpu_count(),
+        "machine": machine_cores(),
         "affinity": affinity_cores(),
         "cgroup_quota": cgroup_quota(),
         "usable": usable_cores(),
