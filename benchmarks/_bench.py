@@ -479,6 +479,7 @@ def profile_source() -> str:
 
 def machine_info(cp) -> dict:
     import autooffload
+    from autooffload._cores import usable_cores
 
     info: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -487,7 +488,7 @@ def machine_info(cp) -> dict:
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": usable_cores(),  # affinity capped by the cgroup quota
         "host_memory_available_bytes": host_available_bytes(),
         "numpy": np.__version__,
         "blas": _blas(),

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from autooffload import _transfer as T  # noqa: E402
+from autooffload._cores import usable_cores  # noqa: E402
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 SIZES = [4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB, 256 * MiB,
@@ -134,7 +135,7 @@ def host_copy_rates(nbytes: int) -> dict:
     dst[...] = 1.0
     out = {}
     for k in (1, 2, 4, 8, 12, 16):
-        if k > (os.cpu_count() or 1):
+        if k > usable_cores():
             continue
         parts = np.array_split(np.arange(src.size), k)
         bounds = [(p[0], p[-1] + 1) for p in parts if p.size]

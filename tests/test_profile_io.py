@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from autooffload._profiles import fingerprint as fingerprint_module, resolve, store
+from autooffload._cores import usable_cores
 from autooffload._profiles import builtin_profile
 from autooffload._profiles import (
     SCHEMA_VERSION,
@@ -95,7 +96,8 @@ def profile_warnings(record) -> list[str]:
 def test_fingerprint_describes_this_machine():
     fp = current_fingerprint()
     assert fp.cpu_model and fp.cpu_model != ""
-    assert fp.cpu_cores == os.cpu_count()
+    assert fp.cpu_cores == usable_cores()
+    assert fp.blas and fp.blas_threads  # threadpoolctl finds NumPy's BLAS
     assert fp.numpy_version == np.__version__
     assert fp.python_version.count(".") == 2
 

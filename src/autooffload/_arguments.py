@@ -150,9 +150,9 @@ class _ResultMap:
         elif isinstance(obj, dict):
             self._convert_values(obj, depth, OrderedDict.__setitem__ if isinstance(obj, OrderedDict) else dict.__setitem__)
         elif _is_lazy_iterator(obj):
-            new = _converted_lazily(obj, self.leaf, self.is_leaf, self.known)
-            self.done[id(obj)] = new
-            return new
+            lazy = _converted_lazily(obj, self.leaf, self.is_leaf, self.known)
+            self.done[id(obj)] = lazy
+            return lazy
         elif dataclasses.is_dataclass(obj) and not hasattr(obj, "__dict__"):
             return self._rebuilt_slotted_dataclass(obj, depth)
         attributes = plain_attributes(obj)

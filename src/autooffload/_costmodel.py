@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from . import backends
-from ._profiles import BackendTiming, Curve, Profile
 from ._units import format_bytes
 from .backends import CUPY, NUMPY
+
+if TYPE_CHECKING:  # only annotations: importing _profiles at run time would load pydantic at import
+    from ._profiles import BackendTiming, Curve, Profile
 
 # Bytes of result per byte of the largest input, per kind (used to predict copies of the result).
 # FFT of real input returns complex: twice the bytes. A reduction returns a few scalars.
@@ -115,6 +118,25 @@ class Decision:
         d["dtypes"] = list(self.dtypes)
         d["bucket"] = list(self.bucket)
         return d
+
+    def __repr__(self) -> str:
+        """Short: where, why, how much data (``str()`` is the full log line)."""
+        return (f"Decision({self.function} -> {self.backend}: {self.reason}; "
+                f"{self.kind}, {format_bytes(self.host_bytes + self.device_bytes)})")
+
+    def _repr_html_(self) -> str:
+        """A two-column table in Jupyter: each field a row, predictions in milliseconds."""
+        import html
+
+        def ms(s: float | None) -> str:
+            return "cannot run here" if s is None else f"{s * 1e3:.3g} ms"
+
+        rows = [("function", self.function), ("ran on", self.backend), ("why", self.reason), ("work", self.kind),
+                ("data", f"host {format_bytes(self.host_bytes)}, device {format_bytes(self.device_bytes)}"),
+                *((f"predicted {b}", ms(s)) for b, s in self.predicted_s.items()), ("profile", self.profile)]
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+                       f"{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return f"<table>{body}</table>"
 
     def __str__(self) -> str:
         def fmt(s: float | None) -> str:

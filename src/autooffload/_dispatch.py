@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import inspect
 import sys
 import types
-from typing import Any, Callable
+from typing import Any, Callable, ParamSpec, Protocol, TypeVar, overload
 
 import numpy as np
 
@@ -83,7 +84,9 @@ class Stats:
 
     @property
     def decisions(self) -> int:
-        """Decision-cache misses (the cost model or a rule was consulted)."""
+        """Times a decision was made afresh, not taken from the cache: the first call at each new
+        size bucket, data location or ``config()`` steering, and each ``explain()`` that missed.
+        Shown as ``new_decisions`` in the repr; not a count of calls."""
         return self._state.records.snapshot()["decisions"]
 
     @property
@@ -94,8 +97,21 @@ class Stats:
         return {**{name: self.count(name) for name in backends.names()},
                 "fallbacks": self.fallbacks, "decisions": self.decisions}
 
+    def _shown(self) -> dict[str, int]:
+        """as_dict() with the decisions count under the name that says what it counts."""
+        shown = self.as_dict()
+        shown["new_decisions"] = shown.pop("decisions")
+        return shown
+
     def __repr__(self) -> str:
-        return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
+        return "Stats(" + ", ".join(f"{k}={v}" for k, v in self._shown().items()) + ")"
+
+    def _repr_html_(self) -> str:
+        """A one-row table in Jupyter."""
+        shown = self._shown()
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in shown)
+        row = "".join(f"<td>{v}</td>" for v in shown.values())
+        return f"<table><tr>{head}</tr><tr>{row}</tr></table>"
 
 
 class _State:
@@ -174,9 +190,9 @@ class _State:
                 result = self.executor.run_numpy(args, kwargs, False)
             else:
                 result = self.executor.run(d, args, kwargs)
-                ran = self.attrs.get("last_decision", d).backend
-                if ran != NUMPY:
-                    backends.get(ran).synchronize()
+                ran = backends.get(self.attrs.get("last_decision", d).backend)
+                if ran is not None:
+                    ran.synchronize()
             raised = False
             return result
         finally:
@@ -294,7 +310,10 @@ def _hot_path_source(func: Callable, closure: list[str]) -> tuple[str, dict[str,
     except (TypeError, ValueError):
         return None
     last_positional_only = max((i for i, p in enumerate(parameters) if p.kind is p.POSITIONAL_ONLY), default=None)
-    params, positional, keyword, defaults = [], [], [], {}
+    params: list[str] = []
+    positional: list[str] = []
+    keyword: list[str] = []
+    defaults: dict[str, Any] = {}
     for i, p in enumerate(parameters):
         # *args/**kwargs, and an xp parameter (whether the caller gave it must stay visible), use
         # the generic wrapper.
@@ -364,7 +383,28 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
     return offloaded
 
 
-def offload(func: Callable | None = None, *, kind: str | None = None, backend: str = "auto", pure: bool = False):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Offloaded(Protocol[P, R]):
+    """What ``@offload`` returns, for type checkers: the function's own signature, plus the
+    attributes the wrapper carries. At run time it is a plain function (see ``_make_offloaded``)."""
+
+    last_decision: Decision | None
+    stats: Stats
+    __wrapped__: Callable[P, R]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+
+@overload
+def offload(func: Callable[P, R], /) -> Offloaded[P, R]: ...
+@overload
+def offload(
+    func: None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False
+) -> Callable[[Callable[P, R]], Offloaded[P, R]]: ...
+def offload(func: Callable | None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False) -> Any:
     """Run ``func`` on NumPy or CuPy, whichever the cost model predicts is faster for each call.
 
     ``kind``: the kind of work ("elementwise", "transcendental", "reduction", "sort", "fft",

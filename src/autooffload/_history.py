@@ -327,9 +327,9 @@ def summary(functions: dict[str, FunctionHistory]) -> list[dict]:
             observed = {b: c.estimate() for b, c in cells.items()}
             predicted = {b: c.predicted for b, c in cells.items()}
             known = {b: s for b, s in observed.items() if s is not None}
-            learned_choice = min(known, key=known.get) if known else None
+            learned_choice = min(known, key=lambda b: known[b]) if known else None
             profile_known = {b: s for b, s in predicted.items() if s is not None}
-            profile_choice = min(profile_known, key=profile_known.get) if profile_known else None
+            profile_choice = min(profile_known, key=lambda b: profile_known[b]) if profile_known else None
             saved = 0.0
             if learned_choice and profile_choice in known and profile_choice != learned_choice:
                 saved = (known[profile_choice] - known[learned_choice]) * cells[learned_choice].count

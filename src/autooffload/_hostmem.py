@@ -48,13 +48,14 @@ class _Lease:
         self._block = block
         self._pool = pool
         self.fresh = fresh  # new memory, its pages not faulted in yet (not a kept block)
-        strides = None
+        strides: tuple[int, ...] | None = None
         if order == "F" and len(shape) > 1:
-            strides, step = [], dtype.itemsize
+            steps: list[int] = []
+            step = dtype.itemsize
             for n in shape:
-                strides.append(step)
+                steps.append(step)
                 step *= max(n, 1)
-            strides = tuple(strides)
+            strides = tuple(steps)
         self.__array_interface__ = {
             "version": 3, "shape": shape, "typestr": dtype.str, "descr": dtype.descr,
             "data": (block.ctypes.data, False), "strides": strides,
@@ -88,7 +89,7 @@ class HostBlocks:
             nbytes *= n
         block = self._take(nbytes)
         fresh = block is None
-        if fresh:
+        if block is None:
             block = np.empty(-(-max(nbytes, 1) // _STEP) * _STEP, np.uint8)
             with self._lock:
                 self.allocated += 1

@@ -58,7 +58,7 @@ def _work_of_code(code: types.CodeType) -> Counter:
                     counts[kind] += 1
             elif ins.opname == "BINARY_OP":
                 in_place = ins.argrepr.endswith("=")
-                counts["matmul" if "@" in ins.argrepr else "elementwise"] += IN_PLACE_WEIGHT if in_place else 1
+                counts["matmul" if "@" in ins.argrepr else "elementwise"] += IN_PLACE_WEIGHT if in_place else 1  # type: ignore[assignment]  # a Counter of float weights
     return counts
 
 

@@ -127,13 +127,14 @@ class Learner:
             warm = predicted - cold
             cell = history.cell((name, *bucket))
             estimate = cell.estimate() if cell is not None else None
-            if estimate is not None:
+            learned: float | None
+            if cell is not None and estimate is not None:
                 learned, source = estimate, f"learned from {cell.count} calls"
             else:
                 learned, source = self._from_other_sizes(name, location, bucket, warm)
-                if learned is None:
-                    sources[name] = "profile"
-                    continue
+            if learned is None:
+                sources[name] = "profile"
+                continue
             seconds[name] = learned + cold
             parts[name] = {"learned": learned, **({"cold_start": cold} if cold else {})}
             sources[name] = source
@@ -144,7 +145,7 @@ class Learner:
         if not cells:
             return None, ""
         at = _bucket_bytes(bucket)
-        points = [(_bucket_bytes(k[1:]), c.estimate()) for k, c in cells]
+        points = [(_bucket_bytes(k[1:]), estimate) for k, c in cells if (estimate := c.estimate()) is not None]
         fitted = loglog_fit(points, at)
         if fitted is not None:
             return fitted, f"learned from {len(points)} neighbouring sizes"

@@ -110,10 +110,10 @@ def plot_profile(profile: Profile, output: str | Path) -> Path:
         ax.set_visible(False)
 
     fp = profile.fingerprint
-    gpu = fp.gpu_name or "no GPU"
+    gpu_name = fp.gpu_name or "no GPU"
     created = profile.created.astimezone(timezone.utc).strftime("%Y-%m-%d")
     fig.suptitle(
-        f"autooffload profile: {fp.cpu_model} ({fp.cpu_cores} cores), {gpu}; "
+        f"autooffload profile: {fp.cpu_model} ({fp.cpu_cores} cores), {gpu_name}; "
         f"{'quick' if profile.quick else 'default'} sweep {created}; dotted lines: crossovers"
     )
     output = Path(output)

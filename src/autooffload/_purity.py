@@ -68,7 +68,7 @@ def _name_is_safe(value: Any, seen: set[int]) -> str | None:
     if name in (MODULE_WRITERS if _is_library(value) else MUTATING_NAMES):
         return f"{name} writes into its arguments"
     if value is getattr(builtins, getattr(value, "__name__", ""), object()):
-        return None if value.__name__ in _SAFE_BUILTINS else f"builtin {value.__name__}"
+        return None if name in _SAFE_BUILTINS else f"builtin {name}"
     if _is_library(value) or getattr(value, "__module__", None) == "math":
         return None  # NumPy functions, ufuncs, dtypes, types: writers are caught by name and out=
     state = getattr(value, "__autooffload__", None)

@@ -143,7 +143,7 @@ class Twin:
         twin.__doc__ = func.__doc__
         twin.__module__ = func.__module__
         twin.__dict__.update(func.__dict__)
-        self.func = twin
+        self.func = twin  # type: ignore[assignment]  # mypy infers MethodType; it is the FunctionType built above
         self.refresh()
         self.ready = True
 

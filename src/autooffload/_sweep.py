@@ -354,7 +354,9 @@ def _curve(points: Sequence[tuple[int, Timing]], *, blip_tolerance: float | None
     """A Curve from (bytes, timing) points; sizes that rounded to the same bytes keep the first.
 
     ``blip_tolerance``: see ``smooth_upward_blips`` (NumPy curves)."""
-    xs, ys, noisy = [], [], []
+    xs: list[float] = []
+    ys: list[float] = []
+    noisy: list[bool] = []
     for nbytes, t in points:
         if xs and nbytes <= xs[-1]:
             continue

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,7 +31,7 @@ def xp_parameter(func: Callable) -> tuple[int | str | None, bool]:
     return None, False
 
 
-def body_runs_after_return(func: Callable) -> str | None:
+def body_runs_after_return(func: Any) -> str | None:
     """What ``func`` is if calling it only creates a generator or coroutine, else None.
 
     Such a body runs after the wrapper returned, too late to copy writes and results back from

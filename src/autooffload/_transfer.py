@@ -64,6 +64,7 @@ import numpy as np
 
 from . import _hostmem
 from ._address import array_address
+from ._cores import usable_cores
 
 try:  # the optional native copy pool (see _parcopy.c); without it the staged path is off
     from . import _parcopy
@@ -134,7 +135,7 @@ class _Tuning:
 
 
 def _default_threads() -> int:
-    return max(1, min(16, os.cpu_count() or 1))
+    return max(1, min(16, usable_cores()))
 
 
 _TUNING = _Tuning(threads=_default_threads(), max_buffers=_default_threads() + 4)

@@ -1,4 +1,5 @@
-"""The command line: ``autooffload calibrate | show | plot``. The only module that prints.
+"""The command line: ``autooffload calibrate | show | plot | info``, ``--version``. The only
+module that prints.
 
 Exit codes: 0 done; 1 could not do it (calibration failed or locked, matplotlib missing);
 2 bad usage or an unusable profile file; 130 interrupted (Ctrl-C).
@@ -314,11 +315,54 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def format_info(doc: dict) -> str:
+    """The human-readable `info` text from ``_sysinfo.collect()``."""
+    lines = [f"autooffload {doc['autooffload']}, Python {doc['python']}, numpy {doc['numpy']}", f"platform    {doc['platform']}"]
+    for name, state in doc["extensions"].items():
+        lines.append(f"{name:<11} {state}")
+    c = doc["cores"]
+    quota = "none" if c["cgroup_quota"] is None else f"{c['cgroup_quota']:g} CPUs"
+    lines.append(f"cores       {c['usable']} usable (machine {c['machine']}, affinity {c['affinity']}, cgroup quota {quota})")
+    for lib in doc["blas"] or [{"error": "none found"}]:
+        if "error" in lib:
+            lines.append(f"BLAS        {lib['error']}")
+        else:
+            lines.append(f"BLAS        {lib['internal_api']} {lib['version']}, {lib['num_threads']} threads "
+                         f"({lib['threading_layer']}), {lib['filepath']}")
+    cp = doc["cupy"]
+    if cp.get("unavailable"):
+        lines.append(f"CuPy        not used: {cp['unavailable']}")
+    elif "import" in cp:
+        lines.append(f"CuPy        does not import: {cp['import']}")
+    else:
+        cuda = f"CUDA runtime {cp.get('cuda_runtime', '?')}, driver {cp.get('cuda_driver', '?')}"
+        lines.append(f"CuPy        {cp['version']}, {cuda}")
+        if "cuda_error" in cp:
+            lines.append(f"GPU         none usable: {cp['cuda_error']}")
+        for i, gpu in enumerate(cp.get("gpus", [])):
+            lines.append(f"GPU {i:<7} {gpu['name']} (compute {gpu['compute']}, {human_bytes(gpu['memory_bytes'])})")
+    nb = doc["numba"]
+    if "import" in nb:
+        lines.append(f"Numba       not available: {nb['import']}")
+    else:
+        lines.append(f"Numba       {nb['version']}, threading layer {nb['threading_layer']}, {nb['threads']} threads")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ._sysinfo import collect
+
+    doc = collect()
+    sys.stdout.write(json.dumps(doc, indent=1) + "\n" if args.json else format_info(doc))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autooffload",
         description="Measure this machine once so that @offload runs each call where it is fastest.",
     )
+    parser.add_argument("--version", action="version", version=f"autooffload {_package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     cal = commands.add_parser("calibrate", help="measure this machine and save its profile")
@@ -341,7 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--clear", action="store_true", help="forget the learned history of this machine")
     history.add_argument("--json", action="store_true", help="print the rows as JSON")
     history.set_defaults(run=cmd_history)
+    info = commands.add_parser("info", help="what loads here: C extensions, cores, BLAS, CuPy and CUDA, GPUs, Numba")
+    info.add_argument("--json", action="store_true", help="print a JSON document instead of text")
+    info.set_defaults(run=cmd_info)
     return parser
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

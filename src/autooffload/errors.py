@@ -5,6 +5,7 @@ Every message says what was expected and what was given (the threadpoolctl habit
 
 import os
 import sys
+import types
 import warnings
 
 
@@ -55,7 +56,8 @@ def warn_at_user_line(message: str, category: type[Warning]) -> None:
     A fixed stacklevel cannot do this: the same warning is reached through the hot path, the
     general path, ``explain()`` or the CLI, each at another depth.
     """
-    frame, level = sys._getframe(0), 1
+    frame: types.FrameType | None = sys._getframe(0)
+    level = 1
     while frame is not None and (
         frame.f_code.co_filename.startswith(_PACKAGE_DIR) or frame.f_code.co_filename.startswith(_GENERATED_PREFIX)
     ):

@@ -18,6 +18,7 @@ import sys
 from contextlib import suppress
 from pathlib import Path
 
+from .._cores import usable_cores
 from .model import Fingerprint
 
 _PROC_GPUS = Path("/proc/driver/nvidia/gpus")
@@ -121,44 +122,32 @@ def _cupy_version(*, look_up: bool) -> str | None:
     return None
 
 
-def _blas_name() -> str | None:
-    import numpy
+def blas_libraries() -> list[dict]:
+    """The BLAS libraries loaded in this process, as threadpoolctl describes them.
 
-    with suppress(Exception):
-        deps = numpy.show_config(mode="dicts")["Build Dependencies"]
-        return deps["blas"]["name"]
-    return None
+    Each: ``internal_api`` ("openblas", "mkl", "blis", "flexiblas"), ``version``,
+    ``num_threads``, ``filepath``, ``threading_layer``. threadpoolctl finds them in the
+    process's loaded libraries and asks each through its own API, for more libraries than a
+    hand-written probe would; imported here only (calibration, ``autooffload info``), since it
+    walks the loaded libraries. NumPy must be imported first for its BLAS to be loaded.
+    """
+    import numpy  # noqa: F401  (loads NumPy's BLAS, so that it is found)
+    from threadpoolctl import threadpool_info
+
+    with suppress(Exception):  # a library threadpoolctl cannot query must not fail a calibration
+        return [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return []
 
 
-def _blas_threads() -> int | None:
-    """Threads of the loaded OpenBLAS / MKL, asked through ctypes (what threadpoolctl does)."""
-    import ctypes
-
-    env = next((os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS") if os.environ.get(v)), None)
-    with suppress(OSError):
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            libs = {line.split()[-1] for line in f if "blas" in line.lower() or "mkl_rt" in line.lower()}
-        for lib_path in sorted(libs):
-            if not lib_path.startswith("/"):
-                continue
-            with suppress(OSError):
-                lib = ctypes.CDLL(lib_path)
-                for symbol in (
-                    "scipy_openblas_get_num_threads64_",
-                    "scipy_openblas_get_num_threads",
-                    "openblas_get_num_threads64_",
-                    "openblas_get_num_threads",
-                    "MKL_Get_Max_Threads",
-                    "bli_thread_get_num_threads",
-                ):
-                    getter = getattr(lib, symbol, None)
-                    if getter is not None:
-                        getter.restype = ctypes.c_int
-                        threads = int(getter())
-                        return threads if threads > 0 else None  # an error code, not a count
-    with suppress(ValueError, TypeError):
-        return int(env) if env and int(env) > 0 else None
-    return None
+def _blas() -> tuple[str | None, int | None]:
+    """(name and version, threads) of the first BLAS loaded: NumPy's own, as NumPy loads it first."""
+    libraries = blas_libraries()
+    if not libraries:
+        return None, None
+    lib = libraries[0]
+    name = " ".join(str(part) for part in (lib.get("internal_api"), lib.get("version")) if part)
+    threads = lib.get("num_threads")
+    return name or None, threads if isinstance(threads, int) and threads > 0 else None
 
 
 def _format_uuid(raw: object) -> str | None:
@@ -210,7 +199,7 @@ def _cheap_identity() -> tuple[Fingerprint, bool]:
     fp = Fingerprint(
         hostname=platform.node(),
         cpu_model=_cpu_model(),
-        cpu_cores=os.cpu_count() or 0,
+        cpu_cores=usable_cores(),
         gpu_name=name,
         gpu_uuid=uuid,
         driver_version=_nvidia_driver_version(),
@@ -229,12 +218,11 @@ def current_fingerprint(*, probe_gpu: bool = True) -> Fingerprint:
     the cheap /proc identity only (see ``this_machine_mismatch``).
     """
     fp, gpu_known = _cheap_identity()
-    update: dict = {
+    update: dict[str, object] = {
         "numba_version": _dist_version("numba"),  # metadata only: importing numba is slow
         "cupy_version": _cupy_version(look_up=True),
-        "blas": _blas_name(),
-        "blas_threads": _blas_threads(),
     }
+    update["blas"], update["blas_threads"] = _blas()
     if probe_gpu:
         update.update(gpu_fingerprint_fields(fp, cuda_gpu_details()))
     return fp.model_copy(update={k: v for k, v in update.items() if v is not None})

@@ -9,12 +9,13 @@ backends there are. Adding one is a subclass of ``Backend`` and one ``register_l
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Final, Literal
 
 import numpy as np
 
-HOST, DEVICE = "host", "device"
 Memory = Literal["host", "device"]
+HOST: Final[Memory] = "host"
+DEVICE: Final[Memory] = "device"
 
 # The dtypes a device array holds: bool, int8-64, uint8-64, float16/32/64, complex64/128, given
 # in either byte order (a copy to the device is made in native order). Not np.longdouble /
