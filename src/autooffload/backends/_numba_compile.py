@@ -96,6 +96,8 @@ def _key_of(a: Any) -> Any:
         return ("untypable", t)
 
 
+# Values that compile as the same constant whether passed or left to their default.
+_CONSTANT_TYPES = (types.ModuleType, int, float, complex, str, type(None))
 _OUR_WARNINGS = threading.Lock()  # warnings.catch_warnings is process-wide: one compile at a time
 
 
@@ -114,19 +116,33 @@ class FunctionCompiler:
             self.facts: CodeFacts = code_facts(codes)
             self.refused = self.facts.refused
         code = func.__code__
-        # Positional calls with exactly the parameters need no binding (the common case).
-        self._plain_arity = code.co_argcount if not (code.co_kwonlyargcount or func.__kwdefaults__) else -1
+        self._arity = code.co_argcount
+        # Trailing parameters' defaults: an argument left out is compiled as a constant
+        # (Numba's Omitted type), which is how an ``xp=np`` module parameter compiles at all.
+        self._defaults = func.__defaults__ or ()
         self._signature: inspect.Signature | None = None
 
     def positional(self, args: tuple, kwargs: dict) -> tuple:
-        """The call's arguments as positional ones, defaults applied (what the dispatcher takes)."""
-        if not kwargs and len(args) == self._plain_arity:
-            return args
-        if self._signature is None:
-            self._signature = inspect.signature(self.func)
-        bound = self._signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return bound.args
+        """The call's arguments as positional ones, the trailing defaulted ones left out (Numba
+        compiles them as constants); a module or immutable scalar passed as its very default is
+        left out too (the executor passes ``xp=np`` explicitly)."""
+        if kwargs or len(args) > self._arity:
+            if self._signature is None:
+                self._signature = inspect.signature(self.func)
+            bound = self._signature.bind(*args, **kwargs)
+            if bound.kwargs:  # a later parameter by keyword: the defaulted ones before it explicit
+                bound.apply_defaults()
+            args = bound.args
+        first_default = self._arity - len(self._defaults)
+        while args and len(args) > first_default and isinstance(args[-1], _CONSTANT_TYPES) \
+                and args[-1] is self._defaults[len(args) - 1 - first_default]:
+            args = args[:-1]
+        return args
+
+    def defaulted(self, args: tuple) -> tuple:
+        """The values of the parameters ``args`` leaves out (their defaults)."""
+        first_default = self._arity - len(self._defaults)
+        return tuple(self._defaults[i - first_default] for i in range(max(len(args), first_default), self._arity))
 
     def signature(self, args: tuple) -> Signature:
         """The signature of positional ``args`` (created, and checked against the rules, when new)."""
@@ -138,10 +154,11 @@ class FunctionCompiler:
             sig = self.signatures.get(key)
             if sig is None:
                 sig = Signature(key)
-                why = self.refused or self._why_not(args)
+                why = self.refused or self._why_not(args + self.defaulted(args))
                 if why is None:
                     try:
-                        sig.numba_types = tuple(numba.typeof(a) for a in args)
+                        sig.numba_types = tuple(numba.typeof(a) for a in args) + tuple(
+                            numba.types.Omitted(d) for d in self.defaulted(args))
                     except Exception as exc:
                         why = f"Numba cannot type an argument ({type(exc).__name__}: {_first_line(exc)})"
                 if why is not None:
@@ -213,6 +230,8 @@ def _refused_signature(func: Callable) -> str | None:
     code = func.__code__
     if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
         return "it takes *args or **kwargs"
+    if code.co_kwonlyargcount:
+        return "it has keyword-only parameters"
     if code.co_flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR):
         return "a generator or coroutine"
     return None
