@@ -16,8 +16,10 @@ grow while a NumPy call stays within the plan's limits); a device side is measur
 those sizes while it has memory; a compiled side ("numba") at each of those sizes for the kinds
 it runs, warm (each kind compiled once before its first point, the compilation not timed), and
 its ``warmup_s`` is the compilation of one representative function (the three-step chain) for
-one signature, timed apart. On the 2-core VM the Numba side adds ~4 s to a quick calibration
-(its import and four compilations; its points are faster than NumPy's).
+one signature, timed apart. What it adds to a calibration: Numba's import, four kernel
+compilations (0.3-0.6 s each for such expressions on the 2-core VM; loaded from Numba's disk
+cache by the next calibration) and one timed compilation, plus its points, which share each
+kind's time budget with NumPy's (not yet measured end to end on a quick sweep).
 
 Nothing here prints: progress goes to a callback. Clock, workloads, sides and plan are
 injectable so tests run the whole sweep in milliseconds with exact, fake timings.
