@@ -92,11 +92,11 @@ def test_the_executor_reports_what_ran_and_why_it_fell_back(fake_gpu):
         g(np.arange(5.0))
     outcome = g.__autooffload__.records.last_outcome
     assert outcome.backend == "numpy" and "median" in outcome.fallback_cause
-    assert g.stats.as_dict() == {"numpy": 1, "cupy": 0, "fallbacks": 1, "decisions": 1}
+    assert g.stats.as_dict() == {"numpy": 1, "cupy": 0, "numba": 0, "fallbacks": 1, "decisions": 1}
 
 
 def test_steering_accepts_the_registered_names_and_says_them():
     from autooffload import ConfigError
 
-    with pytest.raises(ConfigError, match="'numpy', 'cupy', 'auto'"):
+    with pytest.raises(ConfigError, match="'numpy', 'cupy', 'numba', 'auto'"):
         offload(lambda x: x, backend="gpu")

@@ -187,8 +187,9 @@ def test_device_data_leaves_the_device_only_for_a_clear_win():
 
 def test_a_host_only_profile_predicts_numpy_alone():
     pred = predict(synthetic_profile(has_gpu=False), Request("elementwise", host_bytes=10**6, largest_bytes=10**6))
-    assert pred.seconds == {NUMPY: pytest.approx(1e-3), CUPY: None}
-    assert pred.parts == {NUMPY: {"compute": pytest.approx(1e-3)}, CUPY: {}}
+    # Numba is registered, but a profile without its curves cannot predict it.
+    assert pred.seconds == {NUMPY: pytest.approx(1e-3), CUPY: None, "numba": None}
+    assert pred.parts == {NUMPY: {"compute": pytest.approx(1e-3)}, CUPY: {}, "numba": {}}
     assert pred.warm_s(CUPY) is None and pred.warm_s(NUMPY) == pred.seconds[NUMPY]
 
 
@@ -232,7 +233,7 @@ def test_a_backend_this_version_does_not_run_is_ignored():
     from autooffload._profiles import BackendTiming, Profile
 
     p = synthetic_profile()
-    numba = BackendTiming(memory="host", kinds=dict(p.backend(NUMPY).kinds))
-    q = Profile(backends={**p.backends, "numba": numba})
+    unknown = BackendTiming(memory="host", kinds=dict(p.backend(NUMPY).kinds))
+    q = Profile(backends={**p.backends, "some-future-backend": unknown})
     req = Request("elementwise", host_bytes=10**6, largest_bytes=10**6)
-    assert predict(q, req) == predict(p, req) and list(predict(q, req).seconds) == [NUMPY, CUPY]
+    assert predict(q, req) == predict(p, req) and list(predict(q, req).seconds) == [NUMPY, CUPY, "numba"]

@@ -82,7 +82,7 @@ def test_forcing_cupy_when_cupy_missing_names_the_install(monkeypatch):
 
 @pytest.mark.parametrize("bad", ["gpu", "CUDA ", 3, None])
 def test_bad_backend_values_are_rejected_with_the_allowed_set(bad):
-    with pytest.raises(ConfigError, match="must be one of 'numpy', 'cupy', 'auto'"):
+    with pytest.raises(ConfigError, match="must be one of 'numpy', 'cupy', 'numba', 'auto'"):
         offload(backend=bad)(mean_of_products)
     with pytest.raises(ConfigError, match="config"):
         with config(backend=bad):

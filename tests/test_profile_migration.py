@@ -93,7 +93,7 @@ def test_a_v1_file_with_only_the_required_fields_loads(tmp_path):
     assert profile.schema_version == SCHEMA_VERSION
     assert list(profile.backends) == ["numpy"] and profile.backend("numpy").kinds["elementwise"].seconds == CPU["seconds"]
     assert not profile.has_device_timings() and profile.notes == [] and not profile.quick
-    assert predict(profile, Request("elementwise", host_bytes=1000, largest_bytes=1000)).seconds == {"numpy": 1e-6, "cupy": None}
+    assert predict(profile, Request("elementwise", host_bytes=1000, largest_bytes=1000)).seconds == {"numpy": 1e-6, "cupy": None, "numba": None}
     path.write_text('{"schema_version": 1}')
     assert load_profile(path).backends == {"numpy": load_profile(path).backend("numpy")}
 
@@ -151,7 +151,9 @@ def test_the_schema_1_fixture_predicts_what_it_predicted():
     profile = load_profile(V1_H100)
     warm = predict(profile, Request("fft", host_bytes=8 * 10**6, largest_bytes=8 * 10**6, gpu_ready=True)).seconds
     cold = predict(profile, Request("elementwise", device_bytes=1600, largest_bytes=800)).seconds
-    assert set(warm) == set(cold) == {"numpy", "cupy"}
+    # A schema-1 file has no Numba curves: the registered tier is predicted as None.
+    assert set(warm) == set(cold) == {"numpy", "cupy", "numba"}
+    assert warm.pop("numba") is None and cold.pop("numba") is None
     for seconds in (*warm.values(), *cold.values()):
         assert seconds is not None and math.isfinite(seconds) and seconds > 0
     assert warm == EXPECTED_WARM and cold == EXPECTED_COLD

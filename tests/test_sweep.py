@@ -16,6 +16,7 @@ from autooffload._costmodel import KINDS, Request, crossover, predict
 from autooffload._profiles import load_profile, save_profile
 from autooffload._sweep import (
     WORKLOADS,
+    CompiledSide,
     DeviceSide,
     SweepPlan,
     Workload,
@@ -266,7 +267,10 @@ def test_without_cupy_there_is_no_gpu_side_and_no_cold_start():
     side, why = cupy_side()
     assert side is None and "CuPy cannot be imported" in why
     sides, notes = sweep_sides()
-    assert list(sides) == ["numpy"] and sides["numpy"].memory == "host" and notes == [why]
+    # Numba, a host tier, is measured where it imports (the test extra installs it).
+    host_sides = ["numpy", "numba"] if importlib.util.find_spec("numba") else ["numpy"]
+    assert list(sides) == host_sides and all(sides[n].memory == "host" for n in sides)
+    assert notes == [why] + ([] if "numba" in sides else ["no Numba tier measured: Numba is not installed (pip install 'autooffload[numba]')"])
     assert measure_cold_start(timeout_s=30) is None
 
 
@@ -332,3 +336,28 @@ def test_the_sweep_smooths_numpy_curves_only():
     assert _curve(points).seconds == [1e-5, 5e-5, 3e-5]  # GPU curves: as measured
     smoothed = _curve(points, blip_tolerance=0.1)
     assert smoothed.seconds[1] < 3e-5 and smoothed.noisy == [False, True, False]
+
+
+def test_a_compiled_side_is_timed_warm_per_kind_it_runs_and_states_its_compile_time():
+    clock = FakeClock()
+    compiled_kinds = []
+
+    def kernel(kind):
+        compiled_kinds.append(kind)  # compiled once per kind, before its points
+        if kind in ("fft", "matmul", "solve", "random"):
+            return None  # the tier refuses these kinds
+        return lambda nbytes: clock.advance(cpu_cost(nbytes) / 4)
+
+    side = CompiledSide(name="numba", xp=np, kernel=kernel, compile_s=lambda: 0.5)
+    sides = {**with_device(fake_gpu(clock)), "numba": side}
+    profile = run_sweep(small_plan(), clock=clock, sides=sides, workloads=fake_workloads(clock))
+    tier = profile.backend("numba")
+    assert tier.memory == "host" and tier.warmup_s == 0.5 and tier.h2d is None and tier.launch_latency_s is None
+    assert set(tier.kinds) == {"elementwise", "transcendental", "reduction", "sort", "generic"}
+    assert sorted(compiled_kinds) == sorted(WORKLOADS)
+    sizes = [float(s) for s in small_plan().sizes]
+    for kind in ("elementwise", "sort"):
+        assert tier.kinds[kind].nbytes == sizes
+        assert tier.kinds[kind].seconds == [cpu_cost(int(b)) / 4 for b in sizes]
+    # The NumPy curves are what they are without the tier.
+    assert profile.backend("numpy").kinds["elementwise"].seconds == [cpu_cost(int(b)) for b in sizes]

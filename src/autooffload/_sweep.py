@@ -13,7 +13,13 @@ libraries shortcut them).
 The sides are a mapping from backend name to what the sweep needs of it (``sweep_sides()``);
 the profile stores one ``BackendTiming`` per side. The host side "numpy" sets the pace (sizes
 grow while a NumPy call stays within the plan's limits); a device side is measured at each of
-those sizes while it has memory.
+those sizes while it has memory; a compiled side ("numba") at each of those sizes for the kinds
+it runs, warm (each kind compiled once before its first point, the compilation not timed), and
+its ``warmup_s`` is the compilation of one representative function (the three-step chain) for
+one signature, timed apart. What it adds to a calibration: Numba's import, four kernel
+compilations (0.3-0.6 s each for such expressions on the 2-core VM; loaded from Numba's disk
+cache by the next calibration) and one timed compilation, plus its points, which share each
+kind's time budget with NumPy's (not yet measured end to end on a quick sweep).
 
 Nothing here prints: progress goes to a callback. Clock, workloads, sides and plan are
 injectable so tests run the whole sweep in milliseconds with exact, fake timings.
@@ -26,6 +32,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -226,6 +233,17 @@ class DeviceSide(Side):
     fingerprint: dict = field(default_factory=dict)  # Fingerprint fields measured through CUDA
 
 
+@dataclass(kw_only=True)
+class CompiledSide(Side):
+    """A host backend that runs a compiled version of each workload (Numba): measured warm."""
+
+    memory: Memory = "host"
+    # kind -> the compiled kernel taking the workload's arguments without ``xp``, compiled (None:
+    # this backend does not take that kind of work)
+    kernel: Callable[[str], Callable | None]
+    compile_s: Callable[[], float | None]  # seconds to compile one representative signature
+
+
 def numpy_side() -> Side:
     """NumPy on the host: always there."""
     return Side(name="numpy", memory="host", xp=numpy)
@@ -308,10 +326,75 @@ def _numpy_side_or_why() -> tuple[Side | None, str | None]:
     return numpy_side(), None
 
 
+# What the Numba tier is timed on, per kind: the workloads above written with numpy as a global
+# (Numba cannot take a module argument). Dense linear algebra, FFT and random generation are not
+# there: the tier refuses them (backends/_numba_rules.py).
+def _numba_elementwise(a, b):
+    return a * 5 + b
+
+
+def _numba_transcendental(a, b):
+    return numpy.sin(a) * numpy.exp(b) + numpy.sqrt(numpy.abs(a))
+
+
+def _numba_reduction(a):
+    return numpy.sum(a)
+
+
+def _numba_sort(a):
+    return numpy.sort(a)
+
+
+NUMBA_KERNELS = {"elementwise": _numba_elementwise, "transcendental": _numba_transcendental,
+                 "reduction": _numba_reduction, "sort": _numba_sort}
+
+
+def _numba_chain(x):
+    y = x * 5
+    y = y * y
+    return y + y
+
+
+def numba_side() -> tuple[CompiledSide | None, str | None]:
+    """The Numba tier on all cores (NUMBA_NUM_THREADS), or None and why there is none."""
+    from .backends import numba as numba_backend
+
+    backend = numba_backend.load()
+    if backend is None:
+        return None, f"no Numba tier measured: {numba_backend.unavailable_reason()}"
+    numba = backend.numba
+    from .backends._numba_compile import JIT_OPTIONS
+
+    compiled: dict[str, Callable | None] = {}
+
+    def kernel(kind: str) -> Callable | None:
+        if kind not in compiled:
+            py = NUMBA_KERNELS.get(kind)
+            # cache=True: a second calibration loads the kernels instead of compiling them.
+            compiled[kind] = numba.njit(cache=True, **JIT_OPTIONS)(py) if py is not None else None
+        return compiled[kind]
+
+    def compile_s() -> float | None:
+        # A fresh dispatcher without the disk cache: what a new signature costs the tier.
+        fresh = types.FunctionType(_numba_chain.__code__, _numba_chain.__globals__, "_numba_chain_timed")
+        dispatcher = numba.njit(**JIT_OPTIONS)(fresh)
+        start = time.perf_counter()
+        try:
+            dispatcher.compile((numba.types.float64[::1],))
+        except Exception:
+            return None
+        return time.perf_counter() - start
+
+    layer = numba.config.THREADING_LAYER
+    return CompiledSide(name="numba", xp=numpy, kernel=kernel, compile_s=compile_s,
+                        notes=[f"numba {numba.__version__}: {backend.max_threads} threads, threading layer setting {layer!r}"]), None
+
+
 # How to measure each backend the registry knows, by its name.
 _SIDE_MAKERS: dict[str, Callable[[], tuple[Side | None, str | None]]] = {
     "numpy": _numpy_side_or_why,
     "cupy": cupy_side,
+    "numba": numba_side,
 }
 
 
@@ -414,11 +497,14 @@ def _measure_kind(
     budget_s: float,
     clock: Clock,
     report: Callable[[int, str], None],
+    compiled: Mapping[str, CompiledSide] = {},
 ) -> _KindResult:
-    result = _KindResult({host.name: [], **{name: [] for name in devices}})
+    result = _KindResult({host.name: [], **{name: [] for name in devices}, **{name: [] for name in compiled}})
     host_points = result.points[host.name]
     start = clock()
     alive = set(devices)
+    # Each compiled side's kernel for this kind, compiled before the first point (not timed).
+    kernels = {name: k for name, side in compiled.items() if (k := side.kernel(workload.kind)) is not None}
     previous: tuple[int, float] | None = None  # (target bytes, NumPy seconds per call)
     slope = workload.work_exponent
     for index, target in enumerate(plan.sizes):
@@ -450,6 +536,13 @@ def _measure_kind(
                 slope = min(2.0, max(1.0, math.log(t1.median_s / t0.median_s) / math.log(b1 / b0)))
         previous = (target, timing.median_s)
 
+        for name, kernel in kernels.items():
+            report(index, f"{format_bytes(target, 4)} {name}")
+            args, nbytes = workload.prepare(host.xp, target, SEED)
+            try:
+                result.points[name].append((nbytes, measure(lambda: kernel(*args), sync=None, settings=plan.timer, clock=clock)))
+            finally:
+                args = ()
         for name, device in devices.items():
             if name in alive and not _measure_device_point(workload, plan, device, target, device_caps[name], clock, result, report, index):
                 alive.discard(name)
@@ -536,6 +629,7 @@ def run_sweep(
     assert not isinstance(sides, str)
     host = sides[REFERENCE_BACKEND]
     devices = {name: side for name, side in sides.items() if isinstance(side, DeviceSide)}
+    compiled = {name: side for name, side in sides.items() if isinstance(side, CompiledSide)}
     fingerprint = current_fingerprint(probe_gpu=False)
     for device in devices.values():
         fingerprint = fingerprint.model_copy(update=gpu_fingerprint_fields(fingerprint, device.fingerprint))
@@ -562,7 +656,7 @@ def run_sweep(
 
         result = _measure_kind(
             workloads[kind], plan, host=host, devices=devices, host_cap=host_cap, device_caps=device_caps,
-            budget_s=share, clock=clock, report=report,
+            budget_s=share, clock=clock, report=report, compiled=compiled,
         )
         budget_left -= clock() - kind_start
         host_curve = _curve(result.points[host.name], blip_tolerance=plan.timer.noisy_spread)
@@ -570,7 +664,7 @@ def run_sweep(
             notes.append(f"{kind}: not measured ({result.stop_reason})")
             continue
         curves[host.name][kind] = host_curve
-        for name in devices:
+        for name in (*devices, *compiled):
             if (device_curve := _curve(result.points[name])) is not None:
                 curves[name][kind] = device_curve
         notes.append(f"{kind}: up to {format_bytes(host_curve.nbytes[-1], 4)}; stopped: {result.stop_reason}")
@@ -580,6 +674,9 @@ def run_sweep(
                 side_curves[kind] = side_curves[source]
 
     backends = {host.name: BackendTiming(memory=host.memory, kinds=curves[host.name])}
+    for name, side in compiled.items():
+        notify(SweepProgress(len(kinds) / steps, "compile time", f"{name}: one signature of a three-step chain"))
+        backends[name] = BackendTiming(memory=side.memory, kinds=curves[name], warmup_s=side.compile_s())
     for step, (name, device) in zip(range(len(kinds), steps, 3), devices.items()):
         notify(SweepProgress(step / steps, "transfers", device.transfer_engine))
         h2d, d2h = _measure_transfers(device, plan, host_cap=host_cap, device_cap=device_caps[name], clock=clock)

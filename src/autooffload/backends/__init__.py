@@ -2,9 +2,9 @@
 
 ``register_lazy(name, module)`` names the module that implements a backend (the contract is in
 ``base.Backend``); nothing is imported until the planner or the executor first asks for that
-backend, as dask's ``Dispatch.register_lazy`` and joblib's external backends do. NumPy and CuPy
-are the first two entries. ``import autooffload`` imports no backend library: the CuPy module
-imports CuPy in its ``load()``.
+backend, as dask's ``Dispatch.register_lazy`` and joblib's external backends do. NumPy, CuPy and
+Numba are the entries, in that order. ``import autooffload`` imports no backend library: the CuPy module
+imports CuPy in its ``load()``, the Numba module Numba in its.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .base import (
     why_not_on_device,
 )
 
-NUMPY, CUPY = "numpy", "cupy"
+NUMPY, CUPY, NUMBA = "numpy", "cupy", "numba"
 
 _modules: dict[str, str] = {}  # backend name -> the module implementing it
 
@@ -59,9 +59,10 @@ def unavailable_reason(name: str) -> str | None:
 
 register_lazy(NUMPY, "autooffload.backends.numpy")
 register_lazy(CUPY, "autooffload.backends.cupy")
+register_lazy(NUMBA, "autooffload.backends.numba")
 
 __all__ = [
-    "CUPY", "DEVICE", "DEVICE_DTYPES", "DEVICE_DTYPES_TEXT", "HOST", "NUMPY", "Backend", "DeviceMemory",
+    "CUPY", "DEVICE", "DEVICE_DTYPES", "DEVICE_DTYPES_TEXT", "HOST", "NUMBA", "NUMPY", "Backend", "DeviceMemory",
     "bits_differ", "device_runner", "get", "module", "names", "register_lazy", "translator_for",
     "unavailable_reason", "why_not_on_device",
 ]

@@ -1,0 +1,205 @@
+"""The Numba backend: the unmodified function compiled by ``numba.njit(parallel=True)``, on every core.
+
+Host memory, like NumPy: the caller's arrays are passed as they are (C, F or strided views: Numba
+types a non-contiguous array as layout 'A'), so writes into arguments land in the caller's memory
+as in NumPy. ``import autooffload`` never imports Numba (``unavailable_reason()`` only looks for
+the package); ``load()`` imports it (~0.5 s) when a call first needs the tier.
+
+What it costs and wins, measured on the 2-core CI-class VM (numba 0.68.1, numpy 2.4.6, float64,
+warm, medians of interleaved runs; ``benchmarks/numba_tier.py``, ``benchmarks/results/cpu-vm/numba.txt``):
+
+    function                             n    NumPy    Numba  speedup           compile
+    ---------------------------------  ---  -------  -------  -------  ----------------
+    y = x*5; y = y*y; return y+y       1e6  4.64 ms  2.47 ms    1.88x            0.60 s
+    x *= 5; x *= x; x += x (in place)  1e6   387 us   242 us     1.6x            0.33 s
+    y = x*5; y = y*y; return y+y       1e7  59.8 ms  70.6 ms   0.847x  (same signature)
+    x *= 5; x *= x; x += x (in place)  1e7  17.4 ms  14.6 ms    1.19x  (same signature)
+    Black-Scholes call (3 arrays)      1e6  50.7 ms  55.6 ms   0.911x            2.57 s
+
+A second run gave 1.88x / 1.57x / 1.20x / 1.66x / 0.93x (the VM is noisy at 1e7: its memory
+bandwidth, shared by both cores, bounds both sides). On 2 cores the tier wins ~1.6-1.9x at 1e6
+and little at 1e7; the Black-Scholes-like function loses (~0.9x: the helper's expressions are not
+fused across the call, so each allocates its temporaries as NumPy does, on one more thread). The
+issue's H200 figures (16 cores: 2-100x) are where the tier pays; the planner must rely on the
+calibrated curves, not on the tier being faster by construction.
+
+What runs here, per function (``runner``) and per argument-type signature (``signature``): see
+``_numba_compile`` (compile options, helpers, caching, signature states) and ``_numba_rules``
+(where Numba's results would differ from NumPy's: those calls stay on NumPy).
+
+API for the planner and executor (all on the loaded backend object, ``backends.get("numba")``):
+
+- ``signature(func, args, kwargs) -> Signature``: the call's signature, with ``state`` one of
+  "new", "compiling", "compiled", "failed"; ``seconds`` what its compilation took (None before
+  one ends); ``reason`` why it failed or may not run here. Cheap once known (a dictionary lookup
+  keyed by the argument types).
+- ``compile_for(func, args, kwargs) -> Signature``: compile now (or wait for the thread that is),
+  then the signature, compiled or failed.
+- ``compile_in_background(func, signature) -> Thread | None``: compile in a daemon thread while
+  calls continue on NumPy; None if it is already compiling or done.
+- ``runner(func)``: ``(callable, None, how)``; the callable compiles a new signature before
+  running it (the caller waits) and raises ``NotCompiled`` for a failed one, which
+  ``fallback_cause`` turns into a NumPy rerun. ``(None, None, why)`` when no call of ``func`` may
+  run here (dense linear algebra, random numbers, FFT, not a Python function, ``*args``).
+- ``thread_limit(n)``: a context that runs the calls inside it on at most ``n`` threads
+  (``numba.set_num_threads``, which is per calling thread); ``NUMBA_NUM_THREADS`` caps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from contextlib import contextmanager
+from types import FunctionType, ModuleType
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .base import HOST, Backend
+
+logger = logging.getLogger("autooffload")
+
+# What Numba compiles with NumPy's results, native byte order only (Numba rejects a byte-swapped
+# array's type). In: bool, int8-64, uint8-64 (wrap-around as NumPy), float32/64, complex64/128
+# (IEEE arithmetic as NumPy; dtype promotion differences are guarded per call in _numba_rules).
+# Out: float16 (Numba has no half-precision arithmetic on the CPU), longdouble/clongdouble (no
+# Numba type), datetime64/timedelta64 (NaT and unit rules are NumPy's alone), strings, objects and
+# structured dtypes (not array-expression material: Numba compiles them only partly).
+_CODES = ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8", "c8", "c16")
+NUMBA_DTYPES = frozenset(np.dtype(code).newbyteorder("=") for code in _CODES)
+
+
+class NotCompiled(Exception):
+    """This call's argument types have no compiled version (Numba could not compile it, or its
+    results would differ from NumPy's): the executor reruns it on NumPy."""
+
+
+class NumbaBackend(Backend):
+    """``numba.njit(parallel=True)`` of the function, on the caller's host arrays."""
+
+    name = "numba"
+    memory = HOST
+    warmup = "signature"  # a compilation per argument-type signature (cached on disk by Numba)
+    dtypes = NUMBA_DTYPES
+
+    def __init__(self, numba: ModuleType):
+        from . import _numba_compile
+
+        self.numba = numba
+        self._compile = _numba_compile
+        self.max_threads = numba.config.NUMBA_NUM_THREADS  # NUMBA_NUM_THREADS, else the core count
+        # The "workqueue" threading layer (where neither TBB nor OpenMP is there) aborts the process
+        # on concurrent parallel launches: calls are serialized until the layer is known to be safe.
+        self._layer: str | None = None
+        self._launch_lock = threading.Lock()
+
+    # -- per function --------------------------------------------------------------------------
+    def compiler(self, func: Callable):
+        return self._compile.compiler_for(func, self.dtypes)
+
+    def runner(self, func: Callable) -> tuple[Callable | None, Any, str]:
+        if not isinstance(func, FunctionType):
+            return None, None, f"not a Python function ({type(func).__name__})"
+        compiler = self.compiler(func)
+        if compiler.refused is not None:
+            return None, None, compiler.refused
+        return _CompiledCall(self, compiler), None, "numba.njit(parallel=True) per argument types"
+
+    def fallback_cause(self, exc: BaseException) -> str | None:
+        if isinstance(exc, NotCompiled):
+            return str(exc)
+        if isinstance(exc, self.numba.core.errors.NumbaError):  # typing at call time, e.g. a new type
+            return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        return None
+
+    # -- per signature -------------------------------------------------------------------------
+    def signature(self, func: Callable, args: tuple, kwargs: dict):
+        compiler = self.compiler(func)
+        return compiler.signature(compiler.positional(args, kwargs))
+
+    def compile_for(self, func: Callable, args: tuple, kwargs: dict):
+        compiler = self.compiler(func)
+        return compiler.compile(compiler.signature(compiler.positional(args, kwargs)))
+
+    def compile_in_background(self, func: Callable, signature) -> threading.Thread | None:
+        return self.compiler(func).compile_in_background(signature)
+
+    # -- threads -------------------------------------------------------------------------------
+    @contextmanager
+    def thread_limit(self, threads: int | None) -> Iterator[None]:
+        """Calls in this block (in this thread) use at most ``threads`` threads (None: no limit)."""
+        if threads is None:
+            yield
+            return
+        numba = self.numba
+        previous = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(int(threads), self.max_threads)))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(previous)
+
+    def launch(self, run: Callable[[], Any]) -> Any:
+        """Run compiled code, serialized only where the threading layer needs it."""
+        if self._layer is None or self._layer == "workqueue":
+            with self._launch_lock:
+                result = run()
+                if self._layer is None:
+                    self._layer = self.numba.threading_layer()
+                return result
+        return run()
+
+
+class _CompiledCall:
+    """The runner's callable: the function's compiled version for each call's argument types."""
+
+    __slots__ = ("backend", "compiler", "__wrapped__")
+
+    def __init__(self, backend: NumbaBackend, compiler):
+        self.backend = backend
+        self.compiler = compiler
+        self.__wrapped__ = compiler.func
+
+    def __call__(self, *args, **kwargs):
+        compiler = self.compiler
+        positional = compiler.positional(args, kwargs)
+        sig = compiler.signature(positional)
+        if sig.state != "compiled":
+            compiler.compile(sig)
+            if sig.state != "compiled":
+                raise NotCompiled(sig.reason)
+        return self.backend.launch(lambda: compiler.run(sig, positional))
+
+
+# -- loading -----------------------------------------------------------------------------------
+_lock = threading.Lock()
+_backend: NumbaBackend | None = None
+_unavailable: str | None = None
+_NOT_INSTALLED = "Numba is not installed (pip install 'autooffload[numba]')"
+
+
+def unavailable_reason() -> str | None:
+    """Why the tier cannot run, if known without importing Numba; None otherwise."""
+    if _backend is not None or _unavailable is not None or "numba" in sys.modules:
+        return _unavailable
+    import importlib.util
+
+    return _NOT_INSTALLED if importlib.util.find_spec("numba") is None else None
+
+
+def load() -> NumbaBackend | None:
+    """The backend, importing Numba on first use; None (the reason kept) if it cannot be imported."""
+    global _backend, _unavailable
+    if _backend is not None or _unavailable is not None:
+        return _backend
+    with _lock:
+        if _backend is None and _unavailable is None:
+            try:
+                import numba  # raises ImportError where NumPy is newer than this Numba supports
+            except Exception as exc:
+                _unavailable = f"Numba is not importable ({type(exc).__name__}: {exc}); pip install -U 'autooffload[numba]'"
+                logger.info("autooffload: the Numba tier is not used: %s", _unavailable)
+            else:
+                _backend = NumbaBackend(numba)
+    return _backend
