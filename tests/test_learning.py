@@ -287,3 +287,23 @@ def test_the_history_command_lists_and_forgets(ready_gpu, use_profile, clock, ca
     capsys.readouterr()
     assert cli.main(["history"]) == 0
     assert "no learned history" in capsys.readouterr().out
+
+
+def test_a_backend_predicted_3x_slower_but_faster_is_found_by_exploring(ready_gpu, use_profile, clock):
+    # The normal-equations case of the H200 suite: GPU chosen and right about itself (~0.6 ms),
+    # NumPy predicted 2 ms but really 0.33 ms. Only trying NumPy finds it.
+    use_profile(synthetic_profile(cpu_per_byte=2e-9, gpu_per_byte=4e-10, copy_per_byte=1e-10, cold_start=0.0))
+    f = timed(clock, numpy_s=0.00033, gpu_s=0.0006)
+    seen = backends_over(f, 200)
+    assert seen[0] == "cupy"
+    settled = max(i for i, b in enumerate(seen) if b == "cupy") + 1
+    assert settled <= 60, seen[:80]
+    assert seen[settled:] == ["numpy"] * (200 - settled)
+
+
+def test_a_cold_gpu_is_not_explored(fake_gpu, use_profile, clock):
+    # Exploring a cold GPU would pay its cold start: that is the ski rental's call, not exploration's.
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=1.2e-8, copy_per_byte=1e-10, cold_start=1.0))
+    f = timed(clock, numpy_s=0.010, gpu_s=0.003)
+    backends_over(f, 300)
+    assert f.__autooffload__.learner.history.explored_s == 0.0
