@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from . import backends
 from ._units import format_bytes
-from .backends import CUPY, NUMPY
+from .backends import CUPY, NUMBA, NUMPY
 
 if TYPE_CHECKING:  # only annotations: importing _profiles at run time would load pydantic at import
     from ._profiles import BackendTiming, Curve, Profile
@@ -218,7 +218,10 @@ def _predict_backend(
             parts["copy_in"] = _copy(backend.h2d, req.host_bytes, req.host_arrays)
         if not req.result_on_device:
             parts["copy_out"] = _copy(backend.d2h, out_bytes)
-    if not req.gpu_ready and backend.warmup_s:
+    if not req.gpu_ready and backend.warmup_s and backend.memory == "device":
+        # The device's once-per-process start. A host tier's warm-up is a compilation per argument
+        # types, run in the background while calls go elsewhere (_planner._numba_gate): never paid
+        # by a call, so not predicted for one.
         parts["cold_start"] = backend.warmup_s
     return parts
 
@@ -254,19 +257,33 @@ def choose(pred: Prediction, *, data_on_device: bool = False) -> tuple[str, str,
     dispatcher adds them up across calls and pays the cold start once they exceed it (ski rental:
     never worse than twice the best choice made in hindsight).
     """
-    cpu, gpu = pred.seconds[NUMPY], pred.seconds[CUPY]
+    host, cpu = _best_host(pred)
+    label = "NumPy" if host == NUMPY else "Numba"
+    gpu = pred.seconds.get(CUPY)
     if gpu is None:
-        return NUMPY, "no GPU timings in the profile", 0.0
+        if host == NUMPY:
+            return NUMPY, "no GPU timings in the profile", 0.0
+        return host, f"Numba predicted {pred.seconds[NUMPY] / cpu:.2g}x faster than NumPy", 0.0
     if data_on_device and gpu <= DEVICE_DATA_MARGIN * cpu:
         if gpu < cpu:
             return CUPY, f"GPU predicted {cpu / gpu:.2g}x faster", 0.0
-        return CUPY, f"data stays on the device: NumPy predicted only {gpu / cpu:.2g}x faster", 0.0
+        return CUPY, f"data stays on the device: {label} predicted only {gpu / cpu:.2g}x faster", 0.0
     if gpu < cpu:
         return CUPY, f"GPU predicted {cpu / gpu:.2g}x faster", 0.0
     warm = pred.warm_s(CUPY)
     if warm is not None and warm < cpu:
-        return NUMPY, "GPU faster only once warm; cold start not yet paid off", cpu - warm
-    return NUMPY, f"NumPy predicted {gpu / cpu:.2g}x faster", 0.0
+        return host, "GPU faster only once warm; cold start not yet paid off", cpu - warm
+    return host, f"{label} predicted {gpu / cpu:.2g}x faster", 0.0
+
+
+def _best_host(pred: Prediction) -> tuple[str, float]:
+    """The faster host backend and its seconds: NumPy, or the Numba tier where it is predicted
+    faster (NumPy wins ties: it needs no compilation)."""
+    cpu = pred.seconds[NUMPY]
+    tier = pred.seconds.get(NUMBA)
+    if tier is not None and tier < cpu:
+        return NUMBA, tier
+    return NUMPY, cpu
 
 
 def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0, hi: float = 2.0**40) -> float | None:

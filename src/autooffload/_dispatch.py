@@ -141,7 +141,7 @@ class _State:
         self.inject_xp = xp_param is not None and not xp_defaults_to_numpy
         self.attrs: dict[str, Any] = {}  # becomes the wrapper's __dict__ (last_decision lives there)
         self.records = Records(backends.names())
-        self.planner = Planner(self.name, work, kind_text, backend_choice, self.records,
+        self.planner = Planner(self.name, work, kind_text, backend_choice, self.records, func=func,
                                host_only=host_only_reason(func), runs_after_return=runs_after_return)
         self.planner.fast_allowed = not self.inject_xp
         self.learner = _learn.Learner(func)
@@ -199,6 +199,8 @@ class _State:
             self._observed(d, _learn.clock() - start, raised)
 
     def _observed(self, d: Decision, seconds: float, raised: bool) -> None:
+        if self.planner.compile_ended():
+            self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
         ran = self.attrs.get("last_decision", d)
         if not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring)

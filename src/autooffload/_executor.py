@@ -30,7 +30,7 @@ from ._arguments import Ineligible, NumPyWouldRaise, move
 from ._costmodel import Decision
 from ._reachable import Reachable
 from ._records import Outcome, Records, type_signature
-from .backends import CUPY, NUMPY
+from .backends import CUPY, HOST, NUMPY
 from .backends import cupy as device
 from .errors import GPUFallbackWarning, warn_at_user_line
 
@@ -93,7 +93,34 @@ class Executor:
         """Run the call where ``d`` says; the result on the caller's side."""
         if d.backend == NUMPY:
             return self.run_numpy(args, kwargs, d.device_bytes > 0)
+        backend = backends.get(d.backend)
+        if backend is not None and backend.memory == HOST:
+            return self.run_host(backend, d, args, kwargs)
         return self.run_device(d, args, kwargs)
+
+    def run_host(self, backend, d: Decision, args: tuple, kwargs: dict) -> Any:
+        """On another host backend (the Numba tier): its runner on the caller's own arrays, so
+        writes land in place as in NumPy. What it cannot run (argument types it could not compile,
+        or whose results would differ from NumPy's) runs on NumPy, remembered, without a warning:
+        that is expected of a compiler, not a failure of the code."""
+        if d.device_bytes:
+            return self.run_numpy(args, kwargs, True)  # the planner keeps device data off host tiers
+        fn, _, how = self.runner(backend)
+        if fn is None:
+            self._ran_on_numpy(d, f"no {backend.name} version: {how}")
+            return self.run_numpy(args, kwargs, False)
+        call_args, call_kwargs = self.with_xp(args, kwargs, np)
+        try:
+            result = fn(*call_args, **call_kwargs)
+        except Exception as exc:
+            cause = backend.fallback_cause(exc)
+            if cause is None:
+                raise  # the function's own error, as NumPy would raise it
+            self.records.fell_back(type_signature(args, kwargs), d.backend, cause)
+            self._ran_on_numpy(d, f"{backend.name} cannot run these argument types ({cause}); ran on NumPy")
+            return self.run_numpy(args, kwargs, False)
+        next(self.records.calls[d.backend])
+        return result
 
     def run_numpy(self, args: tuple, kwargs: dict, has_device_args: bool) -> Any:
         """On NumPy: the function itself, after copying device arguments to the host if any."""

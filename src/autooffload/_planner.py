@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from . import _config, _learn, _log
+from . import _config, _learn, _log, backends
 from ._arguments import iter_leaves
-from ._costmodel import Decision, Request, choose, predict, size_bucket
-from .backends import CUPY, NUMPY, why_not_on_device
+from ._costmodel import Decision, Prediction, Request, choose, predict, size_bucket
+from .backends import CUPY, NUMBA, NUMPY, why_not_on_device
 from .backends import cupy as device
-from .errors import ConfigError, GPUUnavailableError
+from .errors import BackendUnavailableError, ConfigError, GPUUnavailableError
 
 _EXACT_CACHE_LIMIT = 4096
 
@@ -100,9 +100,10 @@ COLD_START = ColdStartLedger()
 class Planner:
     """Decisions for one function (see the module docstring)."""
 
-    def __init__(self, name: str, work, kind_text: str, backend_choice: str, records, *,
+    def __init__(self, name: str, work, kind_text: str, backend_choice: str, records, *, func=None,
                  host_only: str | None = None, runs_after_return: str | None = None):
         self.name = name
+        self.func = func  # what the Numba tier compiles
         self.work = work
         self.kind_text = kind_text
         self.backend_choice = backend_choice
@@ -112,6 +113,7 @@ class Planner:
         self.runs_after_return = runs_after_return
         self.host_only = host_only
         self.learner: _learn.Learner | None = None  # set by the function's _State
+        self.compile_pending: list = []  # Numba signatures compiling in the background
         # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
         # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
         # GPU readiness, the profile and the environment are not in the keys: when they change,
@@ -202,11 +204,13 @@ class Planner:
 
         def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "", **learned) -> Decision:
             predicted = dict(pred.seconds) if pred is not None else {}
-            cold = pred.parts[CUPY].get("cold_start", 0.0) if pred is not None else 0.0
+            cold = pred.parts.get(CUPY, {}).get("cold_start", 0.0) if pred is not None else 0.0
             return Decision(self.name, backend, reason, self.kind_text, host, dev, dtypes, predicted,
                             profile, bucket_key[:2], savings, cold, **learned)
 
         ignored = "; forced cupy ignored" if forced == CUPY else ""
+        if forced == NUMBA:
+            return self._forced_numba(make, source, dev, odd, args, kwargs)
         if forced not in (None, NUMPY, CUPY):
             raise ConfigError(f"{self.name}: backend {forced!r} (forced by {source}) is registered, but the "
                               f"planner has no rules for it yet; use 'numpy', 'cupy' or 'auto'")
@@ -241,29 +245,92 @@ class Planner:
         pred = predict(profile, Request(self.work, host, dev, largest, ready, max(n_host, 1), max(n_dev, 1)))
         why = device.unavailable_reason()
         if why is not None:
-            return make(NUMPY, f"no GPU: {why}", pred, 0.0, profile.source)
-        learner = self.learner if self.learner is not None and _learn.enabled() else None
-        if learner is None:
-            backend, reason, savings = choose(pred, data_on_device=dev > 0)
-            if (backend == CUPY or dev) and device.load() is None:
-                return make(NUMPY, f"no GPU: {device.unavailable_reason()}", pred, 0.0, profile.source)
-            return make(backend, reason, pred, savings, profile.source)
+            pred = _without(pred, CUPY)  # no prediction shown for a backend that cannot run here
         bucket = bucket_key[:2]
+        learner = self.learner if self.learner is not None and _learn.enabled() else None
+        if sum(s is not None for s in pred.seconds.values()) < 2:
+            learner = None  # one backend to choose from: nothing to learn
         profile_s = dict(pred.seconds)
-        pred, sources = learner.adjust(pred, bucket)
+        sources: dict[str, str] = {}
+        if learner is not None:
+            pred, sources = learner.adjust(pred, bucket)
+        shown = pred  # what the decision reports: every backend's prediction
+        pred, tier_note = self._numba_gate(pred, dev, args, kwargs)
         backend, reason, savings = choose(pred, data_on_device=dev > 0)
+        if why is not None and backend == NUMPY:
+            reason = f"no GPU: {why}"
+        reason += tier_note
         exploring = False
-        if not dev:  # device-resident calls are not timed (see _learn.py)
+        if learner is not None and not dev:  # device-resident calls are not timed (see _learn.py)
             other = learner.exploration(pred, backend, bucket, sources)
             if other is not None:
                 reason = (f"exploring {other}: predicted {pred.seconds[other] * 1e3:.3g} ms against "
                           f"{pred.seconds[backend] * 1e3:.3g} ms on {backend}, from {sources.get(other, 'the profile')}")
                 backend, savings, exploring = other, 0.0, True
         if (backend == CUPY or dev) and device.load() is None:
-            return make(NUMPY, f"no GPU: {device.unavailable_reason()}", pred, 0.0, profile.source)
-        observe = not dev and (exploring or learner.wants_observation(backend, bucket, backend != NUMPY))
-        return make(backend, reason, pred, savings, profile.source, sources=sources, profile_s=profile_s,
+            return make(NUMPY, f"no GPU: {device.unavailable_reason()}", shown, 0.0, profile.source)
+        waiting = bool(self.compile_pending) and not dev  # calls check whether the compilation ended
+        if learner is None:
+            return make(backend, reason, shown, savings, profile.source, observe=waiting)
+        observe = not dev and (waiting or exploring or learner.wants_observation(backend, bucket, backend == CUPY))
+        return make(backend, reason, shown, savings, profile.source, sources=sources, profile_s=profile_s,
                     observe=observe, exploring=exploring)
+
+    # -- the Numba tier ---------------------------------------------------------------------------
+    def _forced_numba(self, make, source: str, dev: int, odd: bool, args: tuple, kwargs: dict) -> Decision:
+        ignored = "; forced numba ignored"
+        if dev:
+            return make(NUMPY, "device arrays: the Numba tier runs on host memory" + ignored)
+        if odd:
+            return make(NUMPY, f"{first_odd_argument(args, kwargs)} cannot be compiled by Numba" + ignored)
+        tier = backends.get(NUMBA)
+        if tier is None:
+            raise BackendUnavailableError(
+                f"{self.name}: backend 'numba' was forced by {source}, but Numba cannot be used: "
+                f"{backends.unavailable_reason(NUMBA)}. Use backend='auto' (or 'numpy') to run on NumPy."
+            )
+        fn, _, how = tier.runner(self.func)
+        if fn is None:
+            return make(NUMPY, f"no Numba version: {how}" + ignored)
+        return make(NUMBA, f"forced by {source}")
+
+    def _numba_gate(self, pred: Prediction, dev: int, args: tuple, kwargs: dict) -> tuple[Prediction, str]:
+        """``pred`` without the Numba tier unless this call's argument types are compiled for it.
+
+        Compilation never stalls a call: where the tier is predicted fastest and these argument
+        types are not compiled yet, their compilation starts in a background thread and calls
+        go elsewhere meanwhile; the planner decides again once it ended (``compile_pending``).
+        Numba is imported only here, when its curves predict it fastest.
+        """
+        tier_s = pred.seconds.get(NUMBA)
+        if tier_s is None:
+            return pred, ""
+        others = [s for n, s in pred.seconds.items() if n != NUMBA and s is not None]
+        if dev or (others and tier_s >= min(others)):
+            return _without(pred, NUMBA), ""
+        tier = backends.get(NUMBA)
+        if tier is None:
+            return _without(pred, NUMBA), f"; Numba tier unavailable ({backends.unavailable_reason(NUMBA)})"
+        fn, _, how = tier.runner(self.func)
+        if fn is None:
+            return _without(pred, NUMBA), ""  # dense linear algebra, random, FFT...: not the tier's (DEBUG)
+        signature = tier.signature(self.func, args, kwargs)
+        if signature.state == "compiled":
+            return pred, ""
+        if signature.state == "failed":
+            _log.logger.debug("%s: not on the Numba tier for these argument types: %s", self.name, signature.reason)
+            return _without(pred, NUMBA), ""
+        if tier.compile_in_background(self.func, signature) is not None or signature.state == "compiling":
+            self.compile_pending.append(signature)
+        return _without(pred, NUMBA), "; compiling for the Numba tier in the background"
+
+    def compile_ended(self) -> bool:
+        """Whether a background compilation this planner waits for has ended (then: decide again)."""
+        pending = self.compile_pending
+        if pending and any(s.state in ("compiled", "failed") for s in pending):
+            self.compile_pending = [s for s in pending if s.state not in ("compiled", "failed")]
+            return True
+        return False
 
     def amortize(self, d: Decision) -> Decision:
         """Send this call to the GPU once the forgone warm-GPU savings have paid for its cold start."""
@@ -274,3 +341,12 @@ class Planner:
             d, backend=CUPY, warm_savings_s=0.0,
             reason=f"cold start ({d.cold_start_s:.2g} s) paid off: calls so far would have saved {forgone:.2g} s on a warm GPU",
         )
+
+
+def _without(pred: Prediction, name: str) -> Prediction:
+    """``pred`` with backend ``name`` unpredicted (it cannot take this call now)."""
+    seconds = dict(pred.seconds)
+    seconds[name] = None
+    parts = dict(pred.parts)
+    parts[name] = {}
+    return Prediction(seconds, parts)

@@ -17,7 +17,11 @@ class ConfigError(AutoOffloadError, ValueError):
     """A setting (argument, ``config()``, environment variable) has a value outside its allowed set."""
 
 
-class GPUUnavailableError(AutoOffloadError, RuntimeError):
+class BackendUnavailableError(AutoOffloadError, RuntimeError):
+    """A backend was demanded (backend="cupy", "numba") but cannot be used here; the message says why."""
+
+
+class GPUUnavailableError(BackendUnavailableError):
     """The GPU was demanded (backend="cupy") but CuPy or a CUDA device cannot be used."""
 
 

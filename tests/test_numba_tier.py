@@ -1,0 +1,146 @@
+"""The Numba tier in the decisions (issue 13): three-way choice, background compilation, forcing.
+
+Runs on this machine's CPU with real Numba (CI installs it with the test extra); the profile is
+synthetic, with a Numba curve 3x below NumPy's, so the choice is the rule's, not the machine's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from conftest import synthetic_profile
+
+import autooffload
+from autooffload import BackendUnavailableError, config, explain, offload
+
+numba = pytest.importorskip("numba")
+
+
+@pytest.fixture(autouse=True)
+def profile_alone(monkeypatch):
+    """The profile's choice, not what this machine's timings teach (tests/test_learning.py does that)."""
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "0")
+    autooffload.reload_environment()
+
+
+def tier_profile(speedup: float = 3.0, compile_s: float = 0.5):
+    from autooffload._profiles import BackendTiming, Profile
+
+    base = synthetic_profile(has_gpu=False)
+    numpy_side = base.backends["numpy"]
+    faster = {k: c.model_copy(update={"seconds": [s / speedup for s in c.seconds]}) for k, c in numpy_side.kinds.items()}
+    tier = BackendTiming(memory="host", kinds=faster, warmup_s=compile_s)
+    return Profile(backends={"numpy": numpy_side, "numba": tier}).with_source("synthetic+numba")
+
+
+def chain(x):
+    y = x * 5
+    y = y * y
+    return y + y
+
+
+def in_place(x):
+    x *= 5
+    x *= x
+    x += x
+
+
+def wait_compiled(f, make_args, timeout=60.0):
+    """Call until the decision says numba (the background compilation ended), or time out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        f(*make_args())
+        if f.last_decision.backend == "numba":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never moved to the tier: {f.last_decision}")
+
+
+def test_compilation_runs_in_the_background_and_calls_switch_when_it_ends(use_profile):
+    use_profile(tier_profile())
+    f = offload(chain)
+    x = np.random.default_rng(0).standard_normal(10_000)
+    first = f(x)
+    assert f.last_decision.backend == "numpy"
+    assert "compiling for the Numba tier in the background" in f.last_decision.reason
+    np.testing.assert_allclose(first, chain(x), rtol=1e-12)
+    wait_compiled(f, lambda: (x,))
+    np.testing.assert_allclose(f(x), chain(x), rtol=1e-12)
+    assert f.last_decision.backend == "numba" and "Numba predicted 3x faster than NumPy" in f.last_decision.reason
+    assert f.stats.count("numba") >= 1
+
+
+def test_three_predictions_are_shown_and_the_absent_gpu_is_not(use_profile):
+    use_profile(tier_profile())
+    d = explain(offload(chain), np.ones(1000))
+    assert d.predicted_s["numba"] == pytest.approx(d.predicted_s["numpy"] / 3)
+    assert d.predicted_s["cupy"] is None  # no GPU here: no CuPy prediction
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_the_tier_writes_in_place_as_numpy_does(use_profile, layout):
+    use_profile(tier_profile())
+    f = offload(in_place)
+    base = np.random.default_rng(1).standard_normal((60, 80))
+    make = {"C": lambda: base.copy(), "F": lambda: np.asfortranarray(base),
+            "strided": lambda: base.copy()[::2, 1::3]}[layout]
+    expected = make()
+    in_place(expected)
+    wait_compiled(f, lambda: (make(),))
+    got = make()
+    f(got)
+    assert f.last_decision.backend == "numba"
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_forcing_the_tier_compiles_then_runs_there(use_profile):
+    use_profile(tier_profile())
+    f = offload(chain, backend="numba")
+    x = np.arange(1000.0)
+    np.testing.assert_allclose(f(x), chain(x), rtol=1e-12)
+    assert f.last_decision.backend == "numba" and "forced" in f.last_decision.reason
+    with config(backend="numba"):
+        g = offload(chain)
+        g(x)
+    assert g.last_decision.backend == "numba"
+
+
+def test_what_the_tier_refuses_runs_on_numpy_quietly(use_profile, recwarn):
+    use_profile(tier_profile())
+
+    @offload
+    def solves(a, b):
+        return np.linalg.solve(a, b) * 2  # dense linear algebra stays with NumPy's BLAS
+
+    a, b = np.eye(3) * 2, np.ones(3)
+    np.testing.assert_allclose(solves(a, b), np.ones(3))
+    assert solves.last_decision.backend == "numpy"
+    forced = offload(solves.__wrapped__, backend="numba")
+    np.testing.assert_allclose(forced(a, b), np.ones(3))
+    assert forced.last_decision.backend == "numpy" and "no Numba version" in forced.last_decision.reason
+    assert not [w for w in recwarn if issubclass(w.category, autooffload.AutoOffloadWarning)]
+
+
+def test_forcing_the_tier_where_numba_cannot_load_says_why(use_profile, monkeypatch):
+    from autooffload.backends import numba as tier
+
+    use_profile(tier_profile())
+    monkeypatch.setattr(tier, "load", lambda: None)
+    monkeypatch.setattr(tier, "unavailable_reason", lambda: "Numba is not installed (pip install 'autooffload[numba]')")
+    f = offload(chain, backend="numba")
+    with pytest.raises(BackendUnavailableError, match="Numba is not installed"):
+        f(np.ones(10))
+    auto = offload(chain)
+    np.testing.assert_allclose(auto(np.ones(10)), chain(np.ones(10)))
+    assert auto.last_decision.backend == "numpy" and "Numba tier unavailable" in auto.last_decision.reason
+
+
+def test_importing_autooffload_imports_neither_numba_nor_cupy():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, autooffload; print([m for m in ('numba', 'cupy') if m in sys.modules])"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
