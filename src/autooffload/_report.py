@@ -29,8 +29,8 @@ from ._units import format_bytes, format_seconds
 
 NUMPY = "numpy"  # (backends.NUMPY; not imported here, so that this module stays light at import)
 
-TIMED_NOTE = ("time covers the timed calls: the first calls at each size (while learning) and every "
-              "device run on host data, copies included; other calls are counted, not timed")
+TIMED_NOTE = ("timed: the learning calls of each size and every device run on host data (copies "
+              "included); other calls are counted, not timed")
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,9 @@ def _notes(f: FunctionLine) -> list[str]:
     notes = [f"{n} call{'s' * (n != 1)} ran on {backend} instead: {reason}"
              for (backend, reason), n in sorted(f.ran_instead.items(), key=lambda item: -item[1])]
     if f.reruns_timed.calls:
-        notes.append(f"those timed took {format_seconds(f.reruns_timed.seconds)} over {f.reruns_timed.calls} "
-                     f"call{'s' * (f.reruns_timed.calls != 1)} (not in the rows above)")
+        n = f.reruns_timed.calls
+        notes.append(f"{n} of these timed: {format_seconds(f.reruns_timed.seconds)}, failed attempts included "
+                     f"(not in the rows above)")
     return notes
 
 
