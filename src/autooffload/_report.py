@@ -28,6 +28,7 @@ from ._timesheet import Copies, CopyTotals, Timed
 from ._units import format_bytes, format_seconds
 
 NUMPY = "numpy"  # (backends.NUMPY; not imported here, so that this module stays light at import)
+NUMERIC = range(1, 5)  # of a backend line's cells (_cells): calls, timed, time, per call: right-aligned
 
 TIMED_NOTE = ("timed: the learning calls of each size and every device run on host data (copies "
               "included); other calls are counted, not timed")
@@ -115,7 +116,7 @@ class Report:
             for i, line in enumerate(f.lines):
                 rows.append([f.name if i == 0 else "", *_cells(line)])
             notes[len(rows) - 1] = _notes(f)
-        right = {2, 3, 4, 5}
+        right = {c + 1 for c in NUMERIC}  # the rows start with the function's name
         widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
 
         def render(r: list[str]) -> str:
@@ -144,7 +145,7 @@ class Report:
         for f in self.functions:
             notes = _notes(f)
             for i, line in enumerate(f.lines):
-                cells = "".join(f"<td style='text-align:{'right' if 2 <= c + 1 <= 5 else 'left'}'>{html.escape(v)}</td>"
+                cells = "".join(f"<td style='text-align:{'right' if c in NUMERIC else 'left'}'>{html.escape(v)}</td>"
                                 for c, v in enumerate(_cells(line)))
                 name = ""
                 if i == 0:
