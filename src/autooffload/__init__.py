@@ -7,6 +7,7 @@ CuPy is imported only when a call is sent to the GPU, never by ``import autooffl
 
 import logging as _logging
 
+from . import _report
 from ._config import config, reload_environment
 from ._costmodel import Decision
 from ._dispatch import Stats, explain, offload
@@ -38,13 +39,23 @@ def calibrate(quick: bool = False, output=None, progress=None):
     return run(quick=quick, output=output, progress=progress)
 
 
+def report() -> "_report.Report":
+    """Where the time went, per function decorated with @offload in this process: calls and time
+    per backend, copies to and from the device, calls that ran elsewhere than decided and why,
+    and what the decisions saved against always-NumPy as far as measured. ``print()`` it, call
+    ``.as_dict()``, or show it in Jupyter (an HTML table). AUTOOFFLOAD_REPORT=1 prints it at exit."""
+    return _report.build()
+
+
 _logging.getLogger("autooffload").addHandler(_logging.NullHandler())
+_report.register_exit_check()
 
 __all__ = [
     "offload",
     "config",
     "calibrate",
     "explain",
+    "report",
     "reload_environment",
     "Decision",
     "Stats",

@@ -13,6 +13,10 @@ run of a call whose arrays live on the device. Either way:
   is the caller's own array again, a view of one is a view of the caller's memory, other arrays
   are copied, and a 0-d host result becomes the NumPy scalar NumPy returns; results in any
   container (dict and list subclasses, namespaces, objects, iterators) are converted (``map_result``).
+
+Every copy across (not the device-side snapshots) goes through ``Moved._metered``, which adds
+its bytes and seconds to the function's timesheet when the executor passes a meter (see
+_timesheet.py: copies are where a device run's time often goes, and where users look first).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import time
 import types
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -31,6 +36,7 @@ from ._address import array_address
 from .backends import DEVICE_DTYPES, DeviceMemory, bits_differ, why_not_on_device
 from ._layout import translate_view
 from ._rebind import _LIBRARY_ROOTS
+from ._timesheet import CopyMeter
 
 _ALIGN = 256  # device allocations are at least this aligned; span starts are aligned down to it
 
@@ -292,7 +298,9 @@ class _Region:
 class Moved:
     """One call's arguments moved to the other side, and the way back."""
 
-    def __init__(self, backend: DeviceMemory, to_device: bool, pure: bool):
+    def __init__(self, backend: DeviceMemory, to_device: bool, pure: bool, meter: CopyMeter | None = None):
+        self.meter = meter
+        self.device_idle = False  # the device has finished the work queued before a copy to the host
         self.containers: list = []
         self.tuples: dict[int, tuple] = {}  # id(rebuilt tuple) -> (it, the caller's tuple)
         self.backend = backend
@@ -325,7 +333,24 @@ class Moved:
         return extent(self._pointer(a), a.shape, a.strides, a.itemsize)
 
     def _copy_over(self, a: Any) -> Any:
-        return self.backend.to_device(a) if self.to_device else self.backend.to_host(a)
+        if self.to_device:
+            return self._metered(True, a.nbytes, self.backend.to_device, a)
+        return self._metered(False, a.nbytes, self.backend.to_host, a)
+
+    def _metered(self, host_to_device: bool, nbytes: int, copy: Callable, *args: Any, **kwargs: Any) -> Any:
+        """``copy(*args, **kwargs)``, its bytes and seconds added to the meter when there is one."""
+        meter = self.meter
+        if meter is None:
+            return copy(*args, **kwargs)
+        if not host_to_device and not self.device_idle:
+            # A copy to the host first waits for the device work queued before it (the run
+            # itself): wait for that outside the timed span, so the copy's time is the copy's.
+            self.backend.synchronize()
+            self.device_idle = True
+        start = time.perf_counter()
+        result = copy(*args, **kwargs)
+        meter.copied(host_to_device, nbytes, time.perf_counter() - start)
+        return result
 
     def _snapshot(self, copy: Any) -> Any:
         return self.backend.copy(copy) if self.to_device else copy.copy(order="K")
@@ -509,16 +534,16 @@ class Moved:
                     self._copy_back(e.original, e.as_moved)
         else:
             for e in dirty:
-                self.backend.assign(e.original, e.as_moved)
+                self._metered(True, e.as_moved.nbytes, self.backend.assign, e.original, e.as_moved)
         for e in reshaped:  # in NumPy the caller's array is the object whose shape was set
             e.original.shape = e.copy.shape
 
     def _copy_back(self, original: np.ndarray, copy: Any) -> None:
         """Write a device copy's values into the caller's host array, in the caller's byte order."""
         if original.dtype == copy.dtype:
-            self.backend.to_host(copy, out=original)
+            self._metered(False, copy.nbytes, self.backend.to_host, copy, out=original)
         else:  # a non-native original (its copy is native): NumPy converts on assignment
-            original[...] = self.backend.to_host(copy)
+            original[...] = self._metered(False, copy.nbytes, self.backend.to_host, copy)
 
     def discard(self) -> None:
         """Drop every reference to the copies and snapshots (the call is over or abandoned)."""
@@ -557,18 +582,18 @@ class Moved:
                 # CuPy gives 0-d arrays where NumPy gives scalars (reductions, ufuncs, x[i]), and
                 # the device object cannot tell which NumPy would have given: the scalar, the far
                 # more common case (np.asarray(x.sum()), x[..., 0] are NumPy 0-d arrays: README).
-                return self.backend.to_host(x)[()]
+                return self._metered(False, x.nbytes, self.backend.to_host, x)[()]
             view = self._view_of_original(x, self._copy_pointer(x))
             if view is not None:
                 return view
-            host = self.backend.to_host(x)
+            host = self._metered(False, x.nbytes, self.backend.to_host, x)
             return host[()] if host.ndim == 0 else host
         if isinstance(x, np.generic):
             x = np.asarray(x)
         elif x.dtype not in DEVICE_DTYPES:
             return x  # an object, string or long double result of the NumPy run cannot live on the device
         view = self._view_of_original(x, self._copy_pointer(x))
-        return view if view is not None else self.backend.to_device(x)
+        return view if view is not None else self._metered(True, x.nbytes, self.backend.to_device, x)
 
     def _view_of_original(self, x: Any, ptr: int) -> Any:
         """The caller-side view matching ``x`` when ``x`` lies in memory mirrored from the caller."""
@@ -587,5 +612,6 @@ class Moved:
         return None
 
 
-def move(backend: DeviceMemory, args: tuple, kwargs: dict, *, to_device: bool, pure: bool) -> Moved:
-    return Moved(backend, to_device, pure).move(args, kwargs)
+def move(backend: DeviceMemory, args: tuple, kwargs: dict, *, to_device: bool, pure: bool,
+         meter: CopyMeter | None = None) -> Moved:
+    return Moved(backend, to_device, pure, meter).move(args, kwargs)

@@ -36,17 +36,26 @@ class Environment:
     profile_path: str | None
     cache_dir: str | None
     learn: bool  # AUTOOFFLOAD_LEARN: decisions use the function's own measured times (_learn.py)
+    report: bool = False  # AUTOOFFLOAD_REPORT: print autooffload.report() at exit (_report.py)
+
+
+_FLAG_VALUES = ("", "0", "1", "true", "false", "yes", "no")
+
+
+def _flag(name: str) -> str:
+    """An on/off variable's value, lower-cased ("" when unset); a ConfigError if it is neither."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw not in _FLAG_VALUES:
+        raise ConfigError(f"{name} must be 1/0 (or true/false, yes/no); got {raw!r}")
+    return raw
 
 
 def _read_environment() -> Environment:
     raw_backend = os.environ.get("AUTOOFFLOAD_BACKEND", "").strip()
     backend = check_backend(raw_backend, "AUTOOFFLOAD_BACKEND") if raw_backend else "auto"
-    raw_disable = os.environ.get("AUTOOFFLOAD_DISABLE_GPU", "").strip().lower()
-    if raw_disable not in ("", "0", "1", "true", "false", "yes", "no"):
-        raise ConfigError(f"AUTOOFFLOAD_DISABLE_GPU must be 1/0 (or true/false, yes/no); got {raw_disable!r}")
-    raw_learn = os.environ.get("AUTOOFFLOAD_LEARN", "").strip().lower()
-    if raw_learn not in ("", "0", "1", "true", "false", "yes", "no"):
-        raise ConfigError(f"AUTOOFFLOAD_LEARN must be 1/0 (or true/false, yes/no); got {raw_learn!r}")
+    raw_disable = _flag("AUTOOFFLOAD_DISABLE_GPU")
+    raw_learn = _flag("AUTOOFFLOAD_LEARN")
+    raw_report = _flag("AUTOOFFLOAD_REPORT")
     return Environment(
         backend=backend,
         disable_gpu=raw_disable in ("1", "true", "yes"),
@@ -54,6 +63,7 @@ def _read_environment() -> Environment:
         profile_path=os.environ.get("AUTOOFFLOAD_PROFILE") or None,
         cache_dir=os.environ.get("AUTOOFFLOAD_CACHE_DIR") or None,
         learn=raw_learn not in ("0", "false", "no"),
+        report=raw_report in ("1", "true", "yes"),
     )
 
 

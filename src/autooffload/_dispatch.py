@@ -24,8 +24,10 @@ import dataclasses
 import functools
 import html
 import inspect
+import itertools
 import sys
 import types
+import weakref
 from typing import Any, Callable, ParamSpec, Protocol, TypeVar, overload
 
 import numpy as np
@@ -51,6 +53,15 @@ except ImportError:
 # What the Python hot path passes over: a module argument (np passed in) goes to the general
 # path, which translates it for the device; so a device call from the hot path needs no translation.
 _HOT_PASSIVE = PASSIVE - {types.ModuleType}
+
+# Every function decorated in this process, for autooffload.report(); weak, so that a function
+# dropped by its program drops out of the report with it.
+_STATES: "weakref.WeakSet[_State]" = weakref.WeakSet()
+
+
+def offloaded_states() -> list["_State"]:
+    """The live offloaded functions, in the order they were decorated."""
+    return sorted(_STATES, key=lambda state: state.serial)
 
 
 class Stats:
@@ -114,6 +125,9 @@ class Stats:
         return f"<table><tr>{head}</tr><tr>{row}</tr></table>"
 
 
+_SERIALS = itertools.count()
+
+
 class _State:
     """What ties one function to its planner, executor and record keeper."""
 
@@ -151,13 +165,20 @@ class _State:
         # Whether the code can write into its arguments at all (see _purity.py): if not, calls
         # with plain array and scalar arguments skip the write detection.
         may_write, _ = may_write_arguments(func)
-        self.executor = Executor(func, self.name, self.records, self.report,
+        self.executor = Executor(func, self.name, self.records, self.ran_instead,
                                  pure=bool(pure), may_write=may_write, xp_param=xp_param)
         self.fastpath = None  # the _native.FastPath of the wrapper, when the extension is built
+        self.serial = next(_SERIALS)
+        _STATES.add(self)
 
     def report(self, d: Decision) -> None:
         """What ``last_decision`` says (the executor corrects it when another backend ran)."""
         self.attrs["last_decision"] = d
+
+    def ran_instead(self, d: Decision) -> None:
+        """The executor's correction: ``d.backend`` ran, not the backend decided, for ``d.reason``."""
+        self.attrs["last_decision"] = d
+        self.records.timesheet.ran_instead(d.backend, d.reason)
 
     def call(self, args: tuple, kwargs: dict) -> Any:
         """The general path: nested containers, kwargs, device arrays, anything unusual."""
@@ -202,6 +223,12 @@ class _State:
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
         ran = self.attrs.get("last_decision", d)
+        # Where the time went: a device run's time is the executor's (Outcome.seconds), filed by
+        # the record keeper; here the NumPy runs, and the calls another backend took over.
+        if ran is not d:
+            self.records.timesheet.timed_rerun(seconds)
+        elif d.backend == NUMPY:
+            self.records.timesheet.timed(NUMPY, d.bucket, seconds)
         if not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring)
         if _log.active():

@@ -128,7 +128,8 @@ class Executor:
         if not has_device_args:
             args, kwargs = self.with_xp(args, kwargs, np)
             return self.func(*args, **kwargs)
-        moved = move(device.load(), args, kwargs, to_device=False, pure=self.skip_write_detection(args, kwargs))
+        moved = move(device.load(), args, kwargs, to_device=False, pure=self.skip_write_detection(args, kwargs),
+                     meter=self.records.timesheet.meter(NUMPY))  # the copies, for autooffload.report()
         args, kwargs = self.with_xp(moved.args, moved.kwargs, np)
         try:
             result = self.func(*args, **kwargs)
@@ -172,7 +173,8 @@ class Executor:
         try:
             if d.host_bytes or not d.device_bytes:
                 # Host data, or no arrays at all: either way the result belongs on the host.
-                moved = move(backend, args, kwargs, to_device=True, pure=self.skip_write_detection(args, kwargs))
+                moved = move(backend, args, kwargs, to_device=True, pure=self.skip_write_detection(args, kwargs),
+                             meter=self.records.timesheet.meter(d.backend))  # the copies, for autooffload.report()
         except Ineligible as exc:
             self._ran_on_numpy(d, str(exc))
             return self.run_numpy(args, kwargs, has_device_args)
@@ -261,7 +263,7 @@ class Executor:
             if not d.device_bytes:
                 self._sweep(reach, moved, d)
                 result = moved.result(result)  # the copy out synchronizes: the time below is real
-        self.records.ran(Outcome(d.backend, None, time.perf_counter() - start if moved is not None else None))
+        self.records.ran(Outcome(d.backend, None, time.perf_counter() - start if moved is not None else None, d.bucket))
         return result
 
     def fall_back(self, d: Decision, cause: str, args: tuple, kwargs: dict, has_device_args: bool) -> Any:

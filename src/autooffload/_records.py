@@ -4,7 +4,8 @@ The record keeper is written to by the executor (an ``Outcome`` per device run a
 and by the hot path itself (a count per NumPy call, the cheapest thing it can do), and read by
 ``Stats`` and by the executor (argument types that failed on a backend are not sent there again,
 as numba's ``_FunctionCompiler`` keeps a failure cache keyed by argument types). Observed times
-are kept from the learning issue on; today ``Outcome.seconds`` is the last device run's.
+are kept from the learning issue on; today ``Outcome.seconds`` is the last device run's. The
+``timesheet`` (_timesheet.py) adds up where the time went, for ``autooffload.report()``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._arguments import iter_leaves
+from ._timesheet import Timesheet
 from .backends import cupy as device
 
 
@@ -46,6 +48,7 @@ class Outcome:
     backend: str  # the backend that produced the result
     fallback_cause: str | None = None  # the chosen backend failed with this; NumPy ran instead
     seconds: float | None = None  # wall time of the run, where it was measured
+    bucket: tuple | None = None  # the decision's size bucket (where the report files ``seconds``)
 
 
 class Records:
@@ -58,11 +61,14 @@ class Records:
         # Argument-type signature -> (backend that failed, cause). Read on every device run.
         self.failures: dict[tuple, tuple[str, str]] = {}
         self.last_outcome: Outcome | None = None
+        self.timesheet = Timesheet()  # where the time went, for autooffload.report()
 
     def ran(self, outcome: Outcome) -> None:
         """A call the executor ran to the end on ``outcome.backend`` (NumPy runs are only counted)."""
         next(self.calls[outcome.backend])
         self.last_outcome = outcome
+        if outcome.seconds is not None and outcome.bucket is not None:
+            self.timesheet.timed(outcome.backend, outcome.bucket, outcome.seconds)
 
     def fell_back(self, signature: tuple, backend: str, cause: str) -> None:
         """``backend`` could not run these argument types; NumPy did (and counted its run)."""

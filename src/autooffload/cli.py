@@ -1,5 +1,5 @@
-"""The command line: ``autooffload calibrate | show | plot | info``, ``--version``. The only
-module that prints.
+"""The command line: ``autooffload calibrate | show | plot | history | info | run``, ``--version``.
+The only module that prints, besides the report printed at exit (_report.py).
 
 Exit codes: 0 done; 1 could not do it (calibration failed or locked, matplotlib missing);
 2 bad usage or an unusable profile file; 130 interrupted (Ctrl-C).
@@ -27,7 +27,7 @@ from ._profiles import (
     this_machine_mismatch,
 )
 from .errors import CalibrationError, ConfigError, ProfileError
-from ._units import format_bytes
+from ._units import format_bytes, format_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SHOW_JSON_VERSION = 1  # of the `show --json` document (keys below); bump on change
@@ -81,13 +81,7 @@ def human_bytes(n: float | None) -> str:
 
 
 def human_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s >= 1:
-        return f"{s:.3g} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s * 1e6:.3g} us"
+    return "-" if s is None else format_seconds(s)
 
 
 def human_age(seconds: float) -> str:
@@ -357,6 +351,37 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a script as ``python SCRIPT ARGS`` would (``__main__``, ``sys.argv``, its folder first
+    on ``sys.path``), as ``python -m cudf.pandas`` does, and print the report at exit (stderr).
+    The script's exit code is the command's; an uncaught exception prints its traceback, exit 1."""
+    import runpy
+    import traceback
+
+    from . import _report
+
+    if not os.path.isfile(args.script):
+        _error(f"no such script: {args.script}")
+        return EXIT_USAGE
+    _report.print_at_exit()  # after the script's own exit handlers, which it registers later
+    sys.argv = [args.script, *args.script_args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
+    try:
+        runpy.run_path(args.script, run_name="__main__")
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)  # as the interpreter does with `sys.exit("message")`
+        return 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        return EXIT_INTERRUPTED
+    except BaseException:
+        traceback.print_exc()
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autooffload",
@@ -388,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="what loads here: C extensions, cores, BLAS, CuPy and CUDA, GPUs, Numba")
     info.add_argument("--json", action="store_true", help="print a JSON document instead of text")
     info.set_defaults(run=cmd_info)
+
+    run = commands.add_parser("run", help="run a Python script, then print where its offloaded calls' time went")
+    run.add_argument("script", metavar="SCRIPT", help="the script, run as __main__ (as `python SCRIPT` would)")
+    run.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's own arguments")
+    run.set_defaults(run=cmd_run)
     return parser
 
 
