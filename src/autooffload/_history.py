@@ -76,6 +76,7 @@ class Cell:
         self.dropped_first = False
 
     def add(self, seconds: float, predicted: float | None) -> None:
+        seconds = max(seconds, 1e-9)  # a coarse clock can read 0: estimates divide by these
         self.count += 1
         if predicted is not None:
             self.predicted = predicted
@@ -169,6 +170,7 @@ class Store:
 
     def __init__(self, path_for: Callable[[], Path | None]):
         self._path_for = path_for
+        self._path: Path | None = None  # fixed at the first use: saving at exit reads no changed env
         self._functions: dict[str, FunctionHistory] = {}
         self._loaded: dict[str, dict] | None = None  # the file's content, read once
         self._lock = threading.Lock()
@@ -196,15 +198,20 @@ class Store:
         if self._unsaved >= SAVE_EVERY:
             self.save()
 
+    def path(self) -> Path | None:
+        if self._path is None:
+            self._path = self._path_for()
+        return self._path
+
     def _file_content(self) -> dict[str, dict]:
         if self._loaded is None:
-            path = self._path_for()
+            path = self.path()
             self._loaded = read_file(path) if path is not None else {}
         return self._loaded
 
     def save(self) -> Path | None:
         """Merge this process's observations into the file, atomically, under a lock."""
-        path = self._path_for()
+        path = self.path()
         if path is None:
             return None
         self._unsaved = 0
@@ -226,7 +233,7 @@ class Store:
         with self._lock:
             self._functions.clear()
             self._loaded = {}
-        path = self._path_for()
+        path = self.path()
         if path is not None:
             with suppress(FileNotFoundError):
                 path.unlink()
