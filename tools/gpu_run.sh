@@ -28,7 +28,8 @@ for s in "$@"; do
         overhead) step overhead python3 benchmarks/overhead.py --machine "$MACHINE" ;;
         suite-quick) AUTOOFFLOAD_LOG="$OUT/suite-decisions.jsonl" step suite-quick python3 benchmarks/suite.py --quick --machine "$MACHINE-quick" ;;
         suite) step suite python3 benchmarks/suite.py --machine "$MACHINE" ;;
-        seed) step seed python3 benchmarks/seed_article.py --machine "$MACHINE" ;;
+        seed) step seed python3 benchmarks/seed_article.py --machine "$MACHINE" --budget-s "${BUDGET:-200}" ;;
+        three-way) TAIL=30 step three-way python3 tools/three_way.py --max-elements "${MAX_N:-1e8}" ;;
         transfer) step transfer python3 benchmarks/transfer.py --machine "$MACHINE" ;;
         decisions) step decisions sh -c "python3 tools/decision_table.py > $OUT/decision-table.jsonl" ;;
         calibrate) step calibrate python3 -m autooffload calibrate --output "$OUT/$MACHINE.json"
