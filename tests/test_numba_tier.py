@@ -144,3 +144,42 @@ def test_importing_autooffload_imports_neither_numba_nor_cupy():
     out = subprocess.run([sys.executable, "-c", "import sys, autooffload; print([m for m in ('numba', 'cupy') if m in sys.modules])"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_config_threads_caps_the_tier_and_leaves_the_steering_alone(use_profile, monkeypatch):
+    from autooffload import backends
+
+    use_profile(tier_profile())
+    tier = backends.get("numba")
+    seen = []
+    real = tier.thread_limit
+
+    def recording(threads):
+        seen.append(threads)
+        return real(threads)
+
+    monkeypatch.setattr(tier, "thread_limit", recording)
+    f = offload(chain, backend="numba")
+    x = np.arange(100.0)
+    with config(threads=1):
+        f(x)
+        with config(backend="auto"):
+            with config(threads=2):
+                f(x)
+            f(x)
+    f(x)
+    assert seen == [1, 2, 1, None]
+    assert f.last_decision.backend == "numba"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4"])
+def test_config_threads_must_be_a_positive_int(bad):
+    with pytest.raises(autooffload.ConfigError, match="positive int"):
+        with config(threads=bad):
+            pass
+
+
+def test_config_needs_something_to_set():
+    with pytest.raises(autooffload.ConfigError, match="backend=... or threads=..."):
+        with config():
+            pass

@@ -107,21 +107,32 @@ def invalidate_decisions() -> None:
 # and by the C check of the NumPy path (_native.c), which answers alone only when it is None.
 backend_in_context: ContextVar[str | None] = ContextVar("autooffload_config_backend", default=None)
 current_backend = backend_in_context.get
-# The blocks active in this context, innermost last: (block, backend) pairs.
+# The thread limit of the innermost config(threads=...) block, None outside: read by the executor
+# when it runs a multi-core tier (never on the NumPy hot path).
+threads_in_context: ContextVar[int | None] = ContextVar("autooffload_config_threads", default=None)
+current_threads = threads_in_context.get
+# The blocks active in this context, innermost last: (block, backend or None, threads or None).
 _blocks: ContextVar[tuple] = ContextVar("autooffload_config_blocks", default=())
+
+
+def _innermost(blocks: tuple, field: int):
+    return next((entry[field] for entry in reversed(blocks) if entry[field] is not None), None)
 
 
 def _set_blocks(blocks: tuple) -> None:
     _blocks.set(blocks)
-    backend_in_context.set(blocks[-1][1] if blocks else None)
+    backend_in_context.set(_innermost(blocks, 1))
+    threads_in_context.set(_innermost(blocks, 2))
 
 
 @contextmanager
-def config(*, backend: str):
+def config(*, backend: str | None = None, threads: int | None = None):
     """Force every offloaded call inside the block onto ``backend``, in this thread or asyncio task.
 
-    ``backend`` is "numpy", "cupy" or "auto" (the cost model decides). Blocks nest; the
-    innermost wins. The setting lives in a context variable, as ``decimal.localcontext`` does:
+    ``backend`` is "numpy", "numba", "cupy" or "auto" (the cost model decides); None leaves the
+    steering as it is. ``threads`` caps the threads a multi-core tier (Numba) uses for the calls
+    in the block (``NUMBA_NUM_THREADS`` caps it further); it does not change NumPy's BLAS. Blocks
+    nest; for each setting the innermost block that gives it wins. The setting lives in a context variable, as ``decimal.localcontext`` does:
     each thread and each asyncio task sees only its own blocks, however their blocks interleave.
     A task created inside a block starts with it (asyncio copies the context into new tasks, and
     ``asyncio.to_thread`` into its thread); a thread started inside a block does not, unless the
@@ -130,9 +141,14 @@ def config(*, backend: str):
     generator leaves it; a block must end in the context (thread or task) where it began, else
     that context keeps it.
     """
-    backend = check_backend(backend, "config(backend=...)")
+    if backend is None and threads is None:
+        raise ConfigError("config() needs backend=... or threads=...; got neither")
+    if backend is not None:
+        backend = check_backend(backend, "config(backend=...)")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"config(threads=...) must be a positive int; got {threads!r}")
     block = object()
-    _set_blocks(_blocks.get() + ((block, backend),))
+    _set_blocks(_blocks.get() + ((block, backend, threads),))
     try:
         yield
     finally:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import backends
+from . import _config, backends
 from ._arguments import Ineligible, NumPyWouldRaise, move
 from ._costmodel import Decision
 from ._reachable import Reachable
@@ -111,7 +111,8 @@ class Executor:
             return self.run_numpy(args, kwargs, False)
         call_args, call_kwargs = self.with_xp(args, kwargs, np)
         try:
-            result = fn(*call_args, **call_kwargs)
+            with backend.thread_limit(_config.current_threads()):
+                result = fn(*call_args, **call_kwargs)
         except Exception as exc:
             cause = backend.fallback_cause(exc)
             if cause is None:

@@ -9,7 +9,8 @@ backends there are. Adding one is a subclass of ``Backend`` and one ``register_l
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Final, Literal
+from contextlib import nullcontext
+from typing import Any, Callable, ClassVar, ContextManager, Final, Literal
 
 import numpy as np
 
@@ -70,6 +71,8 @@ class Backend:
       function itself, a device twin with NumPy names rebound, a compiled version), the twin to
       refresh before each call (or None), and how it was found; ``(None, None, why)`` when there
       is no version of ``func`` for this backend;
+    - ``thread_limit(n)``: a context in which its calls use at most ``n`` threads (None: no
+      limit), for ``config(threads=...)``; single-threaded backends ignore it (the default);
     - ``synchronize()``: wait for the work it queued (a device stream), so a measured call's time
       is the real one; host backends return at once (the default);
     - ``fallback_cause(exc)``: a short cause if ``exc`` means "this backend cannot run the code
@@ -91,6 +94,9 @@ class Backend:
 
     def synchronize(self) -> None:
         return None
+
+    def thread_limit(self, threads: int | None) -> ContextManager[None]:
+        return nullcontext()
 
     def fallback_cause(self, exc: BaseException) -> str | None:
         return None
