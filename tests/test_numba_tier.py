@@ -183,3 +183,19 @@ def test_config_needs_something_to_set():
     with pytest.raises(autooffload.ConfigError, match="backend=... or threads=..."):
         with config():
             pass
+
+
+def test_show_lists_where_the_tier_beats_numpy(tmp_path, capsys):
+    from autooffload import cli
+    from autooffload._costmodel import tier_range
+    from autooffload._profiles import save_profile
+
+    profile = tier_profile(speedup=3.0)
+    assert tier_range(profile, "elementwise") == [(1024.0, pytest.approx(2.0**40, rel=0.2))]
+    assert tier_range(synthetic_profile(has_gpu=False), "elementwise") == []
+    path = tmp_path / "p.json"
+    save_profile(profile, path)
+    assert cli.main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Numba tier: compiles in ~500 ms per argument types" in out
+    assert "elementwise      from 1 KiB" in out

@@ -309,3 +309,27 @@ def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0,
         if seconds[CUPY] is not None and seconds[CUPY] < seconds[NUMPY]:
             return float(n)
     return None
+
+
+def tier_range(profile: Profile, kind: str, tier: str = NUMBA, *, lo: float = 1024.0,
+               hi: float = 2.0**40) -> list[tuple[float, float]]:
+    """The input sizes (bytes, host data) where the host tier ``tier`` is predicted faster than
+    NumPy for ``kind``: (smallest, largest) of each run of quarter-octave sizes; [] where it
+    never is (or the profile has no curves for it). A multi-core tier often wins a middle range
+    only: too small and its threads cost more than the work, too large and both are bound by
+    memory bandwidth. Above a curve's last point predictions are extrapolated."""
+    steps = int(4 * math.log2(hi / lo)) + 1
+    runs: list[tuple[float, float]] = []
+    start = last = None
+    for i in range(steps):
+        n = float(int(lo * 2 ** (i / 4)))
+        seconds = predict(profile, Request(kind, host_bytes=int(n), largest_bytes=int(n), gpu_ready=True)).seconds
+        if seconds.get(tier) is not None and seconds[tier] < seconds[NUMPY]:
+            start = n if start is None else start
+            last = n
+        elif start is not None:
+            runs.append((start, last))
+            start = None
+    if start is not None:
+        runs.append((start, last))
+    return runs

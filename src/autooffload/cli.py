@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Sequence, TextIO
 
 from ._config import reload_environment
-from ._costmodel import KINDS, crossover
+from ._costmodel import KINDS, crossover, tier_range
 from ._profiles import (
     Profile,
     active_profile,
@@ -30,7 +30,7 @@ from .errors import CalibrationError, ConfigError, ProfileError
 from ._units import format_bytes, format_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-SHOW_JSON_VERSION = 1  # of the `show --json` document (keys below); bump on change
+SHOW_JSON_VERSION = 2  # of the `show --json` document (keys below); bump on change. 2: numba_tier, profile schema 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,6 +51,27 @@ def crossover_table(profile: Profile) -> dict[str, dict[str, float | None]]:
     return table
 
 
+def numba_tier(profile: Profile) -> dict:
+    """The Numba tier in this profile: its compile time, whether it can load here, and per kind
+    the input sizes (host data) where it is predicted faster than NumPy."""
+    from . import backends
+
+    timing = profile.backend("numba")
+    ranges: dict[str, list[list[float]]] = {}
+    if timing is not None and timing.can_predict():
+        for kind in KINDS:
+            try:
+                ranges[kind] = [list(run) for run in tier_range(profile, kind)]
+            except KeyError:
+                ranges[kind] = []
+    return {
+        "curves": bool(ranges),
+        "compile_s": timing.warmup_s if timing is not None else None,
+        "unavailable_here": backends.unavailable_reason("numba"),
+        "faster_than_numpy": ranges,
+    }
+
+
 def describe(profile: Profile, *, note: str | None = None) -> dict:
     """The `show --json` document: which file, whose machine, how old, the crossovers, the profile."""
     is_builtin = profile.source == "built-in"
@@ -67,6 +88,7 @@ def describe(profile: Profile, *, note: str | None = None) -> dict:
         "version_drift": [] if is_builtin or mismatch else software_drift(profile),
         "gpu_usable": profile.has_device_timings(),
         "crossovers": crossover_table(profile),
+        "numba_tier": numba_tier(profile),
         "profile": profile.model_dump(mode="json"),
     }
 
@@ -126,10 +148,11 @@ def format_show(doc: dict) -> str:
         f"Software:  Python {fp['python_version'] or '?'}, numpy {fp['numpy_version'] or '?'}, "
         f"cupy {fp['cupy_version'] or '-'}, numba {fp['numba_version'] or '-'}"
     )
+    tier = doc["numba_tier"]
     if not doc["gpu_usable"]:
         lines.append("")
-        lines.append("No GPU timings in this profile: every call runs on NumPy.")
-        return "\n".join(lines) + "\n"
+        lines.append("No GPU timings in this profile" + (": every call runs on NumPy." if not tier["curves"] else "."))
+        return "\n".join(lines + _tier_lines(tier)) + "\n"
     for backend in p["backends"].values():
         if backend["memory"] == "device":
             lines.append(
@@ -146,7 +169,24 @@ def format_show(doc: dict) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     for row in [header, *rows]:
         lines.append("  " + "   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _tier_lines(tier)) + "\n"
+
+
+def _tier_lines(tier: dict) -> list[str]:
+    """The Numba tier's part of `show`: when it beats NumPy, its compile time, whether it loads."""
+    lines = [""]
+    if not tier["curves"]:
+        lines.append("Numba tier: no curves in this profile (`autooffload calibrate` with Numba installed measures them)")
+        return lines
+    here = tier["unavailable_here"]
+    lines.append(f"Numba tier: compiles in ~{human_seconds(tier['compile_s'])} per argument types, in the background; "
+                 + (f"absent here ({here})" if here else "available here"))
+    lines.append("  kind             Numba predicted faster than NumPy (numpy data)")
+    for kind, runs in tier["faster_than_numpy"].items():
+        text = ", ".join(f"from {human_bytes(a)}" if b >= 2.0**39 else f"{human_bytes(a)} to {human_bytes(b)}"
+                         for a, b in runs) or "never"
+        lines.append(f"  {kind:<16} {text}")
+    return lines
 
 
 def _crossover_text(nbytes: float | None) -> str:
