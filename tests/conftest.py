@@ -115,3 +115,23 @@ def use_profile(monkeypatch):
         return profile
 
     return install
+
+
+class FakeClock:
+    """The learner's clock in tests: a function under test advances ``t`` by what its call "takes"."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A FakeClock installed as the learner's clock (autooffload._learn.clock)."""
+    from autooffload import _learn
+
+    fake = FakeClock()
+    monkeypatch.setattr(_learn, "clock", fake)
+    return fake

@@ -25,19 +25,6 @@ from autooffload.backends import cupy as device
 N = 125_000  # float64 elements: 1e6 bytes
 
 
-class FakeClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    fake = FakeClock()
-    monkeypatch.setattr(_learn, "clock", fake)
-    return fake
 
 
 def timed(clock, *, numpy_s: float, gpu_s: float):

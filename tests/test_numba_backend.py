@@ -27,6 +27,7 @@ from autooffload.backends import numba as tier  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 suite = pytest.importorskip("suite")
+from numba_tier import chain, chain_in_place  # noqa: E402  (the seed article's chains, as benchmarked)
 
 EPS = 2.0**-52
 rng = np.random.default_rng(13)
@@ -47,18 +48,6 @@ def run(backend, func, *args, **kwargs):
 
 
 # -- the functions ------------------------------------------------------------------------------
-def chain(x):
-    y = x * 5
-    y = y * y
-    return y + y
-
-
-def chain_in_place(x):
-    x *= 5
-    x *= x
-    x += x
-
-
 def mean_of_products(a, b):  # tests/test_decorator.py
     return (a * b + a).mean()
 

@@ -24,7 +24,7 @@ from conftest import synthetic_profile
 from fake_device import FAKE_MISSING, FakeDeviceArray
 
 import autooffload
-from autooffload import _dispatch, _learn, _report, config, offload
+from autooffload import _dispatch, _report, config, offload
 from autooffload.backends import cupy as device
 
 SRC = str(Path(autooffload.__file__).resolve().parents[1])
@@ -190,19 +190,6 @@ def test_gpu_runs_from_several_threads_are_all_on_the_sheet(on_gpu):
 
 
 # -- the fake GPU, chosen by the cost model -------------------------------------------------------
-class FakeClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    fake = FakeClock()
-    monkeypatch.setattr(_learn, "clock", fake)
-    return fake
 
 
 def test_auto_calls_show_both_backends_and_the_saving_against_numpy(fake_gpu, use_profile, clock):

@@ -21,26 +21,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import suite  # noqa: E402
+from numba_tier import chain, chain_in_place  # noqa: E402  (the seed article's chains)
 
 from autooffload import config, offload  # noqa: E402
 
 
-def chain(x):
-    y = x * 5
-    y = y * y
-    return y + y
-
-
-def in_place(x):
-    x *= 5
-    x *= x
-    x += x
-    return x
-
-
 CASES = {
     "chain": (chain, lambda n, g: (g.standard_normal(n),)),
-    "in_place": (in_place, lambda n, g: (g.standard_normal(n),)),
+    "in_place": (chain_in_place, lambda n, g: (g.standard_normal(n),)),
     "black_scholes": (suite.black_scholes_call, suite._bs),
 }
 
