@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import inspect
 import itertools
 import sys
@@ -119,6 +118,8 @@ class Stats:
 
     def _repr_html_(self) -> str:
         """A one-row table in Jupyter."""
+        import html  # for Jupyter only: not paid by `import autooffload`
+
         shown = self._shown()
         head = "".join(f"<th>{html.escape(k)}</th>" for k in shown)
         row = "".join(f"<td>{v}</td>" for v in shown.values())

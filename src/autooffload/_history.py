@@ -25,19 +25,17 @@ foreign file is one warning and a fresh start, never a failed call.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import logging
-import marshal
 import os
-import statistics
-import tempfile
 import threading
 from contextlib import suppress
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ProfileWarning, warn_at_user_line
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 logger = logging.getLogger("autooffload")
 
@@ -57,6 +55,9 @@ def function_key(func: Callable) -> str:
     code = getattr(inner, "__code__", None)
     if code is None:
         return f"{module}:{name}"
+    import hashlib  # at a function's first decision, not at import
+    import marshal
+
     try:
         digest = hashlib.sha1(marshal.dumps(code)).hexdigest()[:12]
     except ValueError:  # unmarshallable constants
@@ -92,7 +93,7 @@ class Cell:
         return len(self.samples) >= TRUSTED
 
     def estimate(self) -> float | None:
-        return statistics.median(self.samples) if self.trusted else None
+        return _median(self.samples) if self.trusted else None
 
     def profile_error(self) -> float | None:
         """Observed / predicted: how wrong the profile is for this function here."""
@@ -124,6 +125,13 @@ class Cell:
         self.count += other_new
         if self.predicted is None:
             self.predicted = other.predicted
+
+
+def _median(values: list[float]) -> float:
+    # statistics.median's, without importing statistics (and fractions, decimal) at import time
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 CellKey = tuple[str, int, int]  # (backend, host-bytes bucket, device-bytes bucket)
@@ -308,6 +316,8 @@ def read_file(path: Path, *, warn: bool = True) -> dict[str, dict]:
 
 
 def _write_atomically(path: Path, data: Any) -> None:
+    import tempfile  # only when saving: importing autooffload stays cheap (tests/test_import_cost.py)
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -40,14 +40,15 @@ from __future__ import annotations
 
 import atexit
 import math
-import statistics
 import time
-from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from . import _config
 from ._costmodel import Prediction
 from ._history import FunctionHistory, Store, function_key
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 EXPLORE_FRACTION = 0.10  # of a function's observed seconds, at most, spent exploring
 # Predictions closer than this factor are uncertain. On the H200 suite a factor of 2 left the
@@ -94,7 +95,7 @@ def loglog_fit(points: list[tuple[float, float]], at: float) -> float | None:
         return None
     lx = [math.log(x) for x, _ in points]
     ly = [math.log(y) for _, y in points]
-    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
     sxx = sum((a - mx) ** 2 for a in lx)
     slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sxx
     slope = min(max(slope, 0.0), 2.0)

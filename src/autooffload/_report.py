@@ -18,7 +18,6 @@ program's own output stays as it was.
 from __future__ import annotations
 
 import atexit
-import html
 import os
 import sys
 from dataclasses import dataclass, field
@@ -135,6 +134,8 @@ class Report:
 
     # -- HTML (Jupyter) --------------------------------------------------------------------------
     def _repr_html_(self) -> str:
+        import html  # for Jupyter only: not paid by `import autooffload`
+
         empty = self.empty_line()
         if empty is not None:
             return f"<p>{html.escape(empty)}</p>"
