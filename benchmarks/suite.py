@@ -328,7 +328,9 @@ def compare(ref, got, rtol, atol) -> str | None:
 # =============================================================================================
 # The run
 # =============================================================================================
-COLS = ["numpy", "cupy_copies", "offload"]
+COLS = ["numpy", "numba", "cupy_copies", "offload"]
+# The columns @offload is measured against: the best of the backends run by hand.
+BASELINES = ("numpy", "numba", "cupy_copies")
 
 
 def parse(argv):
@@ -443,18 +445,22 @@ def _main(argv, quiet: bool) -> dict:
                                            "notes": notes}, say.text())
 
     # -- the table -------------------------------------------------------------------------------
-    headers = ["function", "n", "shapes", "NumPy", "CuPy+copies", "@offload", "picked", "settled", "x CuPy", "x @offload", "ratio"]
+    headers = ["function", "n", "shapes", "NumPy", "Numba", "CuPy+copies", "@offload", "picked", "settled", "x Numba", "x CuPy",
+               "x @offload", "ratio"]
     trows = []
     for r in rows:
         t = r["times"]
         trows.append([r["function"], B.fmt_n(r["n"]), r["shapes"]]
                      + [B.Stat(**{k: v for k, v in t[c].items() if k != "spread"}).cell() if t.get(c) else B.NA for c in COLS]
-                     + [r.get("picked") or B.NA, _settled_text(r), B.fmt_x(r["speedup"].get("cupy_copies")),
+                     + [r.get("picked") or B.NA, _settled_text(r), B.fmt_x(r["speedup"].get("numba")),
+                        B.fmt_x(r["speedup"].get("cupy_copies")),
                         B.fmt_x(r["speedup"].get("offload")), f"{r['ratio']:.2f}" if r.get("ratio") else B.NA])
     say("")
     say(B.table(headers, trows, left=3))
     say("")
-    say("x ...: NumPy time / that column's time. ratio: @offload / min(NumPy, CuPy+copies), per row. "
+    say("x ...: NumPy time / that column's time. Numba: the function compiled by the Numba tier's runner "
+        "(numba.njit(parallel=True)), called directly; n/a where it does not compile or the tier is absent. "
+        "ratio: @offload / min(NumPy, Numba, CuPy+copies), per row. "
         "'±': half the interquartile range.")
     ratios = [r["ratio"] for r in rows if r.get("ratio")]
     worst = max(rows, key=lambda r: r.get("ratio") or 0, default=None)
@@ -467,10 +473,11 @@ def _main(argv, quiet: bool) -> dict:
     }
     if ratios:
         ok = summary["ratio_geomean"] <= 1.10 and summary["ratio_worst"] <= 1.5
-        say(f"SUMMARY @offload / best of (NumPy, CuPy+copies): geometric mean {summary['ratio_geomean']:.3f}, "
+        say(f"SUMMARY @offload / best of (NumPy, Numba, CuPy+copies): geometric mean {summary['ratio_geomean']:.3f}, "
             f"worst {summary['ratio_worst']:.2f} ({summary['ratio_worst_row']}), {summary['rows_over_1_5']} of "
             f"{len(ratios)} rows above 1.5 -> targets (<= 1.10, <= 1.5) {'MET' if ok else 'NOT MET'}"
-            + ("" if cp is not None else " [no GPU: NumPy is the only choice here]"))
+            + ("" if cp is not None else " [no GPU: NumPy" + (" and the Numba tier" if numba_tier() is not None else "")
+                                         + " are the only choices here]"))
         summary["targets_met"] = ok
     say("First call of each decorated function (excluded from the medians):")
     for name, c in first_calls.items():
@@ -568,6 +575,30 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
         if guarded("CuPy+copies", cupy_first):
             fns["cupy_copies"], syncs["cupy_copies"] = call_cp, sync
 
+    tier = numba_tier()
+    if tier is not None:
+        compiled, _, how = tier.runner(case.fn)
+        if compiled is None:
+            row["numba_refused"] = how  # not a problem: the JSON says why the column is n/a
+        else:
+            def numba_first():
+                try:
+                    first_s, got = B.time_once(lambda: compiled(*args))  # the compilation, excluded below
+                except Exception as exc:
+                    cause = tier.fallback_cause(exc)
+                    if cause is None:
+                        raise
+                    row["numba_refused"] = cause  # these argument types stay on NumPy: by design
+                    return None
+                row["first_call_s"]["numba"] = first_s
+                bad = compare(reference, got, case.rtol, case.atol)
+                if bad:
+                    row["mismatch"].append(f"Numba: {bad}")
+                return True
+
+            if guarded("Numba", numba_first):
+                fns["numba"], syncs["numba"] = (lambda: compiled(*args)), B._no_sync
+
     call_off = lambda: fn_off(*args)  # noqa: E731
 
     def offload_first():
@@ -587,7 +618,7 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
 
     # Then the columns side by side, round by round (a variant that fails alone is retried alone).
     before = fn_off.stats.as_dict()
-    warm = {"numpy": 0, "cupy_copies": 0 if big else 1, "offload": 0}
+    warm = {"numpy": 0, "numba": 0, "cupy_copies": 0 if big else 1, "offload": 0}
     stats = guarded("timing", lambda: B.measure_interleaved(fns, sync=syncs, warmup=warm, **settings))
     if stats is None:
         stats = {}
@@ -614,10 +645,17 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
                                       "warm_median_s": stats["offload"].median}
 
     t = {c: row["times"][c]["median"] for c in COLS if row["times"][c]}
-    row["speedup"] = {c: t["numpy"] / t[c] for c in ("cupy_copies", "offload") if c in t and "numpy" in t and t[c] > 0}
-    best = min([t[c] for c in ("numpy", "cupy_copies") if c in t], default=None)
+    row["speedup"] = {c: t["numpy"] / t[c] for c in ("numba", "cupy_copies", "offload") if c in t and "numpy" in t and t[c] > 0}
+    best = min([t[c] for c in BASELINES if c in t], default=None)
     row["ratio"] = t["offload"] / best if best and "offload" in t else None
     return row
+
+
+def numba_tier():
+    """The Numba tier's backend object, or None where Numba is not installed or cannot load."""
+    from autooffload import backends
+
+    return backends.get("numba")
 
 
 def _settled_text(row: dict) -> str:
