@@ -345,3 +345,27 @@ def test_the_packaging_extras_name_numba():
     test_extra = next(line for line in text.splitlines() if line.startswith("test = "))
     assert "numba>=0.60" in test_extra
     assert importlib.util.find_spec("numba") is not None and math.isfinite(backends.get("numba").max_threads)
+
+
+def test_an_unusable_disk_cache_is_compiled_around(backend, monkeypatch):
+    # Numba's cache of a file loaded under another module name (a test runner's) unpickles a module
+    # that does not exist here: the function compiles afresh instead of being refused.
+    from autooffload.backends import _numba_compile
+
+    real = _numba_compile.FunctionCompiler._compile_with
+    calls = []
+
+    def first_fails(dispatcher, sig):
+        calls.append(dispatcher)
+        if len(calls) == 1:
+            raise ModuleNotFoundError("No module named 'bench_suite'")
+        return real(dispatcher, sig)
+
+    monkeypatch.setattr(_numba_compile.FunctionCompiler, "_compile_with", staticmethod(first_fails))
+
+    def triple(x):
+        return x * 3
+
+    x = np.arange(5.0)
+    np.testing.assert_array_equal(run(backend, triple, x), x * 3)
+    assert len(calls) == 2 and calls[0] is not calls[1]

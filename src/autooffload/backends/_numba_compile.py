@@ -202,10 +202,16 @@ class FunctionCompiler:
     def _compile(self, sig: Signature) -> None:
         start = time.perf_counter()
         try:
-            with _OUR_WARNINGS, warnings.catch_warnings():
-                # "parallel=True but no transformation was possible" and similar: ours to decide, not the user's to read.
-                warnings.simplefilter("ignore", numba.NumbaWarning)
-                self.dispatcher.compile(sig.numba_types)
+            try:
+                self._compile_with(self.dispatcher, sig)
+            except (ImportError, AttributeError, EOFError) as exc:
+                # Numba's disk cache of a file that was loaded under another module name (a test
+                # runner's, a benchmark's) unpickles references to a module that does not exist
+                # here: compile afresh, without the disk cache, rather than refuse the function.
+                logger.debug("autooffload: %s: Numba's disk cache unusable (%s); compiling without it",
+                             _name(self.func), _first_line(exc))
+                self.dispatcher = _build_dispatcher(self.func, {}, [], cache=False)
+                self._compile_with(self.dispatcher, sig)
             return_type = self.dispatcher.overloads[sig.numba_types].signature.return_type
             convert = _converter(return_type)
         except Exception as exc:  # TypingError, UnsupportedError, LoweringError, NotImplementedError...
@@ -217,6 +223,13 @@ class FunctionCompiler:
         sig.convert = convert
         sig.finish(COMPILED, time.perf_counter() - start)
         logger.debug("autooffload: %s compiled by Numba for %s in %.3g s", _name(self.func), sig.numba_types, sig.seconds)
+
+    @staticmethod
+    def _compile_with(dispatcher, sig: Signature) -> None:
+        with _OUR_WARNINGS, warnings.catch_warnings():
+            # "parallel=True but no transformation was possible" and similar: ours to decide, not the user's to read.
+            warnings.simplefilter("ignore", numba.NumbaWarning)
+            dispatcher.compile(sig.numba_types)
 
     def run(self, sig: Signature, args: tuple) -> Any:
         """Run the compiled version of ``sig`` (COMPILED) on positional ``args``."""
@@ -237,14 +250,16 @@ def _refused_signature(func: Callable) -> str | None:
     return None
 
 
-def _njit(func: types.FunctionType) -> CPUDispatcher:
+def _njit(func: types.FunctionType, cache: bool = True) -> CPUDispatcher:
+    if not cache:
+        return numba.njit(**JIT_OPTIONS)(func)
     try:
         return numba.njit(cache=True, **JIT_OPTIONS)(func)
     except RuntimeError:  # "cannot cache function ...: no locator available" (no source file)
         return numba.njit(**JIT_OPTIONS)(func)
 
 
-def _build_dispatcher(func: types.FunctionType, memo: dict, codes: list) -> CPUDispatcher:
+def _build_dispatcher(func: types.FunctionType, memo: dict, codes: list, cache: bool = True) -> CPUDispatcher:
     """``njit`` of a copy of ``func`` whose globals map plain Python helpers to their dispatchers.
 
     ``codes`` collects the code objects of ``func`` and every helper it can reach (for the rules)."""
@@ -257,12 +272,12 @@ def _build_dispatcher(func: types.FunctionType, memo: dict, codes: list) -> CPUD
     copy.__kwdefaults__ = func.__kwdefaults__
     copy.__qualname__ = func.__qualname__
     copy.__module__ = func.__module__
-    dispatcher = memo[func] = _njit(copy)
+    dispatcher = memo[func] = _njit(copy, cache)
     loads, _ = referenced_names(func.__code__)
     for name in loads:
         helper = namespace.get(name)
         if isinstance(helper, types.FunctionType) and not _refused_signature(helper):
-            namespace[name] = _build_dispatcher(helper, memo, codes)
+            namespace[name] = _build_dispatcher(helper, memo, codes, cache)
     return dispatcher
 
 
