@@ -559,20 +559,21 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
     fns: dict[str, Callable] = {"numpy": call_np}
     syncs: dict[str, Callable] = {"numpy": B._no_sync}
 
+    def first_call(column: str, label: str, call: Callable, call_sync: Callable = B._no_sync) -> bool:
+        """A column's first call: timed apart (its warm-up), its result checked against NumPy's."""
+        first_s, got = B.time_once(call, call_sync)
+        row["first_call_s"][column] = first_s
+        bad = compare(reference, got, case.rtol, case.atol)
+        if bad:
+            row["mismatch"].append(f"{label}: {bad}")
+        return True
+
     if cp is not None:
         def call_cp():
             dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
             return to_host(case.fn(*dev, xp=cp), cp)
 
-        def cupy_first():
-            first_s, got = B.time_once(call_cp, sync)
-            row["first_call_s"]["cupy_copies"] = first_s
-            bad = compare(reference, got, case.rtol, case.atol)
-            if bad:
-                row["mismatch"].append(f"CuPy+copies: {bad}")
-            return True
-
-        if guarded("CuPy+copies", cupy_first):
+        if guarded("CuPy+copies", lambda: first_call("cupy_copies", "CuPy+copies", call_cp, sync)):
             fns["cupy_copies"], syncs["cupy_copies"] = call_cp, sync
 
     tier = numba_tier()
@@ -581,23 +582,21 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
         if compiled is None:
             row["numba_refused"] = how  # not a problem: the JSON says why the column is n/a
         else:
+            def call_numba():
+                return compiled(*args)
+
             def numba_first():
                 try:
-                    first_s, got = B.time_once(lambda: compiled(*args))  # the compilation, excluded below
+                    return first_call("numba", "Numba", call_numba)  # includes the compilation
                 except Exception as exc:
                     cause = tier.fallback_cause(exc)
                     if cause is None:
                         raise
                     row["numba_refused"] = cause  # these argument types stay on NumPy: by design
                     return None
-                row["first_call_s"]["numba"] = first_s
-                bad = compare(reference, got, case.rtol, case.atol)
-                if bad:
-                    row["mismatch"].append(f"Numba: {bad}")
-                return True
 
             if guarded("Numba", numba_first):
-                fns["numba"], syncs["numba"] = (lambda: compiled(*args)), B._no_sync
+                fns["numba"], syncs["numba"] = call_numba, B._no_sync
 
     call_off = lambda: fn_off(*args)  # noqa: E731
 
