@@ -203,3 +203,14 @@ def test_show_lists_where_the_tier_beats_numpy(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Numba tier: compiles in ~500 ms per argument types" in out
     assert "elementwise      from 1 KiB" in out
+
+
+def test_the_tiers_measured_runs_reach_the_report(use_profile, monkeypatch):
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")  # learning times the tier's first calls of a size
+    autooffload.reload_environment()
+    use_profile(tier_profile(speedup=1000.0))  # far below what NumPy's runs here measure
+    f = offload(_own(chain))
+    wait_compiled(f, lambda: (np.arange(10_000.0),))
+    f(np.arange(10_000.0))
+    timed = f.__autooffload__.records.timesheet.timed_by_bucket()
+    assert any(backend == "numba" and t.calls for (backend, _), t in timed.items()), timed

@@ -40,7 +40,7 @@ from ._planner import Planner, call_shape
 from ._purity import may_write_arguments
 from ._records import Records, type_signature
 from ._traits import body_runs_after_return, host_only_reason, xp_parameter
-from .backends import CUPY, NUMPY
+from .backends import CUPY, HOST, NUMPY
 from .backends import cupy as device
 from .errors import ConfigError
 
@@ -225,11 +225,12 @@ class _State:
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
         ran = self.attrs.get("last_decision", d)
         # Where the time went: a device run's time is the executor's (Outcome.seconds), filed by
-        # the record keeper; here the NumPy runs, and the calls another backend took over.
+        # the record keeper; here the host backends' runs (NumPy, the Numba tier), and the calls
+        # another backend took over.
         if ran is not d:
             self.records.timesheet.timed_rerun(seconds)
-        elif d.backend == NUMPY:
-            self.records.timesheet.timed(NUMPY, d.bucket, seconds)
+        elif d.backend == NUMPY or getattr(backends.get(d.backend), "memory", None) == HOST:
+            self.records.timesheet.timed(d.backend, d.bucket, seconds)
         if not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring)
         if _log.active():
