@@ -135,3 +135,15 @@ def clock(monkeypatch):
     fake = FakeClock()
     monkeypatch.setattr(_learn, "clock", fake)
     return fake
+
+
+def cupy_or_skip():
+    """CuPy with at least one usable CUDA device, or skip the calling test module (files marked gpu)."""
+    cp = pytest.importorskip("cupy")
+    try:
+        devices = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"no usable CUDA device: {exc}", allow_module_level=True)
+    if devices < 1:
+        pytest.skip("no CUDA device", allow_module_level=True)
+    return cp

@@ -11,14 +11,10 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import cupy_or_skip
 
 pytestmark = pytest.mark.gpu
-cp = pytest.importorskip("cupy")
-try:
-    if cp.cuda.runtime.getDeviceCount() < 1:
-        pytest.skip("no CUDA device", allow_module_level=True)
-except Exception as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(f"no usable CUDA device: {exc}", allow_module_level=True)
+cp = cupy_or_skip()
 
 from autooffload import GPUFallbackWarning, config, explain, offload  # noqa: E402
 
