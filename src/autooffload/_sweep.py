@@ -355,6 +355,18 @@ def _numba_chain(x):
     return y + y
 
 
+def _quietly_compiled(numba: Any, dispatcher: Any) -> Any:
+    """Compile a sweep kernel for the contiguous float64 vectors the sweep passes, so Numba's
+    "parallel=True but nothing to parallelize" warning (the sort) is not printed to the user."""
+    import warnings
+
+    nargs = dispatcher.py_func.__code__.co_argcount
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", numba.NumbaWarning)
+        dispatcher.compile((numba.types.float64[::1],) * nargs)
+    return dispatcher
+
+
 def numba_side() -> tuple[CompiledSide | None, str | None]:
     """The Numba tier on all cores (NUMBA_NUM_THREADS), or None and why there is none."""
     from .backends import numba as numba_backend
@@ -371,7 +383,7 @@ def numba_side() -> tuple[CompiledSide | None, str | None]:
         if kind not in compiled:
             py = NUMBA_KERNELS.get(kind)
             # cache=True: a second calibration loads the kernels instead of compiling them.
-            compiled[kind] = numba.njit(cache=True, **JIT_OPTIONS)(py) if py is not None else None
+            compiled[kind] = _quietly_compiled(numba, numba.njit(cache=True, **JIT_OPTIONS)(py)) if py is not None else None
         return compiled[kind]
 
     def compile_s() -> float | None:
