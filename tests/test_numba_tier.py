@@ -214,3 +214,74 @@ def test_the_tiers_measured_runs_reach_the_report(use_profile, monkeypatch):
     f(np.arange(10_000.0))
     timed = f.__autooffload__.records.timesheet.timed_by_bucket()
     assert any(backend == "numba" and t.calls for (backend, _), t in timed.items()), timed
+
+
+def test_learning_finds_a_tier_the_profile_predicts_slower(use_profile, monkeypatch, clock):
+    # The profile puts the tier at half NumPy's speed (within EXPLORE_WITHIN: uncertain); it really
+    # runs 5x faster. Learning must compile the tier in the background once the function has run
+    # longer than a compilation takes, explore it, and settle on it. The learner's clock is fake:
+    # each run advances it by what that backend "takes" (the compiled code cannot), so the rules
+    # alone decide; only the background compilation takes real time.
+    from autooffload import _executor
+    from autooffload.backends import numba as tier_module
+
+    numpy_s, tier_s = 0.003, 0.0006  # the profile: 3.75 ms on NumPy, 7.5 ms on the tier
+    real_numpy, real_tier = _executor.Executor.run_numpy, tier_module._CompiledCall.__call__
+
+    def numpy_run(self, *a, **k):
+        clock.t += numpy_s
+        return real_numpy(self, *a, **k)
+
+    def tier_run(self, *a, **k):
+        clock.t += tier_s
+        return real_tier(self, *a, **k)
+
+    monkeypatch.setattr(_executor.Executor, "run_numpy", numpy_run)
+    monkeypatch.setattr(tier_module._CompiledCall, "__call__", tier_run)
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
+    autooffload.reload_environment()
+    profile = use_profile(tier_profile(speedup=0.5))
+    f = offload(_own(chain))
+    x = np.random.default_rng(3).random(1_250_000 // 8) + 0.5  # 1.25 MB: the profile says ~3.75 ms on NumPy
+    expected = chain(x)
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and seen[-20:] != ["numba"] * 20:
+        np.testing.assert_allclose(f(x), expected, rtol=1e-12)
+        seen.append(f.last_decision.backend)
+        time.sleep(0.001 if "compiling" in f.last_decision.reason else 0)
+    assert profile.source == "synthetic+numba"
+    first_numba = seen.index("numba")
+    assert seen[:first_numba] == ["numpy"] * first_numba and first_numba >= 160  # 0.5 s of NumPy runs first
+    assert seen[-20:] == ["numba"] * 20, (seen[:5], seen[-40:], f.last_decision)
+    assert f.last_decision.sources["numba"].startswith("learned")
+    history = f.__autooffload__.learner.history
+    from autooffload import _learn
+
+    # Exploring costs at most EXPLORE_FRACTION of the observed time plus one call's misprediction.
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * history.observed_s + 2 * numpy_s
+
+
+def test_the_tier_takes_numpys_learned_error_until_it_has_its_own(use_profile, monkeypatch, clock):
+    # A function 10x cheaper on NumPy than the profile's bytes say is most likely cheaper on the
+    # tier too: the tier's prediction is corrected by NumPy's error (so it can still be worth trying).
+    from autooffload import _executor
+
+    real_numpy = _executor.Executor.run_numpy
+
+    def numpy_run(self, *a, **k):
+        clock.t += 0.000375  # the profile predicts 3.75 ms
+        return real_numpy(self, *a, **k)
+
+    monkeypatch.setattr(_executor.Executor, "run_numpy", numpy_run)
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
+    autooffload.reload_environment()
+    use_profile(tier_profile(speedup=0.5))
+    f = offload(_own(chain))
+    x = np.random.default_rng(4).random(1_250_000 // 8) + 0.5
+    for _ in range(5):
+        f(x)
+    d = explain(f, x)
+    assert d.sources["numpy"].startswith("learned")
+    assert d.sources["numba"] == "profile, corrected x0.1 by this function's numpy history"
+    assert d.predicted_s["numba"] == pytest.approx(2 * d.predicted_s["numpy"], rel=1e-6)

@@ -13,7 +13,15 @@ times (``_history``) and, per backend and size bucket, its decisions use:
 3. else **the profile, corrected** by the function's own error there: the observed/predicted
    ratio of its nearest trusted cell on that backend (a function 30x slower on the GPU than
    predicted at one size is not 30x cheaper at the next);
-4. else the profile.
+4. else, for a host backend (NumPy, the Numba tier), **the profile corrected by the other host
+   backend's learned error** at this size (same work, same memory: a function 10x cheaper on NumPy
+   than its bytes say is most likely cheaper on the tier too);
+5. else the profile.
+
+**The Numba tier is explored too.** A tier not yet compiled for the call's argument types cannot
+be tried; where it is uncertain (within ``EXPLORE_WITHIN`` of the best) and the function has run
+longer than a compilation takes (``compile_to_explore``), its compilation starts in a background
+thread (the caller never waits), and once compiled it is explored like any other backend.
 
 **Exploration with bounded regret.** When the model is uncertain (the best alternative is
 predicted within ``EXPLORE_WITHIN`` (4x) of the choice, or the choice's own prediction was corrected
@@ -50,6 +58,7 @@ from ._history import FunctionHistory, Store, function_key
 if TYPE_CHECKING:
     from pathlib import Path
 
+NUMPY_NAME, NUMBA_NAME = "numpy", "numba"  # the two host backends (backends/ would import too much here)
 EXPLORE_FRACTION = 0.10  # of a function's observed seconds, at most, spent exploring
 # Predictions closer than this factor are uncertain. On the H200 suite a factor of 2 left the
 # normal equations at (1265, 79) on a GPU measured at 0.61 ms while NumPy, predicted 2.0 ms by
@@ -110,6 +119,7 @@ class Learner:
         self._history: FunctionHistory | None = None
         self.revisit: Callable[[], None] = lambda: None  # the planner's reset, set by _State
         self._pending: set[tuple[int, int]] = set()  # buckets where exploration waits for budget
+        self._compile_wait: dict[tuple[int, int], float] = {}  # buckets waiting to afford the tier's compilation
 
     @property
     def history(self) -> FunctionHistory:
@@ -143,7 +153,28 @@ class Learner:
             seconds[name] = learned + cold
             parts[name] = {"learned": learned, **({"cold_start": cold} if cold else {})}
             sources[name] = source
+        self._share_host_error(pred, seconds, parts, sources)
         return Prediction(seconds, parts), sources
+
+    @staticmethod
+    def _share_host_error(pred: Prediction, seconds: dict, parts: dict, sources: dict[str, str]) -> None:
+        """A host backend still on the profile takes the other host backend's learned error.
+
+        NumPy and the Numba tier do the same work on the same memory, so a function 17x cheaper on
+        NumPy than the profile's bytes suggest (a slice of its input used, a kind misread) is most
+        likely cheaper on the tier too; without this the tier, predicted from the bytes, would look
+        too slow to be worth trying.
+        """
+        for name, sibling in ((NUMBA_NAME, NUMPY_NAME), (NUMPY_NAME, NUMBA_NAME)):
+            if sources.get(name) != "profile" or not sources.get(sibling, "profile").startswith("learned"):
+                continue
+            was, now, mine = pred.seconds.get(sibling), seconds.get(sibling), pred.seconds.get(name)
+            if not was or now is None or mine is None:
+                continue
+            error = now / was
+            seconds[name] = mine * error
+            parts[name] = {"corrected": mine * error}
+            sources[name] = f"profile, corrected x{error:.2g} by this function's {sibling} history"
 
     def _from_other_sizes(self, name: str, location: str, bucket, warm: float) -> tuple[float | None, str]:
         cells = self.history.backend_cells(name, location)
@@ -163,31 +194,57 @@ class Learner:
     # -- exploring -----------------------------------------------------------------------------
     def exploration(self, pred: Prediction, chosen: str, bucket: tuple[int, int],
                     sources: dict[str, str]) -> str | None:
-        """The backend to try for this call instead of ``chosen``, or None (see the docstring)."""
-        others = [(s, n) for n, s in pred.seconds.items() if n != chosen and s is not None]
+        """The backend to try for this call instead of ``chosen``, or None (see the docstring).
+
+        Candidates are the other backends in order of prediction, skipping those already trusted
+        at this size and a cold GPU; the fastest one left is tried if it is within
+        ``EXPLORE_WITHIN`` of the choice (or the choice's own prediction was corrected) and the
+        budget allows.
+        """
         mine = pred.seconds.get(chosen)
-        if not others or mine is None:
+        if mine is None:
             return None
-        best, other = min(others)
-        if pred.parts.get(other, {}).get("cold_start"):
-            return None  # a cold GPU is started by the cold-start rule (ski rental), not by exploring
         history = self.history
-        cell = history.cell((other, *bucket))
-        if cell is not None and cell.trusted:
-            self._pending.discard(bucket)
-            return None
         corrected = "corrected" in sources.get(chosen, "")
-        if best > EXPLORE_WITHIN * mine and not corrected:
-            self._pending.discard(bucket)
+        for best, other in sorted((s, n) for n, s in pred.seconds.items() if n != chosen and s is not None):
+            if pred.parts.get(other, {}).get("cold_start"):
+                continue  # a cold GPU is started by the cold-start rule (ski rental), not by exploring
+            cell = history.cell((other, *bucket))
+            if cell is not None and cell.trusted:
+                continue
+            if best > EXPLORE_WITHIN * mine and not corrected:
+                break  # the rest are predicted slower still
+            if history.explored_s + best <= EXPLORE_FRACTION * history.observed_s:
+                self._pending.discard(bucket)
+                return other
+            self._pending.add(bucket)  # keep observing: the budget grows with the observed time
             return None
-        if history.explored_s + best <= EXPLORE_FRACTION * history.observed_s:
-            self._pending.discard(bucket)
-            return other
-        self._pending.add(bucket)  # keep observing: the budget grows with the observed time
+        self._pending.discard(bucket)
         return None
 
+    def compile_to_explore(self, pred: Prediction, bucket: tuple[int, int], compile_s: float) -> bool:
+        """Whether to compile the Numba tier in the background so that it can be explored here.
+
+        Yes where its prediction is within ``EXPLORE_WITHIN`` of the best backend's, it has no
+        trusted cell at this size, and the function has been observed to run at least
+        ``compile_s`` (so a compilation, on another thread, costs the machine no more than the
+        function's own time so far; short scripts never pay for one).
+        """
+        tier_s = pred.seconds.get("numba")
+        others = [s for n, s in pred.seconds.items() if n != "numba" and s is not None]
+        if tier_s is None or not others or tier_s > EXPLORE_WITHIN * min(others):
+            return False
+        cell = self.history.cell(("numba", *bucket))
+        if cell is not None and cell.trusted:
+            return False
+        if self.history.observed_s >= compile_s:
+            self._compile_wait.pop(bucket, None)
+            return True
+        self._compile_wait[bucket] = compile_s  # keep timing its calls: their time is the budget
+        return False
+
     def wants_observation(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool) -> bool:
-        if on_device_backend or bucket in self._pending:
+        if on_device_backend or bucket in self._pending or bucket in self._compile_wait:
             return True
         cell = self.history.cell((chosen, *bucket))
         return cell is None or not cell.trusted
@@ -204,6 +261,8 @@ class Learner:
         after = cell.estimate()
         moved = after is not None and (before is None or not (1 / REVISIT_FACTOR < after / before < REVISIT_FACTOR))
         affordable = bucket in self._pending and history.explored_s < EXPLORE_FRACTION * history.observed_s
+        wait = self._compile_wait.get(bucket)
+        affordable = affordable or (wait is not None and history.observed_s >= wait)
         if moved or affordable or exploring:
             self.revisit()
 

@@ -25,6 +25,9 @@ from .backends import cupy as device
 from .errors import BackendUnavailableError, ConfigError, GPUUnavailableError
 
 _EXACT_CACHE_LIMIT = 4096
+# What a compilation for the Numba tier takes before this function has had one: 0.25-1.25 s on the
+# H200 machine for the seed article's chains and Black-Scholes (MEASURED-H200.md).
+TIER_COMPILE_GUESS_S = 0.5
 
 
 def call_shape(args: tuple, kwargs: dict) -> tuple[int, int, int, bool]:
@@ -114,6 +117,8 @@ class Planner:
         self.host_only = host_only
         self.learner: _learn.Learner | None = None  # set by the function's _State
         self.compile_pending: list = []  # Numba signatures compiling in the background
+        self.last_compile_s: float | None = None  # what this function's last compilation for the tier took
+        self.tier_seen = False  # the gate loaded the tier for this function (so Numba is imported)
         # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
         # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
         # GPU readiness, the profile and the environment are not in the keys: when they change,
@@ -255,7 +260,7 @@ class Planner:
         if learner is not None:
             pred, sources = learner.adjust(pred, bucket)
         shown = pred  # what the decision reports: every backend's prediction
-        pred, tier_note = self._numba_gate(pred, dev, args, kwargs)
+        pred, tier_note = self._numba_gate(pred, dev, args, kwargs, learner, bucket)
         backend, reason, savings = choose(pred, data_on_device=dev > 0)
         if why is not None and backend == NUMPY:
             reason = f"no GPU: {why}"
@@ -294,21 +299,31 @@ class Planner:
             return make(NUMPY, f"no Numba version: {how}" + ignored)
         return make(NUMBA, f"forced by {source}")
 
-    def _numba_gate(self, pred: Prediction, dev: int, args: tuple, kwargs: dict) -> tuple[Prediction, str]:
+    def _numba_gate(self, pred: Prediction, dev: int, args: tuple, kwargs: dict,
+                    learner: "_learn.Learner | None" = None, bucket: tuple[int, int] = (0, 0)) -> tuple[Prediction, str]:
         """``pred`` without the Numba tier unless this call's argument types are compiled for it.
 
-        Compilation never stalls a call: where the tier is predicted fastest and these argument
-        types are not compiled yet, their compilation starts in a background thread and calls
-        go elsewhere meanwhile; the planner decides again once it ended (``compile_pending``).
-        Numba is imported only here, when its curves predict it fastest.
+        Compilation never stalls a call: where the tier is predicted fastest, or is worth
+        exploring (``_learn.Learner.compile_to_explore``: learning is on, the tier is predicted
+        within ``EXPLORE_WITHIN`` of the best and unmeasured here, and the function has already run
+        longer than a compilation takes), and these argument types are not compiled yet, their
+        compilation starts in a background thread and calls go elsewhere meanwhile; the planner
+        decides again once it ended (``compile_pending``). A compiled tier stays in the
+        prediction, so exploration can try it. Numba is imported only here, when one of those
+        holds.
         """
         tier_s = pred.seconds.get(NUMBA)
         if tier_s is None:
             return pred, ""
+        if dev:
+            return _without(pred, NUMBA), ""
         others = [s for n, s in pred.seconds.items() if n != NUMBA and s is not None]
-        if dev or (others and tier_s >= min(others)):
+        fastest = not others or tier_s < min(others)
+        explore = not fastest and learner is not None and learner.compile_to_explore(pred, bucket, self._compile_estimate_s())
+        if not (fastest or explore or self.tier_seen):
             return _without(pred, NUMBA), ""
         tier = backends.get(NUMBA)
+        self.tier_seen = True
         if tier is None:
             return _without(pred, NUMBA), f"; Numba tier unavailable ({backends.unavailable_reason(NUMBA)})"
         fn, _, how = tier.runner(self.func)
@@ -316,18 +331,28 @@ class Planner:
             return _without(pred, NUMBA), ""  # dense linear algebra, random, FFT...: not the tier's (DEBUG)
         signature = tier.signature(self.func, args, kwargs)
         if signature.state == "compiled":
-            return pred, ""
+            return pred, ""  # compiled: the tier stays in the running, for the choice and for exploring
+        if not (fastest or explore):
+            return _without(pred, NUMBA), ""
         if signature.state == "failed":
             _log.logger.debug("%s: not on the Numba tier for these argument types: %s", self.name, signature.reason)
             return _without(pred, NUMBA), ""
         if tier.compile_in_background(self.func, signature) is not None or signature.state == "compiling":
             self.compile_pending.append(signature)
-        return _without(pred, NUMBA), "; compiling for the Numba tier in the background"
+        why = "in the background" if fastest else "in the background, to explore it"
+        return _without(pred, NUMBA), f"; compiling for the Numba tier {why}"
+
+    def _compile_estimate_s(self) -> float:
+        """What a compilation for the tier is expected to take: this function's last one, else
+        ``TIER_COMPILE_GUESS_S`` (0.25-1.25 s measured for one-line chains to Black-Scholes)."""
+        return self.last_compile_s if self.last_compile_s is not None else TIER_COMPILE_GUESS_S
 
     def compile_ended(self) -> bool:
         """Whether a background compilation this planner waits for has ended (then: decide again)."""
         pending = self.compile_pending
         if pending and any(s.state in ("compiled", "failed") for s in pending):
+            ended = [s.seconds for s in pending if s.state in ("compiled", "failed") and s.seconds is not None]
+            self.last_compile_s = ended[-1] if ended else self.last_compile_s
             self.compile_pending = [s for s in pending if s.state not in ("compiled", "failed")]
             return True
         return False
