@@ -6,7 +6,11 @@ For the seed article's chain (``y = x*5; y = y*y; return y+y``), its in-place fo
 Black-Scholes-like function, per size: the warm median of each backend forced, then what
 ``@offload`` settles on (calls until its decision is stable: the Numba tier compiles in the
 background, learning may explore) and its warm median. numpy data in and out; medians of
-interleaved rounds; the GPU synchronized inside the timed region.
+interleaved rounds; the GPU synchronized inside the timed region; the in-place chain's fresh
+input copied outside it. "numpy alone" is NumPy timed in a process of its own that never loads
+the Numba tier: the tier keeps large heap blocks for reuse (``_heap.py``), which speeds up NumPy's
+own temporaries in the same process too, so "x NumPy" is against that plain process, what the
+user's code ran at before.
 """
 
 from __future__ import annotations
@@ -42,14 +46,39 @@ def sync():
         pass
 
 
-def median_time(call, rounds: int) -> float:
+def median_time(call, fresh, rounds: int) -> float:
     times = []
     for _ in range(rounds):
+        args = fresh()
         start = time.perf_counter()
-        call()
+        call(*args)
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def numpy_alone(name: str, n: int, rounds: int) -> float:
+    """NumPy's median in a fresh process that loads neither the tier nor the GPU."""
+    import subprocess
+
+    code = (f"import sys; sys.argv = ['three_way']; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import three_way as t; print(t.plain_numpy({name!r}, {n}, {rounds}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def plain_numpy(name: str, n: int, rounds: int) -> float:
+    fn, make = CASES[name]
+    data = make(n, np.random.default_rng(0))
+    fresh = _fresh(name, data)
+    fn(*fresh())
+    return median_time(fn, fresh, rounds)
+
+
+def _fresh(name: str, data: tuple):
+    if name == "in_place":
+        return lambda: tuple(a.copy() if isinstance(a, np.ndarray) else a for a in data)
+    return lambda: data
 
 
 def settle(f, call, limit_s: float = 20.0) -> list[str]:
@@ -69,27 +98,26 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
     g = np.random.default_rng(0)
-    print(f"{'function':<14} {'n':>6} {'numpy':>10} {'numba':>10} {'cupy':>10} {'@offload':>10} {'picked':>7} "
-          f"{'settled after':>13}  x NumPy")
+    print(f"{'function':<14} {'n':>6} {'numpy alone':>11} {'numpy':>10} {'numba':>10} {'cupy':>10} {'@offload':>10} "
+          f"{'picked':>7} {'settled after':>13}  x NumPy")
     for name, (fn, make) in CASES.items():
         n = 10**5
         while n <= args.max_elements:
             data = make(n, g)
-            fresh = (lambda: tuple(a.copy() if isinstance(a, np.ndarray) else a for a in data)) if name == "in_place" \
-                else (lambda: data)
-            times = {}
+            fresh = _fresh(name, data)
+            times = {"alone": numpy_alone(name, n, args.rounds)}
             for backend in ("numpy", "numba", "cupy"):
                 forced = offload(fn)
                 try:
                     with config(backend=backend):
                         forced(*fresh())  # compile / warm
-                        times[backend] = median_time(lambda: forced(*fresh()), args.rounds)
+                        times[backend] = median_time(forced, fresh, args.rounds)
                 except Exception as exc:  # a backend that cannot run here
                     times[backend] = None
                     print(f"  {name} {n:.0e} {backend}: {type(exc).__name__}: {exc}")
             auto = offload(fn)
             seen = settle(auto, lambda: auto(*fresh()))
-            times["auto"] = median_time(lambda: auto(*fresh()), args.rounds)
+            times["auto"] = median_time(auto, fresh, args.rounds)
             picked = auto.last_decision.backend
             stable = len(seen)
             while stable > 0 and seen[stable - 1] == picked:
@@ -98,8 +126,9 @@ def main(argv=None) -> None:
             def fmt(s):
                 return "-" if s is None else (f"{s * 1e3:.3g} ms" if s >= 1e-3 else f"{s * 1e6:.3g} us")
 
-            print(f"{name:<14} {n:>6.0e} {fmt(times['numpy']):>10} {fmt(times['numba']):>10} {fmt(times['cupy']):>10} "
-                  f"{fmt(times['auto']):>10} {picked:>7} {stable:>13}  {times['numpy'] / times['auto']:.2f}x")
+            print(f"{name:<14} {n:>6.0e} {fmt(times['alone']):>11} {fmt(times['numpy']):>10} {fmt(times['numba']):>10} "
+                  f"{fmt(times['cupy']):>10} {fmt(times['auto']):>10} {picked:>7} {stable:>13}  "
+                  f"{times['alone'] / times['auto']:.2f}x", flush=True)
             n *= 10
 
 

@@ -202,4 +202,8 @@ def load() -> NumbaBackend | None:
                 logger.info("autooffload: the Numba tier is not used: %s", _unavailable)
             else:
                 _backend = NumbaBackend(numba)
+                from .. import _heap
+
+                # The tier's results come from malloc: keep large blocks faulted in (see _heap.py).
+                logger.debug("autooffload: heap: %s", _heap.reuse_large_blocks())
     return _backend
