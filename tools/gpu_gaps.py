@@ -1,0 +1,122 @@
+"""Two GPU-path gaps of issue 12, measured on the GPU machine (one run, interleaved).
+
+    PYTHONPATH=src python3 tools/gpu_gaps.py
+
+1. ``auto`` against ``config(backend="cupy")`` on the same calls (item 8: in one suite run a ridge
+   regression on a 1e5 x 256 input and a pairwise distance with a 6000 x 6000 result ran 2.5-3.5x
+   slower under ``auto``, which chose CuPy). Settled first, then rounds interleaved: auto, forced,
+   bare CuPy + copies; medians, and the observed time ``auto`` logged per call.
+2. Where a small library call's device path goes (the suite's ``bessel_i0`` at 1e3-1e4: @offload
+   on CuPy ~250 us against ~115 us for CuPy + copies by hand): the same interleaving, then cProfile
+   of the forced @offload calls.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cupy as cp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+LOG = Path(tempfile.mkdtemp()) / "decisions.jsonl"
+os.environ["AUTOOFFLOAD_LOG"] = str(LOG)
+
+import suite  # noqa: E402
+
+from autooffload import config, offload  # noqa: E402
+
+
+def ridge(X, y, lam=1e-3):
+    gram = X.T @ X + lam * np.eye(X.shape[1])
+    return np.linalg.solve(gram, X.T @ y)
+
+
+def sync():
+    cp.cuda.get_current_stream().synchronize()
+
+
+def once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def interleaved(variants: dict, rounds: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in variants.values():
+        fn(); sync()  # noqa: E702  warm
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(once(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bare(fn, args):
+    dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    out = fn(*dev, xp=cp) if "xp" in fn.__code__.co_varnames else fn(*dev)
+    return cp.asnumpy(out)
+
+
+def main() -> None:
+    g = np.random.default_rng(0)
+    X, y = g.standard_normal((100_000, 256)), g.standard_normal(100_000)
+    pts = g.standard_normal((6000, 16))
+    print("1. auto vs forced cupy (ms, medians of 15 interleaved rounds, after settling)")
+    for name, fn, args in [("ridge 1e5x256", ridge, (X, y)), ("pairwise 6000x6000", suite.pairwise_distances, (pts, pts))]:
+        auto, forced = offload(fn), offload(fn)
+        seen = []
+        for _ in range(30):
+            auto(*args); sync()  # noqa: E702
+            seen.append(auto.last_decision.backend)
+        with config(backend="cupy"):
+            forced(*args)
+
+        def run_forced(forced=forced, args=args):
+            with config(backend="cupy"):
+                forced(*args)
+
+        t = interleaved({"auto": lambda: auto(*args), "forced": run_forced, "bare": lambda: bare(fn, args)}, 15)
+        print(f"  {name:<20} auto {t['auto'] * 1e3:8.2f}  forced {t['forced'] * 1e3:8.2f}  bare {t['bare'] * 1e3:8.2f}  "
+              f"auto/forced {t['auto'] / t['forced']:.2f}  picked {auto.last_decision.backend} (first 30: {''.join(b[1] for b in seen)})")
+    records = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
+    for fname in ("ridge", "pairwise_distances"):
+        obs = [(r.get("backend"), r.get("observed_s")) for r in records if r.get("function", "").endswith(fname) and r.get("observed_s")]
+        print(f"  log {fname}: {len(obs)} observed calls; last 10: " + ", ".join(f"{b}:{s * 1e3:.1f}" for b, s in obs[-10:]))
+
+    print("\n2. a small library call's device path (us, medians of 200 interleaved rounds)")
+    for n in (1000, 10_000):
+        x = g.uniform(-20.0, 20.0, n)
+        forced, pure = offload(suite.bessel_weights), offload(pure=True)(suite.bessel_weights)
+
+        def call(f, x=x):
+            with config(backend="cupy"):
+                f(x)
+
+        t = interleaved({"bare": lambda: bare(suite.bessel_weights, (x,)), "forced": lambda: call(forced),
+                         "pure": lambda: call(pure), "numpy": lambda: suite.bessel_weights(x)}, 200)
+        print(f"  bessel_weights n={n}: " + "  ".join(f"{k} {v * 1e6:.0f}" for k, v in t.items()))
+    x = g.uniform(-20.0, 20.0, 1000)
+    forced = offload(suite.bessel_weights)
+    prof = cProfile.Profile()
+    with config(backend="cupy"):
+        for _ in range(20):
+            forced(x)
+        prof.enable()
+        for _ in range(500):
+            forced(x)
+        prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
