@@ -294,3 +294,18 @@ def test_a_cold_gpu_is_not_explored(fake_gpu, use_profile, clock):
     f = timed(clock, numpy_s=0.010, gpu_s=0.003)
     backends_over(f, 300)
     assert f.__autooffload__.learner.history.explored_s == 0.0
+
+
+def test_two_disagreeing_samples_wait_for_a_third_and_the_median_outvotes_the_outlier():
+    from autooffload._history import Cell
+
+    cell = Cell()
+    for seconds in (5.0, 0.001, 0.010):  # the first is dropped; then a one-off slow sample
+        cell.add(seconds, None)
+    assert not cell.trusted and cell.estimate() is None
+    cell.add(0.001, None)
+    assert cell.trusted and cell.estimate() == 0.001
+    agreeing = Cell()
+    for seconds in (5.0, 0.001, 0.0012):
+        agreeing.add(seconds, None)
+    assert agreeing.trusted and agreeing.estimate() == pytest.approx(0.0011)
