@@ -35,9 +35,9 @@ import suite  # noqa: E402
 from autooffload import config, offload  # noqa: E402
 
 
-def ridge(X, y, lam=1e-3):
-    gram = X.T @ X + lam * np.eye(X.shape[1])
-    return np.linalg.solve(gram, X.T @ y)
+def ridge(X, y, lam=1e-3, xp=np):
+    gram = X.T @ X + lam * xp.eye(X.shape[1])
+    return xp.linalg.solve(gram, X.T @ y)
 
 
 def sync():
