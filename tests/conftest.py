@@ -133,11 +133,13 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch):
-    """A FakeClock installed as the learner's clock (autooffload._learn.clock)."""
-    from autooffload import _learn
+    """A FakeClock installed as the learner's and the probes' clock (autooffload._learn.clock,
+    autooffload._probe.clock)."""
+    from autooffload import _learn, _probe
 
     fake = FakeClock()
     monkeypatch.setattr(_learn, "clock", fake)
+    monkeypatch.setattr(_probe, "clock", fake)
     return fake
 
 

@@ -57,6 +57,25 @@ def measure_host() -> HostProbe:
     return HostProbe(nbytes=float(2 * a.nbytes), seconds=seconds, cores=usable_cores())
 
 
+def run_within(steps: list[tuple[str, Callable[[], Any]]], budget_s: float) -> tuple[dict[str, Any], float]:
+    """Run named ``steps`` in order: (their results by name, seconds in all). ``ProbeFailed`` once
+    the clock passes ``budget_s`` after a step (a CUDA call cannot be cut short, so this is checked
+    between steps) or when a step raises."""
+    start = clock()
+    results: dict[str, Any] = {}
+    for name, step in steps:
+        try:
+            results[name] = step()
+        except ProbeFailed:
+            raise
+        except Exception as e:
+            raise ProbeFailed(f"{name} failed ({type(e).__name__}: {e})") from e
+        spent = clock() - start
+        if spent > budget_s:
+            raise ProbeFailed(f"exceeded its {budget_s:g} s budget ({spent:.2g} s, at {name})")
+    return results, clock() - start
+
+
 def measure_gpu(backend: Any, budget_s: float = GPU_PROBE_BUDGET_S) -> GpuProbe:
     """Probe the GPU of ``backend`` (the loaded CuPy backend); ``ProbeFailed`` past ``budget_s``
     or when it is not a CuPy device (a test double)."""
@@ -65,12 +84,8 @@ def measure_gpu(backend: Any, budget_s: float = GPU_PROBE_BUDGET_S) -> GpuProbe:
     if not isinstance(backend, CupyBackend):
         raise ProbeFailed(f"the device backend is {type(backend).__name__}, not CuPy on a GPU")
     cp = backend.xp
-    start = clock()
     stream_sync = cp.cuda.get_current_stream().synchronize
-
-    def check(step: str) -> None:
-        if clock() - start > budget_s:
-            raise ProbeFailed(f"exceeded its {budget_s:g} s budget ({clock() - start:.2g} s, at {step})")
+    f8 = cp.float64
 
     def timed(fn: Callable[[], Any], repeats: int) -> float:
         fn()
@@ -83,51 +98,52 @@ def measure_gpu(backend: Any, budget_s: float = GPU_PROBE_BUDGET_S) -> GpuProbe:
             times.append(clock() - t0)
         return max(_median(times), 1e-9)
 
-    f8 = cp.float64
-    a, b = cp.zeros(8, f8), cp.zeros(8, f8)
-    ew_fn: Callable[[], Any] = lambda: a * 5 + b  # noqa: E731
-    ew_fn()  # compiles the kernels (once per machine: CuPy keeps them on disk)
-    launch = timed(ew_fn, 15)
-    check("the launch latency")
+    def elementwise(nbytes: float, repeats: int) -> tuple[float, float]:
+        n = max(1, int(nbytes // 16))
+        a, b = cp.zeros(n, f8), cp.zeros(n, f8)
+        return float(2 * a.nbytes), timed(lambda: a * 5 + b, repeats)
 
-    n = int(GPU_ELEMENTWISE_BYTES // 16)
-    a, b = cp.zeros(n, f8), cp.zeros(n, f8)
-    elementwise = (float(2 * a.nbytes), timed(ew_fn, 3))
-    a = b = None
-    check("the elementwise point")
+    def matmul() -> tuple[float, float]:
+        m = cp.zeros((GPU_MATMUL_N, GPU_MATMUL_N), f8)
+        return float(2 * m.nbytes), timed(lambda: m @ m, 3)
 
-    m = cp.zeros((GPU_MATMUL_N, GPU_MATMUL_N), f8)
-    matmul = (float(2 * m.nbytes), timed(lambda: m @ m, 3))
-    m = None
-    check("the matmul point")
-
-    h2d, d2h = [], []
-    for size in GPU_COPY_BYTES:
+    def copies(size: float) -> tuple[tuple[float, float], tuple[float, float]]:
         host = np.full(int(size // 8), 1.5)
-        h2d.append((float(host.nbytes), timed(lambda: backend.to_device(host), 3)))
+        h2d = timed(lambda: backend.to_device(host), 3)
         dev = backend.to_device(host)
-        d2h.append((float(host.nbytes), timed(lambda: backend.to_host(dev), 3)))
-        dev = None
-        check(f"the copies of {size / 2**20:g} MiB")
+        return (float(host.nbytes), h2d), (float(host.nbytes), timed(lambda: backend.to_host(dev), 3))
 
-    import cupyx
+    def pinned() -> tuple[tuple[float, float], tuple[float, float]]:
+        import cupyx
 
-    size = int(GPU_COPY_BYTES[-1] // 8)
-    pinned = cupyx.empty_pinned((size,), f8)
-    pinned[...] = 1.5
-    dev = cp.empty(size, f8)
-    h2d_pinned = (float(pinned.nbytes), timed(lambda: dev.set(pinned), 3))
-    d2h_pinned = (float(pinned.nbytes), timed(lambda: dev.get(out=pinned), 3))
-    dev = pinned = None
-    check("the pinned copies")
+        size = int(GPU_COPY_BYTES[-1] // 8)
+        page_locked = cupyx.empty_pinned((size,), f8)
+        page_locked[...] = 1.5
+        dev = cp.empty(size, f8)
+        nbytes = float(page_locked.nbytes)
+        return (nbytes, timed(lambda: dev.set(page_locked), 3)), (nbytes, timed(lambda: dev.get(out=page_locked), 3))
 
-    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-    name = props.get("name", b"")
-    name = name.decode(errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
+    def name() -> str:
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        raw = props.get("name", b"")
+        return raw.decode(errors="replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        # The 8-element call first compiles a*5+b (once per machine: CuPy keeps kernels on disk).
+        ("the launch latency", lambda: elementwise(128, 15)[1]),
+        ("the elementwise point", lambda: elementwise(GPU_ELEMENTWISE_BYTES, 3)),
+        ("the matmul point", matmul),
+        *((f"the copies of {size / 2**20:g} MiB", lambda size=size: copies(size)) for size in GPU_COPY_BYTES),
+        ("the pinned copies", pinned),
+        ("the device name", name),
+    ]
+    got, wall_s = run_within(steps, budget_s)
+    copied = [got[f"the copies of {size / 2**20:g} MiB"] for size in GPU_COPY_BYTES]
     from . import _transfer
 
     return GpuProbe(
-        launch_s=launch, elementwise=elementwise, matmul=matmul, h2d=tuple(h2d), d2h=tuple(d2h),
-        h2d_pinned=h2d_pinned, d2h_pinned=d2h_pinned, wall_s=clock() - start, gpu_name=name,
-        transfer_engine=getattr(_transfer, "ENGINE_NAME", None),
+        launch_s=got["the launch latency"], elementwise=got["the elementwise point"], matmul=got["the matmul point"],
+        h2d=tuple(c[0] for c in copied), d2h=tuple(c[1] for c in copied),
+        h2d_pinned=got["the pinned copies"][0], d2h_pinned=got["the pinned copies"][1],
+        wall_s=wall_s, gpu_name=got["the device name"], transfer_engine=getattr(_transfer, "ENGINE_NAME", None),
     )

@@ -18,14 +18,20 @@ measured (the link's ceiling).
 
 **Host side** (``HostProbe``, one memory-bound NumPy pass of 4 MiB, the elementwise curve's
 ``a*5+b``): the Numba tier's curves come from the shipped profile whose CPU core count is closest
-(``nearest_tier_reference``) and are scaled: each curve's first point (the fork-join floor of a
-parallel loop) is kept, and the work above it is multiplied by this host's speed relative to
-that machine (the probe against that profile's own NumPy elementwise curve at 4 MiB) and by
-``reference cores / usable cores``. Leave-one-out on the two shipped machines with Numba curves
-(16-core Xeon of the H200 box, 2-core EPYC), predicting each one's tier curves from the other's
-at 64 KiB-256 MiB: elementwise within 1.4x, transcendental within 1.9x, reduction within 2.6x,
-sort within 1.9x (``tests/test_probe.py`` checks a factor of 3). The decisions' learning
-(``_learn``) corrects what remains, per function.
+(``nearest_tier_reference``) and are scaled (``scale_tier``), with ``k = reference cores / usable
+cores`` here: each curve's first point (the fork-join floor of a parallel loop, which grows with
+the threads) times ``k ** -0.5``; the work above it times ``k`` (not for sort: Numba's np.sort
+is serial) and, for the memory-bound kinds (elementwise, reduction), times this host's speed
+relative to that machine (the probe against that profile's own NumPy elementwise curve at
+4 MiB; the pass says nothing of arithmetic speed, so transcendental and sort keep 1).
+Leave-one-out on the two shipped machines with Numba curves (16-core Xeon of the H200 box, 2-core
+EPYC), predicting each one's tier curves from the other's at 16 KiB-256 MiB: elementwise within
+2.5x, transcendental within 2x, sort within 1.4x, reduction within 2.7x, except where a curve
+has a step the other has not (two points of the 2-core VM's reduction curve, at 32 KiB and
+1 MiB, 5-100x above both neighbours; Numba's sort steps up at 16 KiB on one machine and 64 KiB
+on the other: 4-7x at 16-32 KiB). Without the floor's core exponent and the split by kind, the
+same check missed by up to 6.7x elsewhere too. ``tests/test_probe.py`` checks it. The decisions' learning (``_learn``) corrects what
+remains, per function.
 
 Ratios outside ``[1/RATIO_LIMIT, RATIO_LIMIT]`` mean a broken measurement, not a machine:
 ``ProbeRejected``, and the built-in defaults stay.
@@ -53,6 +59,14 @@ GPU_COPY_BYTES = (1 * MiB, 32 * MiB)
 DENSE_KINDS = frozenset({"matmul", "solve"})
 RATIO_LIMIT = 50.0
 TIER = "numba"
+
+
+PROBED_MARK = "probe of this GPU"  # in the source of a profile scaled by a GPU probe
+
+
+def is_probed(profile: Profile) -> bool:
+    """Whether ``profile`` is a reference scaled to this machine by its GPU probe."""
+    return PROBED_MARK in profile.source
 
 
 class ProbeRejected(ValueError):
@@ -300,7 +314,7 @@ def scaled_device_profile(references: Sequence[tuple[str, Profile]], probe: GpuP
     backends = {n: t for n, t in reference.backends.items() if t.memory == "device" or n == "numpy"}
     backends[device_name] = scale_device(reference, probe, scaling)
     when = "cached probe" if cached else "probe"
-    source = f"{name} scaled by a {probe.wall_s:.2g} s {when} of this GPU ({probe.gpu_name or 'unnamed'})"
+    source = f"{name} scaled by a {probe.wall_s:.2g} s {when.replace('probe', PROBED_MARK)} ({probe.gpu_name or 'unnamed'})"
     return reference.model_copy(update={
         "backends": backends,
         "fingerprint": reference.fingerprint.model_copy(update={"gpu_name": probe.gpu_name or None, "gpu_uuid": None}),
@@ -339,11 +353,22 @@ def host_speed(reference: Profile, probe: HostProbe) -> float:
     return _ratio(probe.seconds, numpy.kinds["elementwise"].predict(probe.nbytes), "the host's NumPy pass")
 
 
+# Kinds of the tier bound by memory bandwidth (the host probe's pass measures that speed; the
+# others' arithmetic it does not), and the kinds Numba runs on one thread (np.sort is serial).
+TIER_MEMORY_BOUND = frozenset({"elementwise", "reduction", "generic"})
+TIER_SERIAL = frozenset({"sort"})
+
+
 def scale_tier(tier: BackendTiming, host_ratio: float, core_ratio: float) -> BackendTiming:
-    """A host tier's curves moved to another host: each curve's first point (the fork-join floor of
-    a parallel loop) kept, the work above it times ``host_ratio * core_ratio``."""
-    factor = host_ratio * core_ratio
-    kinds = {kind: scale_work(curve, curve.seconds[0], curve.seconds[0], factor) for kind, curve in tier.kinds.items()}
+    """A host tier's curves moved to another host (``core_ratio``: the reference's cores over this
+    host's): each curve's first point (the fork-join floor of a parallel loop, which grows with
+    the threads) times ``core_ratio ** -0.5``; the work above it times ``core_ratio`` unless the
+    kind is serial, and times ``host_ratio`` where it is memory-bound."""
+    kinds = {}
+    for kind, curve in tier.kinds.items():
+        factor = (host_ratio if kind in TIER_MEMORY_BOUND else 1.0) * (1.0 if kind in TIER_SERIAL else core_ratio)
+        floor = curve.seconds[0]
+        kinds[kind] = scale_work(curve, floor, floor * core_ratio**-0.5, factor)
     return tier.model_copy(update={"kinds": kinds})
 
 
@@ -367,7 +392,7 @@ def with_tier(profile: Profile, references: Sequence[tuple[str, Profile]], probe
     if not scaled.kinds:
         return profile
     note = (f"numba tier: {name}'s curves ({ref_cores} cores) scaled to {probe.cores} cores and this host's "
-            f"memory pass (x{speed:.2g})")
+            f"memory speed (x{speed:.2g})")
     return profile.model_copy(update={
         "backends": {**profile.backends, TIER: scaled},
         "notes": [*profile.notes, note],
