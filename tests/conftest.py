@@ -29,6 +29,10 @@ def clean_autooffload(monkeypatch, tmp_path):
         if name.startswith("AUTOOFFLOAD_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AUTOOFFLOAD_CACHE_DIR", str(tmp_path / "cache"))
+    # Without a calibrated profile the decorator probes this machine (_profiles/scaling.py), and
+    # decisions would depend on the machine running the tests: the built-in defaults alone here,
+    # unless a test asks for the probes (the `probes` fixture, tests/test_probe.py).
+    monkeypatch.setenv("AUTOOFFLOAD_PROBE", "0")
     from autooffload import _learn
 
     _learn.reset_for_tests()  # each test learns afresh, into its own cache dir
@@ -129,11 +133,13 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch):
-    """A FakeClock installed as the learner's clock (autooffload._learn.clock)."""
-    from autooffload import _learn
+    """A FakeClock installed as the learner's and the probes' clock (autooffload._learn.clock,
+    autooffload._probe.clock)."""
+    from autooffload import _learn, _probe
 
     fake = FakeClock()
     monkeypatch.setattr(_learn, "clock", fake)
+    monkeypatch.setattr(_probe, "clock", fake)
     return fake
 
 

@@ -118,9 +118,9 @@ def test_show_json_schema(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {
         "show_json_version", "source", "builtin", "this_machine", "other_machine_reason", "note",
-        "age_s", "version_drift", "gpu_usable", "crossovers", "numba_tier", "profile",
+        "probed", "age_s", "version_drift", "gpu_usable", "crossovers", "numba_tier", "profile",
     }
-    assert doc["show_json_version"] == 2
+    assert doc["show_json_version"] == 3
     assert doc["source"] == str(path) and doc["this_machine"] is True and doc["builtin"] is False
     assert set(doc["crossovers"]) == set(KINDS)
     for entry in doc["crossovers"].values():

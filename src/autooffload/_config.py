@@ -37,6 +37,9 @@ class Environment:
     cache_dir: str | None
     learn: bool  # AUTOOFFLOAD_LEARN: decisions use the function's own measured times (_learn.py)
     report: bool = False  # AUTOOFFLOAD_REPORT: print autooffload.report() at exit (_report.py)
+    # AUTOOFFLOAD_PROBE: without a calibrated profile, probe the host and the GPU (_profiles/scaling.py)
+    probe: bool = True
+    shipped: bool = True  # AUTOOFFLOAD_SHIPPED: match shipped profiles by GPU model
 
 
 _FLAG_VALUES = ("", "0", "1", "true", "false", "yes", "no")
@@ -56,6 +59,8 @@ def _read_environment() -> Environment:
     raw_disable = _flag("AUTOOFFLOAD_DISABLE_GPU")
     raw_learn = _flag("AUTOOFFLOAD_LEARN")
     raw_report = _flag("AUTOOFFLOAD_REPORT")
+    raw_probe = _flag("AUTOOFFLOAD_PROBE")
+    raw_shipped = _flag("AUTOOFFLOAD_SHIPPED")
     return Environment(
         backend=backend,
         disable_gpu=raw_disable in ("1", "true", "yes"),
@@ -64,6 +69,8 @@ def _read_environment() -> Environment:
         cache_dir=os.environ.get("AUTOOFFLOAD_CACHE_DIR") or None,
         learn=raw_learn not in ("0", "false", "no"),
         report=raw_report in ("1", "true", "yes"),
+        probe=raw_probe not in ("0", "false", "no"),
+        shipped=raw_shipped not in ("0", "false", "no"),
     )
 
 

@@ -30,7 +30,9 @@ from .errors import CalibrationError, ConfigError, ProfileError
 from ._units import format_bytes, format_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-SHOW_JSON_VERSION = 2  # of the `show --json` document (keys below); bump on change. 2: numba_tier, profile schema 2
+SHOW_JSON_VERSION = 3  # of the `show --json` document (keys below); bump on change. 2: numba_tier, profile schema 2; 3: probed
+# Notes a probe-scaled profile carries (_profiles/scaling.py): shown as "Scaled:" lines.
+SCALED_NOTE_PREFIXES = ("probe of", "numba tier:")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,18 +76,22 @@ def numba_tier(profile: Profile) -> dict:
 
 def describe(profile: Profile, *, note: str | None = None) -> dict:
     """The `show --json` document: which file, whose machine, how old, the crossovers, the profile."""
-    is_builtin = profile.source == "built-in"
-    mismatch = None if is_builtin else this_machine_mismatch(profile.fingerprint)
+    from ._profiles.scaling import is_probed
+
+    is_builtin = profile.source.startswith("built-in")  # also with a probed host tier, or a failed GPU probe
+    probed = is_probed(profile)  # scaled to this machine by its probe: the fingerprint is the reference's
+    mismatch = None if is_builtin or probed else this_machine_mismatch(profile.fingerprint)
     created = profile.created if profile.created.tzinfo else profile.created.replace(tzinfo=timezone.utc)
     return {
         "show_json_version": SHOW_JSON_VERSION,
         "source": profile.source,
         "builtin": is_builtin,
         "this_machine": (not is_builtin) and mismatch is None,
+        "probed": probed,
         "other_machine_reason": mismatch,
         "note": note,
         "age_s": max(0.0, (datetime.now(timezone.utc) - created).total_seconds()),
-        "version_drift": [] if is_builtin or mismatch else software_drift(profile),
+        "version_drift": [] if is_builtin or probed or mismatch else software_drift(profile),
         "gpu_usable": profile.has_device_timings(),
         "crossovers": crossover_table(profile),
         "numba_tier": numba_tier(profile),
@@ -118,10 +124,15 @@ def format_show(doc: dict) -> str:
     p = doc["profile"]
     fp = p["fingerprint"]
     lines = []
-    whose = "built-in defaults" if doc["builtin"] else ("this machine's" if doc["this_machine"] else "ANOTHER machine's")
+    if doc.get("probed"):
+        whose = "a shipped profile scaled to this machine by its probe"
+    else:
+        whose = "built-in defaults" if doc["builtin"] else ("this machine's" if doc["this_machine"] else "ANOTHER machine's")
     lines.append(f"Profile:   {doc['source']} ({whose})")
     if doc["note"]:
         lines.append(f"Note:      {doc['note']}")
+    for scaled in (n for n in p["notes"] if n.startswith(SCALED_NOTE_PREFIXES)):
+        lines.append(f"Scaled:    {scaled}")
     if doc["other_machine_reason"]:
         lines.append(
             f"Note:      not this machine's profile ({doc['other_machine_reason']}); "

@@ -1,8 +1,18 @@
 """The profile the decorator uses: resolved once per process through a fallback chain.
 
 ``AUTOOFFLOAD_PROFILE`` -> this machine's calibrated profile -> a shipped profile for this GPU
-model -> the built-in defaults. Resolution never raises: a profile problem must not break a
-user's call, so every unusable file is a warning and the chain moves on.
+model -> a profile scaled by probes of this machine -> the built-in defaults. Resolution never
+raises: a profile problem must not break a user's call, so every unusable file is a warning and
+the chain moves on.
+
+Without a calibrated or shipped profile (``_profiles/scaling.py`` says how the probes scale):
+the first decision uses this machine's cached GPU probe, if any, to scale the nearest shipped
+GPU profile, else the built-in defaults; and adds Numba curves scaled by the host probe (cached,
+or ~2 ms now). With no cached GPU probe, the first GPU start of the process (``backends.cupy``'s
+start hooks) runs the GPU probe, caches it, and replaces the active profile for this process;
+a probe that fails or runs past its budget leaves the built-in defaults, the source saying why.
+``AUTOOFFLOAD_PROBE=0`` turns both probes off (the built-in defaults, as before);
+``AUTOOFFLOAD_SHIPPED=0`` skips the shipped profiles' match by GPU model (tests, measuring the probe).
 """
 
 from __future__ import annotations
@@ -44,7 +54,14 @@ def _resolve_active_profile_once() -> Profile:
     with _active_lock:
         if _active is None:
             _active = _resolve_active_profile()
-        return _active
+        profile = _active
+    if _gpu_probe_for is not None:
+        from ..backends import cupy as device
+
+        if device.gpu_ready:  # the GPU started before any decision needed a profile: probe now
+            probe_gpu_now()
+            return _active or profile
+    return profile
 
 
 def reset_active_profile() -> None:
@@ -52,9 +69,11 @@ def reset_active_profile() -> None:
 
     Decisions cached from the old profile are dropped too.
     """
-    global _active
+    global _active, _gpu_probe_for, _host_probe
     with _active_lock:
         _active = None
+        _gpu_probe_for = None
+        _host_probe = None
     from .. import _config
 
     _config.invalidate_decisions()
@@ -94,14 +113,16 @@ def _resolve_active_profile() -> Profile:
                     f"profile {path} was measured on another machine ({mismatch}) and is not used; {CALIBRATE_HINT}"
                 )
 
-        shipped = shipped_profile_for_this_gpu()
+        shipped = shipped_profile_for_this_gpu() if _environment().shipped else None
         if shipped is not None:
             logger.info(
                 "using the shipped profile %s for %s; %s for numbers of its own",
                 shipped.source, shipped.fingerprint.gpu_name, CALIBRATE_HINT,
             )
-            return shipped
+            return _with_host_tier(shipped) if _environment().probe else shipped
 
+        if _environment().probe:
+            return _probed_profile(path)
         logger.info("no calibrated profile for this machine (looked for %s); using built-in defaults; %s", path, CALIBRATE_HINT)
         return builtin_profile()
     except Exception as e:  # a profile problem must never break a user's call
@@ -148,3 +169,135 @@ def shipped_profile_for_this_gpu() -> Profile | None:
     if not candidates:
         return None
     return max(candidates, key=lambda c: c[:2])[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Without a calibrated or shipped profile: the probes (_profiles/scaling.py, _probe.py).
+# ---------------------------------------------------------------------------------------------
+
+# The profile the GPU probe will replace at the first GPU start (None: no probe pending).
+_gpu_probe_for: Profile | None = None
+_hook_registered = False
+_host_probe = None  # this process's HostProbe, once measured or read
+
+
+def _environment():
+    from .. import _config
+
+    return _config.environment()
+
+
+def _references(predicate) -> list[tuple[str, Profile]]:
+    """(name, profile) of each shipped profile that ``predicate`` accepts; unusable files warn."""
+    found = []
+    for path in shipped_profile_paths():
+        profile = _try_load(path)
+        if profile is not None and predicate(profile):
+            found.append((path.stem, profile))
+    return found
+
+
+def device_references() -> list[tuple[str, Profile]]:
+    """The profiles a GPU probe may scale: the shipped GPU profiles, then the built-in defaults."""
+    return [*_references(lambda p: p.has_device_timings()), ("built-in", builtin_profile())]
+
+
+def tier_references() -> list[tuple[str, Profile]]:
+    """The shipped profiles with Numba curves (whose tier curves a host probe may scale)."""
+    return _references(lambda p: p.backend("numba") is not None)
+
+
+def _with_host_tier(profile: Profile) -> Profile:
+    """``profile`` with Numba curves scaled to this host (see scaling.with_tier); as it is where
+    it has some, or the host probe fails (an INFO line says why)."""
+    global _host_probe
+    if profile.backend("numba") is not None:
+        return profile
+    from .. import _probe
+    from .probecache import read_probes, write_probes
+    from .scaling import ProbeRejected, with_tier
+
+    try:
+        if _host_probe is None:
+            _host_probe = read_probes()[0]
+            if _host_probe is None:
+                _host_probe = _probe.measure_host()
+                write_probes(host=_host_probe)
+        here, _ = _cheap_identity()
+        return with_tier(profile, tier_references(), _host_probe, here.cpu_model)
+    except (_probe.ProbeFailed, ProbeRejected) as e:
+        logger.info("autooffload: no Numba curves for this host: %s", e)
+        return profile
+
+
+def _probed_profile(looked_for: Path) -> Profile:
+    """The built-in defaults, or the nearest GPU profile scaled by this machine's cached GPU probe;
+    with Numba curves scaled to this host. Arms the GPU probe when no cached one is usable."""
+    global _gpu_probe_for
+    from .probecache import read_probes
+    from .scaling import ProbeRejected, scaled_device_profile
+
+    gpu = read_probes()[1]
+    base = None
+    if gpu is not None:
+        try:
+            base = scaled_device_profile(device_references(), gpu, cached=True)
+        except ProbeRejected as e:
+            logger.info("autooffload: the cached GPU probe is not used (%s); probing again at the GPU start", e)
+    if base is None:
+        logger.info("no calibrated profile for this machine (looked for %s); using built-in defaults until the "
+                    "first GPU start probes the GPU; %s", looked_for, CALIBRATE_HINT)
+        base = builtin_profile()
+    profile = _with_host_tier(base)
+    if gpu is None or base.source == "built-in":
+        _arm_gpu_probe(profile)
+    return profile
+
+
+def _arm_gpu_probe(profile: Profile) -> None:
+    """Probe the GPU at this process's first GPU start, replacing ``profile`` if still active."""
+    global _gpu_probe_for, _hook_registered
+    _gpu_probe_for = profile
+    if not _hook_registered:
+        from ..backends import cupy as device
+
+        device.on_start(probe_gpu_now)
+        _hook_registered = True
+
+
+def probe_gpu_now() -> None:
+    """The GPU start hook: probe the GPU and make the scaled profile the active one. Never raises:
+    a probe that fails or runs past its budget leaves the built-in defaults, the source saying why."""
+    global _active, _gpu_probe_for
+    with _active_lock:
+        replaced, _gpu_probe_for = _gpu_probe_for, None
+    if replaced is None:
+        return
+    from .. import _probe
+    from ..backends import cupy as device
+    from .probecache import write_probes
+    from .scaling import ProbeRejected, scaled_device_profile
+
+    backend = device.load()
+    if backend is None:
+        return
+    try:
+        probe = _probe.measure_gpu(backend)
+        profile = scaled_device_profile(device_references(), probe, cached=False)
+    except (_probe.ProbeFailed, ProbeRejected) as e:
+        profile = builtin_profile().with_source(f"built-in (the GPU probe failed: {e})")
+        logger.info("autooffload: the GPU probe failed (%s); using the built-in defaults", e)
+    except Exception as e:  # a probe must never fail a call
+        profile = builtin_profile().with_source(f"built-in (the GPU probe failed: {type(e).__name__}: {e})")
+        logger.info("autooffload: the GPU probe failed (%r); using the built-in defaults", e)
+    else:
+        write_probes(gpu=probe)
+        logger.info("autooffload: using %s", profile.source)
+    profile = _with_host_tier(profile)
+    with _active_lock:
+        if _active is not replaced:
+            return  # reset or replaced meanwhile (a calibration): that one stands
+        _active = profile
+    from .. import _config
+
+    _config.invalidate_decisions()

@@ -155,24 +155,31 @@ def save_profile(profile: Profile, path: str | os.PathLike | None = None) -> Pat
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock", timeout=LOCK_TIMEOUT_S):
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)  # mkstemp makes 0600; a profile is not a secret
-                os.replace(tmp, target)
-            except BaseException:
-                with suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            _fsync_dir(target.parent)
+            atomic_write(target, data)
     except Timeout:
         raise CalibrationError(f"cannot save profile {target}: {target}.lock held for over {LOCK_TIMEOUT_S:.0f} s") from None
     except OSError as e:
         raise CalibrationError(f"cannot save profile {target}: {e.strerror or e}") from None
     return target
+
+
+def atomic_write(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` so that a reader sees the old file or the new one, never half of
+    one: a temp file in the same folder, fsynced, moved over the target (``os.replace``). OSError
+    propagates; the temp file is removed."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a profile is not a secret
+        os.replace(tmp, target)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -241,8 +241,25 @@ def load() -> CupyBackend | None:
         return _backend
 
 
+# Called once when the GPU starts in this process (mark_gpu_ready): the profile's GPU probe
+# (_profiles/resolve.py) registers here, so that this module imports nothing of the profiles.
+_start_hooks: list[Callable[[], None]] = []
+
+
+def on_start(hook: Callable[[], None]) -> None:
+    """Call ``hook()`` at each GPU start of this process (the first GPU run, or the caller's first
+    device arrays), before cached decisions are dropped. A hook must not raise."""
+    if hook not in _start_hooks:
+        _start_hooks.append(hook)
+
+
 def mark_gpu_ready() -> None:
     global gpu_ready
     if not gpu_ready:
         gpu_ready = True
+        for hook in list(_start_hooks):
+            try:
+                hook()
+            except Exception:  # a hook must never fail the call that started the GPU
+                logger.exception("autooffload: a GPU start hook failed")
         _config.invalidate_decisions()
