@@ -36,7 +36,7 @@ for s in "$@"; do
                    step show python3 -m autooffload show "$OUT/$MACHINE.json" ;;
         calibrate-quick) step calibrate-quick python3 -m autooffload calibrate --quick --output "$OUT/$MACHINE-quick.json" ;;
         suite-profile) AUTOOFFLOAD_PROFILE="$OUT/$MACHINE.json" step suite-profile python3 benchmarks/suite.py --machine "$MACHINE" --budget-s "${BUDGET:-150}" ;;
-        suite-noprofile) step suite-noprofile python3 benchmarks/suite.py --machine "$MACHINE-noprofile" --budget-s "${BUDGET:-150}" ;;
+        suite-noprofile) AUTOOFFLOAD_SHIPPED=0 step suite-noprofile python3 benchmarks/suite.py --machine "$MACHINE-noprofile" --budget-s "${BUDGET:-150}" ;;
         *) echo "unknown step $s" ;;
     esac
 done
