@@ -2,7 +2,9 @@
 
 For each kind of work and each backend ("side": NumPy on the host; CuPy on the GPU, data already
 on the device, synchronized), seconds by input bytes, from 1 KiB up to a cap set by free host and GPU memory and by the time
-budget; host<->device copy curves through the transfer engine the library uses; the launch
+budget; host<->device copy curves through the transfer engine the library uses, after the
+engine's knobs are searched for this machine (``_copytune``, ``SweepPlan.copy_search``; stored as
+the device backend's ``copy_tuning``, and the curves are those of the tuned engine); the launch
 latency of a tiny kernel; the cold start of a fresh process (``import cupy`` + first kernel).
 
 Curves are keyed by the bytes of all array inputs, as ``_profiles/defaults.py`` keys them: ``a*5+b`` at n

@@ -33,8 +33,13 @@ How (engine ``pinned-pipeline-v4``):
   pinned buffers, which measured fastest there (faster than ``cupy.asarray``, which copies into
   a pinned buffer on one thread first). Strided small arrays go through one pinned buffer on
   the calling thread.
-* Measured and dropped: ``cudaHostRegister`` of the caller's memory chunk by chunk (11-17 GB/s
-  in, 3-4 out at 1 GiB: pinning fresh pages is slow here); huge-page result mappings and
+* Pinning the caller's memory in place (``cudaHostRegister``, whole or in pieces, then one DMA
+  and unpinning) is a path for large contiguous arrays, off unless the tuning turns it on
+  (``h2d_register_min`` / ``d2h_register_min``): on the H100 machine 11-17 GB/s in, 3-4 out at
+  1 GiB; on a fast H200 start 15-21 GB/s against 41-46 staged (pinning runs at ~31 GB/s and
+  unpinning at ~53, whatever the size). It can only win where host copies are slower than
+  that, so calibration measures it (benchmarks/results/h200/transfer.NOTES.md).
+* Measured and dropped: huge-page result mappings and
   MADV_POPULATE_WRITE prefaulting of results (no gain, or much worse; tried again as workers
   faulting a new result in while waiting for their DMA: 1 GiB 11.3 GB/s against 14.4 without,
   and slower too when the GPU was still computing: faulting a page while copying into it costs
@@ -44,8 +49,12 @@ How (engine ``pinned-pipeline-v4``):
   above the direct-copy size are allocated from ``_hostmem.results``, which keeps the memory of
   dropped results (already faulted in) for the next one; ``out=`` avoids the cost too.
 
-Tuning constants live in ``_TUNING`` with the measurement that chose them; ``benchmarks/
-transfer.py --sweep`` re-measures them. CuPy is imported lazily: importing this module never
+Tuning constants live in ``_TUNING`` with the measurement that chose them (the H100 machine's):
+those are the defaults. ``autooffload calibrate`` searches them for the machine it runs on
+(``_copytune.py``) and stores them in the profile; ``_profiles.resolve`` hands the active
+profile's knobs to ``apply_tuning`` once per resolution, so a copy reads one module global as
+before and a tuning change costs the copies nothing. ``benchmarks/transfer.py --sweep``
+compares the paths by size. CuPy is imported lazily: importing this module never
 imports CuPy, and ``release_pinned_pool()`` works without it.
 """
 
