@@ -22,6 +22,16 @@ payload. Device->host calls return a new host array, as ``cupy.asnumpy`` does; t
 comes from the memory of results already dropped when there is some (``_hostmem.py``), which
 is the case from the second call on in a loop: ``engine fresh`` shows the first call.
 
+The machine's own limit is measured in the same run: ``host_bound`` (by thread count, at the
+largest size: multi-threaded memcpy pageable -> pinned, pinned -> warm pageable, pinned -> fresh
+pageable, through the engine's native copy pool), and at each size the two host copies at the
+engine's thread count interleaved with the other methods (``host in``: pageable -> pinned,
+``host out``: pinned -> warm pageable). Every engine figure is shown against
+``min(pinned DMA, host copy)`` of its row: "% of bound". The engine runs with the active
+profile's copy tuning (``autooffload calibrate`` searches it; ``--default-tuning``: today's
+defaults). The table ends with the monotonicity check: 64 MiB - 4 GiB, a size more than 15%
+slower per byte than the next larger one is named.
+
 Writes ``<out-dir>/<machine>/transfer.json`` (date, GPU, versions, tuning, all numbers) and
 ``transfer.md`` (the tables). ``--sweep`` first times the engine's paths against each other
 by size (the driver's, the staged one, the workers; interleaved) and writes
@@ -182,7 +192,7 @@ class Bench:
             self._data = {nbytes: random_bytes(nbytes, self.rng)}  # keep one size at a time
         return self._data[nbytes]
 
-    def measure(self, nbytes: int, methods=("cupy", "pinned", "engine", "engine_out"), sequential: bool = False) -> dict:
+    def measure(self, nbytes: int, methods=("cupy", "pinned", "engine", "engine_out", "host"), sequential: bool = False) -> dict:
         """GB/s of each method at ``nbytes``, all calls interleaved round-robin (see
         ``interleaved_medians``), so that the columns of a row compare side by side;
         ``sequential``: each method's calls one after another instead (diagnostics: what the
@@ -212,6 +222,14 @@ class Bench:
         if "engine_out" in methods:
             dst = np.ones_like(h)
             calls["engine_out", "d2h"] = (lambda: T.to_host(d, out=dst), None)
+        if "host" in methods:
+            # The host copies a staged copy cannot avoid, on the engine's threads: pageable ->
+            # pinned ("h2d") and pinned -> warm pageable ("d2h"; into dst, already touched).
+            warm = dst if dst is not None else np.ones_like(h)
+            threads = T._tuning().threads
+            src_addr, warm_addr, pinned_ptr = h.ctypes.data, warm.ctypes.data, self.pinned_ptr
+            calls["host", "h2d"] = (lambda: host_memcpy(pinned_ptr, src_addr, nbytes, threads), None)
+            calls["host", "d2h"] = (lambda: host_memcpy(warm_addr, pinned_ptr, nbytes, threads), None)
         if sequential:
             medians = {k: interleaved_medians({k: v}, sync, big)[k] for k, v in calls.items()}
         else:
@@ -223,9 +241,51 @@ class Bench:
             res.setdefault(m, {})[f"{direction}_s"] = sec
             res[m][f"{direction}_GBps"] = nbytes / sec / 1e9
         res["engine_bit_exact"] = bool(ok)
+        if "host" in res and "pinned" in res:
+            res["bound"] = {f"{dr}_GBps": min(res["pinned"][f"{dr}_GBps"], res["host"][f"{dr}_GBps"]) for dr in ("h2d", "d2h")}
         del d, d_dst, dst
         cp.get_default_memory_pool().free_all_blocks()
         return res
+
+
+def host_memcpy(dst: int, src: int, nbytes: int, threads: int) -> None:
+    """memcpy between raw addresses on ``threads`` threads: the engine's native pool (what its
+    staged path copies with), else np.copyto over Python threads."""
+    if T._parcopy is not None:
+        T._parcopy.copy(dst, src, nbytes, threads, 256 * KiB)
+        return
+    import ctypes
+
+    d = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(dst))
+    s_ = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(src))
+    bounds = np.linspace(0, nbytes, max(1, threads) + 1).astype(int)
+    with ThreadPoolExecutor(max(1, threads)) as ex:
+        list(ex.map(lambda ab: np.copyto(d[ab[0]:ab[1]], s_[ab[0]:ab[1]]), zip(bounds, bounds[1:])))
+
+
+def host_bound_table(bench: "Bench", nbytes: int) -> dict:
+    """GB/s of host memcpy by thread count at ``nbytes`` (``_copytune.host_bound``, native pool)."""
+    from autooffload import _copytune
+
+    eng = _copytune.Engine(
+        to_device=T.to_device, to_host=T.to_host, sync=bench.sync, configure=lambda k: None, defaults=dict,
+        cores=usable_cores(), memcpy=(lambda dst, src, n, k: host_memcpy(dst, src, n, k)),
+        alloc_pinned=lambda n: (bench.pinned[:n], lambda: None),
+    )
+    return _copytune.host_bound(eng, nbytes, reps=3)
+
+
+def monotonicity(rows: list[dict], lo: int = 64 * MiB, hi: int = 4 * GiB, tolerance: float = 0.15) -> list[str]:
+    """Sizes in [lo, hi] more than ``tolerance`` slower per byte than the next larger size, per
+    engine column, e.g. ['256 MiB h2d: 22% slower per byte than 1 GiB']."""
+    rows = sorted((r for r in rows if lo <= r["nbytes"] <= hi), key=lambda r: r["nbytes"])
+    out = []
+    for a, b in zip(rows, rows[1:]):
+        for m, dr in (("engine", "h2d"), ("engine", "d2h"), ("engine_out", "d2h")):
+            ra, rb = a[m][f"{dr}_GBps"], b[m][f"{dr}_GBps"]
+            if rb > ra * (1 + tolerance):
+                out.append(f"{fmt_size(a['nbytes'])} {m} {dr}: {rb / ra - 1:.0%} slower per byte than {fmt_size(b['nbytes'])}")
+    return out
 
 
 def ratios(row: dict) -> dict:
@@ -356,7 +416,27 @@ def table(rows: list[dict]) -> str:
                      + ("" if r["engine_bit_exact"] else " WRONG"))
     slower = slower_than_cupy(rows)
     verdict = ("\nEngine slower than cupy (time ratio > 1): " + (", ".join(slower) if slower else "nowhere") + ".\n")
-    return head + "\n".join(lines) + "\n" + verdict
+    return head + "\n".join(lines) + "\n" + verdict + bound_table(rows)
+
+
+def bound_table(rows: list[dict]) -> str:
+    """The engine against the machine's limit of the same row: min(pinned DMA, host memcpy)."""
+    rows = [r for r in rows if "bound" in r]
+    if not rows:
+        return ""
+    head = ("\nAgainst the limit of this run: bound = min(pinned DMA, host memcpy at the engine's threads), GB/s; "
+            "% = engine / bound.\n\n"
+            "| size | host memcpy in / out | bound in / out | engine in / out | % of bound in / out | engine out= (% of bound) |\n"
+            "|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for r in rows:
+        b, e, h = r["bound"], r["engine"], r["host"]
+        lines.append(f"| {fmt_size(r['nbytes'])} | {h['h2d_GBps']:.1f} / {h['d2h_GBps']:.1f} | {b['h2d_GBps']:.1f} / {b['d2h_GBps']:.1f} | "
+                     f"{e['h2d_GBps']:.1f} / {e['d2h_GBps']:.1f} | {e['h2d_GBps'] / b['h2d_GBps']:.0%} / {e['d2h_GBps'] / b['d2h_GBps']:.0%} | "
+                     f"{r['engine_out']['d2h_GBps']:.1f} ({r['engine_out']['d2h_GBps'] / b['d2h_GBps']:.0%}) |")
+    mono = monotonicity(rows)
+    return (head + "\n".join(lines) + "\n\nMonotonicity, 64 MiB - 4 GiB (no size >15% slower per byte than the next larger): "
+            + ("; ".join(mono) if mono else "met") + ".\n")
 
 
 def main(argv=None) -> int:
@@ -370,10 +450,17 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also time the engine under several tunings first")
     ap.add_argument("--no-main", action="store_true", help="with --sweep: skip the main table")
     ap.add_argument("--tune", default="", help="tuning overrides for the engine, e.g. threads=12,chunk_bytes=16MiB")
+    ap.add_argument("--default-tuning", action="store_true",
+                    help="the engine's defaults, not the active profile's copy tuning")
     args = ap.parse_args(argv)
 
     import cupy as cp
 
+    if not args.default_tuning:
+        from autooffload._profiles import active_profile
+
+        prof = active_profile()  # resolving it hands its copy tuning to the engine
+        print(f"profile {prof.source}: copy tuning {'from it' if prof.copy_tuning() else 'none (defaults)'}", flush=True)
     if args.tune:
         T._configure(**{k: (v if v.isalpha() else parse_bytes(v)) for k, v in (kv.split("=") for kv in args.tune.split(","))})
     info = machine_info(cp)
@@ -401,6 +488,11 @@ def main(argv=None) -> int:
             print(f"sweep took {time.time() - t0:.0f} s", flush=True)
         if args.no_main:
             return 0
+        t0 = time.time()
+        bound = host_bound_table(bench, min(max(sizes), 1 * GiB))
+        print(f"host memcpy GB/s by threads at {fmt_size(bound['nbytes'])} (to pinned / from pinned / from pinned into "
+              f"fresh pages): " + "; ".join(f"{k}: " + " / ".join(f"{v:.1f}" for v in r.values())
+                                        for k, r in bound["by_threads"].items()) + f" ({time.time() - t0:.1f} s)", flush=True)
         rows = []
         for s in sizes:
             t0 = time.time()
@@ -412,6 +504,7 @@ def main(argv=None) -> int:
                   f"D2H cupy {c['d2h_GBps']:6.2f} pinned {r['pinned']['d2h_GBps']:6.2f} engine {e['d2h_GBps']:6.2f} "
                   f"fresh {r['engine_fresh']['d2h_GBps']:6.2f} out= {r['engine_out']['d2h_GBps']:6.2f} GB/s; engine/cupy "
                   + " ".join(f"{k} {v:.3f}" for k, v in ratios(r).items())
+                  + f"; bound {r['bound']['h2d_GBps']:.1f} / {r['bound']['d2h_GBps']:.1f} (host {r['host']['h2d_GBps']:.1f} / {r['host']['d2h_GBps']:.1f})"
                   + f"{'' if r['engine_bit_exact'] else '  ENGINE WRONG'} ({time.time() - t0:.1f} s)", flush=True)
     finally:
         bench.close()
@@ -423,6 +516,9 @@ def main(argv=None) -> int:
         **info,
         "engine": T.ENGINE_NAME,
         "tuning": asdict(T._tuning()),
+        "tuning_source": T.tuning_source(),
+        "host_bound": bound,
+        "monotonicity": monotonicity(rows),
         "interleaved": not args.sequential,
         "method": "warm, current stream synchronized after each call; all methods of a size interleaved round-robin "
                   "(order reversed each round), median of >=7 rounds (>=3 at >=2 GiB) or of 0.2 s per method; random float64 data; GB/s = 1e9 payload bytes/s; D2H into new host arrays "
@@ -432,7 +528,9 @@ def main(argv=None) -> int:
     (outdir / "transfer.json").write_text(json.dumps(doc, indent=1))
     md = (f"# Transfer rates on {info['gpu']} ({machine})\n\n"
           f"{date}; cupy {info['cupy']}, numpy {info['numpy']}, CUDA runtime {info['cuda_runtime']}, driver {info['cuda_driver']}, "
-          f"{info['cpu_count']} CPUs, Python {info['python']}. Engine `{T.ENGINE_NAME}`, tuning `{asdict(T._tuning())}`.\n\n"
+          f"{info['cpu_count']} CPUs, Python {info['python']}. Engine `{T.ENGINE_NAME}`, tuning ({T.tuning_source()}) `{asdict(T._tuning())}`.\n\n"
+          f"Host memcpy by threads at {fmt_size(bound['nbytes'])}, GB/s (to pinned / from pinned / from pinned into fresh pages): "
+          + "; ".join(f"{k}: " + " / ".join(f"{v:.1f}" for v in r.values()) for k, r in bound["by_threads"].items()) + ".\n\n"
           f"GB/s (1e9 bytes/s of payload), median of warm, synchronized calls; the methods of a row are interleaved "
           f"round-robin, so they compare side by side; made by `benchmarks/transfer.py`.\n"
           f"`cupy` = `cupy.asarray` / `cupy.asnumpy` from/to an ordinary numpy array; `pinned` = cudaMemcpyAsync from/to "

@@ -29,7 +29,7 @@ from autooffload._sweep import (
 )
 from autooffload._timing import FakeClock, TimerSettings
 
-KiB, MiB = 1024, 1024**2
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
 FAST_TIMER = TimerSettings(warmup=1, repeats=3, min_repeats=3, min_sample_s=0.0, max_point_s=100.0)
 FAKE_GPU = SimpleNamespace(name="fake-gpu")  # stands in for the cupy module
 
@@ -361,3 +361,44 @@ def test_a_compiled_side_is_timed_warm_per_kind_it_runs_and_states_its_compile_t
         assert tier.kinds[kind].seconds == [cpu_cost(int(b)) / 4 for b in sizes]
     # The NumPy curves are what they are without the tier.
     assert profile.backend("numpy").kinds["elementwise"].seconds == [cpu_cost(int(b)) for b in sizes]
+
+
+def test_the_copy_search_runs_before_the_copy_curves_and_lands_in_the_profile(tmp_path):
+    from autooffload import _copytune
+    from autooffload._profiles import load_profile, save_profile
+
+    clock = FakeClock()
+    device = fake_gpu(clock)
+    calls = []
+
+    def tune(plan_name, cap):
+        calls.append((plan_name, cap))
+        return _copytune.SearchResult(
+            knobs={"threads": 12, "chunk_bytes": 32 * MiB},
+            rates=[{"nbytes": float(GiB), "h2d_GBps": 41.6, "d2h_GBps": 41.5, "default_h2d_GBps": 17.9, "default_d2h_GBps": 16.2}],
+            host_bound={"best": {"to_pinned": 35.4, "from_pinned": 36.7, "from_pinned_fresh": 25.0}, "nbytes": 256 * MiB},
+            pinned_GBps={"h2d": 55.4, "d2h": 55.3}, seconds=10.3, log=["chosen: threads=12"])
+
+    device.tune_copies = tune
+    profile = run_sweep(small_plan(copy_search="quick"), clock=clock, sides=with_device(device), workloads=fake_workloads(clock))
+    assert calls and calls[0][0] == "quick" and calls[0][1] > 0
+    tuning = profile.copy_tuning()
+    assert tuning is not None and tuning.engine == "fake-engine" and tuning.knobs == {"threads": 12, "chunk_bytes": 32 * MiB}
+    assert tuning.rates[0].nbytes == GiB and tuning.host_bound_GBps["to_pinned"] == 35.4 and tuning.search_s == 10.3
+    assert load_profile(save_profile(profile, tmp_path / "p.json")).copy_tuning() == tuning
+
+
+def test_a_failed_copy_search_leaves_the_defaults_and_says_why():
+    clock = FakeClock()
+    device = fake_gpu(clock)
+
+    def broken(plan_name, cap):
+        raise RuntimeError("no pinned memory")
+
+    device.tune_copies = broken
+    profile = run_sweep(small_plan(copy_search="quick"), clock=clock, sides=with_device(device), workloads=fake_workloads(clock))
+    assert profile.copy_tuning() is None
+    assert any("copy tuning not searched (RuntimeError: no pinned memory)" in n for n in profile.notes)
+    # No search asked for (the plan's copy_search None): no tuning, no note.
+    profile = run_sweep(small_plan(), clock=clock, sides=with_device(device), workloads=fake_workloads(clock))
+    assert profile.copy_tuning() is None and not any("copy tuning" in n for n in profile.notes)

@@ -804,3 +804,92 @@ def test_results_in_new_memory_go_to_the_workers_unless_told(staged, monkeypatch
     T._hostmem.results.release()
     T._configure(staged_fresh=1)
     assert same(T.to_host(d), h) and used == [1, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinning the caller's memory in place (cudaHostRegister), issue 14
+# ---------------------------------------------------------------------------------------------
+REGISTER_TUNINGS = {"whole": dict(h2d_register_min=1, d2h_register_min=1),
+                    "pieces": dict(h2d_register_min=1, d2h_register_min=1, register_chunk_bytes=16 * 1024)}
+
+
+@pytest.mark.parametrize("how", list(REGISTER_TUNINGS))
+@pytest.mark.parametrize("dtype", [np.float64, np.int8, np.complex64, np.bool_])
+def test_register_round_trips_every_layout(fake, how, dtype):
+    T._configure(**REGISTER_TUNINGS[how])
+    rng = np.random.default_rng(11)
+    for name, h, expect in layouts(rng, dtype, big=True):
+        d = T.to_device(h)
+        assert same(d.get(), h), name
+        back = T.to_host(d)
+        _check_layout(back, expect)
+        assert same(back, h), name
+        out = np.zeros_like(h)
+        assert T.to_host(d, out=out) is out and same(out, h), name
+    assert fake.n_registered > 0 and not fake.registered, "every pinned range is unpinned"
+
+
+@pytest.mark.parametrize("direction", ["h2d", "d2h"])
+@pytest.mark.parametrize("at", [1, 3])
+def test_register_failure_mid_copy_unpins_what_it_pinned(fake, direction, at):
+    T._configure(**REGISTER_TUNINGS["pieces"])
+    rng = np.random.default_rng(12)
+    h = random_array((100_000,), np.float64, rng)
+    before = h.copy()
+    d = T.to_device(h) if direction == "d2h" else None
+    fake.memcpys.clear()
+    fake.fail_memcpy_at = at
+    with pytest.raises(RuntimeError, match="injected DMA failure"):
+        T.to_device(h) if direction == "h2d" else T.to_host(d)
+    fake.fail_memcpy_at = None
+    assert not fake.registered and same(h, before)
+    assert same(T.to_host(T.to_device(h)), h)
+
+
+def test_register_falls_back_to_the_driver_where_pages_are_pinned_already(fake):
+    """Another thread pinning an overlapping array: those pieces go by the driver's copy."""
+    T._configure(**REGISTER_TUNINGS["pieces"])
+    rng = np.random.default_rng(13)
+    h = random_array((100_000,), np.float64, rng)
+    fake.cuda.runtime.hostRegister(h.ctypes.data + 40_000, 8, 0)  # a range inside h, held elsewhere
+    try:
+        assert same(T.to_device(h).get(), h)
+        assert same(T.to_host(T.to_device(h)), h)
+    finally:
+        fake.cuda.runtime.hostUnregister(h.ctypes.data + 40_000)
+    assert not fake.registered
+
+
+def test_register_from_many_threads_at_once(fake):
+    T._configure(**REGISTER_TUNINGS["pieces"])
+    shared = random_array((200_000,), np.float64, np.random.default_rng(14))
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(4):
+                h = shared if seed % 2 else random_array((int(rng.integers(1000, 100_000)),), np.float64, rng)
+                assert same(T.to_host(T.to_device(h)), h)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    ths = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert not errors, errors
+    assert not fake.registered
+
+
+def test_a_copy_planned_before_a_tuning_change_gets_buffers_of_its_own_size(fake):
+    """apply_tuning from another thread mid-copy: a copy that planned with 64 KiB chunks never
+    gets the new, smaller buffers (its pool is kept apart until the next release)."""
+    old = T._tuning()
+    T._configure(chunk_bytes=16 * 1024, min_chunk_bytes=16 * 1024)
+    pool = T._get_pool(old)
+    assert pool.buffer_bytes == old.chunk_bytes and T._get_pool().buffer_bytes == 16 * 1024
+    assert T._get_pool(old) is pool
+    T.release_pinned_pool()
+    assert not fake.pinned

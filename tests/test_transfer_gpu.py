@@ -87,6 +87,9 @@ TUNINGS = {
     # Every contiguous array through the staged path (native copy pool), in 64 KiB pieces.
     "staged": dict(staged_min=0, staged_max=1 << 40, chunk_bytes=64 * 1024, min_chunk_bytes=64 * 1024,
                    min_part_bytes=4096),
+    # Every contiguous array pinned in place (cudaHostRegister), whole or in 64 KiB pieces.
+    "register": dict(h2d_register_min=1, d2h_register_min=1),
+    "register_pieces": dict(h2d_register_min=1, d2h_register_min=1, register_chunk_bytes=64 * 1024),
 }
 
 
@@ -403,3 +406,41 @@ def test_large_results_reuse_dropped_memory_and_stay_correct():
     assert back_f.flags.f_contiguous and same(back_f, np.asfortranarray(sources[2].reshape(-1, 8)))
     T.release_pinned_pool()
     assert _hostmem.results.info()["free_blocks"] == 0
+
+
+@pytest.mark.parametrize("direction", ["h2d", "d2h"])
+def test_register_failure_mid_copy_unpins_everything(direction, monkeypatch):
+    """Pinned in place in 64 KiB pieces; the 5th DMA fails: every piece pinned so far is
+    unpinned (pinning the whole array again succeeds), the device memory freed, the source kept."""
+    old = T._configure(**TUNINGS["register_pieces"])
+    try:
+        mempool = cp.get_default_memory_pool()
+        h = np.random.default_rng(9).standard_normal(4 * MiB // 8)
+        before = h.copy()
+        d = T.to_device(h) if direction == "d2h" else None
+        out = np.ones_like(h)
+        cp.cuda.get_current_stream().synchronize()
+        used = mempool.used_bytes()
+        rt = cp.cuda.runtime
+        real = rt.memcpyAsync
+        calls = []
+
+        def flaky(*args):
+            calls.append(1)
+            if len(calls) == 5:
+                raise RuntimeError("injected DMA failure")
+            return real(*args)
+
+        monkeypatch.setattr(rt, "memcpyAsync", flaky)
+        with pytest.raises(RuntimeError, match="injected DMA failure"):
+            T.to_device(h) if direction == "h2d" else T.to_host(d, out=out)
+        monkeypatch.setattr(rt, "memcpyAsync", real)
+        cp.cuda.get_current_stream().synchronize()
+        for a in (h, out):
+            rt.hostRegister(a.ctypes.data, a.nbytes, 0)  # raises if a piece were still pinned
+            rt.hostUnregister(a.ctypes.data)
+        assert mempool.used_bytes() == used, "device memory of the failed copy not freed"
+        assert same(h, before)
+        assert same(T.to_host(T.to_device(h)), h)
+    finally:
+        T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})

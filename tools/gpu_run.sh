@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine (see ../shared/gpu/README.md): build the C extensions for its
 # Python, install the carried wheels, then the steps named (tests, overhead, suite-quick, suite,
-# seed, transfer, decisions, calibrate, calibrate-quick, suite-profile, suite-noprofile), each logged under $OUT/<step>.log with its wall time.
+# seed, transfer, decisions, calibrate, calibrate-quick, suite-profile, suite-noprofile; issue 14:
+# transfer-tuned (transfer.py with the copy tuning of the profile calibrate or calibrate-quick made), diag (tools/transfer_diag.py),
+# transfer-tests), each logged under $OUT/<step>.log with its wall time.
 #   device tool: command "bash tools/gpu_run.sh tests overhead", carry [".whl"]
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
@@ -34,7 +36,12 @@ for s in "$@"; do
         decisions) step decisions sh -c "python3 tools/decision_table.py > $OUT/decision-table.jsonl" ;;
         calibrate) step calibrate python3 -m autooffload calibrate --output "$OUT/$MACHINE.json"
                    step show python3 -m autooffload show "$OUT/$MACHINE.json" ;;
-        calibrate-quick) step calibrate-quick python3 -m autooffload calibrate --quick --output "$OUT/$MACHINE-quick.json" ;;
+        calibrate-quick) step calibrate-quick python3 -m autooffload calibrate --quick --output "$OUT/$MACHINE-quick.json"
+                         step show-quick python3 -m autooffload show "$OUT/$MACHINE-quick.json" ;;
+        transfer-tuned) tuned="$OUT/$MACHINE.json"; [ -f "$tuned" ] || tuned="$OUT/$MACHINE-quick.json"
+                        AUTOOFFLOAD_PROFILE="$tuned" step transfer-tuned python3 benchmarks/transfer.py --machine "$MACHINE" --min-bytes "${MIN_BYTES:-4KiB}" ;;
+        diag) step diag timeout "${DIAG_S:-90}" python3 tools/transfer_diag.py --out "$OUT/transfer-diag.json" ;;
+        transfer-tests) TAIL=15 step transfer-tests python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_transfer_gpu.py ;;
         suite-profile) AUTOOFFLOAD_PROFILE="$OUT/$MACHINE.json" step suite-profile python3 benchmarks/suite.py --machine "$MACHINE" --budget-s "${BUDGET:-150}" ;;
         suite-noprofile) AUTOOFFLOAD_SHIPPED=0 step suite-noprofile python3 benchmarks/suite.py --machine "$MACHINE-noprofile" --budget-s "${BUDGET:-150}" ;;
         *) echo "unknown step $s" ;;

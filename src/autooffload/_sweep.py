@@ -2,7 +2,9 @@
 
 For each kind of work and each backend ("side": NumPy on the host; CuPy on the GPU, data already
 on the device, synchronized), seconds by input bytes, from 1 KiB up to a cap set by free host and GPU memory and by the time
-budget; host<->device copy curves through the transfer engine the library uses; the launch
+budget; host<->device copy curves through the transfer engine the library uses, after the
+engine's knobs are searched for this machine (``_copytune``, ``SweepPlan.copy_search``; stored as
+the device backend's ``copy_tuning``, and the curves are those of the tuned engine); the launch
 latency of a tiny kernel; the cold start of a fresh process (``import cupy`` + first kernel).
 
 Curves are keyed by the bytes of all array inputs, as ``_profiles/defaults.py`` keys them: ``a*5+b`` at n
@@ -43,6 +45,8 @@ from ._costmodel import KINDS
 from ._profiles import (
     REFERENCE_BACKEND,
     BackendTiming,
+    CopyRate,
+    CopyTuning,
     Curve,
     Memory,
     Profile,
@@ -159,6 +163,8 @@ class SweepPlan:
     host_memory_fraction: float = 0.25  # a point's working set may use this much free memory
     gpu_memory_fraction: float = 0.25
     cold_start_runs: int = 1
+    # The copy engine's knob search (_copytune.SearchPlan by name) before the copy curves; None: skip.
+    copy_search: str | None = None
 
     @classmethod
     def quick(cls) -> "SweepPlan":
@@ -172,6 +178,7 @@ class SweepPlan:
             cpu_only_budget_s=12.0,
             max_call_s=0.08,
             cold_start_runs=1,
+            copy_search="quick",
         )
 
     @classmethod
@@ -186,6 +193,7 @@ class SweepPlan:
             cpu_only_budget_s=60.0,
             max_call_s=1.0,
             cold_start_runs=3,
+            copy_search="default",
         )
 
 
@@ -231,6 +239,10 @@ class DeviceSide(Side):
     cold_start: Callable[[], float | None]  # seconds of a fresh process's first work here
     out_of_memory: tuple[type[BaseException], ...] = (MemoryError,)
     fingerprint: dict = field(default_factory=dict)  # Fingerprint fields measured through CUDA
+    # The copy engine's knob search: (search plan name, bytes cap) -> _copytune.SearchResult,
+    # after which the engine uses the chosen knobs (so the copy curves are the tuned engine's).
+    # None: the engine has no knobs (CuPy's own copies).
+    tune_copies: Callable[[str, int], Any] | None = None
 
 
 @dataclass(kw_only=True)
@@ -285,10 +297,19 @@ def cupy_side() -> tuple[DeviceSide | None, str]:
         return None, f"no GPU measured: CUDA is not usable ({type(e).__name__}: {e})"
 
     notes = []
+    tune_copies = None
     try:
         from . import _transfer
 
         to_device, to_host, engine = _transfer.to_device, _transfer.to_host, _transfer.ENGINE_NAME
+
+        def tune_copies(plan_name: str, cap: int) -> Any:
+            from . import _copytune
+
+            plan = getattr(_copytune.SearchPlan, plan_name)().capped(cap)
+            result = _copytune.search(_copytune.gpu_engine(), plan)
+            _transfer.apply_tuning(result.knobs, "calibration")
+            return result
     except ImportError:
         # autooffload._transfer not there yet: measure CuPy's own pageable copies, and say so.
         to_device, to_host, engine = cupy.asarray, cupy.asnumpy, "cupy-default (fallback: autooffload._transfer missing)"
@@ -317,6 +338,7 @@ def cupy_side() -> tuple[DeviceSide | None, str]:
             out_of_memory=oom,
             fingerprint=cuda_gpu_details(),
             notes=notes,
+            tune_copies=tune_copies,
         ),
         "",
     )
@@ -690,6 +712,11 @@ def run_sweep(
         notify(SweepProgress(len(kinds) / steps, "compile time", f"{name}: one signature of a three-step chain"))
         backends[name] = BackendTiming(memory=side.memory, kinds=curves[name], warmup_s=side.compile_s())
     for step, (name, device) in zip(range(len(kinds), steps, 3), devices.items()):
+        copy_tuning = None
+        if plan.copy_search and device.tune_copies is not None:
+            notify(SweepProgress(step / steps, "copy tuning", f"{plan.copy_search} search of {device.transfer_engine}'s knobs"))
+            copy_tuning, note = _tune_copies(device, plan.copy_search, min(host_cap, device_caps[name]) // 3)
+            notes.append(note)
         notify(SweepProgress(step / steps, "transfers", device.transfer_engine))
         h2d, d2h = _measure_transfers(device, plan, host_cap=host_cap, device_cap=device_caps[name], clock=clock)
         notify(SweepProgress((step + 1) / steps, "launch latency", "8-element a*5+b, synchronized"))
@@ -700,7 +727,7 @@ def run_sweep(
             notes.append("cold start not measured (the subprocess failed); the dispatcher assumes its default")
         backends[name] = BackendTiming(
             memory=device.memory, kinds=curves[name], warmup_s=cold_start, launch_latency_s=launch_latency,
-            transfer_engine=device.transfer_engine, h2d=h2d, d2h=d2h,
+            transfer_engine=device.transfer_engine, h2d=h2d, d2h=d2h, copy_tuning=copy_tuning,
         )
 
     noisy = sum(
@@ -720,6 +747,27 @@ def run_sweep(
         backends=backends,
         notes=notes,
     ).with_source("sweep (not saved)")
+
+
+def _tune_copies(device: DeviceSide, search: str, cap: int) -> tuple[CopyTuning | None, str]:
+    """The copy engine's tuning searched on ``device`` (``_copytune.search``), as the profile
+    stores it, and a note; a failed search leaves the defaults and says why."""
+    assert device.tune_copies is not None
+    try:
+        r = device.tune_copies(search, cap)
+    except Exception as e:  # noqa: BLE001 - the rest of the calibration is still worth having
+        return None, f"copy tuning not searched ({type(e).__name__}: {e}); the engine keeps its defaults"
+    tuning = CopyTuning(
+        engine=device.transfer_engine,
+        knobs=r.knobs,
+        rates=[CopyRate(**{k: (int(v) if k == "nbytes" else v) for k, v in row.items()}) for row in r.rates],
+        host_bound_GBps={k: v for k, v in r.host_bound.get("best", {}).items() if v > 0},
+        host_bound_nbytes=r.host_bound.get("nbytes"),
+        pinned_GBps={k: v for k, v in r.pinned_GBps.items() if v > 0},
+        search_s=r.seconds,
+        log=r.log,
+    )
+    return tuning, f"copy tuning: {search} search {r.seconds:.1f} s"
 
 
 def _measure_launch_latency(device: DeviceSide, workloads: Mapping[str, Workload], plan: SweepPlan, clock: Clock) -> float | None:

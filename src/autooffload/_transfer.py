@@ -33,8 +33,13 @@ How (engine ``pinned-pipeline-v4``):
   pinned buffers, which measured fastest there (faster than ``cupy.asarray``, which copies into
   a pinned buffer on one thread first). Strided small arrays go through one pinned buffer on
   the calling thread.
-* Measured and dropped: ``cudaHostRegister`` of the caller's memory chunk by chunk (11-17 GB/s
-  in, 3-4 out at 1 GiB: pinning fresh pages is slow here); huge-page result mappings and
+* Pinning the caller's memory in place (``cudaHostRegister``, whole or in pieces, then one DMA
+  and unpinning) is a path for large contiguous arrays, off unless the tuning turns it on
+  (``h2d_register_min`` / ``d2h_register_min``): on the H100 machine 11-17 GB/s in, 3-4 out at
+  1 GiB; on a fast H200 start 15-21 GB/s against 41-46 staged (pinning runs at ~31 GB/s and
+  unpinning at ~53, whatever the size). It can only win where host copies are slower than
+  that, so calibration measures it (benchmarks/results/h200/transfer.NOTES.md).
+* Measured and dropped: huge-page result mappings and
   MADV_POPULATE_WRITE prefaulting of results (no gain, or much worse; tried again as workers
   faulting a new result in while waiting for their DMA: 1 GiB 11.3 GB/s against 14.4 without,
   and slower too when the GPU was still computing: faulting a page while copying into it costs
@@ -44,8 +49,12 @@ How (engine ``pinned-pipeline-v4``):
   above the direct-copy size are allocated from ``_hostmem.results``, which keeps the memory of
   dropped results (already faulted in) for the next one; ``out=`` avoids the cost too.
 
-Tuning constants live in ``_TUNING`` with the measurement that chose them; ``benchmarks/
-transfer.py --sweep`` re-measures them. CuPy is imported lazily: importing this module never
+Tuning constants live in ``_TUNING`` with the measurement that chose them (the H100 machine's):
+those are the defaults. ``autooffload calibrate`` searches them for the machine it runs on
+(``_copytune.py``) and stores them in the profile; ``_profiles.resolve`` hands the active
+profile's knobs to ``apply_tuning`` once per resolution, so a copy reads one module global as
+before and a tuning change costs the copies nothing. ``benchmarks/transfer.py --sweep``
+compares the paths by size. CuPy is imported lazily: importing this module never
 imports CuPy, and ``release_pinned_pool()`` works without it.
 """
 
@@ -74,7 +83,9 @@ except ImportError:
 # v3: device->host results above the direct-copy size reuse the memory of dropped results.
 # v4: 4-64 MiB staged through two pinned buffers by native copy threads; "-python" where the
 # native pool is not built (then 4-64 MiB copy as in v3, and a profile should say so).
-ENGINE_NAME = "pinned-pipeline-v4" + ("" if _parcopy is not None else "-python")
+# v5: the knobs come from the active profile (`autooffload calibrate` searches them), and
+# cudaHostRegister-in-place is a path for large arrays when the tuning turns it on.
+ENGINE_NAME = "pinned-pipeline-v5" + ("" if _parcopy is not None else "-python")
 
 
 KiB = 1024
@@ -132,6 +143,16 @@ class _Tuning:
     # 0: they go to the workers, whose separate chunks fault their first-touch pages in faster
     # (sweep, 32 / 64 MiB into new memory: workers 14.0 / 18.6 GB/s, staged 11.9 / 12.4).
     staged_fresh: int = 0
+    # Contiguous arrays of at least these many bytes (0: never) skip staging: the caller's own
+    # pages are pinned in place (cudaHostRegister) for the DMA and unpinned before returning.
+    # On the H100 machine pinning was slower than staging (11-17 GB/s in, 3-4 out at 1 GiB),
+    # so it is off by default; on a machine whose host copies are slow (H200 starts with
+    # 2-4 GB/s memcpy) it may win. `autooffload calibrate` measures it (_copytune.py).
+    h2d_register_min: int = 0
+    d2h_register_min: int = 0
+    # Pinned in place in pieces of this many bytes (0: the whole array at once), so that pinning
+    # a piece overlaps the DMA of the one before.
+    register_chunk_bytes: int = 0
 
 
 def _default_threads() -> int:
@@ -151,12 +172,9 @@ def _configure(**changes: Any) -> _Tuning:
     unknown = set(changes) - names
     if unknown:
         raise TypeError(f"unknown tuning knobs {sorted(unknown)}; allowed: {sorted(names)}")
-    for k, v in changes.items():
-        if not isinstance(v, int) or v < 0:
-            raise ValueError(f"tuning knob {k} must be an int >= 0; got {v!r}")
-    for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads"):
-        if k in changes and changes[k] < 1:
-            raise ValueError(f"tuning knob {k} must be >= 1; got {changes[k]!r}")
+    _check_knobs(changes)
+    global _TUNING_SOURCE
+    _TUNING_SOURCE = "configured"
     old = _TUNING
     new = replace(old, **changes)
     if new.min_chunk_bytes > new.chunk_bytes:
@@ -169,6 +187,62 @@ def _configure(**changes: Any) -> _Tuning:
 
 def _tuning() -> _Tuning:
     return _TUNING
+
+
+# Where the tuning in use came from: "defaults", a profile's file, or "configured" (_configure).
+_TUNING_SOURCE = "defaults"
+_MAX_THREADS = 64
+
+
+def default_tuning() -> _Tuning:
+    """Today's hand-tuned knobs, with thread counts fitted to this machine's usable cores."""
+    return _Tuning(threads=_default_threads(), max_buffers=_default_threads() + 4)
+
+
+def tuning_knobs() -> tuple[str, ...]:
+    """Names of the knobs a profile may set (the fields of ``_Tuning``)."""
+    return tuple(f.name for f in fields(_Tuning))
+
+
+def apply_tuning(knobs: Any = None, source: str = "defaults") -> list[str]:
+    """Use ``knobs`` (knob name -> int, e.g. a profile's copy tuning) over ``default_tuning()``;
+    None or empty: the defaults. Called when the active profile is resolved (never on a copy).
+
+    Knobs this engine does not know (a newer engine's) are skipped and returned, so an older
+    engine still reads a newer profile; a value that is not an int >= 0 (>= 1 for counts and
+    sizes) raises ValueError. Releases the pinned pool and the workers only when the tuning
+    changes, so re-applying the same profile costs nothing.
+    """
+    global _TUNING, _TUNING_SOURCE
+    knobs = dict(knobs or {})
+    names = set(tuning_knobs())
+    unknown = sorted(set(knobs) - names)
+    known = {k: v for k, v in knobs.items() if k in names}
+    _check_knobs(known)
+    if "threads" in known:
+        known["threads"] = min(known["threads"], _MAX_THREADS)
+    new = replace(default_tuning(), **known)
+    if new.min_chunk_bytes > new.chunk_bytes:
+        new = replace(new, min_chunk_bytes=new.chunk_bytes)
+    if new != _TUNING:
+        _TUNING = new
+        release_pinned_pool(keep_results=True)
+        _drop_executor()
+    _TUNING_SOURCE = source if known else "defaults"
+    return unknown
+
+
+def tuning_source() -> str:
+    return _TUNING_SOURCE
+
+
+def _check_knobs(changes: dict[str, Any]) -> None:
+    for k, v in changes.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"tuning knob {k} must be an int >= 0; got {v!r}")
+    for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads"):
+        if k in changes and changes[k] < 1:
+            raise ValueError(f"tuning knob {k} must be >= 1; got {changes[k]!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +516,7 @@ class PinnedPool:
 _cupy: Any = None
 _state_lock = threading.Lock()
 _pool: PinnedPool | None = None
+_stale_pools: dict[int, PinnedPool] = {}  # by buffer size: for copies planned before a tuning change
 _executor: ThreadPoolExecutor | None = None
 _atexit_registered = False
 
@@ -485,20 +560,31 @@ def _cuda_wait(event: Any) -> None:
     event.synchronize()  # cudaEventSynchronize, releases the GIL
 
 
-def _get_pool() -> PinnedPool:
+def _get_pool(t: _Tuning | None = None) -> PinnedPool:
+    """The pool of buffers of ``t.chunk_bytes`` (``t``: the tuning the copy planned with).
+
+    A copy that planned with a tuning replaced since (``apply_tuning`` from another thread)
+    gets a pool of its own buffer size, never a smaller buffer than it planned for; such pools
+    live until the next ``release_pinned_pool``."""
     global _pool, _atexit_registered
+    if t is None:
+        t = _TUNING
     pool = _pool
-    if pool is not None:
+    if pool is not None and pool.buffer_bytes == t.chunk_bytes:
         return pool
     with _state_lock:
         if _pool is None:
-            t = _TUNING
             _pool = PinnedPool(t.chunk_bytes, t.max_buffers, _cuda_alloc, _cuda_free, _cuda_wait)
             if not _atexit_registered:
                 # Registered after CuPy is imported, so it runs before CuPy's own exit hooks.
                 atexit.register(release_pinned_pool)
                 _atexit_registered = True
-        return _pool
+        if _pool.buffer_bytes == t.chunk_bytes:
+            return _pool
+        other = _stale_pools.get(t.chunk_bytes)
+        if other is None:
+            other = _stale_pools[t.chunk_bytes] = PinnedPool(t.chunk_bytes, t.max_buffers, _cuda_alloc, _cuda_free, _cuda_wait)
+        return other
 
 
 def _get_executor() -> ThreadPoolExecutor:
@@ -512,6 +598,14 @@ def _get_executor() -> ThreadPoolExecutor:
         return _executor
 
 
+def _drop_executor() -> None:
+    """Forget the workers without waiting: a copy still using them holds its reference, and
+    idle workers exit once the executor is collected. The next copy starts new ones."""
+    global _executor
+    with _state_lock:
+        _executor = None
+
+
 def _shutdown_executor() -> None:
     global _executor
     with _state_lock:
@@ -520,17 +614,20 @@ def _shutdown_executor() -> None:
         ex.shutdown(wait=True)
 
 
-def release_pinned_pool() -> None:
+def release_pinned_pool(keep_results: bool = False) -> None:
     """Free every pinned buffer of the engine (buffers in use are freed when their copy ends),
-    and the host memory kept from dropped results (see _hostmem.py).
+    and the host memory kept from dropped results (see _hostmem.py) unless ``keep_results``.
 
     Safe at any time, from any thread, and without CuPy (then there is nothing to free).
     """
     global _pool
-    _hostmem.results.release()
+    if not keep_results:
+        _hostmem.results.release()
     with _state_lock:
-        pool, _pool = _pool, None
-    if pool is not None:
+        pools = [p for p in (_pool, *_stale_pools.values()) if p is not None]
+        _pool = None
+        _stale_pools.clear()
+    for pool in pools:
         try:
             pool.clear()
         except Exception:
@@ -543,6 +640,7 @@ def _after_fork_in_child() -> None:
     # (never free the parent's pinned pointers from here).
     global _pool, _executor, _state_lock
     _pool = None
+    _stale_pools.clear()
     _executor = None
     _state_lock = threading.Lock()
 
@@ -603,9 +701,9 @@ class _Job:
 
     __slots__ = ("cp", "pool", "dev_ptr", "device_id", "host_c", "flat", "host_ptr", "itemsize", "stream", "failed")
 
-    def __init__(self, cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, stream: Any):
+    def __init__(self, cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, stream: Any, t: _Tuning):
         self.cp = cp
-        self.pool = _get_pool()
+        self.pool = _get_pool(t)
         self.dev_ptr = dev_ptr
         self.device_id = device_id
         self.host_c = host_c
@@ -745,16 +843,18 @@ def to_device(host: np.ndarray):
     dev_ptr = dev.data.ptr
     staged = contiguous and _staged(nbytes, t)
     try:
-        if contiguous and nbytes <= t.h2d_direct_max and not staged:
+        if contiguous and t.h2d_register_min and nbytes >= t.h2d_register_min:
+            _register_copy(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream, t)
+        elif contiguous and nbytes <= t.h2d_direct_max and not staged:
             _h2d_direct(cp, dev_ptr, host_c, stream)
         else:
             try:
                 if staged:
                     _h2d_staged(cp, dev_ptr, dev.device.id, array_address(host_c), nbytes, stream, t)
                 elif contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
-                    _h2d_small(cp, dev_ptr, dev.device.id, _byte_view(host_c), stream)
+                    _h2d_small(cp, dev_ptr, dev.device.id, _byte_view(host_c), stream, t)
                 else:
-                    job = _Job(cp, dev_ptr, dev.device.id, host_c, contiguous, stream)
+                    job = _Job(cp, dev_ptr, dev.device.id, host_c, contiguous, stream, t)
                     _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _h2d_task)
             except PinnedUnavailable:
                 _h2d_direct(cp, dev_ptr, host_c if contiguous else np.ascontiguousarray(host_c), stream)
@@ -769,9 +869,9 @@ def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
     cp.cuda.runtime.memcpyAsync(dev_ptr, array_address(host_c), host_c.nbytes, _H2D, stream.ptr)
 
 
-def _h2d_small(cp: Any, dev_ptr: int, device_id: int, flat: np.ndarray, stream: Any) -> None:
+def _h2d_small(cp: Any, dev_ptr: int, device_id: int, flat: np.ndarray, stream: Any, t: _Tuning) -> None:
     """One pinned buffer, one copy on this thread, one DMA on the caller's stream."""
-    pool = _get_pool()
+    pool = _get_pool(t)
     buf = pool.acquire()
     ev = None
     try:
@@ -806,7 +906,7 @@ def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, src_ptr: int, nbytes: int
     """Pieces copied into two pinned buffers in turn by the native pool, each piece's DMA queued
     on the caller's stream as soon as it is in; a buffer is refilled once its DMA has read it."""
     pieces = staged_pieces(nbytes, t)
-    pool = _get_pool()
+    pool = _get_pool(t)
     bufs = _two_buffers(pool, len(pieces))
     pending: list[Any] = [None] * len(bufs)
     try:
@@ -885,16 +985,18 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     # Results in new memory: see _Tuning.staged_fresh.
     staged = contiguous and (t.staged_fresh or not fresh) and _staged(nbytes, t)
     try:
-        if contiguous and nbytes <= t.d2h_direct_max and not staged:
+        if contiguous and t.d2h_register_min and nbytes >= t.d2h_register_min:
+            _register_copy(cp, src_ptr, array_address(host_c), nbytes, _D2H, stream, t)
+        elif contiguous and nbytes <= t.d2h_direct_max and not staged:
             _d2h_direct(cp, src_ptr, host_c, stream)
         else:
             try:
                 if staged:
                     _d2h_staged(cp, src_ptr, dev.device.id, array_address(host_c), nbytes, stream, t)
                 elif contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
-                    _d2h_small(cp, src_ptr, _byte_view(host_c), stream)
+                    _d2h_small(cp, src_ptr, _byte_view(host_c), stream, t)
                 else:
-                    job = _Job(cp, src_ptr, dev.device.id, host_c, contiguous, stream)
+                    job = _Job(cp, src_ptr, dev.device.id, host_c, contiguous, stream, t)
                     _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _d2h_task)
             except PinnedUnavailable:
                 if contiguous:
@@ -922,9 +1024,9 @@ def _d2h_direct(cp: Any, src_ptr: int, host_c: np.ndarray, stream: Any) -> None:
     stream.synchronize()
 
 
-def _d2h_small(cp: Any, src_ptr: int, flat: np.ndarray, stream: Any) -> None:
+def _d2h_small(cp: Any, src_ptr: int, flat: np.ndarray, stream: Any, t: _Tuning) -> None:
     """One DMA into one pinned buffer on the caller's stream, wait, one copy out."""
-    pool = _get_pool()
+    pool = _get_pool(t)
     buf = pool.acquire()
     try:
         cp.cuda.runtime.memcpyAsync(buf.ptr, src_ptr, flat.size, _D2H, stream.ptr)
@@ -938,7 +1040,7 @@ def _d2h_staged(cp: Any, src_ptr: int, device_id: int, dst_ptr: int, nbytes: int
     """DMAs of pieces into two pinned buffers in turn on the caller's stream; each piece is
     copied out by the native pool while the DMA of the next one runs."""
     pieces = staged_pieces(nbytes, t)
-    pool = _get_pool()
+    pool = _get_pool(t)
     bufs = _two_buffers(pool, len(pieces))
     pending: list[Any] = [None] * len(bufs)
     rt = cp.cuda.runtime
@@ -964,6 +1066,43 @@ def _d2h_staged(cp: Any, src_ptr: int, device_id: int, dst_ptr: int, nbytes: int
     finally:
         for buf, ev in zip(bufs, pending):
             pool.release(buf, ev)
+
+
+# ---------------------------------------------------------------------------------------------
+# Both ways: the caller's pages pinned in place
+# ---------------------------------------------------------------------------------------------
+def _register_copy(cp: Any, dev_ptr: int, host_ptr: int, nbytes: int, kind: int, stream: Any, t: _Tuning) -> None:
+    """DMA straight from/to the caller's pageable memory, pinned in place piece by piece
+    (``register_chunk_bytes``, page-aligned inner boundaries) so that pinning a piece overlaps
+    the DMA of the previous one; every piece is unpinned once the stream has finished, also on
+    failure. A piece that cannot be pinned (its pages are pinned already, e.g. by another
+    thread copying an overlapping array, or the driver refuses) goes by the driver's own staged
+    copy. Returns once the data has arrived (device->host) or the source was read (host->device).
+    """
+    rt = cp.cuda.runtime
+    chunks = plan_contiguous(host_ptr, nbytes, t.register_chunk_bytes or nbytes)
+    pinned: list[int] = []
+    try:
+        for ch in chunks:
+            p = host_ptr + ch.offset
+            try:
+                rt.hostRegister(p, ch.nbytes, 0)
+            except Exception:  # noqa: BLE001 - any refusal: the driver stages this piece
+                pass
+            else:
+                pinned.append(p)
+            if kind == _H2D:
+                rt.memcpyAsync(dev_ptr + ch.offset, p, ch.nbytes, _H2D, stream.ptr)
+            else:
+                rt.memcpyAsync(p, dev_ptr + ch.offset, ch.nbytes, _D2H, stream.ptr)
+        stream.synchronize()
+    finally:
+        if pinned:
+            try:
+                stream.synchronize()  # no DMA may still use a page once it is unpinned
+            finally:
+                for p in pinned:
+                    rt.hostUnregister(p)
 
 
 def pool_info() -> dict[str, int]:

@@ -171,6 +171,7 @@ def format_show(doc: dict) -> str:
                 f"launch latency {human_seconds(backend['launch_latency_s'])}; "
                 f"cold start {human_seconds(backend['warmup_s'])} (once per process)"
             )
+            lines.extend(_copy_tuning_lines(backend.get("copy_tuning")))
     lines.append("")
     lines.append("Crossovers: smallest input (bytes of all array inputs) from which the warm GPU wins")
     header = ("kind", "numpy data (host)", "cupy data (device)")
@@ -181,6 +182,42 @@ def format_show(doc: dict) -> str:
     for row in [header, *rows]:
         lines.append("  " + "   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return "\n".join(lines + _tier_lines(tier)) + "\n"
+
+
+# Knobs shown as sizes; the rest are counts.
+_SIZE_KNOBS = ("chunk_bytes", "min_chunk_bytes", "small_bytes", "h2d_direct_max", "d2h_direct_max", "staged_min",
+               "staged_max", "min_part_bytes", "h2d_register_min", "d2h_register_min", "register_chunk_bytes")
+
+
+def _knob_text(name: str, value: int) -> str:
+    if name in _SIZE_KNOBS:
+        if value >= 1 << 50:
+            return f"{name}=any"
+        return f"{name}={human_bytes(value)}" if value else f"{name}=0"
+    return f"{name}={value}"
+
+
+def _copy_tuning_lines(tuning: dict | None) -> list[str]:
+    """The copy engine's tuning in a profile: the knobs and the rates they achieved."""
+    if not tuning:
+        return ["Copies:    engine defaults (this profile has no copy tuning; `autooffload calibrate` searches one)"]
+    knobs = ", ".join(_knob_text(k, v) for k, v in sorted(tuning["knobs"].items()))
+    search = f", search {tuning['search_s']:.1f} s" if tuning.get("search_s") is not None else ""
+    lines = [f"Copies:    tuned for {tuning['engine']}{search}: {knobs}"]
+    bound, pinned = tuning.get("host_bound_GBps") or {}, tuning.get("pinned_GBps") or {}
+    if bound or pinned:
+        lines.append(
+            "           limits: pinned DMA " + " / ".join(f"{pinned[d]:.1f}" for d in ("h2d", "d2h") if d in pinned)
+            + " GB/s in / out; host memcpy to pinned " + (f"{bound['to_pinned']:.1f}" if "to_pinned" in bound else "?")
+            + ", from pinned " + (f"{bound['from_pinned']:.1f}" if "from_pinned" in bound else "?")
+            + " (fresh pages " + (f"{bound['from_pinned_fresh']:.1f}" if "from_pinned_fresh" in bound else "?") + ") GB/s"
+        )
+    for r in tuning.get("rates") or []:
+        default = ""
+        if r.get("default_h2d_GBps") and r.get("default_d2h_GBps"):
+            default = f" (defaults {r['default_h2d_GBps']:.1f} / {r['default_d2h_GBps']:.1f})"
+        lines.append(f"           {human_bytes(r['nbytes']):>9}: {r['h2d_GBps']:.1f} GB/s in, {r['d2h_GBps']:.1f} out{default}")
+    return lines
 
 
 def _tier_lines(tier: dict) -> list[str]:

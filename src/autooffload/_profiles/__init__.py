@@ -25,11 +25,11 @@ _WHERE = {
         "fingerprint",
     ),
     **dict.fromkeys(
-        ("REFERENCE_BACKEND", "SCHEMA_VERSION", "BackendTiming", "Curve", "Fingerprint", "Memory", "Profile",
-         "migrate_v1_to_v2"),
+        ("REFERENCE_BACKEND", "SCHEMA_VERSION", "BackendTiming", "CopyRate", "CopyTuning", "Curve", "Fingerprint",
+         "Memory", "Profile", "migrate_v1_to_v2"),
         "model",
     ),
-    **dict.fromkeys(("active_profile", "reset_active_profile", "shipped_profile_for_this_gpu", "software_drift"), "resolve"),
+    **dict.fromkeys(("active_profile", "apply_copy_tuning", "reset_active_profile", "shipped_profile_for_this_gpu", "software_drift"), "resolve"),
     **dict.fromkeys(
         ("CALIBRATE_HINT", "SHIPPED_PROFILES_DIR", "cache_dir", "default_profile_path", "load_profile",
          "package_version", "profile_json", "profile_path", "save_profile", "shipped_profile_paths"),
@@ -67,7 +67,18 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
         this_machine_mismatch,
         version_drift,
     )
-    from .model import REFERENCE_BACKEND, SCHEMA_VERSION, BackendTiming, Curve, Fingerprint, Memory, Profile, migrate_v1_to_v2
+    from .model import (
+        REFERENCE_BACKEND,
+        SCHEMA_VERSION,
+        BackendTiming,
+        CopyRate,
+        CopyTuning,
+        Curve,
+        Fingerprint,
+        Memory,
+        Profile,
+        migrate_v1_to_v2,
+    )
     from .resolve import active_profile, reset_active_profile, shipped_profile_for_this_gpu, software_drift
     from .store import (
         CALIBRATE_HINT,
@@ -88,6 +99,8 @@ __all__ = [
     "SHIPPED_PROFILES_DIR",
     "REFERENCE_BACKEND",
     "BackendTiming",
+    "CopyRate",
+    "CopyTuning",
     "Curve",
     "Fingerprint",
     "Memory",

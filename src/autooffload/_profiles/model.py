@@ -13,6 +13,10 @@ Format history (bump SCHEMA_VERSION on any change a reader of the old format wou
      ``launch_latency_s`` and, for a device backend, ``h2d``, ``d2h`` and ``transfer_engine``
      (top-level in schema 1). ``has_gpu`` is gone: a profile has GPU timings when it has a device
      backend. Schema-1 files are migrated on load (``migrate_v1_to_v2``); numbers are unchanged.
+     Later (issue 14) a device backend may carry ``copy_tuning``: the copy engine's knobs chosen
+     by calibration and the rates they achieved. Optional (a file without it means the engine's
+     defaults), so files without it are unchanged schema 2; a reader from before it rejects a
+     file with it by name (extra fields are forbidden) rather than misreading it.
 """
 
 from __future__ import annotations
@@ -85,6 +89,41 @@ class Curve(BaseModel):
 
 
 Memory = Literal["host", "device"]
+GBps = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class CopyRate(BaseModel):
+    """What the tuned engine achieved at one size (GB/s = 1e9 bytes/s), and the defaults in the
+    same search (``default_*``), both ways; into reused host memory out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    nbytes: PositiveInt
+    h2d_GBps: GBps
+    d2h_GBps: GBps
+    default_h2d_GBps: GBps | None = None
+    default_d2h_GBps: GBps | None = None
+
+
+class CopyTuning(BaseModel):
+    """The copy engine's knobs for this machine, as ``autooffload calibrate`` chose them
+    (``_copytune.py``), and the rates behind the choice.
+
+    ``knobs``: field of ``_transfer._Tuning`` -> int. An engine applies the knobs it knows and
+    skips others (a newer engine's), so names are not checked here, only values.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    engine: str  # the engine the knobs were searched for (its ENGINE_NAME)
+    knobs: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    rates: list[CopyRate] = Field(default_factory=list)
+    # Host memcpy GB/s at the best thread count: pageable -> pinned, pinned -> warm and fresh pages.
+    host_bound_GBps: dict[str, GBps] = Field(default_factory=dict)
+    host_bound_nbytes: PositiveInt | None = None
+    pinned_GBps: dict[str, GBps] = Field(default_factory=dict)  # DMA from/to pinned memory
+    search_s: Seconds | None = None
+    log: list[str] = Field(default_factory=list)
 
 
 class BackendTiming(BaseModel):
@@ -107,11 +146,14 @@ class BackendTiming(BaseModel):
     transfer_engine: str | None = None
     h2d: Curve | None = None
     d2h: Curve | None = None
+    # The copy engine's tuning for this machine (None: the engine's defaults).
+    copy_tuning: CopyTuning | None = None
 
     @model_validator(mode="after")
     def _copies_belong_to_devices(self) -> "BackendTiming":
-        if self.memory == "host" and (self.h2d is not None or self.d2h is not None or self.transfer_engine is not None):
-            raise ValueError("a host backend copies nothing: h2d, d2h and transfer_engine belong to a device backend")
+        if self.memory == "host" and (self.h2d is not None or self.d2h is not None or self.transfer_engine is not None
+                                      or self.copy_tuning is not None):
+            raise ValueError("a host backend copies nothing: h2d, d2h, transfer_engine and copy_tuning belong to a device backend")
         return self
 
     def can_predict(self) -> bool:
@@ -192,6 +234,10 @@ class Profile(BaseModel):
     def has_device_timings(self) -> bool:
         """Whether some device backend can be predicted at all (else every call stays on the host)."""
         return any(b.can_predict() for b in self.device_backends().values())
+
+    def copy_tuning(self) -> CopyTuning | None:
+        """The copy engine's tuning of the first device backend that has one (None: defaults)."""
+        return next((b.copy_tuning for b in self.device_backends().values() if b.copy_tuning is not None), None)
 
     def kind_names(self) -> set[str]:
         """Every kind some backend has a curve for."""

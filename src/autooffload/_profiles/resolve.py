@@ -53,7 +53,11 @@ def _resolve_active_profile_once() -> Profile:
     global _active
     with _active_lock:
         if _active is None:
-            _active = _resolve_active_profile()
+            profile = _resolve_active_profile()
+            # A probe-scaled profile (later, probe_gpu_now) keeps the engine as this one set it:
+            # another machine's copy tuning is not this machine's.
+            apply_copy_tuning(profile)
+            _active = profile
         profile = _active
     if _gpu_probe_for is not None:
         from ..backends import cupy as device
@@ -62,6 +66,28 @@ def _resolve_active_profile_once() -> Profile:
             probe_gpu_now()
             return _active or profile
     return profile
+
+
+def apply_copy_tuning(profile: Profile) -> None:
+    """Hand ``profile``'s copy-engine tuning to the engine (its defaults when it has none).
+
+    Once per resolution, never on a copy: the engine reads one module global per copy as
+    before. Never raises: a tuning the engine refuses is a warning, and the defaults stay.
+    """
+    try:
+        from .. import _transfer
+    except ImportError:
+        return
+    tuning = profile.copy_tuning()
+    try:
+        skipped = _transfer.apply_tuning(tuning.knobs if tuning is not None else None, profile.source)
+    except Exception as e:  # noqa: BLE001 - a bad tuning must not break a user's call
+        _transfer.apply_tuning(None)
+        warn_at_user_line(f"autooffload: the copy tuning of profile {profile.source} is not usable ({e}); "
+                          "the copy engine keeps its defaults", ProfileWarning)
+        return
+    if skipped:
+        logger.info("profile %s sets copy-engine knobs this engine does not have (%s): skipped", profile.source, ", ".join(skipped))
 
 
 def reset_active_profile() -> None:

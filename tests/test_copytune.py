@@ -1,0 +1,290 @@
+"""The copy engine's tuning as data (issue 14): the search (_copytune), the profile's CopyTuning,
+the engine applying it (_transfer.apply_tuning, through _profiles.resolve), and `show`.
+
+The search runs on a synthetic engine: each path's time is a function of size and knobs, and a
+virtual clock advances by it, so the expected choice is known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from autooffload import _copytune as C, _transfer as T, cli
+from autooffload._profiles import BackendTiming, CopyRate, CopyTuning, Curve, Profile, load_profile, resolve, save_profile
+
+KiB, MiB, GiB = C.KiB, C.MiB, C.GiB
+
+
+# ---------------------------------------------------------------------------------------------
+# choose_ranges: path thresholds from a grid of times
+# ---------------------------------------------------------------------------------------------
+SIZES = [4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
+
+
+def times_for(best: list[str], direction_best: dict[str, list[str]] | None = None) -> dict:
+    """Times where ``best[i]`` takes 1 s at size i and every other path 2 s."""
+    out = {}
+    for d in ("h2d", "d2h"):
+        b = (direction_best or {}).get(d, best)
+        out[d] = {p: [1.0 if b[i] == p else 2.0 for i in range(len(SIZES))] for p in C.PATHS}
+    return out
+
+
+def path_of(knobs: dict, n: int, d: str) -> str:
+    """The engine's rule for a contiguous array (as _transfer.to_device/_to_host apply it)."""
+    if knobs[f"{d}_register_min"] and n >= knobs[f"{d}_register_min"]:
+        return "register"
+    if knobs["staged_min"] < n <= knobs["staged_max"]:
+        return "staged"
+    return "direct" if n <= knobs[f"{d}_direct_max"] else "workers"
+
+
+@pytest.mark.parametrize("best", [
+    ["direct", "staged", "workers", "workers"],
+    ["direct", "direct", "staged", "staged"],
+    ["staged", "staged", "staged", "register"],
+    ["direct", "workers", "workers", "register"],
+    ["workers", "workers", "workers", "workers"],
+])
+def test_choose_ranges_sends_every_size_down_its_fastest_path(best):
+    knobs = C.choose_ranges(SIZES, times_for(best))
+    for i, n in enumerate(SIZES):
+        for d in ("h2d", "d2h"):
+            assert path_of(knobs, n, d) == best[i], (n, d, knobs)
+
+
+def test_choose_ranges_per_direction_register_and_direct():
+    knobs = C.choose_ranges(SIZES, times_for([], {"h2d": ["direct", "direct", "workers", "workers"],
+                                                   "d2h": ["direct", "workers", "workers", "register"]}))
+    assert knobs["h2d_register_min"] == 0 and knobs["d2h_register_min"] > 64 * MiB
+    assert [path_of(knobs, n, "h2d") for n in SIZES] == ["direct", "direct", "workers", "workers"]
+    assert [path_of(knobs, n, "d2h") for n in SIZES] == ["direct", "workers", "workers", "register"]
+
+
+def test_choose_ranges_ignores_unmeasured_paths_and_rejects_no_sizes():
+    t = times_for(["staged"] * 4)
+    for d in t:
+        t[d]["register"] = [None] * 4
+    assert all(path_of(C.choose_ranges(SIZES, t), n, "h2d") == "staged" for n in SIZES)
+    with pytest.raises(ValueError, match="at least one size"):
+        C.choose_ranges([], t)
+
+
+def test_path_knobs_rejects_unknown_paths():
+    with pytest.raises(ValueError, match="unknown copy path 'dma'"):
+        C.path_knobs("dma")
+
+
+# ---------------------------------------------------------------------------------------------
+# The search on a synthetic engine with a virtual clock
+# ---------------------------------------------------------------------------------------------
+class SyntheticEngine:
+    """Seconds per copy by path (the engine's rules on the configured knobs) and size."""
+
+    def __init__(self, rate_GBps: dict[str, float], fixed_s: dict[str, float] | None = None, chunk_gain: float = 1.5):
+        self.chunk_gain = chunk_gain  # the workers with 32 MiB chunks are this much faster
+        self.t = 0.0
+        self.knobs: dict[str, int] = {}
+        self.rate = rate_GBps
+        self.fixed = fixed_s or {}
+        self.configured: list[dict] = []
+        self.defaults = dict(vars(T._Tuning()))  # dataclass fields, today's defaults
+
+    def current(self) -> dict:
+        return {**self.defaults, **self.knobs}
+
+    def copy(self, n: int, d: str) -> None:
+        k = self.current()
+        p = path_of(k, n, d)
+        rate = self.rate[p] * (self.chunk_gain if p == "workers" and k["chunk_bytes"] == 32 * MiB else 1.0)
+        self.t += self.fixed.get(p, 1e-4) + n / (rate * 1e9)
+
+    def engine(self) -> C.Engine:
+        def configure(knobs):
+            self.knobs = dict(knobs)
+            self.configured.append(dict(knobs))
+
+        def memcpy(dst, src, n, k):
+            self.t += n / (min(k, 8) * 5e9)  # 5 GB/s per thread, flat from 8 threads
+
+        return C.Engine(
+            to_device=lambda h: (self.copy(h.nbytes, "h2d"), ("dev", h.nbytes))[1],
+            to_host=lambda dev: (self.copy(dev[1], "d2h"), np.empty(0))[1],
+            sync=lambda: None, configure=configure, defaults=lambda: dict(self.defaults), cores=16, memcpy=memcpy,
+            clock=lambda: self.t,
+        )
+
+
+PLAN = C.SearchPlan("test", (4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB), 256 * MiB, (8 * MiB, 32 * MiB), (0, 64 * MiB),
+                    16 * MiB, 2, 1e9)
+
+
+def test_search_finds_the_fastest_path_per_size_and_beats_the_defaults():
+    # Direct is fast to 16 MiB (a small fixed cost); register streams at 50 GB/s after 1 ms.
+    syn = SyntheticEngine({"direct": 12, "staged": 20, "workers": 25, "register": 50},
+                          {"direct": 1e-5, "staged": 2e-4, "workers": 5e-4, "register": 1e-3})
+    r = C.search(syn.engine(), PLAN)
+    assert r.host_bound["threads"] == 8  # the fewest threads within 5% of the host bound both ways
+    assert r.knobs["threads"] in (8, 16)  # the synthetic engine does not care which
+    assert r.knobs["chunk_bytes"] == 32 * MiB  # the workers' better chunk
+    paths = [path_of(r.knobs, n, "h2d") for n in PLAN.sizes]
+    assert paths[0] == "direct" and paths[-1] == "register", (paths, r.log)
+    for row in r.rates:
+        assert row["h2d_GBps"] >= row["default_h2d_GBps"] * 0.999
+    assert r.rates[-1]["h2d_GBps"] > 1.5 * r.rates[-1]["default_h2d_GBps"]
+    assert syn.configured[-1] == {}, "the search leaves the engine on its defaults"
+    assert r.host_bound["best"]["to_pinned"] == pytest.approx(40.0)
+
+
+def test_search_keeps_the_defaults_when_nothing_beats_them():
+    syn = SyntheticEngine({"direct": 10, "staged": 10, "workers": 10, "register": 10}, chunk_gain=1.0)
+
+    def slower_unless_default(n, d, real=syn.copy):
+        real(n, d)
+        if syn.knobs:  # any change from the defaults costs 10%
+            syn.t += 0.1 * n / 10e9
+
+    syn.copy = slower_unless_default
+    r = C.search(syn.engine(), PLAN)
+    assert r.knobs == {k: int(v) for k, v in syn.defaults.items()}
+    assert any("keeping the defaults" in line for line in r.log)
+
+
+def test_search_stops_within_its_budget_and_still_checks_against_the_defaults():
+    syn = SyntheticEngine({"direct": 10, "staged": 20, "workers": 25, "register": 5})
+    plan = C.SearchPlan("tiny", PLAN.sizes, PLAN.big, PLAN.chunks, PLAN.register_chunks, 16 * MiB, 2, 0.05)
+    r = C.search(syn.engine(), plan)
+    assert any("budget spent" in line for line in r.log)
+    assert len(r.rates) == len(plan.sizes)  # the check against the defaults always runs
+    assert set(r.knobs) == set(syn.defaults)
+
+
+def test_plans_cap_sizes_to_memory():
+    plan = C.SearchPlan.default().capped(300 * MiB)
+    assert max(plan.sizes) <= 300 * MiB and plan.big <= 300 * MiB and plan.host_bound_bytes <= 300 * MiB
+    assert C.SearchPlan.quick().budget_s < C.SearchPlan.default().budget_s <= 60
+
+
+def test_host_bound_with_numpy_threads_measures_every_way():
+    eng = C.Engine(to_device=lambda h: h, to_host=lambda d: d, sync=lambda: None, configure=lambda k: None,
+                   defaults=dict, cores=2)
+    b = C.host_bound(eng, 1 * MiB, threads=(1, 2), reps=1)
+    assert set(b["by_threads"]) == {"1", "2"} and b["threads"] in (1, 2)
+    assert all(v > 0 for r in b["by_threads"].values() for v in r.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine applying a tuning
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def restore_tuning():
+    yield
+    T.apply_tuning(None)
+
+
+def test_apply_tuning_over_the_defaults_skips_unknown_knobs(restore_tuning):
+    skipped = T.apply_tuning({"chunk_bytes": 32 * MiB, "future_knob": 3}, "p.json")
+    assert skipped == ["future_knob"]
+    assert T._tuning() == T.default_tuning().__class__(**{**vars(T.default_tuning()), "chunk_bytes": 32 * MiB})
+    assert T.tuning_source() == "p.json"
+    T.apply_tuning(None)
+    assert T._tuning() == T.default_tuning() and T.tuning_source() == "defaults"
+
+
+@pytest.mark.parametrize("bad", [{"threads": 0}, {"chunk_bytes": -1}, {"staged_max": 1.5}, {"threads": True}])
+def test_apply_tuning_rejects_bad_values(bad, restore_tuning):
+    with pytest.raises(ValueError, match="tuning knob"):
+        T.apply_tuning(bad)
+
+
+def test_applying_the_same_tuning_again_keeps_the_pool(restore_tuning, monkeypatch):
+    T.apply_tuning({"threads": 3})
+    released = []
+    monkeypatch.setattr(T, "release_pinned_pool", lambda **k: released.append(k))
+    T.apply_tuning({"threads": 3})
+    assert not released
+    T.apply_tuning({"threads": 4})
+    assert released == [{"keep_results": True}]
+
+
+def device_timing(tuning: CopyTuning | None) -> BackendTiming:
+    c = Curve(nbytes=[1.0, 1e9], seconds=[1e-5, 1e-1])
+    return BackendTiming(memory="device", kinds={"elementwise": c}, h2d=c, d2h=c, transfer_engine=T.ENGINE_NAME,
+                         copy_tuning=tuning)
+
+
+def tuned_profile(knobs: dict | None) -> Profile:
+    c = Curve(nbytes=[1.0, 1e9], seconds=[1e-6, 1.0])
+    tuning = None if knobs is None else CopyTuning(
+        engine=T.ENGINE_NAME, knobs=knobs, rates=[CopyRate(nbytes=GiB, h2d_GBps=41.6, d2h_GBps=41.5,
+                                                            default_h2d_GBps=17.9, default_d2h_GBps=16.2)],
+        host_bound_GBps={"to_pinned": 35.4, "from_pinned": 36.7, "from_pinned_fresh": 25.0},
+        pinned_GBps={"h2d": 55.4, "d2h": 55.3}, search_s=10.3)
+    return Profile(backends={"numpy": BackendTiming(memory="host", kinds={"elementwise": c}), "cupy": device_timing(tuning)})
+
+
+def test_resolving_a_profile_hands_its_tuning_to_the_engine(tmp_path, monkeypatch, restore_tuning):
+    path = save_profile(tuned_profile({"threads": 5, "chunk_bytes": 16 * MiB}), tmp_path / "p.json")
+    monkeypatch.setenv("AUTOOFFLOAD_PROFILE", str(path))
+    resolve.reset_active_profile()
+    try:
+        resolve.active_profile()
+        assert T._tuning().threads == 5 and T._tuning().chunk_bytes == 16 * MiB
+        assert T.tuning_source() == str(path)
+        # A profile without a tuning (older files, other machines): today's defaults.
+        save_profile(tuned_profile(None), path)
+        resolve.reset_active_profile()
+        resolve.active_profile()
+        assert T._tuning() == T.default_tuning()
+    finally:
+        resolve.reset_active_profile()
+
+
+def test_a_tuning_the_engine_refuses_is_a_warning_and_keeps_the_defaults(restore_tuning, monkeypatch):
+    from autooffload.errors import ProfileWarning
+
+    p = tuned_profile({"threads": 0})  # the model allows >= 0; the engine needs >= 1
+    with pytest.warns(ProfileWarning, match="copy tuning .* not usable"):
+        resolve.apply_copy_tuning(p)
+    assert T._tuning() == T.default_tuning()
+
+
+def test_copy_tuning_round_trips_and_older_files_have_none(tmp_path):
+    p = tuned_profile({"threads": 5})
+    back = load_profile(save_profile(p, tmp_path / "p.json"))
+    assert back.copy_tuning() == p.copy_tuning()
+    raw = json.loads((tmp_path / "p.json").read_text())
+    del raw["backends"]["cupy"]["copy_tuning"]  # a schema-2 file from before issue 14
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    assert load_profile(tmp_path / "old.json").copy_tuning() is None
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"knobs": {"threads": -1}}, "greater than or equal to 0"),
+    ({"rates": [{"nbytes": 1024, "h2d_GBps": 0, "d2h_GBps": 1}]}, "greater than 0"),
+    ({"pinned_GBps": {"h2d": math.inf}}, "finite"),
+    ({"surprise": 1}, "Extra inputs"),
+])
+def test_copy_tuning_validation(bad, match):
+    with pytest.raises(ValidationError, match=match):
+        CopyTuning(engine="e", **bad)
+
+
+def test_a_host_backend_has_no_copy_tuning():
+    with pytest.raises(ValidationError, match="copy_tuning belong to a device backend"):
+        BackendTiming(memory="host", copy_tuning=CopyTuning(engine="e"))
+
+
+def test_show_prints_the_tuning_and_its_rates():
+    lines = cli._copy_tuning_lines(tuned_profile({"threads": 5, "chunk_bytes": 32 * MiB, "staged_max": C.HUGE})
+                                   .model_dump(mode="json")["backends"]["cupy"]["copy_tuning"])
+    text = "\n".join(lines)
+    assert "chunk_bytes=32 MiB" in text and "threads=5" in text and "staged_max=any" in text
+    assert "1 GiB: 41.6 GB/s in, 41.5 out (defaults 17.9 / 16.2)" in text
+    assert "pinned DMA 55.4 / 55.3" in text and "to pinned 35.4" in text
+    assert "engine defaults" in cli._copy_tuning_lines(None)[0]

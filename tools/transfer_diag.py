@@ -1,0 +1,244 @@
+"""Why is the copy engine slower per byte at 256 MiB - 1 GiB than at 4 GiB on the H200 machine?
+
+    PYTHONPATH=src python3 tools/transfer_diag.py [--out transfer-diag.json] [--max-bytes 4GiB]
+
+Measures, in one process on the GPU machine (issue 14; written up in
+benchmarks/results/h200/transfer.NOTES.md):
+
+* the machine: NUMA nodes and the GPU's node, transparent huge pages, memory (balloon), cores;
+* host memcpy by size and thread count (the engine's native pool): pageable -> pinned, pinned ->
+  warm pageable, pinned -> fresh pageable, with the minor page faults each costs;
+* pinned DMA by size (the link);
+* the engine by size, default knobs: its first call after the pool and workers are dropped
+  (pool allocation, worker start-up) against warm calls, and page faults per call;
+* the engine's knobs one at a time at each size: pinned pool size (max_buffers), chunk size,
+  threads, and pinning the caller's array in place (cudaHostRegister) with what pinning costs.
+
+Each table's variants are timed interleaved (round-robin, median), so one machine state hits
+all alike. Prints tables; writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from autooffload import _transfer as T  # noqa: E402
+from autooffload._cores import usable_cores  # noqa: E402
+
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+
+
+def sh(cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        return f"({e})"
+
+
+def read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as e:
+        return f"({e.strerror})"
+
+
+def machine(cp) -> dict:
+    pci = cp.cuda.runtime.getDeviceProperties(0)
+    bus = "%04x:%02x:%02x.0" % (pci.get("pciDomainID", 0), pci.get("pciBusID", 0), pci.get("pciDeviceID", 0))
+    return {
+        "lscpu": sh("lscpu | grep -Ei 'model name|socket|numa|core|thread|L3|L2'"),
+        "nodes": sh("ls /sys/devices/system/node | grep node"),
+        "node_meminfo": sh("grep -h MemTotal /sys/devices/system/node/node*/meminfo"),
+        "gpu_pci": bus,
+        "gpu_numa_node": read(f"/sys/bus/pci/devices/{bus}/numa_node"),
+        "nvidia_smi_topo": sh("nvidia-smi topo -m 2>&1 | head -5"),
+        "thp_enabled": read("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "thp_defrag": read("/sys/kernel/mm/transparent_hugepage/defrag"),
+        "meminfo": sh("grep -E 'MemTotal|MemFree|MemAvailable|AnonHugePages|Hugepagesize' /proc/meminfo"),
+        "balloon": sh("ls /sys/bus/virtio/drivers 2>/dev/null; lsmod 2>/dev/null | grep -i balloon"),
+        "cores": {"os": os.cpu_count(), "usable": usable_cores()},
+        "kernel": platform.release(),
+        "iommu": sh("ls /sys/class/iommu 2>/dev/null | head -3; dmesg 2>/dev/null | grep -i -m2 iommu"),
+    }
+
+
+def minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def interleaved(calls: dict, sync, rounds: int) -> dict:
+    """Median seconds and median minor faults per call of each ``calls[name] = (fn, setup)``."""
+    for fn, setup in calls.values():
+        if setup:
+            setup()
+        fn()
+        sync()
+    t = {n: [] for n in calls}
+    f = {n: [] for n in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else reversed(names):
+            fn, setup = calls[n]
+            if setup:
+                setup()
+            sync()
+            f0, t0 = minflt(), time.perf_counter()
+            fn()
+            sync()
+            t[n].append(time.perf_counter() - t0)
+            f[n].append(minflt() - f0)
+    return {n: {"s": statistics.median(t[n]), "faults": statistics.median(f[n])} for n in names}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("transfer-diag.json"))
+    ap.add_argument("--max-bytes", type=lambda s: int(float(s[:-3]) * {"GiB": GiB, "MiB": MiB}[s[-3:]]) if s[-3:] in ("GiB", "MiB") else int(s), default=4 * GiB)
+    args = ap.parse_args(argv)
+    import cupy as cp
+
+    doc: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(cp), "engine": T.ENGINE_NAME,
+                 "default_tuning": asdict(T._tuning())}
+    print(json.dumps(doc["machine"], indent=1), flush=True)
+    sizes = [s for s in (16 * MiB, 64 * MiB, 256 * MiB, 1 * GiB, 4 * GiB) if s <= args.max_bytes]
+    big = sizes[-1]
+    stream = cp.cuda.get_current_stream()
+    sync = stream.synchronize
+    t_alloc = time.perf_counter()
+    pinned_ptr = cp.cuda.runtime.hostAlloc(big, 0)
+    doc["hostAlloc_s"] = {"bytes": big, "s": time.perf_counter() - t_alloc}
+    pinned = np.ctypeslib.as_array((ctypes.c_uint8 * big).from_address(pinned_ptr))
+    pinned[...] = 3
+    src_all = np.resize(np.random.default_rng(1).random(MiB // 8 + 4099) + 0.5, big // 8)
+    warm_all = np.ones(big // 8)
+    dev_all = cp.asarray(src_all)
+    threads_list = sorted({min(k, usable_cores()) for k in (4, 16)})
+    par = T._parcopy
+
+    def memcpy(dst, src, n, k):
+        par.copy(dst, src, n, k, 256 * KiB)
+
+    def fresh_copy(n, k):
+        a = np.empty(n, np.uint8)  # held until the copy is done: new pages, faulted in by it
+        memcpy(a.ctypes.data, pinned_ptr, n, k)
+
+    try:
+        # 1. Host memcpy by size and threads; DMA by size.
+        print("\n# host memcpy GB/s (to pinned / from pinned warm / from pinned fresh) [faults per call], and pinned DMA", flush=True)
+        doc["host"] = {}
+        for n in sizes:
+            calls = {}
+            for k in threads_list:
+                calls[f"to_pinned {k}"] = (lambda k=k, n=n: memcpy(pinned_ptr, src_all.ctypes.data, n, k), None)
+                calls[f"from_pinned {k}"] = (lambda k=k, n=n: memcpy(warm_all.ctypes.data, pinned_ptr, n, k), None)
+                calls[f"fresh {k}"] = (lambda k=k, n=n: fresh_copy(n, k), None)
+            calls["dma h2d"] = (lambda n=n: cp.cuda.runtime.memcpyAsync(dev_all.data.ptr, pinned_ptr, n, 1, stream.ptr), None)
+            calls["dma d2h"] = (lambda n=n: cp.cuda.runtime.memcpyAsync(pinned_ptr, dev_all.data.ptr, n, 2, stream.ptr), None)
+            r = interleaved(calls, sync, 5 if n < GiB else 2)
+            doc["host"][n] = r
+            print(f"{n // MiB:>5} MiB: " + "; ".join(
+                f"{k} thr {n / r[f'to_pinned {k}']['s'] / 1e9:.1f} / {n / r[f'from_pinned {k}']['s'] / 1e9:.1f} / "
+                f"{n / r[f'fresh {k}']['s'] / 1e9:.1f} [{r[f'fresh {k}']['faults']:.0f}]" for k in threads_list)
+                + f"; DMA {n / r['dma h2d']['s'] / 1e9:.1f} / {n / r['dma d2h']['s'] / 1e9:.1f}", flush=True)
+
+        # 2. Engine, default knobs: first call (pool and workers dropped) vs warm.
+        print("\n# engine, default knobs: first call after dropping pool+workers vs warm median (GB/s) [faults]", flush=True)
+        doc["first_vs_warm"] = {}
+        for n in sizes:
+            h = src_all[: n // 8]
+            d = dev_all[: n // 8]
+            res = {}
+            for direction, fn in (("h2d", lambda: T.to_device(h)), ("d2h", lambda: T.to_host(d))):
+                T.release_pinned_pool()
+                T._shutdown_executor()
+                sync()
+                f0, t0 = minflt(), time.perf_counter()
+                fn()
+                sync()
+                first = (time.perf_counter() - t0, minflt() - f0)
+                r = interleaved({"w": (fn, None)}, sync, 5 if n < GiB else 3)["w"]
+                res[direction] = {"first_s": first[0], "first_faults": first[1], "warm_s": r["s"], "warm_faults": r["faults"]}
+            doc["first_vs_warm"][n] = res
+            print(f"{n // MiB:>5} MiB: in first {n / res['h2d']['first_s'] / 1e9:.1f} [{res['h2d']['first_faults']:.0f}] warm "
+                  f"{n / res['h2d']['warm_s'] / 1e9:.1f} [{res['h2d']['warm_faults']:.0f}]; out first {n / res['d2h']['first_s'] / 1e9:.1f} "
+                  f"[{res['d2h']['first_faults']:.0f}] warm {n / res['d2h']['warm_s'] / 1e9:.1f} [{res['d2h']['warm_faults']:.0f}]", flush=True)
+
+        # 3. Knobs one at a time, interleaved per size (the tuning is swapped per call; buffers
+        # of a different size come from their own pool, see _transfer._get_pool).
+        base = T._tuning()
+        from dataclasses import replace
+
+        variants = {
+            "default": base,
+            "buffers 64": replace(base, max_buffers=64),
+            "chunk 32M": replace(base, chunk_bytes=32 * MiB),
+            "chunk 32M buffers 40": replace(base, chunk_bytes=32 * MiB, max_buffers=40),
+            "threads 8": replace(base, threads=8, max_buffers=12),
+            "staged 32M pieces": replace(base, staged_min=0, staged_max=1 << 50, chunk_bytes=32 * MiB),
+            "register whole": replace(base, h2d_register_min=1, d2h_register_min=1),
+            "register 64M pieces": replace(base, h2d_register_min=1, d2h_register_min=1, register_chunk_bytes=64 * MiB),
+        }
+        print("\n# engine knobs, GB/s in / out (warm result memory) [faults per call out]", flush=True)
+        doc["knobs"] = {}
+        for n in sizes[1:]:
+            h = src_all[: n // 8]
+            d = dev_all[: n // 8]
+            calls = {}
+            for name, tun in variants.items():
+                def under(fn, tun=tun):
+                    def call():
+                        T._TUNING = tun
+                        return fn()
+                    return call
+                calls[f"{name}|h2d"] = (under(lambda h=h: T.to_device(h)), None)
+                calls[f"{name}|d2h"] = (under(lambda d=d: T.to_host(d)), None)
+            r = interleaved(calls, sync, 5 if n < GiB else 2)
+            T._TUNING = base
+            doc["knobs"][n] = r
+            print(f"{n // MiB:>5} MiB: " + "; ".join(
+                f"{name} {n / r[f'{name}|h2d']['s'] / 1e9:.1f} / {n / r[f'{name}|d2h']['s'] / 1e9:.1f} [{r[f'{name}|d2h']['faults']:.0f}]"
+                for name in variants), flush=True)
+
+        # 4. What pinning in place costs: cudaHostRegister + cudaHostUnregister of warm pages.
+        print("\n# cudaHostRegister + Unregister of warm pageable memory", flush=True)
+        doc["register"] = {}
+        for n in sizes:
+            addr = warm_all.ctypes.data
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                cp.cuda.runtime.hostRegister(addr, n, 0)
+                t1 = time.perf_counter()
+                cp.cuda.runtime.hostUnregister(addr)
+                ts.append((t1 - t0, time.perf_counter() - t1))
+            reg = statistics.median(t[0] for t in ts)
+            unreg = statistics.median(t[1] for t in ts)
+            doc["register"][n] = {"register_s": reg, "unregister_s": unreg}
+            print(f"{n // MiB:>5} MiB: register {reg * 1e3:.1f} ms ({n / reg / 1e9:.1f} GB/s), unregister {unreg * 1e3:.1f} ms", flush=True)
+    finally:
+        T._TUNING = T.default_tuning()
+        T.release_pinned_pool()
+        cp.cuda.runtime.freeHost(pinned_ptr)
+    args.out.write_text(json.dumps(doc, indent=1, default=str))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
