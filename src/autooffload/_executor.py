@@ -221,7 +221,7 @@ class Executor:
         fits = free is None or 3 * d.host_bytes < free
         if not (d.streamed or mode == "always" or not fits):
             return "the cost model predicts the unstreamed run faster"
-        chunk = d.chunk_bytes or stream_chunk_bytes(d.host_bytes, None, free)
+        chunk = _stream.chunk_override() or d.chunk_bytes or stream_chunk_bytes(d.host_bytes, None, free)
         if free is not None:
             chunk = min(chunk, stream_chunk_bytes(d.host_bytes, None, free))
         return _stream.plan(self.blockwise, self.func, args, kwargs, chunk, may_write=self.may_write and not self.pure)

@@ -80,6 +80,22 @@ def mode() -> str:
     return value
 
 
+def chunk_override() -> int | None:
+    """AUTOOFFLOAD_STREAM_CHUNK: input bytes per chunk (benchmarks sweep it); unset: the profile's choice."""
+    value = os.environ.get("AUTOOFFLOAD_STREAM_CHUNK", "").strip()
+    if not value:
+        return None
+    try:
+        chunk = int(float(value))
+    except ValueError:
+        chunk = 0
+    if chunk <= 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"AUTOOFFLOAD_STREAM_CHUNK must be a positive number of bytes; got {value!r}")
+    return chunk
+
+
 @dataclass(frozen=True)
 class Operand:
     """One argument of a streamed call: where it is (position or keyword) and how it travels."""
