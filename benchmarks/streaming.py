@@ -187,13 +187,15 @@ def main(argv=None) -> None:
                 say(f"budget spent: {name} at {B.fmt_n(n)} skipped")
                 continue
             rows.append(run_case(cp, name, n, args.repeats, chunks if n == int(args.chunk_sizes_at) else [], say))
-    out = Path(__file__).resolve().parent / "results" / args.machine
+            save(args.machine, rows, lines)  # after each case: a run stopped at its limit keeps what it measured
+
+
+def save(machine: str, rows: list, lines: list[str]) -> None:
+    out = Path(__file__).resolve().parent / "results" / machine
     out.mkdir(parents=True, exist_ok=True)
-    (out / "streaming.json").write_text(json.dumps({"rows": rows}, indent=1, default=str))
-    (out / "streaming.txt").write_text("\n".join(lines) + "\n")
-    target = os.environ.get("OUT")
-    if target:
-        Path(target, "streaming.json").write_text(json.dumps({"rows": rows}, indent=1, default=str))
+    for folder in [out] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else []):
+        (folder / "streaming.json").write_text(json.dumps({"rows": rows}, indent=1, default=str))
+        (folder / "streaming.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -244,37 +244,40 @@ MIN_CHUNK_BYTES = 4 * 2**20
 MAX_CHUNK_BYTES = 256 * 2**20
 
 
-def stream_chunk_bytes(total_bytes: float, h2d: Curve | None, free_device_bytes: float | None = None,
-                       work_units: float = 1.0) -> int:
-    """Input bytes per chunk of a streamed call, from the profile's copy curve.
-
-    Large enough that a copy's fixed latency (the curve's first point) is ~2% of the chunk's copy
-    at the curve's top bandwidth; at most 1/8 of the call (fill and drain are one chunk each);
-    small enough that three chunks in flight with their temporaries (about one input-sized array
-    per work unit, plus input and result) fit in a quarter of the free device memory."""
-    target = 64.0 * 2**20
-    if h2d is not None and len(h2d.nbytes) >= 2 and h2d.seconds[-1] > 0:
-        bandwidth = h2d.nbytes[-1] / h2d.seconds[-1]
-        target = 50 * h2d.seconds[0] * bandwidth
-    target = min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, target), max(MIN_CHUNK_BYTES, total_bytes / 8))
+def stream_chunk_bytes(total_bytes: float, free_device_bytes: float | None = None, work_units: float = 1.0) -> int:
+    """Input bytes per chunk when no profile chose them (a forced run, data too large for the
+    device): 64 MiB, at most 1/8 of the call (fill and drain are one chunk each), and small
+    enough that three chunks in flight with their temporaries (about one input-sized array per
+    work unit, plus input and result) fit in a quarter of the free device memory."""
+    target = min(64.0 * 2**20, max(MIN_CHUNK_BYTES, total_bytes / 8))
     if free_device_bytes is not None:
         target = min(target, max(MIN_CHUNK_BYTES, free_device_bytes / 4 / (3 * (2 + max(1.0, work_units)))))
     return int(target)
 
 
 def streamed_parts(backend: BackendTiming, work: list[tuple[Curve, float]], in_bytes: float, out_bytes: float,
-                   arrays: int, chunk_bytes: int) -> dict[str, float] | None:
-    """Parts of a streamed call (None when it would be fewer than MIN_CHUNKS chunks): n chunks,
-    each copied in, computed and copied out, the stages of different chunks overlapping, cost
-    about n times the slowest stage ("pipeline") plus the other two stages once ("fill_drain":
-    the first chunk's copy in and the last one's copy out)."""
-    n = math.ceil(in_bytes / max(chunk_bytes, 1))
-    if n < MIN_CHUNKS or backend.h2d is None or backend.d2h is None:
+                   arrays: int) -> tuple[int, dict[str, float]] | None:
+    """(chunk bytes, parts) of the fastest predicted pipeline, or None when no split gives
+    MIN_CHUNKS chunks of MIN_CHUNK_BYTES. n chunks, each copied in, computed and copied out, the
+    stages of different chunks overlapping, cost about n times the slowest stage ("pipeline")
+    plus the other two stages once ("fill_drain": the first chunk's copy in, the last one's
+    copy out). Smaller chunks shorten fill and drain but copy slower (the copy curves fall
+    below ~64 MiB), so the chunk count is the one whose prediction is least."""
+    if backend.h2d is None or backend.d2h is None:
         return None
-    stages = (_copy(backend.h2d, in_bytes / n, arrays), _compute(backend, work, in_bytes / n),
-              _copy(backend.d2h, out_bytes / n) if out_bytes else 0.0)
-    slowest = max(stages)
-    return {"pipeline": n * slowest, "fill_drain": sum(stages) - slowest}
+    best: tuple[int, dict[str, float]] | None = None
+    n = MIN_CHUNKS
+    while in_bytes / n >= MIN_CHUNK_BYTES:
+        chunk = in_bytes / n
+        if chunk <= MAX_CHUNK_BYTES:
+            stages = (_copy(backend.h2d, chunk, arrays), _compute(backend, work, chunk),
+                      _copy(backend.d2h, out_bytes / n) if out_bytes else 0.0)
+            slowest = max(stages)
+            parts = {"pipeline": n * slowest, "fill_drain": sum(stages) - slowest}
+            if best is None or sum(parts.values()) < sum(best[1].values()):
+                best = (math.ceil(chunk), parts)
+        n = n + max(1, n // 4)
+    return best
 
 
 def predict(profile: Profile, req: Request) -> Prediction:
@@ -294,11 +297,11 @@ def predict(profile: Profile, req: Request) -> Prediction:
         if (backend_parts is not None and backend is not None and req.blockwise and backend.memory == "device"
                 and req.host_bytes and not req.device_bytes):
             # A blockwise call on host data: the pipeline of chunks, where it beats the three steps in a row.
-            chunk = stream_chunk_bytes(req.host_bytes, backend.h2d, None, sum(n for _, n in kinds))
             work = [(backend.kinds[kind], count) for kind, count in kinds]
-            piped = streamed_parts(backend, work, req.host_bytes, out_bytes, req.host_arrays, chunk)
+            best = streamed_parts(backend, work, req.host_bytes, out_bytes, req.host_arrays)
             whole = sum(v for k, v in backend_parts.items() if k != "cold_start")
-            if piped is not None and sum(piped.values()) < whole:
+            if best is not None and sum(best[1].values()) < whole:
+                chunk, piped = best
                 if "cold_start" in backend_parts:
                     piped["cold_start"] = backend_parts["cold_start"]
                 backend_parts = piped
@@ -350,12 +353,14 @@ def _best_host(pred: Prediction) -> tuple[str, float]:
     return NUMPY, cpu
 
 
-def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0, hi: float = 2.0**40) -> float | None:
+def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0, hi: float = 2.0**40,
+              blockwise: bool = False) -> float | None:
     """Smallest input size (bytes) from which the warm GPU beats NumPy for ``kind``.
 
     ``location`` is "host" (numpy inputs, numpy result: copies counted on the GPU side) or
     "device" (cupy inputs, cupy result: copies counted on the CPU side). None: the GPU never wins
-    between ``lo`` and ``hi``. Sizes are searched on a quarter-octave grid.
+    between ``lo`` and ``hi``. Sizes are searched on a quarter-octave grid. ``blockwise``: the
+    GPU side may be streamed (host data only), which moves host crossovers down.
     """
     if location not in ("host", "device"):
         raise ValueError(f"location must be 'host' or 'device'; got {location!r}")
@@ -368,6 +373,7 @@ def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0,
             device_bytes=n if location == "device" else 0,
             largest_bytes=n,
             gpu_ready=True,
+            blockwise=blockwise,
         )
         seconds = predict(profile, req).seconds
         if seconds[CUPY] is not None and seconds[CUPY] < seconds[NUMPY]:

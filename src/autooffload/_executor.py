@@ -221,9 +221,9 @@ class Executor:
         fits = free is None or 3 * d.host_bytes < free
         if not (d.streamed or mode == "always" or not fits):
             return "the cost model predicts the unstreamed run faster"
-        chunk = _stream.chunk_override() or d.chunk_bytes or stream_chunk_bytes(d.host_bytes, None, free)
+        chunk = _stream.chunk_override() or d.chunk_bytes or stream_chunk_bytes(d.host_bytes, free)
         if free is not None:
-            chunk = min(chunk, stream_chunk_bytes(d.host_bytes, None, free))
+            chunk = min(chunk, stream_chunk_bytes(d.host_bytes, free))
         return _stream.plan(self.blockwise, self.func, args, kwargs, chunk, may_write=self.may_write and not self.pure)
 
     def run_streamed(self, d: Decision, backend, fn, twin, args: tuple, kwargs: dict, start: float) -> Any:

@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _hostmem
 from ._blockwise import Verdict
 from ._costmodel import MIN_CHUNK_BYTES, MIN_CHUNKS
 
@@ -476,7 +477,9 @@ def _first_results(plan_: Plan, parts: list, was_tuple: bool, rows: int, results
             )
         full = list(shape)
         full[plan_.axis] = plan_.length
-        results.append(np.empty(tuple(full), dtype=np.dtype(part.dtype), order=plan_.order))  # type: ignore[call-overload]
+        # Memory of dropped results, already faulted in, when a block fits (the copy engine's
+        # choice too: copies into fresh pages are bound by first-touch faults).
+        results.append(_hostmem.results.empty(tuple(full), np.dtype(part.dtype), plan_.order))
     structure.append(was_tuple)
 
 
