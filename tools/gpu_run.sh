@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine (see ../shared/gpu/README.md): build the C extensions for its
 # Python, install the carried wheels, then the steps named (tests, overhead, suite-quick, suite,
-# seed, transfer, decisions, calibrate, calibrate-quick, suite-profile, suite-noprofile; issue 14:
+# seed, transfer, stream-tests, streaming, decisions, calibrate, calibrate-quick, suite-profile, suite-noprofile; issue 14:
 # transfer-tuned (transfer.py with the copy tuning of the profile calibrate or calibrate-quick made), diag (tools/transfer_diag.py),
 # transfer-tests), each logged under $OUT/<step>.log with its wall time.
 #   device tool: command "bash tools/gpu_run.sh tests overhead", carry [".whl"]
@@ -32,6 +32,8 @@ for s in "$@"; do
         suite) step suite python3 benchmarks/suite.py --machine "$MACHINE" ;;
         seed) step seed python3 benchmarks/seed_article.py --machine "$MACHINE" --budget-s "${BUDGET:-200}" ;;
         three-way) TAIL=30 step three-way python3 tools/three_way.py --max-elements "${MAX_N:-1e8}" ;;
+        stream-tests) TAIL=20 step stream-tests python3 -m pytest -m gpu -q -p no:cacheprovider -s tests/test_stream_gpu.py ;;
+        streaming) TAIL=30 step streaming python3 benchmarks/streaming.py --machine "$MACHINE" --budget-s "${BUDGET:-100}" --chunks "${CHUNKS:-32e6,128e6,256e6}" ;;
         transfer) step transfer python3 benchmarks/transfer.py --machine "$MACHINE" ;;
         decisions) step decisions sh -c "python3 tools/decision_table.py > $OUT/decision-table.jsonl" ;;
         calibrate) step calibrate python3 -m autooffload calibrate --output "$OUT/$MACHINE.json"

@@ -154,7 +154,7 @@ class Learner:
             parts[name] = {"learned": learned, **({"cold_start": cold} if cold else {})}
             sources[name] = source
         self._share_host_error(pred, seconds, parts, sources)
-        return Prediction(seconds, parts), sources
+        return Prediction(seconds, parts, pred.streamed), sources
 
     @staticmethod
     def _share_host_error(pred: Prediction, seconds: dict, parts: dict, sources: dict[str, str]) -> None:
