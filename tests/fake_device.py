@@ -124,7 +124,10 @@ class FakeDevice:
     xp = fake_cupy
     array_type = FakeDeviceArray
 
-    def __init__(self):
+    def __init__(self, index: int = 0, uuid: str = "FAKE-GPU-0"):
+        # The device this double is (a Dask worker's test gives each worker another one).
+        self.index = index
+        self.uuid = uuid
         self.to_device_calls = 0
         self.to_host_calls = 0
         self.changed_calls = 0  # write-detection comparisons
@@ -179,6 +182,9 @@ class FakeDevice:
 
     def synchronize(self) -> None:
         pass  # host memory: nothing is in flight
+
+    def current_device(self) -> tuple[int, str]:
+        return self.index, self.uuid
 
     def free_memory(self) -> None:
         pass

@@ -112,6 +112,10 @@ class Decision:
     profile_s: dict[str, float | None] = field(default_factory=dict)
     observe: bool = False  # this call's time is measured (see _learn.py)
     exploring: bool = False  # the model is uncertain: this call tries another backend
+    # The device current in the calling thread when this was decided ("cuda:1 (GPU-8f3a...)"),
+    # and its index; "" / None before the device backend was loaded (nothing to name yet).
+    device: str = ""
+    device_index: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
