@@ -464,11 +464,9 @@ class Offloaded(Protocol[P, R]):
 def offload(func: Callable[P, R], /) -> Offloaded[P, R]: ...
 @overload
 def offload(
-    func: None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False,
-    blockwise: bool | str | None = None,
+    func: None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False
 ) -> Callable[[Callable[P, R]], Offloaded[P, R]]: ...
-def offload(func: Callable | None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False,
-            blockwise: bool | str | None = None) -> Any:
+def offload(func: Callable | None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False) -> Any:
     """Run ``func`` on NumPy or CuPy, whichever the cost model predicts is faster for each call.
 
     ``kind``: the kind of work ("elementwise", "transcendental", "reduction", "sort", "fft",
@@ -491,14 +489,13 @@ def offload(func: Callable | None = None, /, *, kind: str | None = None, backend
     """
     if func is None:
         def decorate(f: Callable) -> Callable:
-            return _offload(f, kind, backend, pure, sys._getframe(1), blockwise)
+            return _offload(f, kind, backend, pure, sys._getframe(1))
 
         return decorate
-    return _offload(func, kind, backend, pure, sys._getframe(1), blockwise)
+    return _offload(func, kind, backend, pure, sys._getframe(1))
 
 
-def _offload(func: Callable, kind: str | None, backend: str, pure: bool, caller: types.FrameType,
-             blockwise: bool | str | None = None) -> Callable:
+def _offload(func: Callable, kind: str | None, backend: str, pure: bool, caller: types.FrameType) -> Callable:
     if isinstance(func, (staticmethod, classmethod)):
         raise TypeError(
             f"offload expects a function; got a {type(func).__name__}: put @{type(func).__name__} above @offload"
@@ -509,10 +506,6 @@ def _offload(func: Callable, kind: str | None, backend: str, pure: bool, caller:
     if existing is not None:
         func = existing.func  # re-decorating replaces the options instead of stacking wrappers
     offloaded = _make_offloaded(func, _State(func, kind, backend, pure))
-    from ._blockwise import verdict  # STAND-IN for issue15's wiring
-
-    offloaded.__autooffload_blockwise__ = verdict(func, blockwise)
-    offloaded.__autooffload__.options["blockwise"] = blockwise  # what a Dask worker decorates again with
     binding = bound_name(caller)
     if binding is not None:
         offloaded.__module__, offloaded.__qualname__ = binding
