@@ -27,11 +27,11 @@ import itertools
 import sys
 import types
 import weakref
-from typing import Any, Callable, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Callable, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import numpy as np
 
-from . import _config, _learn, _log, backends
+from . import _blockwise, _config, _learn, _log, backends
 from ._costmodel import KINDS, Decision
 from ._executor import PASSIVE, Executor
 from ._kinds import describe, infer_work
@@ -132,8 +132,11 @@ _SERIALS = itertools.count()
 class _State:
     """What ties one function to its planner, executor and record keeper."""
 
-    def __init__(self, func: Callable, kind: str | None, backend: str, pure: bool):
+    def __init__(self, func: Callable, kind: str | None, backend: str, pure: bool,
+                 blockwise: _blockwise.Declared = None):
         self.func = func
+        # Whether calls may be split along the leading axis and streamed (_blockwise.py, _stream.py).
+        self.blockwise = _blockwise.verdict(func, _blockwise.check_declared(blockwise))
         self.name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
         if kind is None:
             work, _ = infer_work(func)
@@ -173,7 +176,7 @@ class _State:
         # The wrapper (weak: it holds this state), and the decorator's options, for the Dask path
         # (_dask.py sends the wrapper to workers, or the function and these options to decorate again).
         self.wrapper: Callable[[], Callable | None] = lambda: None
-        self.options: dict[str, Any] = {"kind": kind, "backend": backend, "pure": pure}
+        self.options: dict[str, Any] = {"kind": kind, "backend": backend, "pure": pure, "blockwise": blockwise}
         self.serial = next(_SERIALS)
         _STATES.add(self)
 
@@ -440,6 +443,7 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
     functools.update_wrapper(offloaded, func)
     offloaded.__autooffload__ = state
     state.wrapper = weakref.ref(offloaded)
+    offloaded.__autooffload_blockwise__ = state.blockwise
     offloaded.last_decision = None
     offloaded.stats = Stats(state)
     return offloaded
@@ -464,15 +468,23 @@ class Offloaded(Protocol[P, R]):
 def offload(func: Callable[P, R], /) -> Offloaded[P, R]: ...
 @overload
 def offload(
-    func: None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False
+    func: None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False,
+    blockwise: bool | Literal["rows"] | None = None,
 ) -> Callable[[Callable[P, R]], Offloaded[P, R]]: ...
-def offload(func: Callable | None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False) -> Any:
+def offload(func: Callable | None = None, /, *, kind: str | None = None, backend: str = "auto", pure: bool = False,
+            blockwise: bool | Literal["rows"] | None = None) -> Any:
     """Run ``func`` on NumPy or CuPy, whichever the cost model predicts is faster for each call.
 
     ``kind``: the kind of work ("elementwise", "transcendental", "reduction", "sort", "fft",
     "matmul", "solve", "random", "generic"); by default it is read from the function's code.
     ``backend``: "auto" (default), or "numpy" / "cupy" to force one. ``pure=True`` promises the
     function writes into none of its arguments, which skips the write detection.
+    ``blockwise``: True promises that each output element depends only on the inputs at the
+    same position, "rows" that each output row depends only on the same leading-axis rows of
+    the inputs; such calls on host data run on the GPU in chunks, copies overlapping compute,
+    and may be larger than the GPU's memory. None (default) lets a conservative proof read
+    from the code decide ("elements" only); False: never. The verdict is the wrapper's
+    ``__autooffload_blockwise__`` and ``explain()`` says it.
 
     Generator functions, ``async def`` functions and async generators always run on NumPy: their
     body runs after the call returned, when writes and results can no longer be copied back from
@@ -489,13 +501,14 @@ def offload(func: Callable | None = None, /, *, kind: str | None = None, backend
     """
     if func is None:
         def decorate(f: Callable) -> Callable:
-            return _offload(f, kind, backend, pure, sys._getframe(1))
+            return _offload(f, kind, backend, pure, sys._getframe(1), blockwise)
 
         return decorate
-    return _offload(func, kind, backend, pure, sys._getframe(1))
+    return _offload(func, kind, backend, pure, sys._getframe(1), blockwise)
 
 
-def _offload(func: Callable, kind: str | None, backend: str, pure: bool, caller: types.FrameType) -> Callable:
+def _offload(func: Callable, kind: str | None, backend: str, pure: bool, caller: types.FrameType,
+             blockwise: _blockwise.Declared = None) -> Callable:
     if isinstance(func, (staticmethod, classmethod)):
         raise TypeError(
             f"offload expects a function; got a {type(func).__name__}: put @{type(func).__name__} above @offload"
@@ -505,7 +518,7 @@ def _offload(func: Callable, kind: str | None, backend: str, pure: bool, caller:
     existing = getattr(func, "__autooffload__", None)
     if existing is not None:
         func = existing.func  # re-decorating replaces the options instead of stacking wrappers
-    offloaded = _make_offloaded(func, _State(func, kind, backend, pure))
+    offloaded = _make_offloaded(func, _State(func, kind, backend, pure, blockwise))
     binding = bound_name(caller)
     if binding is not None:
         offloaded.__module__, offloaded.__qualname__ = binding
