@@ -259,14 +259,14 @@ class _State:
 
 
 def _has_dask(args: tuple, kwargs: dict) -> bool:
-    """Whether an argument is a Dask collection, told by its type's module (Dask not imported)."""
-    for a in args:
-        if type(a).__module__.startswith("dask."):
+    """Whether an argument (or an item of a list or tuple argument, which _dask.call refuses) is
+    a Dask collection, told by its type's module: Dask is not imported for this."""
+    for a in (*args, *kwargs.values()) if kwargs else args:
+        t = type(a)
+        if t.__module__.startswith("dask."):
             return True
-    if kwargs:
-        for a in kwargs.values():
-            if type(a).__module__.startswith("dask."):
-                return True
+        if (t is list or t is tuple) and any(type(x).__module__.startswith("dask.") for x in a):
+            return True
     return False
 
 
@@ -537,7 +537,13 @@ def explain(func: Callable, *args, **kwargs) -> Decision:
     config_backend = _config.current_backend()
     key = (host, dev, odd, config_backend)
     planner = state.planner
-    d = planner.exact.get(key) or planner.decide(key, host, dev, largest, odd, config_backend, args, kwargs, amortize=False)
+    d = planner.exact.get(key)
+    if d is not None and d.device_index is not None:
+        where = device.current_device()
+        if where is not None and where[0] != d.device_index:
+            d = None  # cached for another device than this thread's
+    if d is None:
+        d = planner.decide(key, host, dev, largest, odd, config_backend, args, kwargs, amortize=False)
     if d.backend != NUMPY:
         if state.records.failure(type_signature(args, kwargs), d.backend) is not None:
             return dataclasses.replace(d, backend=NUMPY, reason="the GPU failed before for these argument types")
