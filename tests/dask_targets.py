@@ -48,3 +48,30 @@ def report(name: str) -> dict:
     return {"pid": os.getpid(), "device": None if d is None else d.device,
             "device_index": None if d is None else d.device_index,
             "backend": None if d is None else d.backend, "cupy_calls": f.stats.cupy, "numpy_calls": f.stats.numpy}
+
+
+_held: list = []  # device memory a GPU test keeps allocated on this worker
+
+
+def hold_gpu_memory(leave_bytes: int) -> tuple[int, int]:
+    """On a worker with a GPU: allocate all of its free memory but ``leave_bytes`` (kept until
+    ``release_gpu_memory``), so the blocks' data exceeds what is left. (free before, free after)."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    free = int(cupy.cuda.runtime.memGetInfo()[0])
+    if free > leave_bytes:
+        # Outside CuPy's pool: the pool's own limit stays what the device has left.
+        _held.append(cupy.cuda.memory.Memory(free - leave_bytes))
+    return free, int(cupy.cuda.runtime.memGetInfo()[0])
+
+
+def release_gpu_memory() -> None:
+    _held.clear()
+
+
+def visible_devices() -> str | None:
+    import os
+
+    return os.environ.get("CUDA_VISIBLE_DEVICES")

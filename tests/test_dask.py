@@ -47,6 +47,11 @@ def row_sums(x):
     return x.sum(axis=1)
 
 
+@offload(blockwise="rows")
+def weighted_row_sums(x, w):
+    return (x * w).sum(axis=1)
+
+
 @offload(blockwise=True)
 def scale_in_place(x):
     x *= 5
@@ -129,6 +134,10 @@ def test_rows_functions_get_whole_rows_and_may_change_the_trailing_shape(sync):
     s = row_sums(x)
     assert s.shape == (11,) and s.chunks == ((4, 4, 3),)
     np.testing.assert_allclose(s.compute(), a.sum(axis=1), rtol=1e-14)
+    w = _rand((7,), seed=2)
+    ws = weighted_row_sums(x, da.from_array(w, chunks=3))  # the row-long operand is made whole too
+    assert ws.chunks == ((4, 4, 3),)
+    np.testing.assert_allclose(ws.compute(), (a * w).sum(axis=1), rtol=1e-14)
 
 
 def test_a_writing_function_gets_blocks_of_its_own(sync):

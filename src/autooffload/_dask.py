@@ -135,8 +135,8 @@ def call(state: Any, args: tuple, kwargs: dict) -> Any:
     by_position = {op.position: op for op in operands}
     pairs: list[Any] = []
     for i, v in enumerate(values):
-        op = by_position.get(i)
-        pairs += [v, None] if op is None else [op.array, op.index]
+        operand = by_position.get(i)
+        pairs += [v, None] if operand is None else [operand.array, operand.index]
     task = _BlockCall(wrapper, len(args), tuple(names), copy=bool(state.executor.may_write and not state.executor.pure),
                       options=state.options)
     return da.blockwise(task, out_index, *pairs, dtype=dtype, meta=meta, new_axes=new_axes or None,
@@ -158,17 +158,17 @@ def _trial(state: Any, kind: str, values: list, operands: list, names: list, n_a
     trial_values = list(values)
     trial_shapes = []
     for op in operands:
-        shape = []
+        dims: list[int] = []
         for ix, n in zip(op.index, op.array.shape):
             n = int(n)
             if ix.startswith("b") or n == 1:
-                shape.append(1)
+                dims.append(1)
             elif kind == "elements" or ix == "i0":
-                shape.append(min(n, 2))
+                dims.append(min(n, 2))
             else:
-                shape.append(n)  # "rows": the whole row
-        trial_shapes.append(tuple(shape))
-        trial_values[op.position] = np.ones(shape, dtype=op.array.dtype)
+                dims.append(n)  # "rows": the whole row
+        trial_shapes.append(tuple(dims))
+        trial_values[op.position] = np.ones(dims, dtype=op.array.dtype)
     expected = np.broadcast_shapes(*trial_shapes)
     args, kwargs = tuple(trial_values[:n_args]), dict(zip(names, trial_values[n_args:]))
     args, kwargs = state.executor.with_xp(args, kwargs, np)
@@ -263,7 +263,7 @@ def _raw_payload(func: Callable) -> bytes:
     ships with), for a worker to decorate again."""
     state = func.__autooffload__  # type: ignore[attr-defined]
     try:
-        import cloudpickle
+        import cloudpickle  # type: ignore[import-untyped]
     except ImportError:
         raise TypeError(
             f"{state.name}: Dask workers in other processes find an offloaded function by its module and "
