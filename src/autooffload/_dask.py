@@ -70,8 +70,10 @@ class _Operand:
         self.index: tuple[str, ...] = ()
 
 
-def call(state: Any, args: tuple, kwargs: dict) -> Any:
-    """``state``'s function over Dask arrays: a Dask array (see the module docstring)."""
+def call(state: Any, args: tuple, kwargs: dict, decorate: Callable) -> Any:
+    """``state``'s function over Dask arrays: a Dask array (see the module docstring).
+    ``decorate`` is ``offload`` (given, not imported: _dispatch imports this module), with which
+    a worker decorates a function sent by value again."""
     wrapper = state.wrapper()
     verdict = getattr(wrapper, "__autooffload_blockwise__", None)
     kind = getattr(verdict, "kind", None)
@@ -138,7 +140,7 @@ def call(state: Any, args: tuple, kwargs: dict) -> Any:
         operand = by_position.get(i)
         pairs += [v, None] if operand is None else [operand.array, operand.index]
     task = _BlockCall(wrapper, len(args), tuple(names), copy=bool(state.executor.may_write and not state.executor.pure),
-                      options=state.options)
+                      options=state.options, decorate=decorate)
     return da.blockwise(task, out_index, *pairs, dtype=dtype, meta=meta, new_axes=new_axes or None,
                         align_arrays=True, concatenate=True, token=_task_name(wrapper))
 
@@ -217,8 +219,9 @@ def _trial(state: Any, kind: str, values: list, operands: list, names: list, n_a
 class _BlockCall:
     """One block's call: the offloaded wrapper on the blocks (keyword arguments put back)."""
 
-    def __init__(self, func: Callable, n_args: int, names: tuple, *, copy: bool, options: dict):
+    def __init__(self, func: Callable, n_args: int, names: tuple, *, copy: bool, options: dict, decorate: Callable):
         self.func = func
+        self.decorate = decorate
         self.n_args = n_args
         self.names = names
         self.copy = copy  # the function may write into its arguments: give it blocks of its own
@@ -236,12 +239,12 @@ class _BlockCall:
 
     def __reduce__(self) -> tuple:
         if _reference(self.func) is not None:
-            return (_BlockCall._rebuild, (self.func, self.n_args, self.names, self.copy, self.options))
-        return (_rebuilt_call, (_raw_payload(self.func), self.options, self.n_args, self.names, self.copy))
+            return (_BlockCall._rebuild, (self.func, self.n_args, self.names, self.copy, self.options, self.decorate))
+        return (_rebuilt_call, (_raw_payload(self.func), self.options, self.n_args, self.names, self.copy, self.decorate))
 
     @staticmethod
-    def _rebuild(func, n_args, names, copy, options):
-        return _BlockCall(func, n_args, names, copy=copy, options=options)
+    def _rebuild(func, n_args, names, copy, options, decorate):
+        return _BlockCall(func, n_args, names, copy=copy, options=options, decorate=decorate)
 
 
 def _reference(func: Callable) -> tuple[str, str] | None:
@@ -277,7 +280,7 @@ _REBUILT: dict[bytes, Callable] = {}
 _rebuilt_lock = threading.Lock()
 
 
-def _rebuilt_call(payload: bytes, options: dict, n_args: int, names: tuple, copy: bool) -> _BlockCall:
+def _rebuilt_call(payload: bytes, options: dict, n_args: int, names: tuple, copy: bool, decorate: Callable) -> _BlockCall:
     """On a worker: the function of ``payload`` decorated again, once per process (so its
     decisions and learning carry over from block to block)."""
     key = hashlib.sha1(payload + repr(sorted(options.items())).encode()).digest()
@@ -286,8 +289,6 @@ def _rebuilt_call(payload: bytes, options: dict, n_args: int, names: tuple, copy
         if wrapper is None:
             import pickle
 
-            from ._dispatch import offload
-
             raw, _name = pickle.loads(payload)
-            wrapper = _REBUILT[key] = offload(**options)(raw)
-    return _BlockCall(wrapper, n_args, names, copy=copy, options=options)
+            wrapper = _REBUILT[key] = decorate(**options)(raw)
+    return _BlockCall(wrapper, n_args, names, copy=copy, options=options, decorate=decorate)

@@ -194,7 +194,7 @@ class _State:
         if _has_dask(args, kwargs):
             from . import _dask  # imports Dask: only when a Dask array was passed
 
-            return _dask.call(self, args, kwargs)
+            return _dask.call(self, args, kwargs, offload)
         host, dev, largest, odd = call_shape(args, kwargs)
         config_backend = _config.current_backend()
         key = (host, dev, odd, config_backend)
