@@ -30,7 +30,7 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import dask_targets  # noqa: E402
-from autooffload.backends.cupy import _uuid_text  # noqa: E402
+from autooffload.backends.cupy import format_uuid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAVE = 512 * 2**20  # GPU memory left free on each GPU worker
@@ -50,7 +50,7 @@ def _cluster(devices: list[str]):
 
 
 def _uuid(index: int) -> str:
-    return "GPU-" + _uuid_text(cp.cuda.runtime.getDeviceProperties(index)["uuid"])
+    return format_uuid(cp.cuda.runtime.getDeviceProperties(index)["uuid"])
 
 
 def _run(devices: list[str], n: int, rounds: int = 3) -> dict:

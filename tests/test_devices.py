@@ -89,3 +89,9 @@ def test_no_device_is_named_before_the_gpu_is_loaded():
     plus(np.ones(4))
     assert plus.last_decision.backend == "numpy" and plus.last_decision.device == ""
     assert plus.last_decision.device_index is None
+
+
+def test_a_cuda_uuid_is_spelled_as_nvidia_smi_does():
+    raw = bytes(range(16))
+    assert device.format_uuid(raw) == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f"
+    assert device.format_uuid("GPU-abc") == "GPU-abc" and device.format_uuid(None) == ""

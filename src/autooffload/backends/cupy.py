@@ -49,8 +49,7 @@ class CupyBackend(Backend, DeviceMemory):
         uuid = self._uuids.get(index)
         if uuid is None:
             try:
-                raw = self.xp.cuda.runtime.getDeviceProperties(index).get("uuid")
-                uuid = "GPU-" + _uuid_text(raw) if raw else ""
+                uuid = format_uuid(self.xp.cuda.runtime.getDeviceProperties(index).get("uuid"))
             except Exception:  # an old runtime without the field: the index alone
                 uuid = ""
             self._uuids[index] = uuid
@@ -118,11 +117,13 @@ class CupyBackend(Backend, DeviceMemory):
         return None
 
 
-def _uuid_text(raw: Any) -> str:
-    """CUDA's 16 UUID bytes as nvidia-smi prints them (8-4-4-4-12 hex digits)."""
-    b = bytes(raw)[:16] if not isinstance(raw, str) else raw.encode("latin-1")[:16]
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+def format_uuid(raw: Any) -> str:
+    """CUDA's 16 UUID bytes as nvidia-smi prints them ("GPU-" and 8-4-4-4-12 hex digits), as
+    _profiles.fingerprint spells them (not imported here: it loads pydantic); "" if unknown."""
+    if isinstance(raw, (bytes, bytearray)) and len(raw) == 16:
+        h = bytes(raw).hex()
+        return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return raw if isinstance(raw, str) else ""
 
 
 def _is_device_object(obj: Any, backend: CupyBackend) -> bool:
