@@ -269,3 +269,26 @@ def _back_to_no_device():
     os.environ.pop("AUTOOFFLOAD_BACKEND", None)
     autooffload.reload_environment()
     cupy.set_backend_for_tests(None)
+
+
+def test_the_multi_gpu_benchmark_runs_its_clusters(tmp_path):
+    """benchmarks/multi_gpu.py at a tiny size on workers without a GPU: the table, the JSON, the
+    results checked against NumPy inside it (so a typo fails here, not on the GPU machine)."""
+    import importlib.util
+    import json
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("bench_multi_gpu", bench / "multi_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--sizes", "2e5", "--chunk", "5e4", "--devices", "none", "--devices", "none,none",
+                    "--repeat", "1", "--warmup", "0", "--out", str(tmp_path), "--machine", "t", "--no-plot"])
+    rows = out["rows"]
+    assert [r["cluster"] for r in rows] == ["none", "none,none"] and all(r["blocks"] == 4 for r in rows)
+    assert [len(r["workers"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert sum(w["numpy_blocks"] for w in r["workers"].values()) == 4  # one round of 4 blocks
+        assert all(w["device"] == "" and w["gpu_blocks"] == 0 for w in r["workers"].values())
+    doc = json.loads((tmp_path / "t" / "multi_gpu.json").read_text())
+    assert doc["benchmark"] == "multi_gpu" and len(doc["rows"]) == 2
