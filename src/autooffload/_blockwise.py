@@ -253,8 +253,10 @@ def _abstract(value: Any, what: str) -> Any:
         if _is_library(value) or value is math:
             return _Module(value)
         raise NotProven(f"{what} is module {value.__name__}, which the proof does not read")
-    if isinstance(value, (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype, type)):
+    if isinstance(value, (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype)):
         return _Const(value)
+    if isinstance(value, type) and (issubclass(value, np.generic) or value in (bool, int, float, complex)):
+        return _Const(value)  # a dtype given to astype(), dtype=
     if isinstance(value, tuple) and all(isinstance(v, (bool, int, float, complex, str, type(None))) for v in value):
         return _Const(value)
     if isinstance(value, np.ndarray):

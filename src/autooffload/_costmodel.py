@@ -55,6 +55,7 @@ class Request:
     gpu_ready: bool = False  # the GPU was already used in this process (no cold start)
     host_arrays: int = 1  # how many numpy arrays (each copy pays the copy path's fixed latency)
     device_arrays: int = 1  # how many cupy arrays
+    blockwise: bool = False  # the function may be streamed through the device in chunks (_stream.py)
 
     @property
     def work(self) -> tuple[tuple[str, float], ...]:
@@ -79,6 +80,9 @@ class Prediction:
 
     seconds: dict[str, float | None]
     parts: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Device backends predicted as a pipeline of chunks (a blockwise call on host data): the
+    # chunk's bytes of input. Their parts are then "pipeline" and "fill_drain" (+ "cold_start").
+    streamed: dict[str, int] = field(default_factory=dict)
 
     def warm_s(self, backend: str) -> float | None:
         """Seconds on ``backend`` without its one-off warm-up."""
@@ -112,6 +116,11 @@ class Decision:
     profile_s: dict[str, float | None] = field(default_factory=dict)
     observe: bool = False  # this call's time is measured (see _learn.py)
     exploring: bool = False  # the model is uncertain: this call tries another backend
+    # A blockwise call on host data run on the GPU as a pipeline of chunks of chunk_bytes input
+    # (_stream.py); blockwise: the function's verdict, described (_blockwise.py).
+    streamed: bool = False
+    chunk_bytes: int = 0
+    blockwise: str = ""
     # The device current in the calling thread when this was decided ("cuda:1 (GPU-8f3a...)"),
     # and its index; "" / None before the device backend was loaded (nothing to name yet).
     device: str = ""
@@ -151,6 +160,8 @@ class Decision:
         details = [self.kind, f"host {format_bytes(self.host_bytes)}, device {format_bytes(self.device_bytes)}"]
         if pred:
             details.append(f"predicted {pred}")
+        if self.streamed:
+            details.append(f"streamed in chunks of {format_bytes(self.chunk_bytes)}")
         if self.profile:
             details.append(f"profile {self.profile}")
         return f"{self.function} -> {self.backend}: {self.reason} [{'; '.join(details)}]"
@@ -230,6 +241,49 @@ def _predict_backend(
     return parts
 
 
+# Streaming (_stream.py): the fewest chunks a call is streamed in (two overlap little), the
+# smallest chunk (each pays a copy's fixed latency and a launch per operation), the largest.
+MIN_CHUNKS = 3
+MIN_CHUNK_BYTES = 4 * 2**20
+MAX_CHUNK_BYTES = 256 * 2**20
+
+
+def stream_chunk_bytes(total_bytes: float, free_device_bytes: float | None = None, work_units: float = 1.0) -> int:
+    """Input bytes per chunk when no profile chose them (a forced run, data too large for the
+    device): 64 MiB, at most 1/8 of the call (fill and drain are one chunk each), and small
+    enough that three chunks in flight with their temporaries (about one input-sized array per
+    work unit, plus input and result) fit in a quarter of the free device memory."""
+    target = min(64.0 * 2**20, max(MIN_CHUNK_BYTES, total_bytes / 8))
+    if free_device_bytes is not None:
+        target = min(target, max(MIN_CHUNK_BYTES, free_device_bytes / 4 / (3 * (2 + max(1.0, work_units)))))
+    return int(target)
+
+
+def streamed_parts(backend: BackendTiming, work: list[tuple[Curve, float]], in_bytes: float, out_bytes: float,
+                   arrays: int) -> tuple[int, dict[str, float]] | None:
+    """(chunk bytes, parts) of the fastest predicted pipeline, or None when no split gives
+    MIN_CHUNKS chunks of MIN_CHUNK_BYTES. n chunks, each copied in, computed and copied out, the
+    stages of different chunks overlapping, cost about n times the slowest stage ("pipeline")
+    plus the other two stages once ("fill_drain": the first chunk's copy in, the last one's
+    copy out). Smaller chunks shorten fill and drain but copy slower (the copy curves fall
+    below ~64 MiB), so the chunk count is the one whose prediction is least."""
+    if backend.h2d is None or backend.d2h is None:
+        return None
+    best: tuple[int, dict[str, float]] | None = None
+    n = MIN_CHUNKS
+    while in_bytes / n >= MIN_CHUNK_BYTES:
+        chunk = in_bytes / n
+        if chunk <= MAX_CHUNK_BYTES:
+            stages = (_copy(backend.h2d, chunk, arrays), _compute(backend, work, chunk),
+                      _copy(backend.d2h, out_bytes / n) if out_bytes else 0.0)
+            slowest = max(stages)
+            parts = {"pipeline": n * slowest, "fill_drain": sum(stages) - slowest}
+            if best is None or sum(parts.values()) < sum(best[1].values()):
+                best = (math.ceil(chunk), parts)
+        n = n + max(1, n // 4)
+    return best
+
+
 def predict(profile: Profile, req: Request) -> Prediction:
     """Predicted seconds of ``req`` on each registered backend, in registration order.
 
@@ -240,12 +294,25 @@ def predict(profile: Profile, req: Request) -> Prediction:
     out_bytes = max(OUTPUT_RATIO.get(kind, 1.0) for kind, _ in req.work) * req.largest_bytes
     seconds: dict[str, float | None] = {}
     parts: dict[str, dict[str, float]] = {}
+    streamed: dict[str, int] = {}
     for name in backends.names():
         backend = profile.backend(name)
         backend_parts = _predict_backend(profile, backend, req, kinds, total, out_bytes) if backend is not None else None
+        if (backend_parts is not None and backend is not None and req.blockwise and backend.memory == "device"
+                and req.host_bytes and not req.device_bytes):
+            # A blockwise call on host data: the pipeline of chunks, where it beats the three steps in a row.
+            work = [(backend.kinds[kind], count) for kind, count in kinds]
+            best = streamed_parts(backend, work, req.host_bytes, out_bytes, req.host_arrays)
+            whole = sum(v for k, v in backend_parts.items() if k != "cold_start")
+            if best is not None and sum(best[1].values()) < whole:
+                chunk, piped = best
+                if "cold_start" in backend_parts:
+                    piped["cold_start"] = backend_parts["cold_start"]
+                backend_parts = piped
+                streamed[name] = chunk
         seconds[name] = sum(backend_parts.values()) if backend_parts is not None else None
         parts[name] = backend_parts or {}
-    return Prediction(seconds, parts)
+    return Prediction(seconds, parts, streamed)
 
 
 # Data on the device leaves it only for a clear predicted win: at small sizes the GPU curves
@@ -290,12 +357,14 @@ def _best_host(pred: Prediction) -> tuple[str, float]:
     return NUMPY, cpu
 
 
-def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0, hi: float = 2.0**40) -> float | None:
+def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0, hi: float = 2.0**40,
+              blockwise: bool = False) -> float | None:
     """Smallest input size (bytes) from which the warm GPU beats NumPy for ``kind``.
 
     ``location`` is "host" (numpy inputs, numpy result: copies counted on the GPU side) or
     "device" (cupy inputs, cupy result: copies counted on the CPU side). None: the GPU never wins
-    between ``lo`` and ``hi``. Sizes are searched on a quarter-octave grid.
+    between ``lo`` and ``hi``. Sizes are searched on a quarter-octave grid. ``blockwise``: the
+    GPU side may be streamed (host data only), which moves host crossovers down.
     """
     if location not in ("host", "device"):
         raise ValueError(f"location must be 'host' or 'device'; got {location!r}")
@@ -308,6 +377,7 @@ def crossover(profile: Profile, kind: str, location: str, *, lo: float = 1024.0,
             device_bytes=n if location == "device" else 0,
             largest_bytes=n,
             gpu_ready=True,
+            blockwise=blockwise,
         )
         seconds = predict(profile, req).seconds
         if seconds[CUPY] is not None and seconds[CUPY] < seconds[NUMPY]:

@@ -162,6 +162,7 @@ class _State:
         self.planner = Planner(self.name, work, kind_text, backend_choice, self.records, func=func,
                                host_only=host_only_reason(func), runs_after_return=runs_after_return)
         self.planner.fast_allowed = not self.inject_xp
+        self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
         self.learner.revisit = self.planner.reset  # a measurement that changes the answer: decide again
         self.planner.learner = self.learner
@@ -170,7 +171,8 @@ class _State:
         # with plain array and scalar arguments skip the write detection.
         may_write, _ = may_write_arguments(func)
         self.executor = Executor(func, self.name, self.records, self.ran_instead,
-                                 pure=bool(pure), may_write=may_write, xp_param=xp_param)
+                                 pure=bool(pure), may_write=may_write, xp_param=xp_param,
+                                 blockwise=self.blockwise, note=self.report)
         self.executor.replan = self.replan
         self.fastpath = None  # the _native.FastPath of the wrapper, when the extension is built
         # The wrapper (weak: it holds this state), and the decorator's options, for the Dask path

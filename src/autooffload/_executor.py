@@ -25,9 +25,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _config, backends
+from . import _config, _stream, backends
 from ._arguments import Ineligible, NumPyWouldRaise, move
-from ._costmodel import Decision
+from ._blockwise import Verdict
+from ._costmodel import Decision, stream_chunk_bytes
 from ._reachable import Reachable
 from ._records import Outcome, Records, type_signature
 from .backends import CUPY, HOST, NUMPY
@@ -45,8 +46,11 @@ class Executor:
     """Runs one function's calls (see the module docstring)."""
 
     def __init__(self, func: Callable, name: str, records: Records, report: Callable[[Decision], None], *,
-                 pure: bool, may_write: bool, xp_param: int | str | None):
+                 pure: bool, may_write: bool, xp_param: int | str | None,
+                 blockwise: Verdict | None = None, note: Callable[[Decision], None] | None = None):
         self.func = func
+        self.blockwise = blockwise  # streamed runs of host data (_stream.py) when blockwise
+        self.note = note  # corrects last_decision without counting a rerun (a run was streamed)
         self.name = name
         self.records = records
         self.report = report  # tells the wrapper's last_decision what really ran
@@ -183,6 +187,10 @@ class Executor:
             return self.run_numpy(args, kwargs, has_device_args)
         self.resident = (backend, fn, twin)
         start = time.perf_counter()
+        if not has_device_args and d.host_bytes and self.blockwise is not None and self.blockwise.blockwise:
+            streamed = self.run_streamed(d, backend, fn, twin, args, kwargs, start)
+            if streamed is not _NOT_STREAMED:
+                return streamed
         moved = None
         try:
             if d.host_bytes or not d.device_bytes:
@@ -212,6 +220,71 @@ class Executor:
                 return self._finish_device(d, moved, outcome, args, kwargs, reach, start)
             failure = outcome
         return self._fail_device(d, failure, moved, backend, args, kwargs, has_device_args, reach)
+
+    def stream_plan(self, d: Decision, backend, args: tuple, kwargs: dict) -> "_stream.Plan | str":
+        """How this call streams, or why not: the cost model chose the pipeline, or
+        AUTOOFFLOAD_STREAM=always, or the call's data does not fit the device's free memory."""
+        assert self.blockwise is not None
+        mode = _stream.mode()
+        if mode == "never":
+            return "AUTOOFFLOAD_STREAM=never"
+        free_bytes = getattr(backend, "free_bytes", None)
+        free = free_bytes() if callable(free_bytes) else None
+        # Unstreamed, the inputs, the result and about one temporary live on the device at once.
+        fits = free is None or 3 * d.host_bytes < free
+        if not (d.streamed or mode == "always" or not fits):
+            return "the cost model predicts the unstreamed run faster"
+        chunk = _stream.chunk_override() or d.chunk_bytes or stream_chunk_bytes(d.host_bytes, free)
+        if free is not None:
+            chunk = min(chunk, stream_chunk_bytes(d.host_bytes, free))
+        return _stream.plan(self.blockwise, self.func, args, kwargs, chunk, may_write=self.may_write and not self.pure)
+
+    def run_streamed(self, d: Decision, backend, fn, twin, args: tuple, kwargs: dict, start: float) -> Any:
+        """A blockwise call on host data through the device in chunks (_stream.py), or
+        ``_NOT_STREAMED`` when this call cannot stream (then it runs unstreamed)."""
+        plan = self.stream_plan(d, backend, args, kwargs)
+        if isinstance(plan, str):
+            return _NOT_STREAMED
+        translate = backends.translator_for(backend).translate
+
+        def on_device(call_args: tuple, call_kwargs: dict) -> Any:
+            call_args = tuple(translate(a) if callable(a) or isinstance(a, types.ModuleType) else a for a in call_args)
+            call_kwargs = {k: translate(v) if callable(v) or isinstance(v, types.ModuleType) else v
+                           for k, v in call_kwargs.items()}
+            call_args, call_kwargs = self.with_xp(call_args, call_kwargs, backend.xp)
+            return fn(*call_args, **call_kwargs)
+
+        def on_host(call_args: tuple, call_kwargs: dict) -> Any:
+            call_args, call_kwargs = self.with_xp(call_args, call_kwargs, np)
+            return self.func(*call_args, **call_kwargs)
+
+        reach = Reachable(args, kwargs, twin, deep=self.may_write)
+        if twin is not None:
+            twin.refresh()
+        try:
+            result = _stream.run(plan, backend, on_device, args, kwargs, on_host,
+                                 meter=self.records.timesheet.meter(d.backend))
+        except _stream.BlockwiseBroken:
+            if self.blockwise is not None and self.blockwise.source == "proven":
+                reach.restore()
+                return _NOT_STREAMED  # the proof was wrong about this call: run it whole
+            raise
+        except _stream.DeviceFailure as failure:
+            exc = failure.exc
+            cause = None if raised_by_own_code(exc, twin, backend) else backend.fallback_cause(exc)
+            if cause is None:
+                if twin is not None:
+                    twin.write_back_globals()
+                raise exc from None
+            return self._fail_device(d, (exc, cause), None, backend, args, kwargs, False, reach)
+        if twin is not None:
+            twin.write_back_globals()
+        device.mark_gpu_ready()
+        if self.note is not None:
+            self.note(dataclasses.replace(d, streamed=True, chunk_bytes=plan.chunk * _bytes_per_index(plan, args, kwargs),
+                                          reason=d.reason + f"; streamed in {plan.chunks} chunks"))
+        self.records.ran(Outcome(d.backend, None, time.perf_counter() - start, d.bucket))
+        return result
 
     @staticmethod
     def _sweep(reach: Reachable | None, moved, d: Decision) -> None:
@@ -292,6 +365,18 @@ class Executor:
                 GPUFallbackWarning,
             )
         return result
+
+
+_NOT_STREAMED = object()
+
+
+def _bytes_per_index(plan: "_stream.Plan", args: tuple, kwargs: dict) -> int:
+    total = 0
+    for o in plan.operands:
+        if o.split:
+            a = args[o.key] if isinstance(o.key, int) else kwargs[o.key]
+            total += a.nbytes // max(a.shape[o.axis], 1)
+    return total
 
 
 def raised_by_own_code(exc: BaseException, twin, backend) -> bool:

@@ -143,7 +143,7 @@ class Learner:
             seconds[name] = learned + cold
             parts[name] = {"learned": learned, **({"cold_start": cold} if cold else {})}
             sources[name] = source
-        return Prediction(seconds, parts), sources
+        return Prediction(seconds, parts, pred.streamed), sources
 
     def _from_other_sizes(self, name: str, location: str, bucket, warm: float) -> tuple[float | None, str]:
         cells = self.history.backend_cells(name, location)

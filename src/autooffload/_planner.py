@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _config, _learn, _log, backends
 from ._arguments import iter_leaves
+from ._blockwise import Verdict
 from ._costmodel import Decision, Prediction, Request, choose, predict, size_bucket
 from .backends import CUPY, NUMBA, NUMPY, why_not_on_device
 from .backends import cupy as device
@@ -126,6 +127,7 @@ class Planner:
         self.fast_allowed = True  # False where a NumPy call has more to do (an injected xp)
         self.log_path = self._log_path()
         self.lock = threading.Lock()
+        self.blockwise: Verdict | None = None  # set by the function's _State (_blockwise.py)
 
     def reset(self) -> None:
         """Drop cached decisions (environment, profile or GPU state changed)."""
@@ -205,13 +207,17 @@ class Planner:
         dtypes = tuple(sorted({str(a.dtype) for a in typed}))  # NumPy scalars' dtypes included
         arrays = [a for a in typed if not isinstance(a, np.generic)]
         ready = bucket_key[4]
+        blockwise = self.blockwise is not None and self.blockwise.blockwise and not dev
+        verdict_text = self.blockwise.describe() if self.blockwise is not None else ""
 
         def make(backend: str, reason: str, pred=None, savings: float = 0.0, profile: str = "", **learned) -> Decision:
             predicted = dict(pred.seconds) if pred is not None else {}
             cold = pred.parts.get(CUPY, {}).get("cold_start", 0.0) if pred is not None else 0.0
+            chunk = pred.streamed.get(CUPY, 0) if pred is not None and backend == CUPY else 0
             where = device.current_device()  # loaded by now if the GPU was considered
             return Decision(self.name, backend, reason, self.kind_text, host, dev, dtypes, predicted,
-                            profile, bucket_key[:2], savings, cold, **learned,
+                            profile, bucket_key[:2], savings, cold, **learned, streamed=chunk > 0,
+                            chunk_bytes=chunk, blockwise=verdict_text,
                             device=device.device_label(where), device_index=None if where is None else where[0])
 
         ignored = "; forced cupy ignored" if forced == CUPY else ""
@@ -248,7 +254,7 @@ class Planner:
         profile = active_profile()  # looked up per call: tests replace it
         n_dev = sum(1 for a in arrays if type(a) is device_type)
         n_host = len(arrays) - n_dev
-        pred = predict(profile, Request(self.work, host, dev, largest, ready, max(n_host, 1), max(n_dev, 1)))
+        pred = predict(profile, Request(self.work, host, dev, largest, ready, max(n_host, 1), max(n_dev, 1), blockwise))
         why = device.unavailable_reason()
         if why is not None:
             pred = _without(pred, CUPY)  # no prediction shown for a backend that cannot run here
@@ -357,4 +363,4 @@ def _without(pred: Prediction, name: str) -> Prediction:
     seconds[name] = None
     parts = dict(pred.parts)
     parts[name] = {}
-    return Prediction(seconds, parts)
+    return Prediction(seconds, parts, {k: v for k, v in pred.streamed.items() if k != name})

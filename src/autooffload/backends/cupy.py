@@ -96,6 +96,12 @@ class CupyBackend(Backend, DeviceMemory):
         """Wait for the current stream: a measured call's time includes the device work."""
         self.xp.cuda.get_current_stream().synchronize()
 
+    def free_bytes(self) -> int:
+        """Device bytes a call could allocate now: the driver's free memory plus the blocks
+        CuPy's pool holds unused (for _stream: data larger than this is streamed)."""
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+
     def free_memory(self) -> None:
         """Give cached device blocks back (after an out-of-memory failure)."""
         self.xp.get_default_memory_pool().free_all_blocks()
