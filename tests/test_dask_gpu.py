@@ -46,7 +46,7 @@ def _cluster(devices: list[str]):
         for i, dev in enumerate(devices)
     }
     return distributed.SpecCluster(workers=workers, silence_logs=40,
-                                   scheduler={"cls": distributed.Scheduler, "options": {"dashboard_address": None}})
+                                   scheduler={"cls": distributed.Scheduler, "options": {"dashboard": False}})
 
 
 def _uuid(index: int) -> str:
