@@ -11,6 +11,7 @@ marked ``gpu`` prove that on a GPU machine.
 from __future__ import annotations
 
 import ctypes
+import threading
 import types
 
 import numpy as np
@@ -124,7 +125,11 @@ class FakeDevice:
     xp = fake_cupy
     array_type = FakeDeviceArray
 
-    def __init__(self):
+    def __init__(self, index: int = 0, uuid: str = "FAKE-GPU-0"):
+        # The device this double is (a Dask worker's test gives each worker another one).
+        self.index = index
+        self.uuid = uuid
+        self._thread = threading.local()
         self.to_device_calls = 0
         self.to_host_calls = 0
         self.changed_calls = 0  # write-detection comparisons
@@ -179,6 +184,16 @@ class FakeDevice:
 
     def synchronize(self) -> None:
         pass  # host memory: nothing is in flight
+
+    def current_device(self) -> tuple[int, str]:
+        """The device current in the calling thread: ``use(index)``'s in this thread, else this
+        double's own (as cupy.cuda.Device(i).use() sets the device per thread)."""
+        index = getattr(self._thread, "index", None)
+        return (self.index, self.uuid) if index is None else (index, f"FAKE-GPU-{index}")
+
+    def use(self, index: int | None) -> None:
+        """Make device ``index`` current in the calling thread (None: back to this double's own)."""
+        self._thread.index = index
 
     def free_memory(self) -> None:
         pass

@@ -121,6 +121,10 @@ class Decision:
     streamed: bool = False
     chunk_bytes: int = 0
     blockwise: str = ""
+    # The device current in the calling thread when this was decided ("cuda:1 (GPU-8f3a...)"),
+    # and its index; "" / None before the device backend was loaded (nothing to name yet).
+    device: str = ""
+    device_index: int | None = None
 
     def to_dict(self) -> dict:
         # Field by field, one level of copies (the JSON log writes one per call: dataclasses.asdict's

@@ -173,7 +173,12 @@ class _State:
         self.executor = Executor(func, self.name, self.records, self.ran_instead,
                                  pure=bool(pure), may_write=may_write, xp_param=xp_param,
                                  blockwise=self.blockwise, note=self.report)
+        self.executor.replan = self.replan
         self.fastpath = None  # the _native.FastPath of the wrapper, when the extension is built
+        # The wrapper (weak: it holds this state), and the decorator's options, for the Dask path
+        # (_dask.py sends the wrapper to workers, or the function and these options to decorate again).
+        self.wrapper: Callable[[], Callable | None] = lambda: None
+        self.options: dict[str, Any] = {"kind": kind, "backend": backend, "pure": pure, "blockwise": blockwise}
         self.serial = next(_SERIALS)
         _STATES.add(self)
 
@@ -188,6 +193,10 @@ class _State:
 
     def call(self, args: tuple, kwargs: dict) -> Any:
         """The general path: nested containers, kwargs, device arrays, anything unusual."""
+        if _has_dask(args, kwargs):
+            from . import _dask  # imports Dask: only when a Dask array was passed
+
+            return _dask.call(self, args, kwargs, offload)
         host, dev, largest, odd = call_shape(args, kwargs)
         config_backend = _config.current_backend()
         key = (host, dev, odd, config_backend)
@@ -206,6 +215,15 @@ class _State:
         if d.backend == NUMPY and not dev:
             return self.executor.run_numpy(args, kwargs, False)
         return self.executor.run(d, args, kwargs)
+
+    def replan(self, args: tuple, kwargs: dict) -> Decision:
+        """The decision for this call on the device current now (the executor found the cached one
+        made for another device); reported as ``last_decision``."""
+        host, dev, largest, odd = call_shape(args, kwargs)
+        config_backend = _config.current_backend()
+        d = self.planner.decide((host, dev, odd, config_backend), host, dev, largest, odd, config_backend, args, kwargs)
+        self.report(d)
+        return d
 
     def run_observed(self, d: Decision, args: tuple, kwargs: dict) -> Any:
         """Run ``d`` and measure it: the whole call, including the copies and the device work it
@@ -240,6 +258,18 @@ class _State:
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring)
         if _log.active():
             _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)
+
+
+def _has_dask(args: tuple, kwargs: dict) -> bool:
+    """Whether an argument (or an item of a list or tuple argument, which _dask.call refuses) is
+    a Dask collection, told by its type's module: Dask is not imported for this."""
+    for a in (*args, *kwargs.values()) if kwargs else args:
+        t = type(a)
+        if t.__module__.startswith("dask."):
+            return True
+        if (t is list or t is tuple) and any(type(x).__module__.startswith("dask.") for x in a):
+            return True
+    return False
 
 
 def _hot_path_names(state: _State, attrs: dict) -> dict[str, Any]:
@@ -414,6 +444,7 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
     offloaded.__dict__ = attrs
     functools.update_wrapper(offloaded, func)
     offloaded.__autooffload__ = state
+    state.wrapper = weakref.ref(offloaded)
     offloaded.__autooffload_blockwise__ = state.blockwise
     offloaded.last_decision = None
     offloaded.stats = Stats(state)
@@ -508,7 +539,13 @@ def explain(func: Callable, *args, **kwargs) -> Decision:
     config_backend = _config.current_backend()
     key = (host, dev, odd, config_backend)
     planner = state.planner
-    d = planner.exact.get(key) or planner.decide(key, host, dev, largest, odd, config_backend, args, kwargs, amortize=False)
+    d = planner.exact.get(key)
+    if d is not None and d.device_index is not None:
+        where = device.current_device()
+        if where is not None and where[0] != d.device_index:
+            d = None  # cached for another device than this thread's
+    if d is None:
+        d = planner.decide(key, host, dev, largest, odd, config_backend, args, kwargs, amortize=False)
     if d.backend != NUMPY:
         if state.records.failure(type_signature(args, kwargs), d.backend) is not None:
             return dataclasses.replace(d, backend=NUMPY, reason="the GPU failed before for these argument types")

@@ -59,6 +59,9 @@ class Executor:
         self.xp_param = xp_param
         self.runners: dict[int, tuple[Any, Callable | None, Any, str]] = {}  # id(backend) -> runner
         self.resident: tuple[Any, Callable, Any] | None = None  # (backend, device fn, twin) once one ran
+        # Decides a call again for the device current now (set by the function's _State): a GPU
+        # decision taken from the exact cache may have been made while another device was current.
+        self.replan: Callable[[tuple, dict], Decision] | None = None
         self.warned = False
 
     # -- what every run needs -----------------------------------------------------------------
@@ -152,7 +155,7 @@ class Executor:
         translation; else ``run``."""
         backend = device.load()
         entry = self.resident
-        if entry is None or entry[0] is not backend or self.records.failures:
+        if entry is None or entry[0] is not backend or self.records.failures or self.elsewhere(d, backend):
             return self.run(d, args, kwargs)
         ok, outcome = self._call_device(entry[1], entry[2], None, args, kwargs, backend, translate=False)
         if not ok:
@@ -160,8 +163,18 @@ class Executor:
         next(self.records.calls[CUPY])
         return outcome
 
+    def elsewhere(self, d: Decision, backend) -> bool:
+        """Whether ``d`` was decided for another device than the one current in this thread."""
+        return d.device_index is not None and backend.current_device()[0] != d.device_index  # ~0.1 us
+
     def run_device(self, d: Decision, args: tuple, kwargs: dict) -> Any:
         backend = backends.get(d.backend)
+        if self.replan is not None and self.elsewhere(d, backend):
+            # Decided while another device was current (the exact cache does not key on the
+            # device, to keep it off NumPy's hot path): decide for this one, from its own state.
+            d = self.replan(args, kwargs)
+            if d.backend != backend.name:
+                return self.run(d, args, kwargs)
         has_device_args = d.device_bytes > 0
         if self.records.failures:
             cause = self.records.failure(type_signature(args, kwargs), d.backend)

@@ -174,11 +174,15 @@ class Planner:
     def decide(self, key, host: int, dev: int, largest: int, odd: bool, config_backend: str | None,
                args: tuple, kwargs: dict, *, amortize: bool = True) -> Decision:
         """The decision for a call (cache miss): from the size bucket's decision, or the cost model."""
-        if dev and not device.gpu_ready:
+        where = device.current_device()  # the calling thread's device (None: GPU not loaded yet)
+        index = None if where is None else where[0]
+        if dev and not device.is_ready(index):
             device.mark_gpu_ready()  # the caller's device arrays mean the CUDA context exists
-        ready = device.gpu_ready
+        ready = device.is_ready(index)
         forced, source = self.forced(config_backend)
-        bucket_key = (size_bucket(host), size_bucket(dev), odd, forced, ready)
+        # The device is part of the bucket: each device's decisions are its own (warm or cold,
+        # named in the Decision); GPU runs check it (Executor.run_device), NumPy calls need not.
+        bucket_key = (size_bucket(host), size_bucket(dev), odd, forced, ready, index)
         base = self.buckets.get(bucket_key)
         first = base is None
         if first:
@@ -215,9 +219,11 @@ class Planner:
             predicted = dict(pred.seconds) if pred is not None else {}
             cold = pred.parts.get(CUPY, {}).get("cold_start", 0.0) if pred is not None else 0.0
             chunk = pred.streamed.get(CUPY, 0) if pred is not None and backend == CUPY else 0
+            where = device.current_device()  # loaded by now if the GPU was considered
             return Decision(self.name, backend, reason, self.kind_text, host, dev, dtypes, predicted,
                             profile, bucket_key[:2], savings, cold, **learned, streamed=chunk > 0,
-                            chunk_bytes=chunk, blockwise=verdict_text)
+                            chunk_bytes=chunk, blockwise=verdict_text,
+                            device=device.device_label(where), device_index=None if where is None else where[0])
 
         ignored = "; forced cupy ignored" if forced == CUPY else ""
         if forced == NUMBA:
@@ -368,8 +374,10 @@ class Planner:
         forgone = COLD_START.add(d.warm_savings_s, d.cold_start_s)
         if forgone is None or device.load() is None:
             return d
+        where = device.current_device()
         return dataclasses.replace(
             d, backend=CUPY, warm_savings_s=0.0,
+            device=device.device_label(where), device_index=None if where is None else where[0],
             reason=f"cold start ({d.cold_start_s:.2g} s) paid off: calls so far would have saved {forgone:.2g} s on a warm GPU",
         )
 

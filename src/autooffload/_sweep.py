@@ -292,7 +292,7 @@ def cupy_side() -> tuple[DeviceSide | None, str]:
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return None, "no GPU measured: CuPy sees no CUDA device"
-        cupy.cuda.Device(0).use()
+        cupy.cuda.Device().use()  # the calling thread's current device, never device 0 by default
     except Exception as e:
         return None, f"no GPU measured: CUDA is not usable ({type(e).__name__}: {e})"
 

@@ -111,7 +111,8 @@ class DeviceMemory:
     ``bytes_at(like, low, nbytes)``; writes: ``assign(dev, host)``; write detection:
     ``changed(pairs)`` (one synchronization for all pairs); ``free_memory()`` after an
     out-of-memory failure; ``module_pairs()``, the (NumPy-world module, counterpart) pairs a
-    device twin rebinds.
+    device twin rebinds; ``current_device()``, the (index, UUID) of the device current in the
+    calling thread, which decisions name and are made for.
     """
 
     array_type: Any

@@ -37,6 +37,23 @@ class CupyBackend(Backend, DeviceMemory):
 
         self._transfer = _transfer
         self._fallback_types = _fallback_exception_types(cupy)
+        self._get_device = cupy.cuda.runtime.getDevice
+        self._uuids: dict[int, str] = {}
+
+    # -- which device ------------------------------------------------------------------------
+    def current_device(self) -> tuple[int, str]:
+        """(index, UUID) of the device current in the calling thread (cudaGetDevice, ~0.1 us;
+        the UUID is read once per index). Work and copies go there: CuPy allocates and queues
+        on the current device, and the copy engine keeps events and side streams per device."""
+        index = self._get_device()
+        uuid = self._uuids.get(index)
+        if uuid is None:
+            try:
+                uuid = format_uuid(self.xp.cuda.runtime.getDeviceProperties(index).get("uuid"))
+            except Exception:  # an old runtime without the field: the index alone
+                uuid = ""
+            self._uuids[index] = uuid
+        return index, uuid
 
     # -- copies ------------------------------------------------------------------------------
     def to_device(self, host: np.ndarray):
@@ -106,6 +123,15 @@ class CupyBackend(Backend, DeviceMemory):
         return None
 
 
+def format_uuid(raw: Any) -> str:
+    """CUDA's 16 UUID bytes as nvidia-smi prints them ("GPU-" and 8-4-4-4-12 hex digits), as
+    _profiles.fingerprint spells them (not imported here: it loads pydantic); "" if unknown."""
+    if isinstance(raw, (bytes, bytearray)) and len(raw) == 16:
+        h = bytes(raw).hex()
+        return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return raw if isinstance(raw, str) else ""
+
+
 def _is_device_object(obj: Any, backend: CupyBackend) -> bool:
     if obj is None:
         return False
@@ -162,8 +188,10 @@ _lock = threading.Lock()
 _backend: CupyBackend | None = None
 _unavailable: str | None = None  # why the GPU cannot be used, once known
 _override: CupyBackend | None = None  # a test double installed by tests
-# True once the CUDA context exists in this process (our first GPU run, or the caller's cupy arrays).
+# True once a CUDA context exists in this process (our first GPU run, or the caller's cupy arrays);
+# ready_devices says on which devices (a context is per device; None: a device not known then).
 gpu_ready = False
+ready_devices: set[int | None] = set()
 # The device array type, once a call has passed one: the hot path compares types against it
 # without asking (a list, so the generated wrappers hold it and see it change).
 seen_array_type: list = [None]
@@ -178,7 +206,29 @@ def set_backend_for_tests(backend: CupyBackend | None) -> None:
         _unavailable = None
         _probed = False
         gpu_ready = False
+        ready_devices.clear()
     _config.invalidate_decisions()
+
+
+def current_device() -> tuple[int, str] | None:
+    """(index, UUID) of the calling thread's current device, once the device backend is loaded
+    (never loads it: before the first GPU decision there is nothing to name)."""
+    backend = _backend
+    ask = getattr(backend, "current_device", None)  # test doubles may not name a device
+    return None if ask is None else ask()
+
+
+def device_label(where: tuple[int, str] | None) -> str:
+    """How a Decision names a device: "cuda:1 (GPU-8f3a...)"."""
+    if where is None:
+        return ""
+    index, uuid = where
+    return f"cuda:{index} ({uuid})" if uuid else f"cuda:{index}"
+
+
+def is_ready(index: int | None) -> bool:
+    """Whether the device ``index`` (None: the current one, unknown) has its context already."""
+    return gpu_ready and (index in ready_devices or None in ready_devices)
 
 
 def device_array_type() -> type | None:
@@ -260,9 +310,13 @@ def on_start(hook: Callable[[], None]) -> None:
 
 
 def mark_gpu_ready() -> None:
+    """The current device's context exists (after a run there, or the caller's device arrays)."""
     global gpu_ready
-    if not gpu_ready:
+    where = current_device()
+    index = None if where is None else where[0]
+    if not gpu_ready or index not in ready_devices:
         gpu_ready = True
+        ready_devices.add(index)
         for hook in list(_start_hooks):
             try:
                 hook()
