@@ -246,14 +246,16 @@ def test_each_worker_decides_on_its_own_device(client):
         assert client.run(dask_targets.install_fake_device, i, workers=[w])[w] == (i, f"FAKE-GPU-{i}")
     try:
         a = _rand((300, 4))
-        x = da.from_array(a, chunks=(50, 4))
         expected = dask_targets.normalize_rows.__wrapped__(a)
         for w in workers:  # all the blocks of one computation on one worker, then on the other
+            # A graph of its own per worker: the same keys could be served from the first worker's
+            # memory while the client is still releasing them.
+            x = da.from_array(a, chunks=(50, 4), name=f"rows-for-{w}")
             np.testing.assert_allclose(client.compute(dask_targets.normalize_rows(x), workers=[w]).result(),
                                        expected, rtol=1e-15)
         seen = client.run(dask_targets.report, "normalize_rows")
         for i, w in enumerate(workers):
-            assert seen[w]["backend"] == "cupy" and seen[w]["cupy_calls"] >= 6
+            assert seen[w]["backend"] == "cupy" and seen[w]["cupy_calls"] >= 6, seen
             assert seen[w]["device_index"] == i and seen[w]["device"] == f"cuda:{i} (FAKE-GPU-{i})"
         assert seen[workers[0]]["pid"] != seen[workers[1]]["pid"]
     finally:
