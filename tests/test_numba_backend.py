@@ -369,3 +369,27 @@ def test_an_unusable_disk_cache_is_compiled_around(backend, monkeypatch):
     x = np.arange(5.0)
     np.testing.assert_array_equal(run(backend, triple, x), x * 3)
     assert len(calls) == 2 and calls[0] is not calls[1]
+
+
+def test_a_first_tier_call_without_a_parallel_region_writes_once_and_returns():
+    # Numba 0.68 does not parallelize `x *= 5` (an in-place operator with a scalar): no threading
+    # layer starts, and asking for it raised after the call had already written (seen on the H200).
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from autooffload import offload\n"
+        "def scale(x):\n"
+        "    x *= 5\n"
+        "f = offload(scale, backend='numba')\n"
+        "x = np.arange(1.0, 11.0)\n"
+        "f(x)\n"
+        "assert f.last_decision.backend == 'numba', f.last_decision\n"
+        "assert (x == np.arange(1.0, 11.0) * 5).all(), x\n"
+        "f(x)\n"
+        "assert (x == np.arange(1.0, 11.0) * 25).all(), x\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -140,13 +140,22 @@ class NumbaBackend(Backend):
         finally:
             numba.set_num_threads(previous)
 
+    def _threading_layer(self) -> str | None:
+        """The layer Numba started, or None until a parallel region has run (a function whose
+        loops Numba could not parallelize starts none; asking then raises ValueError, after the
+        call already ran and wrote: seen on the H200 with the in-place ``x *= 5``)."""
+        try:
+            return self.numba.threading_layer()
+        except ValueError:
+            return None
+
     def launch(self, run: Callable[[], Any]) -> Any:
         """Run compiled code, serialized only where the threading layer needs it."""
         if self._layer is None or self._layer == "workqueue":
             with self._launch_lock:
                 result = run()
                 if self._layer is None:
-                    self._layer = self.numba.threading_layer()
+                    self._layer = self._threading_layer()
                 return result
         return run()
 
