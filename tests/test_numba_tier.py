@@ -285,3 +285,51 @@ def test_the_tier_takes_numpys_learned_error_until_it_has_its_own(use_profile, m
     assert d.sources["numpy"].startswith("learned")
     assert d.sources["numba"] == "profile, corrected x0.1 by this function's numpy history"
     assert d.predicted_s["numba"] == pytest.approx(2 * d.predicted_s["numpy"], rel=1e-6)
+
+
+def _numpy_takes(monkeypatch, clock, seconds):
+    from autooffload import _executor
+
+    real_numpy = _executor.Executor.run_numpy
+
+    def numpy_run(self, *a, **k):
+        clock.t += seconds
+        return real_numpy(self, *a, **k)
+
+    monkeypatch.setattr(_executor.Executor, "run_numpy", numpy_run)
+
+
+def test_waiting_to_afford_the_tiers_compilation_times_no_call(use_profile, monkeypatch, clock):
+    # The H200 suite: functions of 5-30 us stayed on the timed path while the tier waited for its
+    # budget, 3-20x slower than NumPy. Waiting counts predicted seconds instead of timing calls.
+    _numpy_takes(monkeypatch, clock, 0.003)
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
+    autooffload.reload_environment()
+    use_profile(tier_profile(speedup=0.5))
+    f = offload(_own(chain))
+    x = np.random.default_rng(5).random(1_250_000 // 8) + 0.5
+    for _ in range(20):
+        f(x)
+    d = f.last_decision
+    assert d.backend == "numpy" and not d.observe and d.tier_wait_s == pytest.approx(0.003)
+    observed = f.__autooffload__.learner.history.observed_s
+    for _ in range(100):
+        f(x)
+    assert f.__autooffload__.learner.history.observed_s == observed  # not timed while waiting
+    for _ in range(100):  # 0.5 s of predicted NumPy time in all: the compilation starts
+        f(x)
+    assert "to explore it" in f.last_decision.reason or f.last_decision.backend == "numba", f.last_decision
+
+
+def test_calls_too_short_for_the_tier_do_not_wait_for_it(use_profile, monkeypatch, clock):
+    _numpy_takes(monkeypatch, clock, 5e-6)
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
+    autooffload.reload_environment()
+    use_profile(tier_profile(speedup=0.5))
+    f = offload(_own(chain))
+    x = np.random.default_rng(6).random(1000) + 0.5
+    for _ in range(20):
+        f(x)
+    d = f.last_decision
+    assert d.backend == "numpy" and not d.observe and d.tier_wait_s == 0.0
+    assert f.__autooffload__.planner.fast  # back on the C check's path

@@ -205,7 +205,7 @@ class _State:
         if d is None:
             d = planner.decide(key, host, dev, largest, odd, config_backend, args, kwargs)
         else:
-            if d.warm_savings_s:
+            if d.warm_savings_s or d.tier_wait_s:
                 d = planner.amortize(d)
             if _log.active():
                 _log.record(d, first_in_bucket=False)
@@ -317,7 +317,7 @@ def _ao_make({closure}):
         if _ao_d is None:
             _ao_d = _ao_planner.decide_from_args(_ao_key, _ao_host, _ao_dev, _ao_config_backend, {args}, {kwargs})
         else:
-            if _ao_d.warm_savings_s:
+            if _ao_d.warm_savings_s or _ao_d.tier_wait_s:
                 _ao_d = _ao_planner.amortize(_ao_d)
             _ao_debug = _ao_level_cache_get(10)
             if _ao_debug is None:

@@ -65,6 +65,10 @@ EXPLORE_FRACTION = 0.10  # of a function's observed seconds, at most, spent expl
 # the profile (the bytes of a 316x316 solve), took 0.33 ms: a 3.3x misprediction of the
 # backend not chosen is only found by trying it.
 EXPLORE_WITHIN = 4.0
+# Calls predicted below this are not worth a compilation to explore the tier: its parallel start-up
+# alone is ~10 us (the shipped profiles' Numba floors), and counting such calls towards the
+# compilation's budget would cost them a few percent each.
+TIER_EXPLORE_MIN_CALL_S = 20e-6
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
 clock = time.perf_counter  # tests replace it
 
@@ -120,6 +124,8 @@ class Learner:
         self.revisit: Callable[[], None] = lambda: None  # the planner's reset, set by _State
         self._pending: set[tuple[int, int]] = set()  # buckets where exploration waits for budget
         self._compile_wait: dict[tuple[int, int], float] = {}  # buckets waiting to afford the tier's compilation
+        self._counted_s = 0.0  # predicted seconds of untimed calls, towards that (count_towards_compile)
+        self._left_s = 0.0  # of the nearest waiting budget (a subtraction per call, the sum checked at 0)
 
     @property
     def history(self) -> FunctionHistory:
@@ -222,29 +228,47 @@ class Learner:
         self._pending.discard(bucket)
         return None
 
-    def compile_to_explore(self, pred: Prediction, bucket: tuple[int, int], compile_s: float) -> bool:
-        """Whether to compile the Numba tier in the background so that it can be explored here.
+    def compile_to_explore(self, pred: Prediction, bucket: tuple[int, int], compile_s: float) -> tuple[bool, float]:
+        """Whether to compile the Numba tier in the background so that it can be explored here;
+        and, where it waits for its budget, what each call here counts towards it.
 
         Yes where its prediction is within ``EXPLORE_WITHIN`` of the best backend's, it has no
-        trusted cell at this size, and the function has been observed to run at least
-        ``compile_s`` (so a compilation, on another thread, costs the machine no more than the
-        function's own time so far; short scripts never pay for one).
+        trusted cell at this size, and the function has run at least ``compile_s`` (observed
+        calls plus the untimed calls counted by ``count_towards_compile``), so a compilation, on
+        another thread, costs the machine no more than the function's own time so far: short
+        scripts never pay for one. Waiting adds no timing to the calls (a 5 us function timed
+        on every call ran 5x slower on the H200): each counts its predicted seconds instead.
         """
         tier_s = pred.seconds.get("numba")
         others = [s for n, s in pred.seconds.items() if n != "numba" and s is not None]
-        if tier_s is None or not others or tier_s > EXPLORE_WITHIN * min(others):
-            return False
         cell = self.history.cell(("numba", *bucket))
-        if cell is not None and cell.trusted:
-            return False
-        if self.history.observed_s >= compile_s:
+        if (tier_s is None or not others or tier_s > EXPLORE_WITHIN * min(others) or min(others) < TIER_EXPLORE_MIN_CALL_S
+                or (cell is not None and cell.trusted)):
             self._compile_wait.pop(bucket, None)
-            return True
-        self._compile_wait[bucket] = compile_s  # keep timing its calls: their time is the budget
-        return False
+            return False, 0.0
+        if self.history.observed_s + self._counted_s >= compile_s:
+            self._compile_wait.pop(bucket, None)
+            return True, 0.0
+        self._compile_wait[bucket] = compile_s
+        self._left_s = min(self._compile_wait.values()) - self.history.observed_s - self._counted_s
+        return False, min(others)
+
+    def count_towards_compile(self, seconds: float) -> bool:
+        """One untimed call's predicted ``seconds``; True once a waiting bucket's budget is met
+        (then the planner decides again)."""
+        self._counted_s += seconds
+        self._left_s -= seconds
+        if self._left_s > 0:
+            return False
+        spent = self.history.observed_s + self._counted_s
+        ready = [b for b, need in self._compile_wait.items() if spent >= need]
+        for b in ready:
+            del self._compile_wait[b]
+        self._left_s = min(self._compile_wait.values(), default=0.0) - spent
+        return bool(ready)
 
     def wants_observation(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool) -> bool:
-        if on_device_backend or bucket in self._pending or bucket in self._compile_wait:
+        if on_device_backend or bucket in self._pending:
             return True
         cell = self.history.cell((chosen, *bucket))
         return cell is None or not cell.trusted
@@ -261,8 +285,6 @@ class Learner:
         after = cell.estimate()
         moved = after is not None and (before is None or not (1 / REVISIT_FACTOR < after / before < REVISIT_FACTOR))
         affordable = bucket in self._pending and history.explored_s < EXPLORE_FRACTION * history.observed_s
-        wait = self._compile_wait.get(bucket)
-        affordable = affordable or (wait is not None and history.observed_s >= wait)
         if moved or affordable or exploring:
             self.revisit()
 

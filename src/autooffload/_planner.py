@@ -120,6 +120,7 @@ class Planner:
         self.compile_pending: list = []  # Numba signatures compiling in the background
         self.last_compile_s: float | None = None  # what this function's last compilation for the tier took
         self.tier_seen = False  # the gate loaded the tier for this function (so Numba is imported)
+        self.tier_wait_s = 0.0  # set by _numba_gate: what a call counts towards the tier's compilation
         # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
         # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
         # GPU readiness, the profile and the environment are not in the keys: when they change,
@@ -195,14 +196,14 @@ class Planner:
             self.exact.clear()
             self.fast.clear()
         self.exact[key] = d
-        if (type(key) is int and d.backend == NUMPY and not d.warm_savings_s and not d.observe
+        if (type(key) is int and d.backend == NUMPY and not d.warm_savings_s and not d.tier_wait_s and not d.observe
                 and self.log_path is None and self.fast_allowed):
             self.fast[key] = d  # a plain NumPy call: the C check may answer it alone from now on
             _log.logger.isEnabledFor(_log.DEBUG)  # fills logging's level cache, which the C check reads
         next(self.records.decisions)
         if first or _log.active():
             _log.record(d, first_in_bucket=first)
-        if amortize and d.warm_savings_s:
+        if amortize and (d.warm_savings_s or d.tier_wait_s):
             d = self.amortize(d)
         return d
 
@@ -289,9 +290,10 @@ class Planner:
         waiting = bool(self.compile_pending) and not dev  # calls check whether the compilation ended
         if learner is None:
             return make(backend, reason, shown, savings, profile.source, observe=waiting)
+        tier_wait = self.tier_wait_s if not (dev or exploring) else 0.0
         observe = not dev and (waiting or exploring or learner.wants_observation(backend, bucket, backend == CUPY))
         return make(backend, reason, shown, savings, profile.source, sources=sources, profile_s=profile_s,
-                    observe=observe, exploring=exploring)
+                    observe=observe, exploring=exploring, tier_wait_s=tier_wait)
 
     # -- the Numba tier ---------------------------------------------------------------------------
     def _forced_numba(self, make, source: str, dev: int, odd: bool, args: tuple, kwargs: dict) -> Decision:
@@ -324,6 +326,7 @@ class Planner:
         prediction, so exploration can try it. Numba is imported only here, when one of those
         holds.
         """
+        self.tier_wait_s = 0.0
         tier_s = pred.seconds.get(NUMBA)
         if tier_s is None:
             return pred, ""
@@ -331,7 +334,9 @@ class Planner:
             return _without(pred, NUMBA), ""
         others = [s for n, s in pred.seconds.items() if n != NUMBA and s is not None]
         fastest = not others or tier_s < min(others)
-        explore = not fastest and learner is not None and learner.compile_to_explore(pred, bucket, self._compile_estimate_s())
+        explore, self.tier_wait_s = False, 0.0
+        if not fastest and learner is not None:
+            explore, self.tier_wait_s = learner.compile_to_explore(pred, bucket, self._compile_estimate_s())
         if not (fastest or explore or self.tier_seen):
             return _without(pred, NUMBA), ""
         tier = backends.get(NUMBA)
@@ -370,7 +375,13 @@ class Planner:
         return False
 
     def amortize(self, d: Decision) -> Decision:
-        """Send this call to the GPU once the forgone warm-GPU savings have paid for its cold start."""
+        """Send this call to the GPU once the forgone warm-GPU savings have paid for its cold start;
+        count it towards the Numba tier's compilation where that waits (then decide again)."""
+        if d.tier_wait_s:
+            if self.learner is not None and self.learner.count_towards_compile(d.tier_wait_s):
+                self.reset()
+            if not d.warm_savings_s:
+                return d
         forgone = COLD_START.add(d.warm_savings_s, d.cold_start_s)
         if forgone is None or device.load() is None:
             return d
