@@ -405,6 +405,20 @@ def test_stream_settings_are_checked(monkeypatch):
 
 
 # -- the cost model of the pipeline -----------------------------------------------------------
+@pytest.fixture
+def stream_when_faster(monkeypatch):
+    """The pipeline's prediction in the choice (off by default: see _costmodel.STREAM_WHEN_PREDICTED_FASTER)."""
+    monkeypatch.setattr(_costmodel, "STREAM_WHEN_PREDICTED_FASTER", True)
+
+
+def test_by_default_a_call_that_fits_is_not_streamed_even_if_predicted_faster():
+    profile = synthetic_profile(gpu_per_byte=2e-11, copy_per_byte=1e-10, copy_floor=1e-5)
+    n = 2**30
+    req = _costmodel.Request("elementwise", host_bytes=n, largest_bytes=n, gpu_ready=True, blockwise=True)
+    assert not _costmodel.predict(profile, req).streamed
+
+
+@pytest.mark.usefixtures("stream_when_faster")
 def test_a_streamed_call_is_predicted_as_its_slowest_stage_plus_fill_and_drain():
     profile = synthetic_profile(gpu_per_byte=2e-11, copy_per_byte=1e-10, copy_floor=1e-5)
     n = 2**30
@@ -422,6 +436,7 @@ def test_a_streamed_call_is_predicted_as_its_slowest_stage_plus_fill_and_drain()
                                                               largest_bytes=n, blockwise=True)).streamed
 
 
+@pytest.mark.usefixtures("stream_when_faster")
 def test_host_crossovers_of_blockwise_work_move_down():
     # NumPy at 1.5e-10 s/B beats copying in and out one after the other (2e-10 s/B), never a
     # pipeline whose copies in and out overlap (~1e-10 s/B).
@@ -431,6 +446,7 @@ def test_host_crossovers_of_blockwise_work_move_down():
     assert streamed is not None and streamed < 2**30
 
 
+@pytest.mark.usefixtures("stream_when_faster")
 def test_the_planner_decides_a_streamed_run(fake_gpu, use_profile, monkeypatch):
     use_profile(synthetic_profile(cpu_per_byte=2.5e-10, gpu_per_byte=2e-11, copy_per_byte=1e-10, copy_floor=1e-5,
                                   cold_start=0.0))

@@ -253,6 +253,13 @@ def _predict_backend(
 MIN_CHUNKS = 3
 MIN_CHUNK_BYTES = 4 * 2**20
 MAX_CHUNK_BYTES = 256 * 2**20
+# Whether a call that fits the device streams where the pipeline is predicted faster. Off: on the
+# H200 (benchmarks/results/h200/streaming.txt, 1e8 float64) the pipeline ran at 2.9x its slowest
+# stage, not ~1x, and slower than the whole-array path for every case measured (x *= 5 50.9 ms
+# against 39.8; the chain 48.3 against 39.0; Black-Scholes 168 ms against 107), so predicting it
+# faster would send calls to a slower run. Calls whose data does not fit still stream
+# (_executor.stream_plan), and AUTOOFFLOAD_STREAM=always forces it.
+STREAM_WHEN_PREDICTED_FASTER = False
 
 
 def stream_chunk_bytes(total_bytes: float, free_device_bytes: float | None = None, work_units: float = 1.0) -> int:
@@ -305,7 +312,7 @@ def predict(profile: Profile, req: Request) -> Prediction:
     for name in backends.names():
         backend = profile.backend(name)
         backend_parts = _predict_backend(profile, backend, req, kinds, total, out_bytes) if backend is not None else None
-        if (backend_parts is not None and backend is not None and req.blockwise and backend.memory == "device"
+        if (STREAM_WHEN_PREDICTED_FASTER and backend_parts is not None and backend is not None and req.blockwise and backend.memory == "device"
                 and req.host_bytes and not req.device_bytes):
             # A blockwise call on host data: the pipeline of chunks, where it beats the three steps in a row.
             work = [(backend.kinds[kind], count) for kind, count in kinds]
