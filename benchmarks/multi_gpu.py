@@ -54,7 +54,7 @@ def gpu_cluster(devices: list[str]):
                "OMP_NUM_THREADS": "1"}
         workers[f"w{i}-gpu{dev}"] = {"cls": Nanny, "options": {"nthreads": 1, "memory_limit": 0, "env": env,
                                                                 "silence_logs": 40}}
-    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard": False}},
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard": False, "dashboard_address": ":0"}},
                        silence_logs=40)
 
 
