@@ -19,7 +19,10 @@ Persistence: one JSON file per machine (the profile fingerprint's machine id) un
 dir, written atomically (temp file + ``os.replace``) under a file lock; a writer first merges what
 other processes saved since it loaded (per cell: counts added, samples interleaved newest first),
 so two processes never lose each other's samples. The file is read at the first decision of the
-first learning function, saved every ``SAVE_EVERY`` new observations and at exit. A corrupt or
+first learning function, saved once ``SAVE_EVERY`` new observations were made and
+``SAVE_INTERVAL_S`` passed since the last save, and at exit (a save merges and rewrites the
+whole file: 36 ms for 14 functions' cells; every 64 observations that cost each observed call
+~0.6 ms, in the caller's thread). A crash loses at most that interval's samples. A corrupt or
 foreign file is one warning and a fresh start, never a failed call.
 """
 
@@ -30,6 +33,7 @@ import json
 import logging
 import os
 import threading
+import time
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -48,7 +52,8 @@ TRUSTED = 2  # samples (after the dropped first) before a cell's estimate replac
 AGREE = 1.5
 CELLS = 256  # per function
 FUNCTIONS = 2000  # per file
-SAVE_EVERY = 64  # new observations between saves (and at exit)
+SAVE_EVERY = 64  # new observations between saves (and at exit)...
+SAVE_INTERVAL_S = 30.0  # ...and at least this long since the last one
 FORMAT = 1
 
 
@@ -193,6 +198,7 @@ class Store:
         self._loaded: dict[str, dict] | None = None  # the file's content, read once
         self._lock = threading.Lock()
         self._unsaved = 0
+        self._saved_at = time.monotonic()  # a process's first save waits SAVE_INTERVAL_S too
         self._atexit = False
 
     def function(self, key: str) -> FunctionHistory:
@@ -211,9 +217,9 @@ class Store:
             return history
 
     def observed(self) -> None:
-        """One more observation: saved every SAVE_EVERY of them."""
+        """One more observation: saved every SAVE_EVERY of them, at most every SAVE_INTERVAL_S."""
         self._unsaved += 1
-        if self._unsaved >= SAVE_EVERY:
+        if self._unsaved >= SAVE_EVERY and time.monotonic() - self._saved_at >= SAVE_INTERVAL_S:
             self.save()
 
     def path(self) -> Path | None:
@@ -233,6 +239,7 @@ class Store:
         if path is None:
             return None
         self._unsaved = 0
+        self._saved_at = time.monotonic()
         try:
             from filelock import FileLock, Timeout
 
