@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine (see ../shared/gpu/README.md): build the C extensions for its
 # Python, install the carried wheels, then the steps named (tests, overhead, suite-quick, suite,
-# seed, transfer, stream-tests, streaming, decisions, calibrate, calibrate-quick, suite-profile, suite-noprofile; issue 14:
+# seed, transfer, stream-tests, streaming, decisions, calibrate, calibrate-quick, suite-profile (the profile calibrate just made),
+# suite-shipped (the shipped profile of $MACHINE), suite-noprofile (no profile matched: the probe); issue 14:
 # transfer-tuned (transfer.py with the copy tuning of the profile calibrate or calibrate-quick made), diag (tools/transfer_diag.py),
 # transfer-tests), each logged under $OUT/<step>.log with its wall time.
 #   device tool: command "bash tools/gpu_run.sh tests overhead", carry [".whl"]
+#   checking a session's changes in one call (~520 s): BUDGET=100 MAX_N=1e8 bash tools/gpu_run.sh tests overhead three-way suite-shipped suite-noprofile
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 MACHINE=${MACHINE:-h200}
@@ -45,7 +47,9 @@ for s in "$@"; do
         diag) step diag timeout "${DIAG_S:-90}" python3 tools/transfer_diag.py --out "$OUT/transfer-diag.json" ;;
         transfer-tests) TAIL=15 step transfer-tests python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_transfer_gpu.py ;;
         suite-profile) AUTOOFFLOAD_PROFILE="$OUT/$MACHINE.json" step suite-profile python3 benchmarks/suite.py --machine "$MACHINE" --budget-s "${BUDGET:-150}" ;;
-        suite-noprofile) AUTOOFFLOAD_SHIPPED=0 step suite-noprofile python3 benchmarks/suite.py --machine "$MACHINE-noprofile" --budget-s "${BUDGET:-150}" ;;
+        suite-shipped) AUTOOFFLOAD_PROFILE="$PWD/src/autooffload/_profiles/shipped/$MACHINE.json" AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-shipped \
+                       step suite-shipped python3 benchmarks/suite.py --machine "$MACHINE" --budget-s "${BUDGET:-150}" ;;
+        suite-noprofile) AUTOOFFLOAD_SHIPPED=0 AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-noprofile step suite-noprofile python3 benchmarks/suite.py --machine "$MACHINE-noprofile" --budget-s "${BUDGET:-150}" ;;
         *) echo "unknown step $s" ;;
     esac
 done
