@@ -65,9 +65,11 @@ EXPLORE_FRACTION = 0.10  # of a function's observed seconds, at most, spent expl
 # the profile (the bytes of a 316x316 solve), took 0.33 ms: a 3.3x misprediction of the
 # backend not chosen is only found by trying it.
 EXPLORE_WITHIN = 4.0
-# Calls predicted below this are not worth a compilation to explore the tier: its parallel start-up
-# alone is ~10 us (the shipped profiles' Numba floors), and counting such calls towards the
-# compilation's budget would cost them a few percent each.
+# Calls predicted below this are not worth compiling the tier for, to explore it or because it is
+# predicted faster: its parallel start-up alone is 3-10 us (the shipped profiles' Numba floors),
+# a compilation (0.3-1.3 s) would need 10^4-10^5 such calls to pay back, and until it ends their
+# calls are timed (+9 us each on the 2-core VM: benchmarks/overhead.py measured 4-6x on 2 us
+# functions while the tier compiled for them).
 TIER_EXPLORE_MIN_CALL_S = 20e-6
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
 clock = time.perf_counter  # tests replace it

@@ -333,7 +333,10 @@ class Planner:
         if dev:
             return _without(pred, NUMBA), ""
         others = [s for n, s in pred.seconds.items() if n != NUMBA and s is not None]
-        fastest = not others or tier_s < min(others)
+        # Calls this short are not worth a compilation (nor its wait on the timed path): see
+        # _learn.TIER_EXPLORE_MIN_CALL_S; a tier compiled already stays in the running.
+        worth = not others or min(others) >= _learn.TIER_EXPLORE_MIN_CALL_S
+        fastest = worth and (not others or tier_s < min(others))
         explore, self.tier_wait_s = False, 0.0
         if not fastest and learner is not None:
             explore, self.tier_wait_s = learner.compile_to_explore(pred, bucket, self._compile_estimate_s())
