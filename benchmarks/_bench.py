@@ -208,6 +208,28 @@ def replot(json_path: Path, plot: Callable[[dict, Path], str | None]) -> dict:
     return doc
 
 
+def settle(decorated, call: Callable[[], Any], *, setup: Callable[[], Any] | None = None,
+           sync: Callable[[], None] = _no_sync, same: int = 3, max_calls: int = 40, max_s: float = 20.0,
+           wait_for_compile: bool = True) -> list[str]:
+    """Call until @offload's decision is stable, so the timed calls after are settled ones: the
+    same backend ``same`` times in a row, not exploring, and (``wait_for_compile``) no
+    compilation for the Numba tier pending. Bounded by ``max_calls`` and ``max_s`` (at 1e9 a call
+    takes seconds). The backends of the calls made, in order."""
+    seen: list[str] = []
+    start = time.perf_counter()
+    while len(seen) < max_calls and time.perf_counter() - start < max_s:
+        if setup is not None:
+            setup()
+        call()
+        sync()
+        d = decorated.last_decision
+        seen.append(d.backend)
+        if (len(seen) >= same and len(set(seen[-same:])) == 1 and not d.exploring
+                and not (wait_for_compile and "compiling" in d.reason)):
+            break
+    return seen
+
+
 def measure(
     fn: Callable[[], object],
     *,

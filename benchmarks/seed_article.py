@@ -365,8 +365,8 @@ def run_row(exp, n, shape, x0, x, cp, sync, fn_off, cold, settings, big, notes) 
         return first_s
 
     first_s = _guard(notes, "@offload", cp, offload_first)
-    settled_after = _guard(notes, "@offload settling", cp, lambda: settle(
-        fn_off, call_off, restore_host if inplace else None, B.sync_if_offloaded(cp, fn_off))) if first_s is not None else None
+    settled_after = _guard(notes, "@offload settling", cp, lambda: len(B.settle(
+        fn_off, call_off, setup=restore_host if inplace else None, sync=B.sync_if_offloaded(cp, fn_off)))) if first_s is not None else None
     fns = {"numpy": fn_np}
     if first_s is not None:
         fns["offload"] = call_off
@@ -392,24 +392,6 @@ def run_row(exp, n, shape, x0, x, cp, sync, fn_off, cold, settings, big, notes) 
     base = times["numpy"].median if times["numpy"] else None
     speedup = {k: (base / v.median if base and v and v.median > 0 else None) for k, v in times.items() if k != "numpy"}
     return {"times": times, "speedup": speedup, **offload_info}
-
-
-def settle(fn_off, call, setup, sync, *, max_calls: int = 40, max_s: float = 20.0) -> int:
-    """Call until @offload's decision is stable (the same backend 3 times, not exploring, no
-    compilation for the Numba tier pending), so the timed calls are settled ones; the number of
-    calls it took. Bounded by ``max_calls`` and ``max_s`` (at 1e9 a call takes seconds)."""
-    seen: list[str] = []
-    start = time.perf_counter()
-    while len(seen) < max_calls and time.perf_counter() - start < max_s:
-        if setup is not None:
-            setup()
-        call()
-        sync()
-        d = fn_off.last_decision
-        seen.append(d.backend)
-        if len(seen) >= 3 and len(set(seen[-3:])) == 1 and not d.exploring and "compiling" not in d.reason:
-            break
-    return len(seen)
 
 
 def _probe(h: np.ndarray, n: int) -> tuple[np.ndarray, ...]:

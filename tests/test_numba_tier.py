@@ -217,27 +217,35 @@ def test_the_tiers_measured_runs_reach_the_report(use_profile, monkeypatch):
     assert any(backend == "numba" and t.calls for (backend, _), t in timed.items()), timed
 
 
+def _numpy_takes(monkeypatch, clock, seconds):
+    """NumPy runs advance the fake learner clock by ``seconds`` (the test's function cannot)."""
+    from autooffload import _executor
+
+    real_numpy = _executor.Executor.run_numpy
+
+    def numpy_run(self, *a, **k):
+        clock.t += seconds
+        return real_numpy(self, *a, **k)
+
+    monkeypatch.setattr(_executor.Executor, "run_numpy", numpy_run)
+
+
 def test_learning_finds_a_tier_the_profile_predicts_slower(use_profile, monkeypatch, clock):
     # The profile puts the tier at half NumPy's speed (within EXPLORE_WITHIN: uncertain); it really
     # runs 5x faster. Learning must compile the tier in the background once the function has run
     # longer than a compilation takes, explore it, and settle on it. The learner's clock is fake:
     # each run advances it by what that backend "takes" (the compiled code cannot), so the rules
     # alone decide; only the background compilation takes real time.
-    from autooffload import _executor
     from autooffload.backends import numba as tier_module
 
     numpy_s, tier_s = 0.003, 0.0006  # the profile: 3.75 ms on NumPy, 7.5 ms on the tier
-    real_numpy, real_tier = _executor.Executor.run_numpy, tier_module._CompiledCall.__call__
-
-    def numpy_run(self, *a, **k):
-        clock.t += numpy_s
-        return real_numpy(self, *a, **k)
+    real_tier = tier_module._CompiledCall.__call__
 
     def tier_run(self, *a, **k):
         clock.t += tier_s
         return real_tier(self, *a, **k)
 
-    monkeypatch.setattr(_executor.Executor, "run_numpy", numpy_run)
+    _numpy_takes(monkeypatch, clock, numpy_s)
     monkeypatch.setattr(tier_module._CompiledCall, "__call__", tier_run)
     monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
     autooffload.reload_environment()
@@ -266,15 +274,7 @@ def test_learning_finds_a_tier_the_profile_predicts_slower(use_profile, monkeypa
 def test_the_tier_takes_numpys_learned_error_until_it_has_its_own(use_profile, monkeypatch, clock):
     # A function 10x cheaper on NumPy than the profile's bytes say is most likely cheaper on the
     # tier too: the tier's prediction is corrected by NumPy's error (so it can still be worth trying).
-    from autooffload import _executor
-
-    real_numpy = _executor.Executor.run_numpy
-
-    def numpy_run(self, *a, **k):
-        clock.t += 0.000375  # the profile predicts 3.75 ms
-        return real_numpy(self, *a, **k)
-
-    monkeypatch.setattr(_executor.Executor, "run_numpy", numpy_run)
+    _numpy_takes(monkeypatch, clock, 0.000375)  # the profile predicts 3.75 ms
     monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
     autooffload.reload_environment()
     use_profile(tier_profile(speedup=0.5))
@@ -286,18 +286,6 @@ def test_the_tier_takes_numpys_learned_error_until_it_has_its_own(use_profile, m
     assert d.sources["numpy"].startswith("learned")
     assert d.sources["numba"] == "profile, corrected x0.1 by this function's numpy history"
     assert d.predicted_s["numba"] == pytest.approx(2 * d.predicted_s["numpy"], rel=1e-6)
-
-
-def _numpy_takes(monkeypatch, clock, seconds):
-    from autooffload import _executor
-
-    real_numpy = _executor.Executor.run_numpy
-
-    def numpy_run(self, *a, **k):
-        clock.t += seconds
-        return real_numpy(self, *a, **k)
-
-    monkeypatch.setattr(_executor.Executor, "run_numpy", numpy_run)
 
 
 def test_waiting_to_afford_the_tiers_compilation_times_no_call(use_profile, monkeypatch, clock):

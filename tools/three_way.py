@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import _bench as B  # noqa: E402
 import suite  # noqa: E402
 from numba_tier import chain, chain_in_place  # noqa: E402  (the seed article's chains)
 
@@ -81,17 +82,6 @@ def _fresh(name: str, data: tuple):
     return lambda: data
 
 
-def settle(f, call, limit_s: float = 20.0) -> list[str]:
-    seen: list[str] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < limit_s and len(seen) < 60:
-        call()
-        seen.append(f.last_decision.backend)
-        if len(seen) >= 5 and len(set(seen[-5:])) == 1 and not f.last_decision.exploring:
-            break
-    return seen
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--max-elements", type=float, default=1e8)
@@ -116,7 +106,7 @@ def main(argv=None) -> None:
                     times[backend] = None
                     print(f"  {name} {n:.0e} {backend}: {type(exc).__name__}: {exc}")
             auto = offload(fn)
-            seen = settle(auto, lambda: auto(*fresh()))
+            seen = B.settle(auto, lambda: auto(*fresh()), same=5, max_calls=60, wait_for_compile=False)
             times["auto"] = median_time(auto, fresh, args.rounds)
             picked = auto.last_decision.backend
             stable = len(seen)

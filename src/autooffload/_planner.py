@@ -120,7 +120,6 @@ class Planner:
         self.compile_pending: list = []  # Numba signatures compiling in the background
         self.last_compile_s: float | None = None  # what this function's last compilation for the tier took
         self.tier_seen = False  # the gate loaded the tier for this function (so Numba is imported)
-        self.tier_wait_s = 0.0  # set by _numba_gate: what a call counts towards the tier's compilation
         # Exact decision cache. Keys: host bytes (numpy arrays and scalars only, no config block),
         # (host bytes, config backend), or (host, device, odd, config backend) for the general case.
         # GPU readiness, the profile and the environment are not in the keys: when they change,
@@ -273,7 +272,7 @@ class Planner:
         if learner is not None:
             pred, sources = learner.adjust(pred, bucket)
         shown = pred  # what the decision reports: every backend's prediction
-        pred, tier_note = self._numba_gate(pred, dev, args, kwargs, learner, bucket)
+        pred, tier_note, tier_wait = self._numba_gate(pred, dev, args, kwargs, learner, bucket)
         backend, reason, savings = choose(pred, data_on_device=dev > 0)
         if why is not None and backend == NUMPY:
             reason = f"no GPU: {why}"
@@ -290,7 +289,7 @@ class Planner:
         waiting = bool(self.compile_pending) and not dev  # calls check whether the compilation ended
         if learner is None:
             return make(backend, reason, shown, savings, profile.source, observe=waiting)
-        tier_wait = self.tier_wait_s if not (dev or exploring) else 0.0
+        tier_wait = 0.0 if exploring else tier_wait  # the gate gives none for device data
         observe = not dev and (waiting or exploring or learner.wants_observation(backend, bucket, backend == CUPY))
         return make(backend, reason, shown, savings, profile.source, sources=sources, profile_s=profile_s,
                     observe=observe, exploring=exploring, tier_wait_s=tier_wait)
@@ -314,8 +313,10 @@ class Planner:
         return make(NUMBA, f"forced by {source}")
 
     def _numba_gate(self, pred: Prediction, dev: int, args: tuple, kwargs: dict,
-                    learner: "_learn.Learner | None" = None, bucket: tuple[int, int] = (0, 0)) -> tuple[Prediction, str]:
-        """``pred`` without the Numba tier unless this call's argument types are compiled for it.
+                    learner: "_learn.Learner | None" = None, bucket: tuple[int, int] = (0, 0)) -> tuple[Prediction, str, float]:
+        """``pred`` without the Numba tier unless this call's argument types are compiled for it;
+        a note for the reason; and what each call counts towards the tier's compilation while
+        it waits for its budget (``Decision.tier_wait_s``, 0.0 when it does not wait).
 
         Compilation never stalls a call: where the tier is predicted fastest, or is worth
         exploring (``_learn.Learner.compile_to_explore``: learning is on, the tier is predicted
@@ -326,41 +327,40 @@ class Planner:
         prediction, so exploration can try it. Numba is imported only here, when one of those
         holds.
         """
-        self.tier_wait_s = 0.0
         tier_s = pred.seconds.get(NUMBA)
         if tier_s is None:
-            return pred, ""
+            return pred, "", 0.0
         if dev:
-            return _without(pred, NUMBA), ""
+            return _without(pred, NUMBA), "", 0.0
         others = [s for n, s in pred.seconds.items() if n != NUMBA and s is not None]
         # Calls this short are not worth a compilation (nor its wait on the timed path): see
         # _learn.TIER_EXPLORE_MIN_CALL_S; a tier compiled already stays in the running.
         worth = not others or min(others) >= _learn.TIER_EXPLORE_MIN_CALL_S
         fastest = worth and (not others or tier_s < min(others))
-        explore, self.tier_wait_s = False, 0.0
+        explore, wait_s = False, 0.0
         if not fastest and learner is not None:
-            explore, self.tier_wait_s = learner.compile_to_explore(pred, bucket, self._compile_estimate_s())
+            explore, wait_s = learner.compile_to_explore(pred, bucket, self._compile_estimate_s())
         if not (fastest or explore or self.tier_seen):
-            return _without(pred, NUMBA), ""
+            return _without(pred, NUMBA), "", wait_s
         tier = backends.get(NUMBA)
         self.tier_seen = True
         if tier is None:
-            return _without(pred, NUMBA), f"; Numba tier unavailable ({backends.unavailable_reason(NUMBA)})"
+            return _without(pred, NUMBA), f"; Numba tier unavailable ({backends.unavailable_reason(NUMBA)})", wait_s
         fn, _, how = tier.runner(self.func)
         if fn is None:
-            return _without(pred, NUMBA), ""  # dense linear algebra, random, FFT...: not the tier's (DEBUG)
+            return _without(pred, NUMBA), "", wait_s  # dense linear algebra, random, FFT...: not the tier's (DEBUG)
         signature = tier.signature(self.func, args, kwargs)
         if signature.state == "compiled":
-            return pred, ""  # compiled: the tier stays in the running, for the choice and for exploring
+            return pred, "", wait_s  # compiled: the tier stays in the running, for the choice and for exploring
         if not (fastest or explore):
-            return _without(pred, NUMBA), ""
+            return _without(pred, NUMBA), "", wait_s
         if signature.state == "failed":
             _log.logger.debug("%s: not on the Numba tier for these argument types: %s", self.name, signature.reason)
-            return _without(pred, NUMBA), ""
+            return _without(pred, NUMBA), "", wait_s
         if tier.compile_in_background(self.func, signature) is not None or signature.state == "compiling":
             self.compile_pending.append(signature)
         why = "in the background" if fastest else "in the background, to explore it"
-        return _without(pred, NUMBA), f"; compiling for the Numba tier {why}"
+        return _without(pred, NUMBA), f"; compiling for the Numba tier {why}", wait_s
 
     def _compile_estimate_s(self) -> float:
         """What a compilation for the tier is expected to take: this function's last one, else
