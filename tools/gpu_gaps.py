@@ -1,6 +1,6 @@
 """Two GPU-path gaps of issue 12, measured on the GPU machine (one run, interleaved).
 
-    PYTHONPATH=src python3 tools/gpu_gaps.py
+    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2]     # both parts by default
 
 1. ``auto`` against ``config(backend="cupy")`` on the same calls (item 8: in one suite run a ridge
    regression on a 1e5 x 256 input and a pairwise distance with a 6000 x 6000 result ran 2.5-3.5x
@@ -68,7 +68,15 @@ def bare(fn, args):
 
 
 def main() -> None:
+    parts = sys.argv[1:] or ["1", "2"]
     g = np.random.default_rng(0)
+    if "1" in parts:
+        auto_vs_forced(g)
+    if "2" in parts:
+        device_path(g)
+
+
+def auto_vs_forced(g) -> None:
     X, y = g.standard_normal((100_000, 256)), g.standard_normal(100_000)
     pts = g.standard_normal((6000, 16))
     print("1. auto vs forced cupy (ms, medians of 15 interleaved rounds, after settling)")
@@ -93,6 +101,14 @@ def main() -> None:
         obs = [(r.get("backend"), r.get("observed_s")) for r in records if r.get("function", "").endswith(fname) and r.get("observed_s")]
         print(f"  log {fname}: {len(obs)} observed calls; last 10: " + ", ".join(f"{b}:{s * 1e3:.1f}" for b, s in obs[-10:]))
 
+
+
+def device_path(g) -> None:
+    # Unlogged, as a user's calls are (writing the JSON log costs ~20 us a call by itself).
+    import autooffload
+
+    os.environ.pop("AUTOOFFLOAD_LOG", None)
+    autooffload.reload_environment()
     print("\n2. a small library call's device path (us, medians of 200 interleaved rounds)")
     for n in (1000, 10_000):
         x = g.uniform(-20.0, 20.0, n)
@@ -116,6 +132,7 @@ def main() -> None:
             forced(x)
         prof.disable()
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,14 @@ for s in "$@"; do
         suite-shipped) AUTOOFFLOAD_PROFILE="$PWD/src/autooffload/_profiles/shipped/$MACHINE.json" AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-shipped \
                        step suite-shipped python3 benchmarks/suite.py --machine "$MACHINE" --budget-s "${BUDGET:-150}" ;;
         suite-noprofile) AUTOOFFLOAD_SHIPPED=0 AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-noprofile step suite-noprofile python3 benchmarks/suite.py --machine "$MACHINE-noprofile" --budget-s "${BUDGET:-150}" ;;
+        diag-decisions) # every decision of the suite's worst rows and of three_way, logged, with the histories they left
+                        AUTOOFFLOAD_LOG="$OUT/suite-decisions.jsonl" AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-diag \
+                        step diag-suite python3 benchmarks/suite.py --machine "$MACHINE-diag" --budget-s "${BUDGET:-60}" \
+                            --functions "${FUNCTIONS:-normal_eqs,bessel_i0,percentiles,min_var_weights,pairwise_dist,rolling_vol}" --max-elements "${MAX_N:-1e7}"
+                        AUTOOFFLOAD_LOG="$OUT/three-way-decisions.jsonl" AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-diag-tw \
+                        step diag-three-way python3 tools/three_way.py --max-elements "${MAX_N:-1e7}"
+                        TAIL=3 step gaps python3 tools/gpu_gaps.py 2
+                        tar czf "$OUT/diag-histories.tgz" /tmp/ao-cache-diag /tmp/ao-cache-diag-tw 2>/dev/null ;;
         *) echo "unknown step $s" ;;
     esac
 done
