@@ -325,3 +325,43 @@ def test_the_history_is_saved_at_most_every_interval_not_on_every_64th_call(tmp_
     for i in range(_history.SAVE_EVERY):
         store.observed()
     assert (tmp_path / "history.json").exists()
+
+
+def test_a_first_gpu_call_paying_one_off_costs_does_not_stop_exploring(ready_gpu, use_profile, clock):
+    # The normal equations of the H200 suite at (12658, 79): NumPy learned 3.2 ms against a profile
+    # 5x more pessimistic (16 ms: the bytes of a large solve), the GPU predicted 14 ms (over 4x the
+    # NumPy time learned) but really 1.4 ms, its first call 150 ms (CuPy compiling, the solver's
+    # handle). The profile being 5x off for NumPy makes the GPU worth trying; its first call is
+    # charged at its prediction, so exploring goes on instead of waiting ~1500 ms of NumPy calls.
+    use_profile(synthetic_profile(cpu_per_byte=1.6e-8, gpu_per_byte=1.39e-8, copy_per_byte=1e-11, cold_start=0.0))
+    gpu_calls = []
+
+    def work(x):
+        on_gpu = isinstance(x, FakeDeviceArray)
+        if on_gpu:
+            gpu_calls.append(1)
+        clock.t += (0.150 if len(gpu_calls) == 1 else 0.0014) if on_gpu else 0.0032
+        return x * 2
+
+    f = offload(kind="elementwise")(work)
+    seen = backends_over(f, 120)
+    settled = max(i for i, b in enumerate(seen) if b == "numpy") + 1
+    assert settled <= 60, "".join(b[1] for b in seen)
+    assert seen[settled:] == ["cupy"] * (120 - settled)
+    history = f.__autooffload__.learner.history
+    # The bound of _learn.py: the fraction, plus the first call's one-off excess, plus one misprediction.
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * history.observed_s + 0.014
+
+
+def test_an_exploration_waiting_for_its_budget_does_not_decide_again_on_every_call(ready_gpu, use_profile, clock):
+    # GPU predicted 30 ms against NumPy's 10 ms (uncertain): exploring it waits until the function
+    # has run 300 ms. Meanwhile each call is observed, but the decision is made again only when the
+    # budget allows the exploration (a looser test re-decided every call: +100-400 us each on the H200).
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=2.99e-8, copy_per_byte=1e-11, cold_start=0.0))
+    f = timed(clock, numpy_s=0.010, gpu_s=0.100)
+    seen = backends_over(f, 25)
+    assert seen == ["numpy"] * 25  # 250 ms observed: not yet affordable
+    decisions = f.stats.as_dict()["decisions"]
+    assert decisions <= 4, decisions  # the first, the cell's trust (an estimate appearing), not one per call
+    seen = backends_over(f, 10)
+    assert "cupy" in seen  # and once affordable, the exploration does happen

@@ -742,6 +742,23 @@ def test_staged_pieces_cover_the_array_in_order():
             assert len(pieces) >= 4  # a piece's DMA overlaps the next piece's copy
 
 
+@pytest.mark.parametrize("count", [1, 4, 8, 16])
+def test_staged_piece_count_cuts_mid_sizes_finer_within_the_buffer_and_1_mib(count):
+    t = T._Tuning(chunk_bytes=32 * MiB, staged_piece_count=count)
+    for n in (8 * MiB, 64 * MiB, 256 * MiB, 1 << 30):
+        pieces = T.staged_pieces(n, t)
+        assert sum(k for _, k in pieces) == n
+        size = pieces[0][1]
+        assert MiB <= size <= 32 * MiB
+        # about `count` pieces, unless a piece would exceed one buffer or go below 1 MiB
+        assert len(pieces) == -(-n // min(32 * MiB, max(MiB, -(-n // count))))
+
+
+def test_a_piece_count_below_one_is_refused():
+    with pytest.raises(ValueError, match="staged_piece_count"):
+        T.apply_tuning({"staged_piece_count": 0})
+
+
 @needs_parcopy
 @pytest.mark.parametrize("n", [1, 4095, 65536, 65536 * 4 + 8, 1_000_003])
 def test_staged_round_trips_exactly(staged, n):

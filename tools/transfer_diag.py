@@ -1,6 +1,7 @@
 """Why is the copy engine slower per byte at 256 MiB - 1 GiB than at 4 GiB on the H200 machine?
 
     PYTHONPATH=src python3 tools/transfer_diag.py [--out transfer-diag.json] [--max-bytes 4GiB]
+    PYTHONPATH=src python3 tools/transfer_diag.py --pieces [--profile h200.json]   # only the piece-count table
 
 Measures, in one process on the GPU machine (issue 14; written up in
 benchmarks/results/h200/transfer.NOTES.md):
@@ -12,7 +13,13 @@ benchmarks/results/h200/transfer.NOTES.md):
 * the engine by size, default knobs: its first call after the pool and workers are dropped
   (pool allocation, worker start-up) against warm calls, and page faults per call;
 * the engine's knobs one at a time at each size: pinned pool size (max_buffers), chunk size,
-  threads, and pinning the caller's array in place (cudaHostRegister) with what pinning costs.
+  threads, and pinning the caller's array in place (cudaHostRegister) with what pinning costs;
+* ``--both-ways``: only the copies in and out at the same time (two threads, two streams), as
+  a streamed call runs them, against each alone: engine, host memcpy and pinned DMA (issue 15:
+  the streamed pipeline measured 2.9x its slowest stage timed alone);
+* ``--pieces``: only the staged path's piece count (4 / 8 / 16) on top of a profile's copy
+  tuning (the shipped one of this machine by default), 8 MiB - 4 GiB, with 4 GiB staged too
+  (the tuning sends it to the workers) - the monotonicity target of issue 14.
 
 Each table's variants are timed interleaved (round-robin, median), so one machine state hits
 all alike. Prints tables; writes everything as JSON.
@@ -106,12 +113,138 @@ def interleaved(calls: dict, sync, rounds: int) -> dict:
     return {n: {"s": statistics.median(t[n]), "faults": statistics.median(f[n])} for n in names}
 
 
+def both_ways(cp, args) -> int:
+    """Seconds of a copy in alone, out alone, and both at once (threads, own streams): what a
+    streamed call's stages share. Engine (profile's tuning), host memcpy (16 threads each way),
+    pinned DMA. Interleaved per size."""
+    import threading
+
+    knobs = json.loads(args.profile.read_text())["backends"]["cupy"]["copy_tuning"]["knobs"]
+    T.apply_tuning(knobs, source=str(args.profile))
+    sizes = [s for s in (64 * MiB, 256 * MiB, 1 * GiB) if s <= args.max_bytes]
+    big = sizes[-1]
+    src_all = np.resize(np.random.default_rng(1).random(MiB // 8 + 4099) + 0.5, big // 8)
+    warm_all = np.ones(big // 8)
+    dev_in, dev_out = cp.asarray(src_all), cp.asarray(src_all)
+    pin_a = np.ctypeslib.as_array((ctypes.c_uint8 * big).from_address(cp.cuda.runtime.hostAlloc(big, 0)))
+    pin_b = np.ctypeslib.as_array((ctypes.c_uint8 * big).from_address(cp.cuda.runtime.hostAlloc(big, 0)))
+    pin_a[...] = 1
+    pin_b[...] = 2
+    streams = [cp.cuda.Stream(non_blocking=True) for _ in range(2)]
+    cores = usable_cores()
+
+    def sync():
+        for st in streams:
+            st.synchronize()
+        cp.cuda.get_current_stream().synchronize()
+
+    def at_once(f, g):
+        def run():
+            t = threading.Thread(target=f)
+            t.start()
+            g()
+            t.join()
+        return run
+
+    doc: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(cp), "both_ways": {}}
+    print("# ms: in alone / out alone / both at once (sum of the two alone) -- engine, host memcpy, pinned DMA", flush=True)
+    for n in sizes:
+        h, dv_in, dv_out = src_all[: n // 8], dev_in[: n // 8], dev_out[: n // 8]
+
+        def eng_in():
+            with streams[0]:
+                T.to_device(h)
+            streams[0].synchronize()
+
+        def eng_out():
+            with streams[1]:
+                T.to_host(dv_out)
+            streams[1].synchronize()
+
+        def mem_in():
+            T._parcopy.copy(pin_a.ctypes.data, h.ctypes.data, n, cores, 256 * KiB)
+
+        def mem_out():
+            T._parcopy.copy(warm_all.ctypes.data, pin_b.ctypes.data, n, cores, 256 * KiB)
+
+        def dma_in():
+            cp.cuda.runtime.memcpyAsync(dv_in.data.ptr, pin_a.ctypes.data, n, 1, streams[0].ptr)
+            streams[0].synchronize()
+
+        def dma_out():
+            cp.cuda.runtime.memcpyAsync(pin_b.ctypes.data, dv_out.data.ptr, n, 2, streams[1].ptr)
+            streams[1].synchronize()
+
+        calls = {}
+        for name, (f, g) in {"engine": (eng_in, eng_out), "memcpy": (mem_in, mem_out), "dma": (dma_in, dma_out)}.items():
+            calls[f"{name} in"] = (f, None)
+            calls[f"{name} out"] = (g, None)
+            calls[f"{name} both"] = (at_once(f, g), None)
+        r = interleaved(calls, sync, 7 if n < GiB else 4)
+        doc["both_ways"][n] = r
+        print(f"{n // MiB:>5} MiB: " + "; ".join(
+            f"{name} {r[f'{name} in']['s'] * 1e3:.2f} / {r[f'{name} out']['s'] * 1e3:.2f} / {r[f'{name} both']['s'] * 1e3:.2f} "
+            f"({(r[f'{name} in']['s'] + r[f'{name} out']['s']) * 1e3:.2f})" for name in ("engine", "memcpy", "dma")), flush=True)
+    args.out.write_text(json.dumps(doc, indent=1, default=str))
+    return 0
+
+
+def piece_counts(cp, args) -> int:
+    """GB/s in / out of the engine with a profile's copy tuning, the staged path cut into 4, 8
+    or 16 pieces; and at 4 GiB staged instead of the workers. Interleaved per size."""
+    from dataclasses import replace
+
+    knobs = json.loads(args.profile.read_text())["backends"]["cupy"]["copy_tuning"]["knobs"]
+    T.apply_tuning(knobs, source=str(args.profile))
+    base = T._tuning()
+    sizes = [s for s in (8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB, 128 * MiB, 256 * MiB, 1 * GiB, 4 * GiB) if s <= args.max_bytes]
+    variants = {"tuned": base}
+    for k in (8, 16):
+        variants[f"{k} pieces"] = replace(base, staged_piece_count=k)
+    variants["staged to 8 GiB"] = replace(base, staged_max=8 * GiB)
+    variants["staged to 8 GiB, 16 pieces"] = replace(base, staged_max=8 * GiB, staged_piece_count=16)
+    stream = cp.cuda.get_current_stream()
+    sync = stream.synchronize
+    src_all = np.resize(np.random.default_rng(1).random(MiB // 8 + 4099) + 0.5, sizes[-1] // 8)
+    dev_all = cp.asarray(src_all)
+    doc: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(cp), "engine": T.ENGINE_NAME,
+                 "profile": str(args.profile), "base": asdict(base), "pieces": {}}
+    print(f"# engine GB/s in / out (warm result memory), {args.profile.name}'s copy tuning, by staged piece count", flush=True)
+    for n in sizes:
+        h, d = src_all[: n // 8], dev_all[: n // 8]
+        calls = {}
+        for name, tun in variants.items():
+            def under(fn, tun=tun):
+                def call():
+                    T._TUNING = tun
+                    return fn()
+                return call
+            calls[f"{name}|h2d"] = (under(lambda h=h: T.to_device(h)), None)
+            calls[f"{name}|d2h"] = (under(lambda d=d: T.to_host(d)), None)
+        r = interleaved(calls, sync, 7 if n < GiB else 3)
+        T._TUNING = base
+        doc["pieces"][n] = r
+        print(f"{n // MiB:>5} MiB: " + "; ".join(
+            f"{name} {n / r[f'{name}|h2d']['s'] / 1e9:.1f} / {n / r[f'{name}|d2h']['s'] / 1e9:.1f}" for name in variants), flush=True)
+    args.out.write_text(json.dumps(doc, indent=1, default=str))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("transfer-diag.json"))
     ap.add_argument("--max-bytes", type=lambda s: int(float(s[:-3]) * {"GiB": GiB, "MiB": MiB}[s[-3:]]) if s[-3:] in ("GiB", "MiB") else int(s), default=4 * GiB)
+    ap.add_argument("--pieces", action="store_true", help="only the staged piece-count table")
+    ap.add_argument("--both-ways", action="store_true", help="only: copies in and out at once against one at a time")
+    ap.add_argument("--profile", type=Path, default=ROOT / "src/autooffload/_profiles/shipped/h200.json",
+                    help="whose copy tuning --pieces starts from")
     args = ap.parse_args(argv)
     import cupy as cp
+
+    if args.pieces:
+        return piece_counts(cp, args)
+    if args.both_ways:
+        return both_ways(cp, args)
 
     doc: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(cp), "engine": T.ENGINE_NAME,
                  "default_tuning": asdict(T._tuning())}

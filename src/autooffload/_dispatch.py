@@ -255,7 +255,8 @@ class _State:
         elif d.backend == NUMPY or getattr(backends.get(d.backend), "memory", None) == HOST:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
         if not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
-            self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring)
+            self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
+                                 expected=d.predicted_s.get(d.backend))
         if _log.active():
             _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)
 

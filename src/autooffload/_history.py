@@ -163,7 +163,10 @@ class FunctionHistory:
         self.explored_s = 0.0  # of which spent exploring
         self.lock = threading.Lock()
 
-    def add(self, key: CellKey, seconds: float, predicted: float | None, *, exploring: bool) -> Cell:
+    def add(self, key: CellKey, seconds: float, predicted: float | None, *, exploring: bool,
+            charge: float | None = None) -> Cell:
+        """One observation; an exploring one is charged ``charge`` (default: its seconds) to the
+        exploration budget."""
         with self.lock:
             cell = self.cells.get(key)
             if cell is None:
@@ -175,7 +178,7 @@ class FunctionHistory:
             cell.add(seconds, predicted)
             self.observed_s += seconds
             if exploring:
-                self.explored_s += seconds
+                self.explored_s += seconds if charge is None else charge
             return cell
 
     def cell(self, key: CellKey) -> Cell | None:

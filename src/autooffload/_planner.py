@@ -279,7 +279,7 @@ class Planner:
         reason += tier_note
         exploring = False
         if learner is not None and not dev:  # device-resident calls are not timed (see _learn.py)
-            other = learner.exploration(pred, backend, bucket, sources)
+            other = learner.exploration(pred, backend, bucket, sources, profile_s)
             if other is not None:
                 reason = (f"exploring {other}: predicted {pred.seconds[other] * 1e3:.3g} ms against "
                           f"{pred.seconds[backend] * 1e3:.3g} ms on {backend}, from {sources.get(other, 'the profile')}")

@@ -33,6 +33,7 @@ _modules: dict[str, str] = {}  # backend name -> the module implementing it
 def register_lazy(name: str, module: str) -> None:
     """Register the backend ``name``, implemented by ``module`` (imported on first use)."""
     _modules[name] = module
+    _imported.pop(name, None)
 
 
 def names() -> tuple[str, ...]:
@@ -40,11 +41,19 @@ def names() -> tuple[str, ...]:
     return tuple(_modules)
 
 
+_imported: dict[str, ModuleType] = {}  # name -> its module once imported (get() runs on every GPU call)
+
+
 def module(name: str) -> ModuleType:
+    found = _imported.get(name)
+    if found is not None:
+        return found
     try:
-        return importlib.import_module(_modules[name])
+        path = _modules[name]
     except KeyError:
         raise KeyError(f"no backend named {name!r}; registered: {', '.join(_modules)}") from None
+    found = _imported[name] = importlib.import_module(path)
+    return found
 
 
 def get(name: str) -> Backend | None:
