@@ -49,6 +49,42 @@ def test_many_callers_at_once_each_get_their_copy():
     assert info["workers"] >= 1 and info["shared"] >= 1
 
 
+def test_a_large_copy_waits_for_a_busy_pool_and_a_small_one_copies_alone():
+    # Threads copying large blocks at once: each waits for the pool when it is busy (alone it
+    # would run on one core while the other has the memory bandwidth), so none copies alone.
+    big = 16 << 20
+    errors = []
+
+    def callers(n: int, count: int) -> dict:
+        before = P.info()
+        start = threading.Barrier(count)
+
+        def caller(seed):
+            rng = np.random.default_rng(seed)
+            start.wait()
+            try:
+                for _ in range(8):
+                    _copy_and_check(n, 4, 4096, 0, rng)
+            except AssertionError as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        ths = [threading.Thread(target=caller, args=(i,)) for i in range(count)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        after = P.info()
+        return {k: after[k] - before[k] for k in ("shared", "alone", "waited")}
+
+    copies = callers(big, 3)
+    assert not errors
+    assert copies["alone"] == 0 and copies["shared"] == 24
+    assert copies["waited"] <= 24
+    copies = callers(64 << 10, 4)  # small copies: a busy pool is not waited for
+    assert not errors
+    assert copies["shared"] + copies["alone"] == 32
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 def test_a_forked_child_copies_with_its_own_workers():
     _copy_and_check(4 << 20, 8, 4096, 0, np.random.default_rng(1))  # workers started in the parent
