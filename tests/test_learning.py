@@ -365,3 +365,20 @@ def test_an_exploration_waiting_for_its_budget_does_not_decide_again_on_every_ca
     assert decisions <= 4, decisions  # the first, the cell's trust (an estimate appearing), not one per call
     seen = backends_over(f, 10)
     assert "cupy" in seen  # and once affordable, the exploration does happen
+
+
+def test_the_next_exploring_call_is_costed_at_its_last_sample_where_it_has_one():
+    from autooffload._costmodel import Prediction
+    from autooffload._history import FunctionHistory
+
+    learner = _learn.Learner(lambda x: x)
+    learner._history = history = FunctionHistory("test")
+    bucket = (40, -1)
+    history.add(("numpy", *bucket), 0.0032, 0.016, exploring=False)  # dropped first
+    for _ in range(30):
+        history.add(("numpy", *bucket), 0.0032, 0.016, exploring=False)  # 99 ms observed
+    history.add(("cupy", *bucket), 0.150, 0.004, exploring=True, charge=0.0128)  # one-off, charged its prediction
+    history.add(("cupy", *bucket), 0.0014, 0.004, exploring=True)  # one real sample, not yet trusted
+    pred = Prediction({"numpy": 0.0032, "cupy": 0.0128})
+    # 14.2 ms explored + 12.8 ms predicted > 10% of 250.6 ms observed; + 1.4 ms measured is not.
+    assert learner.exploration(pred, "numpy", bucket, {"numpy": "learned from 30 calls"}, {"numpy": 0.016}) == "cupy"
