@@ -382,6 +382,9 @@ def test_data_larger_than_free_device_memory_streams(fake_gpu, monkeypatch):
     monkeypatch.setattr(_costmodel, "MIN_CHUNK_BYTES", 64)
     monkeypatch.setattr(_stream, "MIN_CHUNK_BYTES", 64)
     fake_gpu.free_bytes = lambda: 20_000  # bytes: the call's 80 KB input is 4x that
+    from autooffload import _executor
+
+    monkeypatch.setattr(_executor, "_FITS_WITHOUT_ASKING", 0)  # so small a device is asked at every size
     f = offload(f_in_place)
     x = _data(np.float64, (10_000,))
     ref = x.copy()
@@ -462,3 +465,14 @@ def test_the_planner_decides_a_streamed_run(fake_gpu, use_profile, monkeypatch):
     r = f(a, a)
     assert f.last_decision.streamed and _same(r, f_arith(a, a))
     assert "streamed in chunks of" in str(f.last_decision)
+
+
+def test_small_calls_do_not_ask_the_device_for_its_free_memory(fake_gpu, monkeypatch):
+    # cudaMemGetInfo on every blockwise GPU call is a cost no small call needs (_executor._FITS_WITHOUT_ASKING).
+    asked = []
+    fake_gpu.free_bytes = lambda: asked.append(1) or 1 << 40
+    f = offload(f_in_place)
+    x = _data(np.float64, (10_000,))
+    with config(backend="cupy"):
+        f(x)
+    assert not asked and not f.last_decision.streamed

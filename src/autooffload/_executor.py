@@ -228,6 +228,8 @@ class Executor:
         mode = _stream.mode()
         if mode == "never":
             return "AUTOOFFLOAD_STREAM=never"
+        if mode == "auto" and not d.streamed and d.host_bytes < _FITS_WITHOUT_ASKING:
+            return "the cost model predicts the unstreamed run faster"
         free_bytes = getattr(backend, "free_bytes", None)
         free = free_bytes() if callable(free_bytes) else None
         # Unstreamed, the inputs, the result and about one temporary live on the device at once.
@@ -368,6 +370,10 @@ class Executor:
 
 
 _NOT_STREAMED = object()
+# Below this much host data a call is taken to fit the device without asking its free memory
+# (cudaMemGetInfo and the pool's count on every blockwise GPU call): a device with less than
+# ~3x this free is full, and a call that does not fit falls back to NumPy as any other would.
+_FITS_WITHOUT_ASKING = 64 * 1024 * 1024
 
 
 def _bytes_per_index(plan: "_stream.Plan", args: tuple, kwargs: dict) -> int:
