@@ -374,11 +374,26 @@ def test_the_next_exploring_call_is_costed_at_its_last_sample_where_it_has_one()
     learner = _learn.Learner(lambda x: x)
     learner._history = history = FunctionHistory("test")
     bucket = (40, -1)
-    history.add(("numpy", *bucket), 0.0032, 0.016, exploring=False)  # dropped first
-    for _ in range(30):
-        history.add(("numpy", *bucket), 0.0032, 0.016, exploring=False)  # 99 ms observed
-    history.add(("cupy", *bucket), 0.150, 0.004, exploring=True, charge=0.0128)  # one-off, charged its prediction
+    for _ in range(11):
+        history.add(("numpy", *bucket), 0.0032, 0.016, exploring=False)  # 35.2 ms observed (one dropped)
+    history.add(("cupy", *bucket), 0.020, 0.004, exploring=True, charge=0.0128)  # one-off, charged its prediction
     history.add(("cupy", *bucket), 0.0014, 0.004, exploring=True)  # one real sample, not yet trusted
+    # The first call's charge came down to the warm sample's: 2.8 ms explored of 56.6 ms observed.
+    assert history.explored_s == pytest.approx(0.0028)
     pred = Prediction({"numpy": 0.0032, "cupy": 0.0128})
-    # 14.2 ms explored + 12.8 ms predicted > 10% of 250.6 ms observed; + 1.4 ms measured is not.
-    assert learner.exploration(pred, "numpy", bucket, {"numpy": "learned from 30 calls"}, {"numpy": 0.016}) == "cupy"
+    # 2.8 ms + 12.8 ms predicted > 10% of 56.6 ms; + 1.4 ms measured is not.
+    assert learner.exploration(pred, "numpy", bucket, {"numpy": "learned from 10 calls"}, {"numpy": 0.016}) == "cupy"
+
+
+def test_a_first_exploring_call_is_charged_no_more_than_the_warm_call_after_it():
+    from autooffload._history import FunctionHistory
+
+    history = FunctionHistory("test")
+    history.add(("cupy", 40, -1), 0.150, 0.004, exploring=True, charge=0.004)
+    assert history.explored_s == pytest.approx(0.004)  # capped at the prediction
+    history.add(("cupy", 40, -1), 0.002, 0.004, exploring=True)
+    assert history.explored_s == pytest.approx(0.004)  # 2 ms + the first brought down to 2 ms
+    history.add(("cupy", 40, -1), 0.009, 0.004, exploring=True)
+    assert history.explored_s == pytest.approx(0.013)  # later calls are charged what they took
+    assert history.observed_s == pytest.approx(0.161)  # observed time is never adjusted
+

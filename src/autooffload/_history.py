@@ -78,13 +78,16 @@ def function_key(func: Callable) -> str:
 class Cell:
     """Observations of one function on one backend in one size bucket."""
 
-    __slots__ = ("samples", "count", "predicted", "dropped_first")
+    __slots__ = ("samples", "count", "predicted", "dropped_first", "first_charge")
 
     def __init__(self) -> None:
         self.samples: list[float] = []  # newest last, at most SAMPLES
         self.count = 0  # all observations, the dropped first included
         self.predicted: float | None = None  # the profile's prediction for this cell
         self.dropped_first = False
+        # What the dropped first call was charged to exploring in this process (None: it was not
+        # an exploring call), until the next sample says what a warm call costs (FunctionHistory.add).
+        self.first_charge: float | None = None
 
     def add(self, seconds: float, predicted: float | None) -> None:
         seconds = max(seconds, 1e-9)  # a coarse clock can read 0: estimates divide by these
@@ -175,10 +178,20 @@ class FunctionHistory:
                 cell = self.cells[key] = Cell()
             else:
                 self.cells[key] = self.cells.pop(key)  # most recently observed last
+            first = not cell.dropped_first
             cell.add(seconds, predicted)
             self.observed_s += seconds
             if exploring:
-                self.explored_s += seconds if charge is None else charge
+                charged = seconds if charge is None else charge
+                self.explored_s += charged
+                if first:
+                    cell.first_charge = charged
+            if not first and cell.first_charge is not None:
+                # The first call's charge was capped at its prediction; the first warm sample says
+                # what it would have cost without its one-off part: charge no more than that.
+                if exploring and cell.first_charge > seconds:
+                    self.explored_s -= cell.first_charge - seconds
+                cell.first_charge = None
             return cell
 
     def cell(self, key: CellKey) -> Cell | None:

@@ -30,10 +30,12 @@ that factor, so the others' predictions are suspect too) and the alternative has
 measured at this size, one call runs there instead ("exploring"), and again until its cell is
 trusted, but only while the exploring calls' charged seconds, plus the predicted seconds of the
 next one (its last sample at this size, where it has one), stay within ``EXPLORE_FRACTION`` of everything the function has been observed to run in
-this process. A cell's first exploring call is charged at most what it was predicted to take: its
-excess is the one-off cost any move to that backend pays once (CuPy compiling kernels for these
-dtypes, a solver's handle), which would otherwise stop exploring for ten times as long (on the
-H200 the normal equations at (12658, 79) left a GPU 2.8x faster than NumPy unexplored that way).
+this process. A cell's first exploring call is charged at most what it was predicted to take,
+and once the cell's next exploring call is measured, at most that: its excess is the one-off
+cost any move to that backend pays once (CuPy compiling kernels for these shapes, a solver's
+workspace), which would otherwise stop exploring for ten times as long (on the H200 the normal
+equations at (12658, 79) took 37.9 ms on their first GPU call and 1.3-1.8 ms after, against
+4.2 ms on NumPy: charged in full, the GPU stayed unexplored).
 So over any run, exploring costs at most ``EXPLORE_FRACTION`` x the observed time, plus the
 one-off excess of each explored cell's first call, plus the misprediction of one call (the last
 exploring call may take longer than predicted). Writes, results and fallback behave exactly as
