@@ -338,3 +338,23 @@ def test_a_call_too_short_for_the_tier_is_not_compiled_for_even_where_predicted_
     assert d.backend == "numpy" and "compiling" not in d.reason and not d.observe, d
     assert d.predicted_s["numba"] < d.predicted_s["numpy"]  # still shown
     assert not f.__autooffload__.planner.compile_pending
+
+
+def scale_in_place(x):
+    x *= 5  # Numba 0.68 makes no parallel loop of this: the compiled code runs on one core
+
+
+def test_a_tier_compiled_without_a_parallel_loop_is_predicted_no_faster_than_numpy(use_profile):
+    use_profile(tier_profile())  # the tier's (all-core) curves 3x below NumPy's
+    serial, parallel = offload(_own(scale_in_place)), offload(_own(chain))
+    x = np.random.default_rng(0).standard_normal(100_000)
+    with config(backend="numba"):  # compile both now
+        serial(x.copy())
+        parallel(x)
+    y = x.copy()
+    serial(y)
+    np.testing.assert_array_equal(y, x * 5)
+    d = serial.last_decision
+    assert d.backend == "numpy" and d.predicted_s["numba"] == pytest.approx(d.predicted_s["numpy"]), d
+    parallel(x)
+    assert parallel.last_decision.backend == "numba"  # its loops run in parallel: the curve holds

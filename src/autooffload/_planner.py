@@ -273,6 +273,10 @@ class Planner:
             pred, sources = learner.adjust(pred, bucket)
         shown = pred  # what the decision reports: every backend's prediction
         pred, tier_note, tier_wait = self._numba_gate(pred, dev, args, kwargs, learner, bucket)
+        if "serial" in pred.parts.get(NUMBA, {}):  # the tier's code has no parallel loop: shown as predicted
+            shown = Prediction({**shown.seconds, NUMBA: pred.seconds[NUMBA]}, {**shown.parts, NUMBA: pred.parts[NUMBA]},
+                               shown.streamed)
+            sources = {**sources, NUMBA: "NumPy's prediction: Numba made no parallel loop of it (one core)"}
         backend, reason, savings = choose(pred, data_on_device=dev > 0)
         if why is not None and backend == NUMPY:
             reason = f"no GPU: {why}"
@@ -351,6 +355,8 @@ class Planner:
             return _without(pred, NUMBA), "", wait_s  # dense linear algebra, random, FFT...: not the tier's (DEBUG)
         signature = tier.signature(self.func, args, kwargs)
         if signature.state == "compiled":
+            if getattr(signature, "serial", False):
+                return self._serial_tier(pred, learner, bucket), "", wait_s  # its own curve: see below
             return pred, "", wait_s  # compiled: the tier stays in the running, for the choice and for exploring
         if not (fastest or explore):
             return _without(pred, NUMBA), "", wait_s
@@ -361,6 +367,21 @@ class Planner:
             self.compile_pending.append(signature)
         why = "in the background" if fastest else "in the background, to explore it"
         return _without(pred, NUMBA), f"; compiling for the Numba tier {why}", wait_s
+
+    @staticmethod
+    def _serial_tier(pred: Prediction, learner: "_learn.Learner | None", bucket: tuple[int, int]) -> Prediction:
+        """A tier compiled without a parallel loop runs on one core, as NumPy does: predicted no
+        faster than NumPy until its own calls are measured (the streaming benchmark's ``x *= 5``
+        on 1e8 elements chose it at the tier's all-core speed and ran at NumPy's, 90 ms, while
+        the GPU took 53 ms)."""
+        numpy_s = pred.seconds.get(NUMPY)
+        tier_s = pred.seconds.get(NUMBA)
+        cell = learner.history.cell((NUMBA, *bucket)) if learner is not None else None
+        if numpy_s is None or tier_s is None or tier_s >= numpy_s or (cell is not None and cell.trusted):
+            return pred
+        seconds = {**pred.seconds, NUMBA: numpy_s}
+        parts = {**pred.parts, NUMBA: {"serial": numpy_s}}
+        return Prediction(seconds, parts, pred.streamed)
 
     def _compile_estimate_s(self) -> float:
         """What a compilation for the tier is expected to take: this function's last one, else

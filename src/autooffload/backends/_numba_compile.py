@@ -72,6 +72,10 @@ class Signature:
     seconds: float | None = None  # what the compilation took, compiled or failed
     numba_types: tuple | None = None
     convert: Callable[[Any], Any] | None = None  # the result as NumPy would return it
+    # Numba found no loop to run in parallel (``x *= 5`` in Numba 0.68: "no transformation for
+    # parallel execution was possible"): the compiled code runs on one core, and the tier's
+    # curves (measured on all of them) do not predict it (_planner._numba_gate).
+    serial: bool = False
     done: threading.Event = field(default_factory=threading.Event)
 
     def finish(self, state: str, seconds: float | None, reason: str | None = None) -> None:
@@ -214,6 +218,7 @@ class FunctionCompiler:
                 self._compile_with(self.dispatcher, sig)
             return_type = self.dispatcher.overloads[sig.numba_types].signature.return_type
             convert = _converter(return_type)
+            sig.serial = _parallel_loops(self.dispatcher, sig.numba_types) == 0
         except Exception as exc:  # TypingError, UnsupportedError, LoweringError, NotImplementedError...
             seconds = time.perf_counter() - start
             why = f"Numba cannot compile it ({type(exc).__name__}: {_first_line(exc)})"
@@ -235,6 +240,15 @@ class FunctionCompiler:
         """Run the compiled version of ``sig`` (COMPILED) on positional ``args``."""
         result = self.dispatcher(*args)
         return sig.convert(result) if sig.convert is not None else result
+
+
+def _parallel_loops(dispatcher, numba_types: tuple) -> int | None:
+    """How many parallel loops Numba made of the compiled function (None: it does not say)."""
+    try:
+        diagnostics = dispatcher.get_metadata(numba_types).get("parfor_diagnostics")
+        return len(diagnostics.initial_parfors) if diagnostics is not None else None
+    except Exception:  # metadata is Numba's internals: unknown rather than wrong
+        return None
 
 
 def _refused_signature(func: Callable) -> str | None:
