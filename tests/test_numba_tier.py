@@ -358,3 +358,36 @@ def test_a_tier_compiled_without_a_parallel_loop_is_predicted_no_faster_than_num
     assert d.backend == "numpy" and d.predicted_s["numba"] == pytest.approx(d.predicted_s["numpy"]), d
     parallel(x)
     assert parallel.last_decision.backend == "numba"  # its loops run in parallel: the curve holds
+
+
+def test_a_tier_already_compiled_for_the_function_is_explored_without_waiting_for_its_own_budget(
+        use_profile, monkeypatch, clock):
+    # The same function object compiled for the tier elsewhere (a benchmark's Numba column, a
+    # forced call of another wrapper): its own wrapper tries the tier as soon as exploring is
+    # affordable, not after running as long as a compilation takes (the suite's percentiles at 1e2
+    # never tried a tier 3x faster than NumPy).
+    from autooffload.backends import numba as tier_module
+
+    numpy_s, tier_s = 0.003, 0.0006
+    real_tier = tier_module._CompiledCall.__call__
+
+    def tier_run(self, *a, **k):
+        clock.t += tier_s
+        return real_tier(self, *a, **k)
+
+    _numpy_takes(monkeypatch, clock, numpy_s)
+    monkeypatch.setattr(tier_module._CompiledCall, "__call__", tier_run)
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
+    autooffload.reload_environment()
+    use_profile(tier_profile(speedup=0.5))  # the tier predicted 2x slower than NumPy: uncertain
+    fn = _own(chain)
+    x = np.random.default_rng(4).random(1_250_000 // 8) + 0.5
+    with config(backend="numba"):
+        offload(fn)(x)  # compiled here, by another wrapper of the same function
+    f = offload(fn)
+    seen = []
+    for _ in range(60):
+        np.testing.assert_allclose(f(x), chain(x), rtol=1e-12)
+        seen.append(f.last_decision.backend)
+    assert "numba" in seen[:40], seen  # explored within the budget, long before 0.5 s of NumPy runs
+    assert seen[-10:] == ["numba"] * 10, seen
