@@ -10,7 +10,11 @@ Numpy data in and out, float64, measured interleaved in one run (ABC CBA ...), p
                    input in, compute, copy every result out, one after the other.
 * ``GPU streamed`` the same, streamed (AUTOOFFLOAD_STREAM=always): chunks on three CUDA streams.
 * ``@offload``     the decorator left alone (the cost model and the machine's profile decide; the
-                   backend it picked and whether it streamed is shown).
+                   backend it picked and whether it streamed is shown), timed once its decision
+                   settled (``_bench.settle``: at most 12 calls or 15 s, its first call reported
+                   apart): with 3 timed calls from a cold start, Black-Scholes at 1e8 was timed on
+                   the Numba tier's first calls (732 ms) while learning had not yet moved it to
+                   the GPU (109 ms).
 * ``copy in`` / ``compute`` / ``copy out``: each stage alone: the copy engine's ``to_device`` of
                    every input, the function on device-resident data, ``to_host`` of the result
                    (for in-place functions: of the argument, into it).
@@ -124,6 +128,12 @@ def run_case(cp, name: str, n: int, repeats: int, chunks: list[int], say) -> dic
         exact = bool(np.array_equal(ref, got))
         err = float(np.max(np.abs(ref - got) / np.maximum(np.abs(ref), 1e-12)))
     del check, ref, got, got_in
+    env("auto")()
+    start = time.perf_counter()
+    auto()
+    sync()
+    first_s = time.perf_counter() - start
+    settled = B.settle(offloaded, auto, sync=sync, same=3, max_calls=12, max_s=15.0, wait_for_compile=False)
     stats = B.measure_interleaved(fns, sync={k: sync for k in fns}, setups=setups, repeats=repeats,
                                   min_repeats=min(3, repeats), max_s=60.0, min_sample_s=0.0)
     env("auto")()
@@ -132,12 +142,14 @@ def run_case(cp, name: str, n: int, repeats: int, chunks: list[int], say) -> dic
     row = {
         "case": name, "n": n, "exact": exact, "max_rel_err": err, "stream_decision": stream_decision,
         "auto_decision": decisions.get("@offload", "?"), "stats": {k: v.as_dict() for k, v in stats.items()},
+        "auto_first_call_s": first_s, "auto_settling_calls": settled,
         "numpy_over_auto": med["NumPy"] / med["@offload"],
         "streamed_over_slowest_stage": med["GPU streamed"] / slowest,
         "whole_over_streamed": med["GPU whole"] / med["GPU streamed"],
         "numpy_over_streamed": med["NumPy"] / med["GPU streamed"],
     }
     say(f"{name} n={B.fmt_n(n)}: " + ", ".join(f"{k} {B.fmt_time(v)}" for k, v in med.items()))
+    say(f"   @offload: first call {B.fmt_time(first_s)}, then {''.join(b[:2] for b in settled)} while settling")
     say(f"   @offload ran {row['auto_decision']}; NumPy/@offload {row['numpy_over_auto']:.2f}x; "
         f"streamed/slowest stage {row['streamed_over_slowest_stage']:.2f}; whole/streamed "
         f"{row['whole_over_streamed']:.2f}x; exact {exact} (max rel err {err:.2g})")

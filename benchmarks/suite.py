@@ -9,10 +9,15 @@ same source runs in every column:
 * ``NumPy``         ``f(*host_args)``.
 * ``CuPy+copies``   ``cupy.asarray`` of every array argument, ``f(*device_args, xp=cupy)``, results
                     back with ``cupy.asnumpy``; the stream synchronized before the clock stops.
+* ``Numba``         the function compiled by the Numba tier's runner, called directly (its first
+                    call, the compilation, apart). It compiles the same function object that
+                    ``@offload`` wraps, so ``@offload`` finds these argument types compiled and may
+                    explore the tier at once instead of first running as long as a compilation
+                    takes: as a program does whose function is compiled already in that process.
 * ``@offload``      ``offload(f)(*host_args)``: numpy in, numpy out; the decorator chooses the
                     backend (shown in ``picked``) and passes ``xp`` itself.
-* ``ratio``         ``@offload`` time / the better of NumPy and CuPy+copies for that row. The
-                    summary gives its geometric mean and worst case (targets: <= 1.10, <= 1.5).
+* ``ratio``         ``@offload`` time / the best of NumPy, Numba and CuPy+copies for that row.
+                    The summary gives its geometric mean and worst case (targets: <= 1.10, <= 1.5).
 
 Sizes are decades from 1e2 to 1e8 "elements" (see each function's ``shapes``: the elements of its
 largest input), capped by --max-elements, by free memory, and per function where NumPy alone
