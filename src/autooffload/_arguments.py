@@ -357,8 +357,9 @@ class Moved:
 
     # -- moving ------------------------------------------------------------------------------
     def move(self, args: tuple, kwargs: dict) -> "Moved":
+        flat = not kwargs and not any(isinstance(a, (tuple, list, dict)) for a in args)
         unique: dict[int, Any] = {}
-        for leaf in iter_leaves((args, kwargs), self.is_original):
+        for leaf in (a for a in args if self.is_original(a)) if flat else iter_leaves((args, kwargs), self.is_original):
             unique.setdefault(id(leaf), leaf)
         try:
             for group in self._overlap_groups(list(unique.values())):
@@ -370,8 +371,16 @@ class Moved:
             self.discard()
             raise
         rebuilt: list = []
-        self.args = map_tree(args, self._copy_of, self.is_original, rebuilt)
-        self.kwargs = map_tree(kwargs, self._copy_of, self.is_original, rebuilt)
+        if flat:  # positional arguments only, none a container: what map_tree would do, in one pass
+            self.args = tuple(self._copy_of(a) if self.is_original(a) else a for a in args)
+            if unique:
+                rebuilt.append((args, self.args))
+            else:
+                self.args = args
+            self.kwargs = kwargs
+        else:
+            self.args = map_tree(args, self._copy_of, self.is_original, rebuilt)
+            self.kwargs = map_tree(kwargs, self._copy_of, self.is_original, rebuilt)
         if self.kwargs is not kwargs:
             rebuilt = [(o, n) for o, n in rebuilt if o is not kwargs]  # the ** dict is ours, not the caller's
         # The caller's lists and dicts that hold arrays were rebuilt with copies: remember what
