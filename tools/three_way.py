@@ -86,12 +86,16 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--max-elements", type=float, default=1e8)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ",".join(CASES))
+    p.add_argument("--min-elements", type=float, default=1e5)
     args = p.parse_args(argv)
     g = np.random.default_rng(0)
     print(f"{'function':<14} {'n':>6} {'numpy alone':>11} {'numpy':>10} {'numba':>10} {'cupy':>10} {'@offload':>10} "
           f"{'picked':>7} {'settled after':>13}  x NumPy")
     for name, (fn, make) in CASES.items():
-        n = 10**5
+        if name not in args.cases.split(","):
+            continue
+        n = int(args.min_elements)
         while n <= args.max_elements:
             data = make(n, g)
             fresh = _fresh(name, data)
