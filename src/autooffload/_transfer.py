@@ -140,7 +140,9 @@ class _Tuning:
     # A staged copy is cut into about this many pieces (each at most one pinned buffer): its
     # fill and drain (the first piece's host copy, the last one's DMA) are one piece each, so
     # more pieces overlap more of a mid-size copy, at a fixed cost per piece (a native pool
-    # round and an event). 4 on the H100 machine; `autooffload calibrate` measures 4 / 8 / 16.
+    # round, a DMA launch, an event). On the H200 finer was worse up to 64 MiB (64 MiB: 4 pieces
+    # 17.7 / 24.2 GB/s, 8: 15.3 / 23.6, 16: 9.8 / 10.4) and no better above (transfer.NOTES.md),
+    # so calibration leaves it at 4; a profile may set it (tools/transfer_diag.py --pieces).
     staged_piece_count: int = 4
     # Smallest part of a copy that one native thread takes: 256 KiB beat 1 MiB at every size.
     min_part_bytes: int = 256 * KiB
