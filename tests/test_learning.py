@@ -52,15 +52,18 @@ def ready_gpu(fake_gpu):
     return fake_gpu
 
 
-def test_a_gpu_predicted_30x_too_fast_is_left_after_three_calls_and_never_again(ready_gpu, use_profile, clock):
+def test_a_gpu_predicted_30x_too_fast_is_left_after_three_calls_and_rechecked_rarely(ready_gpu, use_profile, clock):
     # Profile: NumPy 10 ms, GPU ~0.5 ms. Reality: GPU 15 ms (30x), NumPy 10 ms.
     use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-10, copy_per_byte=1e-10, cold_start=0.0))
     f = timed(clock, numpy_s=0.010, gpu_s=0.015)
     seen = backends_over(f, 200)
     assert seen[:3] == ["cupy"] * 3  # the first is dropped (one-off costs), two more make it trusted
-    assert seen[3:] == ["numpy"] * 197
-    assert "learned from 3 calls" in f.last_decision.sources["cupy"]
-    assert f.stats.cupy == 3
+    # ...and then measured again only once the function has run RECHECK_AFTER x its 15 ms (1.5 s)
+    rechecks = seen[3:].count("cupy")
+    assert seen[3:145] == ["numpy"] * 142 and rechecks <= 1, "".join(b[0] for b in seen)  # not before 1.5 s
+    assert seen[-1] == "numpy"
+    assert f"learned from {3 + rechecks} calls" in f.last_decision.sources["cupy"]
+    assert f.stats.cupy == 3 + rechecks
 
 
 def test_numpy_predicted_30x_too_fast_moves_to_the_gpu_and_stays(ready_gpu, use_profile, clock):
@@ -397,3 +400,42 @@ def test_a_first_exploring_call_is_charged_no_more_than_the_warm_call_after_it()
     assert history.explored_s == pytest.approx(0.013)  # later calls are charged what they took
     assert history.observed_s == pytest.approx(0.161)  # observed time is never adjusted
 
+
+
+def test_a_backend_measured_slow_on_a_noisy_start_is_checked_again_and_then_chosen(ready_gpu, use_profile, clock):
+    # The GPU's first three calls take 20 ms (another process on the card, a slow start), every
+    # later one 1 ms; NumPy 5 ms. Trusted at 20 ms, the GPU is left; once the function has run
+    # RECHECK_AFTER x 20 ms (2 s: ~400 NumPy calls, untimed ones counted), it is measured again,
+    # found 20x faster, measured afresh and chosen.
+    use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
+    gpu_calls = []
+
+    def work(x):
+        if isinstance(x, FakeDeviceArray):
+            gpu_calls.append(1)
+            clock.t += 0.020 if len(gpu_calls) <= 3 else 0.001
+        else:
+            clock.t += 0.005
+        return x * 2
+
+    f = offload(kind="elementwise")(work)
+    seen = backends_over(f, 800)
+    assert "numpy" in seen[:50]  # left after its slow samples
+    switched = max(i for i, b in enumerate(seen) if b == "numpy") + 1
+    assert 380 <= switched <= 500, "".join(b[0] for b in seen)
+    assert seen[switched:] == ["cupy"] * (800 - switched)
+    history = f.__autooffload__.learner.history
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * f.__autooffload__.learner._spent() + 0.020
+
+
+def test_a_backend_really_slower_is_rechecked_rarely(ready_gpu, use_profile, clock):
+    # The GPU really takes 12 ms against NumPy's 5 (within EXPLORE_WITHIN: worth a re-check now
+    # and then): re-checks cost at most 1/RECHECK_AFTER of the observed time.
+    use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
+    f = timed(clock, numpy_s=0.005, gpu_s=0.012)
+    seen = backends_over(f, 3000)
+    history = f.__autooffload__.learner.history
+    rechecks = seen.count("cupy") - 3  # the first three made the cell trusted
+    spent = f.__autooffload__.learner._spent()  # observed and untimed calls' seconds
+    assert 1 <= rechecks <= spent / (_learn.RECHECK_AFTER * 0.012) + 1, rechecks
+    assert seen[-10:] == ["numpy"] * 10

@@ -116,7 +116,9 @@ class Decision:
     profile_s: dict[str, float | None] = field(default_factory=dict)
     observe: bool = False  # this call's time is measured (see _learn.py)
     exploring: bool = False  # the model is uncertain: this call tries another backend
-    # Predicted seconds this call counts towards compiling the Numba tier to explore it (_learn.py).
+    # Predicted seconds this call counts towards what learning waits for: compiling the Numba
+    # tier to explore it, re-checking a backend not chosen (_learn.py). Such calls are untimed
+    # but not on the C check's path.
     tier_wait_s: float = 0.0
     # A blockwise call on host data run on the GPU as a pipeline of chunks of chunk_bytes input
     # (_stream.py); blockwise: the function's verdict, described (_blockwise.py).

@@ -78,7 +78,7 @@ def function_key(func: Callable) -> str:
 class Cell:
     """Observations of one function on one backend in one size bucket."""
 
-    __slots__ = ("samples", "count", "predicted", "dropped_first", "first_charge")
+    __slots__ = ("samples", "count", "predicted", "dropped_first", "first_charge", "stamp")
 
     def __init__(self) -> None:
         self.samples: list[float] = []  # newest last, at most SAMPLES
@@ -88,6 +88,9 @@ class Cell:
         # What the dropped first call was charged to exploring in this process (None: it was not
         # an exploring call), until the next sample says what a warm call costs (FunctionHistory.add).
         self.first_charge: float | None = None
+        # The function's seconds in this process when this cell last got a sample (0.0 for a cell
+        # read from the file): how long ago it was measured (set by _learn, for re-checks).
+        self.stamp = 0.0
 
     def add(self, seconds: float, predicted: float | None) -> None:
         seconds = max(seconds, 1e-9)  # a coarse clock can read 0: estimates divide by these
@@ -112,6 +115,11 @@ class Cell:
 
     def estimate(self) -> float | None:
         return _median(self.samples) if self.trusted else None
+
+    def restart(self, seconds: float) -> None:
+        """Keep only ``seconds``: a re-check found the cell's estimate out of date (the machine
+        or the data changed), so it is measured afresh (untrusted until a second sample agrees)."""
+        self.samples = [max(seconds, 1e-9)]
 
     def profile_error(self) -> float | None:
         """Observed / predicted: how wrong the profile is for this function here."""

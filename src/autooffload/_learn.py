@@ -29,8 +29,9 @@ choice here: its prediction was corrected, or its learned time is off the profil
 that factor, so the others' predictions are suspect too) and the alternative has not been
 measured at this size, one call runs there instead ("exploring"), and again until its cell is
 trusted, but only while the exploring calls' charged seconds, plus the predicted seconds of the
-next one (its last sample at this size, where it has one), stay within ``EXPLORE_FRACTION`` of everything the function has been observed to run in
-this process. A cell's first exploring call is charged at most what it was predicted to take,
+next one (its last sample at this size, where it has one), stay within ``EXPLORE_FRACTION`` of
+everything the function has run in this process (its observed calls, and the predicted seconds of
+the untimed calls counted while learning waits for something: see ``count_towards_compile``). A cell's first exploring call is charged at most what it was predicted to take,
 and once the cell's next exploring call is measured, at most that: its excess is the one-off
 cost any move to that backend pays once (CuPy compiling kernels for these shapes, a solver's
 workspace), which would otherwise stop exploring for ten times as long (on the H200 the normal
@@ -40,6 +41,16 @@ So over any run, exploring costs at most ``EXPLORE_FRACTION`` x the observed tim
 one-off excess of each explored cell's first call, plus the misprediction of one call (the last
 exploring call may take longer than predicted). Writes, results and fallback behave exactly as
 on any other call: exploring only changes the backend.
+
+**Re-checks.** A trusted cell of a backend not chosen is measured again, as an exploring call
+within the same budget, once the function has run ``RECHECK_AFTER`` (100) times its estimate
+since that cell's last sample, and only while it is within ``EXPLORE_WITHIN`` of the choice: a
+machine start, another process on the GPU or a noisy minute can make a few samples wrong, and a
+trusted cell is otherwise never measured again (on the H200 the seed article's chain at 1e6 once
+settled on the GPU at 1.24 ms while the Numba tier, forced, took 80 us). A re-check that
+disagrees with the estimate by more than ``_history.AGREE`` restarts the cell from that sample,
+and exploring continues until it is trusted again. Re-checks of one cell cost at most 1/100 of
+the function's observed time.
 
 **What is observed.** Calls whose decision says ``observe`` (learning is on, the data is on the
 host, and the chosen backend is not yet trusted there, or exploration is pending, or the call
@@ -61,7 +72,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import _config
 from ._costmodel import Prediction
-from ._history import FunctionHistory, Store, function_key
+from ._history import AGREE, FunctionHistory, Store, function_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -80,6 +91,7 @@ EXPLORE_WITHIN = 4.0
 # functions while the tier compiled for them).
 TIER_EXPLORE_MIN_CALL_S = 20e-6
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
+RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this many times its estimate
 clock = time.perf_counter  # tests replace it
 
 
@@ -135,6 +147,7 @@ class Learner:
         # Buckets where exploration waits for budget -> the predicted seconds it waits to afford.
         self._pending: dict[tuple[int, int], float] = {}
         self._compile_wait: dict[tuple[int, int], float] = {}  # buckets waiting to afford the tier's compilation
+        self._recheck_wait: dict[tuple[int, int], float] = {}  # buckets waiting to re-check a backend not chosen
         self._counted_s = 0.0  # predicted seconds of untimed calls, towards that (count_towards_compile)
         self._left_s = 0.0  # of the nearest waiting budget (a subtraction per call, the sum checked at 0)
 
@@ -228,20 +241,52 @@ class Learner:
                 continue  # a cold GPU is started by the cold-start rule (ski rental), not by exploring
             cell = history.cell((other, *bucket))
             if cell is not None and cell.trusted:
-                continue
-            if best > EXPLORE_WITHIN * mine and not corrected:
+                if not (best <= EXPLORE_WITHIN * mine and self._stale(cell, best)):
+                    continue
+                # measured long ago and close enough to matter: re-check it (see the docstring)
+            elif best > EXPLORE_WITHIN * mine and not corrected:
                 break  # the rest are predicted slower still
             # What the next exploring call will cost: its last sample here where it has one (a
             # measurement at this size, if not yet trusted, beats the prediction: the normal
             # equations' GPU at (12658, 79), predicted 12.8 ms, had run in 1.4 ms).
             cost = cell.samples[-1] if cell is not None and cell.samples else best
-            if history.explored_s + cost <= EXPLORE_FRACTION * history.observed_s:
+            if history.explored_s + cost <= EXPLORE_FRACTION * self._spent():
                 self._pending.pop(bucket, None)
                 return other
             self._pending[bucket] = cost  # keep observing: the budget grows with the observed time
             return None
         self._pending.pop(bucket, None)
         return None
+
+    def _spent(self) -> float:
+        """The function's seconds in this process: observed calls, and untimed calls counted."""
+        return self.history.observed_s + self._counted_s
+
+    def _stale(self, cell, estimate: float) -> bool:
+        return self._spent() - cell.stamp >= RECHECK_AFTER * estimate
+
+    def recheck_wait(self, pred: Prediction, chosen: str, bucket: tuple[int, int]) -> float:
+        """What each call here counts towards the next re-check (0.0: none waits): a trusted
+        cell of another backend within ``EXPLORE_WITHIN`` of the choice, not yet stale. Calls
+        count their predicted seconds (untimed ones too, as for the tier's compilation), and the
+        planner decides again when the nearest re-check is due."""
+        mine = pred.seconds.get(chosen)
+        due: float | None = None
+        if mine:
+            for name, seconds in pred.seconds.items():
+                if name == chosen or seconds is None or seconds > EXPLORE_WITHIN * mine:
+                    continue
+                cell = self.history.cell((name, *bucket))
+                if cell is None or not cell.trusted:
+                    continue
+                at = cell.stamp + RECHECK_AFTER * seconds
+                due = at if due is None else min(due, at)
+        if due is None or not mine:
+            self._recheck_wait.pop(bucket, None)
+            return 0.0
+        self._recheck_wait[bucket] = due
+        self._left_s = self._next_wait() - self._spent()
+        return mine
 
     def compile_to_explore(self, pred: Prediction, bucket: tuple[int, int], compile_s: float) -> tuple[bool, float]:
         """Whether to compile the Numba tier in the background so that it can be explored here;
@@ -265,21 +310,26 @@ class Learner:
             self._compile_wait.pop(bucket, None)
             return True, 0.0
         self._compile_wait[bucket] = compile_s
-        self._left_s = min(self._compile_wait.values()) - self.history.observed_s - self._counted_s
+        self._left_s = self._next_wait() - self._spent()
         return False, min(others)
+
+    def _next_wait(self) -> float:
+        return min((*self._compile_wait.values(), *self._recheck_wait.values()), default=0.0)
 
     def count_towards_compile(self, seconds: float) -> bool:
         """One untimed call's predicted ``seconds``; True once a waiting bucket's budget is met
-        (then the planner decides again)."""
+        (a compilation of the tier, a re-check: then the planner decides again)."""
         self._counted_s += seconds
         self._left_s -= seconds
         if self._left_s > 0:
             return False
-        spent = self.history.observed_s + self._counted_s
-        ready = [b for b, need in self._compile_wait.items() if spent >= need]
-        for b in ready:
-            del self._compile_wait[b]
-        self._left_s = min(self._compile_wait.values(), default=0.0) - spent
+        spent = self._spent()
+        ready = 0
+        for waits in (self._compile_wait, self._recheck_wait):
+            for b in [b for b, need in waits.items() if spent >= need]:
+                del waits[b]
+                ready += 1
+        self._left_s = self._next_wait() - spent
         return bool(ready)
 
     def wants_observation(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool) -> bool:
@@ -302,6 +352,9 @@ class Learner:
         if exploring and cell is None and expected:
             charge = min(seconds, expected)  # the first call's excess is a one-off
         cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, charge=charge)
+        cell.stamp = self._spent()
+        if exploring and before is not None and not (1 / AGREE < seconds / before < AGREE):
+            cell.restart(seconds)  # a re-check that disagrees: measure the cell afresh
         STORE.observed()
         after = cell.estimate()
         moved = after is not None and (before is None or not (1 / REVISIT_FACTOR < after / before < REVISIT_FACTOR))
@@ -309,7 +362,7 @@ class Learner:
         # budget sat between the two (+100-400 us a call on the H200: the in-place chain at 1e5
         # ran 5x slower than the Numba tier it had chosen).
         need = self._pending.get(bucket)
-        affordable = need is not None and history.explored_s + need <= EXPLORE_FRACTION * history.observed_s
+        affordable = need is not None and history.explored_s + need <= EXPLORE_FRACTION * self._spent()
         if moved or affordable or exploring:
             self.revisit()
 

@@ -294,6 +294,8 @@ class Planner:
         if learner is None:
             return make(backend, reason, shown, savings, profile.source, observe=waiting)
         tier_wait = 0.0 if exploring else tier_wait  # the gate gives none for device data
+        if not exploring and not dev:
+            tier_wait = max(tier_wait, learner.recheck_wait(pred, backend, bucket))
         observe = not dev and (waiting or exploring or learner.wants_observation(backend, bucket, backend == CUPY))
         return make(backend, reason, shown, savings, profile.source, sources=sources, profile_s=profile_s,
                     observe=observe, exploring=exploring, tier_wait_s=tier_wait)
