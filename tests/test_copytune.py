@@ -86,8 +86,11 @@ def test_path_knobs_rejects_unknown_paths():
 class SyntheticEngine:
     """Seconds per copy by path (the engine's rules on the configured knobs) and size."""
 
-    def __init__(self, rate_GBps: dict[str, float], fixed_s: dict[str, float] | None = None, chunk_gain: float = 1.5):
-        self.chunk_gain = chunk_gain  # the workers with 32 MiB chunks are this much faster
+    def __init__(self, rate_GBps: dict[str, float], fixed_s: dict[str, float] | None = None, chunk_gain: float = 1.5,
+                 best_worker_chunk: int = 32 * MiB, best_staged_piece: int | None = None):
+        self.chunk_gain = chunk_gain  # the workers with best_worker_chunk chunks are this much faster
+        self.best_worker_chunk = best_worker_chunk
+        self.best_staged_piece = best_staged_piece  # the staged path with pieces of this size, as much
         self.t = 0.0
         self.knobs: dict[str, int] = {}
         self.rate = rate_GBps
@@ -101,7 +104,10 @@ class SyntheticEngine:
     def copy(self, n: int, d: str) -> None:
         k = self.current()
         p = path_of(k, n, d)
-        rate = self.rate[p] * (self.chunk_gain if p == "workers" and k["chunk_bytes"] == 32 * MiB else 1.0)
+        worker_chunk = min(k.get("worker_chunk_bytes") or k["chunk_bytes"], k["chunk_bytes"])
+        rate = self.rate[p] * (self.chunk_gain if p == "workers" and worker_chunk == self.best_worker_chunk else 1.0)
+        if p == "staged" and k["chunk_bytes"] == self.best_staged_piece:
+            rate *= self.chunk_gain
         self.t += self.fixed.get(p, 1e-4) + n / (rate * 1e9)
 
     def engine(self) -> C.Engine:
@@ -139,6 +145,18 @@ def test_search_finds_the_fastest_path_per_size_and_beats_the_defaults():
     assert r.rates[-1]["h2d_GBps"] > 1.5 * r.rates[-1]["default_h2d_GBps"]
     assert syn.configured[-1] == {}, "the search leaves the engine on its defaults"
     assert r.host_bound["best"]["to_pinned"] == pytest.approx(40.0)
+
+
+def test_where_the_staged_path_wins_the_workers_keep_their_own_chunk():
+    # The H200's case: staged pieces of 32 MiB win at the large size, while the workers, which
+    # still take what lies above the staged range, are faster with 8 MiB chunks.
+    syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10}, chunk_gain=1.5,
+                          best_worker_chunk=8 * MiB, best_staged_piece=32 * MiB)
+    r = C.search(syn.engine(), PLAN)
+    assert r.knobs["worker_chunk_bytes"] == 8 * MiB, r.log
+    tuned = T._Tuning(**{k: v for k, v in r.knobs.items() if k in T.tuning_knobs()})
+    assert T.chunk_size_for(4 << 30, tuned) == 8 * MiB  # 4 GiB through the workers: 8 MiB chunks
+    assert T.chunk_size_for(4 << 30, T._Tuning(chunk_bytes=32 * MiB)) == 32 * MiB  # without the knob
 
 
 def test_search_keeps_the_defaults_when_nothing_beats_them():

@@ -12,8 +12,10 @@ What is searched, in a bounded time (the quick plan a few seconds, the default o
 
 1. the host bound: memcpy pageable -> pinned and pinned -> pageable (warm and fresh pages) by
    thread count (``host_bound``): the staged paths cannot beat it, and it picks the threads;
-2. at the largest size: the worker pipeline's chunk size and thread count, and pinning the
-   caller's buffer in place (``cudaHostRegister``, whole or in pieces) instead of staging;
+2. at the largest size: the worker pipeline's chunk size and thread count, the staged path's
+   piece size, and pinning the caller's buffer in place (``cudaHostRegister``, whole or in
+   pieces) instead of staging; where the staged path wins, the workers keep their own best
+   chunk (``worker_chunk_bytes``) for the sizes they still take;
 3. by size (4 MiB .. 1 GiB, 4 GiB in the default plan): each path (the driver's own copy, the
    staged path, the workers, pinning in place), both directions; then the size ranges of each
    path that lose least over the grid (``choose_ranges``, exhaustive over the grid's cuts).
@@ -335,6 +337,14 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
             best_name = min(both, key=lambda n: both[n])
             base.update({k: v for k, v in cand[best_name].items() if k in ("threads", "chunk_bytes", "min_chunk_bytes", "max_buffers")})
             log.append(f"worker/staged knobs from: {best_name}")
+            # The buffers' size suits the path that won; the workers, which still take sizes
+            # outside the staged range, keep their own best chunk where it is smaller.
+            workers = {n: t for n, t in both.items() if n.startswith("workers")}
+            if workers and not best_name.startswith("workers"):
+                chunk = cand[min(workers, key=lambda n: workers[n])]["chunk_bytes"]
+                if chunk < base["chunk_bytes"]:
+                    base["worker_chunk_bytes"] = chunk
+                    log.append(f"workers' chunk: {chunk // MiB} MiB")
         regs = {n: big_s["h2d"].get(n, math.inf) + big_s["d2h"].get(n, math.inf) for n in big_s["h2d"] if n.startswith("pinned")}
         if regs:
             base["register_chunk_bytes"] = cand[min(regs, key=lambda n: regs[n])]["register_chunk_bytes"]

@@ -113,6 +113,11 @@ class _Tuning:
     # worker costs ~0.1 ms on this VM, so 16 chunks of 1 MiB moved 16 MiB in 1.9 ms, slower than
     # the driver's own path (1.1-1.3 ms) and cupy (1.2-1.7 ms).
     min_chunk_bytes: int = 4 * MiB
+    # Largest chunk of the worker path, where smaller than chunk_bytes (0: chunk_bytes). The pool's
+    # buffers are chunk_bytes each, which the staged path wants large (32 MiB pieces on the
+    # H200), while the workers did better with 8 MiB chunks there: at 4 GiB, above staged_max, the
+    # 32 MiB chunks moved 35.3 / 35.7 GB/s against 48.6 / 41.4 with 8 MiB (transfer.NOTES.md).
+    worker_chunk_bytes: int = 0
     # Pinned buffers in the pool, shared by all threads: a few more than the threads, so that
     # DMAs in flight do not starve the copies (8 buffers: 36 / 17 GB/s; 16-32: 38-40 / 21-23).
     # 20 x 8 MiB = 160 MiB of pinned memory at most.
@@ -337,9 +342,11 @@ _PAGE = 4096
 
 
 def chunk_size_for(nbytes: int, t: _Tuning) -> int:
-    """Bytes per chunk: about one chunk per worker, within [min_chunk_bytes, chunk_bytes]."""
+    """Bytes per chunk: about one chunk per worker, within [min_chunk_bytes, the workers' largest
+    chunk] (``worker_chunk_bytes`` where set and smaller, else ``chunk_bytes``: one buffer)."""
+    cap = min(t.worker_chunk_bytes, t.chunk_bytes) if t.worker_chunk_bytes else t.chunk_bytes
     want = _round_up(max(1, -(-nbytes // t.threads)), 64 * KiB)
-    return max(min(t.min_chunk_bytes, t.chunk_bytes), min(t.chunk_bytes, want))
+    return max(min(t.min_chunk_bytes, cap), min(cap, want))
 
 
 def staged_pieces(nbytes: int, t: _Tuning) -> list[tuple[int, int]]:
