@@ -393,3 +393,61 @@ def test_a_first_tier_call_without_a_parallel_region_writes_once_and_returns():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def _kw_target(a, b=2.0, xp=np):
+    return a * b
+
+
+def _kw_required(a, b, c=1.0):
+    return a + b + c
+
+
+def _kw_only(a, *, k=1.0):
+    return a * k
+
+
+def _pos_only(a, /, b=1.0):
+    return a + b
+
+
+@pytest.mark.parametrize("func, args, kwargs", [
+    (_kw_target, (1.0,), {"xp": np}),
+    (_kw_target, (1.0,), {"b": 3.0}),
+    (_kw_target, (1.0,), {"xp": np, "b": 3.0}),
+    (_kw_target, (1.0, 3.0), {"xp": np}),
+    (_kw_target, (), {"a": 1.0, "xp": np}),
+    (_kw_required, (1.0,), {"b": 2.0}),
+    (_kw_required, (1.0,), {"c": 2.0}),  # b missing: Python's TypeError
+    (_kw_target, (1.0, 3.0), {"b": 4.0}),  # b twice: Python's TypeError
+    (_kw_only, (1.0,), {"k": 2.0}),
+    (_pos_only, (1.0,), {"a": 2.0}),  # a positional-only parameter by keyword: TypeError
+    (_kw_target, (1.0,), {"nope": 1}),  # no such parameter: TypeError
+])
+def test_keyword_arguments_are_placed_as_inspects_bind_places_them(func, args, kwargs):
+    # The executor passes xp=np by keyword on every call: placed without inspect (5 us a call),
+    # the outcome must be bind's, errors included.
+    import inspect
+
+    from autooffload.backends._numba_compile import compiler_for
+
+    compiler = compiler_for(func, frozenset({np.dtype(np.float64)}))
+
+    def by_bind():
+        bound = inspect.signature(func).bind(*args, **kwargs)
+        if bound.kwargs:
+            bound.apply_defaults()
+        out = bound.args
+        first_default = compiler._arity - len(compiler._defaults)
+        while out and len(out) > first_default and out[-1] is compiler._defaults[len(out) - 1 - first_default] \
+                and isinstance(out[-1], (type(np), int, float, complex, str, type(None))):
+            out = out[:-1]
+        return out
+
+    try:
+        expected = by_bind()
+    except TypeError:
+        with pytest.raises(TypeError):
+            compiler.positional(args, kwargs)
+        return
+    assert compiler.positional(args, kwargs) == expected
