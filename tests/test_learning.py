@@ -439,3 +439,36 @@ def test_a_backend_really_slower_is_rechecked_rarely(ready_gpu, use_profile, clo
     spent = f.__autooffload__.learner._spent()  # observed and untimed calls' seconds
     assert 1 <= rechecks <= spent / (_learn.RECHECK_AFTER * 0.012) + 1, rechecks
     assert seen[-10:] == ["numpy"] * 10
+
+
+def test_a_backend_predicted_slow_only_from_another_sizes_error_is_still_explored():
+    # The 2-core VM's percentiles: NumPy's 8x error at 1e3 elements predicted it at 540 us at 1e4,
+    # 4.2x the tier's learned 128 us; it really took 93 us. A prediction carried over from another
+    # size is no reason to skip the backend; the profile's own is.
+    from autooffload._costmodel import Prediction
+    from autooffload._history import FunctionHistory
+
+    learner = _learn.Learner(lambda x: x)
+    learner._history = history = FunctionHistory("test")
+    bucket = (33, -1)
+    for _ in range(50):  # 6.4 ms run: 10% of it affords one 540 us exploration
+        history.add(("numba", *bucket), 128e-6, 700e-6, exploring=False)
+    pred = Prediction({"numpy": 540e-6, "numba": 128e-6})
+    carried = {"numba": "learned from 49 calls", "numpy": "profile, corrected x8 by this function's history"}
+    assert learner.exploration(pred, "numba", bucket, carried, {"numba": 400e-6, "numpy": 67e-6}) == "numpy"
+    profile_only = {"numba": "learned from 49 calls", "numpy": "profile"}
+    assert learner.exploration(pred, "numba", bucket, profile_only, {"numba": 400e-6, "numpy": 540e-6}) is None
+
+
+def test_short_calls_wait_for_no_recheck():
+    # Waiting for a re-check takes a NumPy call off the C check's path: not worth it under 100 us.
+    from autooffload._costmodel import Prediction
+    from autooffload._history import FunctionHistory
+
+    learner = _learn.Learner(lambda x: x)
+    learner._history = history = FunctionHistory("test")
+    for _ in range(3):
+        history.add(("cupy", 30, -1), 60e-6, 60e-6, exploring=True)
+        history.add(("cupy", 40, -1), 0.006, 0.006, exploring=True)
+    assert learner.recheck_wait(Prediction({"numpy": 30e-6, "cupy": 60e-6}), "numpy", (30, -1)) == 0.0
+    assert learner.recheck_wait(Prediction({"numpy": 0.003, "cupy": 0.006}), "numpy", (40, -1)) == 0.003

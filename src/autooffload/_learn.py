@@ -44,7 +44,8 @@ on any other call: exploring only changes the backend.
 
 **Re-checks.** A trusted cell of a backend not chosen is measured again, as an exploring call
 within the same budget, once the function has run ``RECHECK_AFTER`` (100) times its estimate
-since that cell's last sample, and only while it is within ``EXPLORE_WITHIN`` of the choice: a
+since that cell's last sample, and only while it is within ``EXPLORE_WITHIN`` of the choice and
+the choice takes at least ``RECHECK_MIN_CALL_S`` (100 us): a
 machine start, another process on the GPU or a noisy minute can make a few samples wrong, and a
 trusted cell is otherwise never measured again (on the H200 the seed article's chain at 1e6 once
 settled on the GPU at 1.24 ms while the Numba tier, forced, took 80 us). A re-check that
@@ -92,6 +93,9 @@ EXPLORE_WITHIN = 4.0
 TIER_EXPLORE_MIN_CALL_S = 20e-6
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
 RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this many times its estimate
+# ...for calls predicted at least this long: waiting for a re-check takes a NumPy call off the C
+# check's path (+5 us on the 2-core VM: Black-Scholes at 1e2, 24 us, ran 20% slower).
+RECHECK_MIN_CALL_S = 100e-6
 clock = time.perf_counter  # tests replace it
 
 
@@ -149,7 +153,7 @@ class Learner:
         self._compile_wait: dict[tuple[int, int], float] = {}  # buckets waiting to afford the tier's compilation
         self._recheck_wait: dict[tuple[int, int], float] = {}  # buckets waiting to re-check a backend not chosen
         self._counted_s = 0.0  # predicted seconds of untimed calls, towards that (count_towards_compile)
-        self._left_s = 0.0  # of the nearest waiting budget (a subtraction per call, the sum checked at 0)
+        self._left_s = math.inf  # to the nearest wait (a subtraction per call, the sum checked at 0)
 
     @property
     def history(self) -> FunctionHistory:
@@ -244,8 +248,11 @@ class Learner:
                 if not (best <= EXPLORE_WITHIN * mine and self._stale(cell, best)):
                     continue
                 # measured long ago and close enough to matter: re-check it (see the docstring)
-            elif best > EXPLORE_WITHIN * mine and not corrected:
-                break  # the rest are predicted slower still
+            elif best > EXPLORE_WITHIN * mine and not corrected and "corrected" not in sources.get(other, ""):
+                # the rest are predicted slower still (a prediction carried over from another
+                # size's error is no reason to skip: on the 2-core VM, NumPy's 8x error at 1e3
+                # elements predicted it 4.2x slower than the tier at 1e4, where it was 1.4x faster)
+                break
             # What the next exploring call will cost: its last sample here where it has one (a
             # measurement at this size, if not yet trusted, beats the prediction: the normal
             # equations' GPU at (12658, 79), predicted 12.8 ms, had run in 1.4 ms).
@@ -272,7 +279,7 @@ class Learner:
         planner decides again when the nearest re-check is due."""
         mine = pred.seconds.get(chosen)
         due: float | None = None
-        if mine:
+        if mine and mine >= RECHECK_MIN_CALL_S:
             for name, seconds in pred.seconds.items():
                 if name == chosen or seconds is None or seconds > EXPLORE_WITHIN * mine:
                     continue
@@ -318,18 +325,21 @@ class Learner:
 
     def count_towards_compile(self, seconds: float) -> bool:
         """One untimed call's predicted ``seconds``; True once a waiting bucket's budget is met
-        (a compilation of the tier, a re-check: then the planner decides again)."""
+        (a compilation of the tier, a re-check: then the planner decides again). Observed calls
+        count their measured seconds instead (``observe``), never both."""
         self._counted_s += seconds
         self._left_s -= seconds
-        if self._left_s > 0:
-            return False
+        return self._left_s <= 0 and self._waits_due()
+
+    def _waits_due(self) -> bool:
+        """Drop the waits whose time has come; whether there were any."""
         spent = self._spent()
         ready = 0
         for waits in (self._compile_wait, self._recheck_wait):
             for b in [b for b, need in waits.items() if spent >= need]:
                 del waits[b]
                 ready += 1
-        self._left_s = self._next_wait() - spent
+        self._left_s = self._next_wait() - spent if (self._compile_wait or self._recheck_wait) else math.inf
         return bool(ready)
 
     def wants_observation(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool) -> bool:
@@ -363,7 +373,9 @@ class Learner:
         # ran 5x slower than the Numba tier it had chosen).
         need = self._pending.get(bucket)
         affordable = need is not None and history.explored_s + need <= EXPLORE_FRACTION * self._spent()
-        if moved or affordable or exploring:
+        self._left_s -= seconds
+        due = self._left_s <= 0 and self._waits_due()
+        if moved or affordable or exploring or due:
             self.revisit()
 
 

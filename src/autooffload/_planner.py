@@ -404,7 +404,8 @@ class Planner:
         """Send this call to the GPU once the forgone warm-GPU savings have paid for its cold start;
         count it towards the Numba tier's compilation where that waits (then decide again)."""
         if d.tier_wait_s:
-            if self.learner is not None and self.learner.count_towards_compile(d.tier_wait_s):
+            # An observed call counts its measured time (Learner.observe); an untimed one its prediction.
+            if not d.observe and self.learner is not None and self.learner.count_towards_compile(d.tier_wait_s):
                 self.reset()
             if not d.warm_savings_s:
                 return d
