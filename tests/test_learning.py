@@ -379,7 +379,7 @@ def test_the_next_exploring_call_is_costed_at_its_last_sample_where_it_has_one()
     bucket = (40, -1)
     for _ in range(11):
         history.add(("numpy", *bucket), 0.0032, 0.016, exploring=False)  # 35.2 ms observed (one dropped)
-    history.add(("cupy", *bucket), 0.020, 0.004, exploring=True, charge=0.0128)  # one-off, charged its prediction
+    history.add(("cupy", *bucket), 0.020, 0.004, exploring=True, expected=0.0128)  # one-off, charged its prediction
     history.add(("cupy", *bucket), 0.0014, 0.004, exploring=True)  # one real sample, not yet trusted
     # The first call's charge came down to the warm sample's: 2.8 ms explored of 56.6 ms observed.
     assert history.explored_s == pytest.approx(0.0028)
@@ -392,7 +392,7 @@ def test_a_first_exploring_call_is_charged_no_more_than_the_warm_call_after_it()
     from autooffload._history import FunctionHistory
 
     history = FunctionHistory("test")
-    history.add(("cupy", 40, -1), 0.150, 0.004, exploring=True, charge=0.004)
+    history.add(("cupy", 40, -1), 0.150, 0.004, exploring=True, expected=0.004)
     assert history.explored_s == pytest.approx(0.004)  # capped at the prediction
     history.add(("cupy", 40, -1), 0.002, 0.004, exploring=True)
     assert history.explored_s == pytest.approx(0.004)  # 2 ms + the first brought down to 2 ms

@@ -230,23 +230,28 @@ def _numpy_takes(monkeypatch, clock, seconds):
     monkeypatch.setattr(_executor.Executor, "run_numpy", numpy_run)
 
 
+def _tier_takes(monkeypatch, clock, seconds):
+    """Runs of the tier advance the fake learner clock by ``seconds`` (its compiled code cannot)."""
+    from autooffload.backends import numba as tier_module
+
+    real_tier = tier_module._CompiledCall.__call__
+
+    def tier_run(self, *a, **k):
+        clock.t += seconds
+        return real_tier(self, *a, **k)
+
+    monkeypatch.setattr(tier_module._CompiledCall, "__call__", tier_run)
+
+
 def test_learning_finds_a_tier_the_profile_predicts_slower(use_profile, monkeypatch, clock):
     # The profile puts the tier at half NumPy's speed (within EXPLORE_WITHIN: uncertain); it really
     # runs 5x faster. Learning must compile the tier in the background once the function has run
     # longer than a compilation takes, explore it, and settle on it. The learner's clock is fake:
     # each run advances it by what that backend "takes" (the compiled code cannot), so the rules
     # alone decide; only the background compilation takes real time.
-    from autooffload.backends import numba as tier_module
-
     numpy_s, tier_s = 0.003, 0.0006  # the profile: 3.75 ms on NumPy, 7.5 ms on the tier
-    real_tier = tier_module._CompiledCall.__call__
-
-    def tier_run(self, *a, **k):
-        clock.t += tier_s
-        return real_tier(self, *a, **k)
-
     _numpy_takes(monkeypatch, clock, numpy_s)
-    monkeypatch.setattr(tier_module._CompiledCall, "__call__", tier_run)
+    _tier_takes(monkeypatch, clock, tier_s)
     monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
     autooffload.reload_environment()
     profile = use_profile(tier_profile(speedup=0.5))
@@ -366,17 +371,8 @@ def test_a_tier_already_compiled_for_the_function_is_explored_without_waiting_fo
     # forced call of another wrapper): its own wrapper tries the tier as soon as exploring is
     # affordable, not after running as long as a compilation takes (the suite's percentiles at 1e2
     # never tried a tier 3x faster than NumPy).
-    from autooffload.backends import numba as tier_module
-
-    numpy_s, tier_s = 0.003, 0.0006
-    real_tier = tier_module._CompiledCall.__call__
-
-    def tier_run(self, *a, **k):
-        clock.t += tier_s
-        return real_tier(self, *a, **k)
-
-    _numpy_takes(monkeypatch, clock, numpy_s)
-    monkeypatch.setattr(tier_module._CompiledCall, "__call__", tier_run)
+    _numpy_takes(monkeypatch, clock, 0.003)
+    _tier_takes(monkeypatch, clock, 0.0006)
     monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
     autooffload.reload_environment()
     use_profile(tier_profile(speedup=0.5))  # the tier predicted 2x slower than NumPy: uncertain

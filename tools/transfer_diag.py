@@ -113,14 +113,34 @@ def interleaved(calls: dict, sync, rounds: int) -> dict:
     return {n: {"s": statistics.median(t[n]), "faults": statistics.median(f[n])} for n in names}
 
 
+def use_profile_tuning(profile: Path) -> None:
+    """The engine on the copy tuning of ``profile`` (a profile JSON file)."""
+    knobs = json.loads(profile.read_text())["backends"]["cupy"]["copy_tuning"]["knobs"]
+    T.apply_tuning(knobs, source=str(profile))
+
+
+def copies_under(variants: dict, h, d) -> dict:
+    """``interleaved``'s calls: the engine's copy of ``h`` in and of ``d`` out under each tuning of
+    ``variants`` (swapped in per call; buffers of another size come from their own pool)."""
+    calls = {}
+    for name, tun in variants.items():
+        def under(fn, tun=tun):
+            def call():
+                T._TUNING = tun
+                return fn()
+            return call
+        calls[f"{name}|h2d"] = (under(lambda: T.to_device(h)), None)
+        calls[f"{name}|d2h"] = (under(lambda: T.to_host(d)), None)
+    return calls
+
+
 def both_ways(cp, args) -> int:
     """Seconds of a copy in alone, out alone, and both at once (threads, own streams): what a
     streamed call's stages share. Engine (profile's tuning), host memcpy (16 threads each way),
     pinned DMA. Interleaved per size."""
     import threading
 
-    knobs = json.loads(args.profile.read_text())["backends"]["cupy"]["copy_tuning"]["knobs"]
-    T.apply_tuning(knobs, source=str(args.profile))
+    use_profile_tuning(args.profile)
     sizes = [s for s in (64 * MiB, 256 * MiB, 1 * GiB) if s <= args.max_bytes]
     big = sizes[-1]
     src_all = np.resize(np.random.default_rng(1).random(MiB // 8 + 4099) + 0.5, big // 8)
@@ -194,8 +214,7 @@ def piece_counts(cp, args) -> int:
     or 16 pieces; and at 4 GiB staged instead of the workers. Interleaved per size."""
     from dataclasses import replace
 
-    knobs = json.loads(args.profile.read_text())["backends"]["cupy"]["copy_tuning"]["knobs"]
-    T.apply_tuning(knobs, source=str(args.profile))
+    use_profile_tuning(args.profile)
     base = T._tuning()
     sizes = [s for s in (8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB, 128 * MiB, 256 * MiB, 1 * GiB, 4 * GiB) if s <= args.max_bytes]
     variants = {"tuned": base}
@@ -211,17 +230,7 @@ def piece_counts(cp, args) -> int:
                  "profile": str(args.profile), "base": asdict(base), "pieces": {}}
     print(f"# engine GB/s in / out (warm result memory), {args.profile.name}'s copy tuning, by staged piece count", flush=True)
     for n in sizes:
-        h, d = src_all[: n // 8], dev_all[: n // 8]
-        calls = {}
-        for name, tun in variants.items():
-            def under(fn, tun=tun):
-                def call():
-                    T._TUNING = tun
-                    return fn()
-                return call
-            calls[f"{name}|h2d"] = (under(lambda h=h: T.to_device(h)), None)
-            calls[f"{name}|d2h"] = (under(lambda d=d: T.to_host(d)), None)
-        r = interleaved(calls, sync, 7 if n < GiB else 3)
+        r = interleaved(copies_under(variants, src_all[: n // 8], dev_all[: n // 8]), sync, 7 if n < GiB else 3)
         T._TUNING = base
         doc["pieces"][n] = r
         print(f"{n // MiB:>5} MiB: " + "; ".join(
@@ -330,18 +339,7 @@ def main(argv=None) -> int:
         print("\n# engine knobs, GB/s in / out (warm result memory) [faults per call out]", flush=True)
         doc["knobs"] = {}
         for n in sizes[1:]:
-            h = src_all[: n // 8]
-            d = dev_all[: n // 8]
-            calls = {}
-            for name, tun in variants.items():
-                def under(fn, tun=tun):
-                    def call():
-                        T._TUNING = tun
-                        return fn()
-                    return call
-                calls[f"{name}|h2d"] = (under(lambda h=h: T.to_device(h)), None)
-                calls[f"{name}|d2h"] = (under(lambda d=d: T.to_host(d)), None)
-            r = interleaved(calls, sync, 5 if n < GiB else 2)
+            r = interleaved(copies_under(variants, src_all[: n // 8], dev_all[: n // 8]), sync, 5 if n < GiB else 2)
             T._TUNING = base
             doc["knobs"][n] = r
             print(f"{n // MiB:>5} MiB: " + "; ".join(

@@ -228,13 +228,13 @@ class Executor:
         mode = _stream.mode()
         if mode == "never":
             return "AUTOOFFLOAD_STREAM=never"
-        if mode == "auto" and not d.streamed and d.host_bytes < _FITS_WITHOUT_ASKING:
-            return "the cost model predicts the unstreamed run faster"
+        chosen = d.streamed or mode == "always"
         free_bytes = getattr(backend, "free_bytes", None)
-        free = free_bytes() if callable(free_bytes) else None
+        free = None
+        if (chosen or d.host_bytes >= _FITS_WITHOUT_ASKING) and callable(free_bytes):
+            free = free_bytes()
         # Unstreamed, the inputs, the result and about one temporary live on the device at once.
-        fits = free is None or 3 * d.host_bytes < free
-        if not (d.streamed or mode == "always" or not fits):
+        if not chosen and (free is None or 3 * d.host_bytes < free):
             return "the cost model predicts the unstreamed run faster"
         chunk = _stream.chunk_override() or d.chunk_bytes or stream_chunk_bytes(d.host_bytes, free)
         if free is not None:

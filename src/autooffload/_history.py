@@ -175,9 +175,10 @@ class FunctionHistory:
         self.lock = threading.Lock()
 
     def add(self, key: CellKey, seconds: float, predicted: float | None, *, exploring: bool,
-            charge: float | None = None) -> Cell:
-        """One observation; an exploring one is charged ``charge`` (default: its seconds) to the
-        exploration budget."""
+            expected: float | None = None) -> Cell:
+        """One observation; an exploring one is charged its seconds to the exploration budget,
+        except a cell's first: at most ``expected`` (what it was predicted to take), then at most
+        the warm call after it (its excess is a one-off: see _learn's docstring)."""
         with self.lock:
             cell = self.cells.get(key)
             if cell is None:
@@ -190,13 +191,13 @@ class FunctionHistory:
             cell.add(seconds, predicted)
             self.observed_s += seconds
             if exploring:
-                charged = seconds if charge is None else charge
+                charged = min(seconds, expected) if first and expected else seconds
                 self.explored_s += charged
                 if first:
                     cell.first_charge = charged
             if not first and cell.first_charge is not None:
-                # The first call's charge was capped at its prediction; the first warm sample says
-                # what it would have cost without its one-off part: charge no more than that.
+                # The first warm sample says what the first call would have cost without its
+                # one-off part: charge it no more than that.
                 if exploring and cell.first_charge > seconds:
                     self.explored_s -= cell.first_charge - seconds
                 cell.first_charge = None

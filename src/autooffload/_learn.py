@@ -30,13 +30,14 @@ that factor, so the others' predictions are suspect too) and the alternative has
 measured at this size, one call runs there instead ("exploring"), and again until its cell is
 trusted, but only while the exploring calls' charged seconds, plus the predicted seconds of the
 next one (its last sample at this size, where it has one), stay within ``EXPLORE_FRACTION`` of
-everything the function has run in this process (its observed calls, and the predicted seconds of
-the untimed calls counted while learning waits for something: see ``count_towards_compile``). A cell's first exploring call is charged at most what it was predicted to take,
-and once the cell's next exploring call is measured, at most that: its excess is the one-off
-cost any move to that backend pays once (CuPy compiling kernels for these shapes, a solver's
-workspace), which would otherwise stop exploring for ten times as long (on the H200 the normal
-equations at (12658, 79) took 37.9 ms on their first GPU call and 1.3-1.8 ms after, against
-4.2 ms on NumPy: charged in full, the GPU stayed unexplored).
+everything the function has run in this process (its observed calls, and the predicted seconds
+of the untimed calls counted while learning waits for something: see ``count_untimed``). A
+cell's first exploring call is charged at most what it was predicted to take, and once the
+cell's next exploring call is measured, at most that (``_history.FunctionHistory.add``): its
+excess is the one-off cost any move to that backend pays once (CuPy compiling kernels for
+these shapes, a solver's workspace), which would otherwise stop exploring for ten times as
+long (on the H200 the normal equations at (12658, 79) took 37.9 ms on their first GPU call
+and 1.3-1.8 ms after, against 4.2 ms on NumPy: charged in full, the GPU stayed unexplored).
 So over any run, exploring costs at most ``EXPLORE_FRACTION`` x the observed time, plus the
 one-off excess of each explored cell's first call, plus the misprediction of one call (the last
 exploring call may take longer than predicted). Writes, results and fallback behave exactly as
@@ -45,9 +46,9 @@ on any other call: exploring only changes the backend.
 **Re-checks.** A trusted cell of a backend not chosen is measured again, as an exploring call
 within the same budget, once the function has run ``RECHECK_AFTER`` (100) times its estimate
 since that cell's last sample, and only while it is within ``EXPLORE_WITHIN`` of the choice and
-the choice takes at least ``RECHECK_MIN_CALL_S`` (100 us): a
-machine start, another process on the GPU or a noisy minute can make a few samples wrong, and a
-trusted cell is otherwise never measured again (on the H200 the seed article's chain at 1e6 once
+the choice takes at least ``RECHECK_MIN_CALL_S`` (100 us): a machine start, another process on
+the GPU or a noisy minute can make a few samples wrong, and a trusted cell is otherwise never
+measured again (on the H200 the seed article's chain at 1e6 once
 settled on the GPU at 1.24 ms while the Numba tier, forced, took 80 us). A re-check that
 disagrees with the estimate by more than ``_history.AGREE`` restarts the cell from that sample,
 and exploring continues until it is trusted again. Re-checks of one cell cost at most 1/100 of
@@ -152,7 +153,7 @@ class Learner:
         self._pending: dict[tuple[int, int], float] = {}
         self._compile_wait: dict[tuple[int, int], float] = {}  # buckets waiting to afford the tier's compilation
         self._recheck_wait: dict[tuple[int, int], float] = {}  # buckets waiting to re-check a backend not chosen
-        self._counted_s = 0.0  # predicted seconds of untimed calls, towards that (count_towards_compile)
+        self._counted_s = 0.0  # predicted seconds of untimed calls, towards that (count_untimed)
         self._left_s = math.inf  # to the nearest wait (a subtraction per call, the sum checked at 0)
 
     @property
@@ -301,7 +302,7 @@ class Learner:
 
         Yes where its prediction is within ``EXPLORE_WITHIN`` of the best backend's, it has no
         trusted cell at this size, and the function has run at least ``compile_s`` (observed
-        calls plus the untimed calls counted by ``count_towards_compile``), so a compilation, on
+        calls plus the untimed calls counted by ``count_untimed``), so a compilation, on
         another thread, costs the machine no more than the function's own time so far: short
         scripts never pay for one. Waiting adds no timing to the calls (a 5 us function timed
         on every call ran 5x slower on the H200): each counts its predicted seconds instead.
@@ -323,7 +324,7 @@ class Learner:
     def _next_wait(self) -> float:
         return min((*self._compile_wait.values(), *self._recheck_wait.values()), default=0.0)
 
-    def count_towards_compile(self, seconds: float) -> bool:
+    def count_untimed(self, seconds: float) -> bool:
         """One untimed call's predicted ``seconds``; True once a waiting bucket's budget is met
         (a compilation of the tier, a re-check: then the planner decides again). Observed calls
         count their measured seconds instead (``observe``), never both."""
@@ -358,10 +359,7 @@ class Learner:
         history = self.history
         cell = history.cell((backend, *bucket))
         before = cell.estimate() if cell is not None else None
-        charge = seconds
-        if exploring and cell is None and expected:
-            charge = min(seconds, expected)  # the first call's excess is a one-off
-        cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, charge=charge)
+        cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, expected=expected)
         cell.stamp = self._spent()
         if exploring and before is not None and not (1 / AGREE < seconds / before < AGREE):
             cell.restart(seconds)  # a re-check that disagrees: measure the cell afresh

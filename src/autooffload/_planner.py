@@ -357,7 +357,7 @@ class Planner:
             return _without(pred, NUMBA), "", wait_s  # dense linear algebra, random, FFT...: not the tier's (DEBUG)
         signature = tier.signature(self.func, args, kwargs)
         if signature.state == "compiled":
-            if getattr(signature, "serial", False):
+            if signature.serial:
                 return self._serial_tier(pred, learner, bucket), "", wait_s  # its own curve: see below
             return pred, "", wait_s  # compiled: the tier stays in the running, for the choice and for exploring
         if not (fastest or explore):
@@ -402,10 +402,11 @@ class Planner:
 
     def amortize(self, d: Decision) -> Decision:
         """Send this call to the GPU once the forgone warm-GPU savings have paid for its cold start;
-        count it towards the Numba tier's compilation where that waits (then decide again)."""
+        count it towards what learning waits for (the tier's compilation, a re-check: then decide
+        again)."""
         if d.tier_wait_s:
             # An observed call counts its measured time (Learner.observe); an untimed one its prediction.
-            if not d.observe and self.learner is not None and self.learner.count_towards_compile(d.tier_wait_s):
+            if not d.observe and self.learner is not None and self.learner.count_untimed(d.tier_wait_s):
                 self.reset()
             if not d.warm_savings_s:
                 return d
