@@ -607,3 +607,91 @@ def test_the_fallback_warning_points_at_the_callers_line(fake_gpu):
     (warning,) = caught
     assert warning.filename == __file__
     assert "the warning's line" in open(__file__).read().splitlines()[warning.lineno - 1]
+
+
+# -- the light path for plain calls (Executor.plain_call, Moved.move_plain) ----------------------
+@pytest.fixture
+def plain_moves(monkeypatch):
+    """How many device runs took the light path."""
+    from autooffload._arguments import Moved
+
+    taken = []
+    original = Moved.move_plain
+
+    def spy(self, args):
+        taken.append(len(args))
+        return original(self, args)
+
+    monkeypatch.setattr(Moved, "move_plain", spy)
+    return taken
+
+
+def test_plain_calls_give_the_callers_arrays_views_and_new_arrays(on_gpu, plain_moves):
+    @offload
+    def pick(x, y, scale):
+        return x, x[1:], x[::-2], y.T, x[:3] * scale + y[0, :3], x.sum()
+
+    x, y = rng.random(8), np.asfortranarray(rng.random((4, 3)))
+    same, tail, back, yt, fresh, total = pick(x, y, 2.0)
+    assert plain_moves == [3]
+    assert same is x
+    assert np.shares_memory(tail, x) and np.array_equal(tail, x[1:])
+    assert np.shares_memory(back, x) and np.array_equal(back, x[::-2])
+    assert np.shares_memory(yt, y) and np.array_equal(yt, y.T)
+    assert not np.shares_memory(fresh, x) and np.array_equal(fresh, x[:3] * 2.0 + y[0, :3])
+    assert type(total) is np.float64 and total == x.sum()
+    tail[0] = 42.0
+    assert x[1] == 42.0  # a view of the caller's memory, as on NumPy
+
+
+@pytest.mark.parametrize("case", ["overlap", "same-twice", "strided", "writes", "global", "closure", "list"])
+def test_calls_that_are_not_plain_take_the_general_path(on_gpu, plain_moves, case):
+    base = rng.random(10)
+    counter = [0]
+
+    def reads(a, b):
+        return a + b
+
+    def writes(a, b):
+        a += b
+        return a
+
+    def rebinds(a, b):
+        global _LAST_RESULT
+        _LAST_RESULT = a + b
+        return _LAST_RESULT
+
+    def closes(a, b):
+        return a + b + counter[0]
+
+    def sums(a, b):
+        return a + b[0]
+
+    fn, args = {
+        "overlap": (reads, (base[:6], base[4:])),
+        "same-twice": (reads, (base, base)),
+        "strided": (reads, (base[::2], base[1::2])),
+        "writes": (writes, (base.copy(), base)),
+        "global": (rebinds, (base, base + 1)),
+        "closure": (closes, (base, base + 1)),
+        "list": (sums, (base, [base + 1])),
+    }[case]
+    expected = fn(*(a.copy() if isinstance(a, np.ndarray) else a for a in args))
+    np.testing.assert_array_equal(offload(fn)(*args), expected)
+    assert plain_moves == []
+
+
+def test_plain_calls_raise_the_functions_error_and_fall_back_like_others(on_gpu, plain_moves):
+    @offload
+    def checked(x):
+        if x[0] > 2:
+            raise ValueError("too large")
+        return np.median(x)
+
+    with pytest.raises(ValueError, match="too large"):
+        checked(np.full(3, 5.0))
+    fake_device.FAKE_MISSING.add("median")
+    x = rng.random(9)
+    with pytest.warns(GPUFallbackWarning, match="median"):
+        assert checked(x) == np.median(x)
+    assert checked.stats.fallbacks == 1 and plain_moves == [1, 1]

@@ -1,6 +1,6 @@
-"""Two GPU-path gaps of issue 12, measured on the GPU machine (one run, interleaved).
+"""GPU-path gaps of issue 12, measured on the GPU machine (one run, interleaved).
 
-    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2]     # both parts by default
+    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3]     # all parts by default
 
 1. ``auto`` against ``config(backend="cupy")`` on the same calls (item 8: in one suite run a ridge
    regression on a 1e5 x 256 input and a pairwise distance with a 6000 x 6000 result ran 2.5-3.5x
@@ -9,6 +9,8 @@
 2. Where a small library call's device path goes (the suite's ``bessel_i0`` at 1e3-1e4: @offload
    on CuPy ~250 us against ~115 us for CuPy + copies by hand): the same interleaving, then cProfile
    of the forced @offload calls.
+3. The same path variant by variant (the light path for plain calls on and off, ``auto`` settled)
+   and the driver calls every variant makes; cProfile of ``auto``.
 """
 
 from __future__ import annotations
@@ -61,19 +63,21 @@ def interleaved(variants: dict, rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bare(fn, args):
-    dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+def bare(fn, args, to_device=cp.asarray, to_host=cp.asnumpy):
+    dev = [to_device(a) if isinstance(a, np.ndarray) else a for a in args]
     out = fn(*dev, xp=cp) if "xp" in fn.__code__.co_varnames else fn(*dev)
-    return cp.asnumpy(out)
+    return to_host(out)
 
 
 def main() -> None:
-    parts = sys.argv[1:] or ["1", "2"]
+    parts = sys.argv[1:] or ["1", "2", "3"]
     g = np.random.default_rng(0)
     if "1" in parts:
         auto_vs_forced(g)
     if "2" in parts:
         device_path(g)
+    if "3" in parts:
+        device_path_parts(g)
 
 
 def auto_vs_forced(g) -> None:
@@ -133,6 +137,56 @@ def device_path(g) -> None:
         prof.disable()
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
+
+
+def device_path_parts(g) -> None:
+    """3. The small-call device path, variant by variant: bare CuPy + copies, @offload forced by
+    the decorator (no config block), the same with the light path for plain calls turned off,
+    ``auto`` settled on the GPU, and the driver calls every variant makes."""
+    import autooffload
+    from autooffload import _transfer
+
+    os.environ.pop("AUTOOFFLOAD_LOG", None)
+    autooffload.reload_environment()
+    print("\n3. device path by variant (us, medians of 300 interleaved rounds, each synchronized)")
+    for name, fn, n in [("bessel", suite.bessel_weights, 1000), ("bessel", suite.bessel_weights, 10_000),
+                        ("x*2+1", lambda x: x * 2 + 1, 100)]:
+        x = g.uniform(-20.0, 20.0, n)
+        forced = offload(backend="cupy")(fn)
+        heavy = offload(backend="cupy")(fn)
+        heavy.__autooffload__.executor.plain_call = lambda *a: False
+        auto = offload(fn)
+        for _ in range(60):
+            auto(x); sync()  # noqa: E702
+        variants = {"bare": lambda: bare(fn, (x,)), "bare-our-copies": lambda: bare(fn, (x,), _transfer.to_device, _transfer.to_host),
+                    "forced": lambda: forced(x), "forced-general": lambda: heavy(x),
+                    "auto": lambda: auto(x), "numpy": lambda: fn(x)}
+        t = interleaved(variants, 300)
+        print(f"  {name} n={n}, one call a sample: " + "  ".join(f"{k} {v * 1e6:.1f}" for k, v in t.items())
+              + f"   auto picked {auto.last_decision.backend}, observe={auto.last_decision.observe}, stats {auto.stats.as_dict()}")
+        t = interleaved({k: (lambda f=f: [f() for _ in range(100)]) for k, f in variants.items()}, 15)
+        print(f"  {name} n={n}, 100 calls a sample (as the suite times): "
+              + "  ".join(f"{k} {v * 1e4:.1f}" for k, v in t.items()))
+    x = g.uniform(-1, 1, 100)
+    d = cp.asarray(x)
+    s = cp.cuda.get_current_stream()
+    prims = {"stream.synchronize (idle)": lambda: s.synchronize(), "cupy.empty(100)": lambda: cp.empty(100),
+             "cupy.asarray(800 B)": lambda: cp.asarray(x), "cupy.asnumpy(800 B)": lambda: cp.asnumpy(d),
+             "_transfer.to_device(800 B)": lambda: _transfer.to_device(x), "_transfer.to_host(800 B)": lambda: _transfer.to_host(d),
+             "x*2+1 on device (enqueue)": lambda: d * 2 + 1}
+    t = interleaved(prims, 500)
+    print("  driver and copy primitives: " + "  ".join(f"{k} {v * 1e6:.1f}" for k, v in t.items()))
+    x = g.uniform(-20.0, 20.0, 10_000)
+    auto = offload(suite.bessel_weights)
+    for _ in range(60):
+        auto(x)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(500):
+        auto(x)
+    prof.disable()
+    print("  cProfile of auto (bessel n=10000), by cumulative time:")
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
 
 
 if __name__ == "__main__":

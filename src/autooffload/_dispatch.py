@@ -172,7 +172,7 @@ class _State:
         may_write, _ = may_write_arguments(func)
         self.executor = Executor(func, self.name, self.records, self.ran_instead,
                                  pure=bool(pure), may_write=may_write, xp_param=xp_param,
-                                 blockwise=self.blockwise, note=self.report)
+                                 xp_defaults_to_numpy=xp_defaults_to_numpy, blockwise=self.blockwise, note=self.report)
         self.executor.replan = self.replan
         self.fastpath = None  # the _native.FastPath of the wrapper, when the extension is built
         # The wrapper (weak: it holds this state), and the decorator's options, for the Dask path

@@ -26,12 +26,13 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _config, _stream, backends
-from ._arguments import Ineligible, NumPyWouldRaise, move
+from ._address import array_address
+from ._arguments import Ineligible, Moved, NumPyWouldRaise, move
 from ._blockwise import Verdict
 from ._costmodel import Decision, stream_chunk_bytes
 from ._reachable import Reachable
 from ._records import Outcome, Records, type_signature
-from .backends import CUPY, HOST, NUMPY
+from .backends import CUPY, HOST, NUMPY, why_not_on_device
 from .backends import cupy as device
 from .errors import GPUFallbackWarning, warn_at_user_line
 
@@ -46,7 +47,7 @@ class Executor:
     """Runs one function's calls (see the module docstring)."""
 
     def __init__(self, func: Callable, name: str, records: Records, report: Callable[[Decision], None], *,
-                 pure: bool, may_write: bool, xp_param: int | str | None,
+                 pure: bool, may_write: bool, xp_param: int | str | None, xp_defaults_to_numpy: bool = False,
                  blockwise: Verdict | None = None, note: Callable[[Decision], None] | None = None):
         self.func = func
         self.blockwise = blockwise  # streamed runs of host data (_stream.py) when blockwise
@@ -57,6 +58,7 @@ class Executor:
         self.pure = pure
         self.may_write = may_write
         self.xp_param = xp_param
+        self.xp_defaults_to_numpy = xp_defaults_to_numpy  # then host runs need no xp=np passed
         self.runners: dict[int, tuple[Any, Callable | None, Any, str]] = {}  # id(backend) -> runner
         self.resident: tuple[Any, Callable, Any] | None = None  # (backend, device fn, twin) once one ran
         # Decides a call again for the device current now (set by the function's _State): a GPU
@@ -79,9 +81,35 @@ class Executor:
                 return False
         return True
 
+    def plain_call(self, args: tuple, kwargs: dict, twin: Any) -> bool:
+        """Whether a device run of this host-data call may take the light path (``Moved.move_plain``,
+        no ``Reachable``): promised pure or proven unable to write; its arrays positional, NumPy's
+        own type, contiguous, native, of a device dtype and in memory of their own (no overlap to
+        copy as one span); every other argument a scalar, a module or a tuple of scalars; and code
+        that rebinds no global or closure variable."""
+        if self.may_write and not self.pure:
+            return False
+        spans = []
+        for a in args:
+            t = type(a)
+            if t is np.ndarray:
+                if not (a.flags.c_contiguous or a.flags.f_contiguous) or why_not_on_device(a) or not a.dtype.isnative:
+                    return False
+                if a.nbytes:
+                    spans.append((array_address(a), a.nbytes))
+            elif not (t in PASSIVE or (t is tuple and all(type(x) in PASSIVE for x in a))):
+                return False
+        if any(type(v) not in PASSIVE for v in kwargs.values()):
+            return False
+        if len(spans) > 1:
+            spans.sort()
+            if any(low + n > next_low for (low, n), (next_low, _) in zip(spans, spans[1:])):
+                return False
+        return twin is None or not twin.leaves_state()
+
     def with_xp(self, args: tuple, kwargs: dict, module: Any) -> tuple[tuple, dict]:
         p = self.xp_param
-        if p is None or "xp" in kwargs or (p != "kw" and len(args) > p):
+        if p is None or "xp" in kwargs or (p != "kw" and len(args) > p) or (module is np and self.xp_defaults_to_numpy):
             return args, kwargs
         return args, {**kwargs, "xp": module}
 
@@ -117,9 +145,13 @@ class Executor:
             self._ran_on_numpy(d, f"no {backend.name} version: {how}")
             return self.run_numpy(args, kwargs, False)
         call_args, call_kwargs = self.with_xp(args, kwargs, np)
+        threads = _config.current_threads()
         try:
-            with backend.thread_limit(_config.current_threads()):
-                result = fn(*call_args, **call_kwargs)
+            if threads is None:
+                result = fn(*call_args, **call_kwargs)  # no limit: no context manager (~1 us)
+            else:
+                with backend.thread_limit(threads):
+                    result = fn(*call_args, **call_kwargs)
         except Exception as exc:
             cause = backend.fallback_cause(exc)
             if cause is None:
@@ -193,7 +225,11 @@ class Executor:
                 return streamed
         moved = None
         try:
-            if d.host_bytes or not d.device_bytes:
+            plain = not has_device_args and self.plain_call(args, kwargs, twin)
+            if plain:
+                moved = Moved(backend, True, True, self.records.timesheet.meter(d.backend)).move_plain(args)
+                moved.kwargs = kwargs
+            elif d.host_bytes or not d.device_bytes:
                 # Host data, or no arrays at all: either way the result belongs on the host.
                 moved = move(backend, args, kwargs, to_device=True, pure=self.skip_write_detection(args, kwargs),
                              meter=self.records.timesheet.meter(d.backend))  # the copies, for autooffload.report()
@@ -207,8 +243,9 @@ class Executor:
             failure = (exc, cause)
             reach = None
         else:
-            # What the run may change beyond its arrays (to undo before a fallback, to sweep after).
-            reach = Reachable(args, kwargs, twin, deep=self.may_write)
+            # What the run may change beyond its arrays (to undo before a fallback, to sweep after):
+            # nothing, for a plain call.
+            reach = None if plain else Reachable(args, kwargs, twin, deep=self.may_write)
             try:
                 ok, outcome = self._call_device(fn, twin, moved, args, kwargs, backend)
             except BaseException:

@@ -203,6 +203,11 @@ class Twin:
         its closure cells): where a call of this twin can leave state behind."""
         return self._real, self._loads, self._stores, self.func.__closure__ or ()
 
+    def leaves_state(self) -> bool:
+        """Whether a call can leave state in names (``Reachable``'s ``rebound`` and ``cells``): this
+        twin or a helper twin assigns a ``global`` name or has closure cells."""
+        return any(twin._stores or twin.func.__closure__ for twin in self.family())
+
     def runs_code_in(self, frame_globals: dict) -> bool:
         """Whether a frame with these globals runs this twin's or a helper twin's code."""
         return any(twin._globals is frame_globals for twin in self.family())
