@@ -7,6 +7,7 @@ calls until the decision settles is a fixed property of the rules in _learn.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -472,3 +473,59 @@ def test_short_calls_wait_for_no_recheck():
         history.add(("cupy", 40, -1), 0.006, 0.006, exploring=True)
     assert learner.recheck_wait(Prediction({"numpy": 30e-6, "cupy": 60e-6}), "numpy", (30, -1)) == 0.0
     assert learner.recheck_wait(Prediction({"numpy": 0.003, "cupy": 0.006}), "numpy", (40, -1)) == 0.003
+
+
+def test_a_trusted_gpu_choice_times_one_call_in_eight_and_counts_the_rest(ready_gpu, use_profile, clock):
+    # Profile: NumPy 10 ms, GPU ~0.5 ms; reality agrees (GPU 1 ms): the GPU is chosen and trusted.
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-10, copy_per_byte=1e-10, cold_start=0.0))
+    f = timed(clock, numpy_s=0.010, gpu_s=0.001)
+    backends_over(f, 3)  # the dropped first and two agreeing samples
+    learner = f.__autooffload__.learner
+    cell = learner.history.cell(("cupy", *f.last_decision.bucket))
+    assert cell.trusted
+    before, counted = cell.count, learner._counted_s
+    seen = backends_over(f, 8 * _learn.DEVICE_SAMPLE_EVERY)
+    assert seen == ["cupy"] * len(seen)
+    assert f.last_decision.observe and f.last_decision.observe_every == _learn.DEVICE_SAMPLE_EVERY
+    assert cell.count - before == 8  # one call in DEVICE_SAMPLE_EVERY timed...
+    untimed = 8 * (_learn.DEVICE_SAMPLE_EVERY - 1)
+    assert learner._counted_s - counted == pytest.approx(untimed * cell.estimate(), rel=0.01)  # ...the rest counted
+
+
+def test_cold_samples_are_dropped_unless_every_recent_one_is_cold():
+    cell = _history.Cell()
+    cell.add(1.0, None)  # the first: dropped as always
+    for _ in range(_history.COLD_DROPS):
+        cell.add(0.050, None, cold=True)  # a tier call after its threads slept
+    assert cell.samples == [] and cell.count == 1 + _history.COLD_DROPS
+    cell.add(0.010, None)
+    cell.add(0.011, None)
+    cell.add(0.050, None, cold=True)  # one cold call among warm ones: not its cost
+    assert cell.samples == [0.010, 0.011] and cell.estimate() == pytest.approx(0.0105)
+    for _ in range(_history.COLD_DROPS + 3):
+        cell.add(0.050, None, cold=True)  # called this sparsely, the cold cost is the real one
+    assert cell.samples[-3:] == [0.050] * 3
+
+
+def test_a_tier_call_after_its_threads_slept_is_observed_cold(monkeypatch):
+    from autooffload import backends
+
+    tier = backends.get("numba")
+    if tier is None:
+        pytest.skip("the Numba tier is not installed here")
+
+    @offload(backend="numba")
+    def chain(x):
+        return x * 2.0 + 1.0
+
+    x = np.arange(1000.0)
+    chain(x)  # compiled, and its threads started
+    state = chain.__autooffload__
+    seen = []
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False: seen.append(cold))
+    d = dataclasses.replace(chain.last_decision, observe=True, observe_every=1)
+    assert d.backend == "numba"
+    state.run_observed(d, (x,), {})  # right after the last call: warm
+    tier.last_end = 0.0  # long ago: its threads are asleep
+    state.run_observed(d, (x,), {})
+    assert seen == [False, True]

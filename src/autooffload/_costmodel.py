@@ -114,7 +114,8 @@ class Decision:
     sources: dict[str, str] = field(default_factory=dict)
     # The profile's own predictions, before learning adjusted them (what history errors are against).
     profile_s: dict[str, float | None] = field(default_factory=dict)
-    observe: bool = False  # this call's time is measured (see _learn.py)
+    observe: bool = False  # this call's time is measured (see _learn.py)...
+    observe_every: int = 1  # ...or one call in this many, the others counted at their prediction
     exploring: bool = False  # the model is uncertain: this call tries another backend
     # Predicted seconds this call counts towards what learning waits for: compiling the Numba
     # tier to explore it, re-checking a backend not chosen (_learn.py). Such calls are untimed

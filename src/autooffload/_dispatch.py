@@ -25,6 +25,7 @@ import functools
 import inspect
 import itertools
 import sys
+import time
 import types
 import weakref
 from typing import Any, Callable, Literal, ParamSpec, Protocol, TypeVar, overload
@@ -40,7 +41,7 @@ from ._planner import Planner, call_shape
 from ._purity import may_write_arguments
 from ._records import Records, type_signature
 from ._traits import body_runs_after_return, host_only_reason, xp_parameter
-from .backends import CUPY, HOST, NUMPY
+from .backends import CUPY, HOST, NUMBA, NUMPY
 from .backends import cupy as device
 from .errors import ConfigError
 
@@ -164,6 +165,7 @@ class _State:
         self.planner.fast_allowed = not self.inject_xp
         self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
+        self.unsampled = 0  # calls run untimed since the last timed one (Decision.observe_every)
         self.learner.revisit = self.planner.reset  # a measurement that changes the answer: decide again
         self.planner.learner = self.learner
         _config.register_decision_cache(self.planner)
@@ -227,7 +229,19 @@ class _State:
 
     def run_observed(self, d: Decision, args: tuple, kwargs: dict) -> Any:
         """Run ``d`` and measure it: the whole call, including the copies and the device work it
-        waited for (a device run on host data ends in a synchronization)."""
+        waited for (a device run on host data ends synchronized: Executor._finish_device). Of a
+        decision timed one call in ``observe_every``, the others run untimed and count their
+        predicted seconds (``_learn.Learner.count_untimed``)."""
+        if d.observe_every > 1:
+            self.unsampled += 1
+            if self.unsampled < d.observe_every:
+                result = self.executor.run(d, args, kwargs)
+                if self.learner.count_untimed(d.predicted_s.get(d.backend) or 0.0):
+                    self.planner.reset()  # a wait of learning's has come: decide again
+                return result
+            self.unsampled = 0
+        tier = backends.get(NUMBA) if d.backend == NUMBA else None
+        cold = tier is not None and time.perf_counter() - getattr(tier, "last_end", 0.0) > _learn.TIER_COLD_AFTER_S
         start = _learn.clock()
         raised = True
         try:
@@ -235,15 +249,12 @@ class _State:
                 result = self.executor.run_numpy(args, kwargs, False)
             else:
                 result = self.executor.run(d, args, kwargs)
-                ran = backends.get(self.attrs.get("last_decision", d).backend)
-                if ran is not None:
-                    ran.synchronize()
             raised = False
             return result
         finally:
-            self._observed(d, _learn.clock() - start, raised)
+            self._observed(d, _learn.clock() - start, raised, cold)
 
-    def _observed(self, d: Decision, seconds: float, raised: bool) -> None:
+    def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False) -> None:
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
         ran = self.attrs.get("last_decision", d)
@@ -256,7 +267,7 @@ class _State:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
         if not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
-                                 expected=d.predicted_s.get(d.backend))
+                                 expected=d.predicted_s.get(d.backend), cold=cold)
         if _log.active():
             _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)
 

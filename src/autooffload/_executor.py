@@ -389,6 +389,8 @@ class Executor:
             if not d.device_bytes:
                 self._sweep(reach, moved, d)
                 result = moved.result(result)  # the copy out synchronizes: the time below is real
+                if not moved.device_idle:
+                    moved.backend.synchronize()  # nothing came back to wait on: wait for the run itself
         self.records.ran(Outcome(d.backend, None, time.perf_counter() - start if moved is not None else None, d.bucket))
         return result
 

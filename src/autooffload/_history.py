@@ -50,6 +50,11 @@ TRUSTED = 2  # samples (after the dropped first) before a cell's estimate replac
 # H200 suite a pairwise distance at (1000, 16) settled on NumPy (4.6 ms) with the GPU measured at
 # 0.95 ms by hand: a median of two samples is their mean, and one slow one decides it.
 AGREE = 1.5
+# A cold sample (the Numba tier's call after its threads went to sleep: 2.5-10x a warm call on
+# the 2-core VM, and on the H200 the percentiles at 1e2 were learned at 38 us on the tier against
+# 10 us warm, so NumPy's 30 us won) is dropped, unless this many in a row were: then the function
+# is called that sparsely, and the cold cost is its real one.
+COLD_DROPS = 3
 CELLS = 256  # per function
 FUNCTIONS = 2000  # per file
 SAVE_EVERY = 64  # new observations between saves (and at exit)...
@@ -78,7 +83,7 @@ def function_key(func: Callable) -> str:
 class Cell:
     """Observations of one function on one backend in one size bucket."""
 
-    __slots__ = ("samples", "count", "predicted", "dropped_first", "first_charge", "stamp")
+    __slots__ = ("samples", "count", "predicted", "dropped_first", "first_charge", "stamp", "cold_run")
 
     def __init__(self) -> None:
         self.samples: list[float] = []  # newest last, at most SAMPLES
@@ -91,14 +96,20 @@ class Cell:
         # The function's seconds in this process when this cell last got a sample (0.0 for a cell
         # read from the file): how long ago it was measured (set by _learn, for re-checks).
         self.stamp = 0.0
+        self.cold_run = 0  # cold samples offered in a row (see add)
 
-    def add(self, seconds: float, predicted: float | None) -> None:
+    def add(self, seconds: float, predicted: float | None, cold: bool = False) -> None:
         seconds = max(seconds, 1e-9)  # a coarse clock can read 0: estimates divide by these
         self.count += 1
         if predicted is not None:
             self.predicted = predicted
         if not self.dropped_first:
             self.dropped_first = True  # one-off costs: see the module docstring
+            return
+        if not cold:
+            self.cold_run = 0
+        elif self.cold_run < COLD_DROPS:
+            self.cold_run += 1  # a start-up cost the calls that follow it do not pay: see COLD_DROPS
             return
         self.samples.append(seconds)
         if len(self.samples) > SAMPLES:
@@ -175,7 +186,7 @@ class FunctionHistory:
         self.lock = threading.Lock()
 
     def add(self, key: CellKey, seconds: float, predicted: float | None, *, exploring: bool,
-            expected: float | None = None) -> Cell:
+            expected: float | None = None, cold: bool = False) -> Cell:
         """One observation; an exploring one is charged its seconds to the exploration budget,
         except a cell's first: at most ``expected`` (what it was predicted to take), then at most
         the warm call after it (its excess is a one-off: see _learn's docstring)."""
@@ -188,7 +199,7 @@ class FunctionHistory:
             else:
                 self.cells[key] = self.cells.pop(key)  # most recently observed last
             first = not cell.dropped_first
-            cell.add(seconds, predicted)
+            cell.add(seconds, predicted, cold)
             self.observed_s += seconds
             if exploring:
                 charged = min(seconds, expected) if first and expected else seconds

@@ -56,7 +56,7 @@ the function's observed time.
 
 **What is observed.** Calls whose decision says ``observe`` (learning is on, the data is on the
 host, and the chosen backend is not yet trusted there, or exploration is pending, or the call
-runs on a device backend) are timed with a ``perf_counter`` pair around the whole call; a device
+runs on a device backend: there one call in ``DEVICE_SAMPLE_EVERY`` once trusted) are timed with a ``perf_counter`` pair around the whole call; a device
 run on host data ends in the copy out (or a stream synchronization where nothing is copied out),
 so the time includes the device work it waited for. Once a bucket is trusted and certain, its
 NumPy calls go back to the untimed hot path and the C check. Calls on device-resident data are
@@ -97,6 +97,14 @@ RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this 
 # ...for calls predicted at least this long: waiting for a re-check takes a NumPy call off the C
 # check's path (+5 us on the 2-core VM: Black-Scholes at 1e2, 24 us, ran 20% slower).
 RECHECK_MIN_CALL_S = 100e-6
+# A trusted device cell times one call in this many: timing each cost ~10 us of a ~100 us small
+# GPU call on the H200 (the history's estimate, a stream synchronization); the untimed ones
+# count their estimate towards the function's seconds (count_untimed).
+DEVICE_SAMPLE_EVERY = 8
+# A Numba tier call this long after the tier last ran is cold: its threads slept (OpenMP's spin
+# ends after ~0.3-1 ms on the 2-core VM: percentiles at 1e2 took 16 us back to back, 17 us after
+# 0.3 ms, 41 us after 1 ms, 155 us after 10 ms). Such samples are dropped (_history.COLD_DROPS).
+TIER_COLD_AFTER_S = 0.5e-3
 clock = time.perf_counter  # tests replace it
 
 
@@ -343,15 +351,19 @@ class Learner:
         self._left_s = self._next_wait() - spent if (self._compile_wait or self._recheck_wait) else math.inf
         return bool(ready)
 
-    def wants_observation(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool) -> bool:
-        if on_device_backend or bucket in self._pending:
-            return True
+    def observation_interval(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool) -> int:
+        """Every how many calls of ``chosen`` here one is timed: 1 while its cell is not trusted
+        or exploration waits here; ``DEVICE_SAMPLE_EVERY`` on a device backend once trusted (its
+        calls are off the C check anyway, and the samples keep the estimate current); else 0
+        (never: the NumPy call goes back to the C check)."""
         cell = self.history.cell((chosen, *bucket))
-        return cell is None or not cell.trusted
+        if bucket in self._pending or cell is None or not cell.trusted:
+            return 1
+        return DEVICE_SAMPLE_EVERY if on_device_backend else 0
 
     # -- observing -----------------------------------------------------------------------------
     def observe(self, backend: str, bucket: tuple[int, int], seconds: float, predicted: float | None,
-                *, exploring: bool, expected: float | None = None) -> None:
+                *, exploring: bool, expected: float | None = None, cold: bool = False) -> None:
         """One call's observed seconds; the planner decides again where that may change its answer.
 
         ``expected``: what the decision predicted this call to take (an exploring call's charge,
@@ -359,7 +371,7 @@ class Learner:
         history = self.history
         cell = history.cell((backend, *bucket))
         before = cell.estimate() if cell is not None else None
-        cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, expected=expected)
+        cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, expected=expected, cold=cold)
         cell.stamp = self._spent()
         if exploring and before is not None and not (1 / AGREE < seconds / before < AGREE):
             cell.restart(seconds)  # a re-check that disagrees: measure the cell afresh

@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from types import FunctionType, ModuleType
 from typing import Any, Callable, Iterator
@@ -93,6 +94,9 @@ class NumbaBackend(Backend):
         # on concurrent parallel launches: calls are serialized until the layer is known to be safe.
         self._layer: str | None = None
         self._launch_lock = threading.Lock()
+        # When compiled code last finished (perf_counter): after ~0.5 ms without work the parallel
+        # threads sleep, and the next call pays their wake-up (_learn.TIER_COLD_AFTER_S).
+        self.last_end = 0.0
 
     # -- per function --------------------------------------------------------------------------
     def compiler(self, func: Callable):
@@ -153,11 +157,17 @@ class NumbaBackend(Backend):
         """Run compiled code, serialized only where the threading layer needs it."""
         if self._layer is None or self._layer == "workqueue":
             with self._launch_lock:
-                result = run()
+                try:
+                    result = run()
+                finally:
+                    self.last_end = time.perf_counter()
                 if self._layer is None:
                     self._layer = self._threading_layer()
                 return result
-        return run()
+        try:
+            return run()
+        finally:
+            self.last_end = time.perf_counter()
 
 
 class _CompiledCall:
