@@ -638,8 +638,9 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
         row["offload_calls"] = {k: after[k] - before[k] for k in after}
         d = fn_off.last_decision
         row["picked"] = d.backend
-        if row["offload_calls"].get("numpy") and row["offload_calls"].get("cupy"):
-            row["picked"] = f"mixed ({row['offload_calls']['cupy']} cupy)"
+        ran = {b: row["offload_calls"].get(b, 0) for b in ("numpy", "numba", "cupy")}
+        if sum(1 for c in ran.values() if c) > 1:  # the measured calls ran on more than one backend
+            row["picked"] = "mixed (" + ", ".join(f"{c} {b}" for b, c in ran.items() if c and b != "numpy") + ")"
         row["reason"] = d.reason
         row["predicted_s"] = dict(d.predicted_s) if getattr(d, "predicted_s", None) else None
         if row["offload_calls"].get("fallbacks"):

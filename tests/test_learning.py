@@ -522,10 +522,26 @@ def test_a_tier_call_after_its_threads_slept_is_observed_cold(monkeypatch):
     chain(x)  # compiled, and its threads started
     state = chain.__autooffload__
     seen = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False: seen.append(cold))
     d = dataclasses.replace(chain.last_decision, observe=True, observe_every=1)
     assert d.backend == "numba"
     state.run_observed(d, (x,), {})  # right after the last call: warm
     tier.last_end = 0.0  # long ago: its threads are asleep
     state.run_observed(d, (x,), {})
     assert seen == [False, True]
+
+
+def test_calls_timed_while_the_tier_compiles_teach_nothing_but_count(ready_gpu, use_profile, clock, monkeypatch):
+    from autooffload import backends
+
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-10, copy_per_byte=1e-10, cold_start=0.0))
+    f = timed(clock, numpy_s=0.010, gpu_s=0.015)
+    tier_module = backends.module("numba")
+    monkeypatch.setattr(tier_module, "compiling_now", lambda: True)  # another thread holds the GIL
+    backends_over(f, 5)
+    learner = f.__autooffload__.learner
+    assert not learner.history.cells  # nothing learned from the contended calls...
+    assert learner._counted_s == pytest.approx(5 * 0.015)  # ...but their time counts
+    monkeypatch.setattr(tier_module, "compiling_now", lambda: False)
+    backends_over(f, 3)
+    assert learner.history.cells

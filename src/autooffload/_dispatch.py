@@ -252,9 +252,13 @@ class _State:
             raised = False
             return result
         finally:
-            self._observed(d, _learn.clock() - start, raised, cold)
+            disturbed = backends.module(NUMBA).compiling_now()
+            self._observed(d, _learn.clock() - start, raised, cold, disturbed)
 
-    def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False) -> None:
+    def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False) -> None:
+        """File one timed call. ``cold``: a tier call after its threads slept (_history.COLD_DROPS);
+        ``disturbed``: a compilation for the tier ran meanwhile, so the time is counted towards
+        the function's seconds but learned from nowhere (_numba_compile.compiling_now)."""
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
         ran = self.attrs.get("last_decision", d)
@@ -265,7 +269,10 @@ class _State:
             self.records.timesheet.timed_rerun(seconds)
         elif d.backend == NUMPY or getattr(backends.get(d.backend), "memory", None) == HOST:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
-        if not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
+        if not raised and ran is d and _learn.enabled() and disturbed:
+            if self.learner.count_untimed(seconds):
+                self.planner.reset()
+        elif not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
                                  expected=d.predicted_s.get(d.backend), cold=cold)
         if _log.active():

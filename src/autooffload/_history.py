@@ -53,7 +53,8 @@ AGREE = 1.5
 # A cold sample (the Numba tier's call after its threads went to sleep: 2.5-10x a warm call on
 # the 2-core VM, and on the H200 the percentiles at 1e2 were learned at 38 us on the tier against
 # 10 us warm, so NumPy's 30 us won) is dropped, unless this many in a row were: then the function
-# is called that sparsely, and the cold cost is its real one.
+# is called that sparsely, and the cold cost is its real one. A dropped exploring call is not
+# charged to the exploration budget, so that the next call explores again, warm (FunctionHistory.add).
 COLD_DROPS = 3
 CELLS = 256  # per function
 FUNCTIONS = 2000  # per file
@@ -98,22 +99,24 @@ class Cell:
         self.stamp = 0.0
         self.cold_run = 0  # cold samples offered in a row (see add)
 
-    def add(self, seconds: float, predicted: float | None, cold: bool = False) -> None:
+    def add(self, seconds: float, predicted: float | None, cold: bool = False) -> bool:
+        """Add one observation; False where it was a cold one and dropped (see COLD_DROPS)."""
         seconds = max(seconds, 1e-9)  # a coarse clock can read 0: estimates divide by these
         self.count += 1
         if predicted is not None:
             self.predicted = predicted
         if not self.dropped_first:
             self.dropped_first = True  # one-off costs: see the module docstring
-            return
+            return True
         if not cold:
             self.cold_run = 0
         elif self.cold_run < COLD_DROPS:
             self.cold_run += 1  # a start-up cost the calls that follow it do not pay: see COLD_DROPS
-            return
+            return False
         self.samples.append(seconds)
         if len(self.samples) > SAMPLES:
             del self.samples[0]
+        return True
 
     @property
     def trusted(self) -> bool:
@@ -199,9 +202,12 @@ class FunctionHistory:
             else:
                 self.cells[key] = self.cells.pop(key)  # most recently observed last
             first = not cell.dropped_first
-            cell.add(seconds, predicted, cold)
+            kept = cell.add(seconds, predicted, cold)
             self.observed_s += seconds
-            if exploring:
+            # A cold exploring call is not charged: the exploration then goes on at the next call,
+            # warm, instead of waiting for budget and being cold again (at most COLD_DROPS such
+            # calls in a row per cell, each a wake-up's cost).
+            if exploring and kept:
                 charged = min(seconds, expected) if first and expected else seconds
                 self.explored_s += charged
                 if first:

@@ -198,6 +198,11 @@ _unavailable: str | None = None
 _NOT_INSTALLED = "Numba is not installed (pip install 'autooffload[numba]')"
 
 
+def compiling_now() -> bool:
+    """Whether a compilation for the tier runs now, in any thread (never imports Numba)."""
+    return _backend is not None and _backend._compile.compiling_now()
+
+
 def unavailable_reason() -> str | None:
     """Why the tier cannot run, if known without importing Numba; None otherwise."""
     if _backend is not None or _unavailable is not None or "numba" in sys.modules:
