@@ -169,6 +169,8 @@ def main(argv=None) -> None:
     p.add_argument("--chunk-sizes-at", type=float, default=1e8, help="n at which --chunks columns are measured")
     p.add_argument("--budget-s", type=float, default=150.0)
     p.add_argument("--machine", default="h200")
+    p.add_argument("--pin-results", action="store_true",
+                   help="kept result blocks pinned on reuse (the engine's pin_results_min=1; off by default)")
     args = p.parse_args(argv)
     import cupy as cp
 
@@ -179,7 +181,14 @@ def main(argv=None) -> None:
         print(s, flush=True)
         lines.append(s)
 
-    say(f"streaming benchmark; numpy {np.__version__}, cupy {cp.__version__}; {B.cpu_model()}")
+    if args.pin_results:
+        from autooffload import _transfer
+        from autooffload._profiles import active_profile
+
+        active_profile()  # its copy tuning applied first: the knob goes on top of it
+        _transfer._configure(pin_results_min=1)
+    say(f"streaming benchmark; numpy {np.__version__}, cupy {cp.__version__}; {B.cpu_model()}"
+        + ("; kept results pinned on reuse" if args.pin_results else ""))
     rows = []
     chunks = [int(float(c)) for c in args.chunks.split(",") if c]
     for n in [int(float(s)) for s in args.sizes.split(",")]:

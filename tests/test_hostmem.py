@@ -95,3 +95,89 @@ def test_max_free_bytes_zero_keeps_nothing():
     a = pool.empty((MiB,), np.uint8)
     del a
     assert pool.info()["free_blocks"] == 0
+
+
+class _Pins:
+    """Stand-in for cudaHostRegister/Unregister: records what is pinned."""
+
+    def __init__(self, refuse: bool = False):
+        self.pinned: dict[int, int] = {}
+        self.calls = 0
+        self.refuse = refuse
+
+    def pin(self, address: int, nbytes: int) -> bool:
+        self.calls += 1
+        if self.refuse:
+            return False
+        assert address not in self.pinned
+        self.pinned[address] = nbytes
+        return True
+
+    def unpin(self, address: int) -> None:
+        del self.pinned[address]
+
+
+def test_only_reused_blocks_are_pinned_once_and_copies_can_find_them():
+    pool, pins = HostBlocks(max_free_bytes=64 * MiB), _Pins()
+    pool.configure_pinning(pins.pin, pins.unpin, min_bytes=4 * MiB)
+    first = pool.empty((MiB,), np.float64)  # 8 MiB, new memory: not pinned
+    address = first.ctypes.data
+    assert not pins.pinned and not pool.is_pinned(address, first.nbytes)
+    del first
+    gc.collect()
+    second = pool.empty((MiB,), np.float64)  # handed out again: pinned now
+    assert second.ctypes.data == address and pins.pinned == {address: second.base._block.nbytes}
+    assert pool.is_pinned(address, second.nbytes) and pool.is_pinned(address + 8, 64)
+    assert not pool.is_pinned(address - 8, 64) and not pool.is_pinned(address, second.base._block.nbytes + 1)
+    del second
+    gc.collect()
+    third = pool.empty((MiB,), np.float64)
+    assert third.ctypes.data == address and pins.calls == 1  # pinned once, reused pinned
+    assert pool.info()["pinned_blocks"] == 1
+    small = pool.empty((MiB // 8,), np.float64)  # 1 MiB: below min_bytes
+    del small
+    gc.collect()
+    small = pool.empty((MiB // 8,), np.float64)
+    assert pins.calls == 1
+    del third, small
+    gc.collect()
+    pool.release()  # blocks going back to the OS are unpinned first
+    assert not pins.pinned and pool.info()["pinned_bytes"] == 0
+
+
+def test_pinning_is_bounded_refusals_are_harmless_and_dropped_blocks_are_unpinned():
+    pool, pins = HostBlocks(max_free_bytes=20 * MiB), _Pins()
+    pool.max_pinned_bytes = 10 * MiB
+    pool.configure_pinning(pins.pin, pins.unpin, min_bytes=MiB)
+    blocks = [pool.empty((8 * MiB,), np.uint8) for _ in range(2)]
+    del blocks
+    gc.collect()
+    again = [pool.empty((8 * MiB,), np.uint8) for _ in range(2)]
+    assert len(pins.pinned) == 1 and pool.pinned_bytes <= 10 * MiB  # the second would pass the bound
+    del again
+    gc.collect()
+    assert len(pins.pinned) == 1  # kept, still pinned
+    huge = pool.empty((16 * MiB,), np.uint8)
+    del huge  # with the two kept 8 MiB blocks this passes the bound: the largest go, unpinned first
+    gc.collect()
+    assert pool.info()["free_bytes"] <= 20 * MiB
+    assert all(pool.is_pinned(a, 1) for a in pins.pinned)
+    back = [pool.empty((8 * MiB,), np.uint8) for _ in range(2)]  # the pinned block among them
+    pool.max_free_bytes = 0  # nothing is kept now: returned blocks go back to the OS, unpinned
+    del back
+    gc.collect()
+    assert not pins.pinned and pool.pinned_bytes == 0
+    refusing = HostBlocks(max_free_bytes=64 * MiB)
+    nopins = _Pins(refuse=True)
+    refusing.configure_pinning(nopins.pin, nopins.unpin, min_bytes=MiB)
+    a = refusing.empty((8 * MiB,), np.uint8)
+    del a
+    gc.collect()
+    b = refusing.empty((8 * MiB,), np.uint8)
+    b[...] = 7  # an ordinary result all the same
+    assert nopins.calls == 1 and not refusing.is_pinned(b.ctypes.data, b.nbytes) and refusing.pinned_bytes == 0
+    refusing.configure_pinning(None, None)
+    del b
+    gc.collect()
+    c = refusing.empty((8 * MiB,), np.uint8)
+    assert nopins.calls == 1 and c.nbytes == 8 * MiB  # turned off: no more attempts

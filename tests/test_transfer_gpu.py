@@ -444,3 +444,38 @@ def test_register_failure_mid_copy_unpins_everything(direction, monkeypatch):
         assert same(T.to_host(T.to_device(h)), h)
     finally:
         T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
+
+
+def test_kept_results_are_pinned_when_reused_and_copied_by_one_dma(monkeypatch):
+    from autooffload import _hostmem
+
+    old = T._configure(pin_results_min=4 * MiB)
+    dmas = []
+    real = T._dma_pinned
+    monkeypatch.setattr(T, "_dma_pinned", lambda cp_, dst, src, n, kind, stream: (dmas.append(kind), real(cp_, dst, src, n, kind, stream)))
+    try:
+        rng = np.random.default_rng(5)
+        T.release_pinned_pool()  # no kept blocks from other tests
+        for dtype, shape, order in [(np.float64, (4 * MiB,), "C"), (np.float32, (2048, 3000), "F")]:
+            dmas.clear()
+            x = random_array(shape, dtype, rng, order)
+            dev = cp.asarray(x)
+            first = T.to_host(dev)  # new memory: not pinned, the ordinary path
+            assert same(first, x) and not dmas
+            address = first.ctypes.data
+            del first
+            gc.collect()
+            second = T.to_host(dev)  # the kept block, pinned now: one DMA into it
+            assert same(second, x) and second.ctypes.data == address and dmas == [T._D2H]
+            assert _hostmem.results.is_pinned(address, second.nbytes)
+            back = T.to_device(second)  # a pinned result passed back in: one DMA out of it
+            assert same(back.get(), x) and dmas == [T._D2H, T._H2D]
+            second[...] = 0  # the caller may change it at once: the copy is done
+            assert same(back.get(), x)
+            del second, back
+            gc.collect()
+        T.release_pinned_pool()
+        assert _hostmem.results.info()["pinned_bytes"] == 0
+    finally:
+        T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
+        T.release_pinned_pool()

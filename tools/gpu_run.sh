@@ -60,6 +60,8 @@ for s in "$@"; do
                         tar czf "$OUT/diag-histories.tgz" /tmp/ao-cache-diag /tmp/ao-cache-diag-tw 2>/dev/null ;;
         pieces) TAIL=12 step pieces python3 tools/transfer_diag.py --pieces --out "$OUT/transfer-pieces.json" ;;
         both-ways) TAIL=6 step both-ways python3 tools/transfer_diag.py --both-ways --out "$OUT/transfer-both-ways.json" ;;
+        streaming-pinned) TAIL=30 step streaming-pinned python3 benchmarks/streaming.py --machine "$MACHINE-pinned" --budget-s "${BUDGET:-100}" --pin-results ;;
+        pinned-results) TAIL=6 step pinned-results python3 tools/transfer_diag.py --pinned-results --out "$OUT/transfer-pinned-results.json" ;;
         suite-some) AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-some step suite-some python3 benchmarks/suite.py --machine "$MACHINE-some" \
                         --budget-s "${BUDGET:-60}" --functions "${FUNCTIONS:-normal_eqs,bessel_i0,min_var_weights,pairwise_dist}" --max-elements "${MAX_N:-1e7}" ;;
         *) echo "unknown step $s" ;;

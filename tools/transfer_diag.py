@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python3 tools/transfer_diag.py [--out transfer-diag.json] [--max-bytes 4GiB]
     PYTHONPATH=src python3 tools/transfer_diag.py --pieces [--profile h200.json]   # only the piece-count table
+    PYTHONPATH=src python3 tools/transfer_diag.py --pinned-results                 # only pinned kept results
 
 Measures, in one process on the GPU machine (issue 14; written up in
 benchmarks/results/h200/transfer.NOTES.md):
@@ -17,6 +18,8 @@ benchmarks/results/h200/transfer.NOTES.md):
 * ``--both-ways``: only the copies in and out at the same time (two threads, two streams), as
   a streamed call runs them, against each alone: engine, host memcpy and pinned DMA (issue 15:
   the streamed pipeline measured 2.9x its slowest stage timed alone);
+* ``--pinned-results``: only kept result blocks pinned on reuse (``pin_results_min``) against the
+  staged path: a loop's calls one by one, a result passed back in, a copy in and out at once;
 * ``--pieces``: only the staged path's piece count (4 / 8 / 16) on top of a profile's copy
   tuning (the shipped one of this machine by default), 8 MiB - 4 GiB, with 4 GiB staged too
   (the tuning sends it to the workers) - the monotonicity target of issue 14.
@@ -239,12 +242,82 @@ def piece_counts(cp, args) -> int:
     return 0
 
 
+def pinned_results(cp, args) -> int:
+    """Kept result blocks pinned on reuse (``pin_results_min``) against the staged path: a loop
+    of device->host copies into dropped-and-reused results, per call (the first into new memory,
+    the second pins the kept block, then steady), the steady result passed back in, and a copy in
+    and a copy out at once (what a streamed call's stages share). Interleaved per size."""
+    import threading
+    from dataclasses import replace
+
+    from autooffload import _hostmem
+
+    use_profile_tuning(args.profile)
+    base = T._tuning()
+    variants = {"staged": replace(base, pin_results_min=0), "pinned": replace(base, pin_results_min=1)}
+    sizes = [s for s in (64 * MiB, 256 * MiB, 1 * GiB) if s <= args.max_bytes]
+    src_all = np.resize(np.random.default_rng(1).random(MiB // 8 + 4099) + 0.5, sizes[-1] // 8)
+    dev_all = cp.asarray(src_all)
+    streams = [cp.cuda.Stream(non_blocking=True) for _ in range(2)]
+    doc: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(cp), "engine": T.ENGINE_NAME,
+                 "profile": str(args.profile), "pinned_results": {}}
+    print("# GB/s: loop of results (call 1 new memory, call 2 reuses, calls 3-6 steady) / steady result back in / "
+          "in and out at once (ms)", flush=True)
+    for n in sizes:
+        h, d = src_all[: n // 8], dev_all[: n // 8]
+        got: dict = {name: {"calls": [[] for _ in range(6)], "back": [], "both": []} for name in variants}
+        for _ in range(3):
+            for name, tun in variants.items():
+                T._TUNING = tun
+                T.release_pinned_pool()
+                for i in range(6):
+                    t0 = time.perf_counter()
+                    r = T.to_host(d)
+                    cp.cuda.get_current_stream().synchronize()
+                    got[name]["calls"][i].append(time.perf_counter() - t0)
+                    if i < 5:
+                        del r
+                t0 = time.perf_counter()
+                T.to_device(r)
+                cp.cuda.get_current_stream().synchronize()
+                got[name]["back"].append(time.perf_counter() - t0)
+                out_block = r
+                del r
+
+                def copy_out(out_block=out_block):
+                    with streams[1]:
+                        T.to_host(d, out=out_block)
+                    streams[1].synchronize()
+
+                t0 = time.perf_counter()
+                worker = threading.Thread(target=copy_out)
+                worker.start()
+                with streams[0]:
+                    T.to_device(h)
+                streams[0].synchronize()
+                worker.join()
+                got[name]["both"].append(time.perf_counter() - t0)
+                del out_block
+        T._TUNING = base
+        T.release_pinned_pool()
+        row = {name: {"calls_s": [statistics.median(c) for c in g["calls"]], "back_s": statistics.median(g["back"]),
+                      "both_s": statistics.median(g["both"])} for name, g in got.items()}
+        doc["pinned_results"][n] = row
+        print(f"{n // MiB:>5} MiB: " + "; ".join(
+            f"{name} " + " ".join(f"{n / s / 1e9:.1f}" for s in r["calls_s"][:2]) + f" {n / statistics.median(r['calls_s'][2:]) / 1e9:.1f}"
+            f" / {n / r['back_s'] / 1e9:.1f} / {r['both_s'] * 1e3:.1f}" for name, r in row.items()), flush=True)
+    doc["pinned_after"] = _hostmem.results.info()
+    args.out.write_text(json.dumps(doc, indent=1, default=str))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("transfer-diag.json"))
     ap.add_argument("--max-bytes", type=lambda s: int(float(s[:-3]) * {"GiB": GiB, "MiB": MiB}[s[-3:]]) if s[-3:] in ("GiB", "MiB") else int(s), default=4 * GiB)
     ap.add_argument("--pieces", action="store_true", help="only the staged piece-count table")
     ap.add_argument("--both-ways", action="store_true", help="only: copies in and out at once against one at a time")
+    ap.add_argument("--pinned-results", action="store_true", help="only: kept result blocks pinned on reuse against staged")
     ap.add_argument("--profile", type=Path, default=ROOT / "src/autooffload/_profiles/shipped/h200.json",
                     help="whose copy tuning --pieces starts from")
     args = ap.parse_args(argv)
@@ -254,6 +327,8 @@ def main(argv=None) -> int:
         return piece_counts(cp, args)
     if args.both_ways:
         return both_ways(cp, args)
+    if args.pinned_results:
+        return pinned_results(cp, args)
 
     doc: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(cp), "engine": T.ENGINE_NAME,
                  "default_tuning": asdict(T._tuning())}

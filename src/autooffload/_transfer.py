@@ -48,6 +48,9 @@ How (engine ``pinned-pipeline-v4``):
   VM: 16 threads copy into fresh pages at ~22 GB/s against ~40 into touched ones. So results
   above the direct-copy size are allocated from ``_hostmem.results``, which keeps the memory of
   dropped results (already faulted in) for the next one; ``out=`` avoids the cost too.
+* Those kept blocks can be pinned once when handed out again (``pin_results_min``, off by
+  default until measured): a copy into such a result, or out of one passed back in, is then one
+  DMA, with no host copy (_hostmem.py).
 
 Tuning constants live in ``_TUNING`` with the measurement that chose them (the H100 machine's):
 those are the defaults. ``autooffload calibrate`` searches them for the machine it runs on
@@ -165,6 +168,12 @@ class _Tuning:
     # Pinned in place in pieces of this many bytes (0: the whole array at once), so that pinning
     # a piece overlaps the DMA of the one before.
     register_chunk_bytes: int = 0
+    # Kept result blocks (_hostmem.py) of at least this many bytes are pinned when handed out
+    # again (0: never), so that copies into such results, and out of them when a loop passes a
+    # result back in, are one DMA with no host copy. Off until measured on a GPU machine:
+    # pinning costs ~30 ms a GiB once per block (transfer.NOTES.md), and a calibration or a
+    # profile turns it on where the loop's later calls gain (tools/transfer_diag.py --pinned-results).
+    pin_results_min: int = 0
 
 
 def _default_threads() -> int:
@@ -538,6 +547,7 @@ _atexit_registered = False
 
 # cudaMemcpyKind and cudaHostAllocPortable (values fixed by the CUDA runtime API).
 _H2D, _D2H = 1, 2
+_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable: pinned for every device's context
 _HOST_ALLOC_PORTABLE = 1
 
 
@@ -859,7 +869,9 @@ def to_device(host: np.ndarray):
     dev_ptr = dev.data.ptr
     staged = contiguous and _staged(nbytes, t)
     try:
-        if contiguous and t.h2d_register_min and nbytes >= t.h2d_register_min:
+        if contiguous and _pinning(cp, t) and _hostmem.results.is_pinned(array_address(host_c), nbytes):
+            _dma_pinned(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream)  # a kept result passed back in
+        elif contiguous and t.h2d_register_min and nbytes >= t.h2d_register_min:
             _register_copy(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream, t)
         elif contiguous and nbytes <= t.h2d_direct_max and not staged:
             _h2d_direct(cp, dev_ptr, host_c, stream)
@@ -878,6 +890,36 @@ def to_device(host: np.ndarray):
         del dev
         raise
     return dev
+
+
+def _pinning(cp: Any, t: _Tuning) -> bool:
+    """Whether kept result blocks are pinned under ``t``; (re)configures _hostmem.results."""
+    results = _hostmem.results
+    if results.pin_min_bytes != t.pin_results_min:
+        rt = cp.cuda.runtime
+
+        def pin(address: int, nbytes: int) -> bool:
+            try:
+                rt.hostRegister(address, nbytes, _REGISTER_PORTABLE)
+            except Exception:  # noqa: BLE001 - refused (locked-memory limit, already pinned): stays pageable
+                return False
+            return True
+
+        def unpin(address: int) -> None:
+            try:
+                rt.hostUnregister(address)
+            except Exception:  # noqa: BLE001 - at exit the context may be gone; the OS frees it then
+                pass
+
+        results.configure_pinning(pin, unpin, t.pin_results_min)
+    return t.pin_results_min > 0
+
+
+def _dma_pinned(cp: Any, dst: int, src: int, nbytes: int, kind: int, stream: Any) -> None:
+    """One DMA between device memory and page-locked host memory; returns once it is done (the
+    host side may then be changed or read by the caller)."""
+    cp.cuda.runtime.memcpyAsync(dst, src, nbytes, kind, stream.ptr)
+    stream.synchronize()
 
 
 def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
@@ -987,6 +1029,7 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
         order, tmp = "C", cp.ascontiguousarray(dev)
         src_ptr = tmp.data.ptr
     fresh = False
+    pinning = _pinning(cp, t)  # before a result block is taken: it is pinned when handed out
     if out is None:
         if dtype.itemsize * math.prod(shape) > t.d2h_direct_max:
             out = _hostmem.results.empty(shape, dtype, order)  # memory already faulted in, when kept
@@ -1001,7 +1044,9 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     # Results in new memory: see _Tuning.staged_fresh.
     staged = contiguous and (t.staged_fresh or not fresh) and _staged(nbytes, t)
     try:
-        if contiguous and t.d2h_register_min and nbytes >= t.d2h_register_min:
+        if contiguous and pinning and _hostmem.results.is_pinned(array_address(host_c), nbytes):
+            _dma_pinned(cp, array_address(host_c), src_ptr, nbytes, _D2H, stream)
+        elif contiguous and t.d2h_register_min and nbytes >= t.d2h_register_min:
             _register_copy(cp, src_ptr, array_address(host_c), nbytes, _D2H, stream, t)
         elif contiguous and nbytes <= t.d2h_direct_max and not staged:
             _d2h_direct(cp, src_ptr, host_c, stream)
