@@ -618,6 +618,7 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
     if first_off is not None:
         fns["offload"], syncs["offload"] = call_off, B.sync_if_offloaded(cp, fn_off)
         guarded("@offload settling", lambda: settle(fn_off, call_off, row))
+        quiet_compiler(row)
     del reference, ref
 
     # Then the columns side by side, round by round (a variant that fails alone is retried alone).
@@ -675,6 +676,22 @@ def _settled_text(row: dict) -> str:
 
 SETTLE_CALLS = 40  # at most, per row
 SETTLE_STABLE = 4  # the same backend this many calls in a row, none of them exploring: settled
+
+
+def quiet_compiler(row: dict, max_s: float = 60.0) -> None:
+    """Wait for the Numba tier's background compilations (this function's or an earlier one's)
+    to end before the columns are timed: one holds the GIL for much of its 0.3-5 s, and on the
+    2-core VM a row timed meanwhile ran 2x slower in every column that needs Python (percentiles
+    at 1e4: 1.1-1.4x NumPy alone, 1.8-2.5x within the whole suite)."""
+    from autooffload import backends
+
+    start = time.perf_counter()
+    tier = backends.module("numba")
+    while tier.compiling_now() and time.perf_counter() - start < max_s:
+        time.sleep(0.01)
+    waited = time.perf_counter() - start
+    if waited > 0.05:
+        row["notes"].append(f"waited {waited:.1f} s for a background compilation to end before timing")
 
 
 def settle(fn_off, call, row: dict, max_s: float = 5.0) -> None:

@@ -545,3 +545,23 @@ def test_calls_timed_while_the_tier_compiles_teach_nothing_but_count(ready_gpu, 
     monkeypatch.setattr(tier_module, "compiling_now", lambda: False)
     backends_over(f, 3)
     assert learner.history.cells
+
+
+def test_a_carried_over_prediction_waits_for_no_more_budget_than_four_times_the_choice():
+    # The 2-core VM's percentiles at 1e4: NumPy predicted 4.1 ms from its 13x error at 1e2 (it takes
+    # 0.13 ms), the tier learned at 0.43 ms. Costed at 4.1 ms, the exploration waited for 41 ms of
+    # the function's time; costed at 4 x 0.43 ms it goes after ~17 ms.
+    from autooffload._costmodel import Prediction
+    from autooffload._history import FunctionHistory
+
+    learner = _learn.Learner(lambda x: x)
+    learner._history = history = FunctionHistory("test")
+    bucket = (33, -1)
+    pred = Prediction({"numpy": 4.1e-3, "numba": 0.43e-3})
+    carried = {"numba": "learned from 3 calls", "numpy": "profile, corrected x13 by this function's history"}
+    calls = 0
+    while learner.exploration(pred, "numba", bucket, carried, {"numba": 1.0e-3, "numpy": 0.32e-3}) is None:
+        history.add(("numba", *bucket), 0.43e-3, 1.0e-3, exploring=False)
+        calls += 1
+    assert history.observed_s >= _learn.EXPLORE_FRACTION ** -1 * _learn.EXPLORE_WITHIN * 0.43e-3 * 0.99
+    assert calls <= 42, calls  # 4 x 0.43 ms within 10% of the observed time: ~40 calls, not ~95

@@ -266,6 +266,13 @@ class Learner:
             # measurement at this size, if not yet trusted, beats the prediction: the normal
             # equations' GPU at (12658, 79), predicted 12.8 ms, had run in 1.4 ms).
             cost = cell.samples[-1] if cell is not None and cell.samples else best
+            if "corrected" in sources.get(other, ""):
+                # A prediction carried over from another size is the least sure one, and inflated
+                # it would keep the call waiting for budget for long (the 2-core VM's percentiles:
+                # NumPy's 13x error at 1e2 elements predicted 4.1 ms at 1e4, where it took 0.13 ms,
+                # so it waited for 41 ms of the tier's calls). Costed at most EXPLORE_WITHIN x the
+                # choice: if it does take longer, that is the one call's misprediction of the bound.
+                cost = min(cost, EXPLORE_WITHIN * mine)
             if history.explored_s + cost <= EXPLORE_FRACTION * self._spent():
                 self._pending.pop(bucket, None)
                 return other
