@@ -65,6 +65,18 @@ def inputs(n: int, count: int) -> list[np.ndarray]:
     return out
 
 
+def _reused_result(n: int) -> np.ndarray:
+    import cupy as cp
+
+    from autooffload import _hostmem, _transfer
+
+    _transfer._pinning(cp, _transfer._tuning())  # the engine's pinning of kept blocks, as its copies set it
+    first = _hostmem.results.empty((n,), np.float64)
+    first[...] = 0.0  # its pages faulted in, as a used result's are
+    del first
+    return _hostmem.results.empty((n,), np.float64)
+
+
 def run_case(cp, name: str, n: int, repeats: int, chunks: list[int], say) -> dict:
     from autooffload import _transfer
 
@@ -73,7 +85,9 @@ def run_case(cp, name: str, n: int, repeats: int, chunks: list[int], say) -> dic
     offloaded = offload(func)
     sync = B.sync_for(cp)
     dev = [cp.asarray(a) for a in host]
-    host_out = None if in_place else np.empty(n)
+    # The copy-out stage into result memory as a loop's results get it: a kept block handed out
+    # again (pinned, where the engine's pin_results_min is on), not fresh pages.
+    host_out = None if in_place else _reused_result(n)
     dev_out = dev[0] if in_place else cp.asarray(np.empty(n))
 
     def env(value: str, chunk: int | None = None):
@@ -169,8 +183,9 @@ def main(argv=None) -> None:
     p.add_argument("--chunk-sizes-at", type=float, default=1e8, help="n at which --chunks columns are measured")
     p.add_argument("--budget-s", type=float, default=150.0)
     p.add_argument("--machine", default="h200")
-    p.add_argument("--pin-results", action="store_true",
-                   help="kept result blocks pinned on reuse (the engine's pin_results_min=1; off by default)")
+    p.add_argument("--knobs", default="",
+                   help="copy-engine knobs over the profile's tuning, e.g. pin_results_min=1 (kept results "
+                        "pinned on reuse) or h2d_register_min=1,d2h_register_min=1 (chunks pinned in place)")
     args = p.parse_args(argv)
     import cupy as cp
 
@@ -181,14 +196,15 @@ def main(argv=None) -> None:
         print(s, flush=True)
         lines.append(s)
 
-    if args.pin_results:
+    knobs = {k.strip(): int(float(v)) for k, v in (kv.split("=") for kv in args.knobs.split(",") if kv)}
+    if knobs:
         from autooffload import _transfer
         from autooffload._profiles import active_profile
 
-        active_profile()  # its copy tuning applied first: the knob goes on top of it
-        _transfer._configure(pin_results_min=1)
+        active_profile()  # its copy tuning applied first: the knobs go on top of it
+        _transfer._configure(**knobs)
     say(f"streaming benchmark; numpy {np.__version__}, cupy {cp.__version__}; {B.cpu_model()}"
-        + ("; kept results pinned on reuse" if args.pin_results else ""))
+        + (f"; copy-engine knobs {knobs}" if knobs else ""))
     rows = []
     chunks = [int(float(c)) for c in args.chunks.split(",") if c]
     for n in [int(float(s)) for s in args.sizes.split(",")]:

@@ -4,7 +4,8 @@
 # seed, transfer, stream-tests, streaming, decisions, calibrate, calibrate-quick, suite-profile (the profile calibrate just made),
 # suite-shipped (the shipped profile of $MACHINE), suite-noprofile (no profile matched: the probe); issue 14:
 # transfer-tuned (transfer.py with the copy tuning of the profile calibrate or calibrate-quick made), diag (tools/transfer_diag.py),
-# transfer-tests), each logged under $OUT/<step>.log with its wall time.
+# transfer-tests; pinned-results, streaming-pinned, streaming-register: the copy engine's kept results pinned
+# on reuse, and chunks pinned in place, against the profile's tuning), each logged under $OUT/<step>.log with its wall time.
 #   device tool: command "bash tools/gpu_run.sh tests overhead", carry [".whl"]
 #   checking a session's changes in one call (~520 s): BUDGET=100 MAX_N=1e8 bash tools/gpu_run.sh tests overhead three-way suite-shipped suite-noprofile
 set -uo pipefail
@@ -60,7 +61,9 @@ for s in "$@"; do
                         tar czf "$OUT/diag-histories.tgz" /tmp/ao-cache-diag /tmp/ao-cache-diag-tw 2>/dev/null ;;
         pieces) TAIL=12 step pieces python3 tools/transfer_diag.py --pieces --out "$OUT/transfer-pieces.json" ;;
         both-ways) TAIL=6 step both-ways python3 tools/transfer_diag.py --both-ways --out "$OUT/transfer-both-ways.json" ;;
-        streaming-pinned) TAIL=30 step streaming-pinned python3 benchmarks/streaming.py --machine "$MACHINE-pinned" --budget-s "${BUDGET:-100}" --pin-results ;;
+        streaming-pinned) TAIL=30 step streaming-pinned python3 benchmarks/streaming.py --machine "$MACHINE-pinned" --budget-s "${BUDGET:-100}" --knobs pin_results_min=1 ;;
+        streaming-register) TAIL=30 step streaming-register python3 benchmarks/streaming.py --machine "$MACHINE-register" --budget-s "${BUDGET:-100}" \
+                            --knobs h2d_register_min=1,d2h_register_min=1,register_chunk_bytes=33554432 ;;
         pinned-results) TAIL=6 step pinned-results python3 tools/transfer_diag.py --pinned-results --out "$OUT/transfer-pinned-results.json" ;;
         suite-some) AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-some step suite-some python3 benchmarks/suite.py --machine "$MACHINE-some" \
                         --budget-s "${BUDGET:-60}" --functions "${FUNCTIONS:-normal_eqs,bessel_i0,min_var_weights,pairwise_dist}" --max-elements "${MAX_N:-1e7}" ;;
