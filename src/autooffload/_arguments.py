@@ -598,6 +598,8 @@ class Moved:
 
         Also what anything the run stored where the caller can reach it becomes (_reachable.py).
         """
+        if type(obj) is self.backend.array_type and self.to_device:
+            return self._result_leaf(obj)  # the common case, without the walk (~2 us)
         known = {id(new): original for original, new, _ in self.containers}
         known.update((key, original) for key, (_, original) in self.tuples.items())
         return map_result(obj, self._result_leaf, self._is_copy_side, known)

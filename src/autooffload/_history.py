@@ -212,7 +212,7 @@ class FunctionHistory:
                 self.explored_s += charged
                 if first:
                     cell.first_charge = charged
-            if not first and cell.first_charge is not None:
+            if not first and kept and cell.first_charge is not None:
                 # The first warm sample says what the first call would have cost without its
                 # one-off part: charge it no more than that.
                 if exploring and cell.first_charge > seconds:
