@@ -99,7 +99,7 @@ class Executor:
                     spans.append((array_address(a), a.nbytes))
             elif not (t in PASSIVE or (t is tuple and all(type(x) in PASSIVE for x in a))):
                 return False
-        if any(type(v) not in PASSIVE for v in kwargs.values()):
+        if kwargs and any(type(v) not in PASSIVE for v in kwargs.values()):
             return False
         if len(spans) > 1:
             spans.sort()

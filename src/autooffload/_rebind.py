@@ -206,6 +206,8 @@ class Twin:
     def leaves_state(self) -> bool:
         """Whether a call can leave state in names (``Reachable``'s ``rebound`` and ``cells``): this
         twin or a helper twin assigns a ``global`` name or has closure cells."""
+        if not self._children:  # the usual case: no helper twins, no walk (~1 us a call)
+            return bool(self._stores or self.func.__closure__)
         return any(twin._stores or twin.func.__closure__ for twin in self.family())
 
     def runs_code_in(self, frame_globals: dict) -> bool:
