@@ -695,3 +695,70 @@ def test_plain_calls_raise_the_functions_error_and_fall_back_like_others(on_gpu,
     with pytest.warns(GPUFallbackWarning, match="median"):
         assert checked(x) == np.median(x)
     assert checked.stats.fallbacks == 1 and plain_moves == [1, 1]
+
+
+PURE_LOG: list = []
+
+
+def test_a_pure_function_that_stores_elsewhere_takes_the_general_path(on_gpu, plain_moves):
+    # pure=True promises no writes into the arguments; a global list may still be appended to,
+    # and what lands there must be the caller's side's (swept), once (restored before a fallback).
+    @offload(pure=True)
+    def logs(x):
+        PURE_LOG.append(x * 2)
+        return np.median(x)
+
+    PURE_LOG.clear()
+    x = rng.random(5)
+    assert logs(x) == np.median(x)
+    assert type(PURE_LOG[-1]) is np.ndarray and plain_moves == []
+    fake_device.FAKE_MISSING.add("median")
+    PURE_LOG.clear()
+    with pytest.warns(GPUFallbackWarning):
+        assert logs(x) == np.median(x)
+    assert len(PURE_LOG) == 1 and type(PURE_LOG[0]) is np.ndarray
+
+
+def test_a_plain_call_whose_copy_fails_lets_the_first_copies_go_before_the_fallback(on_gpu, plain_moves, monkeypatch):
+    import gc
+    import weakref
+
+    from autooffload._executor import Executor
+
+    refs, alive = [], []
+
+    @offload
+    def add(a, b):
+        return a + b
+
+    rerun = Executor.run_numpy
+
+    def run_numpy(self, *a, **kw):  # the NumPy rerun after the device attempt
+        gc.collect()
+        alive.append(refs[0]() is not None)
+        return rerun(self, *a, **kw)
+
+    monkeypatch.setattr(Executor, "run_numpy", run_numpy)
+    real = on_gpu.to_device
+
+    def to_device(h):
+        if refs:
+            raise MemoryError("out of device memory")
+        d = real(h)
+        refs.append(weakref.ref(d))
+        return d
+
+    monkeypatch.setattr(on_gpu, "to_device", to_device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(add(np.ones(100), np.ones(100)), np.full(100, 2.0))
+    assert plain_moves == [2] and alive == [False]
+
+
+def test_the_same_empty_array_twice_stays_one_array(on_gpu, plain_moves):
+    @offload
+    def same(a, b):
+        return a is b
+
+    e = np.empty(0)
+    assert same(e, e) is True and plain_moves == []

@@ -181,3 +181,22 @@ def test_pinning_is_bounded_refusals_are_harmless_and_dropped_blocks_are_unpinne
     gc.collect()
     c = refusing.empty((8 * MiB,), np.uint8)
     assert nopins.calls == 1 and c.nbytes == 8 * MiB  # turned off: no more attempts
+
+
+def test_turning_pinning_off_unpins_kept_blocks_now_and_blocks_in_use_when_given_back():
+    pool, pins = HostBlocks(max_free_bytes=64 * MiB), _Pins()
+    pool.configure_pinning(pins.pin, pins.unpin, min_bytes=MiB)
+    a, b = pool.empty((8 * MiB,), np.uint8), pool.empty((8 * MiB,), np.uint8)
+    del a, b
+    gc.collect()
+    a, b = pool.empty((8 * MiB,), np.uint8), pool.empty((8 * MiB,), np.uint8)  # both pinned now
+    assert len(pins.pinned) == 2
+    del a
+    gc.collect()
+    pool.configure_pinning(None, None)  # off: the kept block is unpinned at once and stays kept
+    assert len(pins.pinned) == 1 and pool.info()["free_blocks"] == 1
+    del b
+    gc.collect()
+    assert not pins.pinned and pool.info()["free_blocks"] == 2 and pool.pinned_bytes == 0
+    pool.forget_pins()  # a forked child's view: nothing registered
+    assert pool.info()["pinned_blocks"] == 0

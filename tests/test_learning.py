@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -525,8 +526,9 @@ def test_a_tier_call_after_its_threads_slept_is_observed_cold(monkeypatch):
     monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False: seen.append(cold))
     d = dataclasses.replace(chain.last_decision, observe=True, observe_every=1)
     assert d.backend == "numba"
-    state.run_observed(d, (x,), {})  # right after the last call: warm
-    tier.last_end = 0.0  # long ago: its threads are asleep
+    monkeypatch.setattr(tier, "last_end", time.perf_counter() + 60.0)  # it has just run: warm
+    state.run_observed(d, (x,), {})
+    monkeypatch.setattr(tier, "last_end", 0.0)  # long ago: its threads are asleep
     state.run_observed(d, (x,), {})
     assert seen == [False, True]
 
@@ -565,3 +567,46 @@ def test_a_carried_over_prediction_waits_for_no_more_budget_than_four_times_the_
         calls += 1
     assert history.observed_s >= _learn.EXPLORE_FRACTION ** -1 * _learn.EXPLORE_WITHIN * 0.43e-3 * 0.99
     assert calls <= 42, calls  # 4 x 0.43 ms within 10% of the observed time: ~40 calls, not ~95
+
+
+def test_a_dropped_cold_recheck_leaves_the_trusted_cell_as_it_was():
+    from autooffload._history import FunctionHistory
+
+    learner = _learn.Learner(lambda x: x)
+    learner._history = FunctionHistory("test")
+    learner.revisit = lambda: None
+    bucket = (20, -1)
+    for s in (1e-3, 10e-6, 10e-6, 10e-6):  # the first dropped, then trusted at 10 us
+        learner.observe("numba", bucket, s, None, exploring=False)
+    cell = learner.history.cell(("numba", *bucket))
+    stamp = cell.stamp
+    learner.observe("numba", bucket, 40e-6, None, exploring=True, cold=True)  # a re-check after its threads slept
+    assert cell.samples == [10e-6] * 3 and cell.trusted and cell.stamp == stamp
+
+
+def test_an_exploring_call_during_a_compilation_is_charged_and_decided_again(ready_gpu, use_profile, clock, monkeypatch):
+    from autooffload import backends
+
+    # GPU predicted 15 ms (uncertain against NumPy's 10 ms), really 100 ms.
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=1.48e-8, copy_per_byte=1e-10, cold_start=0.0))
+    f = timed(clock, numpy_s=0.010, gpu_s=0.100)
+    backends_over(f, 16)
+    monkeypatch.setattr(backends.module("numba"), "compiling_now", lambda: True)  # some tier compilation runs
+    after = backends_over(f, 30)
+    history = f.__autooffload__.learner.history
+    assert after.count("cupy") <= 3, "".join(b[0] for b in after)
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * f.__autooffload__.learner._spent() + 0.100
+
+
+def test_the_log_has_a_line_for_every_call_of_a_sampled_decision(ready_gpu, use_profile, clock, monkeypatch, tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    monkeypatch.setenv("AUTOOFFLOAD_LOG", str(path))
+    autooffload.reload_environment()
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-10, copy_per_byte=1e-10, cold_start=0.0))
+    f = timed(clock, numpy_s=0.010, gpu_s=0.001)
+    backends_over(f, 3)
+    before = len(path.read_text().splitlines())
+    backends_over(f, 32)
+    lines = [json.loads(line) for line in path.read_text().splitlines()[before:]]
+    assert len(lines) == 32
+    assert sum("observed_s" in line for line in lines) == 32 // _learn.DEVICE_SAMPLE_EVERY

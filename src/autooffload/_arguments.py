@@ -428,15 +428,21 @@ class Moved:
         only when a result shares memory with a copy (``_view_of_original``): on the H200 the
         general ``move`` and result matching cost ~15 us of a ~100 us small library call."""
         assert self.to_device and self.pure
-        copies = []
-        for a in args:
-            if type(a) is np.ndarray:
-                copy = self._copy_over(a)
-                self.entries[id(a)] = _Entry(a, copy, copy)
-                self.by_copy[id(copy)] = a
-                copies.append(copy)
-            else:
-                copies.append(a)
+        copies: list = []
+        copy = None
+        try:
+            for a in args:
+                if type(a) is np.ndarray:
+                    copy = self._copy_over(a)
+                    self.entries[id(a)] = _Entry(a, copy, copy)
+                    self.by_copy[id(copy)] = a
+                    copies.append(copy)
+                else:
+                    copies.append(a)
+        except BaseException:
+            copies, copy = [], None  # the traceback keeps this frame: the copies made so far go now
+            self.discard()
+            raise
         self.args, self.kwargs = tuple(copies), {}
         self.unmirrored = True
         return self

@@ -238,10 +238,14 @@ class _State:
                 result = self.executor.run(d, args, kwargs)
                 if self.learner.count_untimed(d.predicted_s.get(d.backend) or 0.0):
                     self.planner.reset()  # a wait of learning's has come: decide again
+                if _log.active():
+                    _log.record(self.attrs.get("last_decision", d), first_in_bucket=False, untimed=True)
                 return result
             self.unsampled = 0
         tier = backends.get(NUMBA) if d.backend == NUMBA else None
         cold = tier is not None and time.perf_counter() - getattr(tier, "last_end", 0.0) > _learn.TIER_COLD_AFTER_S
+        compiling = backends.module(NUMBA).compiling_now
+        disturbed = compiling()
         start = _learn.clock()
         raised = True
         try:
@@ -252,8 +256,7 @@ class _State:
             raised = False
             return result
         finally:
-            disturbed = backends.module(NUMBA).compiling_now()
-            self._observed(d, _learn.clock() - start, raised, cold, disturbed)
+            self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling())
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept (_history.COLD_DROPS);
@@ -270,7 +273,7 @@ class _State:
         elif d.backend == NUMPY or getattr(backends.get(d.backend), "memory", None) == HOST:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
         if not raised and ran is d and _learn.enabled() and disturbed:
-            if self.learner.count_untimed(seconds):
+            if self.learner.unlearned(seconds, d.exploring):
                 self.planner.reset()
         elif not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,

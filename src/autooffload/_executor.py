@@ -83,20 +83,22 @@ class Executor:
 
     def plain_call(self, args: tuple, kwargs: dict, twin: Any) -> bool:
         """Whether a device run of this host-data call may take the light path (``Moved.move_plain``,
-        no ``Reachable``): promised pure or proven unable to write; its arrays positional, NumPy's
-        own type, contiguous, native, of a device dtype and in memory of their own (no overlap to
-        copy as one span); every other argument a scalar, a module or a tuple of scalars; and code
-        that rebinds no global or closure variable."""
-        if self.may_write and not self.pure:
+        no ``Reachable``): code proven unable to store anything anywhere (``pure=True`` is not
+        enough: it promises no writes into the arguments, while a global list may still be
+        appended to, which ``Reachable`` sweeps and restores); its arrays positional, NumPy's own
+        type, contiguous, native, of a device dtype, not empty and in memory of their own (no
+        overlap to copy as one span); every other argument a scalar, a module or a tuple of
+        scalars; and code that rebinds no global or closure variable."""
+        if self.may_write:
             return False
         spans = []
         for a in args:
             t = type(a)
             if t is np.ndarray:
-                if not (a.flags.c_contiguous or a.flags.f_contiguous) or why_not_on_device(a) or not a.dtype.isnative:
+                if (not (a.flags.c_contiguous or a.flags.f_contiguous) or why_not_on_device(a) or not a.dtype.isnative
+                        or not a.nbytes):
                     return False
-                if a.nbytes:
-                    spans.append((array_address(a), a.nbytes))
+                spans.append((array_address(a), a.nbytes))
             elif not (t in PASSIVE or (t is tuple and all(type(x) in PASSIVE for x in a))):
                 return False
         if kwargs and any(type(v) not in PASSIVE for v in kwargs.values()):

@@ -84,7 +84,7 @@ def function_key(func: Callable) -> str:
 class Cell:
     """Observations of one function on one backend in one size bucket."""
 
-    __slots__ = ("samples", "count", "predicted", "dropped_first", "first_charge", "stamp", "cold_run")
+    __slots__ = ("samples", "count", "predicted", "dropped_first", "first_charge", "stamp", "cold_run", "last_kept")
 
     def __init__(self) -> None:
         self.samples: list[float] = []  # newest last, at most SAMPLES
@@ -98,6 +98,7 @@ class Cell:
         # read from the file): how long ago it was measured (set by _learn, for re-checks).
         self.stamp = 0.0
         self.cold_run = 0  # cold samples offered in a row (see add)
+        self.last_kept = True  # whether the last observation was kept (add)
 
     def add(self, seconds: float, predicted: float | None, cold: bool = False) -> bool:
         """Add one observation; False where it was a cold one and dropped (see COLD_DROPS)."""
@@ -112,7 +113,9 @@ class Cell:
             self.cold_run = 0
         elif self.cold_run < COLD_DROPS:
             self.cold_run += 1  # a start-up cost the calls that follow it do not pay: see COLD_DROPS
+            self.last_kept = False
             return False
+        self.last_kept = True
         self.samples.append(seconds)
         if len(self.samples) > SAMPLES:
             del self.samples[0]
@@ -222,6 +225,11 @@ class FunctionHistory:
 
     def cell(self, key: CellKey) -> Cell | None:
         return self.cells.get(key)
+
+    def charge_exploring(self, seconds: float) -> None:
+        """An exploring call learned nothing from (a compilation ran meanwhile): charged all the same."""
+        with self.lock:
+            self.explored_s += seconds
 
     def backend_cells(self, backend: str, location: str) -> list[tuple[CellKey, Cell]]:
         """Trusted cells of ``backend`` whose data lived at ``location`` ("host" / "device")."""

@@ -102,8 +102,18 @@ class HostBlocks:
         unpinned with ``unpin(address)`` before they go back to the OS; ``pin=None`` (or
         ``min_bytes`` 0) turns it off for blocks handed out from now on."""
         with self._lock:
-            self._pin, self._unpin = (pin, unpin) if pin is not None and min_bytes > 0 else (None, unpin)
+            self._pin = pin if min_bytes > 0 else None
+            self._unpin = unpin if unpin is not None else self._unpin  # what is pinned must stay unpinnable
             self.pin_min_bytes = int(min_bytes)
+            free = list(self._free) if self._pin is None else []
+        for block in free:  # off: the kept blocks are unpinned now, those in use when given back
+            self._unpin_block(block)
+
+    def forget_pins(self) -> None:
+        """In a forked child: the parent's registrations are not this process's."""
+        self._lock = threading.Lock()
+        self._pinned.clear()
+        self.pinned_bytes = 0
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned block (a few blocks: a scan)."""
@@ -173,10 +183,12 @@ class HostBlocks:
         return None
 
     def _give_back(self, block: np.ndarray) -> None:
+        if self._pin is None and block.ctypes.data in self._pinned:
+            self._unpin_block(block)  # pinning was turned off while it was in use: kept, pageable again
         dropped: list[np.ndarray] = []
         with self._lock:
             if block.nbytes > self.max_free_bytes:
-                dropped.append(block)
+                dropped.append(block)  # not kept: unpinned below, if pinned
             else:
                 self._free.insert(bisect.bisect_left(self._free, block.nbytes, key=_size), block)
                 self._free_bytes += block.nbytes
@@ -206,3 +218,5 @@ def _size(block: np.ndarray) -> int:
 
 
 results = HostBlocks()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=results.forget_pins)

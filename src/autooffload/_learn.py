@@ -339,6 +339,15 @@ class Learner:
     def _next_wait(self) -> float:
         return min((*self._compile_wait.values(), *self._recheck_wait.values()), default=0.0)
 
+    def unlearned(self, seconds: float, exploring: bool) -> bool:
+        """A timed call that teaches nothing (a compilation held the interpreter meanwhile): its
+        seconds count towards the function's, an exploring one's towards exploring too; True where
+        the planner must decide again (an exploring decision must not stand uncharged)."""
+        if exploring:
+            self.history.charge_exploring(seconds)
+        due = self.count_untimed(seconds)
+        return due or exploring
+
     def count_untimed(self, seconds: float) -> bool:
         """One untimed call's predicted ``seconds``; True once a waiting bucket's budget is met
         (a compilation of the tier, a re-check: then the planner decides again). Observed calls
@@ -379,6 +388,9 @@ class Learner:
         cell = history.cell((backend, *bucket))
         before = cell.estimate() if cell is not None else None
         cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, expected=expected, cold=cold)
+        if not cell.last_kept:
+            self._left_s -= seconds  # a cold sample, dropped: the cell stays as it was, and due
+            return  # (a re-check of the tier is cold almost by construction: the next call explores again)
         cell.stamp = self._spent()
         if exploring and before is not None and not (1 / AGREE < seconds / before < AGREE):
             cell.restart(seconds)  # a re-check that disagrees: measure the cell afresh

@@ -23,20 +23,23 @@ def active() -> bool:
     return logger.isEnabledFor(DEBUG) or _config.environment().log_path is not None
 
 
-def record(decision, *, first_in_bucket: bool, observed_s: float | None = None, raised: bool = False) -> None:
+def record(decision, *, first_in_bucket: bool, observed_s: float | None = None, raised: bool = False,
+           untimed: bool = False) -> None:
     """DEBUG for every decision, INFO the first time a function meets a size bucket, JSON line to the file.
 
     A decision that is measured (``decision.observe``) is written to the file after its call,
     with ``observed_s`` beside ``predicted_s`` (and ``raised`` if the call raised): one line per call.
+    ``untimed``: the line of a call such a decision left untimed (one in ``observe_every`` is
+    timed), written after it; the logger had it before the call.
     """
     global _unwritable_in
-    if observed_s is None:
+    if observed_s is None and not untimed:
         level = INFO if first_in_bucket else DEBUG
         if logger.isEnabledFor(level):
             logger.log(level, "%s", decision)
     env = _config.environment()
     path = env.log_path
-    if path is None or env is _unwritable_in or (decision.observe and observed_s is None):
+    if path is None or env is _unwritable_in or (decision.observe and observed_s is None and not untimed):
         return
     fields = {"time": time.time(), **decision.to_dict()}
     if observed_s is not None:
