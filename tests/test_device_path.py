@@ -762,3 +762,21 @@ def test_the_same_empty_array_twice_stays_one_array(on_gpu, plain_moves):
 
     e = np.empty(0)
     assert same(e, e) is True and plain_moves == []
+
+
+def test_a_view_of_a_read_only_argument_is_read_only_as_in_numpy(on_gpu):
+    @offload
+    def tail(x):
+        return x[1:]
+
+    @offload
+    def tail_of_first(x, y):
+        return x[1:], y[:2]
+
+    ro = np.arange(6.0)
+    ro.flags.writeable = False
+    v = tail(ro)
+    assert np.shares_memory(v, ro) and not v.flags.writeable and np.array_equal(v, ro[1:])
+    w = np.arange(6.0)
+    a, b = tail_of_first(ro, w)
+    assert not a.flags.writeable and b.flags.writeable

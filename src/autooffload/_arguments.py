@@ -293,6 +293,7 @@ class _Region:
     high: int
     original_bytes: Any  # uint8 array over the caller's bytes
     layout: _Layout | None = None
+    readonly: bool = False  # the caller's array was read-only: so is a view of it, as in NumPy
 
 
 class Moved:
@@ -470,7 +471,8 @@ class Moved:
         if original.nbytes:
             low = self._copy_pointer(copy)
             original_low, original_high = self._extent(original)
-            region = _Region(low, low + copy.nbytes, self._original_bytes(original, original_low, original_high))
+            region = _Region(low, low + copy.nbytes, self._original_bytes(original, original_low, original_high),
+                             readonly=not original.flags.writeable)
             contiguous = original.flags.c_contiguous or original.flags.f_contiguous
             same_bytes = original.dtype == copy.dtype  # not so for a non-native original: its copy is native
             if not (contiguous and same_bytes and original.strides == copy.strides):
@@ -517,7 +519,8 @@ class Moved:
                 else:
                     entry.snapshot = self._view(snap_span, a, offset)
         copy_low = self._copy_pointer(copy_span)
-        self.regions.append(_Region(copy_low, copy_low + (high - start), original_span))
+        self.regions.append(_Region(copy_low, copy_low + (high - start), original_span,
+                                    readonly=all(not a.flags.writeable for a in group)))
 
     def _allocation_start(self, a: Any) -> int:
         return _host_root_start(a) if self.to_device else self.backend.allocation_start(a)
@@ -660,7 +663,10 @@ class Moved:
                         return None  # no view of the caller's memory holds these elements: a copy
                     offset, strides, dtype = mapped
                 if self.to_device:
-                    return np.ndarray(x.shape, dtype, buffer=region.original_bytes, offset=offset, strides=strides)
+                    view = np.ndarray(x.shape, dtype, buffer=region.original_bytes, offset=offset, strides=strides)
+                    if region.readonly:
+                        view.flags.writeable = False
+                    return view
                 return self.backend.view(region.original_bytes, x.shape, dtype, offset, strides)
         return None
 
