@@ -439,11 +439,38 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_SCRIPT_MODULES: list = []  # the scripts `run` ran, kept until exit (see _run_as_main)
+
+
+def _run_as_main(path: str) -> None:
+    """Run the script as ``python SCRIPT`` does (``runpy.run_path`` with ``__main__``), in a
+    module kept until exit: the report at exit lists the functions the script decorated, which
+    are kept only weakly (a function its program drops leaves the report), and runpy's temporary
+    module dropped them when the script ended, or later, as the garbage collector happened to run
+    (the same script's report was empty or not from one version of this package to the next)."""
+    import builtins
+    import io
+    import types
+
+    with io.open_code(path) as f:
+        code = compile(f.read(), path, "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=path, __cached__=None, __loader__=None, __package__=None, __spec__=None,
+                         __builtins__=builtins)
+    _SCRIPT_MODULES.append(main)
+    previous = sys.modules.get("__main__")
+    sys.modules["__main__"] = main  # pickling and multiprocessing look the script's names up there
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if previous is not None:
+            sys.modules["__main__"] = previous
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a script as ``python SCRIPT ARGS`` would (``__main__``, ``sys.argv``, its folder first
     on ``sys.path``), as ``python -m cudf.pandas`` does, and print the report at exit (stderr).
     The script's exit code is the command's; an uncaught exception prints its traceback, exit 1."""
-    import runpy
     import traceback
 
     from . import _report
@@ -455,7 +482,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.argv = [args.script, *args.script_args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
     try:
-        runpy.run_path(args.script, run_name="__main__")
+        _run_as_main(args.script)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             return e.code or 0
