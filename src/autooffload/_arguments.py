@@ -424,10 +424,11 @@ class Moved:
         return entry
 
     def move_plain(self, args: tuple) -> "Moved":
-        """``move`` to the device for a call ``plain_arrays`` accepted, with ``pure`` set: each
-        array copied and nothing else. The regions that results are matched against are made
-        only when a result shares memory with a copy (``_view_of_original``): on the H200 the
-        general ``move`` and result matching cost ~15 us of a ~100 us small library call."""
+        """``move`` to the device for a call ``Executor.plain_call`` accepted, with ``pure`` set:
+        each array copied and nothing else. The regions that results are matched against are
+        made only when a result shares memory with a copy (``_view_of_original``): on the H200
+        the general path cost ~19 us more on a ~120 us small library call (bessel at 1e3,
+        benchmarks/results/h200/gpu_gaps.device-path-parts.txt)."""
         assert self.to_device and self.pure
         copies: list = []
         copy = None
