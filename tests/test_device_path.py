@@ -780,3 +780,14 @@ def test_a_view_of_a_read_only_argument_is_read_only_as_in_numpy(on_gpu):
     w = np.arange(6.0)
     a, b = tail_of_first(ro, w)
     assert not a.flags.writeable and b.flags.writeable
+
+
+def test_a_library_call_with_an_xp_parameter_takes_the_light_path(on_gpu, plain_moves):
+    # The suite's bessel_i0 row, whose device path cost was measured on the H200 (issue 12).
+    @offload
+    def bessel_weights(x, xp=np):
+        return xp.i0(x) / xp.i0(xp.abs(x).max())
+
+    x = rng.uniform(-20.0, 20.0, 1000)
+    np.testing.assert_allclose(bessel_weights(x), np.i0(x) / np.i0(np.abs(x).max()), rtol=1e-15)
+    assert plain_moves == [1]
