@@ -83,6 +83,23 @@ def on_gpu(fake_gpu):
         yield fake_gpu
 
 
+@pytest.fixture
+def plain_moves(monkeypatch):
+    """How many device runs took the light path for plain calls (``Moved.move_plain``), and with
+    how many arguments each."""
+    from autooffload._arguments import Moved
+
+    taken = []
+    original = Moved.move_plain
+
+    def spy(self, args):
+        taken.append(len(args))
+        return original(self, args)
+
+    monkeypatch.setattr(Moved, "move_plain", spy)
+    return taken
+
+
 def synthetic_profile(*, cpu_per_byte=1e-9, gpu_per_byte=1e-11, gpu_floor=20e-6, copy_per_byte=1e-10,
                       copy_floor=10e-6, cold_start=1.0, has_gpu=True, kinds=None):
     """A profile with straight-line curves, for exact cost-model tests (``has_gpu=False``: NumPy only)."""

@@ -452,21 +452,15 @@ def test_a_shape_set_on_an_argument_reaches_the_caller():
     assert a.shape == (3, 2)
 
 
-def test_plain_calls_give_the_callers_arrays_views_and_new_arrays_on_the_gpu(monkeypatch):
+def test_plain_calls_give_the_callers_arrays_views_and_new_arrays_on_the_gpu(plain_moves):
     # The light path (Executor.plain_call): regions made only when a result shares a copy's memory.
-    from autooffload._arguments import Moved
-
-    taken = []
-    original = Moved.move_plain
-    monkeypatch.setattr(Moved, "move_plain", lambda self, args: (taken.append(len(args)), original(self, args))[1])
-
     @offload(backend="cupy")
     def pick(x, y, scale):
         return x, x[1:], x[::-2], y.T, x[:3] * scale + y[0, :3], x.sum()
 
     x, y = rng.random(8), np.asfortranarray(rng.random((4, 3)))
     same, tail, back, yt, fresh, total = pick(x, y, 2.0)
-    assert taken == [3]
+    assert plain_moves == [3]
     assert same is x
     assert np.shares_memory(tail, x) and np.array_equal(tail, x[1:])
     assert np.shares_memory(back, x) and np.array_equal(back, x[::-2])

@@ -609,23 +609,7 @@ def test_the_fallback_warning_points_at_the_callers_line(fake_gpu):
     assert "the warning's line" in open(__file__).read().splitlines()[warning.lineno - 1]
 
 
-# -- the light path for plain calls (Executor.plain_call, Moved.move_plain) ----------------------
-@pytest.fixture
-def plain_moves(monkeypatch):
-    """How many device runs took the light path."""
-    from autooffload._arguments import Moved
-
-    taken = []
-    original = Moved.move_plain
-
-    def spy(self, args):
-        taken.append(len(args))
-        return original(self, args)
-
-    monkeypatch.setattr(Moved, "move_plain", spy)
-    return taken
-
-
+# -- the light path for plain calls (Executor.plain_call, Moved.move_plain; fixture plain_moves) ---
 def test_plain_calls_give_the_callers_arrays_views_and_new_arrays(on_gpu, plain_moves):
     @offload
     def pick(x, y, scale):

@@ -217,30 +217,29 @@ def test_the_tiers_measured_runs_reach_the_report(use_profile, monkeypatch):
     assert any(backend == "numba" and t.calls for (backend, _), t in timed.items()), timed
 
 
+def _runs_take(monkeypatch, clock, owner, method: str, seconds):
+    """Each call of ``owner.method`` advances the fake learner clock by ``seconds``."""
+    real = getattr(owner, method)
+
+    def run(self, *a, **k):
+        clock.t += seconds
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(owner, method, run)
+
+
 def _numpy_takes(monkeypatch, clock, seconds):
     """NumPy runs advance the fake learner clock by ``seconds`` (the test's function cannot)."""
     from autooffload import _executor
 
-    real_numpy = _executor.Executor.run_numpy
-
-    def numpy_run(self, *a, **k):
-        clock.t += seconds
-        return real_numpy(self, *a, **k)
-
-    monkeypatch.setattr(_executor.Executor, "run_numpy", numpy_run)
+    _runs_take(monkeypatch, clock, _executor.Executor, "run_numpy", seconds)
 
 
 def _tier_takes(monkeypatch, clock, seconds):
     """Runs of the tier advance the fake learner clock by ``seconds`` (its compiled code cannot)."""
     from autooffload.backends import numba as tier_module
 
-    real_tier = tier_module._CompiledCall.__call__
-
-    def tier_run(self, *a, **k):
-        clock.t += seconds
-        return real_tier(self, *a, **k)
-
-    monkeypatch.setattr(tier_module._CompiledCall, "__call__", tier_run)
+    _runs_take(monkeypatch, clock, tier_module._CompiledCall, "__call__", seconds)
 
 
 def test_learning_finds_a_tier_the_profile_predicts_slower(use_profile, monkeypatch, clock):

@@ -621,6 +621,21 @@ def test_threads_fake(fake):
     assert T.pool_info()["allocated"] <= 3 and T.pool_info()["in_use"] == 0
 
 
+def _copy_failing_at(fake, h, direction: str, at: int):
+    """Copy ``h`` to the device ("h2d") or back from a device copy of it ("d2h") with the fake's
+    DMA number ``at`` failing; the failure must reach the caller. Returns that device copy (None
+    for "h2d")."""
+    d = T.to_device(h) if direction == "d2h" else None
+    fake.memcpys.clear()
+    fake.fail_memcpy_at = at
+    try:
+        with pytest.raises(RuntimeError, match="injected DMA failure"):
+            T.to_device(h) if direction == "h2d" else T.to_host(d)
+    finally:
+        fake.fail_memcpy_at = None
+    return d
+
+
 @pytest.mark.parametrize("direction", ["h2d", "d2h"])
 @pytest.mark.parametrize("at", [1, 3, 7])
 @pytest.mark.parametrize("path", ["workers", "staged"])
@@ -632,14 +647,9 @@ def test_failure_mid_copy_cleans_up(fake, direction, at, path):
     rng = np.random.default_rng(5)
     h = random_array((200_000,), np.float64, rng)
     before = h.copy()
-    d = T.to_device(h) if direction == "d2h" else None
-    fake.memcpys.clear()
-    fake.fail_memcpy_at = at
-    with pytest.raises(RuntimeError, match="injected DMA failure"):
-        T.to_device(h) if direction == "h2d" else T.to_host(d)
+    d = _copy_failing_at(fake, h, direction, at)
     assert same(h, before)
     assert T.pool_info()["in_use"] == 0
-    fake.fail_memcpy_at = None
     assert same(T.to_device(h).get(), h)
     if d is not None:
         assert same(T.to_host(d), h)
@@ -853,12 +863,7 @@ def test_register_failure_mid_copy_unpins_what_it_pinned(fake, direction, at):
     rng = np.random.default_rng(12)
     h = random_array((100_000,), np.float64, rng)
     before = h.copy()
-    d = T.to_device(h) if direction == "d2h" else None
-    fake.memcpys.clear()
-    fake.fail_memcpy_at = at
-    with pytest.raises(RuntimeError, match="injected DMA failure"):
-        T.to_device(h) if direction == "h2d" else T.to_host(d)
-    fake.fail_memcpy_at = None
+    _copy_failing_at(fake, h, direction, at)
     assert not fake.registered and same(h, before)
     assert same(T.to_host(T.to_device(h)), h)
 
