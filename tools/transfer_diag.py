@@ -269,6 +269,7 @@ def pinned_results(cp, args) -> int:
         for _ in range(3):
             for name, tun in variants.items():
                 T._TUNING = tun
+                T._use_pinning(tun)
                 T.release_pinned_pool()
                 for i in range(6):
                     t0 = time.perf_counter()
@@ -299,6 +300,7 @@ def pinned_results(cp, args) -> int:
                 got[name]["both"].append(time.perf_counter() - t0)
                 del out_block
         T._TUNING = base
+        T._use_pinning(base)
         T.release_pinned_pool()
         row = {name: {"calls_s": [statistics.median(c) for c in g["calls"]], "back_s": statistics.median(g["back"]),
                       "both_s": statistics.median(g["both"])} for name, g in got.items()}

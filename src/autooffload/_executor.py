@@ -76,8 +76,7 @@ class Executor:
         device_type = device.seen_array_type[0]
         for a in (*args, *kwargs.values()):
             t = type(a)
-            if not (t is np.ndarray or t is device_type or t in PASSIVE
-                    or (t is tuple and all(type(x) in PASSIVE for x in a))):
+            if not (t is np.ndarray or t is device_type or _passive(a)):
                 return False
         return True
 
@@ -99,7 +98,7 @@ class Executor:
                         or not a.nbytes):
                     return False
                 spans.append((array_address(a), a.nbytes))
-            elif not (t in PASSIVE or (t is tuple and all(type(x) in PASSIVE for x in a))):
+            elif not _passive(a):
                 return False
         if kwargs and any(type(v) not in PASSIVE for v in kwargs.values()):
             return False
@@ -408,6 +407,12 @@ class Executor:
                 GPUFallbackWarning,
             )
         return result
+
+
+def _passive(value: Any) -> bool:
+    """A scalar, a module, or a tuple of scalars: an argument that holds no array and no state."""
+    t = type(value)
+    return t in PASSIVE or (t is tuple and all(type(x) in PASSIVE for x in value))
 
 
 _NOT_STREAMED = object()

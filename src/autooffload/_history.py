@@ -100,26 +100,25 @@ class Cell:
         self.cold_run = 0  # cold samples offered in a row (see add)
         self.last_kept = True  # whether the last observation was kept (add)
 
-    def add(self, seconds: float, predicted: float | None, cold: bool = False) -> bool:
-        """Add one observation; False where it was a cold one and dropped (see COLD_DROPS)."""
+    def add(self, seconds: float, predicted: float | None, cold: bool = False) -> None:
+        """Add one observation (``last_kept`` False where it was a cold one, dropped: COLD_DROPS)."""
         seconds = max(seconds, 1e-9)  # a coarse clock can read 0: estimates divide by these
         self.count += 1
         if predicted is not None:
             self.predicted = predicted
+        self.last_kept = True
         if not self.dropped_first:
             self.dropped_first = True  # one-off costs: see the module docstring
-            return True
+            return
         if not cold:
             self.cold_run = 0
         elif self.cold_run < COLD_DROPS:
             self.cold_run += 1  # a start-up cost the calls that follow it do not pay: see COLD_DROPS
             self.last_kept = False
-            return False
-        self.last_kept = True
+            return
         self.samples.append(seconds)
         if len(self.samples) > SAMPLES:
             del self.samples[0]
-        return True
 
     @property
     def trusted(self) -> bool:
@@ -205,7 +204,8 @@ class FunctionHistory:
             else:
                 self.cells[key] = self.cells.pop(key)  # most recently observed last
             first = not cell.dropped_first
-            kept = cell.add(seconds, predicted, cold)
+            cell.add(seconds, predicted, cold)
+            kept = cell.last_kept
             self.observed_s += seconds
             # A cold exploring call is not charged: the exploration then goes on at the next call,
             # warm, instead of waiting for budget and being cold again (at most COLD_DROPS such

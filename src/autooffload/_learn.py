@@ -56,7 +56,8 @@ the function's observed time.
 
 **What is observed.** Calls whose decision says ``observe`` (learning is on, the data is on the
 host, and the chosen backend is not yet trusted there, or exploration is pending, or the call
-runs on a device backend: there one call in ``DEVICE_SAMPLE_EVERY`` once trusted) are timed with a ``perf_counter`` pair around the whole call; a device
+runs on a device backend: there one call in ``DEVICE_SAMPLE_EVERY`` once trusted) are timed with
+a ``perf_counter`` pair around the whole call; a device
 run on host data ends in the copy out (or a stream synchronization where nothing is copied out),
 so the time includes the device work it waited for. Once a bucket is trusted and certain, its
 NumPy calls go back to the untimed hot path and the C check. Calls on device-resident data are

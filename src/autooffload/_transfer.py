@@ -203,6 +203,7 @@ def _configure(**changes: Any) -> _Tuning:
     release_pinned_pool()
     _shutdown_executor()
     _TUNING = new
+    _use_pinning(new)
     return old
 
 
@@ -249,6 +250,7 @@ def apply_tuning(knobs: Any = None, source: str = "defaults") -> list[str]:
         _TUNING = new
         release_pinned_pool(keep_results=True)
         _drop_executor()
+        _use_pinning(new)
     _TUNING_SOURCE = source if known else "defaults"
     return unknown
 
@@ -869,7 +871,7 @@ def to_device(host: np.ndarray):
     dev_ptr = dev.data.ptr
     staged = contiguous and _staged(nbytes, t)
     try:
-        if contiguous and _pinning(cp, t) and _hostmem.results.is_pinned(array_address(host_c), nbytes):
+        if contiguous and t.pin_results_min and _hostmem.results.is_pinned(array_address(host_c), nbytes):
             _dma_pinned(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream)  # a kept result passed back in
         elif contiguous and t.h2d_register_min and nbytes >= t.h2d_register_min:
             _register_copy(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream, t)
@@ -892,27 +894,25 @@ def to_device(host: np.ndarray):
     return dev
 
 
-def _pinning(cp: Any, t: _Tuning) -> bool:
-    """Whether kept result blocks are pinned under ``t``; (re)configures _hostmem.results."""
-    results = _hostmem.results
-    if results.pin_min_bytes != t.pin_results_min:
-        rt = cp.cuda.runtime
+def _pin_host(address: int, nbytes: int) -> bool:
+    try:
+        _cp().cuda.runtime.hostRegister(address, nbytes, _REGISTER_PORTABLE)
+    except Exception:  # noqa: BLE001 - refused (locked-memory limit, already pinned): stays pageable
+        return False
+    return True
 
-        def pin(address: int, nbytes: int) -> bool:
-            try:
-                rt.hostRegister(address, nbytes, _REGISTER_PORTABLE)
-            except Exception:  # noqa: BLE001 - refused (locked-memory limit, already pinned): stays pageable
-                return False
-            return True
 
-        def unpin(address: int) -> None:
-            try:
-                rt.hostUnregister(address)
-            except Exception:  # noqa: BLE001 - at exit the context may be gone; the OS frees it then
-                pass
+def _unpin_host(address: int) -> None:
+    try:
+        _cp().cuda.runtime.hostUnregister(address)
+    except Exception:  # noqa: BLE001 - at exit the context may be gone; the OS frees it then
+        pass
 
-        results.configure_pinning(pin, unpin, t.pin_results_min)
-    return t.pin_results_min > 0
+
+def _use_pinning(t: _Tuning) -> None:
+    """Kept result blocks pinned on reuse as ``t`` says (``pin_results_min``); set with the tuning,
+    never on a copy. Imports nothing: CuPy only when a block is pinned."""
+    _hostmem.results.configure_pinning(_pin_host, _unpin_host, t.pin_results_min)
 
 
 def _dma_pinned(cp: Any, dst: int, src: int, nbytes: int, kind: int, stream: Any) -> None:
@@ -1029,7 +1029,6 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
         order, tmp = "C", cp.ascontiguousarray(dev)
         src_ptr = tmp.data.ptr
     fresh = False
-    pinning = _pinning(cp, t)  # before a result block is taken: it is pinned when handed out
     if out is None:
         if dtype.itemsize * math.prod(shape) > t.d2h_direct_max:
             out = _hostmem.results.empty(shape, dtype, order)  # memory already faulted in, when kept
@@ -1044,7 +1043,7 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     # Results in new memory: see _Tuning.staged_fresh.
     staged = contiguous and (t.staged_fresh or not fresh) and _staged(nbytes, t)
     try:
-        if contiguous and pinning and _hostmem.results.is_pinned(array_address(host_c), nbytes):
+        if contiguous and t.pin_results_min and _hostmem.results.is_pinned(array_address(host_c), nbytes):
             _dma_pinned(cp, array_address(host_c), src_ptr, nbytes, _D2H, stream)
         elif contiguous and t.d2h_register_min and nbytes >= t.d2h_register_min:
             _register_copy(cp, src_ptr, array_address(host_c), nbytes, _D2H, stream, t)
