@@ -22,6 +22,12 @@ from autooffload.backends import DEVICE, bits_differ, device_runner
 class FakeDeviceArray(np.ndarray):
     """Stands in for cupy.ndarray."""
 
+    @property
+    def flags(self):  # like cupy.ndarray.flags: no ``writeable`` (device arrays are always writeable)
+        own = np.ndarray.flags.__get__(self)
+        return types.SimpleNamespace(c_contiguous=own.c_contiguous, f_contiguous=own.f_contiguous,
+                                     owndata=own.owndata)
+
     def get(self) -> np.ndarray:
         return np.array(self.view(np.ndarray), copy=True, order="K")
 

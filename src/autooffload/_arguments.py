@@ -473,7 +473,7 @@ class Moved:
             low = self._copy_pointer(copy)
             original_low, original_high = self._extent(original)
             region = _Region(low, low + copy.nbytes, self._original_bytes(original, original_low, original_high),
-                             readonly=not original.flags.writeable)
+                             readonly=_read_only(original))
             contiguous = original.flags.c_contiguous or original.flags.f_contiguous
             same_bytes = original.dtype == copy.dtype  # not so for a non-native original: its copy is native
             if not (contiguous and same_bytes and original.strides == copy.strides):
@@ -521,7 +521,7 @@ class Moved:
                     entry.snapshot = self._view(snap_span, a, offset)
         copy_low = self._copy_pointer(copy_span)
         self.regions.append(_Region(copy_low, copy_low + (high - start), original_span,
-                                    readonly=all(not a.flags.writeable for a in group)))
+                                    readonly=all(_read_only(a) for a in group)))
 
     def _allocation_start(self, a: Any) -> int:
         return _host_root_start(a) if self.to_device else self.backend.allocation_start(a)
@@ -670,6 +670,11 @@ class Moved:
                     return view
                 return self.backend.view(region.original_bytes, x.shape, dtype, offset, strides)
         return None
+
+
+def _read_only(a: Any) -> bool:
+    # CuPy's flags carry no ``writeable``: device arrays are always writeable.
+    return not getattr(a.flags, "writeable", True)
 
 
 def move(backend: DeviceMemory, args: tuple, kwargs: dict, *, to_device: bool, pure: bool,
