@@ -332,3 +332,15 @@ def test_transfer_table_ratios_and_verdict():
     assert "| 0.50 / 0.95 / 0.95 |" in md and "| 0.50 / 1.10 / 1.20 |" in md
     assert "slower than cupy (time ratio > 1): 8 MiB d2h 1.10x, 8 MiB d2h_fresh 1.20x." in md
     assert "nowhere" in transfer.table(rows[:1])
+
+
+def test_suite_budget_leaves_compilation_out_and_scales_the_last_row():
+    mod = _load("suite")
+    row = {"n": 100, "times": {"numpy": {"median": 1e-3}, "numba": {"median": 2e-3}, "cupy_copies": None},
+           "make_s": 0.01, "compile_s": 6.0}
+    used, predicted = mod.budget_use([row], 1000, elapsed_s=7.0)
+    assert used == pytest.approx(1.0)  # the 6 s of compiling are not charged to the share
+    assert predicted == pytest.approx(10 * (4 * 3e-3 + 0.01))
+    row2 = dict(row, n=1000, compile_s=0.0, times={"numpy": {"median": 1e-2}})
+    used, predicted = mod.budget_use([row, row2], 10_000, elapsed_s=8.0)
+    assert used == pytest.approx(2.0) and predicted == pytest.approx(10 * (4 * 1e-2 + 0.01))
