@@ -533,6 +533,31 @@ def test_a_tier_call_after_its_threads_slept_is_observed_cold(monkeypatch):
     assert seen == [False, True]
 
 
+def test_a_cold_tier_sample_is_dropped_only_while_it_may_hide_a_win(monkeypatch):
+    # A cold call within COLD_FACTOR of the best other prediction may be a winner warm: dropped,
+    # to be measured again; one far beyond it cannot be (panel_recur at (2, 2) on the H200: ~400 us
+    # on the tier against NumPy's 6 us) and is kept, so the tier is not explored again and again.
+    predicted = {"numpy": 6e-6, "numba": 5e-6}
+    assert _learn.cold_may_hide_a_win(40e-6, predicted, "numba")
+    assert not _learn.cold_may_hide_a_win(400e-6, predicted, "numba")
+    assert _learn.cold_may_hide_a_win(400e-6, {"numba": 5e-6}, "numba")  # nothing to compare with
+
+    @offload
+    def tiny(x):
+        return x * 2.0 + 1.0
+
+    tiny(np.arange(4.0))
+    state = tiny.__autooffload__
+    d = dataclasses.replace(tiny.last_decision, backend="numba", predicted_s=predicted, exploring=True)
+    state.attrs["last_decision"] = d
+    seen = []
+    monkeypatch.setattr(state.learner, "observe", lambda *a, cold=False, **k: seen.append(cold))
+    state._observed(d, 40e-6, False, cold=True)
+    state._observed(d, 400e-6, False, cold=True)
+    state._observed(d, 400e-6, False, cold=False)
+    assert seen == [True, False, False]
+
+
 def test_calls_timed_while_the_tier_compiles_teach_nothing_but_count(ready_gpu, use_profile, clock, monkeypatch):
     from autooffload import backends
 

@@ -277,7 +277,8 @@ class _State:
                 self.planner.reset()
         elif not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
-                                 expected=d.predicted_s.get(d.backend), cold=cold)
+                                 expected=d.predicted_s.get(d.backend),
+                                 cold=cold and _learn.cold_may_hide_a_win(seconds, d.predicted_s, d.backend))
         if _log.active():
             _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)
 
