@@ -11,6 +11,10 @@
    of the forced @offload calls.
 3. The same path variant by variant (the light path for plain calls on and off, ``auto`` settled)
    and the driver calls every variant makes; cProfile of ``auto``.
+4. Sparse device calls (without a profile the H200 suite kept fft_convolve at 1e4 and var_es_sort
+   at 1e5 on NumPy, 1.56-1.74x slower than CuPy + copies, after exploring CuPy 4-7 times): CuPy +
+   copies back to back against the same call after NumPy calls or an idle pause, as an exploring
+   call finds the GPU; then ``auto`` with no profile and the CuPy times its log observed.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def bare(fn, args, to_device=cp.asarray, to_host=cp.asnumpy):
 
 
 def main() -> None:
-    parts = sys.argv[1:] or ["1", "2", "3"]
+    parts = sys.argv[1:] or ["1", "2", "3", "4"]
     g = np.random.default_rng(0)
     if "1" in parts:
         auto_vs_forced(g)
@@ -78,6 +82,8 @@ def main() -> None:
         device_path(g)
     if "3" in parts:
         device_path_parts(g)
+    if "4" in parts:
+        sparse_device_calls(g)
 
 
 def auto_vs_forced(g) -> None:
@@ -187,6 +193,51 @@ def device_path_parts(g) -> None:
     prof.disable()
     print("  cProfile of auto (bessel n=10000), by cumulative time:")
     pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
+
+
+def sparse_device_calls(g) -> None:
+    """4. Is a GPU call between NumPy calls (an exploring one) slower than back to back?"""
+    print("\n4. sparse device calls (us, medians of 25; CuPy + copies by hand unless named)")
+    cases = [("fft_convolve", 10**4), ("var_es_sort", 10**5), ("asian_mc", 10**5)]
+    for name, n in cases:
+        case = next(c for c in suite.CASES if c.name == name)
+        args = case.make(n, g)
+        gpu = lambda: bare(case.fn, args)  # noqa: E731
+        cpu = lambda: case.fn(*args)  # noqa: E731
+        gpu(); sync()  # noqa: E702  (plans, kernels)
+        times: dict[str, list[float]] = {"back to back": [], "after 20 numpy calls": [], "after 1 ms idle": [],
+                                         "after 10 ms idle": [], "after 100 ms idle": [], "numpy": []}
+        for _ in range(25):
+            gpu(); sync()  # noqa: E702
+            times["back to back"].append(once(gpu))
+            for _ in range(20):
+                cpu()
+            times["after 20 numpy calls"].append(once(gpu))
+            for pause in (1e-3, 10e-3, 100e-3):
+                time.sleep(pause)
+                times[f"after {pause * 1e3:.0f} ms idle"].append(once(gpu))
+            times["numpy"].append(once(cpu))
+        print(f"  {name} n={n:g}: " + "  ".join(f"{k} {statistics.median(v) * 1e6:.0f}" for k, v in times.items()))
+    # What auto observes for the same calls (with no profile: run with AUTOOFFLOAD_SHIPPED=0).
+    import autooffload
+
+    os.environ["AUTOOFFLOAD_LOG"] = str(LOG)
+    autooffload.reload_environment()
+    start = len(LOG.read_text().splitlines()) if LOG.exists() else 0
+    for name, n in cases:
+        case = next(c for c in suite.CASES if c.name == name)
+        args = case.make(n, g)
+        auto = offload(case.fn)
+        for _ in range(3000):
+            auto(*args)
+        print(f"  auto ({os.environ.get('AUTOOFFLOAD_SHIPPED') == '0' and 'no profile' or 'shipped profile'}), {name} n={n:g}: stats {auto.stats.as_dict()}, last: {auto.last_decision.reason[:120]}")
+    records = [json.loads(line) for line in LOG.read_text().splitlines()[start:] if line.strip()]
+    for name, _ in cases:
+        fn = next(c for c in suite.CASES if c.name == name).fn.__name__
+        obs = [(r.get("backend"), r.get("exploring"), r.get("observed_s")) for r in records
+               if r.get("function", "").endswith(fn) and r.get("observed_s") and r.get("backend") == "cupy"]
+        print(f"  log {name}: cupy observed (us, exploring marked *): "
+              + ", ".join(f"{s * 1e6:.0f}{'*' if e else ''}" for _, e, s in obs[:20]))
 
 
 if __name__ == "__main__":

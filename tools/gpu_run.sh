@@ -59,6 +59,12 @@ for s in "$@"; do
                         step diag-three-way python3 tools/three_way.py --max-elements "${MAX_N:-1e7}"
                         TAIL=3 step gaps python3 tools/gpu_gaps.py 2
                         tar czf "$OUT/diag-histories.tgz" /tmp/ao-cache-diag /tmp/ao-cache-diag-tw 2>/dev/null ;;
+        gaps-sparse) # issue 12: is an exploring GPU call (between NumPy calls) slower than back to back? No profile, fresh history.
+                     AUTOOFFLOAD_SHIPPED=0 AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-sparse TAIL=12 step gaps-sparse python3 tools/gpu_gaps.py 4 ;;
+        diag-noprofile) # issue 12: every decision of the no-profile suite's worst rows, logged
+                        AUTOOFFLOAD_SHIPPED=0 AUTOOFFLOAD_LOG="$OUT/noprofile-decisions.jsonl" AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-diag-np \
+                        step diag-noprofile python3 benchmarks/suite.py --machine "$MACHINE-diag-noprofile" --budget-s "${BUDGET:-60}" \
+                            --functions "${FUNCTIONS:-fft_convolve,var_es_sort,panel_recur,asian_mc,black_scholes}" --max-elements "${MAX_N:-1e6}" ;;
         pieces) TAIL=12 step pieces python3 tools/transfer_diag.py --pieces --out "$OUT/transfer-pieces.json" ;;
         both-ways) TAIL=6 step both-ways python3 tools/transfer_diag.py --both-ways --out "$OUT/transfer-both-ways.json" ;;
         streaming-pinned) TAIL=30 step streaming-pinned python3 benchmarks/streaming.py --machine "$MACHINE-pinned" --budget-s "${BUDGET:-100}" --knobs pin_results_min=1 ;;
