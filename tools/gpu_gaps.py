@@ -1,6 +1,6 @@
 """GPU-path gaps of issue 12, measured on the GPU machine (one run, interleaved).
 
-    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3]     # all parts by default
+    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3] [4]     # all parts by default
 
 1. ``auto`` against ``config(backend="cupy")`` on the same calls (item 8: in one suite run a ridge
    regression on a 1e5 x 256 input and a pairwise distance with a 6000 x 6000 result ran 2.5-3.5x

@@ -5,7 +5,9 @@
 # suite-shipped (the shipped profile of $MACHINE), suite-noprofile (no profile matched: the probe); issue 14:
 # transfer-tuned (transfer.py with the copy tuning of the profile calibrate or calibrate-quick made), diag (tools/transfer_diag.py),
 # transfer-tests; pinned-results, streaming-pinned, streaming-register: the copy engine's kept results pinned
-# on reuse, and chunks pinned in place, against the profile's tuning), each logged under $OUT/<step>.log with its wall time.
+# on reuse, and chunks pinned in place, against the profile's tuning); issue 12 diagnostics: diag-decisions, gaps-sparse
+# (tools/gpu_gaps.py 4 with no profile), diag-noprofile (the no-profile suite's worst rows, every decision logged);
+# each logged under $OUT/<step>.log with its wall time.
 #   device tool: command "bash tools/gpu_run.sh tests overhead", carry [".whl"]
 #   checking a session's changes in one call (~520 s): BUDGET=100 MAX_N=1e8 bash tools/gpu_run.sh tests overhead three-way suite-shipped suite-noprofile
 set -uo pipefail

@@ -106,12 +106,14 @@ DEVICE_SAMPLE_EVERY = 8
 # ends after ~0.3-1 ms on the 2-core VM: percentiles at 1e2 took 16 us back to back, 17 us after
 # 0.3 ms, 41 us after 1 ms, 155 us after 10 ms). Such samples are dropped (_history.COLD_DROPS).
 TIER_COLD_AFTER_S = 0.5e-3
-# ...but only while it may hide a win: its warm cost, at most this many times less than the cold
-# one (155 us cold against 16 us warm on the 2-core VM, the most measured), could still beat the
-# best other backend's prediction. Else the sample is kept: on the H200 without a profile,
-# panel_recur at (2, 2) explored the tier 4 times at ~400 us against NumPy's 6 us (row 3.04x
-# NumPy, benchmarks/results/h200-noprofile/suite.txt, session 6) before the cold drops ran out.
+# ...but only while it may hide a win: its warm cost, as low as the cold one over COLD_FACTOR or
+# less COLD_EXCESS_S (a wake-up is a cost of its own: 155 us cold against 16 us warm after a 10 ms
+# sleep on the 2-core VM, 38 against 10 us on the H200), could still beat the best other
+# backend's prediction. Else the sample is kept: on the H200 without a profile, panel_recur at
+# (2, 2) explored the tier 4 times at ~400 us against NumPy's 6 us (row 3.04x NumPy,
+# benchmarks/results/h200-noprofile/suite.txt, session 6) before the cold drops ran out.
 COLD_FACTOR = 10.0
+COLD_EXCESS_S = 0.2e-3
 clock = time.perf_counter  # tests replace it
 
 
@@ -416,10 +418,12 @@ class Learner:
 
 
 def cold_may_hide_a_win(seconds: float, predicted_s: dict[str, float | None], backend: str) -> bool:
-    """Whether a cold call of ``backend`` that took ``seconds`` could be a winner warm: its time
-    over ``COLD_FACTOR`` is below every other backend's prediction (True when there is none)."""
+    """Whether a cold call of ``backend`` that took ``seconds`` could be a winner warm: the least
+    it may cost warm (``COLD_FACTOR``, ``COLD_EXCESS_S``) is below every other backend's
+    prediction (True when there is none)."""
     others = [s for b, s in predicted_s.items() if b != backend and s]
-    return not others or seconds / COLD_FACTOR < min(others)
+    warm_at_least = min(seconds / COLD_FACTOR, seconds - COLD_EXCESS_S)
+    return not others or warm_at_least < min(others)
 
 
 def _far_off(learned: float | None, profile: float | None) -> bool:
