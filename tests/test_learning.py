@@ -61,8 +61,9 @@ def test_a_gpu_predicted_30x_too_fast_is_left_after_three_calls_and_rechecked_ra
     seen = backends_over(f, 200)
     assert seen[:3] == ["cupy"] * 3  # the first is dropped (one-off costs), two more make it trusted
     # ...and then measured again only once the function has run RECHECK_AFTER x its 15 ms (1.5 s)
+    # (a re-check is two calls: the first after a switch is cold, dropped, and the next measured)
     rechecks = seen[3:].count("cupy")
-    assert seen[3:145] == ["numpy"] * 142 and rechecks <= 1, "".join(b[0] for b in seen)  # not before 1.5 s
+    assert seen[3:145] == ["numpy"] * 142 and rechecks <= 2, "".join(b[0] for b in seen)  # not before 1.5 s
     assert seen[-1] == "numpy"
     assert f"learned from {3 + rechecks} calls" in f.last_decision.sources["cupy"]
     assert f.stats.cupy == 3 + rechecks
@@ -103,7 +104,9 @@ def test_exploring_never_costs_more_than_its_bound_over_1000_calls(ready_gpu, us
     history = f.__autooffload__.learner.history
     # The bound of _learn.py: the fraction of the observed time, plus one exploring call's misprediction.
     assert history.explored_s <= _learn.EXPLORE_FRACTION * history.observed_s + 0.100
-    assert seen.count("cupy") == 3  # explored until trusted, then never again
+    # Explored until trusted (the first dropped, two kept), then never again; a resumed
+    # exploration's first call, after NumPy calls, is a switch's: dropped, charged, one more.
+    assert 3 <= seen.count("cupy") <= 3 + _history.COLD_DROPS
     assert seen[-100:] == ["numpy"] * 100
 
 
@@ -405,17 +408,15 @@ def test_a_first_exploring_call_is_charged_no_more_than_the_warm_call_after_it()
 
 
 def test_a_backend_measured_slow_on_a_noisy_start_is_checked_again_and_then_chosen(ready_gpu, use_profile, clock):
-    # The GPU's first three calls take 20 ms (another process on the card, a slow start), every
-    # later one 1 ms; NumPy 5 ms. Trusted at 20 ms, the GPU is left; once the function has run
+    # The GPU's calls take 20 ms for the first 1 s (another process on the card, a slow start),
+    # 1 ms after; NumPy 5 ms. Trusted at 20 ms, the GPU is left; once the function has run
     # RECHECK_AFTER x 20 ms (2 s: ~400 NumPy calls, untimed ones counted), it is measured again,
     # found 20x faster, measured afresh and chosen.
     use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
-    gpu_calls = []
 
     def work(x):
         if isinstance(x, FakeDeviceArray):
-            gpu_calls.append(1)
-            clock.t += 0.020 if len(gpu_calls) <= 3 else 0.001
+            clock.t += 0.020 if clock.t < 1.0 else 0.001
         else:
             clock.t += 0.005
         return x * 2
@@ -424,7 +425,7 @@ def test_a_backend_measured_slow_on_a_noisy_start_is_checked_again_and_then_chos
     seen = backends_over(f, 800)
     assert "numpy" in seen[:50]  # left after its slow samples
     switched = max(i for i, b in enumerate(seen) if b == "numpy") + 1
-    assert 380 <= switched <= 500, "".join(b[0] for b in seen)
+    assert 380 <= switched <= 560, "".join(b[0] for b in seen)  # trusted at ~0.6 s (call ~124), due 2 s later
     assert seen[switched:] == ["cupy"] * (800 - switched)
     history = f.__autooffload__.learner.history
     assert history.explored_s <= _learn.EXPLORE_FRACTION * f.__autooffload__.learner._spent() + 0.020
@@ -432,15 +433,16 @@ def test_a_backend_measured_slow_on_a_noisy_start_is_checked_again_and_then_chos
 
 def test_a_backend_really_slower_is_rechecked_rarely(ready_gpu, use_profile, clock):
     # The GPU really takes 12 ms against NumPy's 5 (within EXPLORE_WITHIN: worth a re-check now
-    # and then): re-checks cost at most 1/RECHECK_AFTER of the observed time.
+    # and then): re-checks cost at most 2/RECHECK_AFTER of the observed time (two calls each: the
+    # first after the switch is dropped as cold, the next one measured).
     use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
     f = timed(clock, numpy_s=0.005, gpu_s=0.012)
     seen = backends_over(f, 3000)
     history = f.__autooffload__.learner.history
     rechecks = seen.count("cupy") - 3  # the first three made the cell trusted
     spent = f.__autooffload__.learner._spent()  # observed and untimed calls' seconds
-    assert 1 <= rechecks <= spent / (_learn.RECHECK_AFTER * 0.012) + 1, rechecks
-    assert seen[-10:] == ["numpy"] * 10
+    assert 2 <= rechecks <= 2 * (spent / (_learn.RECHECK_AFTER * 0.012) + 1), rechecks
+    assert seen[-10:].count("numpy") >= 8  # NumPy stays the choice (a re-check may fall here)
 
 
 def test_a_backend_predicted_slow_only_from_another_sizes_error_is_still_explored():
@@ -527,6 +529,7 @@ def test_a_tier_call_after_its_threads_slept_is_observed_cold(monkeypatch):
     d = dataclasses.replace(chain.last_decision, observe=True, observe_every=1)
     assert d.backend == "numba"
     monkeypatch.setattr(tier, "last_end", time.perf_counter() + 60.0)  # it has just run: warm
+    state.last_run = ("numba", state.calls_so_far())  # and the call before was this one's backend
     state.run_observed(d, (x,), {})
     monkeypatch.setattr(tier, "last_end", 0.0)  # long ago: its threads are asleep
     state.run_observed(d, (x,), {})

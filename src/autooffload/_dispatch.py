@@ -166,6 +166,9 @@ class _State:
         self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
         self.unsampled = 0  # calls run untimed since the last timed one (Decision.observe_every)
+        # (backend, calls so far) after the last call this path ran: whether the next one follows
+        # it on the same backend, or switched (_learn.SWITCH_COLD).
+        self.last_run: tuple[str, int] | None = None
         self.learner.revisit = self.planner.reset  # a measurement that changes the answer: decide again
         self.planner.learner = self.learner
         _config.register_decision_cache(self.planner)
@@ -227,6 +230,11 @@ class _State:
         self.report(d)
         return d
 
+    def calls_so_far(self) -> int:
+        """Every call of this function so far, on any path (the C check's included)."""
+        fastpath = self.fastpath
+        return self.records.total_calls() + (fastpath.hits if fastpath is not None else 0)
+
     def run_observed(self, d: Decision, args: tuple, kwargs: dict) -> Any:
         """Run ``d`` and measure it: the whole call, including the copies and the device work it
         waited for (a device run on host data ends synchronized: Executor._finish_device). Of a
@@ -236,6 +244,7 @@ class _State:
             self.unsampled += 1
             if self.unsampled < d.observe_every:
                 result = self.executor.run(d, args, kwargs)
+                self.last_run = (d.backend, self.calls_so_far())
                 if self.learner.count_untimed(d.predicted_s.get(d.backend) or 0.0):
                     self.planner.reset()  # a wait of learning's has come: decide again
                 if _log.active():
@@ -244,6 +253,8 @@ class _State:
             self.unsampled = 0
         tier = backends.get(NUMBA) if d.backend == NUMBA else None
         cold = tier is not None and time.perf_counter() - getattr(tier, "last_end", 0.0) > _learn.TIER_COLD_AFTER_S
+        calls = self.calls_so_far()
+        cold = cold or (_learn.SWITCH_COLD and self.last_run != (d.backend, calls))  # a switch's first call
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
         start = _learn.clock()
@@ -257,9 +268,11 @@ class _State:
             return result
         finally:
             self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling())
+            self.last_run = (d.backend, calls + 1)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False) -> None:
-        """File one timed call. ``cold``: a tier call after its threads slept (_history.COLD_DROPS);
+        """File one timed call. ``cold``: a tier call after its threads slept, or the first call
+        on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD);
         ``disturbed``: a compilation for the tier ran meanwhile, so the time is counted towards
         the function's seconds but learned from nowhere (_numba_compile.compiling_now)."""
         if self.planner.compile_ended():

@@ -53,8 +53,9 @@ AGREE = 1.5
 # A cold sample (the Numba tier's call after its threads went to sleep: 2.5-10x a warm call on
 # the 2-core VM, and on the H200 the percentiles at 1e2 were learned at 38 us on the tier against
 # 10 us warm, so NumPy's 30 us won) is dropped, unless this many in a row were: then the function
-# is called that sparsely, and the cold cost is its real one. A dropped exploring call is not
-# charged to the exploration budget, so that the next call explores again, warm (FunctionHistory.add).
+# is called that sparsely, and the cold cost is its real one. A dropped exploring call is charged
+# to the exploration budget, and the next call explores again, warm (FunctionHistory.add). The
+# first call on a backend after another ran is cold too (_learn.SWITCH_COLD).
 COLD_DROPS = 3
 CELLS = 256  # per function
 FUNCTIONS = 2000  # per file
@@ -207,9 +208,11 @@ class FunctionHistory:
             cell.add(seconds, predicted, cold)
             kept = cell.last_kept
             self.observed_s += seconds
-            # A cold exploring call is not charged: the exploration then goes on at the next call,
-            # warm, instead of waiting for budget and being cold again (at most COLD_DROPS such
-            # calls in a row per cell, each a wake-up's cost).
+            # A cold exploring call, dropped, is charged all the same (it cost what it cost); its
+            # decision stands, not revisited, so the next call explores there again, warm, without
+            # waiting for budget (at most COLD_DROPS such calls in a row per cell).
+            if exploring and not kept:
+                self.explored_s += seconds
             if exploring and kept:
                 charged = min(seconds, expected) if first and expected else seconds
                 self.explored_s += charged
