@@ -166,9 +166,9 @@ class _State:
         self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
         self.unsampled = 0  # calls run untimed since the last timed one (Decision.observe_every)
-        # (backend, calls so far) after the last call this path ran: whether the next one follows
-        # it on the same backend, or switched (_learn.SWITCH_COLD).
-        self.last_run: tuple[str, int] | None = None
+        # Per backend, the calls other backends had run at its last call here: a call that finds
+        # the number moved is the first after a switch (_learn.SWITCH_COLD).
+        self.others_at: dict[str, int] = {}
         self.learner.revisit = self.planner.reset  # a measurement that changes the answer: decide again
         self.planner.learner = self.learner
         _config.register_decision_cache(self.planner)
@@ -230,10 +230,15 @@ class _State:
         self.report(d)
         return d
 
-    def calls_so_far(self) -> int:
-        """Every call of this function so far, on any path (the C check's included)."""
+    def others_ran(self, backend: str) -> int:
+        """Calls run on backends other than ``backend`` so far (NumPy's: the C check's too). A
+        NumPy call reads one plain int; concurrent calls on the same backend never move it."""
+        records = self.records
+        if backend == NUMPY:
+            return records.runs_off_numpy
         fastpath = self.fastpath
-        return self.records.total_calls() + (fastpath.hits if fastpath is not None else 0)
+        numpy_calls = records.count(NUMPY) + (fastpath.hits if fastpath is not None else 0)
+        return numpy_calls + records.runs_off_numpy - records.runs_by[backend]
 
     def run_observed(self, d: Decision, args: tuple, kwargs: dict) -> Any:
         """Run ``d`` and measure it: the whole call, including the copies and the device work it
@@ -244,7 +249,7 @@ class _State:
             self.unsampled += 1
             if self.unsampled < d.observe_every:
                 result = self.executor.run(d, args, kwargs)
-                self.last_run = (d.backend, self.calls_so_far())
+                self.others_at[d.backend] = self.others_ran(d.backend)
                 if self.learner.count_untimed(d.predicted_s.get(d.backend) or 0.0):
                     self.planner.reset()  # a wait of learning's has come: decide again
                 if _log.active():
@@ -253,8 +258,8 @@ class _State:
             self.unsampled = 0
         tier = backends.get(NUMBA) if d.backend == NUMBA else None
         cold = tier is not None and time.perf_counter() - getattr(tier, "last_end", 0.0) > _learn.TIER_COLD_AFTER_S
-        calls = self.calls_so_far()
-        cold = cold or (_learn.SWITCH_COLD and self.last_run != (d.backend, calls))  # a switch's first call
+        others = self.others_ran(d.backend)
+        cold = cold or (_learn.SWITCH_COLD and self.others_at.get(d.backend) != others)  # a switch's first call
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
         start = _learn.clock()
@@ -268,7 +273,7 @@ class _State:
             return result
         finally:
             self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling())
-            self.last_run = (d.backend, calls + 1)
+            self.others_at[d.backend] = others
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or the first call

@@ -160,7 +160,7 @@ class Executor:
             self.records.fell_back(type_signature(args, kwargs), d.backend, cause)
             self._ran_on_numpy(d, f"{backend.name} cannot run these argument types ({cause}); ran on NumPy")
             return self.run_numpy(args, kwargs, False)
-        next(self.records.calls[d.backend])
+        self.records.count_run(d.backend)
         return result
 
     def run_numpy(self, args: tuple, kwargs: dict, has_device_args: bool) -> Any:
@@ -193,7 +193,7 @@ class Executor:
         ok, outcome = self._call_device(entry[1], entry[2], None, args, kwargs, backend, translate=False)
         if not ok:
             return self._fail_device(d, outcome, None, backend, args, kwargs, True)
-        next(self.records.calls[CUPY])
+        self.records.count_run(CUPY)
         return outcome
 
     def elsewhere(self, d: Decision, backend) -> bool:

@@ -39,8 +39,9 @@ these shapes, a solver's workspace), which would otherwise stop exploring for te
 long (on the H200 the normal equations at (12658, 79) took 37.9 ms on their first GPU call
 and 1.3-1.8 ms after, against 4.2 ms on NumPy: charged in full, the GPU stayed unexplored).
 So over any run, exploring costs at most ``EXPLORE_FRACTION`` x the observed time, plus the
-one-off excess of each explored cell's first call, plus the misprediction of one call (the last
-exploring call may take longer than predicted). Writes, results and fallback behave exactly as
+one-off excess of each explored cell's first call, plus one exploration's overrun: its call's
+misprediction (it may take longer than predicted) and up to ``_history.COLD_DROPS`` calls after
+it, back to back without a budget check, where cold samples were dropped (``SWITCH_COLD``). Writes, results and fallback behave exactly as
 on any other call: exploring only changes the backend.
 
 **Re-checks.** A trusted cell of a backend not chosen is measured again, as an exploring call

@@ -56,6 +56,10 @@ class Records:
 
     def __init__(self, backend_names: tuple[str, ...]):
         self.calls = {name: itertools.count() for name in backend_names}
+        # Runs off NumPy, in plain ints (read without parsing a counter; a lost increment under
+        # threads only makes one sample look cold): what tells a switch of backend (_dispatch).
+        self.runs_off_numpy = 0
+        self.runs_by = {name: 0 for name in backend_names}
         self.fallbacks = itertools.count()
         self.decisions = itertools.count()
         # Argument-type signature -> (backend that failed, cause). Read on every device run.
@@ -65,7 +69,7 @@ class Records:
 
     def ran(self, outcome: Outcome) -> None:
         """A call the executor ran to the end on ``outcome.backend`` (NumPy runs are only counted)."""
-        next(self.calls[outcome.backend])
+        self.count_run(outcome.backend)
         self.last_outcome = outcome
         if outcome.seconds is not None and outcome.bucket is not None:
             self.timesheet.timed(outcome.backend, outcome.bucket, outcome.seconds)
@@ -84,9 +88,12 @@ class Records:
     def count(self, backend: str) -> int:
         return counter_value(self.calls[backend])
 
-    def total_calls(self) -> int:
-        """Calls counted here, on every backend (the C check's are the FastPath's)."""
-        return sum(counter_value(c) for c in self.calls.values())
+    def count_run(self, backend: str) -> None:
+        """One call run to the end on ``backend``."""
+        next(self.calls[backend])
+        if backend != "numpy":
+            self.runs_off_numpy += 1
+            self.runs_by[backend] += 1
 
     def snapshot(self) -> dict[str, Any]:
         return {
