@@ -166,9 +166,9 @@ class _State:
         self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
         self.unsampled = 0  # calls run untimed since the last timed one (Decision.observe_every)
-        # Per backend, the calls other backends had run at its last call here: a call that finds
-        # the number moved is the first after a switch (_learn.SWITCH_COLD).
-        self.others_at: dict[str, int] = {}
+        # Per backend, (the calls other backends had run at its last call here, its calls in a row
+        # since they last moved): how soon after a switch a call comes (_learn.SWITCH_COLD_CALLS).
+        self.in_a_row: dict[str, tuple[int, int]] = {}
         self.learner.revisit = self.planner.reset  # a measurement that changes the answer: decide again
         self.planner.learner = self.learner
         _config.register_decision_cache(self.planner)
@@ -240,6 +240,15 @@ class _State:
         numpy_calls = records.count(NUMPY) + (fastpath.hits if fastpath is not None else 0)
         return numpy_calls + records.runs_off_numpy - records.runs_by[backend]
 
+    def after_switch(self, backend: str) -> int:
+        """Which call in a row on ``backend`` this one is (1: the first since another backend ran),
+        counting the calls that came through here; the others on its backend do not break a row."""
+        others = self.others_ran(backend)
+        last_others, count = self.in_a_row.get(backend, (-1, 0))
+        count = count + 1 if others == last_others else 1
+        self.in_a_row[backend] = (others, count)
+        return count
+
     def run_observed(self, d: Decision, args: tuple, kwargs: dict) -> Any:
         """Run ``d`` and measure it: the whole call, including the copies and the device work it
         waited for (a device run on host data ends synchronized: Executor._finish_device). Of a
@@ -249,7 +258,7 @@ class _State:
             self.unsampled += 1
             if self.unsampled < d.observe_every:
                 result = self.executor.run(d, args, kwargs)
-                self.others_at[d.backend] = self.others_ran(d.backend)
+                self.after_switch(d.backend)
                 if self.learner.count_untimed(d.predicted_s.get(d.backend) or 0.0):
                     self.planner.reset()  # a wait of learning's has come: decide again
                 if _log.active():
@@ -258,8 +267,7 @@ class _State:
             self.unsampled = 0
         tier = backends.get(NUMBA) if d.backend == NUMBA else None
         cold = tier is not None and time.perf_counter() - getattr(tier, "last_end", 0.0) > _learn.TIER_COLD_AFTER_S
-        others = self.others_ran(d.backend)
-        cold = cold or (_learn.SWITCH_COLD and self.others_at.get(d.backend) != others)  # a switch's first call
+        cold = self.after_switch(d.backend) <= _learn.SWITCH_COLD_CALLS or cold  # a switch's first calls
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
         start = _learn.clock()
@@ -273,11 +281,10 @@ class _State:
             return result
         finally:
             self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling())
-            self.others_at[d.backend] = others
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or the first call
-        on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD);
+        on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, so the time is counted towards
         the function's seconds but learned from nowhere (_numba_compile.compiling_now)."""
         if self.planner.compile_ended():

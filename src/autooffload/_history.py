@@ -55,7 +55,7 @@ AGREE = 1.5
 # 10 us warm, so NumPy's 30 us won) is dropped, unless this many in a row were: then the function
 # is called that sparsely, and the cold cost is its real one. A dropped exploring call is charged
 # to the exploration budget, and the next call explores again, warm (FunctionHistory.add). The
-# first call on a backend after another ran is cold too (_learn.SWITCH_COLD).
+# first calls on a backend after another ran are cold too (_learn.SWITCH_COLD_CALLS).
 COLD_DROPS = 3
 CELLS = 256  # per function
 FUNCTIONS = 2000  # per file

@@ -41,8 +41,9 @@ and 1.3-1.8 ms after, against 4.2 ms on NumPy: charged in full, the GPU stayed u
 So over any run, exploring costs at most ``EXPLORE_FRACTION`` x the observed time, plus the
 one-off excess of each explored cell's first call, plus one exploration's overrun: its call's
 misprediction (it may take longer than predicted) and up to ``_history.COLD_DROPS`` calls after
-it, back to back without a budget check, where cold samples were dropped (``SWITCH_COLD``). Writes, results and fallback behave exactly as
-on any other call: exploring only changes the backend.
+it, back to back without a budget check, where cold samples were dropped
+(``SWITCH_COLD_CALLS``). Writes, results and fallback behave exactly as on any other call:
+exploring only changes the backend.
 
 **Re-checks.** A trusted cell of a backend not chosen is measured again, as an exploring call
 within the same budget, once the function has run ``RECHECK_AFTER`` (100) times its estimate
@@ -52,8 +53,8 @@ the GPU or a noisy minute can make a few samples wrong, and a trusted cell is ot
 measured again (on the H200 the seed article's chain at 1e6 once
 settled on the GPU at 1.24 ms while the Numba tier, forced, took 80 us). A re-check that
 disagrees with the estimate by more than ``_history.AGREE`` restarts the cell from that sample,
-and exploring continues until it is trusted again. A re-check is two calls, the first after
-the switch being cold (``SWITCH_COLD``), so re-checks of one cell cost at most 2/100 of the
+and exploring continues until it is trusted again. A re-check is ``SWITCH_COLD_CALLS`` + 1 calls,
+the first ones after the switch being cold, so re-checks of one cell cost at most 3/100 of the
 function's observed time.
 
 **What is observed.** Calls whose decision says ``observe`` (learning is on, the data is on the
@@ -108,22 +109,28 @@ DEVICE_SAMPLE_EVERY = 8
 # ends after ~0.3-1 ms on the 2-core VM: percentiles at 1e2 took 16 us back to back, 17 us after
 # 0.3 ms, 41 us after 1 ms, 155 us after 10 ms). Such samples are dropped (_history.COLD_DROPS).
 TIER_COLD_AFTER_S = 0.5e-3
-# ...but only while it may hide a win: its warm cost, as low as the cold one over COLD_FACTOR or
-# less COLD_EXCESS_S (a wake-up is a cost of its own: 155 us cold against 16 us warm after a 10 ms
-# sleep on the 2-core VM, 38 against 10 us on the H200), could still beat the best other
-# backend's prediction. Else the sample is kept: on the H200 without a profile, panel_recur at
-# (2, 2) explored the tier 4 times at ~400 us against NumPy's 6 us (row 3.04x NumPy,
+# ...but only while it may hide a win: its warm cost, the cold one less the most a wake-up or a
+# cache refill adds, could still beat the best other backend's prediction. That excess is up to
+# COLD_EXCESS_S whatever the call (155 us cold against 16 us warm after a 10 ms sleep on the
+# 2-core VM, 38 against 10 us on the H200), up to COLD_SHARE of a longer call, and never more
+# than COLD_EXCESS_MAX_S (the most measured: +650 us on a 1 ms Black-Scholes call right after
+# NumPy calls, 2-core VM, session 6), so a long GPU or tier call is not measured twice for it.
+# Else the sample is kept: on the H200 without a profile, panel_recur at (2, 2) explored the tier
+# 4 times at ~400 us against NumPy's 6 us (row 3.04x NumPy,
 # benchmarks/results/h200-noprofile/suite.txt, session 6) before the cold drops ran out.
-COLD_FACTOR = 10.0
 COLD_EXCESS_S = 0.2e-3
-# The first call on a backend after calls on another (an exploring call, a re-check, the first
-# call back) is cold the same way, threads or not: on the 2-core VM the tier's percentiles at 1e3
-# took 34-98 us right after 20 NumPy calls, then 25-47, then 24 (back to back: 24), and a NumPy
-# call after tier calls pays alike. Each exploring call being such a first call, a backend was
+COLD_SHARE = 0.9
+COLD_EXCESS_MAX_S = 1e-3
+# The first calls on a backend after calls on another (an exploring call, a re-check, the first
+# call back) are cold the same way, threads or not: on the 2-core VM the tier's percentiles at
+# 1e3 took 34-98 us right after 20 NumPy calls, then 25-47, then 24 (back to back: 24), and a
+# NumPy call after tier calls pays alike. Each exploring call being such a call, a backend was
 # learned 2-4x slower than it runs once chosen, and the suite kept NumPy at 38 us against the
-# tier's 23 (session 6). So that sample is dropped too (same rules), and the exploring decision,
-# not revisited, runs the next call there again, back to back.
-SWITCH_COLD = True
+# tier's 23 (session 6). So the first SWITCH_COLD_CALLS samples in a row are dropped too (same
+# rules), and the exploring decision, not revisited, runs the next call there again, back to
+# back. With one call dropped the 2-core VM still learned that row's tier at 45-47 us (its second
+# call's time) and kept NumPy at 39 us; 0 turns this off.
+SWITCH_COLD_CALLS = 2
 clock = time.perf_counter  # tests replace it
 
 
@@ -429,11 +436,11 @@ class Learner:
 
 def cold_may_hide_a_win(seconds: float, predicted_s: dict[str, float | None], backend: str) -> bool:
     """Whether a cold call of ``backend`` that took ``seconds`` could be a winner warm: the least
-    it may cost warm (``COLD_FACTOR``, ``COLD_EXCESS_S``) is below every other backend's
-    prediction (True when there is none)."""
+    it may cost warm (less ``COLD_EXCESS_S``, or ``COLD_SHARE`` of it, at most
+    ``COLD_EXCESS_MAX_S``) is below every other backend's prediction (True when there is none)."""
     others = [s for b, s in predicted_s.items() if b != backend and s]
-    warm_at_least = min(seconds / COLD_FACTOR, seconds - COLD_EXCESS_S)
-    return not others or warm_at_least < min(others)
+    excess = min(COLD_EXCESS_MAX_S, max(COLD_EXCESS_S, COLD_SHARE * seconds))
+    return not others or seconds - excess < min(others)
 
 
 def _far_off(learned: float | None, profile: float | None) -> bool:
