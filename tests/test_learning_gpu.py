@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import suite  # noqa: E402
 
 # Calls until settled: a backend wrong about itself is left after its first three calls (the first
-# is dropped, two more make it trusted); a backend the profile wrongly predicts slower is found by
+# is dropped, two more make it trusted; a function's start is no switch, so none is dropped as
+# cold: _learn.SWITCH_COLD_CALLS); a backend the profile wrongly predicts slower is found by
 # exploring, which waits until 10% of the observed time covers its predicted cost (_learn.py):
 # for the normal equations (GPU 0.42 ms, NumPy predicted 0.9 ms) about 25 calls, then three to trust.
 SETTLE_WITHIN = 40

@@ -166,9 +166,9 @@ class _State:
         self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
         self.unsampled = 0  # calls run untimed since the last timed one (Decision.observe_every)
-        # Per backend, (the calls other backends had run at its last call here, its calls in a row
-        # since they last moved): how soon after a switch a call comes (_learn.SWITCH_COLD_CALLS).
-        self.in_a_row: dict[str, tuple[int, int]] = {}
+        # Per backend, (the calls other backends had run when it last took over, its own run count
+        # then): how soon after a switch a call comes (_learn.SWITCH_COLD_CALLS).
+        self.took_over: dict[str, tuple[int, int]] = {}
         self.learner.revisit = self.planner.reset  # a measurement that changes the answer: decide again
         self.planner.learner = self.learner
         _config.register_decision_cache(self.planner)
@@ -240,14 +240,23 @@ class _State:
         numpy_calls = records.count(NUMPY) + (fastpath.hits if fastpath is not None else 0)
         return numpy_calls + records.runs_off_numpy - records.runs_by[backend]
 
+    def own_runs(self, backend: str) -> int:
+        """Calls run on ``backend`` so far (NumPy's: the C check's too)."""
+        if backend == NUMPY:
+            fastpath = self.fastpath
+            return self.records.count(NUMPY) + (fastpath.hits if fastpath is not None else 0)
+        return self.records.runs_by[backend]
+
     def after_switch(self, backend: str) -> int:
-        """Which call in a row on ``backend`` this one is (1: the first since another backend ran),
-        counting the calls that came through here; the others on its backend do not break a row."""
-        others = self.others_ran(backend)
-        last_others, count = self.in_a_row.get(backend, (-1, 0))
-        count = count + 1 if others == last_others else 1
-        self.in_a_row[backend] = (others, count)
-        return count
+        """Which call in a row on ``backend`` the next one is (1: the first since another backend
+        ran), counting every call on it, on any path. A function's start is no switch: until
+        another backend runs, every call is past the cold ones."""
+        others, own = self.others_ran(backend), self.own_runs(backend)
+        took = self.took_over.get(backend)
+        if took is None or took[0] != others:
+            took = (others, own - _learn.SWITCH_COLD_CALLS if took is None and others == 0 else own)
+            self.took_over[backend] = took
+        return own - took[1] + 1
 
     def run_observed(self, d: Decision, args: tuple, kwargs: dict) -> Any:
         """Run ``d`` and measure it: the whole call, including the copies and the device work it
@@ -258,7 +267,6 @@ class _State:
             self.unsampled += 1
             if self.unsampled < d.observe_every:
                 result = self.executor.run(d, args, kwargs)
-                self.after_switch(d.backend)
                 if self.learner.count_untimed(d.predicted_s.get(d.backend) or 0.0):
                     self.planner.reset()  # a wait of learning's has come: decide again
                 if _log.active():
@@ -283,8 +291,8 @@ class _State:
             self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling())
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False) -> None:
-        """File one timed call. ``cold``: a tier call after its threads slept, or the first call
-        on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
+        """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
+        calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, so the time is counted towards
         the function's seconds but learned from nowhere (_numba_compile.compiling_now)."""
         if self.planner.compile_ended():

@@ -53,9 +53,10 @@ the GPU or a noisy minute can make a few samples wrong, and a trusted cell is ot
 measured again (on the H200 the seed article's chain at 1e6 once
 settled on the GPU at 1.24 ms while the Numba tier, forced, took 80 us). A re-check that
 disagrees with the estimate by more than ``_history.AGREE`` restarts the cell from that sample,
-and exploring continues until it is trusted again. A re-check is ``SWITCH_COLD_CALLS`` + 1 calls,
-the first ones after the switch being cold, so re-checks of one cell cost at most 3/100 of the
-function's observed time.
+and exploring continues until it is trusted again. A re-check is one call, or
+``SWITCH_COLD_CALLS`` + 1 where the first ones after the switch are cold and may hide a win
+(``cold_may_hide_a_win``): re-checks of one cell then take at most 3 calls' estimates in each
+``RECHECK_AFTER`` of them, plus the cold calls' excess (up to ``COLD_EXCESS_MAX_S`` each).
 
 **What is observed.** Calls whose decision says ``observe`` (learning is on, the data is on the
 host, and the chosen backend is not yet trusted there, or exploration is pending, or the call
