@@ -72,11 +72,9 @@ class Stats:
 
     def count(self, backend: str) -> int:
         """Calls that ran on ``backend`` (NumPy's include fallbacks and the C check's calls)."""
-        n = self._state.records.count(backend)
-        fastpath = self._state.fastpath
-        if backend == NUMPY and fastpath is not None:
-            n += fastpath.hits
-        return n
+        if backend == NUMPY:
+            return self._state.numpy_calls()
+        return self._state.records.count(backend)
 
     @property
     def numpy(self) -> int:
@@ -230,22 +228,22 @@ class _State:
         self.report(d)
         return d
 
+    def numpy_calls(self) -> int:
+        """Calls run on NumPy so far, the C check's included (fallbacks too)."""
+        fastpath = self.fastpath
+        return self.records.count(NUMPY) + (fastpath.hits if fastpath is not None else 0)
+
     def others_ran(self, backend: str) -> int:
-        """Calls run on backends other than ``backend`` so far (NumPy's: the C check's too). A
-        NumPy call reads one plain int; concurrent calls on the same backend never move it."""
+        """Calls run on backends other than ``backend`` so far. A NumPy call reads one plain int;
+        concurrent calls on the same backend never move it."""
         records = self.records
         if backend == NUMPY:
             return records.runs_off_numpy
-        fastpath = self.fastpath
-        numpy_calls = records.count(NUMPY) + (fastpath.hits if fastpath is not None else 0)
-        return numpy_calls + records.runs_off_numpy - records.runs_by[backend]
+        return self.numpy_calls() + records.runs_off_numpy - records.runs_by[backend]
 
     def own_runs(self, backend: str) -> int:
-        """Calls run on ``backend`` so far (NumPy's: the C check's too)."""
-        if backend == NUMPY:
-            fastpath = self.fastpath
-            return self.records.count(NUMPY) + (fastpath.hits if fastpath is not None else 0)
-        return self.records.runs_by[backend]
+        """Calls run on ``backend`` so far."""
+        return self.numpy_calls() if backend == NUMPY else self.records.runs_by[backend]
 
     def after_switch(self, backend: str) -> int:
         """Which call in a row on ``backend`` the next one is (1: the first since another backend
@@ -305,10 +303,11 @@ class _State:
             self.records.timesheet.timed_rerun(seconds)
         elif d.backend == NUMPY or getattr(backends.get(d.backend), "memory", None) == HOST:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
-        if not raised and ran is d and _learn.enabled() and disturbed:
+        learns = not raised and ran is d and _learn.enabled()  # not a fallback: its time mixes two runs
+        if learns and disturbed:
             if self.learner.unlearned(seconds, d.exploring):
                 self.planner.reset()
-        elif not raised and ran is d and _learn.enabled():  # not a fallback: its time mixes two runs
+        elif learns:
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
                                  expected=d.predicted_s.get(d.backend),
                                  cold=cold and _learn.cold_may_hide_a_win(seconds, d.predicted_s, d.backend))

@@ -213,7 +213,7 @@ class FunctionHistory:
             # waiting for budget (at most COLD_DROPS such calls in a row per cell).
             if exploring and not kept:
                 self.explored_s += seconds
-            if exploring and kept:
+            elif exploring:
                 charged = min(seconds, expected) if first and expected else seconds
                 self.explored_s += charged
                 if first:
