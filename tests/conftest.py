@@ -100,6 +100,31 @@ def plain_moves(monkeypatch):
     return taken
 
 
+def plain_pick(x, y, scale):
+    """A plain call's results of every kind: the argument itself, views of it, a view of an
+    F-ordered argument, a new array and a scalar (check_plain_pick)."""
+    return x, x[1:], x[::-2], y.T, x[:3] * scale + y[0, :3], x.sum()
+
+
+def check_plain_pick(offloaded, rng, plain_moves, rtol: float = 0.0, sum_rtol: float = 0.0) -> None:
+    """``offloaded`` (plain_pick under @offload, run on a GPU) gives the caller's arrays, views
+    of them and new arrays as NumPy does, through the light path; the new array within ``rtol``,
+    the sum within ``sum_rtol`` (0: exactly, as the fake device computes with NumPy)."""
+    import numpy as np
+
+    x, y = rng.random(8), np.asfortranarray(rng.random((4, 3)))
+    same, tail, back, yt, fresh, total = offloaded(x, y, 2.0)
+    assert plain_moves == [3]
+    assert same is x
+    assert np.shares_memory(tail, x) and np.array_equal(tail, x[1:])
+    assert np.shares_memory(back, x) and np.array_equal(back, x[::-2])
+    assert np.shares_memory(yt, y) and np.array_equal(yt, y.T)
+    assert not np.shares_memory(fresh, x) and np.allclose(fresh, x[:3] * 2.0 + y[0, :3], rtol=rtol, atol=0)
+    assert type(total) is np.float64 and np.isclose(total, x.sum(), rtol=sum_rtol, atol=0)
+    tail[0] = 42.0
+    assert x[1] == 42.0  # a view of the caller's memory, as on NumPy
+
+
 def synthetic_profile(*, cpu_per_byte=1e-9, gpu_per_byte=1e-11, gpu_floor=20e-6, copy_per_byte=1e-10,
                       copy_floor=10e-6, cold_start=1.0, has_gpu=True, kinds=None):
     """A profile with straight-line curves, for exact cost-model tests (``has_gpu=False``: NumPy only)."""

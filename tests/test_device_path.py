@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import fake_device
+from conftest import check_plain_pick, plain_pick
 from autooffload import ConfigError, GPUFallbackWarning, config, offload
 from fake_device import FakeDeviceArray
 
@@ -611,21 +612,7 @@ def test_the_fallback_warning_points_at_the_callers_line(fake_gpu):
 
 # -- the light path for plain calls (Executor.plain_call, Moved.move_plain; fixture plain_moves) ---
 def test_plain_calls_give_the_callers_arrays_views_and_new_arrays(on_gpu, plain_moves):
-    @offload
-    def pick(x, y, scale):
-        return x, x[1:], x[::-2], y.T, x[:3] * scale + y[0, :3], x.sum()
-
-    x, y = rng.random(8), np.asfortranarray(rng.random((4, 3)))
-    same, tail, back, yt, fresh, total = pick(x, y, 2.0)
-    assert plain_moves == [3]
-    assert same is x
-    assert np.shares_memory(tail, x) and np.array_equal(tail, x[1:])
-    assert np.shares_memory(back, x) and np.array_equal(back, x[::-2])
-    assert np.shares_memory(yt, y) and np.array_equal(yt, y.T)
-    assert not np.shares_memory(fresh, x) and np.array_equal(fresh, x[:3] * 2.0 + y[0, :3])
-    assert type(total) is np.float64 and total == x.sum()
-    tail[0] = 42.0
-    assert x[1] == 42.0  # a view of the caller's memory, as on NumPy
+    check_plain_pick(offload(plain_pick), rng, plain_moves)  # the fake device: NumPy's values exactly
 
 
 @pytest.mark.parametrize("case", ["overlap", "same-twice", "strided", "writes", "global", "closure", "list"])

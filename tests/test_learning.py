@@ -49,6 +49,15 @@ def backends_over(f, calls: int) -> list[str]:
 
 
 @pytest.fixture
+def decision_log(monkeypatch, tmp_path):
+    """The path every decision is logged to (AUTOOFFLOAD_LOG) during the test."""
+    path = tmp_path / "decisions.jsonl"
+    monkeypatch.setenv("AUTOOFFLOAD_LOG", str(path))
+    autooffload.reload_environment()
+    return path
+
+
+@pytest.fixture
 def ready_gpu(fake_gpu):
     device.mark_gpu_ready()  # no cold start in these tests: the rules alone
     return fake_gpu
@@ -137,10 +146,8 @@ def test_learning_off_gives_the_profiles_decisions_exactly(ready_gpu, use_profil
     assert (first.backend, first.reason, first.predicted_s) == (d.backend, d.reason, d.predicted_s)
 
 
-def test_the_log_records_the_observed_time_beside_the_prediction(ready_gpu, use_profile, clock, monkeypatch, tmp_path):
-    log = tmp_path / "decisions.jsonl"
-    monkeypatch.setenv("AUTOOFFLOAD_LOG", str(log))
-    autooffload.reload_environment()
+def test_the_log_records_the_observed_time_beside_the_prediction(ready_gpu, use_profile, clock, decision_log):
+    log = decision_log
     use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-10, copy_per_byte=1e-10, cold_start=0.0))
     f = timed(clock, numpy_s=0.010, gpu_s=0.015)
     backends_over(f, 6)
@@ -686,10 +693,8 @@ def test_an_exploring_call_during_a_compilation_is_charged_and_decided_again(rea
     assert history.explored_s <= _learn.EXPLORE_FRACTION * f.__autooffload__.learner._spent() + 0.100
 
 
-def test_the_log_has_a_line_for_every_call_of_a_sampled_decision(ready_gpu, use_profile, clock, monkeypatch, tmp_path):
-    path = tmp_path / "decisions.jsonl"
-    monkeypatch.setenv("AUTOOFFLOAD_LOG", str(path))
-    autooffload.reload_environment()
+def test_the_log_has_a_line_for_every_call_of_a_sampled_decision(ready_gpu, use_profile, clock, decision_log):
+    path = decision_log
     use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-10, copy_per_byte=1e-10, cold_start=0.0))
     f = timed(clock, numpy_s=0.010, gpu_s=0.001)
     backends_over(f, 3)
