@@ -9,6 +9,11 @@ memory), both directions:
 * ``pinned`` ``cudaMemcpyAsync`` from / to a page-locked host buffer: the link's limit;
 * ``engine`` ``autooffload._transfer.to_device`` / ``to_host`` from / to an ordinary array;
 * ``engine out=`` ``to_host(d, out=a)`` into an existing (already touched) array: no page faults;
+* ``staged`` the engine as for memory it has not seen before (``_transfer.unpinned_copies``):
+  ``to_device(h)`` and ``to_host(d, out=a)`` staged through pinned buffers every time. The
+  columns above are the engine as a loop meets it: from the second copy of the same array (or of
+  a kept result) on, its memory is pinned in place and each copy is one DMA per 64 MiB
+  (``_pincache.py``); ``staged`` is what a first copy costs;
 * ``engine fresh`` ``to_host(d)`` with the kept result memory released before each call: every
   page of the result faults on first touch (a program's first result of that size).
 
@@ -192,7 +197,8 @@ class Bench:
             self._data = {nbytes: random_bytes(nbytes, self.rng)}  # keep one size at a time
         return self._data[nbytes]
 
-    def measure(self, nbytes: int, methods=("cupy", "pinned", "engine", "engine_out", "host"), sequential: bool = False) -> dict:
+    def measure(self, nbytes: int, methods=("cupy", "pinned", "engine", "engine_out", "staged", "host"),
+                sequential: bool = False) -> dict:
         """GB/s of each method at ``nbytes``, all calls interleaved round-robin (see
         ``interleaved_medians``), so that the columns of a row compare side by side;
         ``sequential``: each method's calls one after another instead (diagnostics: what the
@@ -222,6 +228,19 @@ class Bench:
         if "engine_out" in methods:
             dst = np.ones_like(h)
             calls["engine_out", "d2h"] = (lambda: T.to_host(d, out=dst), None)
+        sdst = None
+        if "staged" in methods:
+            sdst = np.ones_like(h)
+
+            def staged(fn):
+                def call():
+                    with T.unpinned_copies():
+                        return fn()
+                return call
+
+            ok = ok and bits_equal(staged(lambda: T.to_device(h))().get(), h)
+            calls["staged", "h2d"] = (staged(lambda: T.to_device(h)), None)
+            calls["staged", "d2h"] = (staged(lambda: T.to_host(d, out=sdst)), None)
         if "host" in methods:
             # The host copies a staged copy cannot avoid, on the engine's threads: pageable ->
             # pinned ("h2d") and pinned -> warm pageable ("d2h"; into dst, already touched).
@@ -236,6 +255,8 @@ class Bench:
             medians = interleaved_medians(calls, sync, big)
         if dst is not None:
             ok = ok and bits_equal(dst, h)
+        if sdst is not None:
+            ok = ok and bits_equal(sdst, h)
         res = {}
         for (m, direction), sec in medians.items():
             res.setdefault(m, {})[f"{direction}_s"] = sec
@@ -243,7 +264,7 @@ class Bench:
         res["engine_bit_exact"] = bool(ok)
         if "host" in res and "pinned" in res:
             res["bound"] = {f"{dr}_GBps": min(res["pinned"][f"{dr}_GBps"], res["host"][f"{dr}_GBps"]) for dr in ("h2d", "d2h")}
-        del d, d_dst, dst
+        del d, d_dst, dst, sdst
         cp.get_default_memory_pool().free_all_blocks()
         return res
 
@@ -281,7 +302,9 @@ def monotonicity(rows: list[dict], lo: int = 64 * MiB, hi: int = 4 * GiB, tolera
     rows = sorted((r for r in rows if lo <= r["nbytes"] <= hi), key=lambda r: r["nbytes"])
     out = []
     for a, b in zip(rows, rows[1:]):
-        for m, dr in (("engine", "h2d"), ("engine", "d2h"), ("engine_out", "d2h")):
+        for m, dr in (("engine", "h2d"), ("engine", "d2h"), ("engine_out", "d2h"), ("staged", "h2d"), ("staged", "d2h")):
+            if m not in a or m not in b:
+                continue
             ra, rb = a[m][f"{dr}_GBps"], b[m][f"{dr}_GBps"]
             if rb > ra * (1 + tolerance):
                 out.append(f"{fmt_size(a['nbytes'])} {m} {dr}: {rb / ra - 1:.0%} slower per byte than {fmt_size(b['nbytes'])}")
@@ -381,7 +404,8 @@ def run_sweep(bench: Bench, max_bytes: int) -> dict:
             def under(fn, tuned=tuned):
                 def call():
                     T._TUNING = tuned
-                    return fn()
+                    with T.unpinned_copies():  # the paths as a first copy meets them
+                        return fn()
                 return call
 
             ok = ok and bits_equal(under(lambda: T.to_device(h))().get(), h) and bits_equal(under(lambda: T.to_host(d))(), h)
@@ -426,14 +450,18 @@ def bound_table(rows: list[dict]) -> str:
         return ""
     head = ("\nAgainst the limit of this run: bound = min(pinned DMA, host memcpy at the engine's threads), GB/s; "
             "% = engine / bound.\n\n"
-            "| size | host memcpy in / out | bound in / out | engine in / out | % of bound in / out | engine out= (% of bound) |\n"
-            "|---:|---:|---:|---:|---:|---:|\n")
+            "| size | host memcpy in / out | bound in / out | engine in / out | % of bound in / out | engine out= (% of bound) "
+            "| staged in / out= | staged % of bound |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
         b, e, h = r["bound"], r["engine"], r["host"]
         lines.append(f"| {fmt_size(r['nbytes'])} | {h['h2d_GBps']:.1f} / {h['d2h_GBps']:.1f} | {b['h2d_GBps']:.1f} / {b['d2h_GBps']:.1f} | "
                      f"{e['h2d_GBps']:.1f} / {e['d2h_GBps']:.1f} | {e['h2d_GBps'] / b['h2d_GBps']:.0%} / {e['d2h_GBps'] / b['d2h_GBps']:.0%} | "
-                     f"{r['engine_out']['d2h_GBps']:.1f} ({r['engine_out']['d2h_GBps'] / b['d2h_GBps']:.0%}) |")
+                     f"{r['engine_out']['d2h_GBps']:.1f} ({r['engine_out']['d2h_GBps'] / b['d2h_GBps']:.0%}) | "
+                     + (f"{r['staged']['h2d_GBps']:.1f} / {r['staged']['d2h_GBps']:.1f} | "
+                        f"{r['staged']['h2d_GBps'] / b['h2d_GBps']:.0%} / {r['staged']['d2h_GBps'] / b['d2h_GBps']:.0%} |"
+                        if "staged" in r else "- | - |"))
     mono = monotonicity(rows)
     return (head + "\n".join(lines) + "\n\nMonotonicity, 64 MiB - 4 GiB (no size >15% slower per byte than the next larger): "
             + ("; ".join(mono) if mono else "met") + ".\n")
@@ -504,6 +532,7 @@ def main(argv=None) -> int:
                   f"D2H cupy {c['d2h_GBps']:6.2f} pinned {r['pinned']['d2h_GBps']:6.2f} engine {e['d2h_GBps']:6.2f} "
                   f"fresh {r['engine_fresh']['d2h_GBps']:6.2f} out= {r['engine_out']['d2h_GBps']:6.2f} GB/s; engine/cupy "
                   + " ".join(f"{k} {v:.3f}" for k, v in ratios(r).items())
+                  + (f"; staged {r['staged']['h2d_GBps']:.2f} / {r['staged']['d2h_GBps']:.2f}" if "staged" in r else "")
                   + f"; bound {r['bound']['h2d_GBps']:.1f} / {r['bound']['d2h_GBps']:.1f} (host {r['host']['h2d_GBps']:.1f} / {r['host']['d2h_GBps']:.1f})"
                   + f"{'' if r['engine_bit_exact'] else '  ENGINE WRONG'} ({time.time() - t0:.1f} s)", flush=True)
     finally:
@@ -538,7 +567,9 @@ def main(argv=None) -> int:
           f"(D2H: a new array; above 16 MiB its memory is that of a result already dropped, as from the second call of a "
           f"loop on); `engine fresh` = the same with that kept memory released before each call, so every page faults on "
           f"first touch (a first call, and what `cupy.asnumpy` always pays); `engine out=` = `to_host(d, out=a)` "
-          f"into an existing array. The last column: engine time / cupy time (below 1: the engine is faster).\n\n"
+          f"into an existing array; `staged` = the engine as for memory not seen before (a first copy: nothing pinned on "
+          f"reuse), `to_device(h)` / `to_host(d, out=a)`; the `engine` columns pin an array's memory at its second copy and "
+          f"keep it pinned (_pincache.py). The last column: engine time / cupy time (below 1: the engine is faster).\n\n"
           + table(rows))
     (outdir / "transfer.md").write_text(md)
     print()

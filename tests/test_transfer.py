@@ -915,3 +915,158 @@ def test_a_copy_planned_before_a_tuning_change_gets_buffers_of_its_own_size(fake
     assert T._get_pool(old) is pool
     T.release_pinned_pool()
     assert not fake.pinned
+
+
+# ---------------------------------------------------------------------------------------------
+# The caller's arrays pinned on reuse (_pincache.py): 64 KiB units, every array of 4 KiB or more
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def pin_reused(fake, monkeypatch):
+    monkeypatch.setattr(T._pincache, "UNIT_BYTES", 64 * 1024)
+    T._configure(pin_reused_min=4096, pin_results_min=0)
+    yield fake
+    T._pincache.cache.release()
+    assert not fake.registered, "pinned units outlived the test"
+
+
+def _dmas_from(fake, start: int) -> list:
+    return fake.memcpys[start:]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int8, np.complex64, np.bool_, np.float16])
+def test_reused_arrays_are_pinned_and_every_layout_round_trips_bit_exact(pin_reused, dtype):
+    fake = pin_reused
+    rng = np.random.default_rng(21)
+    for name, h, expect in layouts(rng, dtype, big=True):
+        for attempt in range(3):  # counted, then pinned, then copied pinned
+            d = T.to_device(h)
+            assert same(d.get(), h), (name, attempt)
+            out = np.zeros_like(h)
+            assert T.to_host(d, out=out) is out and same(out, h), (name, attempt)
+            back = T.to_host(d)
+            _check_layout(back, expect)
+            assert same(back, h), (name, attempt)
+        if h.flags.c_contiguous or h.flags.f_contiguous:
+            assert fake.registered, f"{name}: a contiguous array copied three times is pinned"
+            assert T._pincache.cache.info()["pinned_bytes"] == sum(fake.registered.values())
+    assert fake.n_registered > 0
+
+
+def test_a_pinned_copy_is_one_dma_per_unit_and_no_host_copy(pin_reused):
+    fake = pin_reused
+    h = random_array((300_000,), np.float64, np.random.default_rng(22))  # 2.4 MB: ~37 units
+    T.to_device(h)
+    T.to_device(h)  # pins
+    pinned_before = dict(fake.registered)
+    start = len(fake.memcpys)
+    d = T.to_device(h)
+    dmas = _dmas_from(fake, start)
+    assert fake.registered == pinned_before, "nothing pinned anew"
+    units = -(-h.nbytes // (64 * 1024)) + 1
+    assert len(dmas) <= units + 2, "one DMA per unit, plus the ragged ends"
+    assert same(d.get(), h)
+    out = np.zeros_like(h)
+    T.to_host(d, out=out)
+    T.to_host(d, out=out)
+    start = len(fake.memcpys)
+    T.to_host(d, out=out)
+    assert len(_dmas_from(fake, start)) <= units + 2 and same(out, h)
+
+
+def test_chunks_of_a_pinned_array_share_its_units(pin_reused):
+    fake = pin_reused
+    h = random_array((400, 1000), np.float64, np.random.default_rng(23))
+    T.to_device(h)
+    T.to_device(h)
+    pinned = dict(fake.registered)
+    for start in range(0, 400, 37):  # a streamed call's row chunks, copied in and written back
+        part = h[start:start + 37]
+        d = T.to_device(part)
+        assert same(d.get(), part)
+        target = np.zeros_like(part)
+        T.to_host(d, out=target)
+        assert same(target, part)
+        T.to_host(d, out=h[start:start + 37])  # in place, as a streamed write-back
+    assert fake.registered == pinned
+
+
+def test_pinned_units_are_unpinned_when_their_array_dies(pin_reused):
+    fake = pin_reused
+    h = random_array((200_000,), np.float64, np.random.default_rng(24))
+    T.to_device(h[1000:])
+    T.to_device(h[1000:])
+    assert fake.registered
+    del h
+    import gc
+
+    gc.collect()
+    assert not fake.registered and T._pincache.cache.info()["pinned_bytes"] == 0
+
+
+def test_unpinned_copies_pin_nothing(pin_reused):
+    fake = pin_reused
+    h = random_array((200_000,), np.float64, np.random.default_rng(25))
+    with T.unpinned_copies():
+        for _ in range(3):
+            d = T.to_device(h)
+            assert same(T.to_host(d), h)
+    assert not fake.registered
+    T.to_device(h)
+    T.to_device(h)
+    assert fake.registered  # counted as usual outside
+
+
+@pytest.mark.parametrize("direction", ["h2d", "d2h"])
+@pytest.mark.parametrize("at", [1, 3, 7])
+def test_failure_mid_pinned_copy_lets_the_units_go(pin_reused, direction, at):
+    fake = pin_reused
+    h = random_array((200_000,), np.float64, np.random.default_rng(26))
+    before = h.copy()
+    for _ in range(2):
+        T.to_host(T.to_device(h), out=h)  # pinned both ways
+    assert fake.registered and same(h, before)
+    _copy_failing_at(fake, h, direction, at)
+    assert same(h, before) or direction == "d2h"
+    T._pincache.cache.release()  # a unit still held by the failed copy would stay pinned here
+    assert not fake.registered
+    assert same(T.to_host(T.to_device(before)), before)
+
+
+def test_a_unit_pinned_elsewhere_is_staged(pin_reused):
+    """Memory the caller pinned itself: the driver refuses our registration, the copy stages."""
+    fake = pin_reused
+    h = random_array((100_000,), np.float64, np.random.default_rng(27))
+    page = -(-h.ctypes.data // 4096) * 4096
+    fake.cuda.runtime.hostRegister(page + 8192, 4096, 0)
+    try:
+        for _ in range(3):
+            assert same(T.to_host(T.to_device(h)), h)
+    finally:
+        fake.cuda.runtime.hostUnregister(page + 8192)
+
+
+def test_pinned_copies_from_many_threads_at_once(pin_reused):
+    fake = pin_reused
+    shared = random_array((300_000,), np.float64, np.random.default_rng(28))
+    errors = []
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(6):
+                lo = int(rng.integers(0, 200_000))
+                part = shared[lo:lo + int(rng.integers(1000, 100_000))]
+                d = T.to_device(part)
+                assert same(d.get(), part)
+                out = np.empty_like(part)
+                assert same(T.to_host(d, out=out), part)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    ths = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert not errors, errors
+    assert T._pincache.cache.info()["pinned_bytes"] == sum(fake.registered.values())

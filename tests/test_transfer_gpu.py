@@ -479,3 +479,45 @@ def test_kept_results_are_pinned_when_reused_and_copied_by_one_dma(monkeypatch):
     finally:
         T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})
         T.release_pinned_pool()
+
+
+def test_reused_arrays_are_pinned_in_place_and_every_copy_stays_exact():
+    """The pin-down cache (_pincache.py) on a real GPU: an array copied again is pinned in
+    64 MiB units (the driver then refuses to pin its pages a second time), its views and chunks
+    copy through the same units, results written into it are exact, and its units are unpinned
+    when it dies."""
+    from autooffload import _pincache
+
+    old = T._configure(pin_reused_min=16 * MiB)
+    rt = cp.cuda.runtime
+    try:
+        rng = np.random.default_rng(31)
+        base = random_array((150 * MiB // 8 + 3,), np.float64, rng)
+        h = base[5:]  # starts inside a page, spans three units
+        target_base = np.ones(h.size + 7)
+        target = target_base[7:]
+        for attempt in range(3):  # counted, pinned, copied pinned
+            d = T.to_device(h)
+            assert same(d.get(), h), attempt
+            target[...] = 0.5
+            assert T.to_host(d, out=target) is target and same(target, h), attempt
+        inner = -(-h.ctypes.data // 4096) * 4096
+        assert _pincache.cache.is_pinned(inner, 64 * MiB)
+        with pytest.raises(Exception):
+            rt.hostRegister(inner + 4096, 4096, 0)  # already pinned, by the cache
+        pinned = _pincache.cache.info()["pinned_bytes"]
+        assert pinned >= 140 * MiB
+        step = 7 * MiB // 8 + 1
+        for lo in range(0, h.size, step):  # a streamed call's chunks, both ways
+            part = h[lo:lo + step]
+            d = T.to_device(part)
+            assert same(d.get(), part), lo
+            target[lo:lo + step] = -1.0
+            T.to_host(d, out=target[lo:lo + step])
+        assert same(target, h)
+        assert _pincache.cache.info()["pinned_bytes"] == pinned, "chunks pinned nothing new"
+        del base, h, d, part, target, target_base
+        gc.collect()
+        assert _pincache.cache.info()["pinned_bytes"] == 0
+    finally:
+        T._configure(**{k: getattr(old, k) for k in old.__dataclass_fields__})

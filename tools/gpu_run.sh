@@ -4,7 +4,7 @@
 # seed, transfer, stream-tests, streaming, decisions, calibrate, calibrate-quick, suite-profile (the profile calibrate just made),
 # suite-shipped (the shipped profile of $MACHINE), suite-noprofile (no profile matched: the probe); issue 14:
 # transfer-tuned (transfer.py with the copy tuning of the profile calibrate or calibrate-quick made), diag (tools/transfer_diag.py),
-# transfer-tests; pinned-results, streaming-pinned, streaming-register: the copy engine's kept results pinned
+# transfer-tests; streaming-unpinned (pinning on reuse off); pinned-results, streaming-pinned, streaming-register: the copy engine's kept results pinned
 # on reuse, and chunks pinned in place, against the profile's tuning); issue 12 diagnostics: diag-decisions, gaps-sparse
 # (tools/gpu_gaps.py 4 with no profile), diag-noprofile (the no-profile suite's worst rows, every decision logged);
 # each logged under $OUT/<step>.log with its wall time.
@@ -39,7 +39,7 @@ for s in "$@"; do
         three-way) TAIL=30 step three-way python3 tools/three_way.py --max-elements "${MAX_N:-1e8}" ;;
         stream-tests) TAIL=20 step stream-tests python3 -m pytest -m gpu -q -p no:cacheprovider -s tests/test_stream_gpu.py ;;
         streaming) TAIL=30 step streaming python3 benchmarks/streaming.py --machine "$MACHINE" --budget-s "${BUDGET:-100}" --chunks "${CHUNKS:-32e6,128e6,256e6}" ;;
-        transfer) step transfer python3 benchmarks/transfer.py --machine "$MACHINE" ;;
+        transfer) step transfer python3 benchmarks/transfer.py --machine "$MACHINE" --min-bytes "${MIN_BYTES:-4KiB}" ;;
         decisions) step decisions sh -c "python3 tools/decision_table.py > $OUT/decision-table.jsonl" ;;
         calibrate) step calibrate python3 -m autooffload calibrate --output "$OUT/$MACHINE.json"
                    step show python3 -m autooffload show "$OUT/$MACHINE.json" ;;
@@ -69,6 +69,9 @@ for s in "$@"; do
                             --functions "${FUNCTIONS:-fft_convolve,var_es_sort,panel_recur,asian_mc,black_scholes}" --max-elements "${MAX_N:-1e6}" ;;
         pieces) TAIL=12 step pieces python3 tools/transfer_diag.py --pieces --out "$OUT/transfer-pieces.json" ;;
         both-ways) TAIL=6 step both-ways python3 tools/transfer_diag.py --both-ways --out "$OUT/transfer-both-ways.json" ;;
+        streaming-unpinned) # the engine before the pin-down cache: nothing pinned on reuse (the A/B of _pincache.py)
+                            TAIL=30 step streaming-unpinned python3 benchmarks/streaming.py --machine "$MACHINE-unpinned" --budget-s "${BUDGET:-100}" \
+                                --knobs pin_reused_min=0,pin_results_min=0 ;;
         streaming-pinned) TAIL=30 step streaming-pinned python3 benchmarks/streaming.py --machine "$MACHINE-pinned" --budget-s "${BUDGET:-100}" --knobs pin_results_min=1 ;;
         streaming-register) TAIL=30 step streaming-register python3 benchmarks/streaming.py --machine "$MACHINE-register" --budget-s "${BUDGET:-100}" \
                             --knobs h2d_register_min=1,d2h_register_min=1,register_chunk_bytes=33554432 ;;

@@ -122,8 +122,9 @@ class HostBlocks:
                 return True
         return False
 
-    def empty(self, shape: tuple, dtype: np.dtype, order: str = "C") -> np.ndarray:
-        """Like ``np.empty(shape, dtype, order)`` (C or F), from a kept block when one fits.
+    def empty(self, shape: tuple, dtype: np.dtype, order: str = "C", pin: bool = True) -> np.ndarray:
+        """Like ``np.empty(shape, dtype, order)`` (C or F), from a kept block when one fits
+        (pinned then, where pinning is on, unless ``pin`` is False).
 
         ``result.base.fresh`` tells whether the memory is new (no kept block fitted)."""
         dtype = np.dtype(dtype)
@@ -136,7 +137,7 @@ class HostBlocks:
             block = np.empty(-(-max(nbytes, 1) // _STEP) * _STEP, np.uint8)
             with self._lock:
                 self.allocated += 1
-        elif self._pin is not None and block.nbytes >= self.pin_min_bytes:
+        elif pin and self._pin is not None and block.nbytes >= self.pin_min_bytes:
             self._pin_block(block)
         return np.asarray(_Lease(block, self, tuple(shape), dtype, order, fresh))
 

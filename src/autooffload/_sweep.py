@@ -301,13 +301,24 @@ def cupy_side() -> tuple[DeviceSide | None, str]:
     try:
         from . import _transfer
 
-        to_device, to_host, engine = _transfer.to_device, _transfer.to_host, _transfer.ENGINE_NAME
+        engine = _transfer.ENGINE_NAME
+
+        # Copies as of memory not seen before: the profile's copy curves, and the search, are
+        # of the staged engine, not of the same arrays pinned on their second copy (_pincache.py).
+        def to_device(host: Any) -> Any:
+            with _transfer.unpinned_copies():
+                return _transfer.to_device(host)
+
+        def to_host(dev: Any) -> Any:
+            with _transfer.unpinned_copies():
+                return _transfer.to_host(dev)
 
         def tune_copies(plan_name: str, cap: int) -> Any:
             from . import _copytune
 
             plan = getattr(_copytune.SearchPlan, plan_name)().capped(cap)
-            result = _copytune.search(_copytune.gpu_engine(), plan)
+            with _transfer.unpinned_copies():
+                result = _copytune.search(_copytune.gpu_engine(), plan)
             _transfer.apply_tuning(result.knobs, "calibration")
             return result
     except ImportError:

@@ -64,6 +64,7 @@ imports CuPy, and ``release_pinned_pool()`` works without it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import os
 import threading
@@ -74,7 +75,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _hostmem
+from . import _hostmem, _pincache
 from ._address import array_address
 from ._cores import usable_cores
 
@@ -88,7 +89,9 @@ except ImportError:
 # native pool is not built (then 4-64 MiB copy as in v3, and a profile should say so).
 # v5: the knobs come from the active profile (`autooffload calibrate` searches them), and
 # cudaHostRegister-in-place is a path for large arrays when the tuning turns it on.
-ENGINE_NAME = "pinned-pipeline-v5" + ("" if _parcopy is not None else "-python")
+# v6: memory copied again is pinned in place and kept so (the caller's arrays: _pincache.py; kept
+# results: _hostmem.py), on by default from 16 MiB.
+ENGINE_NAME = "pinned-pipeline-v6" + ("" if _parcopy is not None else "-python")
 
 
 KiB = 1024
@@ -173,7 +176,12 @@ class _Tuning:
     # result back in, are one DMA with no host copy. Off until measured on a GPU machine:
     # pinning costs ~30 ms a GiB once per block (transfer.NOTES.md), and a calibration or a
     # profile turns it on where the loop's later calls gain (tools/transfer_diag.py --pinned-results).
-    pin_results_min: int = 0
+    pin_results_min: int = 16 * MiB
+    # Copies of at least this many bytes of the caller's own arrays take part in the pin-down
+    # cache (_pincache.py, 0: never): memory a copy touches the second time is pinned in place
+    # and stays so while its array lives, so that every later copy of it is one DMA per 64 MiB
+    # with no host copy. Above the driver's direct-copy size, where staging is the engine's way.
+    pin_reused_min: int = 16 * MiB
 
 
 def _default_threads() -> int:
@@ -651,6 +659,7 @@ def release_pinned_pool(keep_results: bool = False) -> None:
     global _pool
     if not keep_results:
         _hostmem.results.release()
+        _pincache.cache.release()
     with _state_lock:
         pools = [p for p in (_pool, *_stale_pools.values()) if p is not None]
         _pool = None
@@ -869,29 +878,36 @@ def to_device(host: np.ndarray):
     # Only the pointer travels below, so that on failure no frame of the traceback keeps the
     # device array alive: `del dev` then really returns its memory to CuPy's pool.
     dev_ptr = dev.data.ptr
-    staged = contiguous and _staged(nbytes, t)
     try:
-        if contiguous and t.pin_results_min and _hostmem.results.is_pinned(array_address(host_c), nbytes):
+        if _results_pinned(t, contiguous, host_c, nbytes):
             _dma_pinned(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream)  # a kept result passed back in
-        elif contiguous and t.h2d_register_min and nbytes >= t.h2d_register_min:
-            _register_copy(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream, t)
-        elif contiguous and nbytes <= t.h2d_direct_max and not staged:
-            _h2d_direct(cp, dev_ptr, host_c, stream)
-        else:
-            try:
-                if staged:
-                    _h2d_staged(cp, dev_ptr, dev.device.id, array_address(host_c), nbytes, stream, t)
-                elif contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
-                    _h2d_small(cp, dev_ptr, dev.device.id, _byte_view(host_c), stream, t)
-                else:
-                    job = _Job(cp, dev_ptr, dev.device.id, host_c, contiguous, stream, t)
-                    _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _h2d_task)
-            except PinnedUnavailable:
-                _h2d_direct(cp, dev_ptr, host_c if contiguous else np.ascontiguousarray(host_c), stream)
+        elif not (contiguous and _pinned_copy(cp, _H2D, dev_ptr, dev.device.id, host_c, stream, t)):
+            _h2d_path(cp, dev_ptr, dev.device.id, host_c, contiguous, nbytes, stream, t)
     except BaseException:
         del dev
         raise
     return dev
+
+
+def _h2d_path(cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, nbytes: int,
+              stream: Any, t: _Tuning) -> None:
+    """The engine's ways for pageable memory, by size and layout (see the module docstring)."""
+    staged = contiguous and _staged(nbytes, t)
+    if contiguous and t.h2d_register_min and nbytes >= t.h2d_register_min:
+        _register_copy(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream, t)
+    elif contiguous and nbytes <= t.h2d_direct_max and not staged:
+        _h2d_direct(cp, dev_ptr, host_c, stream)
+    else:
+        try:
+            if staged:
+                _h2d_staged(cp, dev_ptr, device_id, array_address(host_c), nbytes, stream, t)
+            elif contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
+                _h2d_small(cp, dev_ptr, device_id, _byte_view(host_c), stream, t)
+            else:
+                job = _Job(cp, dev_ptr, device_id, host_c, contiguous, stream, t)
+                _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _h2d_task)
+        except PinnedUnavailable:
+            _h2d_direct(cp, dev_ptr, host_c if contiguous else np.ascontiguousarray(host_c), stream)
 
 
 def _pin_host(address: int, nbytes: int) -> bool:
@@ -910,9 +926,69 @@ def _unpin_host(address: int) -> None:
 
 
 def _use_pinning(t: _Tuning) -> None:
-    """Kept result blocks pinned on reuse as ``t`` says (``pin_results_min``); set with the tuning,
-    never on a copy. Imports nothing: CuPy only when a block is pinned."""
+    """Kept result blocks and the caller's arrays pinned on reuse as ``t`` says
+    (``pin_results_min``, ``pin_reused_min``); set with the tuning, never on a copy. Imports
+    nothing: CuPy only when something is pinned."""
     _hostmem.results.configure_pinning(_pin_host, _unpin_host, t.pin_results_min)
+    _pincache.cache.configure(_pin_host, _unpin_host, t.pin_reused_min)
+
+
+@contextlib.contextmanager
+def unpinned_copies():
+    """Copies made on this thread meanwhile go as for memory never seen before: nothing is pinned
+    on reuse or copied as pinned (neither the caller's arrays nor kept results). What calibration
+    measures, so that a profile's copy curves stay those of the staged engine, and what the
+    benchmarks show beside the default."""
+    before = getattr(_tls, "unpinned", False)
+    _tls.unpinned = True
+    try:
+        yield
+    finally:
+        _tls.unpinned = before
+
+
+def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.ndarray, stream: Any, t: _Tuning) -> bool:
+    """The caller's C-contiguous ``host_c`` through the pin-down cache (_pincache.py): one DMA per
+    pinned unit (pinning a unit due now overlaps the DMA of the one before), the engine's other
+    paths for the rest; returns once done. False, having copied nothing: no byte of it is
+    pinned or due (its units were counted as touched)."""
+    if not t.pin_reused_min or host_c.nbytes < t.pin_reused_min or getattr(_tls, "unpinned", False):
+        return False
+    hold = _pincache.cache.hold(host_c)
+    if hold is None:
+        return False
+    rt = cp.cuda.runtime
+    host_ptr = array_address(host_c)
+    flat = _byte_view(host_c)
+    done = False
+    try:
+        for seg in hold.segments:
+            off, n = seg.offset, seg.nbytes
+            if hold.pin(seg):
+                if kind == _H2D:
+                    rt.memcpyAsync(dev_ptr + off, host_ptr + off, n, _H2D, stream.ptr)
+                else:
+                    rt.memcpyAsync(host_ptr + off, dev_ptr + off, n, _D2H, stream.ptr)
+            elif kind == _H2D:
+                _h2d_path(cp, dev_ptr + off, device_id, flat[off:off + n], True, n, stream, t)
+            else:
+                _d2h_path(cp, dev_ptr + off, device_id, flat[off:off + n], True, n, stream, t, False)
+        stream.synchronize()  # the source may change, or the result is read, once this returns
+        done = True
+    finally:
+        if not done:
+            try:
+                stream.synchronize()  # no DMA may still use a unit once the hold lets it go
+            except Exception:  # noqa: BLE001 - the failure already raised says more
+                pass
+        hold.release()
+    return True
+
+
+def _results_pinned(t: _Tuning, contiguous: bool, host_c: np.ndarray, nbytes: int) -> bool:
+    """Whether ``host_c`` lies in a kept result block that is pinned (and pinning is not paused)."""
+    return (contiguous and bool(t.pin_results_min) and not getattr(_tls, "unpinned", False)
+            and _hostmem.results.is_pinned(array_address(host_c), nbytes))
 
 
 def _dma_pinned(cp: Any, dst: int, src: int, nbytes: int, kind: int, stream: Any) -> None:
@@ -1031,7 +1107,8 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     fresh = False
     if out is None:
         if dtype.itemsize * math.prod(shape) > t.d2h_direct_max:
-            out = _hostmem.results.empty(shape, dtype, order)  # memory already faulted in, when kept
+            # Memory already faulted in, when kept (and pinned, when kept and pinning is on).
+            out = _hostmem.results.empty(shape, dtype, order, pin=not getattr(_tls, "unpinned", False))
             fresh = out.base.fresh
         else:
             out = np.empty(shape, dtype=dtype, order=order)
@@ -1040,35 +1117,42 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     host_c = out if order == "C" else out.T
     contiguous = host_c.flags.c_contiguous
     nbytes = host_c.nbytes
-    # Results in new memory: see _Tuning.staged_fresh.
-    staged = contiguous and (t.staged_fresh or not fresh) and _staged(nbytes, t)
     try:
-        if contiguous and t.pin_results_min and _hostmem.results.is_pinned(array_address(host_c), nbytes):
+        if _results_pinned(t, contiguous, host_c, nbytes):
             _dma_pinned(cp, array_address(host_c), src_ptr, nbytes, _D2H, stream)
-        elif contiguous and t.d2h_register_min and nbytes >= t.d2h_register_min:
-            _register_copy(cp, src_ptr, array_address(host_c), nbytes, _D2H, stream, t)
-        elif contiguous and nbytes <= t.d2h_direct_max and not staged:
-            _d2h_direct(cp, src_ptr, host_c, stream)
-        else:
-            try:
-                if staged:
-                    _d2h_staged(cp, src_ptr, dev.device.id, array_address(host_c), nbytes, stream, t)
-                elif contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
-                    _d2h_small(cp, src_ptr, _byte_view(host_c), stream, t)
-                else:
-                    job = _Job(cp, src_ptr, dev.device.id, host_c, contiguous, stream, t)
-                    _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _d2h_task)
-            except PinnedUnavailable:
-                if contiguous:
-                    _d2h_direct(cp, src_ptr, host_c, stream)
-                else:
-                    staged = np.empty(host_c.shape, host_c.dtype)
-                    _d2h_direct(cp, src_ptr, staged, stream)
-                    np.copyto(host_c, staged)
+        elif not (contiguous and _pinned_copy(cp, _D2H, src_ptr, dev.device.id, host_c, stream, t)):
+            _d2h_path(cp, src_ptr, dev.device.id, host_c, contiguous, nbytes, stream, t, fresh)
     except BaseException:
         del tmp  # no frame of the traceback keeps the temporary alive
         raise
     return out
+
+
+def _d2h_path(cp: Any, src_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, nbytes: int,
+              stream: Any, t: _Tuning, fresh: bool) -> None:
+    """The engine's ways into pageable memory, by size and layout (see the module docstring)."""
+    # Results in new memory: see _Tuning.staged_fresh.
+    staged = contiguous and (t.staged_fresh or not fresh) and _staged(nbytes, t)
+    if contiguous and t.d2h_register_min and nbytes >= t.d2h_register_min:
+        _register_copy(cp, src_ptr, array_address(host_c), nbytes, _D2H, stream, t)
+    elif contiguous and nbytes <= t.d2h_direct_max and not staged:
+        _d2h_direct(cp, src_ptr, host_c, stream)
+    else:
+        try:
+            if staged:
+                _d2h_staged(cp, src_ptr, device_id, array_address(host_c), nbytes, stream, t)
+            elif contiguous and nbytes <= t.small_bytes and nbytes <= t.chunk_bytes:
+                _d2h_small(cp, src_ptr, _byte_view(host_c), stream, t)
+            else:
+                job = _Job(cp, src_ptr, device_id, host_c, contiguous, stream, t)
+                _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _d2h_task)
+        except PinnedUnavailable:
+            if contiguous:
+                _d2h_direct(cp, src_ptr, host_c, stream)
+            else:
+                staged_copy = np.empty(host_c.shape, host_c.dtype)
+                _d2h_direct(cp, src_ptr, staged_copy, stream)
+                np.copyto(host_c, staged_copy)
 
 
 def _d2h_direct(cp: Any, src_ptr: int, host_c: np.ndarray, stream: Any) -> None:
