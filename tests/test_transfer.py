@@ -39,6 +39,20 @@ def test_import_does_not_import_cupy():
     assert r.stdout.strip() == "ok"
 
 
+@pytest.mark.parametrize("env, expected", [({}, 16 * 1024 * 1024), ({"AUTOOFFLOAD_PIN": "0"}, 0)])
+def test_pinning_on_reuse_is_on_from_the_start_unless_the_user_turns_it_off(env, expected):
+    """Without any profile's tuning the defaults pin on reuse; AUTOOFFLOAD_PIN=0 turns both
+    kinds off (the caller's arrays and kept results)."""
+    import os
+
+    code = ("import autooffload._transfer as t; "
+            "print(t._pincache.cache.min_bytes, t._hostmem.results.pin_min_bytes if t._hostmem.results._pin else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, **env, "AUTOOFFLOAD_PIN": env.get("AUTOOFFLOAD_PIN", "1")})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(expected), str(expected)]
+
+
 def test_release_without_cupy_is_safe():
     T.release_pinned_pool()
     T.release_pinned_pool()

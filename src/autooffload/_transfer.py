@@ -929,8 +929,9 @@ def _use_pinning(t: _Tuning) -> None:
     """Kept result blocks and the caller's arrays pinned on reuse as ``t`` says
     (``pin_results_min``, ``pin_reused_min``); set with the tuning, never on a copy. Imports
     nothing: CuPy only when something is pinned."""
-    _hostmem.results.configure_pinning(_pin_host, _unpin_host, t.pin_results_min)
-    _pincache.cache.configure(_pin_host, _unpin_host, t.pin_reused_min)
+    off = os.environ.get("AUTOOFFLOAD_PIN", "1").strip() == "0"  # the user's way out of pinning
+    _hostmem.results.configure_pinning(_pin_host, _unpin_host, 0 if off else t.pin_results_min)
+    _pincache.cache.configure(_pin_host, _unpin_host, 0 if off else t.pin_reused_min)
 
 
 @contextlib.contextmanager
@@ -1255,3 +1256,6 @@ def pool_info() -> dict[str, int]:
     if pool is None:
         return {"allocated": 0, "in_use": 0, "buffer_bytes": _TUNING.chunk_bytes, "max_buffers": _TUNING.max_buffers}
     return {"allocated": pool.allocated, "in_use": pool.in_use, "buffer_bytes": pool.buffer_bytes, "max_buffers": pool.max_buffers}
+
+
+_use_pinning(_TUNING)  # the defaults' pinning, also where no profile ever sets a tuning
