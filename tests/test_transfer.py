@@ -413,6 +413,13 @@ class FakeCupy:
 
             @staticmethod
             def memcpyAsync(dst, src, n, kind, stream):
+                host = src if kind == 1 else dst
+                with fake.lock:
+                    for p, m in fake.registered.items():
+                        # Like the driver (seen on the H200): a DMA that starts in a registration
+                        # may not run past its end.
+                        if p <= host < p + m < host + n:
+                            raise RuntimeError("cudaErrorInvalidValue: a DMA across a registration's edge")
                 fake.memcpys.append((kind, n))
                 if fake.fail_memcpy_at is not None and len(fake.memcpys) >= fake.fail_memcpy_at:
                     raise RuntimeError("injected DMA failure")
@@ -1084,3 +1091,26 @@ def test_pinned_copies_from_many_threads_at_once(pin_reused):
         th.join()
     assert not errors, errors
     assert T._pincache.cache.info()["pinned_bytes"] == sum(fake.registered.values())
+
+
+def test_small_copies_of_a_pinned_array_are_cut_at_its_units(pin_reused):
+    """Below pin_reused_min a copy counts nothing, but where it overlaps pinned units the driver
+    would refuse one DMA across a unit's edge: it is cut there (the fake refuses as the driver)."""
+    fake = pin_reused
+    T._configure(pin_reused_min=1 << 20, h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
+    h = random_array((400_000,), np.float64, np.random.default_rng(29))  # 3.2 MB: counted, pinned
+    T.to_device(h)
+    T.to_device(h)
+    assert fake.registered
+    pinned = dict(fake.registered)
+    out = np.zeros_like(h)
+    for lo in range(0, h.size, 50_000 - 7):  # 400 KB pieces: below the threshold, across units
+        part = h[lo:lo + 50_000 - 7]
+        d = T.to_device(part)
+        assert same(d.get(), part), lo
+        T.to_host(d, out=out[lo:lo + 50_000 - 7])
+        T.to_host(d, out=h[lo:lo + 50_000 - 7])  # into pinned memory itself
+    assert same(out, h) and fake.registered == pinned
+    with T.unpinned_copies():  # pinned units staged, still cut at their edges
+        assert same(T.to_host(T.to_device(h[123:])), h[123:])
+    assert fake.registered == pinned

@@ -186,13 +186,19 @@ class PinCache:
         self.pinned_bytes = 0
 
     # -- a copy ------------------------------------------------------------------------------
-    def hold(self, a: np.ndarray) -> Hold | None:
+    def hold(self, a: np.ndarray, count: bool = True) -> Hold | None:
         """The segments of a copy of the C-contiguous array ``a``, holding its pinned units, or
         None when no byte of it is pinned or due now (then the copy goes the engine's way; its
-        units were counted as touched)."""
+        units were counted as touched).
+
+        Copies below ``min_bytes``, and any with ``count`` False, touch nothing: they get
+        segments only where they overlap pinned units. The driver refuses a DMA that starts in
+        one registration and runs past it (cudaErrorInvalidValue), so such a copy must be cut at
+        unit boundaries even where the engine would have handed it to the driver whole."""
         nbytes = a.nbytes
-        if not self.min_bytes or nbytes < self.min_bytes:
-            return None
+        count = count and bool(self.min_bytes) and nbytes >= self.min_bytes
+        if not count and not self._lru:
+            return None  # nothing pinned anywhere: the common case of small copies costs this
         owner = owner_of(a)
         if owner is None:
             return None
@@ -200,18 +206,20 @@ class PinCache:
         key = (array_address(owner), owner.nbytes)
         stale: list[_Unit] = []
         with self._locked():
-            if self._pin is None:
+            if self._pin is None and not self._lru:
                 return None
             entry = self._owners.get(key)
             if entry is not None and entry.ref is not None and entry.ref() is not owner:
                 stale = self._drop_owner_locked(key)  # another array at the same memory: cannot be, but safe
                 entry = None
             if entry is None:
+                if not count:
+                    return None
                 entry = self._owners[key] = _Owner(*key)
                 self._forget_counted_locked()
             else:
                 self._owners.move_to_end(key)
-            segments = self._segments_locked(entry, key, start, nbytes)
+            segments = self._segments_locked(entry, key, start, nbytes, count)
             if any(s.due for s in segments) and entry.ref is None:
                 entry.ref = weakref.ref(owner, self._callback(key))
         self._unpin_units(stale)
@@ -234,7 +242,8 @@ class PinCache:
         for key in gone:
             del self._owners[key]
 
-    def _segments_locked(self, entry: _Owner, key: tuple[int, int], start: int, nbytes: int) -> list[Segment]:
+    def _segments_locked(self, entry: _Owner, key: tuple[int, int], start: int, nbytes: int,
+                         count: bool = True) -> list[Segment]:
         lo = -(-entry.address // PAGE) * PAGE  # the owner's page-aligned part
         hi = (entry.address + entry.nbytes) // PAGE * PAGE
         segments: list[Segment] = []
@@ -249,15 +258,20 @@ class PinCache:
             u_lo, u_hi = max(lo, k * UNIT_BYTES), min(hi, (k + 1) * UNIT_BYTES)
             stop = min(end, u_hi)
             unit = entry.units.get(k)
+            if unit is None and not count:
+                segments.append(Segment(pos - start, stop - pos, None))
+                pos = stop
+                continue
             if unit is None:
                 unit = entry.units[k] = _Unit(u_lo, u_hi - u_lo)
-            unit.touched += 1
+            if count:
+                unit.touched += 1
             seg = Segment(pos - start, stop - pos, unit)
             if unit.state == "pinned":
                 seg.pinned = True
                 unit.holds += 1
                 self._lru.move_to_end((key, k))
-            elif unit.state == "seen" and unit.touched >= PIN_AFTER:
+            elif count and unit.state == "seen" and unit.touched >= PIN_AFTER:
                 unit.state = "pinning"  # claimed: another copy stages it meanwhile
                 seg.due = True
             segments.append(seg)

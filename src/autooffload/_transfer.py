@@ -951,11 +951,11 @@ def unpinned_copies():
 def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.ndarray, stream: Any, t: _Tuning) -> bool:
     """The caller's C-contiguous ``host_c`` through the pin-down cache (_pincache.py): one DMA per
     pinned unit (pinning a unit due now overlaps the DMA of the one before), the engine's other
-    paths for the rest; returns once done. False, having copied nothing: no byte of it is
-    pinned or due (its units were counted as touched)."""
-    if not t.pin_reused_min or host_c.nbytes < t.pin_reused_min or getattr(_tls, "unpinned", False):
-        return False
-    hold = _pincache.cache.hold(host_c)
+    paths for the rest, cut at unit boundaries; returns once done. False, having copied nothing:
+    no byte of it is pinned or due (its units were counted as touched). Inside
+    ``unpinned_copies`` pinned units are staged too, in those pieces."""
+    unpinned = getattr(_tls, "unpinned", False)
+    hold = _pincache.cache.hold(host_c, count=not unpinned)
     if hold is None:
         return False
     rt = cp.cuda.runtime
@@ -965,7 +965,7 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
     try:
         for seg in hold.segments:
             off, n = seg.offset, seg.nbytes
-            if hold.pin(seg):
+            if not unpinned and hold.pin(seg):
                 if kind == _H2D:
                     rt.memcpyAsync(dev_ptr + off, host_ptr + off, n, _H2D, stream.ptr)
                 else:
