@@ -476,3 +476,37 @@ def test_small_calls_do_not_ask_the_device_for_its_free_memory(fake_gpu, monkeyp
     with config(backend="cupy"):
         f(x)
     assert not asked and not f.last_decision.streamed
+
+
+def test_a_large_call_on_pinned_memory_streams_and_one_on_pageable_memory_does_not(fake_gpu, monkeypatch):
+    """_executor._pinned_enough: from pinned memory the pipeline's copies overlap (H200: 1.4-1.8x
+    the whole-array path), staged they do not; so a large blockwise call streams where the arrays
+    that carry its data are pinned, and runs whole where any of them is not."""
+    from autooffload import _executor
+
+    monkeypatch.setattr(_costmodel, "MIN_CHUNK_BYTES", 64)
+    monkeypatch.setattr(_stream, "MIN_CHUNK_BYTES", 64)
+    monkeypatch.setattr(_executor, "_STREAM_PINNED_MIN_BYTES", 50_000)
+    pinned_ids: set[int] = set()
+    fake_gpu.pinned = lambda a: id(a) in pinned_ids or (a.base is not None and id(a.base) in pinned_ids)
+    f = offload(f_in_place)
+    x = _data(np.float64, (10_000,))  # 80 KB: above the (lowered) bar
+    ref = x.copy()
+    f_in_place(ref)
+    with config(backend="cupy"):
+        f(x)
+    assert not f.last_decision.streamed  # pageable: whole
+    pinned_ids.add(id(x))
+    f_in_place(ref)
+    with config(backend="cupy"):
+        f(x)
+    assert f.last_decision.streamed and np.array_equal(x, ref)  # pinned: streamed, writes exact
+    small = _data(np.float64, (1_000,))  # 8 KB: below the bar, pinned or not
+    pinned_ids.add(id(small))
+    with config(backend="cupy"):
+        f(small)
+    assert not f.last_decision.streamed
+    del fake_gpu.pinned
+    with config(backend="cupy"):
+        f(x)
+    assert not f.last_decision.streamed  # a backend that cannot say: whole

@@ -1114,3 +1114,17 @@ def test_small_copies_of_a_pinned_array_are_cut_at_its_units(pin_reused):
     with T.unpinned_copies():  # pinned units staged, still cut at their edges
         assert same(T.to_host(T.to_device(h[123:])), h[123:])
     assert fake.registered == pinned
+
+
+def test_pinned_says_whether_every_unit_of_an_array_is_pinned(pin_reused):
+    h = random_array((300, 1000), np.float64, np.random.default_rng(30))
+    f = np.asfortranarray(random_array((300, 1000), np.float64, np.random.default_rng(31)))
+    assert not T.pinned(h) and not T.pinned(f)
+    for _ in range(2):
+        T.to_device(h)
+        T.to_device(f)
+    assert T.pinned(h) and T.pinned(f) and T.pinned(h[10:200])
+    assert not T.pinned(h[:, ::2])  # strided: its copies are staged
+    assert not T.pinned(np.ones_like(h))
+    T._pincache.cache.release()
+    assert not T.pinned(h)

@@ -261,7 +261,8 @@ MAX_CHUNK_BYTES = 256 * 2**20
 # stage, not ~1x, and slower than the whole-array path for every case measured (x *= 5 50.9 ms
 # against 39.8; the chain 48.3 against 39.0; Black-Scholes 168 ms against 107), so predicting it
 # faster would send calls to a slower run. Calls whose data does not fit still stream
-# (_executor.stream_plan), and AUTOOFFLOAD_STREAM=always forces it.
+# (_executor.stream_plan), so do large calls whose arrays are pinned (there the copies in and
+# out overlap: _executor._pinned_enough), and AUTOOFFLOAD_STREAM=always forces it.
 STREAM_WHEN_PREDICTED_FASTER = False
 
 

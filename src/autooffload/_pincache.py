@@ -382,6 +382,27 @@ class PinCache:
                     units.append(unit)
         self._unpin_units(units)
 
+    def covers(self, a: np.ndarray) -> bool:
+        """Whether every unit of the contiguous ``a``'s page-aligned part is pinned now (no lock:
+        a hint for a decision, read as the units are at this moment)."""
+        if not self._lru:
+            return False
+        owner = owner_of(a)
+        if owner is None:
+            return False
+        entry = self._owners.get((array_address(owner), owner.nbytes))
+        if entry is None:
+            return False
+        start = array_address(a)
+        lo, hi = -(-start // PAGE) * PAGE, (start + a.nbytes) // PAGE * PAGE
+        if hi <= lo:
+            return False
+        for k in range(lo // UNIT_BYTES, (hi - 1) // UNIT_BYTES + 1):
+            unit = entry.units.get(k)
+            if unit is None or unit.state != "pinned":
+                return False
+        return True
+
     def is_pinned(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in pinned units (diagnostics, tests)."""
         with self._locked():

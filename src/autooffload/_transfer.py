@@ -48,9 +48,16 @@ How (engine ``pinned-pipeline-v4``):
   VM: 16 threads copy into fresh pages at ~22 GB/s against ~40 into touched ones. So results
   above the direct-copy size are allocated from ``_hostmem.results``, which keeps the memory of
   dropped results (already faulted in) for the next one; ``out=`` avoids the cost too.
-* Those kept blocks can be pinned once when handed out again (``pin_results_min``, off by
-  default until measured): a copy into such a result, or out of one passed back in, is then one
-  DMA, with no host copy (_hostmem.py).
+* Memory copied again is pinned in place and kept pinned (engine v6, on by default from 16 MiB):
+  the caller's own arrays at the second copy that touches them (``pin_reused_min``,
+  ``_pincache.py``: 64 MiB page-aligned units, unpinned when the array dies) and kept result
+  blocks when handed out again (``pin_results_min``, _hostmem.py). A copy of pinned memory is one
+  DMA per unit, no host copy; a copy that overlaps pinned units is cut at their edges (the
+  driver refuses a DMA that starts in a registration and runs past it). On the H200 (session 7,
+  benchmarks/results/h200/transfer.md): 64 MiB-4 GiB in 46.8-54.6 GB/s and out into the same
+  array 48.6-54.8, against 24.2-42.7 / 34.4-45.9 staged (the first copy of an array); a streamed
+  call's copies in and out then overlap (h200/streaming.txt). ``unpinned_copies()`` measures the
+  staged engine (calibration does). ``AUTOOFFLOAD_PIN=0`` turns both off.
 
 Tuning constants live in ``_TUNING`` with the measurement that chose them (the H100 machine's):
 those are the defaults. ``autooffload calibrate`` searches them for the machine it runs on
@@ -173,9 +180,10 @@ class _Tuning:
     register_chunk_bytes: int = 0
     # Kept result blocks (_hostmem.py) of at least this many bytes are pinned when handed out
     # again (0: never), so that copies into such results, and out of them when a loop passes a
-    # result back in, are one DMA with no host copy. Off until measured on a GPU machine:
-    # pinning costs ~30 ms a GiB once per block (transfer.NOTES.md), and a calibration or a
-    # profile turns it on where the loop's later calls gain (tools/transfer_diag.py --pinned-results).
+    # result back in, are one DMA with no host copy. Pinning costs ~30 ms a GiB once per block;
+    # on the H200 a loop's later copies out then ran at 53.7-54.8 GB/s against 34.6-41.8 staged
+    # (transfer-pinned-results.txt), and with the caller's arrays pinned too a streamed
+    # Black-Scholes at 1e8 took 59.7 ms against 167 (h200/streaming.txt, h200-unpinned/).
     pin_results_min: int = 16 * MiB
     # Copies of at least this many bytes of the caller's own arrays take part in the pin-down
     # cache (_pincache.py, 0: never): memory a copy touches the second time is pinned in place
@@ -932,6 +940,16 @@ def _use_pinning(t: _Tuning) -> None:
     off = os.environ.get("AUTOOFFLOAD_PIN", "1").strip() == "0"  # the user's way out of pinning
     _hostmem.results.configure_pinning(_pin_host, _unpin_host, 0 if off else t.pin_results_min)
     _pincache.cache.configure(_pin_host, _unpin_host, 0 if off else t.pin_reused_min)
+
+
+def pinned(host: np.ndarray) -> bool:
+    """Whether ``host``'s memory is pinned now, so that its copies are DMAs with no host copy: a
+    kept result block, or the caller's array pinned on reuse (every unit of it). Contiguous
+    arrays only; the stream planner asks (_executor.stream_plan)."""
+    c = host if host.flags.c_contiguous else host.T if host.flags.f_contiguous else None
+    if c is None or not c.flags.c_contiguous:
+        return False
+    return _hostmem.results.is_pinned(array_address(c), c.nbytes) or _pincache.cache.covers(c)
 
 
 @contextlib.contextmanager

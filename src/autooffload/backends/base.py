@@ -106,7 +106,8 @@ class DeviceMemory:
     """Device memory operations, implemented by device backends only (and the test double).
 
     ``array_type`` is the device array class and ``xp`` the array module. Copies:
-    ``to_device(host)``, ``to_host(dev, out=None)``; ``copy(dev)``; views and addresses:
+    ``to_device(host)``, ``to_host(dev, out=None)``; ``pinned(host)`` (optional: whether the
+    host array's copies are DMAs from page-locked memory now); ``copy(dev)``; views and addresses:
     ``view(buf, shape, dtype, offset, strides)``, ``pointer(dev)``, ``allocation_start(dev)``,
     ``bytes_at(like, low, nbytes)``; writes: ``assign(dev, host)``; write detection:
     ``changed(pairs)`` (one synchronization for all pairs); ``free_memory()`` after an

@@ -62,6 +62,10 @@ class CupyBackend(Backend, DeviceMemory):
     def to_host(self, dev, out: np.ndarray | None = None) -> np.ndarray:
         return self._transfer.to_host(dev, out=out)
 
+    def pinned(self, host: np.ndarray) -> bool:
+        """Whether copies of ``host`` are DMAs from page-locked memory now (_transfer.pinned)."""
+        return self._transfer.pinned(host)
+
     def copy(self, dev):
         return dev.copy(order="K")
 
