@@ -12,7 +12,7 @@ memory), both directions:
 * ``staged`` the engine as for memory it has not seen before (``_transfer.unpinned_copies``):
   ``to_device(h)`` and ``to_host(d, out=a)`` staged through pinned buffers every time. The
   columns above are the engine as a loop meets it: from the second copy of the same array (or of
-  a kept result) on, its memory is pinned in place and each copy is one DMA per 64 MiB
+  a kept result) on, its memory is pinned in place and each copy is one DMA
   (``_pincache.py``); ``staged`` is what a first copy costs;
 * ``engine fresh`` ``to_host(d, out=a)`` into a new array ``a`` each call: every page of the
   result faults on first touch (a program's first result of that size).

@@ -1,7 +1,8 @@
 """The pin-down cache of the caller's arrays (_pincache.py), with stand-in pin/unpin functions.
 
-The engine's use of it (bit-exact copies through pinned units, failures mid-copy) is tested on
-the fake CuPy in test_transfer.py; on a GPU in test_transfer_gpu.py."""
+The engine's use of it (bit-exact copies from pinned memory, failures mid-copy, views the cache
+cannot see through) is tested on the fake CuPy in test_transfer.py; on a GPU in
+test_transfer_gpu.py."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import threading
 
 import numpy as np
 import pytest
+from numpy.lib.stride_tricks import as_strided
 
 from autooffload import _pincache
-from autooffload._pincache import PAGE, PinCache, owner_of
+from autooffload._pincache import PinCache, owner_of
 
-UNIT = 16 * PAGE  # small units, so that small arrays span several
+MiB = 1024 * 1024
 
 
 class Pins:
@@ -33,178 +35,222 @@ class Pins:
                 return False
             for p, n in self.pinned.items():
                 assert not (p < address + nbytes and address < p + n), "overlapping registrations"
-            assert address % PAGE == 0 and nbytes % PAGE == 0, "units are whole pages"
             self.pinned[address] = nbytes
             return True
 
     def unpin(self, address: int) -> None:
         with self.lock:
-            del self.pinned[address]
+            del self.pinned[address]  # KeyError: unpinned twice, or never pinned
+
+
+def make_cache(max_pinned_bytes: int = 1 << 40, refuse: bool = False, min_bytes: int = 2 * MiB) -> PinCache:
+    pins = Pins(refuse)
+    c = PinCache(max_pinned_bytes=max_pinned_bytes)
+    c.configure(pins.pin, pins.unpin, min_bytes=min_bytes)
+    c.pins_ = pins
+    return c
 
 
 @pytest.fixture
-def cache(monkeypatch):
-    monkeypatch.setattr(_pincache, "UNIT_BYTES", UNIT)
-    pins = Pins()
-    c = PinCache(max_pinned_bytes=1 << 40)
-    c.configure(pins.pin, pins.unpin, min_bytes=1)
-    c.pins_ = pins
+def cache():
+    c = make_cache()
     yield c
     c.release()
 
 
-def copy(cache: PinCache, a: np.ndarray) -> list:
-    """What the engine does for one copy: pin what is due, then let go. Returns the segments."""
+def copy(cache: PinCache, a: np.ndarray) -> bool:
+    """What the engine does for one copy: pin if due, then let go. True: copied pinned."""
     hold = cache.hold(a)
     if hold is None:
-        return []
-    for seg in hold.segments:
-        hold.pin(seg)
-    segs = list(hold.segments)
-    hold.release()
-    return segs
+        return False
+    try:
+        return hold.pin()
+    finally:
+        hold.release()
 
 
-def covered(segs, nbytes: int) -> bool:
-    pos = 0
-    for s in segs:
-        if s.offset != pos or s.nbytes <= 0:
-            return False
-        pos += s.nbytes
-    return pos == nbytes
-
-
-def test_owner_is_the_array_that_owns_the_memory():
+def test_the_owner_is_found_through_views_memoryviews_and_as_strided():
     a = np.ones(1000)
     assert owner_of(a) is a and owner_of(a[10:20]) is a and owner_of(a.reshape(10, 100).T) is a
+    assert owner_of(np.asarray(memoryview(a[5:]))) is a
+    assert owner_of(as_strided(a[3:], shape=(10,), strides=(8,))) is a
     assert owner_of(np.frombuffer(bytearray(800), np.float64)) is None  # memory of a bytearray
     assert owner_of(np.asarray(memoryview(bytearray(8)))) is None
 
 
-def test_an_array_is_pinned_the_second_time_it_is_copied_and_then_copied_pinned(cache):
-    a = np.random.default_rng(0).random(20 * UNIT // 8)
-    assert copy(cache, a) == [] and not cache.pins_.pinned  # first copy: counted only
-    segs = copy(cache, a)  # second: its units are pinned, each once
-    assert covered(segs, a.nbytes)
-    assert all(s.pinned for s in segs if s.unit is not None)
-    assert [s for s in segs if s.unit is None] == [] or all(s.nbytes < PAGE for s in segs if s.unit is None)
+def test_an_array_is_pinned_once_copies_moved_twice_its_bytes_and_then_copied_pinned(cache):
+    a = np.random.default_rng(0).random(4 * MiB // 8)
+    assert not copy(cache, a) and not cache.pins_.pinned  # first copy: counted only
+    assert copy(cache, a)  # second: pinned, the whole buffer as one registration
+    assert cache.pins_.pinned == {a.ctypes.data: a.nbytes}
     calls = cache.pins_.calls
-    assert cache.is_pinned(-(-a.ctypes.data // PAGE) * PAGE, (a.ctypes.data + a.nbytes) // PAGE * PAGE - -(-a.ctypes.data // PAGE) * PAGE)
-    segs = copy(cache, a)  # third: all pinned already, nothing pinned anew
-    assert cache.pins_.calls == calls and covered(segs, a.nbytes)
-    assert cache.info()["pinned_bytes"] == sum(cache.pins_.pinned.values())
+    assert copy(cache, a) and copy(cache, a[1000:2000 + 2 * MiB // 8])  # later copies, views too
+    assert cache.pins_.calls == calls
+    assert cache.covers(a) and cache.covers(a[5:]) and cache.is_pinned(a.ctypes.data + 8, 64)
+    assert cache.info()["pinned_bytes"] == a.nbytes and cache.info()["active"] == 1
 
 
-def test_units_do_not_depend_on_how_copies_are_cut(cache):
-    a = np.ones(12 * UNIT // 8 + 123)
-    copy(cache, a)
-    copy(cache, a)  # the whole array: pinned
-    pinned = dict(cache.pins_.pinned)
-    for start in range(0, a.size, 1000):  # a streamed call's chunks: the same units, nothing new
-        segs = copy(cache, a[start:start + 1000])
-        assert covered(segs, a[start:start + 1000].nbytes)
-    assert cache.pins_.pinned == pinned
+def test_a_streamed_pass_counts_its_bytes_not_its_chunks(cache):
+    chunk = 1 * MiB // 8 + 3  # chunks of just over 1 MiB: each counted, eight of them a pass
+    a = np.ones(8 * chunk)
+    for start in range(0, a.size, chunk):
+        assert not copy(cache, a[start:start + chunk])
+    assert not cache.pins_.pinned, "one pass never pins"
+    pinned_in_second_pass = [copy(cache, a[s:s + chunk]) for s in range(0, a.size, chunk)]
+    assert cache.pins_.pinned and pinned_in_second_pass[-1] and not pinned_in_second_pass[0]
 
 
-def test_units_die_with_their_owner_before_its_memory_is_freed(cache):
-    a = np.ones(8 * UNIT // 8)
+def test_arrays_copied_once_are_never_pinned_even_at_a_recycled_address(cache):
+    addresses = set()
+    for _ in range(20):
+        x = np.ones(4 * MiB // 8)  # new each time; the allocator hands the same memory back
+        addresses.add(x.ctypes.data)
+        copy(cache, x)
+        del x
+    gc.collect()
+    assert cache.pins_.calls == 0 and cache.info()["owners"] == 0
+    assert len(addresses) < 20  # the case that matters: addresses were reused
+
+
+def test_the_registration_dies_with_its_owner_before_its_memory_is_freed(cache):
+    a = np.ones(4 * MiB // 8)
     view = a[100:]
-    copy(cache, view)
-    copy(cache, view)
+    for _ in range(3):  # 2x the owner's bytes moved by the third copy of this view
+        copy(cache, view)
     assert cache.pins_.pinned
     del a, view
     gc.collect()
     assert not cache.pins_.pinned and cache.info()["owners"] == 0 and cache.info()["pinned_bytes"] == 0
+    assert cache.info()["active"] == 0
 
 
-def test_memory_not_numpys_own_and_small_copies_are_left_alone(cache):
-    buf = bytearray(8 * UNIT)
-    b = np.frombuffer(buf, np.uint8)
-    for _ in range(3):
-        assert cache.hold(b) is None
-    cache.configure(cache.pins_.pin, cache.pins_.unpin, min_bytes=4 * UNIT)
-    small = np.ones(UNIT // 8)
-    for _ in range(3):
-        assert cache.hold(small) is None
-    assert not cache.pins_.pinned
+def test_memory_not_numpys_own_small_owners_and_small_copies_are_left_alone(cache):
+    b = np.frombuffer(bytearray(8 * MiB), np.uint8)
+    small_owner = np.ones(MiB // 8)  # below min_bytes (2 MiB)
+    big = np.ones(4 * MiB // 8)
+    for _ in range(4):
+        assert cache.hold(b) is None and cache.hold(small_owner) is None
+        assert cache.hold(big[:1000]) is None  # 8 KB copies: not counted
+    assert not cache.pins_.pinned and cache.info()["owners"] == 0
 
 
-def test_a_refused_unit_is_not_tried_again(monkeypatch):
-    monkeypatch.setattr(_pincache, "UNIT_BYTES", UNIT)
-    pins = Pins(refuse=True)
-    c = PinCache(max_pinned_bytes=1 << 40)
-    c.configure(pins.pin, pins.unpin, min_bytes=1)
-    a = np.ones(4 * UNIT // 8)
+def test_small_copies_use_a_pinned_owner(cache):
+    a = np.ones(4 * MiB // 8)
+    copy(cache, a)
+    copy(cache, a)
+    hold = cache.hold(a[10:20])  # 80 bytes: not counted, but the owner is pinned: a DMA
+    assert hold is not None and hold.pin()
+    hold.release()
+
+
+def test_a_refused_owner_is_not_tried_again():
+    c = make_cache(refuse=True)
+    a = np.ones(4 * MiB // 8)
     copy(c, a)
-    segs = copy(c, a)
-    tried = pins.calls
-    assert tried > 0 and not any(s.pinned for s in segs)
+    assert not copy(c, a)
+    tried = c.pins_.calls
+    assert tried == 1 and c.info()["active"] == 0
     for _ in range(3):
-        assert c.hold(a) is None  # nothing pinned, nothing due: the engine's way
-    assert pins.calls == tried
+        assert not copy(c, a)
+    assert c.pins_.calls == tried
 
 
-def test_the_bound_unpins_least_recently_used_units_but_never_one_in_use(monkeypatch):
-    monkeypatch.setattr(_pincache, "UNIT_BYTES", UNIT)
-    pins = Pins()
-    c = PinCache(max_pinned_bytes=4 * UNIT)
-    c.configure(pins.pin, pins.unpin, min_bytes=1)
-    a = np.ones(3 * UNIT // 8)
-    b = np.ones(3 * UNIT // 8)
-    copy(c, a)
-    copy(c, a)
-    assert c.info()["pinned_bytes"] <= 4 * UNIT and pins.pinned
-    held = c.hold(a)  # a copy of `a` in flight holds its units
-    assert held is not None
-    copy(c, b)
-    copy(c, b)  # wants room: only units not held may go
-    a_lo = a.ctypes.data
-    held_units = {s.unit.start for s in held.segments if s.pinned}
-    assert held_units and held_units <= set(pins.pinned), "a unit in use was unpinned"
-    assert c.info()["pinned_bytes"] <= 4 * UNIT and sum(pins.pinned.values()) == c.info()["pinned_bytes"]
+def test_the_bound_unpins_least_recently_used_owners_but_never_one_in_use():
+    c = make_cache(max_pinned_bytes=9 * MiB)
+    a, b, d = (np.ones(4 * MiB // 8) for _ in range(3))
+    for x in (a, a, b, b):
+        copy(c, x)
+    assert set(c.pins_.pinned) == {a.ctypes.data, b.ctypes.data}
+    held = c.hold(a)  # a copy of `a` in flight
+    assert held is not None and held.pin()
+    copy(c, d)
+    assert copy(c, d)  # room: b goes (least recently used that no copy holds), a stays
+    assert set(c.pins_.pinned) == {a.ctypes.data, d.ctypes.data}
     held.release()
+    e = np.ones(8 * MiB // 8)  # needs 8 MiB: only a and d together make room
+    copy(c, e)
+    assert copy(c, e) and set(c.pins_.pinned) == {e.ctypes.data}
+    assert c.info()["pinned_bytes"] == 8 * MiB == sum(c.pins_.pinned.values())
+    big = np.ones(16 * MiB // 8)  # larger than the bound: refused, nothing evicted for it
+    copy(c, big)
+    assert not copy(c, big) and set(c.pins_.pinned) == {e.ctypes.data}
+
+
+def test_no_eviction_when_it_cannot_make_room():
+    c = make_cache(max_pinned_bytes=9 * MiB)
+    a = np.ones(4 * MiB // 8)
+    copy(c, a)
+    copy(c, a)
+    held = c.hold(a)
+    b = np.ones(6 * MiB // 8)
     copy(c, b)
-    copy(c, b)  # now `a`'s least recently used units can make room
-    assert sum(pins.pinned.values()) <= 4 * UNIT
-    assert any(b.ctypes.data <= p < b.ctypes.data + b.nbytes for p in pins.pinned)
-    del a_lo
+    assert not copy(c, b)  # 4 held + 6 > 9 and nothing can go: b stays staged, a untouched
+    assert set(c.pins_.pinned) == {a.ctypes.data} and c.unpins == 0
+    held.release()
 
 
 def test_a_pinned_array_cannot_be_resized_in_place_so_its_memory_never_moves(cache):
-    a = np.ones(6 * UNIT // 8)
-    copy(cache, a)
-    a.resize(6 * UNIT // 8 + 1, refcheck=False)  # counted only: no weak reference yet, resizable
-    a.resize(6 * UNIT // 8, refcheck=False)
+    a = np.ones(4 * MiB // 8)
+    a.resize(4 * MiB // 8 + 1, refcheck=False)  # never copied: resizable
     copy(cache, a)
     copy(cache, a)
     assert cache.pins_.pinned
     with pytest.raises(ValueError, match="resize"):
-        a.resize(12 * UNIT // 8, refcheck=False)  # NumPy refuses: the cache's weak reference
-    with pytest.raises(ValueError):
-        a.resize(12 * UNIT // 8)
+        a.resize(8 * MiB // 8, refcheck=False)  # NumPy refuses: the cache's weak reference
 
 
-def test_off_unpins_everything_and_takes_no_part(cache):
-    a = np.ones(4 * UNIT // 8)
-    copy(cache, a)
-    copy(cache, a)
-    assert cache.pins_.pinned
+def test_off_unpins_what_no_copy_uses_and_the_rest_when_its_copy_ends(cache):
+    a, b = np.ones(4 * MiB // 8), np.ones(4 * MiB // 8)
+    for x in (a, a, b, b):
+        copy(cache, x)
+    held = cache.hold(a)
     cache.configure(cache.pins_.pin, cache.pins_.unpin, min_bytes=0)
-    assert not cache.pins_.pinned and cache.info()["pinned_bytes"] == 0
+    assert set(cache.pins_.pinned) == {a.ctypes.data}
+    held.release()
+    assert not cache.pins_.pinned and cache.info()["pinned_bytes"] == 0 and cache.info()["active"] == 0
     for _ in range(3):
         assert cache.hold(a) is None
 
 
-def test_threads_copying_one_array_pin_each_unit_once(cache):
-    a = np.ones(40 * UNIT // 8)
+def test_an_owner_dying_inside_the_caches_own_locked_code_is_unpinned_at_once(cache):
+    """A garbage collection can run the owner's callback on a thread that holds the cache's
+    lock: the callback takes no lock (it would deadlock) and still unpins before the free."""
+    a = np.ones(4 * MiB // 8)
+    copy(cache, a)
+    copy(cache, a)
+    assert cache.pins_.pinned
+    with cache._lock:
+        del a
+        gc.collect()
+        assert not cache.pins_.pinned
+    assert cache.info()["pinned_bytes"] == 0 and cache.info()["owners"] == 0
+
+
+def test_eviction_and_death_never_both_unpin():
+    """Whoever pops the owner from the LRU unpins it: an owner evicted, then dying, is unpinned
+    once (the stand-in's unpin raises KeyError on a second call)."""
+    c = make_cache(max_pinned_bytes=5 * MiB)
+    a, b = np.ones(4 * MiB // 8), np.ones(4 * MiB // 8)
+    for x in (a, a, b, b):  # b's pinning evicts a
+        copy(c, x)
+    del x
+    assert set(c.pins_.pinned) == {b.ctypes.data}
+    del a
+    gc.collect()
+    del b
+    gc.collect()
+    assert not c.pins_.pinned and c.unpins == 2 and c.info()["pinned_bytes"] == 0
+
+
+def test_threads_copying_one_array_pin_it_once(cache):
+    a = np.ones(16 * MiB // 8)
     errors = []
 
     def work(i):
         try:
             for k in range(20):
-                lo = (i * 997 + k * 4099) % (a.size - 5000)
-                segs = copy(cache, a[lo:lo + 5000 + k * 300])
-                assert covered(segs, (5000 + k * 300) * 8) or segs == []
+                lo = (i * 9973 + k * 40993) % (a.size // 2)
+                copy(cache, a[lo:lo + a.size // 2])
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -214,31 +260,5 @@ def test_threads_copying_one_array_pin_each_unit_once(cache):
     for t in threads:
         t.join()
     assert not errors, errors[0]
-    assert cache.info()["pinned_bytes"] == sum(cache.pins_.pinned.values())
-    assert cache.info()["pinned_units"] == len(cache.pins_.pinned)
-
-
-def test_counted_owners_are_bounded_and_pinned_ones_are_kept(cache, monkeypatch):
-    monkeypatch.setattr(_pincache, "MAX_COUNTED", 8)
-    keep = np.ones(2 * UNIT // 8)
-    copy(cache, keep)
-    copy(cache, keep)
-    arrays = [np.ones(2 * UNIT // 8) for _ in range(30)]
-    for x in arrays:
-        copy(cache, x)
-    assert cache.info()["owners"] <= 8 + 1
-    assert copy(cache, keep) and all(s.pinned for s in copy(cache, keep) if s.unit is not None)
-
-
-def test_an_owner_dying_inside_the_caches_own_locked_code_is_unpinned_at_once(cache):
-    """A garbage collection can run the owner's callback on a thread that holds the cache's
-    lock: the callback takes no lock (it would deadlock) and still unpins before the free."""
-    a = np.ones(4 * UNIT // 8)
-    copy(cache, a)
-    copy(cache, a)
-    assert cache.pins_.pinned
-    with cache._lock:
-        del a
-        gc.collect()
-        assert not cache.pins_.pinned
-    assert cache.info()["pinned_bytes"] == 0 and cache.info()["owners"] == 0
+    assert cache.pins_.calls == 1 and cache.pins_.pinned == {a.ctypes.data: a.nbytes}
+    assert cache.info()["pinned_bytes"] == a.nbytes and cache.info()["active"] == 1

@@ -482,10 +482,14 @@ def test_kept_results_are_pinned_when_reused_and_copied_by_one_dma(monkeypatch):
 
 
 def test_reused_arrays_are_pinned_in_place_and_every_copy_stays_exact():
-    """The pin-down cache (_pincache.py) on a real GPU: an array copied again is pinned in
-    64 MiB units (the driver then refuses to pin its pages a second time), its views and chunks
-    copy through the same units, results written into it are exact, and its units are unpinned
-    when it dies."""
+    """The pin-down cache (_pincache.py) on a real GPU: an array copied again is pinned in place
+    as one registration (the driver then refuses to pin its pages a second time), its views and
+    chunks copy from it, in both directions, through the DMA path and the driver's direct path
+    (the run of session 7 whose cache pinned 64 MiB units failed here: a 7 MiB copy that started
+    in one unit and ran past it, cudaErrorInvalidValue), results written into it are exact, and
+    it is unpinned when it dies."""
+    from numpy.lib.stride_tricks import as_strided
+
     from autooffload import _pincache
 
     old = T._configure(pin_reused_min=16 * MiB)
@@ -493,21 +497,20 @@ def test_reused_arrays_are_pinned_in_place_and_every_copy_stays_exact():
     try:
         rng = np.random.default_rng(31)
         base = random_array((150 * MiB // 8 + 3,), np.float64, rng)
-        h = base[5:]  # starts inside a page, spans three units
+        h = base[5:]  # starts inside a page
         target_base = np.ones(h.size + 7)
         target = target_base[7:]
-        for attempt in range(3):  # counted, pinned, copied pinned
+        for attempt in range(3):  # counted, counted, pinned (twice the owner's bytes moved)
             d = T.to_device(h)
             assert same(d.get(), h), attempt
             target[...] = 0.5
             assert T.to_host(d, out=target) is target and same(target, h), attempt
-        inner = -(-h.ctypes.data // 4096) * 4096
-        assert _pincache.cache.is_pinned(inner, 64 * MiB)
+        assert T.pinned(h) and T.pinned(target) and _pincache.cache.covers(base)
         with pytest.raises(Exception):
-            rt.hostRegister(inner + 4096, 4096, 0)  # already pinned, by the cache
+            rt.hostRegister(base.ctypes.data + 4096 * 3, 4096, 0)  # already pinned, by the cache
         pinned = _pincache.cache.info()["pinned_bytes"]
-        assert pinned >= 140 * MiB
-        step = 7 * MiB // 8 + 1
+        assert pinned >= base.nbytes + target_base.nbytes
+        step = 7 * MiB // 8 + 1  # below the driver's direct-copy size, not on any 64 MiB edge
         for lo in range(0, h.size, step):  # a streamed call's chunks, both ways
             part = h[lo:lo + step]
             d = T.to_device(part)
@@ -515,8 +518,11 @@ def test_reused_arrays_are_pinned_in_place_and_every_copy_stays_exact():
             target[lo:lo + step] = -1.0
             T.to_host(d, out=target[lo:lo + step])
         assert same(target, h)
+        part = h[1000:1000 + step]
+        for other in (np.asarray(memoryview(part)), as_strided(part)):  # views the base chain hides
+            assert same(T.to_device(other).get(), part)
         assert _pincache.cache.info()["pinned_bytes"] == pinned, "chunks pinned nothing new"
-        del base, h, d, part, target, target_base
+        del base, h, d, part, other, target, target_base
         gc.collect()
         assert _pincache.cache.info()["pinned_bytes"] == 0
     finally:

@@ -5,9 +5,10 @@ pinned buffers: every byte crosses the host's memory bus once more, copied by CP
 H200 machine that host copy, not the link, is the limit: 16 threads copy ~35-45 GB/s where the
 link does 55 GB/s each way and ~95 GB/s both ways at once, and two host copies at once take as
 long as one after the other (benchmarks/results/h200/transfer.NOTES.md, "copies both ways"). So
-a streamed call, whose copies in and out should overlap, cost about their sum: 1.96-2.95x its
-slowest stage (h200/streaming.txt, session 6). Memory that is already page-locked needs no
-staging: one DMA per piece, no CPU copy, both directions at once at the link's rate.
+a streamed call, whose copies in and out should overlap, cost about their sum: 2.0-3.0x its
+slowest stage (h200-unpinned/streaming.txt). Memory that is already page-locked needs no
+staging: one DMA, no CPU copy, both directions at once at the link's rate (h200/streaming.txt:
+the same calls at 1.2-1.5x their slowest stage).
 
 Pinning the caller's memory costs ~31 GB/s of warm pages to pin and ~53 GB/s to unpin on the
 H200 machine (about one staged copy), so pinning for one copy and unpinning after it never
@@ -15,52 +16,52 @@ wins there (``_transfer._register_copy``, off by default). Pinning once and keep
 while the array lives wins from the next copy on. That is the registration cache of MPI
 libraries and UCX ("leave pinned", "rcache"), here for NumPy arrays:
 
-* Only arrays whose base chain ends in a NumPy array that owns its memory take part (the
-  *owner*; NumPy frees that memory only in the owner's deallocation, after its weak references
-  are called back). Views, slices and chunks of an owner share its registrations. Memory of
+* Only arrays whose memory belongs to a NumPy array that owns it take part (the *owner*: the end
+  of the ``base`` chain, through memoryviews and ``as_strided``'s holder too). NumPy frees that
+  memory only in the owner's deallocation, after its weak references are called back. Memory of
   other origins (``np.frombuffer``, memory maps, results of ``_hostmem``, which pins its own)
   stays on the engine's other paths.
-* Memory is pinned in *units*: the page-aligned part of the owner's buffer inside one aligned
-  ``UNIT_BYTES`` window of the address space. Units do not depend on how a copy is cut, so a
-  whole-array copy and a streamed call's chunks share them, and no two registrations overlap.
-  A copy's bytes outside the page-aligned part (under a page at each end) go the engine's way.
-* A unit is pinned the ``PIN_AFTER``-th time a copy touches it (the second): an array copied
-  once is never pinned, a loop's second copy pins (at about the staged rate: pinning one unit
-  overlaps the DMA of the one before) and every later copy is one DMA per unit.
-* A unit stays pinned until its owner dies (unpinned in the owner's weak-reference callback,
-  before NumPy frees the memory), until the bound needs room (the least recently used units no
-  copy is using are unpinned first), or ``release()``. The memory cannot move meanwhile: NumPy
-  refuses to ``resize`` in place an array that has a weak reference, which the cache holds on
-  every owner with a pinned unit (only there: touches are counted by address and size, at most
-  ``MAX_COUNTED`` owners, the least recent forgotten first). At most ``max_pinned_bytes`` are
-  pinned: a quarter of physical memory (pinned pages cannot be swapped out).
-* A unit the driver refuses to pin (already pinned by someone else, locked-memory limits) is not
-  tried again for that owner; its bytes are staged as before.
+* The owner's whole buffer is pinned as one registration, exactly ``[data, data + nbytes)``.
+  The driver refuses a DMA that starts in a registration and runs past its end
+  (cudaErrorInvalidValue, seen on the H200 with 64 MiB pieces); a copy of any part of one
+  owner, by any view, lies inside its one registration, so no copy can.
+* An owner is pinned once copies of at least ``COUNT_MIN_BYTES`` have moved twice its bytes
+  (``PIN_AFTER``): an array copied once is never pinned, a loop's second whole copy pins (at
+  ~31 GB/s, about a staged copy's time, once), a streamed call's chunks count by their bytes
+  (its second pass pins), and sparse small copies pin only once they have moved that much.
+  Touches are counted per owner object, with a weak reference taken at its first counted copy.
+* An owner stays pinned until it dies (unpinned in its weak-reference callback, before NumPy
+  frees the memory), until the bound needs room (the least recently used owners no copy is
+  using are unpinned first), or ``release()``. The memory cannot move meanwhile: NumPy refuses to
+  ``resize`` in place an array that has a weak reference, which the cache holds from an owner's
+  first counted copy. At most ``max_pinned_bytes`` are pinned: a quarter of physical memory
+  (pinned pages cannot be swapped out).
+* An owner the driver refuses to pin (pinned already by someone else, locked-memory limits) is
+  not tried again; its copies are staged as before.
 
-Thread-safe: copies hold the units they use, so no unit is unpinned under a DMA; a unit being
-pinned by one thread is staged by another. Imports nothing of CuPy: the engine hands in its
-pin and unpin functions (``configure``).
+Every copy of a pinned owner holds it (``Hold``), so it is never unpinned under a DMA, and waits
+for its DMA before returning. A copy that found its owner unpinned goes the engine's way; should
+another thread pin that owner meanwhile, the driver's direct copy from it becomes asynchronous,
+so the engine then waits for it too (``active``, ``_transfer._h2d_direct``). Imports nothing of
+CuPy: the engine hands in its pin and unpin functions (``configure``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import threading
 import weakref
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from ._address import array_address
 
-UNIT_BYTES = 64 * 1024 * 1024
-PAGE = mmap.PAGESIZE
-PIN_AFTER = 2
-MAX_COUNTED = 4096  # owners whose touches are counted but nothing is pinned (no weak reference)
+PIN_AFTER = 2.0
+COUNT_MIN_BYTES = 1024 * 1024  # smaller copies are too cheap to count (and to pay for the lookup)
 
 
 def _default_max_pinned_bytes() -> int:
@@ -72,110 +73,99 @@ def _default_max_pinned_bytes() -> int:
 
 
 def owner_of(a: np.ndarray) -> np.ndarray | None:
-    """The NumPy array that owns ``a``'s memory (``a`` itself, or the end of its base chain), or
-    None where that memory is not NumPy's own (a buffer, a memory map, a result lease)."""
-    owner = a
-    while isinstance(owner.base, np.ndarray):
-        owner = owner.base
-    if owner.base is not None or not owner.flags.owndata:
-        return None
-    return owner
+    """The NumPy array that owns ``a``'s memory (``a`` itself, or the end of its base chain,
+    followed through memoryviews and holders such as ``as_strided``'s), or None where that memory
+    is not a NumPy array's own (a buffer, a memory map, a result lease)."""
+    owner: object = a
+    for _ in range(64):
+        if isinstance(owner, np.ndarray):
+            if owner.base is None:
+                return owner if owner.flags.owndata else None
+            owner = owner.base
+        elif isinstance(owner, memoryview):
+            owner = owner.obj
+        else:
+            nxt = getattr(owner, "base", None)  # e.g. numpy.lib.stride_tricks.DummyArray
+            if nxt is None or nxt is owner:
+                return None
+            owner = nxt
+    return None
 
 
-@dataclass
-class _Unit:
-    start: int  # address
-    nbytes: int
-    touched: int = 0
-    state: str = "seen"  # "seen", "pinning" (claimed by one copy), "pinned", "refused"
-    holds: int = 0  # copies using it now (pinned units only)
-
-
-@dataclass
+@dataclass(eq=False)
 class _Owner:
+    key: int  # id of the owner (its entry leaves with it)
     address: int
     nbytes: int
-    ref: weakref.ref | None = None  # taken when a unit is first pinned: the callback unpins
-    units: dict[int, _Unit] = field(default_factory=dict)  # window index -> unit
-
-
-@dataclass
-class Segment:
-    """A part of one copy, in order: ``offset`` bytes into the copied range, ``nbytes`` long."""
-
-    offset: int
-    nbytes: int
-    unit: _Unit | None  # the unit it lies in (None: outside the page-aligned part)
-    pinned: bool = False
-    due: bool = False  # this copy claimed the unit: pin it (``Hold.pin``), then it is pinned
+    ref: weakref.ref
+    touched: int = 0  # bytes moved by counted copies
+    state: str = "seen"  # "seen", "pinning" (claimed by one copy), "pinned", "refused", "gone"
+    holds: int = 0  # copies using its registration now
 
 
 class Hold:
-    """The segments of one copy and the units it holds; ``release()`` once the DMAs are done."""
+    """One copy's use of a pinned (or due) owner; ``release()`` once the copy's DMA is done."""
 
-    def __init__(self, cache: "PinCache", owner_key: tuple[int, int], segments: list[Segment]):
+    def __init__(self, cache: "PinCache", entry: _Owner, due: bool):
         self.cache = cache
-        self.owner_key = owner_key
-        self.segments = segments
+        self.entry = entry
+        self.due = due  # this copy claimed the owner: pin it first (``pin``)
         self._released = False
 
-    def pin(self, seg: Segment) -> bool:
-        """Pin the unit of a ``due`` segment; True if it is pinned now (else it is staged)."""
-        if not seg.due:
-            return seg.pinned
-        seg.due = False
-        seg.pinned = self.cache._pin_unit(self.owner_key, seg.unit)
-        return seg.pinned
+    def pin(self) -> bool:
+        """Pin the owner if this copy is due to; True when its memory is pinned now."""
+        if self.due:
+            self.due = False
+            return self.cache._pin_owner(self.entry)
+        return True
 
     def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        self.cache._release(self.owner_key, self.segments)
+        if not self._released:
+            self._released = True
+            self.cache._release(self.entry)
 
 
 class PinCache:
-    """Registrations of owners' units (see the module docstring); one per process: ``cache``."""
+    """Registrations of owners (see the module docstring); one per process: ``cache``."""
 
     def __init__(self, max_pinned_bytes: int | None = None):
         self.max_pinned_bytes = _default_max_pinned_bytes() if max_pinned_bytes is None else int(max_pinned_bytes)
-        self.min_bytes = 0  # copies smaller than this do not take part; 0: off
+        self.min_bytes = 0  # owners smaller than this do not take part; 0: off
         self._pin: Callable[[int, int], bool] | None = None
         self._unpin: Callable[[int], None] | None = None
         self._lock = threading.Lock()
-        # (owner address, owner bytes) -> entry, least recent first; an entry with a pinned unit
-        # holds a weak reference to its owner and leaves with it.
-        self._owners: OrderedDict[tuple[int, int], _Owner] = OrderedDict()
-        self._lru: OrderedDict[tuple[tuple[int, int], int], _Unit] = OrderedDict()  # pinned units, least recent first
-        # Owners that died (their units unpinned already), for the bookkeeping under the lock.
-        self._dead: deque[tuple[tuple[int, int], _Owner]] = deque()
+        self._owners: dict[int, _Owner] = {}  # id(owner) -> entry, while the owner lives
+        # Pinned owners, least recently used first. Whoever pops an owner from here unpins it
+        # (a dict pop is atomic): eviction under the lock, or an owner's lock-free callback.
+        self._lru: OrderedDict[int, _Owner] = OrderedDict()
+        self._dead: deque[tuple[int, _Owner, int]] = deque()  # (key, entry, bytes it unpinned)
         self.pinned_bytes = 0
-        self.pins = 0  # units pinned so far (diagnostics, tests)
+        self.active = 0  # owners pinned or being pinned: direct copies must then wait (see above)
+        self.pins = 0  # owners pinned so far (diagnostics, tests)
         self.unpins = 0
 
     @contextlib.contextmanager
     def _locked(self):
         with self._lock:
             while self._dead:  # what owners that died left behind
-                key, entry = self._dead.popleft()
+                key, entry, unpinned = self._dead.popleft()
                 if self._owners.get(key) is entry:
                     del self._owners[key]
-                for k, unit in entry.units.items():
-                    if self._lru.pop((key, k), None) is not None:
-                        self.pinned_bytes -= unit.nbytes
+                self.pinned_bytes -= unpinned
             yield
 
     # -- setup ------------------------------------------------------------------------------
     def configure(self, pin: Callable[[int, int], bool] | None, unpin: Callable[[int], None] | None,
                   min_bytes: int) -> None:
-        """Take part from ``min_bytes`` (0: off, and everything pinned is unpinned), pinning with
-        ``pin(address, nbytes) -> pinned?`` and unpinning with ``unpin(address)``."""
-        if min_bytes <= 0 or pin is None:
-            self.release()
+        """Take part from owners of ``min_bytes`` (0: off, and everything not in use is unpinned;
+        what is in use is unpinned when its copy ends), pinning with ``pin(address, nbytes) ->
+        pinned?`` and unpinning with ``unpin(address)``."""
         with self._locked():
-            self.min_bytes = int(min_bytes) if pin is not None else 0
+            self.min_bytes = int(min_bytes) if pin is not None and min_bytes > 0 else 0
             self._pin = pin
             self._unpin = unpin if unpin is not None else self._unpin
+        if not self.min_bytes:
+            self.release()
 
     def forget(self) -> None:
         """In a forked child: the parent's registrations are not this process's."""
@@ -184,242 +174,163 @@ class PinCache:
         self._lru.clear()
         self._dead.clear()
         self.pinned_bytes = 0
+        self.active = 0
 
     # -- a copy ------------------------------------------------------------------------------
-    def hold(self, a: np.ndarray, count: bool = True) -> Hold | None:
-        """The segments of a copy of the C-contiguous array ``a``, holding its pinned units, or
-        None when no byte of it is pinned or due now (then the copy goes the engine's way; its
-        units were counted as touched).
-
-        Copies below ``min_bytes``, and any with ``count`` False, touch nothing: they get
-        segments only where they overlap pinned units. The driver refuses a DMA that starts in
-        one registration and runs past it (cudaErrorInvalidValue), so such a copy must be cut at
-        unit boundaries even where the engine would have handed it to the driver whole."""
+    def hold(self, a: np.ndarray) -> Hold | None:
+        """A copy of the contiguous array ``a``: a hold on its owner when the owner is pinned, or
+        due to be pinned by this copy; else None (the copy goes the engine's way, counted)."""
         nbytes = a.nbytes
-        count = count and bool(self.min_bytes) and nbytes >= self.min_bytes
+        if not self.min_bytes and not self._lru:
+            return None
+        count = bool(self.min_bytes) and nbytes >= COUNT_MIN_BYTES
         if not count and not self._lru:
-            return None  # nothing pinned anywhere: the common case of small copies costs this
+            return None  # a small copy, nothing pinned anywhere: the common case costs this
         owner = owner_of(a)
-        if owner is None:
+        if owner is None or owner.nbytes < max(self.min_bytes, 1):
             return None
-        start = array_address(a)
-        key = (array_address(owner), owner.nbytes)
-        stale: list[_Unit] = []
+        key = id(owner)
         with self._locked():
-            if self._pin is None and not self._lru:
-                return None
             entry = self._owners.get(key)
-            if entry is not None and entry.ref is not None and entry.ref() is not owner:
-                stale = self._drop_owner_locked(key)  # another array at the same memory: cannot be, but safe
-                entry = None
+            if entry is not None and entry.ref() is not owner:
+                entry = None  # a dead owner's id, reused before its callback was buried: cannot be
             if entry is None:
-                if not count:
+                if not count or self._pin is None:
                     return None
-                entry = self._owners[key] = _Owner(*key)
-                self._forget_counted_locked()
-            else:
-                self._owners.move_to_end(key)
-            segments = self._segments_locked(entry, key, start, nbytes, count)
-            if any(s.due for s in segments) and entry.ref is None:
-                entry.ref = weakref.ref(owner, self._callback(key))
-        self._unpin_units(stale)
-        if not any(s.pinned or s.due for s in segments):
-            self._release(key, segments)
-            return None
-        return Hold(self, key, segments)
+                entry = self._owners[key] = _Owner(key, array_address(owner), owner.nbytes,
+                                                   weakref.ref(owner, self._callback(key)))
+            if entry.state == "pinned":
+                entry.holds += 1
+                if key in self._lru:
+                    self._lru.move_to_end(key)
+                return Hold(self, entry, due=False)
+            if not count or self._pin is None:
+                return None
+            entry.touched += nbytes
+            if entry.state == "seen" and entry.touched >= PIN_AFTER * entry.nbytes:
+                entry.state = "pinning"  # claimed: other copies stage meanwhile
+                entry.holds += 1
+                self.active += 1
+                return Hold(self, entry, due=True)
+        return None
 
-    def _forget_counted_locked(self) -> None:
-        """Beyond MAX_COUNTED owners, forget the least recent of those with nothing pinned."""
-        extra = len(self._owners) - MAX_COUNTED
-        if extra <= 0:
-            return
-        gone = []
-        for key, entry in self._owners.items():  # least recent first
-            if entry.ref is None:
-                gone.append(key)
-                if len(gone) == extra:
-                    break
-        for key in gone:
-            del self._owners[key]
-
-    def _segments_locked(self, entry: _Owner, key: tuple[int, int], start: int, nbytes: int,
-                         count: bool = True) -> list[Segment]:
-        lo = -(-entry.address // PAGE) * PAGE  # the owner's page-aligned part
-        hi = (entry.address + entry.nbytes) // PAGE * PAGE
-        segments: list[Segment] = []
-        pos, end = start, start + nbytes
-        while pos < end:
-            if pos < lo or pos >= hi:
-                stop = min(end, lo) if pos < lo else end
-                segments.append(Segment(pos - start, stop - pos, None))
-                pos = stop
-                continue
-            k = pos // UNIT_BYTES
-            u_lo, u_hi = max(lo, k * UNIT_BYTES), min(hi, (k + 1) * UNIT_BYTES)
-            stop = min(end, u_hi)
-            unit = entry.units.get(k)
-            if unit is None and not count:
-                segments.append(Segment(pos - start, stop - pos, None))
-                pos = stop
-                continue
-            if unit is None:
-                unit = entry.units[k] = _Unit(u_lo, u_hi - u_lo)
-            if count:
-                unit.touched += 1
-            seg = Segment(pos - start, stop - pos, unit)
-            if unit.state == "pinned":
-                seg.pinned = True
-                unit.holds += 1
-                self._lru.move_to_end((key, k))
-            elif count and unit.state == "seen" and unit.touched >= PIN_AFTER:
-                unit.state = "pinning"  # claimed: another copy stages it meanwhile
-                seg.due = True
-            segments.append(seg)
-            pos = stop
-        return segments
-
-    def _pin_unit(self, key: tuple[int, int], unit: _Unit | None) -> bool:
-        assert unit is not None
-        evict: list[_Unit] = []
+    def _pin_owner(self, entry: _Owner) -> bool:
+        evict: list[_Owner] = []
         with self._locked():
             pin = self._pin
-            if pin is None or unit.nbytes > self.max_pinned_bytes:
-                unit.state = "seen" if pin is None else "refused"
-                return False
-            for lru_key, other in list(self._lru.items()):
-                if self.pinned_bytes + unit.nbytes <= self.max_pinned_bytes:
-                    break
-                if other.holds == 0 and other.state == "pinned":
-                    del self._lru[lru_key]
-                    other.state, other.touched = "seen", 0
-                    self.pinned_bytes -= other.nbytes
-                    evict.append(other)
-            room = self.pinned_bytes + unit.nbytes <= self.max_pinned_bytes
-            if room:
-                self.pinned_bytes += unit.nbytes  # claimed before pinning (outside the lock)
-        self._unpin_units(evict)
-        if not room:
-            with self._locked():
-                unit.state, unit.touched = "seen", 0
+            room = self.max_pinned_bytes - self.pinned_bytes
+            if pin is not None and entry.nbytes <= self.max_pinned_bytes and room < entry.nbytes:
+                candidates = [(k, o) for k, o in list(self._lru.items()) if o.holds == 0]
+                if room + sum(o.nbytes for _, o in candidates) >= entry.nbytes:  # else evict nothing
+                    for k, o in candidates:
+                        if room >= entry.nbytes:
+                            break
+                        if self._lru.pop(k, None) is o:
+                            o.state, o.touched = "seen", 0
+                            self.pinned_bytes -= o.nbytes
+                            room += o.nbytes
+                            evict.append(o)
+            ok_to_try = pin is not None and room >= entry.nbytes
+            if ok_to_try:
+                self.pinned_bytes += entry.nbytes  # claimed before pinning (outside the lock)
+            else:
+                entry.state, entry.touched = ("refused" if pin is not None and entry.nbytes > self.max_pinned_bytes
+                                              else "seen"), 0
+                self.active -= 1
+        self._unpin_all(evict)
+        if not ok_to_try:
             return False
+        assert pin is not None
         ok = False
         try:
-            ok = bool(pin(unit.start, unit.nbytes))  # ~31 GB/s on the H200: outside the lock
+            ok = bool(pin(entry.address, entry.nbytes))  # ~31 GB/s on the H200: outside the lock
         finally:
             with self._locked():
-                entry = self._owners.get(key)
-                alive = entry is not None and entry.units.get(unit.start // UNIT_BYTES) is unit
-                if ok and alive:
-                    unit.state, unit.holds = "pinned", unit.holds + 1
-                    self._lru[(key, unit.start // UNIT_BYTES)] = unit
+                if ok and entry.state == "pinning":
+                    entry.state = "pinned"
+                    self._lru[entry.key] = entry
                     self.pins += 1
                 else:
-                    self.pinned_bytes -= unit.nbytes
-                    unit.state = "refused" if not ok else "seen"
-        if ok and not alive:  # the owner went away while we pinned (cannot happen while a copy holds it)
-            self._unpin_units([unit])
-            return False
+                    self.pinned_bytes -= entry.nbytes
+                    self.active -= 1
+                    if entry.state == "pinning":
+                        entry.state = "refused"
         return ok
 
-    def _release(self, key: tuple[int, int], segments: list[Segment]) -> None:
+    def _release(self, entry: _Owner) -> None:
+        unpin_now = False
         with self._locked():
-            for seg in segments:
-                if seg.pinned and seg.unit is not None:
-                    seg.unit.holds -= 1
-                elif seg.due and seg.unit is not None and seg.unit.state == "pinning":
-                    seg.unit.state = "seen"  # claimed but never pinned (the copy failed first)
+            entry.holds -= 1
+            if entry.state == "pinning" and entry.holds == 0:  # claimed but never pinned (the copy failed first)
+                entry.state = "seen"
+                self.active -= 1
+            if not self.min_bytes and entry.holds == 0 and entry.state == "pinned":
+                if self._lru.pop(entry.key, None) is entry:  # turned off while in use: unpinned now
+                    entry.state, entry.touched = "seen", 0
+                    self.pinned_bytes -= entry.nbytes
+                    unpin_now = True
+        if unpin_now:
+            self._unpin_all([entry])
 
     # -- ends --------------------------------------------------------------------------------
-    def _callback(self, key: tuple[int, int]) -> Callable[[weakref.ref], None]:
+    def _callback(self, key: int) -> Callable[[weakref.ref], None]:
         def owner_died(ref: weakref.ref) -> None:
             # Runs in the owner's deallocation, before NumPy frees its memory, on whatever thread
             # dropped it, maybe inside this cache's own locked code (a garbage collection that
-            # started there): so it takes no lock. No copy can be using the units (a copy holds
-            # the owner), so they are unpinned here; the bookkeeping waits for the next lock.
+            # started there): so it takes no lock. No copy can be using the registration (a copy
+            # holds the owner); the bookkeeping waits for the next lock.
             try:
                 entry = self._owners.get(key)
                 if entry is None or entry.ref is not ref:
                     return
-                units = [u for u in list(entry.units.values()) if u.state == "pinned"]
-                for unit in units:
-                    unit.state = "gone"
-                self._dead.append((key, entry))
-                self._unpin_units(units)
+                entry.state = "gone"
+                mine = self._lru.pop(key, None) is entry  # atomic: eviction cannot unpin it too
+                self._dead.append((key, entry, entry.nbytes if mine else 0))
+                if mine:
+                    self._unpin_all([entry])
             except Exception:  # noqa: BLE001 - interpreter exit: the process takes the pins along
                 pass
 
         return owner_died
 
-    def _drop_owner_locked(self, key: tuple[int, int]) -> list[_Unit]:
-        entry = self._owners.pop(key, None)
-        if entry is None:
-            return []
-        units = []
-        for k, unit in entry.units.items():
-            if unit.state == "pinned":
-                self._lru.pop((key, k), None)
-                self.pinned_bytes -= unit.nbytes
-                units.append(unit)
-            unit.state = "gone"
-        return units
-
-    def _unpin_units(self, units: list[_Unit]) -> None:
+    def _unpin_all(self, entries: list[_Owner]) -> None:
         unpin = self._unpin
-        for unit in units:
+        for entry in entries:
             self.unpins += 1
+            self.active -= 1
             if unpin is not None:
-                unpin(unit.start)
+                unpin(entry.address)
 
     def release(self) -> None:
-        """Unpin every unit no copy is using now (and forget what was touched)."""
+        """Unpin every owner no copy is using now; they start counting again."""
+        evict: list[_Owner] = []
         with self._locked():
-            units: list[_Unit] = []
-            for (key, k), unit in list(self._lru.items()):
-                if unit.holds == 0 and unit.state == "pinned":
-                    del self._lru[(key, k)]
-                    self.pinned_bytes -= unit.nbytes
-                    unit.state, unit.touched = "seen", 0
-                    units.append(unit)
-        self._unpin_units(units)
+            for key, entry in list(self._lru.items()):
+                if entry.holds == 0 and self._lru.pop(key, None) is entry:
+                    entry.state, entry.touched = "seen", 0
+                    self.pinned_bytes -= entry.nbytes
+                    evict.append(entry)
+        self._unpin_all(evict)
 
+    # -- questions ---------------------------------------------------------------------------
     def covers(self, a: np.ndarray) -> bool:
-        """Whether every unit of the contiguous ``a``'s page-aligned part is pinned now (no lock:
-        a hint for a decision, read as the units are at this moment)."""
+        """Whether ``a``'s memory is pinned now (no lock: a hint for a decision)."""
         if not self._lru:
             return False
         owner = owner_of(a)
-        if owner is None:
-            return False
-        entry = self._owners.get((array_address(owner), owner.nbytes))
-        if entry is None:
-            return False
-        start = array_address(a)
-        lo, hi = -(-start // PAGE) * PAGE, (start + a.nbytes) // PAGE * PAGE
-        if hi <= lo:
-            return False
-        for k in range(lo // UNIT_BYTES, (hi - 1) // UNIT_BYTES + 1):
-            unit = entry.units.get(k)
-            if unit is None or unit.state != "pinned":
-                return False
-        return True
+        entry = self._owners.get(id(owner)) if owner is not None else None
+        return entry is not None and entry.state == "pinned" and entry.ref() is owner
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
-        """Whether [address, address + nbytes) lies in pinned units (diagnostics, tests)."""
+        """Whether [address, address + nbytes) lies in one pinned owner (diagnostics, tests)."""
         with self._locked():
-            units = sorted((u.start, u.start + u.nbytes) for u in self._lru.values())
-        pos, end = address, address + nbytes
-        for lo, hi in units:
-            if lo <= pos < hi:
-                pos = hi
-                if pos >= end:
-                    return True
-        return pos >= end
+            return any(e.address <= address and address + nbytes <= e.address + e.nbytes for e in self._lru.values())
 
     def info(self) -> dict[str, int]:
         with self._locked():
-            return {"owners": len(self._owners), "pinned_units": len(self._lru), "pinned_bytes": self.pinned_bytes,
+            return {"owners": len(self._owners), "pinned_owners": len(self._lru), "pinned_bytes": self.pinned_bytes,
                     "max_pinned_bytes": self.max_pinned_bytes, "pins": self.pins, "unpins": self.unpins,
-                    "min_bytes": self.min_bytes}
+                    "active": self.active, "min_bytes": self.min_bytes}
 
 
 cache = PinCache()

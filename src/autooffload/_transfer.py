@@ -49,15 +49,17 @@ How (engine ``pinned-pipeline-v4``):
   above the direct-copy size are allocated from ``_hostmem.results``, which keeps the memory of
   dropped results (already faulted in) for the next one; ``out=`` avoids the cost too.
 * Memory copied again is pinned in place and kept pinned (engine v6, on by default from 16 MiB):
-  the caller's own arrays at the second copy that touches them (``pin_reused_min``,
-  ``_pincache.py``: 64 MiB page-aligned units, unpinned when the array dies) and kept result
-  blocks when handed out again (``pin_results_min``, _hostmem.py). A copy of pinned memory is one
-  DMA per unit, no host copy; a copy that overlaps pinned units is cut at their edges (the
-  driver refuses a DMA that starts in a registration and runs past it). On the H200 (session 7,
-  benchmarks/results/h200/transfer.md): 64 MiB-4 GiB in 46.8-54.6 GB/s and out into the same
-  array 48.6-54.8, against 24.2-42.7 / 34.4-45.9 staged (the first copy of an array); a streamed
-  call's copies in and out then overlap (h200/streaming.txt). ``unpinned_copies()`` measures the
-  staged engine (calibration does). ``AUTOOFFLOAD_PIN=0`` turns both off.
+  the caller's own arrays once copies have moved twice their bytes (``pin_reused_min``,
+  ``_pincache.py``: the owning array's whole buffer as one registration, unpinned when it dies)
+  and kept result blocks when handed out again (``pin_results_min``, _hostmem.py). A copy of
+  pinned memory is one DMA, no host copy. On the H200 (session 7, with the first form of the
+  cache, which pinned 64 MiB units: benchmarks/results/h200/transfer.md) 64 MiB-4 GiB moved in
+  at 46.8-54.6 GB/s and out into the same array at 48.6-54.8, against 24.2-42.7 / 34.4-45.9
+  staged (the first copy of an array); a streamed call's copies in and out then overlap
+  (h200/streaming.txt). Units were dropped after a review: the driver refuses a DMA that
+  starts in one registration and runs past its end, which views the cache could not see
+  (``as_strided``, other threads) could still send it. ``unpinned_copies()`` measures the staged
+  engine (calibration does). ``AUTOOFFLOAD_PIN=0`` turns both off.
 
 Tuning constants live in ``_TUNING`` with the measurement that chose them (the H100 machine's):
 those are the defaults. ``autooffload calibrate`` searches them for the machine it runs on
@@ -185,9 +187,9 @@ class _Tuning:
     # (transfer-pinned-results.txt), and with the caller's arrays pinned too a streamed
     # Black-Scholes at 1e8 took 59.7 ms against 167 (h200/streaming.txt, h200-unpinned/).
     pin_results_min: int = 16 * MiB
-    # Copies of at least this many bytes of the caller's own arrays take part in the pin-down
-    # cache (_pincache.py, 0: never): memory a copy touches the second time is pinned in place
-    # and stays so while its array lives, so that every later copy of it is one DMA per 64 MiB
+    # The caller's arrays whose memory is at least this many bytes take part in the pin-down
+    # cache (_pincache.py, 0: never): once copies have moved twice an array's bytes its memory
+    # is pinned in place and stays so while it lives, so that every later copy of it is one DMA
     # with no host copy. Above the driver's direct-copy size, where staging is the engine's way.
     pin_reused_min: int = 16 * MiB
 
@@ -944,7 +946,7 @@ def _use_pinning(t: _Tuning) -> None:
 
 def pinned(host: np.ndarray) -> bool:
     """Whether ``host``'s memory is pinned now, so that its copies are DMAs with no host copy: a
-    kept result block, or the caller's array pinned on reuse (every unit of it). Contiguous
+    kept result block, or the caller's array pinned on reuse. Contiguous
     arrays only; the stream planner asks (_executor.stream_plan)."""
     c = host if host.flags.c_contiguous else host.T if host.flags.f_contiguous else None
     if c is None or not c.flags.c_contiguous:
@@ -967,37 +969,31 @@ def unpinned_copies():
 
 
 def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.ndarray, stream: Any, t: _Tuning) -> bool:
-    """The caller's C-contiguous ``host_c`` through the pin-down cache (_pincache.py): one DMA per
-    pinned unit (pinning a unit due now overlaps the DMA of the one before), the engine's other
-    paths for the rest, cut at unit boundaries; returns once done. False, having copied nothing:
-    no byte of it is pinned or due (its units were counted as touched). Inside
-    ``unpinned_copies`` pinned units are staged too, in those pieces."""
-    unpinned = getattr(_tls, "unpinned", False)
-    hold = _pincache.cache.hold(host_c, count=not unpinned)
+    """The caller's C-contiguous ``host_c`` through the pin-down cache (_pincache.py): where its
+    owner is pinned (or this copy pins it now), one DMA, waited for; returns True once done.
+    False, having copied nothing: its owner is not pinned (the copy was counted), or copies are
+    ``unpinned_copies`` now."""
+    if getattr(_tls, "unpinned", False):
+        return False
+    hold = _pincache.cache.hold(host_c)
     if hold is None:
         return False
-    rt = cp.cuda.runtime
-    host_ptr = array_address(host_c)
-    flat = _byte_view(host_c)
     done = False
     try:
-        for seg in hold.segments:
-            off, n = seg.offset, seg.nbytes
-            if not unpinned and hold.pin(seg):
-                if kind == _H2D:
-                    rt.memcpyAsync(dev_ptr + off, host_ptr + off, n, _H2D, stream.ptr)
-                else:
-                    rt.memcpyAsync(host_ptr + off, dev_ptr + off, n, _D2H, stream.ptr)
-            elif kind == _H2D:
-                _h2d_path(cp, dev_ptr + off, device_id, flat[off:off + n], True, n, stream, t)
-            else:
-                _d2h_path(cp, dev_ptr + off, device_id, flat[off:off + n], True, n, stream, t, False)
+        if not hold.pin():
+            return False  # refused, or no room: the engine's way
+        rt = cp.cuda.runtime
+        host_ptr, n = array_address(host_c), host_c.nbytes
+        if kind == _H2D:
+            rt.memcpyAsync(dev_ptr, host_ptr, n, _H2D, stream.ptr)
+        else:
+            rt.memcpyAsync(host_ptr, dev_ptr, n, _D2H, stream.ptr)
         stream.synchronize()  # the source may change, or the result is read, once this returns
         done = True
     finally:
         if not done:
             try:
-                stream.synchronize()  # no DMA may still use a unit once the hold lets it go
+                stream.synchronize()  # no DMA may still use the owner once the hold lets it go
             except Exception:  # noqa: BLE001 - the failure already raised says more
                 pass
         hold.release()
@@ -1018,8 +1014,12 @@ def _dma_pinned(cp: Any, dst: int, src: int, nbytes: int, kind: int, stream: Any
 
 
 def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
-    # The driver stages pageable memory itself; it returns once the source has been read.
+    # The driver stages pageable memory itself; it returns once the source has been read. From
+    # pinned memory (another thread may have pinned this array's owner since: _pincache.py, or
+    # it is part of a kept result) the copy is asynchronous, so then it is waited for.
     cp.cuda.runtime.memcpyAsync(dev_ptr, array_address(host_c), host_c.nbytes, _H2D, stream.ptr)
+    if _pincache.cache.active or _hostmem.results.pinned_bytes:
+        stream.synchronize()
 
 
 def _h2d_small(cp: Any, dev_ptr: int, device_id: int, flat: np.ndarray, stream: Any, t: _Tuning) -> None:
