@@ -57,3 +57,31 @@ def test_os_cpu_count_is_read_only_by_the_cores_helper():
     package = Path(_cores.__file__).parent
     users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "os.cpu_count" in p.read_text())
     assert users == ["_cores.py"]
+
+
+@pytest.mark.parametrize(
+    ("files", "proc_self", "expected"),
+    [
+        ({"memory.max": "max\n"}, "0::/\n", None),  # v2, no limit
+        ({"memory.max": "4294967296\n"}, "0::/\n", 4 * 2**30),  # v2 at the container's root
+        ({"user.slice/job/memory.max": "1073741824\n", "memory.max": "max\n"}, "0::/user.slice/job\n", 2**30),
+        ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, "5:memory:/\n", None),  # v1, none
+        ({"memory/memory.limit_in_bytes": "2147483648\n"}, "5:memory:/docker/abc\n", 2 * 2**30),
+        ({}, "", None),  # no cgroup file system at all
+    ],
+)
+def test_cgroup_memory_limit(tmp_path, files, proc_self, expected):
+    root, proc = _cgroup_tree(tmp_path, files, proc_self)
+    assert _cores.cgroup_memory_limit(root, proc) == expected
+
+
+def test_usable_memory_is_the_ram_capped_by_the_limit(monkeypatch):
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    monkeypatch.setattr(_cores, "cgroup_memory_limit", lambda: None)
+    assert _cores.usable_memory() == ram
+    monkeypatch.setattr(_cores, "cgroup_memory_limit", lambda: 2**30)
+    assert _cores.usable_memory() == min(ram, 2**30)
+    from autooffload import _hostmem, _pincache
+
+    assert _pincache._default_max_pinned_bytes() == min(ram, 2**30) // 4
+    assert _hostmem._default_max_free_bytes() == min(ram, 2**30) // 8

@@ -1,4 +1,4 @@
-"""How many CPU cores this process may really use.
+"""How many CPU cores, and how much memory, this process may really use.
 
 ``os.cpu_count()`` counts the machine's cores. A process pinned to some of them
 (``taskset``, ``numactl``, a batch scheduler) or in a container with a CPU quota
@@ -6,6 +6,10 @@
 machine's count (16 copy workers in a 4-CPU container) makes threads wait on each other.
 The quota is a time budget, not a set of cores, so it is rounded up: 1.5 CPUs run two
 threads. Python 3.13's ``os.process_cpu_count()`` reads the affinity but not the quota.
+
+Memory likewise: a container's limit (``docker --memory``, cgroup ``memory.max``) is what the
+process may use, not the machine's RAM; the copy engine bounds the memory it keeps (_hostmem.py)
+and pins in place (_pincache.py) by it.
 
 Only the standard library, and read at call time (no cache): the copy engine reads it once
 at import, the fingerprint once per profile.
@@ -34,15 +38,15 @@ def affinity_cores() -> int:
     return machine_cores()
 
 
-def _own_cgroup_paths(proc_self_cgroup: Path) -> tuple[str | None, str | None]:
-    """This process's cgroup path in the v2 hierarchy and in v1's cpu controller."""
+def _own_cgroup_paths(proc_self_cgroup: Path, controller: str = "cpu") -> tuple[str | None, str | None]:
+    """This process's cgroup path in the v2 hierarchy and in v1's ``controller``."""
     v2 = v1 = None
-    with suppress(OSError):
+    with suppress(OSError, ValueError):
         for line in proc_self_cgroup.read_text().splitlines():
             _, controllers, path = line.split(":", 2)
             if controllers == "":
                 v2 = path
-            elif "cpu" in controllers.split(","):
+            elif controller in controllers.split(","):
                 v1 = path
     return v2, v1
 
@@ -81,3 +85,30 @@ def usable_cores() -> int:
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota)))
     return cores
+
+
+def cgroup_memory_limit(root: Path = _CGROUP_ROOT, proc_self_cgroup: Path = _PROC_SELF_CGROUP) -> int | None:
+    """Bytes of memory the cgroup allows this process, or None where no limit is set.
+
+    cgroup v2: ``memory.max`` ("max": none). cgroup v1: ``memory.limit_in_bytes`` under the
+    ``memory`` mount (a value of 2**62 or more: none)."""
+    v2_path, v1_path = _own_cgroup_paths(proc_self_cgroup, "memory")
+    for folder in _candidates(root, v2_path):
+        with suppress(OSError, ValueError):
+            text = (folder / "memory.max").read_text().strip()
+            return None if text == "max" else int(text)
+    for folder in _candidates(root / "memory", v1_path):
+        with suppress(OSError, ValueError):
+            limit = int((folder / "memory.limit_in_bytes").read_text())
+            return None if limit >= 1 << 62 or limit <= 0 else limit
+    return None
+
+
+def usable_memory() -> int:
+    """Bytes of memory this process can use: the machine's RAM, capped by the cgroup's limit."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        physical = 8 * 1024**3
+    limit = cgroup_memory_limit()
+    return min(physical, limit) if limit is not None else physical

@@ -35,6 +35,8 @@ from typing import Callable
 
 import numpy as np
 
+from ._cores import usable_memory
+
 # Blocks are sized in whole 2 MiB steps, and a free block serves a request up to 25% (plus one
 # step) smaller than itself: results of one loop reuse each other without wasting much memory.
 _STEP = 2 * 1024 * 1024
@@ -42,11 +44,7 @@ _SLACK = 1.25
 
 
 def _default_max_free_bytes() -> int:
-    try:
-        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        physical = 8 * 1024**3
-    return min(physical // 8, 8 * 1024**3)
+    return min(usable_memory() // 8, 8 * 1024**3)  # the machine's RAM, or the container's limit
 
 
 class _Lease:

@@ -34,8 +34,8 @@ libraries and UCX ("leave pinned", "rcache"), here for NumPy arrays:
   frees the memory), until the bound needs room (the least recently used owners no copy is
   using are unpinned first), or ``release()``. The memory cannot move meanwhile: NumPy refuses to
   ``resize`` in place an array that has a weak reference, which the cache holds from an owner's
-  first counted copy. At most ``max_pinned_bytes`` are pinned: a quarter of physical memory
-  (pinned pages cannot be swapped out).
+  first counted copy. At most ``max_pinned_bytes`` are pinned: a quarter of the memory this
+  process may use (RAM, or a container's limit; pinned pages cannot be swapped out), per process.
 * An owner the driver refuses to pin (pinned already by someone else, locked-memory limits) is
   not tried again; its copies are staged as before.
 
@@ -59,17 +59,14 @@ from typing import Callable
 import numpy as np
 
 from ._address import array_address
+from ._cores import usable_memory
 
 PIN_AFTER = 2.0
 COUNT_MIN_BYTES = 1024 * 1024  # smaller copies are too cheap to count (and to pay for the lookup)
 
 
 def _default_max_pinned_bytes() -> int:
-    try:
-        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        physical = 8 * 1024**3
-    return physical // 4
+    return usable_memory() // 4  # the machine's RAM, or the container's limit where lower
 
 
 def owner_of(a: np.ndarray) -> np.ndarray | None:
