@@ -200,3 +200,36 @@ def test_turning_pinning_off_unpins_kept_blocks_now_and_blocks_in_use_when_given
     assert not pins.pinned and pool.info()["free_blocks"] == 2 and pool.pinned_bytes == 0
     pool.forget_pins()  # a forked child's view: nothing registered
     assert pool.info()["pinned_blocks"] == 0
+
+
+class _Box:
+    pass
+
+
+def test_a_result_collected_inside_the_pools_locked_code_does_not_deadlock():
+    """Review finding: a result in a reference cycle, collected by a garbage collection that
+    starts inside the pool's own locked code on the same thread, gives its block back later
+    instead of waiting for the lock its thread holds."""
+    import gc
+
+    pool = HostBlocks()
+    r = pool.empty((1 << 20,), np.float64)
+    b = _Box()
+    b.me = b
+    b.r = r
+    del r, b
+    done = threading.Event()
+
+    def work():
+        gc.disable()
+        try:
+            with pool._lock:
+                gc.collect()  # what an allocation inside the locked region may start
+        finally:
+            gc.enable()
+        done.set()
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    assert done.wait(5), "the thread hangs: __del__ waited for the lock its own thread holds"
+    assert pool.info()["free_blocks"] == 1  # given back at the next locked call

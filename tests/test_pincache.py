@@ -262,3 +262,69 @@ def test_threads_copying_one_array_pin_it_once(cache):
     assert not errors, errors[0]
     assert cache.pins_.calls == 1 and cache.pins_.pinned == {a.ctypes.data: a.nbytes}
     assert cache.info()["pinned_bytes"] == a.nbytes and cache.info()["active"] == 1
+
+
+class _Box:
+    pass
+
+
+@pytest.mark.parametrize("where", ["pin", "release"])
+def test_a_collection_inside_the_caches_own_iteration_breaks_nothing(where, monkeypatch):
+    """Review finding: an owner in a reference cycle, collected by a garbage collection that
+    starts while the cache walks its pinned owners (evicting, releasing): its callback must not
+    change what is being walked. Every collection point over the first 120 allocations is tried."""
+    monkeypatch.setattr(_pincache, "COUNT_MIN_BYTES", 1)
+    k = 8192  # bytes per array: small, so that 120 rounds stay quick
+    gc.collect()
+    for m in range(120):
+        gc.disable()
+        gc.collect(1)
+        c = make_cache(max_pinned_bytes=(40 * k) if where == "pin" else 1 << 40, min_bytes=1)
+        keep = [np.ones(k // 8) for _ in range(39)]
+        b = _Box()
+        b.me = b
+        b.arr = np.ones(k // 8)
+        for a in [b.arr] + keep:
+            copy(c, a)
+            copy(c, a)
+        new = np.ones(k // 8)
+        copy(c, new)
+        del b
+        gc.set_threshold(gc.get_count()[0] + m)
+        gc.enable()
+        try:
+            copy(c, new) if where == "pin" else c.release()
+        finally:
+            gc.set_threshold(700, 10, 10)
+            gc.enable()
+            gc.collect(0)
+        assert c.info()["pinned_bytes"] == sum(c.pins_.pinned.values()), m
+        del keep, new
+        gc.collect(0)
+
+
+def test_an_interrupt_right_after_pinning_undoes_the_registration():
+    """Review finding: Ctrl-C arriving as cudaHostRegister returns (the registration made) must
+    not leave it behind, booked as refused."""
+    registered = {}
+
+    def pin(address, n):
+        registered[address] = n
+        raise KeyboardInterrupt
+
+    def unpin(address):
+        registered.pop(address, None)
+
+    c = PinCache(1 << 40)
+    c.configure(pin, unpin, 1)
+    a = np.ones(4 * MiB // 8)
+    for _ in range(2):
+        hold = c.hold(a)
+        if hold is None:
+            continue
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                hold.pin()
+        finally:
+            hold.release()
+    assert not registered and c.info()["active"] == 0 and c.info()["pinned_bytes"] == 0

@@ -7,6 +7,7 @@ the engine; real DMA, streams and events are proven by tests/test_transfer_gpu.p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import subprocess
@@ -345,9 +346,11 @@ class FakeDevArray:
 
 class FakeStream:
     ptr = 0
+    fake = None  # the FakeCupy in use: its DMAs from registered memory wait for a synchronize
 
     def synchronize(self):
-        pass
+        if self.fake is not None:
+            self.fake.flush(self.ptr)
 
     def wait_event(self, ev):
         pass
@@ -367,6 +370,12 @@ class FakeCupy:
         self.registered = {}
         self.n_registered = 0
         self.lock = threading.Lock()
+        # Like the driver: a DMA to or from registered (pinned) memory is asynchronous, it runs
+        # at the stream's next synchronization (here), while one from pageable memory is done
+        # when the call returns. Code that forgets to wait reads stale data in the tests.
+        self.queued: dict[int, list] = {}
+        self.flush_lock = threading.Lock()
+        FakeStream.fake = self
 
         class Event:
             def __init__(self, block=False, disable_timing=False):
@@ -376,7 +385,7 @@ class FakeCupy:
                 pass
 
             def synchronize(self):
-                pass
+                fake.flush(None)
 
         class Runtime:
             @staticmethod
@@ -423,11 +432,17 @@ class FakeCupy:
                 fake.memcpys.append((kind, n))
                 if fake.fail_memcpy_at is not None and len(fake.memcpys) >= fake.fail_memcpy_at:
                     raise RuntimeError("injected DMA failure")
-                ctypes.memmove(dst, src, n)
+                with fake.lock:
+                    pinned = any(p <= host and host + n <= p + m for p, m in fake.registered.items())
+                    if pinned:
+                        fake.queued.setdefault(stream, []).append((dst, src, n))
+                if not pinned:
+                    ctypes.memmove(dst, src, n)
 
             @staticmethod
             def memcpy(dst, src, n, kind):  # the synchronous copy on the legacy default stream
                 Runtime.memcpyAsync(dst, src, n, kind, 0)
+                fake.flush(0)
 
         class Stream(FakeStream):
             def __init__(self, non_blocking=False):
@@ -444,6 +459,16 @@ class FakeCupy:
         Cuda.Stream = Stream
         self.cuda = Cuda
         self.current_stream = FakeStream()
+
+    def flush(self, stream):
+        """Run the DMAs queued on ``stream`` (None: on every stream); a second thread's
+        synchronize waits until they ran, as a stream's does."""
+        with self.flush_lock:
+            with self.lock:
+                keys = list(self.queued) if stream is None else [stream]
+                runs = [d for k in keys for d in self.queued.pop(k, [])]
+            for dst, src, n in runs:
+                ctypes.memmove(dst, src, n)
 
     def empty(self, shape, dtype, order="C"):
         if self.oom:
@@ -1147,3 +1172,27 @@ def test_pinned_says_whether_an_arrays_memory_is_pinned(pin_reused):
     assert not T.pinned(np.ones_like(h))
     T._pincache.cache.release()
     assert not T.pinned(h)
+
+
+@pytest.mark.parametrize("path", ["pinned", "direct"])
+def test_copies_from_pinned_memory_are_done_when_they_return(pin_reused, path):
+    """From pinned memory the driver's DMAs are asynchronous (the fake defers them to the next
+    synchronize, as the driver does): to_device may return only once the source was read, since
+    the caller may change it right after, and to_host only once the data is there. "pinned": the
+    cache's own DMA; "direct": the driver's direct copy of a pinned array, as inside
+    unpinned_copies or when another thread pinned it after this copy looked (review finding)."""
+    T._configure(h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
+    h = random_array((200_000,), np.float64, np.random.default_rng(33))
+    before = h.copy()
+    _pin(h)
+    out = np.zeros_like(h)
+    for _ in range(3):
+        T.to_host(T.to_device(h), out=out)
+    assert T.pinned(out)
+    context = T.unpinned_copies() if path == "direct" else contextlib.nullcontext()
+    with context:
+        d = T.to_device(h)
+        h[...] = -1.0  # the caller changes its array as soon as the copy returned
+        out[...] = 0.0
+        T.to_host(d, out=out)
+        assert same(out, before), "a DMA was still pending when the copy returned"

@@ -29,8 +29,10 @@ At most ``max_pinned_bytes`` are pinned; a block is unpinned before it goes back
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import threading
+from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -93,13 +95,27 @@ class HostBlocks:
         self.max_pinned_bytes = self.max_free_bytes
         self._pinned: dict[int, int] = {}  # block address -> bytes, page-locked
         self.pinned_bytes = 0
+        # Blocks whose result died, not yet back in the free list. A result can die in a garbage
+        # collection that started inside this pool's own locked code, on this thread: its
+        # ``__del__`` must not wait for the lock then, so it leaves the block here.
+        self._returned: deque[np.ndarray] = deque()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The lock, with the blocks returned meanwhile put back first; those to unpin are
+        unpinned after the lock is released."""
+        with self._lock:
+            unpin = self._put_back_locked()
+            yield
+        for block in unpin:
+            self._unpin_block(block)
 
     def configure_pinning(self, pin: Callable[[int, int], bool] | None, unpin: Callable[[int], None] | None,
                           min_bytes: int = 0) -> None:
         """Pin reused blocks of at least ``min_bytes`` with ``pin(address, nbytes) -> pinned?``,
         unpinned with ``unpin(address)`` before they go back to the OS; ``pin=None`` (or
         ``min_bytes`` 0) turns it off for blocks handed out from now on."""
-        with self._lock:
+        with self._locked():
             self._pin = pin if min_bytes > 0 else None
             self._unpin = unpin if unpin is not None else self._unpin  # what is pinned must stay unpinnable
             self.pin_min_bytes = int(min_bytes)
@@ -112,6 +128,7 @@ class HostBlocks:
         self._lock = threading.Lock()
         self._pinned.clear()
         self.pinned_bytes = 0
+        self._returned.clear()
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned block (a few blocks: a scan)."""
@@ -133,7 +150,7 @@ class HostBlocks:
         fresh = block is None
         if block is None:
             block = np.empty(-(-max(nbytes, 1) // _STEP) * _STEP, np.uint8)
-            with self._lock:
+            with self._locked():
                 self.allocated += 1
         elif pin and self._pin is not None and block.nbytes >= self.pin_min_bytes:
             self._pin_block(block)
@@ -141,25 +158,32 @@ class HostBlocks:
 
     def _pin_block(self, block: np.ndarray) -> None:
         address = block.ctypes.data
-        with self._lock:
+        with self._locked():
             pin = self._pin
             if pin is None or address in self._pinned or self.pinned_bytes + block.nbytes > self.max_pinned_bytes:
                 return
             self._pinned[address] = block.nbytes  # claimed: another thread will not pin it too
             self.pinned_bytes += block.nbytes
-        ok = False
+        ok = interrupted = False
         try:
+            interrupted = True
             ok = bool(pin(address, block.nbytes))  # outside the lock: ~30 ms a GiB
+            interrupted = False
         finally:
+            if interrupted and self._unpin is not None:
+                try:  # Ctrl-C right after the registration was made: undo it
+                    self._unpin(address)
+                except BaseException:  # noqa: BLE001 - nothing was registered
+                    pass
             if not ok:
-                with self._lock:
+                with self._locked():
                     del self._pinned[address]
                     self.pinned_bytes -= block.nbytes
 
     def _unpin_block(self, block: np.ndarray) -> None:
         """Unpin ``block`` if it is pinned (it is about to go back to the OS)."""
         address = block.ctypes.data
-        with self._lock:
+        with self._locked():
             size = self._pinned.pop(address, None)
             if size is None:
                 return
@@ -170,7 +194,7 @@ class HostBlocks:
 
     def _take(self, nbytes: int) -> np.ndarray | None:
         limit = nbytes * _SLACK + _STEP
-        with self._lock:
+        with self._locked():
             for i, block in enumerate(self._free):
                 if block.nbytes >= nbytes:
                     if block.nbytes > limit:
@@ -182,31 +206,45 @@ class HostBlocks:
         return None
 
     def _give_back(self, block: np.ndarray) -> None:
-        if self._pin is None and block.ctypes.data in self._pinned:
-            self._unpin_block(block)  # pinning was turned off while it was in use: kept, pageable again
-        dropped: list[np.ndarray] = []
-        with self._lock:
+        """A result died: its block goes back to the free list (now, unless the lock is held,
+        by this thread in a garbage collection or by another: then at the next locked call)."""
+        self._returned.append(block)
+        if self._lock.acquire(blocking=False):
+            try:
+                unpin = self._put_back_locked()
+            finally:
+                self._lock.release()
+            for gone in unpin:
+                self._unpin_block(gone)
+
+    def _put_back_locked(self) -> list[np.ndarray]:
+        """Returned blocks into the free list, the largest beyond the bound dropped; the blocks
+        to unpin (dropped ones before they go back to the OS, or all once pinning is off)."""
+        unpin: list[np.ndarray] = []
+        while self._returned:
+            block = self._returned.popleft()
+            if self._pin is None and block.ctypes.data in self._pinned:
+                unpin.append(block)  # pinning was turned off while it was in use: kept, pageable again
             if block.nbytes > self.max_free_bytes:
-                dropped.append(block)  # not kept: unpinned below, if pinned
-            else:
-                self._free.insert(bisect.bisect_left(self._free, block.nbytes, key=_size), block)
-                self._free_bytes += block.nbytes
-                while self._free_bytes > self.max_free_bytes:
-                    dropped.append(self._free.pop())  # the largest first: it costs the most to keep
-                    self._free_bytes -= dropped[-1].nbytes
-        for gone in dropped:
-            self._unpin_block(gone)
+                unpin.append(block)  # not kept: unpinned (if pinned), then freed with the list
+                continue
+            self._free.insert(bisect.bisect_left(self._free, block.nbytes, key=_size), block)
+            self._free_bytes += block.nbytes
+            while self._free_bytes > self.max_free_bytes:
+                unpin.append(self._free.pop())  # the largest first: it costs the most to keep
+                self._free_bytes -= unpin[-1].nbytes
+        return unpin
 
     def release(self) -> None:
         """Give every free block back to the OS (blocks still held by results return later)."""
-        with self._lock:
+        with self._locked():
             dropped, self._free = self._free, []
             self._free_bytes = 0
         for gone in dropped:
             self._unpin_block(gone)
 
     def info(self) -> dict[str, int]:
-        with self._lock:
+        with self._locked():
             return {"free_blocks": len(self._free), "free_bytes": self._free_bytes,
                     "max_free_bytes": self.max_free_bytes, "reused": self.reused, "allocated": self.allocated,
                     "pinned_blocks": len(self._pinned), "pinned_bytes": self.pinned_bytes}

@@ -132,8 +132,11 @@ class PinCache:
         self._unpin: Callable[[int], None] | None = None
         self._lock = threading.Lock()
         self._owners: dict[int, _Owner] = {}  # id(owner) -> entry, while the owner lives
-        # Pinned owners, least recently used first. Whoever pops an owner from here unpins it
-        # (a dict pop is atomic): eviction under the lock, or an owner's lock-free callback.
+        # Pinned owners. Whoever pops an owner from ``_pinned`` unpins it (a dict pop is atomic):
+        # eviction or release under the lock, or an owner's lock-free callback. ``_pinned`` is
+        # never iterated (the callback may change it in a garbage collection anywhere);
+        # ``_lru``, the same owners least recently used first, changes only under the lock.
+        self._pinned: dict[int, _Owner] = {}
         self._lru: OrderedDict[int, _Owner] = OrderedDict()
         self._dead: deque[tuple[int, _Owner, int]] = deque()  # (key, entry, bytes it unpinned)
         self.pinned_bytes = 0
@@ -144,11 +147,15 @@ class PinCache:
     @contextlib.contextmanager
     def _locked(self):
         with self._lock:
-            while self._dead:  # what owners that died left behind
+            while self._dead:  # what owners that died left behind (their callback unpinned them)
                 key, entry, unpinned = self._dead.popleft()
                 if self._owners.get(key) is entry:
                     del self._owners[key]
-                self.pinned_bytes -= unpinned
+                if self._lru.get(key) is entry:
+                    del self._lru[key]
+                if unpinned:
+                    self.pinned_bytes -= unpinned
+                    self.active -= 1
             yield
 
     # -- setup ------------------------------------------------------------------------------
@@ -168,6 +175,7 @@ class PinCache:
         """In a forked child: the parent's registrations are not this process's."""
         self._lock = threading.Lock()
         self._owners.clear()
+        self._pinned.clear()
         self._lru.clear()
         self._dead.clear()
         self.pinned_bytes = 0
@@ -178,10 +186,10 @@ class PinCache:
         """A copy of the contiguous array ``a``: a hold on its owner when the owner is pinned, or
         due to be pinned by this copy; else None (the copy goes the engine's way, counted)."""
         nbytes = a.nbytes
-        if not self.min_bytes and not self._lru:
+        if not self.min_bytes and not self._pinned:
             return None
         count = bool(self.min_bytes) and nbytes >= COUNT_MIN_BYTES
-        if not count and not self._lru:
+        if not count and not self._pinned:
             return None  # a small copy, nothing pinned anywhere: the common case costs this
         owner = owner_of(a)
         if owner is None or owner.nbytes < max(self.min_bytes, 1):
@@ -198,7 +206,7 @@ class PinCache:
                                                    weakref.ref(owner, self._callback(key)))
             if entry.state == "pinned":
                 entry.holds += 1
-                if key in self._lru:
+                if self._lru.get(key) is entry:
                     self._lru.move_to_end(key)
                 return Hold(self, entry, due=False)
             if not count or self._pin is None:
@@ -217,12 +225,13 @@ class PinCache:
             pin = self._pin
             room = self.max_pinned_bytes - self.pinned_bytes
             if pin is not None and entry.nbytes <= self.max_pinned_bytes and room < entry.nbytes:
-                candidates = [(k, o) for k, o in list(self._lru.items()) if o.holds == 0]
+                candidates = [(k, o) for k, o in self._lru.items() if o.holds == 0 and o.state == "pinned"]
                 if room + sum(o.nbytes for _, o in candidates) >= entry.nbytes:  # else evict nothing
                     for k, o in candidates:
                         if room >= entry.nbytes:
                             break
-                        if self._lru.pop(k, None) is o:
+                        if self._pinned.pop(k, None) is o:  # claimed: its callback cannot unpin it too
+                            del self._lru[k]
                             o.state, o.touched = "seen", 0
                             self.pinned_bytes -= o.nbytes
                             room += o.nbytes
@@ -238,14 +247,23 @@ class PinCache:
         if not ok_to_try:
             return False
         assert pin is not None
-        ok = False
+        ok = interrupted = False
         try:
+            interrupted = True
             ok = bool(pin(entry.address, entry.nbytes))  # ~31 GB/s on the H200: outside the lock
+            interrupted = False
         finally:
+            if interrupted and self._unpin is not None:
+                # Ctrl-C (or any exception) right after the registration was made: undo it.
+                try:
+                    self._unpin(entry.address)
+                except BaseException:  # noqa: BLE001 - nothing was registered
+                    pass
             with self._locked():
                 if ok and entry.state == "pinning":
                     entry.state = "pinned"
                     self._lru[entry.key] = entry
+                    self._pinned[entry.key] = entry
                     self.pins += 1
                 else:
                     self.pinned_bytes -= entry.nbytes
@@ -262,7 +280,8 @@ class PinCache:
                 entry.state = "seen"
                 self.active -= 1
             if not self.min_bytes and entry.holds == 0 and entry.state == "pinned":
-                if self._lru.pop(entry.key, None) is entry:  # turned off while in use: unpinned now
+                if self._pinned.pop(entry.key, None) is entry:  # turned off while in use: unpinned now
+                    del self._lru[entry.key]
                     entry.state, entry.touched = "seen", 0
                     self.pinned_bytes -= entry.nbytes
                     unpin_now = True
@@ -281,29 +300,39 @@ class PinCache:
                 if entry is None or entry.ref is not ref:
                     return
                 entry.state = "gone"
-                mine = self._lru.pop(key, None) is entry  # atomic: eviction cannot unpin it too
+                mine = self._pinned.pop(key, None) is entry  # atomic: eviction cannot unpin it too
+                if mine and self._unpin is not None:
+                    self.unpins += 1
+                    self._unpin(entry.address)
+                # After the unpin: until the bookkeeping, ``active`` stays > 0 and direct copies wait.
                 self._dead.append((key, entry, entry.nbytes if mine else 0))
-                if mine:
-                    self._unpin_all([entry])
             except Exception:  # noqa: BLE001 - interpreter exit: the process takes the pins along
                 pass
 
         return owner_died
 
     def _unpin_all(self, entries: list[_Owner]) -> None:
+        """Unpin owners claimed from ``_pinned``; ``active`` drops only once they are unpinned
+        (until then a direct copy from their memory may be asynchronous: it must wait)."""
+        if not entries:
+            return
         unpin = self._unpin
-        for entry in entries:
-            self.unpins += 1
-            self.active -= 1
-            if unpin is not None:
-                unpin(entry.address)
+        try:
+            for entry in entries:
+                if unpin is not None:
+                    unpin(entry.address)
+        finally:
+            with self._locked():
+                self.unpins += len(entries)
+                self.active -= len(entries)
 
     def release(self) -> None:
         """Unpin every owner no copy is using now; they start counting again."""
         evict: list[_Owner] = []
         with self._locked():
             for key, entry in list(self._lru.items()):
-                if entry.holds == 0 and self._lru.pop(key, None) is entry:
+                if entry.holds == 0 and self._pinned.pop(key, None) is entry:
+                    del self._lru[key]
                     entry.state, entry.touched = "seen", 0
                     self.pinned_bytes -= entry.nbytes
                     evict.append(entry)
@@ -312,7 +341,7 @@ class PinCache:
     # -- questions ---------------------------------------------------------------------------
     def covers(self, a: np.ndarray) -> bool:
         """Whether ``a``'s memory is pinned now (no lock: a hint for a decision)."""
-        if not self._lru:
+        if not self._pinned:
             return False
         owner = owner_of(a)
         entry = self._owners.get(id(owner)) if owner is not None else None
@@ -321,7 +350,8 @@ class PinCache:
     def is_pinned(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned owner (diagnostics, tests)."""
         with self._locked():
-            return any(e.address <= address and address + nbytes <= e.address + e.nbytes for e in self._lru.values())
+            return any(e.address <= address and address + nbytes <= e.address + e.nbytes
+                       for e in self._lru.values() if e.state == "pinned")
 
     def info(self) -> dict[str, int]:
         with self._locked():
