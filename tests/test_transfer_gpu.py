@@ -521,8 +521,18 @@ def test_reused_arrays_are_pinned_in_place_and_every_copy_stays_exact():
         part = h[1000:1000 + step]
         for other in (np.asarray(memoryview(part)), as_strided(part)):  # views the base chain hides
             assert same(T.to_device(other).get(), part)
+        # The driver's direct copy from pinned memory is asynchronous: inside unpinned_copies it
+        # takes that path, and must still be done when it returns (the source changes right after).
+        small = h[:MiB // 8]
+        keep = small.copy()
+        with T.unpinned_copies():
+            for _ in range(3):
+                d = T.to_device(small)
+                small[...] = -2.0
+                assert same(d.get(), keep)
+                small[...] = keep
         assert _pincache.cache.info()["pinned_bytes"] == pinned, "chunks pinned nothing new"
-        del base, h, d, part, other, target, target_base
+        del base, h, d, part, other, target, target_base, small
         gc.collect()
         assert _pincache.cache.info()["pinned_bytes"] == 0
     finally:

@@ -10,6 +10,7 @@
 # each logged under $OUT/<step>.log with its wall time.
 #   device tool: command "bash tools/gpu_run.sh tests overhead", carry [".whl"]
 #   checking a session's changes in one call (~520 s): BUDGET=100 MAX_N=1e8 bash tools/gpu_run.sh tests overhead three-way suite-shipped suite-noprofile
+#   the copy engine and streaming (~480 s): BUDGET=120 MIN_BYTES=16MiB bash tools/gpu_run.sh tests transfer streaming suite-shipped
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 MACHINE=${MACHINE:-h200}
