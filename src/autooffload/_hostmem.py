@@ -8,8 +8,10 @@ so the memory of a dropped result is kept, already faulted in, and handed out ag
 
 How: a result is an ordinary NumPy array whose ``base`` is a small ``_Lease`` object holding
 the block (NumPy keeps the base alive through every view of the result). When the last view
-dies, the lease returns its block to the free list. Free blocks are bounded (``max_free_bytes``,
-an eighth of physical memory, at most 8 GiB); beyond that the largest go back to the OS.
+dies, the lease returns its block to the free list (through a queue: a result can die in a
+garbage collection that started inside this pool's locked code, whose lock its ``__del__`` must
+not wait for). Free blocks are bounded (``max_free_bytes``, an eighth of the memory the process
+may use, at most 8 GiB); beyond that the largest go back to the OS.
 ``release()`` drops them all. Only arrays above the copy engine's direct-copy size use this:
 below it, the allocator's own free lists serve.
 
@@ -17,7 +19,7 @@ The difference a user can see: the result's ``flags.owndata`` is False and ``res
 in place raises (as for any view); everything else is that of a NumPy array.
 
 Pinned kept blocks (``configure_pinning``; the copy engine turns it on from its tuning,
-``pin_results_min``): a kept block handed out again, at least that large, is page-locked once
+``pin_results_min``, 16 MiB by default): a kept block handed out again, at least that large, is page-locked once
 (cudaHostRegister, ~31 GB/s of warm pages on the H200) and stays so while it is kept or in use.
 A copy into a result there is one DMA (55 GB/s on the H200) and no host copy at all, where the
 staged path copies every byte once more through host memory: that copy is what the streamed
