@@ -6,6 +6,7 @@ import gc
 import threading
 
 import numpy as np
+import pytest
 from autooffload._hostmem import HostBlocks
 
 MiB = 1024 * 1024
@@ -233,3 +234,21 @@ def test_a_result_collected_inside_the_pools_locked_code_does_not_deadlock():
     t.start()
     assert done.wait(5), "the thread hangs: __del__ waited for the lock its own thread holds"
     assert pool.info()["free_blocks"] == 1  # given back at the next locked call
+
+
+def test_an_interrupt_right_after_pinning_a_block_undoes_the_registration():
+    """Review finding: Ctrl-C arriving as cudaHostRegister returns must not leave the
+    registration behind, untracked."""
+    registered = {}
+
+    def pin(address, n):
+        registered[address] = n
+        raise KeyboardInterrupt
+
+    pool = HostBlocks()
+    pool.configure_pinning(pin, lambda address: registered.pop(address, None), min_bytes=1)
+    first = pool.empty((MiB,), np.float64)
+    del first  # kept
+    with pytest.raises(KeyboardInterrupt):
+        pool.empty((MiB,), np.float64)  # handed out again: pinned, interrupted
+    assert not registered and pool.info()["pinned_bytes"] == 0

@@ -328,3 +328,88 @@ def test_an_interrupt_right_after_pinning_undoes_the_registration():
         finally:
             hold.release()
     assert not registered and c.info()["active"] == 0 and c.info()["pinned_bytes"] == 0
+
+
+@pytest.mark.parametrize("how", ["release", "death", "eviction"])
+def test_while_an_owner_is_being_unpinned_it_counts_as_active(how):
+    """Review finding: a direct copy waits while ``active`` > 0 or ``generation`` moved; neither
+    may signal "nothing pinned" before the driver's unregister has returned."""
+    seen = []
+    c = make_cache(max_pinned_bytes=5 * MiB)
+    real_unpin = c.pins_.unpin
+
+    def unpin(address):
+        seen.append((c.active, c.generation))
+        real_unpin(address)
+
+    c._unpin = unpin
+    a = np.ones(4 * MiB // 8)
+    copy(c, a)
+    copy(c, a)
+    generation = c.generation
+    if how == "release":
+        c.release()
+    elif how == "death":
+        del a
+        gc.collect()
+    else:
+        b = np.ones(4 * MiB // 8)
+        copy(c, b)
+        copy(c, b)  # needs a's room
+    assert seen and all(active > 0 and gen > generation for active, gen in seen), seen
+    assert c.info()["active"] == (1 if how == "eviction" else 0)
+
+
+def test_an_owner_dropped_while_being_evicted_is_freed_only_after_its_unpin():
+    """Review finding: eviction keeps the owner it claimed alive until it is unpinned, so
+    another thread dropping it meanwhile cannot have NumPy free memory still registered."""
+    import weakref
+
+    log = []
+    held: dict = {}
+    c = make_cache(max_pinned_bytes=4 * MiB)
+    real_unpin = c.pins_.unpin
+
+    def unpin(address):
+        if "x" in held and address == held["addr"]:
+            ref = weakref.ref(held.pop("x"))  # what another thread does now: drops the array
+            log.append(ref() is None)  # freed while still registered?
+        real_unpin(address)
+
+    c._unpin = unpin
+    x = np.ones(4 * MiB // 8)
+    held["x"], held["addr"] = x, x.ctypes.data
+    copy(c, x)
+    copy(c, x)
+    del x
+    y = np.ones(4 * MiB // 8)
+    copy(c, y)
+    copy(c, y)  # needs x's room: x is evicted
+    assert log == [False]
+    assert c.info()["owners"] == 1 and c.pins_.pinned == {y.ctypes.data: y.nbytes}
+
+
+def test_an_interrupt_while_unpinning_for_room_leaves_nothing_pinned_untracked():
+    """Review finding: Ctrl-C in the first of two unpins that make room: both are unpinned, the
+    room claimed for the new owner is given back, the books match the driver."""
+    registered = {}
+
+    def pin(address, n):
+        registered[address] = n
+        return True
+
+    def unpin(address):
+        registered.pop(address, None)
+        raise KeyboardInterrupt  # handled right after the driver call returned
+
+    c = PinCache(max_pinned_bytes=8 * MiB)
+    c.configure(pin, None, 1)
+    c._unpin = unpin
+    a1, a2 = np.ones(4 * MiB // 8), np.ones(4 * MiB // 8)
+    for a in (a1, a1, a2, a2):
+        copy(c, a)
+    b = np.ones(8 * MiB // 8)
+    copy(c, b)
+    with pytest.raises(KeyboardInterrupt):
+        copy(c, b)
+    assert not registered and c.info()["pinned_bytes"] == 0 and c.info()["active"] == 0

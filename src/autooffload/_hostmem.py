@@ -183,16 +183,21 @@ class HostBlocks:
                     self.pinned_bytes -= block.nbytes
 
     def _unpin_block(self, block: np.ndarray) -> None:
-        """Unpin ``block`` if it is pinned (it is about to go back to the OS)."""
+        """Unpin ``block`` if it is pinned (it is about to go back to the OS). ``pinned_bytes``
+        drops only once it is unpinned: until then a direct copy from it may be asynchronous
+        (the copy engine waits while any block is pinned)."""
         address = block.ctypes.data
         with self._locked():
-            size = self._pinned.pop(address, None)
+            size = self._pinned.pop(address, None)  # claimed: no copy takes it as pinned now
             if size is None:
                 return
-            self.pinned_bytes -= size
             unpin = self._unpin
-        if unpin is not None:
-            unpin(address)
+        try:
+            if unpin is not None:
+                unpin(address)
+        finally:
+            with self._locked():
+                self.pinned_bytes -= size
 
     def _take(self, nbytes: int) -> np.ndarray | None:
         limit = nbytes * _SLACK + _STEP

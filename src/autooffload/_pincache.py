@@ -42,7 +42,7 @@ libraries and UCX ("leave pinned", "rcache"), here for NumPy arrays:
 Every copy of a pinned owner holds it (``Hold``), so it is never unpinned under a DMA, and waits
 for its DMA before returning. A copy that found its owner unpinned goes the engine's way; should
 another thread pin that owner meanwhile, the driver's direct copy from it becomes asynchronous,
-so the engine then waits for it too (``active``, ``_transfer._h2d_direct``). Imports nothing of
+so the engine then waits for it too (``active`` and ``generation``, ``_transfer._h2d_direct``). Imports nothing of
 CuPy: the engine hands in its pin and unpin functions (``configure``).
 """
 
@@ -141,6 +141,9 @@ class PinCache:
         self._dead: deque[tuple[int, _Owner, int]] = deque()  # (key, entry, bytes it unpinned)
         self.pinned_bytes = 0
         self.active = 0  # owners pinned or being pinned: direct copies must then wait (see above)
+        # Bumped whenever an owner is pinned or claimed for unpinning: a direct copy that saw it
+        # change while it was issued waits too (it may have started from pinned memory).
+        self.generation = 0
         self.pins = 0  # owners pinned so far (diagnostics, tests)
         self.unpins = 0
 
@@ -220,7 +223,7 @@ class PinCache:
         return None
 
     def _pin_owner(self, entry: _Owner) -> bool:
-        evict: list[_Owner] = []
+        evict: list[tuple[_Owner, object]] = []  # (owner's entry, the owner: alive until unpinned)
         with self._locked():
             pin = self._pin
             room = self.max_pinned_bytes - self.pinned_bytes
@@ -230,12 +233,15 @@ class PinCache:
                     for k, o in candidates:
                         if room >= entry.nbytes:
                             break
-                        if self._pinned.pop(k, None) is o:  # claimed: its callback cannot unpin it too
+                        alive = o.ref()  # held until it is unpinned: it cannot be freed before
+                        if alive is not None and self._pinned.pop(k, None) is o:  # claimed: not its callback's
+                            self.generation += 1
                             del self._lru[k]
                             o.state, o.touched = "seen", 0
                             self.pinned_bytes -= o.nbytes
                             room += o.nbytes
-                            evict.append(o)
+                            evict.append((o, alive))
+                        del alive
             ok_to_try = pin is not None and room >= entry.nbytes
             if ok_to_try:
                 self.pinned_bytes += entry.nbytes  # claimed before pinning (outside the lock)
@@ -243,7 +249,17 @@ class PinCache:
                 entry.state, entry.touched = ("refused" if pin is not None and entry.nbytes > self.max_pinned_bytes
                                               else "seen"), 0
                 self.active -= 1
-        self._unpin_all(evict)
+        try:
+            self._unpin_all(evict)
+        except BaseException:  # Ctrl-C while unpinning what made room: give the claimed room back
+            if ok_to_try:
+                with self._locked():
+                    self.pinned_bytes -= entry.nbytes
+                    self.active -= 1
+                    entry.state = "seen"
+            raise
+        finally:
+            evict.clear()  # the owners may go now
         if not ok_to_try:
             return False
         assert pin is not None
@@ -261,6 +277,7 @@ class PinCache:
                     pass
             with self._locked():
                 if ok and entry.state == "pinning":
+                    self.generation += 1
                     entry.state = "pinned"
                     self._lru[entry.key] = entry
                     self._pinned[entry.key] = entry
@@ -281,6 +298,7 @@ class PinCache:
                 self.active -= 1
             if not self.min_bytes and entry.holds == 0 and entry.state == "pinned":
                 if self._pinned.pop(entry.key, None) is entry:  # turned off while in use: unpinned now
+                    self.generation += 1
                     del self._lru[entry.key]
                     entry.state, entry.touched = "seen", 0
                     self.pinned_bytes -= entry.nbytes
@@ -301,42 +319,60 @@ class PinCache:
                     return
                 entry.state = "gone"
                 mine = self._pinned.pop(key, None) is entry  # atomic: eviction cannot unpin it too
-                if mine and self._unpin is not None:
-                    self.unpins += 1
-                    self._unpin(entry.address)
-                # After the unpin: until the bookkeeping, ``active`` stays > 0 and direct copies wait.
-                self._dead.append((key, entry, entry.nbytes if mine else 0))
+                if mine:
+                    self.generation += 1
+                try:
+                    if mine and self._unpin is not None:
+                        self.unpins += 1
+                        self._unpin(entry.address)
+                finally:
+                    # After the unpin (also when Ctrl-C cut it): until the bookkeeping, ``active``
+                    # stays > 0 and direct copies wait.
+                    self._dead.append((key, entry, entry.nbytes if mine else 0))
             except Exception:  # noqa: BLE001 - interpreter exit: the process takes the pins along
                 pass
 
         return owner_died
 
-    def _unpin_all(self, entries: list[_Owner]) -> None:
-        """Unpin owners claimed from ``_pinned``; ``active`` drops only once they are unpinned
-        (until then a direct copy from their memory may be asynchronous: it must wait)."""
+    def _unpin_all(self, entries: list) -> None:
+        """Unpin owners claimed from ``_pinned`` (entries, or (entry, owner) pairs that keep the
+        owners alive meanwhile); ``active`` drops only once they are unpinned (until then a direct
+        copy from their memory may be asynchronous: it must wait). An interrupt does not stop it
+        halfway: no owner may stay pinned untracked; it is raised once all are done."""
         if not entries:
             return
         unpin = self._unpin
-        try:
-            for entry in entries:
+        interrupt: BaseException | None = None
+        for item in entries:
+            entry = item[0] if isinstance(item, tuple) else item
+            try:
                 if unpin is not None:
                     unpin(entry.address)
-        finally:
-            with self._locked():
-                self.unpins += len(entries)
-                self.active -= len(entries)
+            except BaseException as exc:  # noqa: BLE001 - finish the others first
+                interrupt = interrupt or exc
+        with self._locked():
+            self.unpins += len(entries)
+            self.active -= len(entries)
+        if interrupt is not None:
+            raise interrupt
 
     def release(self) -> None:
         """Unpin every owner no copy is using now; they start counting again."""
-        evict: list[_Owner] = []
+        evict: list[tuple[_Owner, object]] = []  # the owners kept alive until unpinned
         with self._locked():
             for key, entry in list(self._lru.items()):
-                if entry.holds == 0 and self._pinned.pop(key, None) is entry:
+                alive = entry.ref()
+                if alive is not None and entry.holds == 0 and self._pinned.pop(key, None) is entry:
+                    self.generation += 1
                     del self._lru[key]
                     entry.state, entry.touched = "seen", 0
                     self.pinned_bytes -= entry.nbytes
-                    evict.append(entry)
-        self._unpin_all(evict)
+                    evict.append((entry, alive))
+                del alive
+        try:
+            self._unpin_all(evict)
+        finally:
+            evict.clear()
 
     # -- questions ---------------------------------------------------------------------------
     def covers(self, a: np.ndarray) -> bool:

@@ -1017,8 +1017,10 @@ def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
     # The driver stages pageable memory itself; it returns once the source has been read. From
     # pinned memory (another thread may have pinned this array's owner since: _pincache.py, or
     # it is part of a kept result) the copy is asynchronous, so then it is waited for.
+    pins = _pincache.cache
+    before = pins.generation
     cp.cuda.runtime.memcpyAsync(dev_ptr, array_address(host_c), host_c.nbytes, _H2D, stream.ptr)
-    if _pincache.cache.active or _hostmem.results.pinned_bytes:
+    if pins.active or pins.generation != before or _hostmem.results.pinned_bytes:
         stream.synchronize()
 
 
