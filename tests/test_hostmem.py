@@ -252,3 +252,23 @@ def test_an_interrupt_right_after_pinning_a_block_undoes_the_registration():
     with pytest.raises(KeyboardInterrupt):
         pool.empty((MiB,), np.float64)  # handed out again: pinned, interrupted
     assert not registered and pool.info()["pinned_bytes"] == 0
+
+
+def test_a_block_counts_as_pinned_until_its_unpin_returned():
+    """Review finding: the copy engine waits for direct copies while ``pinned_bytes`` > 0; it may
+    not drop before the driver's unregister returned."""
+    seen = []
+    pins = _Pins()
+
+    def unpin(address):
+        seen.append(pool.pinned_bytes)
+        pins.unpin(address)
+
+    pool = HostBlocks()
+    pool.configure_pinning(pins.pin, unpin, min_bytes=1)
+    first = pool.empty((MiB,), np.float64)
+    del first
+    second = pool.empty((MiB,), np.float64)  # pinned
+    del second
+    pool.release()
+    assert seen and all(b > 0 for b in seen) and pool.pinned_bytes == 0

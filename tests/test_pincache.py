@@ -81,7 +81,9 @@ def test_the_owner_is_found_through_views_memoryviews_and_as_strided():
 def test_an_array_is_pinned_once_copies_moved_twice_its_bytes_and_then_copied_pinned(cache):
     a = np.random.default_rng(0).random(4 * MiB // 8)
     assert not copy(cache, a) and not cache.pins_.pinned  # first copy: counted only
+    generation = cache.generation
     assert copy(cache, a)  # second: pinned, the whole buffer as one registration
+    assert cache.generation > generation  # a direct copy issued meanwhile waits (_transfer._h2d_direct)
     assert cache.pins_.pinned == {a.ctypes.data: a.nbytes}
     calls = cache.pins_.calls
     assert copy(cache, a) and copy(cache, a[1000:2000 + 2 * MiB // 8])  # later copies, views too
@@ -413,3 +415,23 @@ def test_an_interrupt_while_unpinning_for_room_leaves_nothing_pinned_untracked()
     with pytest.raises(KeyboardInterrupt):
         copy(c, b)
     assert not registered and c.info()["pinned_bytes"] == 0 and c.info()["active"] == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_inside_an_owners_callback_still_books_it():
+    """Review finding: Ctrl-C as the driver's unregister returns, in an owner's callback: the
+    owner is still booked as unpinned (else ``active`` stayed > 0 for good)."""
+    c = make_cache()
+    real_unpin = c.pins_.unpin
+
+    def unpin(address):
+        real_unpin(address)
+        raise KeyboardInterrupt
+
+    c._unpin = unpin
+    a = np.ones(4 * MiB // 8)
+    copy(c, a)
+    copy(c, a)
+    del a  # the callback runs here (Python reports its interrupt as unraisable)
+    gc.collect()
+    assert c.info()["active"] == 0 and c.info()["pinned_bytes"] == 0 and c.info()["owners"] == 0

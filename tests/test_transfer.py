@@ -1196,3 +1196,66 @@ def test_copies_from_pinned_memory_are_done_when_they_return(pin_reused, path):
         out[...] = 0.0
         T.to_host(d, out=out)
         assert same(out, before), "a DMA was still pending when the copy returned"
+
+
+def test_a_copy_while_another_thread_unpins_is_staged_and_done_when_it_returns(pin_reused, monkeypatch):
+    """Review finding: another thread claimed the array for unpinning (release) and has not
+    finished; a copy meanwhile must not be the driver's direct one (asynchronous from memory
+    still registered, and unregistered under it): it is staged, and done when it returns."""
+    fake = pin_reused
+    T._configure(h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
+    cache = T._pincache.cache
+    h = random_array((200_000,), np.float64, np.random.default_rng(34))
+    before = h.copy()
+    _pin(h)
+    claimed, go = threading.Event(), threading.Event()
+    real_unpin = cache._unpin
+
+    def unpin(address):
+        claimed.set()
+        go.wait(5)
+        real_unpin(address)
+
+    monkeypatch.setattr(cache, "_unpin", unpin)
+    releaser = threading.Thread(target=cache.release)
+    releaser.start()
+    try:
+        assert claimed.wait(5)
+        start = len(fake.memcpys)
+        d = T.to_device(h)  # while the release has claimed it: staged, not one DMA
+        assert (1, h.nbytes) not in fake.memcpys[start:]
+        h[...] = -1.0
+        fake.flush(None)
+        assert same(d.get(), before)
+    finally:
+        go.set()
+        releaser.join(5)
+    assert not T.pinned(h)
+
+
+def test_a_direct_copy_waits_when_a_pin_or_unpin_began_while_it_was_issued(pin_reused, monkeypatch):
+    """_h2d_direct's generation check: memory registered when the driver's copy was issued (the
+    DMA is then asynchronous) and unregistered before the copy looked at ``active``: it must
+    still wait, since the caller may change its array right after."""
+    fake = pin_reused
+    T._configure(h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
+    cache = T._pincache.cache
+    h = random_array((20_000,), np.float64, np.random.default_rng(35))  # never pinned by the cache
+    before = h.copy()
+    rt = fake.cuda.runtime
+    real = rt.memcpyAsync
+
+    def memcpy_then_unpinned_elsewhere(*a):
+        rt.hostRegister(h.ctypes.data, h.nbytes, 0)  # pinned at the moment of the copy...
+        real(*a)  # ...so the DMA is deferred, as the driver's asynchronous one
+        rt.hostUnregister(h.ctypes.data)  # ...and unpinned by the time the copy looks
+        cache.generation += 1  # what the cache does when it pins or claims an array
+
+    monkeypatch.setattr(rt, "memcpyAsync", staticmethod(memcpy_then_unpinned_elsewhere))
+    with T.unpinned_copies():  # the driver's direct path, whatever the cache knows
+        d = T.to_device(h)
+    monkeypatch.setattr(rt, "memcpyAsync", staticmethod(real))
+    assert cache.active == 0
+    h[...] = -1.0
+    fake.flush(None)
+    assert same(d.get(), before)

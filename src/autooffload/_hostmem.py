@@ -107,10 +107,9 @@ class HostBlocks:
         """The lock, with the blocks returned meanwhile put back first; those to unpin are
         unpinned after the lock is released."""
         with self._lock:
-            unpin = self._put_back_locked()
+            keep, drop = self._put_back_locked()
             yield
-        for block in unpin:
-            self._unpin_block(block)
+        self._unpin_then_keep(keep, drop)
 
     def configure_pinning(self, pin: Callable[[int, int], bool] | None, unpin: Callable[[int], None] | None,
                           min_bytes: int = 0) -> None:
@@ -121,9 +120,12 @@ class HostBlocks:
             self._pin = pin if min_bytes > 0 else None
             self._unpin = unpin if unpin is not None else self._unpin  # what is pinned must stay unpinnable
             self.pin_min_bytes = int(min_bytes)
-            free = list(self._free) if self._pin is None else []
-        for block in free:  # off: the kept blocks are unpinned now, those in use when given back
-            self._unpin_block(block)
+            free: list[np.ndarray] = []
+            if self._pin is None:  # off: kept blocks leave the free list while they are unpinned
+                free = [b for b in self._free if b.ctypes.data in self._pinned]
+                self._free = [b for b in self._free if b.ctypes.data not in self._pinned]
+                self._free_bytes -= sum(b.nbytes for b in free)
+        self._unpin_then_keep(free, [])  # those in use: when given back
 
     def forget_pins(self) -> None:
         """In a forked child: the parent's registrations are not this process's."""
@@ -218,37 +220,52 @@ class HostBlocks:
         self._returned.append(block)
         if self._lock.acquire(blocking=False):
             try:
-                unpin = self._put_back_locked()
+                keep, drop = self._put_back_locked()
             finally:
                 self._lock.release()
-            for gone in unpin:
-                self._unpin_block(gone)
+            self._unpin_then_keep(keep, drop)
 
-    def _put_back_locked(self) -> list[np.ndarray]:
-        """Returned blocks into the free list, the largest beyond the bound dropped; the blocks
-        to unpin (dropped ones before they go back to the OS, or all once pinning is off)."""
-        unpin: list[np.ndarray] = []
+    def _put_back_locked(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Returned blocks into the free list, the largest beyond the bound dropped. Returns
+        (blocks to unpin and then keep: pinning was turned off while they were in use; blocks
+        to unpin, if pinned, before they go back to the OS)."""
+        keep: list[np.ndarray] = []
+        drop: list[np.ndarray] = []
         while self._returned:
             block = self._returned.popleft()
-            if self._pin is None and block.ctypes.data in self._pinned:
-                unpin.append(block)  # pinning was turned off while it was in use: kept, pageable again
             if block.nbytes > self.max_free_bytes:
-                unpin.append(block)  # not kept: unpinned (if pinned), then freed with the list
+                drop.append(block)
+                continue
+            if self._pin is None and block.ctypes.data in self._pinned:
+                keep.append(block)  # into the free list once unpinned: never handed out pinned meanwhile
                 continue
             self._free.insert(bisect.bisect_left(self._free, block.nbytes, key=_size), block)
             self._free_bytes += block.nbytes
             while self._free_bytes > self.max_free_bytes:
-                unpin.append(self._free.pop())  # the largest first: it costs the most to keep
-                self._free_bytes -= unpin[-1].nbytes
-        return unpin
+                drop.append(self._free.pop())  # the largest first: it costs the most to keep
+                self._free_bytes -= drop[-1].nbytes
+        return keep, drop
+
+    def _unpin_then_keep(self, keep: list[np.ndarray], drop: list[np.ndarray]) -> None:
+        """Unpin ``keep`` and ``drop`` (those pinned), then return ``keep`` to the free list (at
+        the next locked call). An interrupt does not stop it halfway: no block may go back to
+        the OS, or to a result, still pinned; it is raised once all are done."""
+        interrupt: BaseException | None = None
+        for block in (*keep, *drop):
+            try:
+                self._unpin_block(block)
+            except BaseException as exc:  # noqa: BLE001 - finish the others first
+                interrupt = interrupt or exc
+        self._returned.extend(keep)
+        if interrupt is not None:
+            raise interrupt
 
     def release(self) -> None:
         """Give every free block back to the OS (blocks still held by results return later)."""
         with self._locked():
             dropped, self._free = self._free, []
             self._free_bytes = 0
-        for gone in dropped:
-            self._unpin_block(gone)
+        self._unpin_then_keep([], dropped)
 
     def info(self) -> dict[str, int]:
         with self._locked():

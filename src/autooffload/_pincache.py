@@ -62,6 +62,10 @@ from ._address import array_address
 from ._cores import usable_memory
 
 PIN_AFTER = 2.0
+# ``hold`` of an owner being pinned or unpinned by another thread: its memory may be registered
+# now and not in a moment (or the reverse), so the copy must not be the driver's own (whose
+# asynchrony depends on that): the engine stages it through its buffers.
+IN_TRANSITION = object()
 COUNT_MIN_BYTES = 1024 * 1024  # smaller copies are too cheap to count (and to pay for the lookup)
 
 
@@ -96,7 +100,9 @@ class _Owner:
     nbytes: int
     ref: weakref.ref
     touched: int = 0  # bytes moved by counted copies
-    state: str = "seen"  # "seen", "pinning" (claimed by one copy), "pinned", "refused", "gone"
+    # "seen", "pinning" (claimed by one copy), "pinned", "unpinning" (claimed for unpinning),
+    # "refused", "gone"
+    state: str = "seen"
     holds: int = 0  # copies using its registration now
 
 
@@ -185,9 +191,10 @@ class PinCache:
         self.active = 0
 
     # -- a copy ------------------------------------------------------------------------------
-    def hold(self, a: np.ndarray) -> Hold | None:
+    def hold(self, a: np.ndarray) -> Hold | object | None:
         """A copy of the contiguous array ``a``: a hold on its owner when the owner is pinned, or
-        due to be pinned by this copy; else None (the copy goes the engine's way, counted)."""
+        due to be pinned by this copy; ``IN_TRANSITION`` while another thread pins or unpins it
+        (the copy is staged); else None (the copy goes the engine's way, counted)."""
         nbytes = a.nbytes
         if not self.min_bytes and not self._pinned:
             return None
@@ -212,6 +219,8 @@ class PinCache:
                 if self._lru.get(key) is entry:
                     self._lru.move_to_end(key)
                 return Hold(self, entry, due=False)
+            if entry.state in ("pinning", "unpinning"):
+                return IN_TRANSITION
             if not count or self._pin is None:
                 return None
             entry.touched += nbytes
@@ -237,7 +246,7 @@ class PinCache:
                         if alive is not None and self._pinned.pop(k, None) is o:  # claimed: not its callback's
                             self.generation += 1
                             del self._lru[k]
-                            o.state, o.touched = "seen", 0
+                            o.state = "unpinning"
                             self.pinned_bytes -= o.nbytes
                             room += o.nbytes
                             evict.append((o, alive))
@@ -300,7 +309,7 @@ class PinCache:
                 if self._pinned.pop(entry.key, None) is entry:  # turned off while in use: unpinned now
                     self.generation += 1
                     del self._lru[entry.key]
-                    entry.state, entry.touched = "seen", 0
+                    entry.state = "unpinning"
                     self.pinned_bytes -= entry.nbytes
                     unpin_now = True
         if unpin_now:
@@ -353,6 +362,10 @@ class PinCache:
         with self._locked():
             self.unpins += len(entries)
             self.active -= len(entries)
+            for item in entries:
+                entry = item[0] if isinstance(item, tuple) else item
+                if entry.state == "unpinning":
+                    entry.state, entry.touched = "seen", 0  # counts afresh from here
         if interrupt is not None:
             raise interrupt
 
@@ -365,7 +378,7 @@ class PinCache:
                 if alive is not None and entry.holds == 0 and self._pinned.pop(key, None) is entry:
                     self.generation += 1
                     del self._lru[key]
-                    entry.state, entry.touched = "seen", 0
+                    entry.state = "unpinning"
                     self.pinned_bytes -= entry.nbytes
                     evict.append((entry, alive))
                 del alive

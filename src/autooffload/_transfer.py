@@ -891,8 +891,10 @@ def to_device(host: np.ndarray):
     try:
         if _results_pinned(t, contiguous, host_c, nbytes):
             _dma_pinned(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream)  # a kept result passed back in
-        elif not (contiguous and _pinned_copy(cp, _H2D, dev_ptr, dev.device.id, host_c, stream, t)):
-            _h2d_path(cp, dev_ptr, dev.device.id, host_c, contiguous, nbytes, stream, t)
+        else:
+            how = _pinned_copy(cp, _H2D, dev_ptr, dev.device.id, host_c, stream, t) if contiguous else _ANY_PATH
+            if how is not _COPIED:
+                _h2d_path(cp, dev_ptr, dev.device.id, host_c, contiguous, nbytes, stream, t, direct=how is _ANY_PATH)
     except BaseException:
         del dev
         raise
@@ -900,12 +902,14 @@ def to_device(host: np.ndarray):
 
 
 def _h2d_path(cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, nbytes: int,
-              stream: Any, t: _Tuning) -> None:
-    """The engine's ways for pageable memory, by size and layout (see the module docstring)."""
+              stream: Any, t: _Tuning, direct: bool = True) -> None:
+    """The engine's ways for pageable memory, by size and layout (see the module docstring);
+    ``direct`` False: never the driver's own copy or pinning in place (the memory may be
+    pinned or unpinned by another thread meanwhile)."""
     staged = contiguous and _staged(nbytes, t)
-    if contiguous and t.h2d_register_min and nbytes >= t.h2d_register_min:
+    if direct and contiguous and t.h2d_register_min and nbytes >= t.h2d_register_min:
         _register_copy(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream, t)
-    elif contiguous and nbytes <= t.h2d_direct_max and not staged:
+    elif direct and contiguous and nbytes <= t.h2d_direct_max and not staged:
         _h2d_direct(cp, dev_ptr, host_c, stream)
     else:
         try:
@@ -968,20 +972,28 @@ def unpinned_copies():
         _tls.unpinned = before
 
 
-def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.ndarray, stream: Any, t: _Tuning) -> bool:
+# What ``_pinned_copy`` did: the copy is done; or it is the engine's to make, by any path; or by a
+# staged path only (the memory is being pinned or unpinned: see _pincache.IN_TRANSITION).
+_COPIED, _ANY_PATH, _STAGED_ONLY = "copied", "any path", "staged only"
+
+
+def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.ndarray, stream: Any, t: _Tuning) -> str:
     """The caller's C-contiguous ``host_c`` through the pin-down cache (_pincache.py): where its
-    owner is pinned (or this copy pins it now), one DMA, waited for; returns True once done.
-    False, having copied nothing: its owner is not pinned (the copy was counted), or copies are
-    ``unpinned_copies`` now."""
+    owner is pinned (or this copy pins it now), one DMA, waited for: ``_COPIED``. Otherwise
+    nothing is copied, and the answer says how the engine may: ``_ANY_PATH`` (its owner is not
+    pinned; the copy was counted; also inside ``unpinned_copies``) or ``_STAGED_ONLY``."""
     if getattr(_tls, "unpinned", False):
-        return False
-    hold = _pincache.cache.hold(host_c)
-    if hold is None:
-        return False
+        return _ANY_PATH
+    hold = None
     done = False
     try:
+        hold = _pincache.cache.hold(host_c)
+        if hold is None:
+            return _ANY_PATH
+        if hold is _pincache.IN_TRANSITION:
+            return _STAGED_ONLY
         if not hold.pin():
-            return False  # refused, or no room: the engine's way
+            return _STAGED_ONLY  # refused, or no room: staged, as another thread may pin it now
         rt = cp.cuda.runtime
         host_ptr, n = array_address(host_c), host_c.nbytes
         if kind == _H2D:
@@ -990,14 +1002,15 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
             rt.memcpyAsync(host_ptr, dev_ptr, n, _D2H, stream.ptr)
         stream.synchronize()  # the source may change, or the result is read, once this returns
         done = True
+        return _COPIED
     finally:
-        if not done:
-            try:
-                stream.synchronize()  # no DMA may still use the owner once the hold lets it go
-            except Exception:  # noqa: BLE001 - the failure already raised says more
-                pass
-        hold.release()
-    return True
+        if isinstance(hold, _pincache.Hold):
+            if not done:
+                try:
+                    stream.synchronize()  # no DMA may still use the owner once the hold lets it go
+                except Exception:  # noqa: BLE001 - the failure already raised says more
+                    pass
+            hold.release()
 
 
 def _results_pinned(t: _Tuning, contiguous: bool, host_c: np.ndarray, nbytes: int) -> bool:
@@ -1018,9 +1031,9 @@ def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
     # pinned memory (another thread may have pinned this array's owner since: _pincache.py, or
     # it is part of a kept result) the copy is asynchronous, so then it is waited for.
     pins = _pincache.cache
-    before = pins.generation
+    before, active_before = pins.generation, pins.active
     cp.cuda.runtime.memcpyAsync(dev_ptr, array_address(host_c), host_c.nbytes, _H2D, stream.ptr)
-    if pins.active or pins.generation != before or _hostmem.results.pinned_bytes:
+    if active_before or pins.active or pins.generation != before or _hostmem.results.pinned_bytes:
         stream.synchronize()
 
 
@@ -1141,8 +1154,10 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     try:
         if _results_pinned(t, contiguous, host_c, nbytes):
             _dma_pinned(cp, array_address(host_c), src_ptr, nbytes, _D2H, stream)
-        elif not (contiguous and _pinned_copy(cp, _D2H, src_ptr, dev.device.id, host_c, stream, t)):
-            _d2h_path(cp, src_ptr, dev.device.id, host_c, contiguous, nbytes, stream, t, fresh)
+        else:
+            how = _pinned_copy(cp, _D2H, src_ptr, dev.device.id, host_c, stream, t) if contiguous else _ANY_PATH
+            if how is not _COPIED:
+                _d2h_path(cp, src_ptr, dev.device.id, host_c, contiguous, nbytes, stream, t, fresh, direct=how is _ANY_PATH)
     except BaseException:
         del tmp  # no frame of the traceback keeps the temporary alive
         raise
@@ -1150,13 +1165,14 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
 
 
 def _d2h_path(cp: Any, src_ptr: int, device_id: int, host_c: np.ndarray, contiguous: bool, nbytes: int,
-              stream: Any, t: _Tuning, fresh: bool) -> None:
-    """The engine's ways into pageable memory, by size and layout (see the module docstring)."""
+              stream: Any, t: _Tuning, fresh: bool, direct: bool = True) -> None:
+    """The engine's ways into pageable memory, by size and layout (see the module docstring);
+    ``direct`` as in ``_h2d_path``."""
     # Results in new memory: see _Tuning.staged_fresh.
     staged = contiguous and (t.staged_fresh or not fresh) and _staged(nbytes, t)
-    if contiguous and t.d2h_register_min and nbytes >= t.d2h_register_min:
+    if direct and contiguous and t.d2h_register_min and nbytes >= t.d2h_register_min:
         _register_copy(cp, src_ptr, array_address(host_c), nbytes, _D2H, stream, t)
-    elif contiguous and nbytes <= t.d2h_direct_max and not staged:
+    elif direct and contiguous and nbytes <= t.d2h_direct_max and not staged:
         _d2h_direct(cp, src_ptr, host_c, stream)
     else:
         try:
