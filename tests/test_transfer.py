@@ -1224,7 +1224,9 @@ def test_a_copy_while_another_thread_unpins_is_staged_and_done_when_it_returns(p
         start = len(fake.memcpys)
         d = T.to_device(h)  # while the release has claimed it: staged, not one DMA
         assert (1, h.nbytes) not in fake.memcpys[start:]
+        small = T.to_device(h[:200])  # too small to count: staged too, not the driver's copy
         h[...] = -1.0
+        assert same(small.get(), before[:200]), "a deferred DMA from registered memory"
         fake.flush(None)
         assert same(d.get(), before)
     finally:

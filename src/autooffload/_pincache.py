@@ -40,9 +40,12 @@ libraries and UCX ("leave pinned", "rcache"), here for NumPy arrays:
   not tried again; its copies are staged as before.
 
 Every copy of a pinned owner holds it (``Hold``), so it is never unpinned under a DMA, and waits
-for its DMA before returning. A copy that found its owner unpinned goes the engine's way; should
-another thread pin that owner meanwhile, the driver's direct copy from it becomes asynchronous,
-so the engine then waits for it too (``active`` and ``generation``, ``_transfer._h2d_direct``). Imports nothing of
+for its DMA before returning. A copy of an owner another thread is pinning or unpinning is staged
+(``IN_TRANSITION``). A copy that found its owner unpinned goes the engine's way; should another
+thread begin to pin or unpin that owner meanwhile (``generation`` moves), the driver's direct
+copy from it may be asynchronous, so the engine then waits for it too (``_transfer._h2d_direct``).
+Left open: such an unpin may overlap that copy's DMA by the microseconds between the driver's
+call and the wait (the pages stay resident; the owner is alive). Imports nothing of
 CuPy: the engine hands in its pin and unpin functions (``configure``).
 """
 
@@ -146,9 +149,9 @@ class PinCache:
         self._lru: OrderedDict[int, _Owner] = OrderedDict()
         self._dead: deque[tuple[int, _Owner, int]] = deque()  # (key, entry, bytes it unpinned)
         self.pinned_bytes = 0
-        self.active = 0  # owners pinned or being pinned: direct copies must then wait (see above)
-        # Bumped whenever an owner is pinned or claimed for unpinning: a direct copy that saw it
-        # change while it was issued waits too (it may have started from pinned memory).
+        self.active = 0  # owners pinned, being pinned or being unpinned
+        # Bumped whenever an owner is claimed for pinning, pinned or claimed for unpinning: a
+        # direct copy that saw it change while it was issued waits (it may be asynchronous).
         self.generation = 0
         self.pins = 0  # owners pinned so far (diagnostics, tests)
         self.unpins = 0
@@ -196,11 +199,9 @@ class PinCache:
         due to be pinned by this copy; ``IN_TRANSITION`` while another thread pins or unpins it
         (the copy is staged); else None (the copy goes the engine's way, counted)."""
         nbytes = a.nbytes
-        if not self.min_bytes and not self._pinned:
-            return None
         count = bool(self.min_bytes) and nbytes >= COUNT_MIN_BYTES
-        if not count and not self._pinned:
-            return None  # a small copy, nothing pinned anywhere: the common case costs this
+        if not count and not self.active:
+            return None  # a small copy, nothing pinned or in transition: the common case costs this
         owner = owner_of(a)
         if owner is None or owner.nbytes < max(self.min_bytes, 1):
             return None
@@ -226,6 +227,7 @@ class PinCache:
             entry.touched += nbytes
             if entry.state == "seen" and entry.touched >= PIN_AFTER * entry.nbytes:
                 entry.state = "pinning"  # claimed: other copies stage meanwhile
+                self.generation += 1
                 entry.holds += 1
                 self.active += 1
                 return Hold(self, entry, due=True)
@@ -388,6 +390,15 @@ class PinCache:
             evict.clear()
 
     # -- questions ---------------------------------------------------------------------------
+    def registered(self, a: np.ndarray) -> bool:
+        """Whether ``a``'s memory is pinned by the cache now, or about to be or stop being (no
+        lock: read as things are at this moment; a change after it moves ``generation``)."""
+        if not self.active:
+            return False
+        owner = owner_of(a)
+        entry = self._owners.get(id(owner)) if owner is not None else None
+        return entry is not None and entry.state in ("pinned", "pinning", "unpinning") and entry.ref() is owner
+
     def covers(self, a: np.ndarray) -> bool:
         """Whether ``a``'s memory is pinned now (no lock: a hint for a decision)."""
         if not self._pinned:

@@ -884,6 +884,8 @@ def to_device(host: np.ndarray):
     if nbytes == 0:
         return dev
     t = _TUNING
+    # Before the cache is asked: a pin or unpin that begins after this makes a direct copy wait.
+    _tls.generation = _pincache.cache.generation
     stream = cp.cuda.get_current_stream()
     # Only the pointer travels below, so that on failure no frame of the traceback keeps the
     # device array alive: `del dev` then really returns its memory to CuPy's pool.
@@ -983,7 +985,8 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
     nothing is copied, and the answer says how the engine may: ``_ANY_PATH`` (its owner is not
     pinned; the copy was counted; also inside ``unpinned_copies``) or ``_STAGED_ONLY``."""
     if getattr(_tls, "unpinned", False):
-        return _ANY_PATH
+        # Staged as a first copy would be; never the driver's copy of memory pinned meanwhile.
+        return _STAGED_ONLY if _pincache.cache.registered(host_c) else _ANY_PATH
     hold = None
     done = False
     try:
@@ -1028,12 +1031,15 @@ def _dma_pinned(cp: Any, dst: int, src: int, nbytes: int, kind: int, stream: Any
 
 def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
     # The driver stages pageable memory itself; it returns once the source has been read. From
-    # pinned memory (another thread may have pinned this array's owner since: _pincache.py, or
-    # it is part of a kept result) the copy is asynchronous, so then it is waited for.
-    pins = _pincache.cache
-    before, active_before = pins.generation, pins.active
-    cp.cuda.runtime.memcpyAsync(dev_ptr, array_address(host_c), host_c.nbytes, _H2D, stream.ptr)
-    if active_before or pins.active or pins.generation != before or _hostmem.results.pinned_bytes:
+    # pinned memory the copy is asynchronous, so then it is waited for: memory of a kept result
+    # that is pinned (inside unpinned_copies), or an array another thread began to pin or
+    # unpin since this copy asked the cache (to_device took the cache's generation first;
+    # one in the middle of it is staged: _pincache.IN_TRANSITION). Memory pinned by someone
+    # else entirely (cupyx.empty_pinned, the user's own cudaHostRegister) is not waited for.
+    address, nbytes = array_address(host_c), host_c.nbytes
+    cp.cuda.runtime.memcpyAsync(dev_ptr, address, nbytes, _H2D, stream.ptr)
+    if (_pincache.cache.generation != getattr(_tls, "generation", -1)
+            or (_hostmem.results.pinned_bytes and _hostmem.results.is_pinned(address, nbytes))):
         stream.synchronize()
 
 
