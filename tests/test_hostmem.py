@@ -255,8 +255,8 @@ def test_an_interrupt_right_after_pinning_a_block_undoes_the_registration():
 
 
 def test_a_block_counts_as_pinned_until_its_unpin_returned():
-    """Review finding: the copy engine waits for direct copies while ``pinned_bytes`` > 0; it may
-    not drop before the driver's unregister returned."""
+    """Review finding: ``pinned_bytes`` drops only once the driver's unregister returned (the
+    copy engine reads it, with ``is_pinned``, before it lets a direct copy go unwaited)."""
     seen = []
     pins = _Pins()
 

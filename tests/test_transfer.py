@@ -1261,3 +1261,60 @@ def test_a_direct_copy_waits_when_a_pin_or_unpin_began_while_it_was_issued(pin_r
     h[...] = -1.0
     fake.flush(None)
     assert same(d.get(), before)
+
+
+def test_an_array_pinned_under_a_lower_threshold_is_still_waited_for(pin_reused):
+    """Review finding: a profile's tuning may raise pin_reused_min while arrays pinned under the
+    old one stay pinned; their copies, no longer the cache's, are the driver's direct ones from
+    registered memory (asynchronous) and must still be waited for."""
+    fake = pin_reused
+    T._configure(h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
+    h = random_array((200_000,), np.float64, np.random.default_rng(36))
+    before = h.copy()
+    _pin(h)
+    T._pincache.cache.configure(T._pin_host, T._unpin_host, 1 << 30)  # what a new tuning does
+    assert T.pinned(h)
+    d = T.to_device(h[:1000])
+    h[...] = -1.0
+    fake.flush(None)
+    assert same(d.get(), before[:1000])
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_with_no_pinned_memory_to_stage_through_an_array_in_transition_is_still_safe(pin_reused, monkeypatch, small):
+    """Review finding: an array another thread is unpinning, and no pinned staging buffer to be
+    had (cudaHostAlloc fails): the fallback copies from a copy of its own, never the driver's
+    asynchronous copy of memory being unregistered."""
+    fake = pin_reused
+    T._configure(h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
+    cache = T._pincache.cache
+    h = random_array((200_000,), np.float64, np.random.default_rng(37))
+    before = h.copy()
+    _pin(h)
+    T.release_pinned_pool(keep_results=True)  # no pinned staging buffers exist
+
+    def no_pinned(n, flags):
+        raise RuntimeError("cudaErrorMemoryAllocation")
+
+    monkeypatch.setattr(fake.cuda.runtime, "hostAlloc", staticmethod(no_pinned))
+    claimed, go = threading.Event(), threading.Event()
+    real_unpin = cache._unpin
+
+    def unpin(address):
+        claimed.set()
+        go.wait(5)
+        real_unpin(address)
+
+    monkeypatch.setattr(cache, "_unpin", unpin)
+    releaser = threading.Thread(target=cache.release)
+    releaser.start()
+    try:
+        assert claimed.wait(5)
+        src = h[:200] if small else h
+        d = T.to_device(src)
+        h[...] = -1.0
+        fake.flush(None)
+        assert same(d.get(), before[:src.size])
+    finally:
+        go.set()
+        releaser.join(5)

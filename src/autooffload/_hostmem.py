@@ -106,10 +106,14 @@ class HostBlocks:
     def _locked(self):
         """The lock, with the blocks returned meanwhile put back first; those to unpin are
         unpinned after the lock is released."""
-        with self._lock:
-            keep, drop = self._put_back_locked()
-            yield
-        self._unpin_then_keep(keep, drop)
+        keep: list[np.ndarray] = []
+        drop: list[np.ndarray] = []
+        try:
+            with self._lock:
+                keep, drop = self._put_back_locked()
+                yield
+        finally:  # also when the body raised: returned blocks are never lost, nor freed pinned
+            self._unpin_then_keep(keep, drop)
 
     def configure_pinning(self, pin: Callable[[int, int], bool] | None, unpin: Callable[[int], None] | None,
                           min_bytes: int = 0) -> None:

@@ -923,7 +923,9 @@ def _h2d_path(cp: Any, dev_ptr: int, device_id: int, host_c: np.ndarray, contigu
                 job = _Job(cp, dev_ptr, device_id, host_c, contiguous, stream, t)
                 _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _h2d_task)
         except PinnedUnavailable:
-            _h2d_direct(cp, dev_ptr, host_c if contiguous else np.ascontiguousarray(host_c), stream)
+            # The driver's copy after all, from a copy of our own where the memory may be in
+            # transition (it is never registered, so the driver's copy is synchronous).
+            _h2d_direct(cp, dev_ptr, host_c if contiguous and direct else np.array(host_c, order="C"), stream)
 
 
 def _pin_host(address: int, nbytes: int) -> bool:
@@ -1032,13 +1034,14 @@ def _dma_pinned(cp: Any, dst: int, src: int, nbytes: int, kind: int, stream: Any
 def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
     # The driver stages pageable memory itself; it returns once the source has been read. From
     # pinned memory the copy is asynchronous, so then it is waited for: memory of a kept result
-    # that is pinned (inside unpinned_copies), or an array another thread began to pin or
+    # that is pinned (inside unpinned_copies), an array the cache has pinned (one it no longer
+    # counts, after pin_reused_min was raised), or an array another thread began to pin or
     # unpin since this copy asked the cache (to_device took the cache's generation first;
     # one in the middle of it is staged: _pincache.IN_TRANSITION). Memory pinned by someone
     # else entirely (cupyx.empty_pinned, the user's own cudaHostRegister) is not waited for.
     address, nbytes = array_address(host_c), host_c.nbytes
     cp.cuda.runtime.memcpyAsync(dev_ptr, address, nbytes, _H2D, stream.ptr)
-    if (_pincache.cache.generation != getattr(_tls, "generation", -1)
+    if (_pincache.cache.generation != getattr(_tls, "generation", -1) or _pincache.cache.registered(host_c)
             or (_hostmem.results.pinned_bytes and _hostmem.results.is_pinned(address, nbytes))):
         stream.synchronize()
 
@@ -1190,9 +1193,9 @@ def _d2h_path(cp: Any, src_ptr: int, device_id: int, host_c: np.ndarray, contigu
                 job = _Job(cp, src_ptr, device_id, host_c, contiguous, stream, t)
                 _run_job(job, plan_transfer(host_c.shape, host_c.itemsize, contiguous, t, job.host_ptr), _d2h_task)
         except PinnedUnavailable:
-            if contiguous:
+            if contiguous and direct:
                 _d2h_direct(cp, src_ptr, host_c, stream)
-            else:
+            else:  # into memory of our own, never registered (see _h2d_path)
                 staged_copy = np.empty(host_c.shape, host_c.dtype)
                 _d2h_direct(cp, src_ptr, staged_copy, stream)
                 np.copyto(host_c, staged_copy)
