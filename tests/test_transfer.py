@@ -1198,16 +1198,10 @@ def test_copies_from_pinned_memory_are_done_when_they_return(pin_reused, path):
         assert same(out, before), "a DMA was still pending when the copy returned"
 
 
-def test_a_copy_while_another_thread_unpins_is_staged_and_done_when_it_returns(pin_reused, monkeypatch):
-    """Review finding: another thread claimed the array for unpinning (release) and has not
-    finished; a copy meanwhile must not be the driver's direct one (asynchronous from memory
-    still registered, and unregistered under it): it is staged, and done when it returns."""
-    fake = pin_reused
-    T._configure(h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
-    cache = T._pincache.cache
-    h = random_array((200_000,), np.float64, np.random.default_rng(34))
-    before = h.copy()
-    _pin(h)
+@contextlib.contextmanager
+def _release_under_way(cache, monkeypatch):
+    """Another thread's release() of the cache, held inside its first unregister call: the
+    arrays it claimed are being unpinned for as long as the block runs."""
     claimed, go = threading.Event(), threading.Event()
     real_unpin = cache._unpin
 
@@ -1221,6 +1215,23 @@ def test_a_copy_while_another_thread_unpins_is_staged_and_done_when_it_returns(p
     releaser.start()
     try:
         assert claimed.wait(5)
+        yield
+    finally:
+        go.set()
+        releaser.join(5)
+
+
+def test_a_copy_while_another_thread_unpins_is_staged_and_done_when_it_returns(pin_reused, monkeypatch):
+    """Review finding: another thread claimed the array for unpinning (release) and has not
+    finished; a copy meanwhile must not be the driver's direct one (asynchronous from memory
+    still registered, and unregistered under it): it is staged, and done when it returns."""
+    fake = pin_reused
+    T._configure(h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
+    cache = T._pincache.cache
+    h = random_array((200_000,), np.float64, np.random.default_rng(34))
+    before = h.copy()
+    _pin(h)
+    with _release_under_way(cache, monkeypatch):
         start = len(fake.memcpys)
         d = T.to_device(h)  # while the release has claimed it: staged, not one DMA
         assert (1, h.nbytes) not in fake.memcpys[start:]
@@ -1229,9 +1240,6 @@ def test_a_copy_while_another_thread_unpins_is_staged_and_done_when_it_returns(p
         assert same(small.get(), before[:200]), "a deferred DMA from registered memory"
         fake.flush(None)
         assert same(d.get(), before)
-    finally:
-        go.set()
-        releaser.join(5)
     assert not T.pinned(h)
 
 
@@ -1297,24 +1305,9 @@ def test_with_no_pinned_memory_to_stage_through_an_array_in_transition_is_still_
         raise RuntimeError("cudaErrorMemoryAllocation")
 
     monkeypatch.setattr(fake.cuda.runtime, "hostAlloc", staticmethod(no_pinned))
-    claimed, go = threading.Event(), threading.Event()
-    real_unpin = cache._unpin
-
-    def unpin(address):
-        claimed.set()
-        go.wait(5)
-        real_unpin(address)
-
-    monkeypatch.setattr(cache, "_unpin", unpin)
-    releaser = threading.Thread(target=cache.release)
-    releaser.start()
-    try:
-        assert claimed.wait(5)
+    with _release_under_way(cache, monkeypatch):
         src = h[:200] if small else h
         d = T.to_device(src)
         h[...] = -1.0
         fake.flush(None)
         assert same(d.get(), before[:src.size])
-    finally:
-        go.set()
-        releaser.join(5)
