@@ -272,3 +272,21 @@ def test_a_block_counts_as_pinned_until_its_unpin_returned():
     del second
     pool.release()
     assert seen and all(b > 0 for b in seen) and pool.pinned_bytes == 0
+
+
+def test_blocks_returned_meanwhile_are_unpinned_and_kept_even_when_the_locked_body_raises():
+    """Review finding: a block given back (pinning turned off while it was in use) is put back
+    by the next locked call; should that call's body raise, the block is still unpinned and
+    kept, never lost or freed pinned."""
+    unpinned = []
+    pool = HostBlocks(max_free_bytes=1 << 20)
+    pool.configure_pinning(lambda address, n: True, unpinned.append, 1)
+    block = np.empty(4096, np.uint8)
+    pool._pin_block(block)
+    pool.configure_pinning(None, None)  # off while the block is in use
+    pool._returned.append(block)  # its result died while another thread held the lock
+    with pytest.raises(KeyboardInterrupt):
+        with pool._locked():
+            raise KeyboardInterrupt
+    assert unpinned and pool.pinned_bytes == 0 and len(pool._returned) == 1
+    assert pool.info()["free_blocks"] == 1  # and into the free list at the next locked call

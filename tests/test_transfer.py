@@ -1311,3 +1311,40 @@ def test_with_no_pinned_memory_to_stage_through_an_array_in_transition_is_still_
         h[...] = -1.0
         fake.flush(None)
         assert same(d.get(), before[:src.size])
+
+
+def test_an_array_pinned_under_a_lower_threshold_and_being_unpinned_is_staged(pin_reused, monkeypatch):
+    """Review finding: after a new tuning raised pin_reused_min, an array the cache pinned is no
+    longer its to copy; while another thread unpins it, its copy is staged all the same."""
+    fake = pin_reused
+    T._configure(h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
+    cache = T._pincache.cache
+    h = random_array((200_000,), np.float64, np.random.default_rng(38))
+    _pin(h)
+    cache.configure(T._pin_host, T._unpin_host, 1 << 30)
+    with _release_under_way(cache, monkeypatch):
+        start = len(fake.memcpys)
+        assert same(T.to_device(h).get(), h)
+        assert (1, h.nbytes) not in fake.memcpys[start:]
+
+
+@pytest.mark.parametrize("layout", ["F", "strided"])
+def test_the_fallback_for_memory_in_transition_keeps_every_layout(pin_reused, monkeypatch, layout):
+    fake = pin_reused
+    T._configure(h2d_direct_max=1 << 30, d2h_direct_max=1 << 30)
+    cache = T._pincache.cache
+    base = np.asfortranarray(random_array((400, 500), np.float64, np.random.default_rng(39)))
+    src = base if layout == "F" else base[:, ::2]
+    before = src.copy()
+    _pin(base)
+    T.release_pinned_pool(keep_results=True)  # no pinned staging buffers exist
+
+    def no_pinned(n, flags):
+        raise RuntimeError("cudaErrorMemoryAllocation")
+
+    monkeypatch.setattr(fake.cuda.runtime, "hostAlloc", staticmethod(no_pinned))
+    with _release_under_way(cache, monkeypatch):
+        d = T.to_device(src)
+        base[...] = -1.0
+        fake.flush(None)
+        assert same(d.get(), before)

@@ -993,8 +993,8 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
     done = False
     try:
         hold = _pincache.cache.hold(host_c)
-        if hold is None:
-            return _ANY_PATH
+        if hold is None:  # not the cache's to copy; memory it pinned before (a lower threshold) is staged
+            return _STAGED_ONLY if _pincache.cache.registered(host_c) else _ANY_PATH
         if hold is _pincache.IN_TRANSITION:
             return _STAGED_ONLY
         if not hold.pin():
