@@ -390,22 +390,20 @@ class PinCache:
             evict.clear()
 
     # -- questions ---------------------------------------------------------------------------
-    def registered(self, a: np.ndarray) -> bool:
-        """Whether ``a``'s memory is pinned by the cache now, or about to be or stop being (no
-        lock: read as things are at this moment; a change after it moves ``generation``)."""
-        if not self.active:
-            return False
+    def _state(self, a: np.ndarray) -> str | None:
+        """The state of ``a``'s owner's entry, None where it has none (no lock: as things are at
+        this moment; a pin or unpin beginning after it moves ``generation``)."""
         owner = owner_of(a)
         entry = self._owners.get(id(owner)) if owner is not None else None
-        return entry is not None and entry.state in ("pinned", "pinning", "unpinning") and entry.ref() is owner
+        return entry.state if entry is not None and entry.ref() is owner else None
+
+    def registered(self, a: np.ndarray) -> bool:
+        """Whether ``a``'s memory is pinned by the cache now, or about to be or stop being."""
+        return bool(self.active) and self._state(a) in ("pinned", "pinning", "unpinning")
 
     def covers(self, a: np.ndarray) -> bool:
-        """Whether ``a``'s memory is pinned now (no lock: a hint for a decision)."""
-        if not self._pinned:
-            return False
-        owner = owner_of(a)
-        entry = self._owners.get(id(owner)) if owner is not None else None
-        return entry is not None and entry.state == "pinned" and entry.ref() is owner
+        """Whether ``a``'s memory is pinned now (a hint for a decision)."""
+        return bool(self._pinned) and self._state(a) == "pinned"
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned owner (diagnostics, tests)."""

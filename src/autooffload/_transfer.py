@@ -986,14 +986,13 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
     owner is pinned (or this copy pins it now), one DMA, waited for: ``_COPIED``. Otherwise
     nothing is copied, and the answer says how the engine may: ``_ANY_PATH`` (its owner is not
     pinned; the copy was counted; also inside ``unpinned_copies``) or ``_STAGED_ONLY``."""
-    if getattr(_tls, "unpinned", False):
-        # Staged as a first copy would be; never the driver's copy of memory pinned meanwhile.
-        return _STAGED_ONLY if _pincache.cache.registered(host_c) else _ANY_PATH
     hold = None
     done = False
     try:
-        hold = _pincache.cache.hold(host_c)
-        if hold is None:  # not the cache's to copy; memory it pinned before (a lower threshold) is staged
+        # Inside unpinned_copies nothing is the cache's to copy, as when it declines (a lower
+        # threshold than when it pinned): then memory it has pinned is staged, never the driver's.
+        hold = None if getattr(_tls, "unpinned", False) else _pincache.cache.hold(host_c)
+        if hold is None:
             return _STAGED_ONLY if _pincache.cache.registered(host_c) else _ANY_PATH
         if hold is _pincache.IN_TRANSITION:
             return _STAGED_ONLY
@@ -1034,14 +1033,13 @@ def _dma_pinned(cp: Any, dst: int, src: int, nbytes: int, kind: int, stream: Any
 def _h2d_direct(cp: Any, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
     # The driver stages pageable memory itself; it returns once the source has been read. From
     # pinned memory the copy is asynchronous, so then it is waited for: memory of a kept result
-    # that is pinned (inside unpinned_copies), an array the cache has pinned (one it no longer
-    # counts, after pin_reused_min was raised), or an array another thread began to pin or
-    # unpin since this copy asked the cache (to_device took the cache's generation first;
-    # one in the middle of it is staged: _pincache.IN_TRANSITION). Memory pinned by someone
-    # else entirely (cupyx.empty_pinned, the user's own cudaHostRegister) is not waited for.
+    # that is pinned (inside unpinned_copies), or an array another thread began to pin or unpin
+    # since this copy asked the cache (to_device took the cache's generation first; memory the
+    # cache had pinned, or in transition, when asked is staged: _pinned_copy). Memory pinned by
+    # someone else entirely (cupyx.empty_pinned, the user's own cudaHostRegister) is not waited for.
     address, nbytes = array_address(host_c), host_c.nbytes
     cp.cuda.runtime.memcpyAsync(dev_ptr, address, nbytes, _H2D, stream.ptr)
-    if (_pincache.cache.generation != getattr(_tls, "generation", -1) or _pincache.cache.registered(host_c)
+    if (_pincache.cache.generation != getattr(_tls, "generation", -1)
             or (_hostmem.results.pinned_bytes and _hostmem.results.is_pinned(address, nbytes))):
         stream.synchronize()
 
