@@ -510,3 +510,88 @@ def test_a_large_call_on_pinned_memory_streams_and_one_on_pageable_memory_does_n
     with config(backend="cupy"):
         f(x)
     assert not f.last_decision.streamed  # a backend that cannot say: whole
+
+
+# -- copies in queued from pinned memory (backend.held_pinned, to_device_queued) -----------------
+def _queued_backend(fake_gpu, monkeypatch, held: bool):
+    """The fake device with the pinned-memory pair; a log of what it was asked, in order."""
+    import contextlib
+
+    log: list[str] = []
+
+    @contextlib.contextmanager
+    def held_pinned(arrays):
+        log.append(f"hold {len(arrays)}")
+        try:
+            yield held
+        finally:
+            log.append("release")
+
+    def to_device_queued(host):
+        assert host.flags.c_contiguous or host.flags.f_contiguous, "only contiguous memory is queued"
+        log.append("queued")
+        return real_to_device(host)
+
+    def to_device(host):
+        log.append("in")
+        return real_to_device(host)
+
+    def to_host(dev, out=None):
+        log.append("out")
+        return real_to_host(dev, out=out)
+
+    real_to_device, real_to_host = fake_gpu.to_device, fake_gpu.to_host
+    for name, value in [("held_pinned", held_pinned), ("to_device_queued", to_device_queued),
+                        ("to_device", to_device), ("to_host", to_host)]:
+        monkeypatch.setattr(fake_gpu, name, value, raising=False)
+    return log
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_copies_in_from_held_pinned_memory_are_queued_and_the_hold_outlives_every_copy(layout, fake_gpu, small_chunks,
+                                                                                       monkeypatch):
+    log = _queued_backend(fake_gpu, monkeypatch, held=True)
+    f = offload(lambda a, row, k: a * k + row - (a > row))
+    a = LAYOUTS[layout](_data(np.float64, (600, 30)))
+    row = a[:1].copy()
+    monkeypatch.setenv("AUTOOFFLOAD_STREAM", "always")
+    with config(backend="cupy"):
+        got = f(a, row, 1.5)
+    assert f.last_decision.streamed
+    assert _same(got, a * 1.5 + row - (a > row))
+    body = log[next(i for i, e in enumerate(log) if e.startswith("hold")):]
+    assert body[-1] == "release" and body.count("release") == 1, "one hold, ended after every copy out"
+    contiguous_chunks = layout in ("C", "F")
+    assert ("queued" in body) == contiguous_chunks and ("in" in body) != contiguous_chunks, body
+    chunks, split = body.count("out"), int(body[0].split()[1])  # one result per chunk; a (and row, for F)
+    assert chunks > 2 and body.count("queued") + body.count("in") == chunks * split
+
+
+def test_without_held_pinned_memory_copies_go_through_the_engine(fake_gpu, small_chunks, monkeypatch):
+    log = _queued_backend(fake_gpu, monkeypatch, held=False)
+    f = offload(f_in_place)
+    x = _data(np.float64, (4000,))
+    ref = x.copy()
+    f_in_place(ref)
+    monkeypatch.setenv("AUTOOFFLOAD_STREAM", "always")
+    with config(backend="cupy"):
+        f(x)
+    assert f.last_decision.streamed and np.array_equal(x, ref)
+    assert "queued" not in log and log.count("in") > 2 and log[-1] == "release"
+
+
+def test_ctrl_c_at_a_later_chunk_is_not_finished_on_numpy(fake_gpu, small_chunks, monkeypatch):
+    monkeypatch.setenv("AUTOOFFLOAD_STREAM", "always")
+    calls = []
+
+    def interrupted(x):
+        calls.append(type(x).__name__)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        x *= 3
+
+    f = offload(interrupted, blockwise=True)
+    x = _data(np.float64, (4000,))
+    with config(backend="cupy"), pytest.raises(KeyboardInterrupt):
+        f(x)
+    assert "ndarray" not in calls

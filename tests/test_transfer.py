@@ -1348,3 +1348,43 @@ def test_the_fallback_for_memory_in_transition_keeps_every_layout(pin_reused, mo
         base[...] = -1.0
         fake.flush(None)
         assert same(d.get(), before)
+
+
+def test_held_pinned_memory_stays_pinned_for_queued_copies_until_the_block_ends(pin_reused):
+    """The streamed pipeline's queued copies in (_stream.run): held_pinned holds every owner for
+    the whole block, so a release meanwhile leaves them pinned; a queued copy is one DMA the
+    block's user waits for (the fake driver runs it at the synchronize); memory that is not
+    pinned, strided or byte-swapped is refused, with nothing held."""
+    fake = pin_reused
+    cache = T._pincache.cache
+    rng = np.random.default_rng(35)
+    h, g = random_array((200_000,), np.float64, rng), random_array((300, 400), np.float64, rng)
+    before_h, before_g = h.copy(), g.copy()
+    _pin(h)
+    _pin(g)
+    with T.held_pinned([h, g]) as ok:
+        assert ok
+        cache.release()  # another thread's release: held owners are not unpinned
+        assert T.pinned(h) and T.pinned(g)
+        start = len(fake.memcpys)
+        d1, d2 = T.to_device_queued(h[50_000:150_000]), T.to_device_queued(g[100:200])
+        assert fake.memcpys[start:] == [(1, 800_000), (1, 320_000)], "one DMA each"
+        fake.flush(None)  # the pipeline's synchronize
+        assert same(d1.get(), before_h[50_000:150_000]) and same(d2.get(), before_g[100:200])
+        with pytest.raises(ValueError, match="contiguous"):
+            T.to_device_queued(g[:, ::2])
+    assert cache.info()["active"] == 2
+    cache.release()
+    assert not T.pinned(h) and not T.pinned(g), "the holds ended with the block"
+    fresh = random_array((200_000,), np.float64, rng)
+    for refused in ([h], [fresh], [g[:, ::2]], [g.astype(">f8")]):
+        with T.held_pinned(refused) as ok:
+            assert not ok
+        assert cache.info()["active"] == 0, "nothing is held after a refusal"
+    _pin(h)
+    with T.unpinned_copies(), T.held_pinned([h]) as ok:
+        assert not ok
+    with T.held_pinned([h, fresh]) as ok:  # h held, then fresh refused: h's hold let go at once
+        assert not ok
+        cache.release()
+        assert not T.pinned(h)

@@ -1,6 +1,6 @@
 """GPU-path gaps of issue 12, measured on the GPU machine (one run, interleaved).
 
-    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3] [4]     # all parts by default
+    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3] [4] [5]     # parts 1-4 by default
 
 1. ``auto`` against ``config(backend="cupy")`` on the same calls (item 8: in one suite run a ridge
    regression on a 1e5 x 256 input and a pairwise distance with a 6000 x 6000 result ran 2.5-3.5x
@@ -84,6 +84,8 @@ def main() -> None:
         device_path_parts(g)
     if "4" in parts:
         sparse_device_calls(g)
+    if "5" in parts:
+        result_copy_gap(g)
 
 
 def auto_vs_forced(g) -> None:
@@ -238,6 +240,50 @@ def sparse_device_calls(g) -> None:
                if r.get("function", "").endswith(fn) and r.get("observed_s") and r.get("backend") == "cupy"]
         print(f"  log {name}: cupy observed (us, exploring marked *): "
               + ", ".join(f"{s * 1e6:.0f}{'*' if e else ''}" for _, e, s in obs[:20]))
+
+
+def result_copy_gap(g) -> None:
+    """5. The suite's pairwise_dist at 1e6 ((1000, 16) x (1000, 16) -> (1000, 1000), an 8 MB result):
+    @offload on CuPy 1.85 ms against 1.13 ms for CuPy + copies by hand (sessions 6-7). Where the
+    0.7 ms goes: compute alone, the result's copy out by CuPy and by the engine (into a new array
+    and into a reused one), then cProfile of the forced calls."""
+    from autooffload import _transfer
+
+    pts = g.standard_normal((1000, 16))
+    fn = suite.pairwise_distances
+    forced, auto = offload(fn), offload(fn)
+    for _ in range(20):
+        auto(pts, pts)
+    sync()
+    dpts = cp.asarray(pts)
+    dres = fn(dpts, dpts, xp=cp)
+    reused = np.empty((1000, 1000))
+
+    def run_forced():
+        with config(backend="cupy"):
+            forced(pts, pts)
+
+    t = interleaved({
+        "auto": lambda: auto(pts, pts),
+        "forced": run_forced,
+        "bare": lambda: bare(fn, (pts, pts)),
+        "bare engine": lambda: bare(fn, (pts, pts), _transfer.to_device, _transfer.to_host),
+        "compute only": lambda: fn(dpts, dpts, xp=cp),
+        "d2h cupy new": lambda: cp.asnumpy(dres),
+        "d2h engine new": lambda: _transfer.to_host(dres),
+        "d2h engine reused": lambda: _transfer.to_host(dres, out=reused),
+        "h2d engine": lambda: _transfer.to_device(pts),
+    }, 60)
+    print("\n5. pairwise_dist (1000,16)x(1000,16) -> 8 MB result (us, medians of 60 interleaved rounds)")
+    print("  " + "  ".join(f"{k} {v * 1e6:.0f}" for k, v in t.items()) + f"  (auto picked {auto.last_decision.backend})")
+    print(f"  auto decision: {auto.last_decision}")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(50):
+        run_forced()
+        sync()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(20)
 
 
 if __name__ == "__main__":

@@ -15,20 +15,28 @@ How:
   once), the chunk axis (the leading one; the last one for F-ordered data of an "elements"
   function, so that each chunk is contiguous), the chunk length, and which arguments the function
   writes into (copied back chunk by chunk: writes stay exact).
-* ``run()`` keeps ``SLOTS`` chunks in flight. A loader thread copies chunk i in, on stream
-  ``i % SLOTS``, through the copy engine (``_transfer.to_device``: pinned staging buffers from
-  its pool, reused across chunks and calls, and native copy threads); the calling thread runs the
-  function on it, on the same stream; an unloader thread copies its result (and its writes) out
-  into the caller's result array (and arguments), on the same stream, then frees the slot. One
-  stream per chunk keeps each chunk's allocations, kernels and copies ordered without events, and
-  CuPy's memory pool (per-stream free lists) can never hand a chunk's memory to another stream
-  while it is in use. Copies in and out run on different threads, so both directions overlap the
-  compute of the chunk between them.
+* ``run()`` keeps ``SLOTS`` chunks in flight. The calling thread copies chunk i in, on stream
+  ``i % SLOTS``, and runs the function on it, on the same stream; an unloader thread copies its
+  result (and its writes) out into the caller's result array (and arguments), on the same
+  stream, then frees the slot. One stream per chunk keeps each chunk's allocations, kernels and
+  copies ordered without events, and CuPy's memory pool (per-stream free lists) can never hand a
+  chunk's memory to another stream while it is in use. Copies in from memory that is pinned
+  (the caller's arrays pinned on reuse, kept results: ``backend.held_pinned`` keeps it pinned
+  for the call) are queued without a wait, so the link never idles between chunks; others go
+  through the copy engine (``_transfer.to_device``: pinned staging buffers reused across chunks
+  and calls, native copy threads). Copies out run on the unloader, so both directions overlap
+  the compute of the chunk between them.
 * A failure CuPy signals at the first chunk raises ``DeviceFailure`` before anything was written
   back (the executor then falls back as for any device run); at a later chunk, the chunks
   already written back stay and the rest run on NumPy, chunk by chunk (a blockwise function's
   chunks are independent, so this is the call's NumPy result). A result that breaks the
   blockwise promise (a chunk's result not shaped like the chunk) raises ``BlockwiseBroken``.
+
+Queued from one thread, in stream order (session 8, tools/stream_timeline.py): with a loader
+thread copying in, a chunk's kernel, queued just after the loader queued the next chunk's copy
+on another stream, started only when that copy ended (1.1-1.3 ms lost, several times per call);
+x *= 5 on 1e8 pinned float64 ran 19.3 ms against 14.5 for its slowest copy (1.33) where the same
+pipeline queued from one thread ran 16.8-17.4 (1.15-1.19; both copies at once alone: 16.0).
 
 Measured (H200, benchmarks/streaming.py, session 7): with the copies staged through host memory
 the pipeline cost about the sum of its copies (1e8 float64: x *= 5 39.3 ms against 41.9 whole,
@@ -58,6 +66,9 @@ from ._costmodel import MIN_CHUNK_BYTES, MIN_CHUNKS
 
 # Chunks in flight: one being copied in, one computing, one being copied out.
 SLOTS = 3
+# Queued copies in are timed by CUDA events for the copy meter (``autooffload.report()``); off
+# only to measure what the events cost (tools/stream_timeline.py).
+TIME_QUEUED_COPIES = True
 
 _SCALARS = (int, float, complex, bool, str, bytes, type(None), np.generic, types.ModuleType, np.dtype, type)
 
@@ -334,41 +345,47 @@ def run(plan_: Plan, backend: Any, call: Callable[[tuple, dict], Any], args: tup
     split = [o for o in plan_.operands if o.split]
     # Arrays copied once: broadcast operands. Scalars stay as they are.
     whole: dict[int | str, Any] = {}
-    for o in plan_.operands:
-        if not o.split:
-            host = _get(args, kwargs, o.key)
-            whole[o.key] = _timed_copy(meter, True, host.nbytes, backend.to_device, host)
-    lanes.wait_caller()  # the copies-once are queued on the caller's stream
+    try:
+        for o in plan_.operands:
+            if not o.split:
+                host = _get(args, kwargs, o.key)
+                whole[o.key] = _timed_copy(meter, True, host.nbytes, backend.to_device, host)
+        lanes.wait_caller()  # the copies-once are queued on the caller's stream
+        held_pinned = getattr(backend, "held_pinned", None)
+        hold = (held_pinned([_get(args, kwargs, o.key) for o in split]) if callable(held_pinned) and split
+                else contextlib.nullcontext(False))
+        with hold as queued:
+            return _pipeline(plan_, backend, lanes, split, whole, call, args, kwargs, host_call, meter, queued)
+    finally:
+        whole.clear()
 
+
+def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict, call: Callable, args: tuple,
+              kwargs: dict, host_call: Callable, meter: Any, queued: bool) -> Any:
+    """The chunks through the device; ``queued``: the split arguments' memory is pinned and held
+    (``backend.held_pinned``), so their copies in are queued without a wait."""
     free = threading.Semaphore(SLOTS)  # chunks in flight
-    loaded: queue.Queue = queue.Queue()
     computed: queue.Queue = queue.Queue()
     stop = threading.Event()
     unload_errors: list[BaseException] = []
     committed = [0]  # chunks whose results and writes are on the host
     results: list[np.ndarray] = []
     structure: list[bool] = []  # [the result is a tuple], once the first chunk ran
+    timed_in: list[tuple[Any, Any, int]] = []  # (start, end event, bytes) of queued copies, read at the end
+    cuda: Any = lanes.cuda
+    time_queued = meter is not None and cuda is not None and TIME_QUEUED_COPIES
 
-    def loader() -> None:
-        try:
-            with lanes.device():
-                for i in range(plan_.chunks):
-                    while not free.acquire(timeout=0.05):
-                        if stop.is_set():
-                            loaded.put((-2, None))
-                            return
-                    if stop.is_set():
-                        loaded.put((-2, None))
-                        return
-                    start, end = plan_.bounds(i)
-                    devs = {}
-                    with lanes.use(i):
-                        for o in split:
-                            host = _slice(_get(args, kwargs, o.key), o.axis, start, end)
-                            devs[o.key] = _timed_copy(meter, True, host.nbytes, backend.to_device, host)
-                    loaded.put((i, devs))
-        except BaseException as exc:  # the copy failed: the calling thread raises it
-            loaded.put((-1, exc))
+    def copy_in(host: np.ndarray) -> Any:
+        if not (queued and (host.flags.c_contiguous or host.flags.f_contiguous)):
+            return _timed_copy(meter, True, host.nbytes, backend.to_device, host)
+        if not time_queued:
+            return _timed_copy(meter, True, host.nbytes, backend.to_device_queued, host)
+        begin, end = cuda.Event(), cuda.Event()
+        begin.record()
+        dev = backend.to_device_queued(host)
+        end.record()
+        timed_in.append((begin, end, host.nbytes))
+        return dev
 
     def unloader() -> None:
         try:
@@ -394,35 +411,37 @@ def run(plan_: Plan, backend: Any, call: Callable[[tuple, dict], Any], args: tup
         except BaseException as exc:
             unload_errors.append(exc)
             stop.set()
-            free.release()
 
-    load_thread = threading.Thread(target=loader, name="autooffload-stream-in", daemon=True)
+    # One thread queues each chunk's copies in and its work, in that order, on the chunk's
+    # stream: work queued on one stream after another stream's copy in was queued waited for
+    # that copy on the H200 (tools/stream_timeline.py: a kernel started only when the next
+    # chunk's copy, queued just before it by a loader thread, ended); queued in stream order
+    # the pipeline ran 1.15-1.19x its slowest copy against 1.32-1.34 (stream-timeline.txt).
+    # The unloader copies each chunk's results out as its work ends, then frees its slot.
     unload_thread = threading.Thread(target=unloader, name="autooffload-stream-out", daemon=True)
-    load_thread.start()
     failure: BaseException | None = None
     try:
-        for _ in range(plan_.chunks):
-            got, payload = loaded.get()
-            if got == -2:
-                break  # stopped: the unloader failed
-            if got == -1:
-                raise payload
-            rows = plan_.bounds(got)[1] - plan_.bounds(got)[0]
-            chunk_args, chunk_kwargs = _substitute(args, kwargs, {**whole, **payload})
-            with lanes.use(got):
+        for i in range(plan_.chunks):
+            while not free.acquire(timeout=0.05):
+                if stop.is_set():
+                    break
+            if stop.is_set():
+                break  # the unloader failed
+            start, end = plan_.bounds(i)
+            with lanes.use(i):
+                payload = {o.key: copy_in(_slice(_get(args, kwargs, o.key), o.axis, start, end)) for o in split}
+                chunk_args, chunk_kwargs = _substitute(args, kwargs, {**whole, **payload})
                 result = call(chunk_args, chunk_kwargs)
             parts, was_tuple = _result_parts(result)
             # A split argument returned (``x *= 5; return x``): the result is the caller's array.
             parts = [next((_Argument(key) for key, dev in payload.items() if part is dev), part) for part in parts]
-            if got == 0:
-                _first_results(plan_, parts, was_tuple, rows, results, structure, lambda key: _get(args, kwargs, key))
+            if i == 0:
+                _first_results(plan_, parts, was_tuple, end - start, results, structure, lambda key: _get(args, kwargs, key))
                 unload_thread.start()
             else:
-                _check_parts(plan_, parts, was_tuple, rows, results, structure, lambda key: _get(args, kwargs, key))
-            computed.put((got, payload, parts))
+                _check_parts(plan_, parts, was_tuple, end - start, results, structure, lambda key: _get(args, kwargs, key))
+            computed.put((i, payload, parts))
             del payload, parts, result, chunk_args, chunk_kwargs
-            if unload_errors:
-                break
     except BaseException as exc:
         failure = exc
     finally:
@@ -430,17 +449,15 @@ def run(plan_: Plan, backend: Any, call: Callable[[tuple, dict], Any], args: tup
         computed.put(_DONE)
         if unload_thread.is_alive():
             unload_thread.join()
-        load_thread.join()
-        lanes.synchronize()
-        whole.clear()
-        while not loaded.empty():
-            loaded.get_nowait()  # chunks copied in but never run: their device memory goes
+        lanes.synchronize()  # before the caller's holds on pinned memory end: no copy still reads it
+    for begin, end_, nbytes in timed_in:
+        meter.copied(True, nbytes, cuda.get_elapsed_time(begin, end_) / 1e3)
     if unload_errors:
         raise unload_errors[0]
     if failure is not None:
-        if committed[0] == 0:
-            if isinstance(failure, BlockwiseBroken):
-                raise failure
+        if committed[0] == 0 or not isinstance(failure, Exception):
+            if isinstance(failure, BlockwiseBroken) or not isinstance(failure, Exception):
+                raise failure  # a broken promise, or Ctrl-C: never finished on NumPy
             raise DeviceFailure(failure) from failure
         # Chunks already on the host stay; the rest run on NumPy (chunks are independent).
         _finish_on_host(plan_, committed[0], args, kwargs, host_call, results)

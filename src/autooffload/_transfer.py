@@ -976,6 +976,59 @@ def unpinned_copies():
         _tls.unpinned = before
 
 
+@contextlib.contextmanager
+def held_pinned(arrays: list[np.ndarray]):
+    """For a pipeline that queues its copies in without waiting for each (``_stream.run``):
+    yields True when the memory of every one of ``arrays`` (contiguous, native byte order) is
+    pinned now and stays so until the block ends (the pin-down cache's holds on their owners; a
+    kept result block stays pinned while its array lives), so that ``to_device_queued`` may copy
+    any contiguous part of them. The caller waits for every copy it queued before the block
+    ends. Yields False, holding nothing, otherwise (and inside ``unpinned_copies``)."""
+    holds: list[Any] = []
+    ok = not getattr(_tls, "unpinned", False)
+    try:
+        for a in arrays if ok else ():
+            c = a if a.flags.c_contiguous else a.T if a.flags.f_contiguous else None
+            if c is None or not c.flags.c_contiguous or not c.dtype.isnative:
+                ok = False
+                break
+            if _results_pinned(_TUNING, True, c, c.nbytes):
+                continue
+            hold = _pincache.cache.hold(c) if _pincache.cache.covers(c) else None
+            if isinstance(hold, _pincache.Hold):
+                holds.append(hold)
+            if not isinstance(hold, _pincache.Hold) or not hold.pin():
+                ok = False
+                break
+        if not ok:
+            for hold in holds:
+                hold.release()
+            holds.clear()
+        yield ok
+    finally:
+        for hold in holds:
+            hold.release()
+
+
+def to_device_queued(host: np.ndarray):
+    """``to_device`` of a contiguous part of memory a ``held_pinned`` block holds: one DMA queued
+    on the current stream and not waited for (work queued there afterwards sees the data; the
+    block's user waits for it before the block ends)."""
+    cp = _cp()
+    if host.flags.c_contiguous:
+        order, host_c = "C", host
+    elif host.flags.f_contiguous:
+        order, host_c = "F", host.T
+    else:
+        raise ValueError(f"to_device_queued copies contiguous memory; got an array of shape {host.shape} "
+                         f"and strides {host.strides}")
+    dev = cp.empty(host.shape, dtype=host.dtype, order=order)
+    if host.nbytes:
+        cp.cuda.runtime.memcpyAsync(dev.data.ptr, array_address(host_c), host.nbytes, _H2D,
+                                    cp.cuda.get_current_stream().ptr)
+    return dev
+
+
 # What ``_pinned_copy`` did: the copy is done; or it is the engine's to make, by any path; or by a
 # staged path only (the memory is being pinned or unpinned: see _pincache.IN_TRANSITION).
 _COPIED, _ANY_PATH, _STAGED_ONLY = "copied", "any path", "staged only"

@@ -66,6 +66,16 @@ class CupyBackend(Backend, DeviceMemory):
         """Whether copies of ``host`` are DMAs from page-locked memory now (_transfer.pinned)."""
         return self._transfer.pinned(host)
 
+    def held_pinned(self, arrays: list[np.ndarray]):
+        """A block in which ``to_device_queued`` may copy parts of ``arrays``: yields whether
+        their memory is all pinned, and keeps it so (_transfer.held_pinned)."""
+        return self._transfer.held_pinned(arrays)
+
+    def to_device_queued(self, host: np.ndarray):
+        """A contiguous part of memory ``held_pinned`` holds, copied by one DMA queued on the
+        current stream, not waited for (_transfer.to_device_queued)."""
+        return self._transfer.to_device_queued(host)
+
     def copy(self, dev):
         return dev.copy(order="K")
 
