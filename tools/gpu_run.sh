@@ -81,6 +81,8 @@ for s in "$@"; do
                         --budget-s "${BUDGET:-60}" --functions "${FUNCTIONS:-normal_eqs,bessel_i0,min_var_weights,pairwise_dist}" --max-elements "${MAX_N:-1e7}" ;;
         timeline) # issue 15: where a streamed call's time goes, against the same pipeline issued with no host waits
                   TAIL=60 step timeline python3 tools/stream_timeline.py --n "${TIMELINE_N:-1e8}" --out "$OUT/stream-timeline.json" ;;
+        staged-probe) # issue 14: a staged first copy's host copy and DMA, alone, together, and each under the other
+                      TAIL=12 step staged-probe python3 tools/staged_probe.py ;;
         gaps-result) # issue 12 item 8: pairwise_dist at 1e6, @offload on CuPy against CuPy + copies, stage by stage
                      TAIL=40 step gaps-result python3 tools/gpu_gaps.py 5 ;;
         *) echo "unknown step $s" ;;

@@ -257,7 +257,7 @@ MIN_CHUNKS = 3
 MIN_CHUNK_BYTES = 4 * 2**20
 MAX_CHUNK_BYTES = 256 * 2**20
 # Whether a call that fits the device streams where the pipeline is predicted faster. Off: on the
-# H200 (benchmarks/results/h200/streaming.txt, 1e8 float64) the pipeline ran at 2.9x its slowest
+# H200 (benchmarks/results/h200/streaming.txt as of commit 7ccd9fc, 1e8 float64) the pipeline ran at 2.9x its slowest
 # stage, not ~1x, and slower than the whole-array path for every case measured (x *= 5 50.9 ms
 # against 39.8; the chain 48.3 against 39.0; Black-Scholes 168 ms against 107), so predicting it
 # faster would send calls to a slower run. Calls whose data does not fit still stream

@@ -421,7 +421,7 @@ _NOT_STREAMED = object()
 # copies are DMAs: _pincache.py) streams. From pinned memory the pipeline's copies in and out run
 # at once at the link's rate: on the H200, forced streamed against the whole-array path at 1e8
 # float64, x *= 5 23.3 against 32.6 ms, the chain 22.5 against 32.5, Black-Scholes 59.7 against
-# 89.1; at 1e9 174 against 307 and 190 against 317 (h200/streaming.txt); staged, streaming
+# 89.1; at 1e9 174 against 307 and 190 against 317 (h200-session7/streaming.txt); staged, streaming
 # gained nothing or lost (0.63-1.07x, h200-unpinned/streaming.txt). Smaller calls are left to
 # the cost model: the pipeline costs ~5 ms more than its copies at 1e8 whatever the chunk size
 # (23-24 ms against 15 ms for the slower copy), so it would not pay much below ~0.5 GiB.

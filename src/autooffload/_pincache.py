@@ -7,7 +7,7 @@ link does 55 GB/s each way and ~95 GB/s both ways at once, and two host copies a
 long as one after the other (benchmarks/results/h200/transfer.NOTES.md, "copies both ways"). So
 a streamed call, whose copies in and out should overlap, cost about their sum: 2.0-3.0x its
 slowest stage (h200-unpinned/streaming.txt). Memory that is already page-locked needs no
-staging: one DMA, no CPU copy, both directions at once at the link's rate (h200/streaming.txt:
+staging: one DMA, no CPU copy, both directions at once at the link's rate (h200-session7/streaming.txt:
 the same calls at 1.2-1.5x their slowest stage).
 
 Pinning the caller's memory costs ~31 GB/s of warm pages to pin and ~53 GB/s to unpin on the

@@ -36,14 +36,20 @@ Queued from one thread, in stream order (session 8, tools/stream_timeline.py): w
 thread copying in, a chunk's kernel, queued just after the loader queued the next chunk's copy
 on another stream, started only when that copy ended (1.1-1.3 ms lost, several times per call);
 x *= 5 on 1e8 pinned float64 ran 19.3 ms against 14.5 for its slowest copy (1.33) where the same
-pipeline queued from one thread ran 16.8-17.4 (1.15-1.19; both copies at once alone: 16.0).
+pipeline queued from one thread with no waits ran 16.8-17.4 (1.15-1.19; both copies at once
+alone: 16.0). Queued so, in stream order, it runs 1.04-1.08x that ideal pipeline's time, against
+1.10-1.12x before (benchmarks/results/h200/stream-timeline.txt); Black-Scholes at 1e8, whose
+three inputs are now queued back to back, streamed 1.56-1.68x faster than the whole-array path
+against 1.46x (h200/streaming.txt, h200-session8-run4/, h200-session8-start/). What bounds a
+streamed call whose copies overlap is the link both ways at once, which varies by machine start:
+1.10-1.33x one direction alone.
 
 Measured (H200, benchmarks/streaming.py, session 7): with the copies staged through host memory
 the pipeline cost about the sum of its copies (1e8 float64: x *= 5 39.3 ms against 41.9 whole,
 Black-Scholes 167 against 105; h200-unpinned/streaming.txt), since host memory bandwidth, not the
 link, is the limit there. From pinned memory (the caller's arrays and kept results, pinned on
 reuse: _pincache.py) the copies are DMAs and overlap: 23.3 against 32.6 ms, 59.7 against 89.1,
-and at 1e9 x *= 5 174 against 307 ms (h200/streaming.txt); so large calls on pinned memory
+and at 1e9 x *= 5 174 against 307 ms (h200-session7/streaming.txt); so large calls on pinned memory
 stream by default (_executor._pinned_enough). See README's "Blockwise functions" section.
 """
 
@@ -416,7 +422,8 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
     # stream: work queued on one stream after another stream's copy in was queued waited for
     # that copy on the H200 (tools/stream_timeline.py: a kernel started only when the next
     # chunk's copy, queued just before it by a loader thread, ended); queued in stream order
-    # the pipeline ran 1.15-1.19x its slowest copy against 1.32-1.34 (stream-timeline.txt).
+    # the call runs 1.04-1.08x the no-wait pipeline's time, against 1.10-1.12x with a loader
+    # thread (benchmarks/results/h200/stream-timeline.txt).
     # The unloader copies each chunk's results out as its work ends, then frees its slot.
     unload_thread = threading.Thread(target=unloader, name="autooffload-stream-out", daemon=True)
     failure: BaseException | None = None

@@ -53,10 +53,10 @@ How (engine ``pinned-pipeline-v4``):
   ``_pincache.py``: the owning array's whole buffer as one registration, unpinned when it dies)
   and kept result blocks when handed out again (``pin_results_min``, _hostmem.py). A copy of
   pinned memory is one DMA, no host copy. On the H200 (session 7, with the first form of the
-  cache, which pinned 64 MiB units: benchmarks/results/h200/transfer.md) 64 MiB-4 GiB moved in
+  cache, which pinned 64 MiB units: benchmarks/results/h200-session7/transfer.md) 64 MiB-4 GiB moved in
   at 46.8-54.6 GB/s and out into the same array at 48.6-54.8, against 24.2-42.7 / 34.4-45.9
   staged (the first copy of an array); a streamed call's copies in and out then overlap
-  (h200/streaming.txt). Units were dropped after a review: the driver refuses a DMA that
+  (h200-session7/streaming.txt). Units were dropped after a review: the driver refuses a DMA that
   starts in one registration and runs past its end, which views the cache could not see
   (``as_strided``, other threads) could still send it. ``unpinned_copies()`` measures the staged
   engine (calibration does). ``AUTOOFFLOAD_PIN=0`` turns both off.
@@ -185,7 +185,7 @@ class _Tuning:
     # result back in, are one DMA with no host copy. Pinning costs ~30 ms a GiB once per block;
     # on the H200 a loop's later copies out then ran at 53.7-54.8 GB/s against 34.6-41.8 staged
     # (transfer-pinned-results.txt), and with the caller's arrays pinned too a streamed
-    # Black-Scholes at 1e8 took 59.7 ms against 167 (h200/streaming.txt, h200-unpinned/).
+    # Black-Scholes at 1e8 took 59.7 ms against 167 (h200-session7/streaming.txt, h200-unpinned/).
     pin_results_min: int = 16 * MiB
     # The caller's arrays whose memory is at least this many bytes take part in the pin-down
     # cache (_pincache.py, 0: never): once copies have moved twice an array's bytes its memory

@@ -1,0 +1,133 @@
+"""Why a staged first copy of 64-256 MiB is slower per byte than one of 1 GiB (issue 14).
+
+    PYTHONPATH=src python3 tools/staged_probe.py [--repeats 7]
+
+With the active profile's copy tuning (applied once; nothing is reconfigured between timed
+calls: that restarts the engine's pinned pool and threads), per size, interleaved, medians:
+
+* ``staged``            the engine's ``to_device`` of an array it has not pinned
+                        (``unpinned_copies``), as a first copy meets it.
+* ``host copy alone``   the native host copy of every piece into pinned memory (no DMA).
+* ``DMA alone``         the DMA of every piece from pinned memory (no host copy).
+* ``host copy under DMA``: the host copy alone, timed while an unrelated 2 GiB DMA from other
+                        pinned memory runs: whether a DMA reading host memory slows the host copy
+                        (they share the memory bus).
+* ``DMA under host copy``: the DMA alone, timed while another thread host-copies 1 GiB.
+
+Staged near the halves' max: they overlap; near their sum: they do not. The "under" rows say
+whether that is the engine's doing or the memory bus's. Also: the buffers each staged copy got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import cupy as cp
+import numpy as np
+
+from autooffload import _transfer as T
+from autooffload._profiles import active_profile
+
+MiB = 1 << 20
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=7)
+    a = p.parse_args(argv)
+    active_profile()  # its copy tuning, once
+    t = T._tuning()
+    print(f"tuning ({T.tuning_source()}): threads {t.threads}, chunk_bytes {t.chunk_bytes >> 20} MiB, staged "
+          f"{t.staged_min >> 20}-{t.staged_max >> 20} MiB in {t.staged_piece_count} pieces, min_part_bytes "
+          f"{t.min_part_bytes >> 10} KiB, max_buffers {t.max_buffers}")
+    sizes = [64 * MiB, 256 * MiB, 1024 * MiB]
+    pinned = cp.cuda.alloc_pinned_memory(max(sizes))
+    other = cp.cuda.alloc_pinned_memory(2048 * MiB)  # the unrelated DMA's and host copy's memory
+    other_src = np.empty(1024 * MiB // 8)
+    other_src[...] = 2.5
+    dev = cp.empty(max(sizes), dtype=np.uint8)
+    dev_other = cp.empty(2048 * MiB, dtype=np.uint8)
+    stream, side = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
+    seen: list[tuple[int, int]] = []
+    real_two = T._two_buffers
+
+    def two_buffers(pool, pieces):
+        bufs = real_two(pool, pieces)
+        seen.append((len(bufs), pieces))
+        return bufs
+
+    T._two_buffers = two_buffers
+    for n in sizes:
+        h = np.empty(n // 8)
+        h[...] = 1.25
+        src = h.ctypes.data
+        pieces = T.staged_pieces(n, t) if T._staged(n, t) else [(0, n)]
+
+        def staged():
+            with stream, T.unpinned_copies():
+                T.to_device(h)
+            stream.synchronize()
+
+        def host_only():
+            for off, m in pieces:
+                T._parcopy.copy(pinned.ptr + off, src + off, m, t.threads, t.min_part_bytes)
+
+        def dma_only():
+            for off, m in pieces:
+                cp.cuda.runtime.memcpyAsync(dev.data.ptr + off, pinned.ptr + off, m, 1, stream.ptr)
+            stream.synchronize()
+
+        def under_dma(work):
+            def f():
+                cp.cuda.runtime.memcpyAsync(dev_other.data.ptr, other.ptr, 2048 * MiB, 1, side.ptr)
+                start = time.perf_counter()
+                work()
+                took = time.perf_counter() - start
+                side.synchronize()
+                return took
+            return f
+
+        def under_host_copy(work):
+            def f():
+                go = threading.Event()
+
+                def copier():
+                    go.set()
+                    T._parcopy.copy(other.ptr, other_src.ctypes.data, 1024 * MiB, t.threads, t.min_part_bytes)
+                th = threading.Thread(target=copier)
+                th.start()
+                go.wait()
+                start = time.perf_counter()
+                work()
+                took = time.perf_counter() - start
+                th.join()
+                return took
+            return f
+
+        fns = {"staged": staged, "host copy alone": host_only, "DMA alone": dma_only,
+               "host copy under DMA": under_dma(host_only), "DMA under host copy": under_host_copy(dma_only)}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for f in fns.values():
+            f()
+        seen.clear()
+        for r in range(a.repeats):
+            for k in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+                cp.cuda.Device().synchronize()
+                start = time.perf_counter()
+                took = fns[k]()
+                cp.cuda.Device().synchronize()
+                times[k].append(took if isinstance(took, float) else time.perf_counter() - start)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        hc, dm = med["host copy alone"], med["DMA alone"]
+        print(f"{n >> 20} MiB ({len(pieces)} pieces of {pieces[0][1] >> 20} MiB): " + ", ".join(
+            f"{k} {v * 1e3:.2f} ms ({n / v / 1e9:.1f} GB/s)" for k, v in med.items()))
+        print(f"   staged / (host copy + DMA) {med['staged'] / (hc + dm):.2f}, staged / max {med['staged'] / max(hc, dm):.2f}; "
+              f"(buffers, pieces) of the staged copies: {sorted(set(seen))}")
+    T._two_buffers = real_two
+
+
+if __name__ == "__main__":
+    main()
