@@ -523,7 +523,7 @@ def _queued_backend(fake_gpu, monkeypatch, held: bool):
     def held_pinned(arrays):
         log.append(f"hold {len(arrays)}")
         try:
-            yield held
+            yield [held] * len(arrays)
         finally:
             log.append("release")
 
@@ -595,3 +595,41 @@ def test_ctrl_c_at_a_later_chunk_is_not_finished_on_numpy(fake_gpu, small_chunks
     with config(backend="cupy"), pytest.raises(KeyboardInterrupt):
         f(x)
     assert "ndarray" not in calls
+
+
+def test_each_split_argument_is_queued_or_copied_on_its_own(fake_gpu, small_chunks, monkeypatch):
+    """Review finding: one argument that is not pinned (a small one, say) must not send the
+    pinned others through the staged engine; held_pinned answers per argument."""
+    import contextlib
+
+    log = _queued_backend(fake_gpu, monkeypatch, held=True)
+
+    @contextlib.contextmanager
+    def first_only(arrays):
+        log.append(f"hold {len(arrays)}")
+        yield [True] + [False] * (len(arrays) - 1)
+        log.append("release")
+
+    monkeypatch.setattr(fake_gpu, "held_pinned", first_only, raising=False)
+    f = offload(lambda a, b: a * b + 1.0)
+    a, b = _data(np.float64, (600, 30)), _data(np.float64, (600, 30), seed=3)
+    monkeypatch.setenv("AUTOOFFLOAD_STREAM", "always")
+    with config(backend="cupy"):
+        got = f(a, b)
+    assert _same(got, a * b + 1.0)
+    chunks = log.count("out")
+    assert chunks > 2 and log.count("queued") == chunks and log.count("in") == chunks, log
+
+
+def test_queued_copies_are_charged_the_time_they_kept_the_link_busy():
+    """The copy meter of a streamed call: copies queued back to back on several streams start
+    their events at once but their DMAs in turn (or together); each is charged only what it
+    added to the time the copies in kept the link busy, so their sum is that time."""
+    charged = []
+    meter = type("Meter", (), {"copied": lambda self, to_device, n, s: charged.append((to_device, n, s))})()
+    spans = {1: (0.0, 2.0), 2: (0.1, 3.0), 3: (5.0, 6.0), 4: (5.5, 5.8)}  # ms from the origin
+    cuda = type("Cuda", (), {"get_elapsed_time": staticmethod(lambda origin, ev: spans[ev[0]][ev[1]])})
+    _stream._meter_queued(meter, cuda, None, [((k, 0), (k, 1), 100 * k) for k in spans])
+    assert [n for _, n, _ in charged] == [100, 200, 300, 400]
+    assert [round(s * 1e3, 6) for _, _, s in charged] == [2.0, 1.0, 1.0, 0.0]
+    assert all(to_device for to_device, _, _ in charged)

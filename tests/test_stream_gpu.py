@@ -107,3 +107,41 @@ def test_input_twice_the_free_memory_streams_with_numpys_result(monkeypatch):
     finally:
         del hog
         pool.free_all_blocks()
+
+
+def test_a_streamed_call_on_pinned_memory_queues_its_copies_and_reports_their_time(monkeypatch):
+    """Copies in from pinned memory are queued without a wait (backend.held_pinned); the result
+    is exact, and report() charges them the time they kept the link busy: a rate between 2 GB/s
+    and twice the H200's 55 GB/s pinned DMA, never the microseconds it took to queue them."""
+    import autooffload
+    from autooffload import _transfer
+
+    n = 32 * 1024 * 1024  # 256 MiB of float64: above pin_reused_min, pinned at its second copy
+    x = np.empty(n)
+    x[...] = 1.5
+    x[::7] = 2.5
+
+    @offload
+    def scale_pinned_streamed(a):
+        a *= 5
+
+    monkeypatch.setenv("AUTOOFFLOAD_STREAM", "always")
+    monkeypatch.setenv("AUTOOFFLOAD_STREAM_CHUNK", str(32 * 1024 * 1024))
+    queued = []
+    real = _transfer.to_device_queued
+    monkeypatch.setattr(_transfer, "to_device_queued", lambda h: queued.append(h.nbytes) or real(h))
+    expected = x.copy()
+    with config(backend="cupy"):
+        for _ in range(2):  # copies of twice x's bytes pin it
+            scale_pinned_streamed(x)
+            expected *= 5
+        assert _transfer.pinned(x)
+        queued.clear()
+        scale_pinned_streamed(x)  # every copy in queued
+        expected *= 5
+    assert scale_pinned_streamed.last_decision.streamed and np.array_equal(x, expected)
+    assert sum(queued) == x.nbytes, queued
+    line = next(f for f in autooffload.report().as_dict()["functions"] if f["function"].endswith("scale_pinned_streamed"))
+    h2d = line["backends"]["cupy"]["host_to_device"]
+    rate = h2d["bytes"] / h2d["seconds"] / 1e9
+    assert h2d["bytes"] == 3 * x.nbytes and 2.0 < rate < 110.0, h2d

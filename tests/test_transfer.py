@@ -1351,10 +1351,11 @@ def test_the_fallback_for_memory_in_transition_keeps_every_layout(pin_reused, mo
 
 
 def test_held_pinned_memory_stays_pinned_for_queued_copies_until_the_block_ends(pin_reused):
-    """The streamed pipeline's queued copies in (_stream.run): held_pinned holds every owner for
-    the whole block, so a release meanwhile leaves them pinned; a queued copy is one DMA the
-    block's user waits for (the fake driver runs it at the synchronize); memory that is not
-    pinned, strided or byte-swapped is refused, with nothing held."""
+    """The streamed pipeline's queued copies in (_stream.run): held_pinned holds the owners it
+    answers True for, for the whole block, so a release meanwhile leaves them pinned; a queued
+    copy is one DMA the block's user waits for (the fake driver runs it at the synchronize);
+    memory that is not pinned, strided or byte-swapped is answered False, with nothing held for
+    it, and the others of the same call are held all the same."""
     fake = pin_reused
     cache = T._pincache.cache
     rng = np.random.default_rng(35)
@@ -1362,8 +1363,8 @@ def test_held_pinned_memory_stays_pinned_for_queued_copies_until_the_block_ends(
     before_h, before_g = h.copy(), g.copy()
     _pin(h)
     _pin(g)
-    with T.held_pinned([h, g]) as ok:
-        assert ok
+    with T.held_pinned([h, g]) as held:
+        assert held == [True, True]
         cache.release()  # another thread's release: held owners are not unpinned
         assert T.pinned(h) and T.pinned(g)
         start = len(fake.memcpys)
@@ -1378,13 +1379,122 @@ def test_held_pinned_memory_stays_pinned_for_queued_copies_until_the_block_ends(
     assert not T.pinned(h) and not T.pinned(g), "the holds ended with the block"
     fresh = random_array((200_000,), np.float64, rng)
     for refused in ([h], [fresh], [g[:, ::2]], [g.astype(">f8")]):
-        with T.held_pinned(refused) as ok:
-            assert not ok
+        with T.held_pinned(refused) as held:
+            assert held == [False]
         assert cache.info()["active"] == 0, "nothing is held after a refusal"
     _pin(h)
-    with T.unpinned_copies(), T.held_pinned([h]) as ok:
-        assert not ok
-    with T.held_pinned([h, fresh]) as ok:  # h held, then fresh refused: h's hold let go at once
-        assert not ok
+    with T.unpinned_copies(), T.held_pinned([h]) as held:
+        assert held == [False]
+    with T.held_pinned([fresh, h]) as held:  # fresh refused, h held all the same
+        assert held == [False, True]
         cache.release()
-        assert not T.pinned(h)
+        assert T.pinned(h)
+    cache.release()
+    assert not T.pinned(h)
+
+
+# -- the streamed pipeline (_stream.run) on the engine over the fake CuPy: queued copies in ------
+def _stream_on_fake_engine(fake, monkeypatch, to_host_gate=None):
+    """(_stream, a backend of the engine on the fake CuPy with per-thread current streams,
+    a list that gets, each time an owner's last hold ends, whether DMAs were still queued)."""
+    from autooffload import _stream
+
+    tls = threading.local()
+    made = []
+
+    class Stream(type(fake.cuda.Stream())):
+        def __init__(self, non_blocking=False):
+            self.ptr = 5000 + len(made)
+            made.append(self)
+
+        def __enter__(self):
+            tls.__dict__.setdefault("stack", []).append(self)
+            return self
+
+        def __exit__(self, *exc):
+            tls.stack.pop()
+            return False
+
+    default = fake.current_stream
+    fake.cuda.Stream = Stream
+    fake.cuda.get_current_stream = staticmethod(lambda: (getattr(tls, "stack", None) or [default])[-1])
+    fake.cuda.Device = lambda i=0: _Device()
+    monkeypatch.setattr(_stream, "_STREAMS", {})
+    releases: list[bool] = []
+    real_release = T._pincache.Hold.release
+
+    def release(self):
+        if self.entry.holds == 1:  # the owner's last hold ends
+            releases.append(any(fake.queued.values()))
+        real_release(self)
+
+    monkeypatch.setattr(T._pincache.Hold, "release", release)
+
+    class Backend:
+        xp = type("xp", (), {"cuda": fake.cuda})
+        to_device = staticmethod(T.to_device)
+        held_pinned = staticmethod(T.held_pinned)
+        to_device_queued = staticmethod(T.to_device_queued)
+
+        @staticmethod
+        def to_host(dev, out=None):
+            if to_host_gate is not None:
+                to_host_gate.wait()
+            return T.to_host(dev, out=out)
+
+    return _stream, Backend(), releases
+
+
+def test_the_pipeline_waits_for_its_queued_copies_before_its_holds_end(pin_reused, monkeypatch):
+    """Review finding (the fake device has no streams, so no other test saw it): the pipeline's
+    copies in from held memory are queued, not waited for; its holds may end only after every
+    stream is synchronized (the fake driver runs a queued DMA at its stream's synchronize)."""
+    fake = pin_reused
+    _stream, backend, releases = _stream_on_fake_engine(fake, monkeypatch)
+    h = np.arange(200_000, dtype=np.float64)
+    _pin(h)
+    plan = _stream.Plan("elements", 0, h.size, 20_000, h.shape, "C", (_stream.Operand(0, True, 0),), ())
+    seen = []
+    _stream.run(plan, backend, lambda a, k: seen.append(a[0]) and None, (h,), {}, lambda a, k: None)
+    assert len(seen) == 10 and releases, "the queued path ran, under one hold"
+    assert not any(releases), "a hold ended while queued DMAs from its memory were still pending"
+
+
+@pytest.mark.parametrize("work_on_device", [False, True])
+def test_ctrl_c_while_the_pipeline_drains_still_waits_for_every_copy(pin_reused, monkeypatch, work_on_device):
+    """Review finding: Ctrl-C while the calling thread waits for the last chunks skipped the
+    streams' synchronize and left the unloader writing into the caller's array after the
+    interrupt reached the caller. Now the interrupt is raised once everything is waited for."""
+    import signal
+
+    fake = pin_reused
+    gate = threading.Event()
+    _stream, backend, releases = _stream_on_fake_engine(fake, monkeypatch, to_host_gate=gate)
+    h = np.arange(60_000, dtype=np.float64)
+    _pin(h)
+    plan = _stream.Plan("elements", 0, h.size, 20_000, h.shape, "C", (_stream.Operand(0, True, 0),), (0,))
+    calls = []
+
+    def negate(a, k):  # the 'kernel', in stream order after the chunk's copy in
+        calls.append(1)
+        fake.flush(fake.cuda.get_current_stream().ptr)
+        a[0]._a *= -1
+
+    def interrupt_when_all_queued():
+        while len(calls) < 3:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the calling thread waits for the unloader now
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(0.3)
+        gate.set()  # the unloader goes on: a run that waits for it returns after this
+
+    threading.Thread(target=interrupt_when_all_queued, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _stream.run(plan, backend, negate if work_on_device else (lambda a, k: calls.append(1)), (h,), {},
+                    lambda a, k: None)
+    pending_at_raise = any(fake.queued.values())
+    before = h.copy()
+    time.sleep(0.6)
+    if not work_on_device:
+        assert not pending_at_raise and not any(releases), "the hold ended with queued DMAs pending"
+    assert np.array_equal(h, before), "the unloader kept writing into the caller's array after Ctrl-C"

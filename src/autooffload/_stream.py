@@ -31,6 +31,8 @@ How:
   already written back stay and the rest run on NumPy, chunk by chunk (a blockwise function's
   chunks are independent, so this is the call's NumPy result). A result that breaks the
   blockwise promise (a chunk's result not shaped like the chunk) raises ``BlockwiseBroken``.
+  Ctrl-C is raised once the unloader is done and every stream synchronized (before that, copies
+  may still read the caller's memory or write its arrays), never finished on NumPy.
 
 Queued from one thread, in stream order (session 8, tools/stream_timeline.py): with a loader
 thread copying in, a chunk's kernel, queued just after the loader queued the next chunk's copy
@@ -281,11 +283,6 @@ class _Lanes:
         if self.cuda is not None:
             self.cuda.get_current_stream().synchronize()
 
-    def synchronize(self) -> None:
-        for stream in self.streams:
-            if stream is not None:
-                stream.synchronize()
-
 
 _STREAMS: dict[int, list[Any]] = {}
 _STREAMS_LOCK = threading.Lock()
@@ -359,17 +356,18 @@ def run(plan_: Plan, backend: Any, call: Callable[[tuple, dict], Any], args: tup
         lanes.wait_caller()  # the copies-once are queued on the caller's stream
         held_pinned = getattr(backend, "held_pinned", None)
         hold = (held_pinned([_get(args, kwargs, o.key) for o in split]) if callable(held_pinned) and split
-                else contextlib.nullcontext(False))
-        with hold as queued:
+                else contextlib.nullcontext([False] * len(split)))
+        with hold as held:
+            queued = {o.key for o, ok in zip(split, held) if ok}
             return _pipeline(plan_, backend, lanes, split, whole, call, args, kwargs, host_call, meter, queued)
     finally:
         whole.clear()
 
 
 def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict, call: Callable, args: tuple,
-              kwargs: dict, host_call: Callable, meter: Any, queued: bool) -> Any:
-    """The chunks through the device; ``queued``: the split arguments' memory is pinned and held
-    (``backend.held_pinned``), so their copies in are queued without a wait."""
+              kwargs: dict, host_call: Callable, meter: Any, queued: set) -> Any:
+    """The chunks through the device; ``queued``: the split arguments whose memory is pinned and
+    held (``backend.held_pinned``), so that their copies in are queued without a wait."""
     free = threading.Semaphore(SLOTS)  # chunks in flight
     computed: queue.Queue = queue.Queue()
     stop = threading.Event()
@@ -379,10 +377,15 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
     structure: list[bool] = []  # [the result is a tuple], once the first chunk ran
     timed_in: list[tuple[Any, Any, int]] = []  # (start, end event, bytes) of queued copies, read at the end
     cuda: Any = lanes.cuda
-    time_queued = meter is not None and cuda is not None and TIME_QUEUED_COPIES
+    time_queued = meter is not None and cuda is not None and TIME_QUEUED_COPIES and bool(queued)
+    origin = None
+    if time_queued:
+        origin = cuda.Event()
+        origin.record()
+    unloaded = threading.Event()  # the unloader has ended (set in its finally)
 
-    def copy_in(host: np.ndarray) -> Any:
-        if not (queued and (host.flags.c_contiguous or host.flags.f_contiguous)):
+    def copy_in(key: int | str, host: np.ndarray) -> Any:
+        if not (key in queued and (host.flags.c_contiguous or host.flags.f_contiguous)):
             return _timed_copy(meter, True, host.nbytes, backend.to_device, host)
         if not time_queued:
             return _timed_copy(meter, True, host.nbytes, backend.to_device_queued, host)
@@ -417,6 +420,8 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
         except BaseException as exc:
             unload_errors.append(exc)
             stop.set()
+        finally:
+            unloaded.set()
 
     # One thread queues each chunk's copies in and its work, in that order, on the chunk's
     # stream: work queued on one stream after another stream's copy in was queued waited for
@@ -436,7 +441,7 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
                 break  # the unloader failed
             start, end = plan_.bounds(i)
             with lanes.use(i):
-                payload = {o.key: copy_in(_slice(_get(args, kwargs, o.key), o.axis, start, end)) for o in split}
+                payload = {o.key: copy_in(o.key, _slice(_get(args, kwargs, o.key), o.axis, start, end)) for o in split}
                 chunk_args, chunk_kwargs = _substitute(args, kwargs, {**whole, **payload})
                 result = call(chunk_args, chunk_kwargs)
             parts, was_tuple = _result_parts(result)
@@ -454,17 +459,23 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
     finally:
         stop.set()
         computed.put(_DONE)
-        if unload_thread.is_alive():
-            unload_thread.join()
-        lanes.synchronize()  # before the caller's holds on pinned memory end: no copy still reads it
-    for begin, end_, nbytes in timed_in:
-        meter.copied(True, nbytes, cuda.get_elapsed_time(begin, end_) / 1e3)
+        # Before the caller's holds on pinned memory end, and the chunks' device memory and the
+        # copied-once operands go: no copy or kernel still uses them, even after Ctrl-C.
+        waits: list[Callable[[], Any]] = [unloaded.wait] if unload_thread.ident is not None else []
+        waits += [s.synchronize for s in lanes.streams if s is not None]
+        interrupted = _wait_through_interrupts(waits)
+        if failure is None:
+            failure = interrupted
+    if failure is None and timed_in:
+        _meter_queued(meter, cuda, origin, timed_in)
+    if failure is not None and not isinstance(failure, Exception):
+        raise failure  # Ctrl-C: never finished on NumPy, never replaced by another error
     if unload_errors:
         raise unload_errors[0]
     if failure is not None:
-        if committed[0] == 0 or not isinstance(failure, Exception):
-            if isinstance(failure, BlockwiseBroken) or not isinstance(failure, Exception):
-                raise failure  # a broken promise, or Ctrl-C: never finished on NumPy
+        if committed[0] == 0:
+            if isinstance(failure, BlockwiseBroken):
+                raise failure
             raise DeviceFailure(failure) from failure
         # Chunks already on the host stay; the rest run on NumPy (chunks are independent).
         _finish_on_host(plan_, committed[0], args, kwargs, host_call, results)
@@ -473,6 +484,38 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
     if not results:
         return () if structure[0] else None
     return tuple(results) if structure[0] else results[0]
+
+
+def _wait_through_interrupts(waits: list[Callable[[], Any]]) -> BaseException | None:
+    """Each wait run to its end: one cut short by Ctrl-C (or any non-``Exception``) is run again.
+    The first such interrupt, or the error a wait raised (then it is not run again: it would
+    raise again), is returned for the caller to raise once everything is waited for."""
+    first: BaseException | None = None
+    for wait in waits:
+        while True:
+            try:
+                wait()
+                break
+            except BaseException as exc:  # noqa: BLE001 - returned, raised by the caller
+                first = first or exc
+                if isinstance(exc, Exception):
+                    break
+    return first
+
+
+def _meter_queued(meter: Any, cuda: Any, origin: Any, timed_in: list[tuple[Any, Any, int]]) -> None:
+    """The queued copies in, told to the meter: each charged the time its DMA added to the span
+    the copies in kept the link busy (a copy queued behind another on an idle stream starts its
+    events at once but its DMA only when the one before ends; several may run at once)."""
+    try:
+        spans = sorted((cuda.get_elapsed_time(origin, begin), cuda.get_elapsed_time(origin, end), n)
+                       for begin, end, n in timed_in)
+    except Exception:  # noqa: BLE001 - a device error was raised where it happened; the meter is a report
+        return
+    busy_until = float("-inf")
+    for begin_ms, end_ms, nbytes in spans:
+        meter.copied(True, nbytes, max(0.0, end_ms - max(begin_ms, busy_until)) / 1e3)
+        busy_until = max(busy_until, end_ms)
 
 
 def _operand_axis(plan_: Plan, key: int | str) -> int:

@@ -979,35 +979,43 @@ def unpinned_copies():
 @contextlib.contextmanager
 def held_pinned(arrays: list[np.ndarray]):
     """For a pipeline that queues its copies in without waiting for each (``_stream.run``):
-    yields True when the memory of every one of ``arrays`` (contiguous, native byte order) is
-    pinned now and stays so until the block ends (the pin-down cache's holds on their owners; a
-    kept result block stays pinned while its array lives), so that ``to_device_queued`` may copy
-    any contiguous part of them. The caller waits for every copy it queued before the block
-    ends. Yields False, holding nothing, otherwise (and inside ``unpinned_copies``)."""
+    yields, per array, whether its memory (contiguous, native byte order) is pinned now and stays
+    so until the block ends (the pin-down cache's holds on their owners; a kept result block stays
+    pinned while its array lives), so that ``to_device_queued`` may copy any contiguous part of
+    it. The caller waits for every copy it queued before the block ends. Inside
+    ``unpinned_copies`` nothing is held. Left open: Ctrl-C between the cache's answer and the
+    hold being recorded here leaks that one hold (its owner stays pinned until it dies)."""
     holds: list[Any] = []
-    ok = not getattr(_tls, "unpinned", False)
+    held = [False] * len(arrays)
     try:
-        for a in arrays if ok else ():
-            c = a if a.flags.c_contiguous else a.T if a.flags.f_contiguous else None
-            if c is None or not c.flags.c_contiguous or not c.dtype.isnative:
-                ok = False
-                break
-            if _results_pinned(_TUNING, True, c, c.nbytes):
-                continue
-            hold = _pincache.cache.hold(c) if _pincache.cache.covers(c) else None
-            if isinstance(hold, _pincache.Hold):
-                holds.append(hold)
-            if not isinstance(hold, _pincache.Hold) or not hold.pin():
-                ok = False
-                break
-        if not ok:
-            for hold in holds:
-                hold.release()
-            holds.clear()
-        yield ok
+        if not getattr(_tls, "unpinned", False):
+            for i, a in enumerate(arrays):
+                c = a if a.flags.c_contiguous else a.T if a.flags.f_contiguous else None
+                if c is None or not c.flags.c_contiguous or not c.dtype.isnative:
+                    continue
+                if _results_pinned(_TUNING, True, c, c.nbytes):
+                    held[i] = True
+                    continue
+                hold = _pincache.cache.hold(c) if _pincache.cache.covers(c) else None
+                if isinstance(hold, _pincache.Hold):
+                    holds.append(hold)
+                    held[i] = hold.pin()
+        yield held
     finally:
-        for hold in holds:
+        _release_all(holds)
+
+
+def _release_all(holds: list[Any]) -> None:
+    """Every hold let go, even through Ctrl-C inside one of them (the first interrupt or error is
+    raised once all are let go: a hold skipped would keep its owner pinned until it dies)."""
+    first: BaseException | None = None
+    for hold in holds:
+        try:
             hold.release()
+        except BaseException as exc:  # noqa: BLE001 - raised below, after the rest
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def to_device_queued(host: np.ndarray):

@@ -108,8 +108,9 @@ class DeviceMemory:
     ``array_type`` is the device array class and ``xp`` the array module. Copies:
     ``to_device(host)``, ``to_host(dev, out=None)``; ``pinned(host)`` (optional: whether the
     host array's copies are DMAs from page-locked memory now); ``held_pinned(arrays)`` and
-    ``to_device_queued(host)`` (optional, together: a block that keeps pinned memory pinned, and
-    copies from it queued without a wait, for the streamed pipeline); ``copy(dev)``; views and addresses:
+    ``to_device_queued(host)`` (optional, together: a block that yields, per array, whether its
+    memory is pinned and keeps it so, and copies from such memory queued without a wait, for the
+    streamed pipeline); ``copy(dev)``; views and addresses:
     ``view(buf, shape, dtype, offset, strides)``, ``pointer(dev)``, ``allocation_start(dev)``,
     ``bytes_at(like, low, nbytes)``; writes: ``assign(dev, host)``; write detection:
     ``changed(pairs)`` (one synchronization for all pairs); ``free_memory()`` after an

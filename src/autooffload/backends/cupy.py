@@ -67,8 +67,8 @@ class CupyBackend(Backend, DeviceMemory):
         return self._transfer.pinned(host)
 
     def held_pinned(self, arrays: list[np.ndarray]):
-        """A block in which ``to_device_queued`` may copy parts of ``arrays``: yields whether
-        their memory is all pinned, and keeps it so (_transfer.held_pinned)."""
+        """A block in which ``to_device_queued`` may copy parts of ``arrays``: yields, per array,
+        whether its memory is pinned, and keeps it so (_transfer.held_pinned)."""
         return self._transfer.held_pinned(arrays)
 
     def to_device_queued(self, host: np.ndarray):
