@@ -624,12 +624,44 @@ def test_each_split_argument_is_queued_or_copied_on_its_own(fake_gpu, small_chun
 def test_queued_copies_are_charged_the_time_they_kept_the_link_busy():
     """The copy meter of a streamed call: copies queued back to back on several streams start
     their events at once but their DMAs in turn (or together); each is charged only what it
-    added to the time the copies in kept the link busy, so their sum is that time."""
+    added to the time the copies in kept the link busy, so their sum is that time. Spans come
+    in the order they were queued, not of their start; one nests in another."""
     charged = []
     meter = type("Meter", (), {"copied": lambda self, to_device, n, s: charged.append((to_device, n, s))})()
-    spans = {1: (0.0, 2.0), 2: (0.1, 3.0), 3: (5.0, 6.0), 4: (5.5, 5.8)}  # ms from the origin
+    spans = {1: (5.0, 6.0), 2: (0.1, 3.0), 3: (0.0, 2.0), 4: (5.5, 5.8), 5: (5.9, 7.0)}  # ms from the origin
     cuda = type("Cuda", (), {"get_elapsed_time": staticmethod(lambda origin, ev: spans[ev[0]][ev[1]])})
-    _stream._meter_queued(meter, cuda, None, [((k, 0), (k, 1), 100 * k) for k in spans])
-    assert [n for _, n, _ in charged] == [100, 200, 300, 400]
-    assert [round(s * 1e3, 6) for _, _, s in charged] == [2.0, 1.0, 1.0, 0.0]
+    _stream._meter_queued(meter, cuda, [((k, 0), (k, 1), 100 * k) for k in spans])
+    assert [n for _, n, _ in charged] == [300, 200, 100, 400, 500]  # by start
+    assert [round(s * 1e3, 6) for _, _, s in charged] == [2.0, 1.0, 1.0, 0.0, 1.0]  # sum 5 ms: the union
     assert all(to_device for to_device, _, _ in charged)
+
+
+def test_a_drain_waits_through_ctrl_c_but_not_forever():
+    """_wait_through_interrupts: a step cut short by Ctrl-C runs again; an interrupt is kept over
+    an error; the third interrupt gives up (a device that never finishes must not make the
+    process unkillable), and the steps after it are not run."""
+    ran = []
+
+    def flaky(times):
+        left = [times]
+
+        def step():
+            ran.append(times)
+            if left[0]:
+                left[0] -= 1
+                raise KeyboardInterrupt
+        return step
+
+    def error():
+        ran.append("error")
+        raise RuntimeError("device")
+
+    got = _stream._wait_through_interrupts([error, flaky(2), lambda: ran.append("last")])
+    assert isinstance(got, KeyboardInterrupt) and ran == ["error", 2, 2, 2, "last"]
+    ran.clear()
+    got = _stream._wait_through_interrupts([flaky(10), lambda: ran.append("last")])
+    assert isinstance(got, KeyboardInterrupt) and ran == [10, 10, 10]
+    ran.clear()
+    got = _stream._wait_through_interrupts([error, error])
+    assert isinstance(got, RuntimeError) and ran == ["error", "error"]
+    assert _stream._wait_through_interrupts([lambda: None]) is None

@@ -369,6 +369,7 @@ class FakeCupy:
         self.live_dev = 0
         self.registered = {}
         self.n_registered = 0
+        self.allocations: list[np.ndarray] = []
         self.lock = threading.Lock()
         # Like the driver: a DMA to or from registered (pinned) memory is asynchronous, it runs
         # at the stream's next synchronization (here), while one from pageable memory is done
@@ -477,6 +478,9 @@ class FakeCupy:
         a = np.empty(shape, dtype, order=order)
         if a.size:
             (a.T if order == "F" else a).reshape(-1).view(np.uint8)[...] = 0xA5
+        # Never freed while the fake lives: CuPy's pool frees in stream order, so a DMA still
+        # queued into dropped device memory runs into memory that is still the pool's.
+        self.allocations.append(a)
         return FakeDevArray(a)
 
     def ascontiguousarray(self, d):
@@ -1498,3 +1502,83 @@ def test_ctrl_c_while_the_pipeline_drains_still_waits_for_every_copy(pin_reused,
     if not work_on_device:
         assert not pending_at_raise and not any(releases), "the hold ended with queued DMAs pending"
     assert np.array_equal(h, before), "the unloader kept writing into the caller's array after Ctrl-C"
+
+
+def test_ctrl_c_during_the_drain_wins_over_a_failure_at_a_later_chunk(pin_reused, monkeypatch):
+    """Second review finding: a device error at chunk 1, then Ctrl-C while the pipeline waits for
+    chunk 0's copy out. The interrupt was dropped and the rest of the call ran on NumPy."""
+    import signal
+
+    fake = pin_reused
+    gate = threading.Event()
+    _stream, backend, _ = _stream_on_fake_engine(fake, monkeypatch, to_host_gate=gate)
+    h = np.arange(60_000, dtype=np.float64)
+    _pin(h)
+    plan = _stream.Plan("elements", 0, h.size, 20_000, h.shape, "C", (_stream.Operand(0, True, 0),), (0,))
+    calls, host_calls = [], []
+
+    def call(a, k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("device error at chunk 1")
+
+    def interrupt():
+        while len(calls) < 2:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(0.3)
+        gate.set()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _stream.run(plan, backend, call, (h,), {}, lambda a, k: host_calls.append(1))
+    assert not host_calls
+
+
+def test_a_device_error_at_the_drain_of_a_call_with_nothing_to_copy_out_is_raised(pin_reused, monkeypatch):
+    """Second review finding: a function with no results and no writes has no copy out to see a
+    device error; the drain's synchronize does, and it was dropped (every chunk counted as
+    committed). It is raised."""
+    fake = pin_reused
+    _stream, backend, _ = _stream_on_fake_engine(fake, monkeypatch)
+    h = np.arange(60_000, dtype=np.float64)
+    _pin(h)
+    plan = _stream.Plan("elements", 0, h.size, 20_000, h.shape, "C", (_stream.Operand(0, True, 0),), ())
+    failing = type(fake.cuda.Stream())
+
+    def synchronize(self):
+        fake.flush(self.ptr)
+        if self.ptr >= 5000:  # the pipeline's streams
+            raise RuntimeError("cudaErrorIllegalAddress")
+
+    monkeypatch.setattr(failing, "synchronize", synchronize)
+    with pytest.raises(RuntimeError, match="IllegalAddress"):
+        _stream.run(plan, backend, lambda a, k: None, (h,), {}, lambda a, k: None)
+
+
+def test_every_hold_is_let_go_even_when_one_release_is_interrupted(pin_reused, monkeypatch):
+    """Review finding: Ctrl-C inside one hold's release skipped the others', which kept their
+    owners pinned until they died. The interrupt is raised once all are let go."""
+    cache = T._pincache.cache
+    rng = np.random.default_rng(36)
+    arrays = [random_array((100_000,), np.float64, rng) for _ in range(3)]
+    for a in arrays:
+        _pin(a)
+    real = T._pincache.Hold.release
+    interrupted = []
+
+    def release(self):
+        if not interrupted:
+            interrupted.append(1)
+            real(self)
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(T._pincache.Hold, "release", release)
+    with pytest.raises(KeyboardInterrupt):
+        with T.held_pinned(arrays) as held:
+            assert held == [True] * 3
+    monkeypatch.setattr(T._pincache.Hold, "release", real)
+    cache.release()
+    assert not any(T.pinned(a) for a in arrays), "a hold outlived the block"

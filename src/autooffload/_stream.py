@@ -32,7 +32,9 @@ How:
   chunks are independent, so this is the call's NumPy result). A result that breaks the
   blockwise promise (a chunk's result not shaped like the chunk) raises ``BlockwiseBroken``.
   Ctrl-C is raised once the unloader is done and every stream synchronized (before that, copies
-  may still read the caller's memory or write its arrays), never finished on NumPy.
+  may still read the caller's memory or write its arrays), never finished on NumPy, and wins
+  over an error met meanwhile; pressed three times during one wait, it stops waiting (a device
+  that never finishes must not make the process unkillable).
 
 Queued from one thread, in stream order (session 8, tools/stream_timeline.py): with a loader
 thread copying in, a chunk's kernel, queued just after the loader queued the next chunk's copy
@@ -360,6 +362,8 @@ def run(plan_: Plan, backend: Any, call: Callable[[tuple, dict], Any], args: tup
         hold = (held_pinned([_get(args, kwargs, o.key) for o in split]) if callable(held_pinned) and split
                 else contextlib.nullcontext([False] * len(split)))
         with hold as held:
+            if isinstance(held, bool):  # a backend answering for all its arguments at once
+                held = [held] * len(split)
             queued = {o.key for o, ok in zip(split, held) if ok}
             return _pipeline(plan_, backend, lanes, split, whole, call, args, kwargs, host_call, meter, queued)
     finally:
@@ -380,10 +384,6 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
     timed_in: list[tuple[Any, Any, int]] = []  # (start, end event, bytes) of queued copies, read at the end
     cuda: Any = lanes.cuda
     time_queued = meter is not None and cuda is not None and TIME_QUEUED_COPIES and bool(queued)
-    origin = None
-    if time_queued:
-        origin = cuda.Event()
-        origin.record()
     unloaded = threading.Event()  # the unloader has ended (set in its finally)
 
     def copy_in(key: int | str, host: np.ndarray) -> Any:
@@ -433,6 +433,16 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
     # thread (benchmarks/results/h200/stream-timeline.txt).
     # The unloader copies each chunk's results out as its work ends, then frees its slot.
     unload_thread = threading.Thread(target=unloader, name="autooffload-stream-out", daemon=True)
+
+    def wait_for_unloader() -> None:
+        if unload_thread.ident is not None:  # started
+            unloaded.wait()
+
+    # The drain, built before anything runs so that Ctrl-C cannot skip a step of it: before the
+    # caller's holds on pinned memory end, and the chunks' device memory and the copied-once
+    # operands go, no copy or kernel still uses them (``_DONE`` may be queued twice: harmless).
+    drain: list[Callable[[], Any]] = [stop.set, lambda: computed.put(_DONE), wait_for_unloader]
+    drain += [s.synchronize for s in lanes.streams if s is not None]
     failure: BaseException | None = None
     try:
         for i in range(plan_.chunks):
@@ -459,22 +469,18 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
     except BaseException as exc:
         failure = exc
     finally:
-        stop.set()
-        computed.put(_DONE)
-        # Before the caller's holds on pinned memory end, and the chunks' device memory and the
-        # copied-once operands go: no copy or kernel still uses them, even after Ctrl-C.
-        waits: list[Callable[[], Any]] = [unloaded.wait] if unload_thread.ident is not None else []
-        waits += [s.synchronize for s in lanes.streams if s is not None]
-        interrupted = _wait_through_interrupts(waits)
-        if failure is None:
-            failure = interrupted
+        drained = _wait_through_interrupts(drain)
+    if drained is not None and (failure is None or (isinstance(failure, Exception) and not isinstance(drained, Exception))):
+        failure = drained  # Ctrl-C during the drain wins over an error; a device error there counts
     if failure is None and timed_in:
-        _meter_queued(meter, cuda, origin, timed_in)
+        _meter_queued(meter, cuda, timed_in)
     if failure is not None and not isinstance(failure, Exception):
         raise failure  # Ctrl-C: never finished on NumPy, never replaced by another error
     if unload_errors:
         raise unload_errors[0]
     if failure is not None:
+        if failure is drained and committed[0] == plan_.chunks:
+            raise failure  # the device failed after every chunk was back: nothing left to finish
         if committed[0] == 0:
             if isinstance(failure, BlockwiseBroken):
                 raise failure
@@ -488,27 +494,41 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
     return tuple(results) if structure[0] else results[0]
 
 
-def _wait_through_interrupts(waits: list[Callable[[], Any]]) -> BaseException | None:
-    """Each wait run to its end: one cut short by Ctrl-C (or any non-``Exception``) is run again.
-    The first such interrupt, or the error a wait raised (then it is not run again: it would
-    raise again), is returned for the caller to raise once everything is waited for."""
+# Ctrl-C pressed this many times during one wait of a drain gives up waiting (a device that
+# never finishes must not make the process unkillable; memory may then still be in use).
+_INTERRUPTS_TO_GIVE_UP = 3
+
+
+def _wait_through_interrupts(steps: list[Callable[[], Any]]) -> BaseException | None:
+    """Each step run to its end: one cut short by Ctrl-C (or any non-``Exception``) is run again,
+    up to ``_INTERRUPTS_TO_GIVE_UP`` interrupts, after which the rest is not waited for. What
+    is returned, for the caller to raise once everything is waited for: the first interrupt,
+    else the first error a step raised (that step is not run again: it would raise again).
+    Left open: a second Ctrl-C landing inside this function's own ``except`` clause."""
     first: BaseException | None = None
-    for wait in waits:
+    interrupts = 0
+    for step in steps:
         while True:
             try:
-                wait()
+                step()
                 break
             except BaseException as exc:  # noqa: BLE001 - returned, raised by the caller
-                first = first or exc
+                if first is None or (isinstance(first, Exception) and not isinstance(exc, Exception)):
+                    first = exc
                 if isinstance(exc, Exception):
                     break
+                interrupts += 1
+                if interrupts >= _INTERRUPTS_TO_GIVE_UP:
+                    return first
     return first
 
 
-def _meter_queued(meter: Any, cuda: Any, origin: Any, timed_in: list[tuple[Any, Any, int]]) -> None:
+def _meter_queued(meter: Any, cuda: Any, timed_in: list[tuple[Any, Any, int]]) -> None:
     """The queued copies in, told to the meter: each charged the time its DMA added to the span
     the copies in kept the link busy (a copy queued behind another on an idle stream starts its
-    events at once but its DMA only when the one before ends; several may run at once)."""
+    events at once but its DMA only when the one before ends; several may run at once). Times
+    are from the first copy's start event (on a stream the pipeline synchronized)."""
+    origin = timed_in[0][0]
     try:
         spans = sorted((cuda.get_elapsed_time(origin, begin), cuda.get_elapsed_time(origin, end), n)
                        for begin, end, n in timed_in)
