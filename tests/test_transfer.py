@@ -1464,6 +1464,13 @@ def test_the_pipeline_waits_for_its_queued_copies_before_its_holds_end(pin_reuse
     assert not any(releases), "a hold ended while queued DMAs from its memory were still pending"
 
 
+def _three_written_chunks(_stream):
+    """A pinned array of three chunks and a plan that writes each chunk back into it."""
+    h = np.arange(60_000, dtype=np.float64)
+    _pin(h)
+    return h, _stream.Plan("elements", 0, h.size, 20_000, h.shape, "C", (_stream.Operand(0, True, 0),), (0,))
+
+
 @pytest.mark.parametrize("work_on_device", [False, True])
 def test_ctrl_c_while_the_pipeline_drains_still_waits_for_every_copy(pin_reused, monkeypatch, work_on_device):
     """Review finding: Ctrl-C while the calling thread waits for the last chunks skipped the
@@ -1474,9 +1481,7 @@ def test_ctrl_c_while_the_pipeline_drains_still_waits_for_every_copy(pin_reused,
     fake = pin_reused
     gate = threading.Event()
     _stream, backend, releases = _stream_on_fake_engine(fake, monkeypatch, to_host_gate=gate)
-    h = np.arange(60_000, dtype=np.float64)
-    _pin(h)
-    plan = _stream.Plan("elements", 0, h.size, 20_000, h.shape, "C", (_stream.Operand(0, True, 0),), (0,))
+    h, plan = _three_written_chunks(_stream)
     calls = []
 
     def negate(a, k):  # the 'kernel', in stream order after the chunk's copy in
@@ -1512,9 +1517,7 @@ def test_ctrl_c_during_the_drain_wins_over_a_failure_at_a_later_chunk(pin_reused
     fake = pin_reused
     gate = threading.Event()
     _stream, backend, _ = _stream_on_fake_engine(fake, monkeypatch, to_host_gate=gate)
-    h = np.arange(60_000, dtype=np.float64)
-    _pin(h)
-    plan = _stream.Plan("elements", 0, h.size, 20_000, h.shape, "C", (_stream.Operand(0, True, 0),), (0,))
+    h, plan = _three_written_chunks(_stream)
     calls, host_calls = [], []
 
     def call(a, k):
