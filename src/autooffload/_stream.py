@@ -41,8 +41,9 @@ thread copying in, a chunk's kernel, queued just after the loader queued the nex
 on another stream, started only when that copy ended (1.1-1.3 ms lost, several times per call);
 x *= 5 on 1e8 pinned float64 ran 19.3 ms against 14.5 for its slowest copy (1.33) where the same
 pipeline queued from one thread with no waits ran 16.8-17.4 (1.15-1.19; both copies at once
-alone: 16.0). Queued so, in stream order, it runs 1.06-1.10x that ideal pipeline's time, against
-1.10-1.12x before (benchmarks/results/h200/stream-timeline.txt): a small gain for one input
+alone: 16.0). Queued so, in stream order, it runs 1.06-1.09x that ideal pipeline's time (1.09 on
+a fast start, where it ran 1.10-1.12x before; benchmarks/results/h200/stream-timeline.txt): a
+small gain for one input
 (x *= 5 at 1e8 on fast starts: 1.28x its slowest stage against 1.31), a large one for several:
 Black-Scholes at 1e8, whose three inputs are now queued back to back, streamed 1.56-1.74x faster
 than the whole-array path against 1.46x (h200/streaming.txt, h200-session8-final/,
@@ -429,7 +430,7 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
     # stream: work queued on one stream after another stream's copy in was queued waited for
     # that copy on the H200 (tools/stream_timeline.py: a kernel started only when the next
     # chunk's copy, queued just before it by a loader thread, ended); queued in stream order
-    # the call runs 1.06-1.10x the no-wait pipeline's time, against 1.10-1.12x with a loader
+    # the call runs 1.06-1.09x the no-wait pipeline's time, against 1.10-1.12x with a loader
     # thread (benchmarks/results/h200/stream-timeline.txt).
     # The unloader copies each chunk's results out as its work ends, then frees its slot.
     unload_thread = threading.Thread(target=unloader, name="autooffload-stream-out", daemon=True)
