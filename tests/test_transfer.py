@@ -267,6 +267,17 @@ def test_pool_alloc_failure():
     pool2.release(a)
 
 
+def _in_threads(target, count: int, timeout: float | None = None) -> list[threading.Thread]:
+    """``target(i)`` for each i in range(count), each on a thread of its own, all started before
+    any is joined; the threads, joined (each for at most ``timeout``)."""
+    ths = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(timeout)
+    return ths
+
+
 def test_pool_thread_safety():
     h = PoolHarness()
     pool = h.pool(max_buffers=4)
@@ -290,11 +301,7 @@ def test_pool_thread_safety():
         except Exception as e:  # pragma: no cover
             errors.append(e)
 
-    ths = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
+    _in_threads(worker, 8)
     assert not errors
     assert peak[0] <= 4 and h.n_alloc <= 4 and pool.in_use == 0
 
@@ -662,11 +669,7 @@ def test_threads_fake(fake):
         except Exception as e:
             errors.append(e)
 
-    ths = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
+    _in_threads(worker, 8)
     assert not errors, errors
     assert T.pool_info()["allocated"] <= 3 and T.pool_info()["in_use"] == 0
 
@@ -850,11 +853,7 @@ def test_staged_with_one_buffer_and_from_many_threads(staged):
             if not same(T.to_host(T.to_device(a)), a):
                 errors.append(seed)
 
-    ths = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join(timeout=60)
+    ths = _in_threads(run, 4, timeout=60)
     assert not any(th.is_alive() for th in ths), "deadlock"
     assert not errors and T.pool_info()["in_use"] == 0
 
@@ -946,11 +945,7 @@ def test_register_from_many_threads_at_once(fake):
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
-    ths = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
+    _in_threads(worker, 6)
     assert not errors, errors
     assert not fake.registered
 
@@ -1155,11 +1150,7 @@ def test_pinned_copies_from_many_threads_at_once(pin_reused):
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
-    ths = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
+    _in_threads(worker, 8)
     assert not errors, errors
     assert T.pinned(shared), "the shared array was copied far more than twice its bytes"
     assert T._pincache.cache.info()["pinned_bytes"] == sum(fake.registered.values())

@@ -43,13 +43,12 @@ x *= 5 on 1e8 pinned float64 ran 19.3 ms against 14.5 for its slowest copy (1.33
 pipeline queued from one thread with no waits ran 16.8-17.4 (1.15-1.19; both copies at once
 alone: 16.0). Queued so, in stream order, it runs 1.06-1.09x that ideal pipeline's time (1.09 on
 a fast start, where it ran 1.10-1.12x before; benchmarks/results/h200/stream-timeline.txt): a
-small gain for one input
-(x *= 5 at 1e8 on fast starts: 1.28x its slowest stage against 1.31), a large one for several:
-Black-Scholes at 1e8, whose three inputs are now queued back to back, streamed 1.56-1.74x faster
-than the whole-array path against 1.46x (h200/streaming.txt, h200-session8-final/,
-h200-session8-run4/, h200-session8-start/). What bounds a
-streamed call whose copies overlap is the link both ways at once, which varies by machine start:
-1.10-1.33x one direction alone.
+small gain for one input (x *= 5 at 1e8 on fast starts: 1.28x its slowest stage against 1.31),
+a large one for several: Black-Scholes at 1e8, whose three inputs are now queued back to back,
+streamed 1.56-1.74x faster than the whole-array path against 1.46x (h200/streaming.txt,
+h200-session8-final/, h200-session8-run4/, h200-session8-start/). What bounds a streamed call
+whose copies overlap is the link both ways at once, which varies by machine start: 1.10-1.33x
+one direction alone.
 
 Measured (H200, benchmarks/streaming.py, session 7): with the copies staged through host memory
 the pipeline cost about the sum of its copies (1e8 float64: x *= 5 39.3 ms against 41.9 whole,
@@ -471,8 +470,7 @@ def _pipeline(plan_: Plan, backend: Any, lanes: _Lanes, split: list, whole: dict
         failure = exc
     finally:
         drained = _wait_through_interrupts(drain)
-    if drained is not None and (failure is None or (isinstance(failure, Exception) and not isinstance(drained, Exception))):
-        failure = drained  # Ctrl-C during the drain wins over an error; a device error there counts
+    failure = _graver(failure, drained)  # Ctrl-C during the drain wins over an error; a device error there counts
     if failure is None and timed_in:
         _meter_queued(meter, cuda, timed_in)
     if failure is not None and not isinstance(failure, Exception):
@@ -514,13 +512,20 @@ def _wait_through_interrupts(steps: list[Callable[[], Any]]) -> BaseException | 
                 step()
                 break
             except BaseException as exc:  # noqa: BLE001 - returned, raised by the caller
-                if first is None or (isinstance(first, Exception) and not isinstance(exc, Exception)):
-                    first = exc
+                first = _graver(first, exc)
                 if isinstance(exc, Exception):
                     break
                 interrupts += 1
                 if interrupts >= _INTERRUPTS_TO_GIVE_UP:
                     return first
+    return first
+
+
+def _graver(first: BaseException | None, then: BaseException | None) -> BaseException | None:
+    """The one of two failures to raise: an interrupt (any non-``Exception``) over an error,
+    else the earlier."""
+    if first is None or (isinstance(first, Exception) and then is not None and not isinstance(then, Exception)):
+        return then
     return first
 
 

@@ -952,12 +952,19 @@ def _use_pinning(t: _Tuning) -> None:
     _pincache.cache.configure(_pin_host, _unpin_host, 0 if off else t.pin_reused_min)
 
 
+def _c_view(a: np.ndarray) -> np.ndarray | None:
+    """``a``'s memory as a C-contiguous array (``a``, or its transpose where it is F-ordered),
+    or None where it is not contiguous."""
+    c = a if a.flags.c_contiguous else a.T if a.flags.f_contiguous else None
+    return c if c is not None and c.flags.c_contiguous else None
+
+
 def pinned(host: np.ndarray) -> bool:
     """Whether ``host``'s memory is pinned now, so that its copies are DMAs with no host copy: a
     kept result block, or the caller's array pinned on reuse. Contiguous
     arrays only; the stream planner asks (_executor.stream_plan)."""
-    c = host if host.flags.c_contiguous else host.T if host.flags.f_contiguous else None
-    if c is None or not c.flags.c_contiguous:
+    c = _c_view(host)
+    if c is None:
         return False
     return _hostmem.results.is_pinned(array_address(c), c.nbytes) or _pincache.cache.covers(c)
 
@@ -990,8 +997,8 @@ def held_pinned(arrays: list[np.ndarray]):
     try:
         if not getattr(_tls, "unpinned", False):
             for i, a in enumerate(arrays):
-                c = a if a.flags.c_contiguous else a.T if a.flags.f_contiguous else None
-                if c is None or not c.flags.c_contiguous or not c.dtype.isnative:
+                c = _c_view(a)
+                if c is None or not c.dtype.isnative:
                     continue
                 if _results_pinned(_TUNING, True, c, c.nbytes):
                     held[i] = True
@@ -1023,14 +1030,11 @@ def to_device_queued(host: np.ndarray):
     on the current stream and not waited for (work queued there afterwards sees the data; the
     block's user waits for it before the block ends)."""
     cp = _cp()
-    if host.flags.c_contiguous:
-        order, host_c = "C", host
-    elif host.flags.f_contiguous:
-        order, host_c = "F", host.T
-    else:
+    host_c = _c_view(host)
+    if host_c is None:
         raise ValueError(f"to_device_queued copies contiguous memory; got an array of shape {host.shape} "
                          f"and strides {host.strides}")
-    dev = cp.empty(host.shape, dtype=host.dtype, order=order)
+    dev = cp.empty(host.shape, dtype=host.dtype, order="C" if host_c is host else "F")
     if host.nbytes:
         cp.cuda.runtime.memcpyAsync(dev.data.ptr, array_address(host_c), host.nbytes, _H2D,
                                     cp.cuda.get_current_stream().ptr)
