@@ -80,35 +80,34 @@ def main(argv=None) -> None:
                 cp.cuda.runtime.memcpyAsync(dev.data.ptr + off, pinned.ptr + off, m, 1, stream.ptr)
             stream.synchronize()
 
-        def under_dma(work):
+        def timed_during(begin, work):
+            """``work`` timed alone while ``begin()``'s background runs; ``begin`` returns its wait."""
             def f():
-                cp.cuda.runtime.memcpyAsync(dev_other.data.ptr, other.ptr, 2048 * MiB, 1, side.ptr)
+                wait = begin()
                 start = time.perf_counter()
                 work()
                 took = time.perf_counter() - start
-                side.synchronize()
+                wait()
                 return took
             return f
 
-        def under_host_copy(work):
-            def f():
-                go = threading.Event()
+        def a_dma():  # an unrelated 2 GiB DMA from other pinned memory
+            cp.cuda.runtime.memcpyAsync(dev_other.data.ptr, other.ptr, 2048 * MiB, 1, side.ptr)
+            return side.synchronize
 
-                def copier():
-                    go.set()
-                    T._parcopy.copy(other.ptr, other_src.ctypes.data, 1024 * MiB, t.threads, t.min_part_bytes)
-                th = threading.Thread(target=copier)
-                th.start()
-                go.wait()
-                start = time.perf_counter()
-                work()
-                took = time.perf_counter() - start
-                th.join()
-                return took
-            return f
+        def a_host_copy():  # another thread host-copying 1 GiB
+            go = threading.Event()
+
+            def copier():
+                go.set()
+                T._parcopy.copy(other.ptr, other_src.ctypes.data, 1024 * MiB, t.threads, t.min_part_bytes)
+            th = threading.Thread(target=copier)
+            th.start()
+            go.wait()
+            return th.join
 
         fns = {"staged": staged, "host copy alone": host_only, "DMA alone": dma_only,
-               "host copy under DMA": under_dma(host_only), "DMA under host copy": under_host_copy(dma_only)}
+               "host copy under DMA": timed_during(a_dma, host_only), "DMA under host copy": timed_during(a_host_copy, dma_only)}
         times: dict[str, list[float]] = {k: [] for k in fns}
         for f in fns.values():
             f()
