@@ -83,6 +83,11 @@ for s in "$@"; do
                         --budget-s "${BUDGET:-60}" --functions "${FUNCTIONS:-normal_eqs,bessel_i0,min_var_weights,pairwise_dist}" --max-elements "${MAX_N:-1e7}" ;;
         timeline) # issue 15: where a streamed call's time goes, against the same pipeline issued with no host waits
                   TAIL=60 step timeline python3 tools/stream_timeline.py --n "${TIMELINE_N:-1e8}" --out "$OUT/stream-timeline.json" ;;
+        stream-setup) TAIL=14 step stream-setup python3 tools/stream_setup.py ;;  # issue 15: a streamed call's steps before its first copy and after its last
+        diag-rows) # issue 12: the shipped-profile suite's rows above 1.5 in session 8, every decision logged
+                   AUTOOFFLOAD_LOG="$OUT/rows-decisions.jsonl" AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-rows \
+                   step diag-rows python3 benchmarks/suite.py --machine "$MACHINE-rows" --budget-s "${BUDGET:-60}" \
+                       --functions "${FUNCTIONS:-panel_recur,bessel_i0,normal_eqs}" --max-elements "${MAX_N:-1e6}" --no-plot ;;
         staged-probe) # issue 14: a staged first copy's host copy and DMA, alone, together, and each under the other
                       TAIL=12 step staged-probe python3 tools/staged_probe.py ;;
         gaps-result) # issue 12 item 8: pairwise_dist at 1e6, @offload on CuPy against CuPy + copies, stage by stage

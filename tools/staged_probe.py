@@ -14,6 +14,9 @@ calls: that restarts the engine's pinned pool and threads), per size, interleave
                         (they share the memory bus).
 * ``DMA under host copy``: the DMA alone, timed while another thread host-copies 1 GiB.
 
+Then the cost of one piece: the native host copy and the DMA of 1-32 MiB from pinned memory,
+alone, (DMA) twice back to back, and (DMA) from pinned memory the host copies do not write, each with a straight line ``a + n / B`` fitted through it.
+
 Staged near the halves' max: they overlap; near their sum: they do not. The "under" rows say
 whether that is the engine's doing or the memory bus's. Also: the buffers each staged copy got.
 """
@@ -126,6 +129,51 @@ def main(argv=None) -> None:
         print(f"   staged / (host copy + DMA) {med['staged'] / (hc + dm):.2f}, staged / max {med['staged'] / max(hc, dm):.2f}; "
               f"(buffers, pieces) of the staged copies: {sorted(set(seen))}")
     T._two_buffers = real_two
+    piece_cost(t, pinned, dev, stream, a.repeats)
+
+
+
+def piece_cost(t, pinned, dev, stream, repeats: int) -> None:
+    """Host copy and DMA of one piece, 1-32 MiB, and the line a + n / B through them."""
+    src = np.empty(32 * MiB // 8)
+    src[...] = 1.5
+    sizes = [MiB, 2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB]
+    fns = {}
+    for n in sizes:
+        fns[("host", n)] = lambda n=n: T._parcopy.copy(pinned.ptr, src.ctypes.data, n, t.threads, t.min_part_bytes)
+
+        def dma(n=n):
+            cp.cuda.runtime.memcpyAsync(dev.data.ptr, pinned.ptr, n, 1, stream.ptr)
+            stream.synchronize()
+        fns[("DMA", n)] = dma
+
+        def dma_twice(n=n):  # the second DMA's share is the steady rate, the rest a per-burst cost
+            for _ in range(2):
+                cp.cuda.runtime.memcpyAsync(dev.data.ptr, pinned.ptr, n, 1, stream.ptr)
+            stream.synchronize()
+        fns[("DMA twice", n)] = dma_twice
+
+        def dma_elsewhere(n=n):  # pinned memory no host copy of this table writes (out of the CPU's caches)
+            cp.cuda.runtime.memcpyAsync(dev.data.ptr, pinned.ptr + 512 * MiB, n, 1, stream.ptr)
+            stream.synchronize()
+        fns[("DMA elsewhere", n)] = dma_elsewhere
+    times: dict = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for r in range(repeats * 3):
+        for k in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            start = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - start)
+    for kind in ("host", "DMA", "DMA twice", "DMA elsewhere"):
+        xs = np.array(sizes, dtype=float)
+        ys = np.array([statistics.median(times[(kind, n)]) for n in sizes])
+        slope, a = np.polyfit(xs, ys, 1)
+        print(f"one piece, {kind}: " + ", ".join(f"{n >> 20} MiB {y * 1e3:.3f} ms" for n, y in zip(sizes, ys))
+              + f"; fit a = {a * 1e6:.0f} us + n / {1 / slope / 1e9:.1f} GB/s")
+    second = [statistics.median(times[("DMA twice", n)]) - statistics.median(times[("DMA", n)]) for n in sizes]
+    print("the second of two DMAs back to back: " + ", ".join(
+        f"{n >> 20} MiB {d * 1e3:.3f} ms ({n / d / 1e9:.1f} GB/s)" for n, d in zip(sizes, second)))
 
 
 if __name__ == "__main__":
