@@ -11,10 +11,11 @@ import pytest
 P = pytest.importorskip("autooffload._parcopy", reason="the optional C extension is not built")
 
 
-def _copy_and_check(n: int, threads: int, min_part: int, offset: int, rng) -> None:
-    src = rng.integers(0, 256, n, dtype=np.uint8)
+def _copy_and_check(n: int, threads: int, min_part: int, offset: int, rng, nontemporal: bool = False,
+                    src_offset: int = 0) -> None:
+    src = rng.integers(0, 256, n + src_offset, dtype=np.uint8)[src_offset:]
     dst = np.full(n + offset + 16, 0xA5, np.uint8)  # poisoned: bytes outside the range must stay
-    P.copy(dst.ctypes.data + offset, src.ctypes.data, n, threads, min_part)
+    P.copy(dst.ctypes.data + offset, src.ctypes.data, n, threads, min_part, nontemporal)
     assert np.array_equal(dst[offset : offset + n], src)
     assert (dst[:offset] == 0xA5).all() and (dst[offset + n :] == 0xA5).all()
 
@@ -25,6 +26,15 @@ def test_copies_exactly_at_any_size_thread_count_and_alignment(n, threads):
     rng = np.random.default_rng(n * 31 + threads)
     _copy_and_check(n, threads, 4096, offset=3, rng=rng)
     _copy_and_check(n, threads, 1 << 20, offset=0, rng=rng)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 63, 64, 65, 127, 200, 4097, 65536 * 3 + 5, (1 << 20) + 3])
+@pytest.mark.parametrize("offset,src_offset", [(0, 0), (1, 0), (15, 7), (8, 3), (3, 13)])
+def test_nontemporal_copies_exactly_at_any_size_and_alignment(n, offset, src_offset):
+    # the streaming stores need a 16-byte aligned destination: a head and a tail go by memcpy
+    rng = np.random.default_rng(n * 7 + offset)
+    for threads in (1, 4):
+        _copy_and_check(n, threads, 4096, offset, rng, nontemporal=True, src_offset=src_offset)
 
 
 def test_many_callers_at_once_each_get_their_copy():

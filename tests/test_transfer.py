@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from autooffload import _transfer as T
 
+KiB = 1024
 MiB = 1024 * 1024
 
 
@@ -815,6 +816,22 @@ def test_staged_piece_count_cuts_mid_sizes_finer_within_the_buffer_and_1_mib(cou
         assert MiB <= size <= 32 * MiB
         # about `count` pieces, unless a piece would exceed one buffer or go below 1 MiB
         assert len(pieces) == -(-n // min(32 * MiB, max(MiB, -(-n // count))))
+
+
+@needs_parcopy
+@pytest.mark.parametrize("n", [65536 * 12 + 5, 1_000_003])
+def test_staged_copies_with_non_temporal_stores_round_trip_exactly(staged, n):
+    T._configure(chunk_bytes=256 * KiB, h2d_nontemporal=1, d2h_nontemporal=1)
+    rng = np.random.default_rng(n)
+    h = random_array((n,), np.uint8, rng)
+    d = T.to_device(h)
+    assert same(d.get(), h)
+    out = np.full_like(h, 7)
+    assert same(T.to_host(d, out=out), h) and same(out, h)
+    f = np.asfortranarray(random_array((300, 201), np.float64, rng))
+    back = T.to_host(T.to_device(f))
+    assert same(back, f) and back.flags.f_contiguous
+    assert T.pool_info()["in_use"] == 0
 
 
 def test_a_piece_count_below_one_is_refused():

@@ -50,6 +50,7 @@ for s in "$@"; do
                          step show-quick python3 -m autooffload show "$OUT/$MACHINE-quick.json" ;;
         transfer-tuned) tuned="$OUT/$MACHINE.json"; [ -f "$tuned" ] || tuned="$OUT/$MACHINE-quick.json"
                         AUTOOFFLOAD_PROFILE="$tuned" step transfer-tuned python3 benchmarks/transfer.py --machine "$MACHINE" --min-bytes "${MIN_BYTES:-4KiB}" ;;
+        transfer-tune) step transfer-tune python3 benchmarks/transfer.py --machine "$MACHINE-tune" --min-bytes "${MIN_BYTES:-4KiB}" --tune "$TUNE" ;;  # the profile's tuning with $TUNE over it
         diag) step diag timeout "${DIAG_S:-90}" python3 tools/transfer_diag.py --out "$OUT/transfer-diag.json" ;;
         transfer-tests) TAIL=15 step transfer-tests python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_transfer_gpu.py ;;
         suite-profile) AUTOOFFLOAD_PROFILE="$OUT/$MACHINE.json" step suite-profile python3 benchmarks/suite.py --machine "$MACHINE" --budget-s "${BUDGET:-150}" ;;

@@ -14,8 +14,13 @@ calls: that restarts the engine's pinned pool and threads), per size, interleave
                         (they share the memory bus).
 * ``DMA under host copy``: the DMA alone, timed while another thread host-copies 1 GiB.
 
-Then the cost of one piece: the native host copy and the DMA of 1-32 MiB from pinned memory,
-alone, (DMA) twice back to back, and (DMA) from pinned memory the host copies do not write, each with a straight line ``a + n / B`` fitted through it.
+* ``staged, non-temporal`` / ``out`` / ``out, non-temporal``: the engine's first copy in with
+  the knob ``h2d_nontemporal`` (streaming stores into the pinned buffer), and ``to_host(d,
+  out=h)`` of an unpinned array without and with ``d2h_nontemporal`` (tunings swapped in for the
+  call: the pool and threads stay).
+
+Then one piece of 1-32 MiB: the native host copy, plain and non-temporal, a DMA right after
+each, and a DMA of pinned memory no copy wrote, each with a line ``a + n / B`` fitted through it.
 
 Staged near the halves' max: they overlap; near their sum: they do not. The "under" rows say
 whether that is the engine's doing or the memory bus's. Also: the buffers each staged copy got.
@@ -30,6 +35,8 @@ import time
 
 import cupy as cp
 import numpy as np
+
+from dataclasses import replace
 
 from autooffload import _transfer as T
 from autooffload._profiles import active_profile
@@ -46,7 +53,8 @@ def main(argv=None) -> None:
     print(f"tuning ({T.tuning_source()}): threads {t.threads}, chunk_bytes {t.chunk_bytes >> 20} MiB, staged "
           f"{t.staged_min >> 20}-{t.staged_max >> 20} MiB in {t.staged_piece_count} pieces, min_part_bytes "
           f"{t.min_part_bytes >> 10} KiB, max_buffers {t.max_buffers}")
-    sizes = [64 * MiB, 256 * MiB, 1024 * MiB]
+    sizes = [64 * MiB, 128 * MiB, 256 * MiB, 1024 * MiB]
+    streaming_stores = replace(t, h2d_nontemporal=1, d2h_nontemporal=1)
     pinned = cp.cuda.alloc_pinned_memory(max(sizes))
     other = cp.cuda.alloc_pinned_memory(2048 * MiB)  # the unrelated DMA's and host copy's memory
     other_src = np.empty(1024 * MiB // 8)
@@ -69,10 +77,21 @@ def main(argv=None) -> None:
         src = h.ctypes.data
         pieces = T.staged_pieces(n, t) if T._staged(n, t) else [(0, n)]
 
-        def staged():
-            with stream, T.unpinned_copies():
-                T.to_device(h)
-            stream.synchronize()
+        d = cp.empty(n // 8)
+        d[...] = 0.75
+
+        def under(tuning, copy):
+            def f():
+                T._TUNING = tuning  # the same pool sizes and threads: nothing restarts
+                try:
+                    with stream, T.unpinned_copies():
+                        copy()
+                    stream.synchronize()
+                finally:
+                    T._TUNING = t
+            return f
+
+        staged = under(t, lambda: T.to_device(h))
 
         def host_only():
             for off, m in pieces:
@@ -109,7 +128,9 @@ def main(argv=None) -> None:
             go.wait()
             return th.join
 
-        fns = {"staged": staged, "host copy alone": host_only, "DMA alone": dma_only,
+        fns = {"staged": staged, "staged, non-temporal": under(streaming_stores, lambda: T.to_device(h)),
+               "out": under(t, lambda: T.to_host(d, out=h)),
+               "out, non-temporal": under(streaming_stores, lambda: T.to_host(d, out=h)), "host copy alone": host_only, "DMA alone": dma_only,
                "host copy under DMA": timed_during(a_dma, host_only), "DMA under host copy": timed_during(a_host_copy, dma_only)}
         times: dict[str, list[float]] = {k: [] for k in fns}
         for f in fns.values():
@@ -134,47 +155,46 @@ def main(argv=None) -> None:
 
 
 def piece_cost(t, pinned, dev, stream, repeats: int) -> None:
-    """Host copy and DMA of one piece, 1-32 MiB, and the line a + n / B through them."""
+    """One piece, 1-32 MiB: the native host copy into pinned memory, plain and non-temporal, and a
+    DMA of it right after each (the copy untimed), against a DMA of pinned memory no copy wrote;
+    a straight line a + n / B fitted through each."""
     src = np.empty(32 * MiB // 8)
     src[...] = 1.5
     sizes = [MiB, 2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB]
-    fns = {}
+
+    def host(n, nt):
+        T._parcopy.copy(pinned.ptr, src.ctypes.data, n, t.threads, t.min_part_bytes, nt)
+
+    def dma(n, at=0):
+        cp.cuda.runtime.memcpyAsync(dev.data.ptr, pinned.ptr + at, n, 1, stream.ptr)
+        stream.synchronize()
+
+    fns = {}  # (kind, n) -> (untimed setup or None, timed)
     for n in sizes:
-        fns[("host", n)] = lambda n=n: T._parcopy.copy(pinned.ptr, src.ctypes.data, n, t.threads, t.min_part_bytes)
-
-        def dma(n=n):
-            cp.cuda.runtime.memcpyAsync(dev.data.ptr, pinned.ptr, n, 1, stream.ptr)
-            stream.synchronize()
-        fns[("DMA", n)] = dma
-
-        def dma_twice(n=n):  # the second DMA's share is the steady rate, the rest a per-burst cost
-            for _ in range(2):
-                cp.cuda.runtime.memcpyAsync(dev.data.ptr, pinned.ptr, n, 1, stream.ptr)
-            stream.synchronize()
-        fns[("DMA twice", n)] = dma_twice
-
-        def dma_elsewhere(n=n):  # pinned memory no host copy of this table writes (out of the CPU's caches)
-            cp.cuda.runtime.memcpyAsync(dev.data.ptr, pinned.ptr + 512 * MiB, n, 1, stream.ptr)
-            stream.synchronize()
-        fns[("DMA elsewhere", n)] = dma_elsewhere
+        fns[("host copy", n)] = (None, lambda n=n: host(n, False))
+        fns[("host copy, non-temporal", n)] = (None, lambda n=n: host(n, True))
+        fns[("DMA after a host copy", n)] = (lambda n=n: host(n, False), lambda n=n: dma(n))
+        fns[("DMA after a non-temporal host copy", n)] = (lambda n=n: host(n, True), lambda n=n: dma(n))
+        fns[("DMA of memory no copy wrote", n)] = (None, lambda n=n: dma(n, 512 * MiB))
     times: dict = {k: [] for k in fns}
-    for f in fns.values():
+    for setup, f in fns.values():
+        if setup:
+            setup()
         f()
     for r in range(repeats * 3):
         for k in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            setup, f = fns[k]
+            if setup:
+                setup()
             start = time.perf_counter()
-            fns[k]()
+            f()
             times[k].append(time.perf_counter() - start)
-    for kind in ("host", "DMA", "DMA twice", "DMA elsewhere"):
+    for kind in dict.fromkeys(k for k, _ in fns):
         xs = np.array(sizes, dtype=float)
         ys = np.array([statistics.median(times[(kind, n)]) for n in sizes])
         slope, a = np.polyfit(xs, ys, 1)
         print(f"one piece, {kind}: " + ", ".join(f"{n >> 20} MiB {y * 1e3:.3f} ms" for n, y in zip(sizes, ys))
               + f"; fit a = {a * 1e6:.0f} us + n / {1 / slope / 1e9:.1f} GB/s")
-    second = [statistics.median(times[("DMA twice", n)]) - statistics.median(times[("DMA", n)]) for n in sizes]
-    print("the second of two DMAs back to back: " + ", ".join(
-        f"{n >> 20} MiB {d * 1e3:.3f} ms ({n / d / 1e9:.1f} GB/s)" for n, d in zip(sizes, second)))
-
 
 if __name__ == "__main__":
     main()

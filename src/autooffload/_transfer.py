@@ -164,6 +164,14 @@ class _Tuning:
     # 17.7 / 24.2 GB/s, 8: 15.3 / 23.6, 16: 9.8 / 10.4) and no better above (transfer.NOTES.md),
     # so calibration leaves it at 4; a profile may set it (tools/transfer_diag.py --pieces).
     staged_piece_count: int = 4
+    # 1: the staged path's host copies write with non-temporal stores (_parcopy.c), in: into the
+    # pinned buffer, out: into the caller's memory. A DMA of pinned memory a host copy has just
+    # written ran slower while its lines sat in the cores' caches (one 16 MiB DMA 0.41-0.59 ms
+    # against 0.32 from memory no copy touched, tools/staged_probe.py); streaming stores also skip
+    # reading the destination before writing it (a 2-thread copy of 64-256 MiB on the CPU VM:
+    # 19-34 GB/s against 12-14). Off until measured on the GPU machine.
+    h2d_nontemporal: int = 0
+    d2h_nontemporal: int = 0
     # Smallest part of a copy that one native thread takes: 256 KiB beat 1 MiB at every size.
     min_part_bytes: int = 256 * KiB
     # 1: device->host results in new memory (no kept block fitted) may take the staged path too;
@@ -1156,7 +1164,7 @@ def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, src_ptr: int, nbytes: int
             if pending[k] is not None:
                 pending[k].synchronize()
                 pending[k] = None
-            _parcopy.copy(buf.ptr, src_ptr + off, n, t.threads, t.min_part_bytes)
+            _parcopy.copy(buf.ptr, src_ptr + off, n, t.threads, t.min_part_bytes, bool(t.h2d_nontemporal))
             cp.cuda.runtime.memcpyAsync(dev_ptr + off, buf.ptr, n, _H2D, stream.ptr)
             ev = _event_for(buf, device_id)
             ev.record(stream)
@@ -1313,7 +1321,7 @@ def _d2h_staged(cp: Any, src_ptr: int, device_id: int, dst_ptr: int, nbytes: int
             k = i % len(bufs)
             pending[k].synchronize()
             pending[k] = None
-            _parcopy.copy(dst_ptr + off, bufs[k].ptr, n, t.threads, t.min_part_bytes)
+            _parcopy.copy(dst_ptr + off, bufs[k].ptr, n, t.threads, t.min_part_bytes, bool(t.d2h_nontemporal))
             if i + len(bufs) < len(pieces):
                 queue(i + len(bufs))
     finally:
