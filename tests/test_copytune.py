@@ -35,13 +35,7 @@ def times_for(best: list[str], direction_best: dict[str, list[str]] | None = Non
     return out
 
 
-def path_of(knobs: dict, n: int, d: str) -> str:
-    """The engine's rule for a contiguous array (as _transfer.to_device/_to_host apply it)."""
-    if knobs[f"{d}_register_min"] and n >= knobs[f"{d}_register_min"]:
-        return "register"
-    if knobs["staged_min"] < n <= knobs["staged_max"]:
-        return "staged"
-    return "direct" if n <= knobs[f"{d}_direct_max"] else "workers"
+path_of = C.path_of  # the engine's rule for a contiguous array
 
 
 @pytest.mark.parametrize("best", [
@@ -87,7 +81,9 @@ class SyntheticEngine:
     """Seconds per copy by path (the engine's rules on the configured knobs) and size."""
 
     def __init__(self, rate_GBps: dict[str, float], fixed_s: dict[str, float] | None = None, chunk_gain: float = 1.5,
-                 best_worker_chunk: int = 32 * MiB, best_staged_piece: int | None = None):
+                 best_worker_chunk: int = 32 * MiB, best_staged_piece: int | None = None,
+                 nontemporal_gain: dict[str, float] | None = None):
+        self.nontemporal_gain = nontemporal_gain or {}  # staged copies with {d}_nontemporal on: rate x this
         self.chunk_gain = chunk_gain  # the workers with best_worker_chunk chunks are this much faster
         self.best_worker_chunk = best_worker_chunk
         self.best_staged_piece = best_staged_piece  # the staged path with pieces of this size, as much
@@ -108,6 +104,8 @@ class SyntheticEngine:
         rate = self.rate[p] * (self.chunk_gain if p == "workers" and worker_chunk == self.best_worker_chunk else 1.0)
         if p == "staged" and k["chunk_bytes"] == self.best_staged_piece:
             rate *= self.chunk_gain
+        if p == "staged" and k.get(f"{d}_nontemporal"):
+            rate *= self.nontemporal_gain.get(d, 1.0)
         self.t += self.fixed.get(p, 1e-4) + n / (rate * 1e9)
 
     def engine(self) -> C.Engine:
@@ -157,6 +155,20 @@ def test_where_the_staged_path_wins_the_workers_keep_their_own_chunk():
     tuned = T._Tuning(**{k: v for k, v in r.knobs.items() if k in T.tuning_knobs()})
     assert T.chunk_size_for(4 << 30, tuned) == 8 * MiB  # 4 GiB through the workers: 8 MiB chunks
     assert T.chunk_size_for(4 << 30, T._Tuning(chunk_bytes=32 * MiB)) == 32 * MiB  # without the knob
+
+
+def test_search_turns_non_temporal_stores_on_per_direction_where_they_are_faster():
+    syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10},
+                          nontemporal_gain={"h2d": 1.3, "d2h": 0.8})
+    r = C.search(syn.engine(), PLAN)
+    assert r.knobs["h2d_nontemporal"] == 1 and r.knobs["d2h_nontemporal"] == 0, r.log
+    assert any(line.startswith("h2d_nontemporal: on") for line in r.log)
+    assert any(line.startswith("d2h_nontemporal: off") for line in r.log)
+    # measured only where the chosen ranges stage: nowhere, so never turned on
+    syn = SyntheticEngine({"direct": 50, "staged": 1, "workers": 20, "register": 1}, nontemporal_gain={"h2d": 2.0})
+    r = C.search(syn.engine(), PLAN)
+    assert not any(C.path_of(r.knobs, n, "h2d") == "staged" for n in PLAN.sizes), r.log
+    assert r.knobs["h2d_nontemporal"] == 0
 
 
 def test_search_keeps_the_defaults_when_nothing_beats_them():

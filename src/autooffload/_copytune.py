@@ -373,6 +373,11 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
             for i, n in zip(measured, sizes):
                 log.append(f"{n // MiB} MiB GB/s in/out: " + ", ".join(
                     f"{p} {_rate(n, times['h2d'][p][i])}/{_rate(n, times['d2h'][p][i])}" for p in PATHS))
+        # 4. Non-temporal stores for the staged path's host copies, per direction, where the
+        # chosen ranges stage (see _transfer._Tuning.h2d_nontemporal): on the H200 they made
+        # first copies in 11-15% faster at 64-256 MiB and were even at 1 GiB, while out they
+        # were 19% slower at 64 MiB and 9-13% faster at 128-256 MiB (staged-probe, session 9).
+        knobs.update(_nontemporal_choice(knobs, plan, timed, over_budget, log))
         # Only worth it where it beats the defaults: else keep them (a noisy search must not
         # leave the engine worse than the hand tuning).
         say("tuned against defaults")
@@ -405,6 +410,44 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
         data.clear()
         dev.clear()
         engine.release_device()
+
+
+def path_of(knobs: Mapping[str, int], n: int, direction: str) -> str:
+    """The engine's path for a contiguous array of ``n`` bytes under ``knobs`` (all of them), as
+    ``_transfer._h2d_path`` / ``_d2h_path`` choose it."""
+    register_min = knobs[f"{direction}_register_min"]
+    if register_min and n >= register_min:
+        return "register"
+    if knobs["staged_min"] < n <= knobs["staged_max"]:
+        return "staged"
+    return "direct" if n <= knobs[f"{direction}_direct_max"] else "workers"
+
+
+def _nontemporal_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict[str, int], int, str], float],
+                        over_budget: Callable[[], bool], log: list[str]) -> dict[str, int]:
+    """``h2d_nontemporal`` / ``d2h_nontemporal`` on where, over the sizes ``knobs`` sends down the
+    staged path, streaming stores took less time in total (log of the time ratios, interleaved
+    pairs, the faster of two each); else off."""
+    staged = [n for n in plan.sizes if path_of(knobs, n, "h2d") == "staged" or path_of(knobs, n, "d2h") == "staged"]
+    chosen: dict[str, int] = {}
+    for direction, knob in (("h2d", "h2d_nontemporal"), ("d2h", "d2h_nontemporal")):
+        sizes = [n for n in staged if path_of(knobs, n, direction) == "staged"]
+        gain, done = 0.0, list[int]()
+        for n in sizes:
+            if over_budget():
+                log.append(f"budget spent: {knob} measured at {', '.join(str(m // MiB) for m in done) or 'no'} MiB")
+                break
+            plain, streaming = [], []
+            for _ in range(2):
+                streaming.append(timed({**knobs, knob: 1}, n, direction))
+                plain.append(timed({**knobs, knob: 0}, n, direction))
+            gain += math.log(min(plain) / min(streaming))
+            done.append(n)
+        chosen[knob] = int(bool(done) and gain > 0)
+        if done:
+            log.append(f"{knob}: {'on' if chosen[knob] else 'off'} (log gain {gain:.3f} over "
+                       f"{', '.join(str(n // MiB) for n in done)} MiB)")
+    return chosen
 
 
 def _rate(n: int, s: float | None) -> str:
