@@ -347,6 +347,29 @@ def test_suite_budget_leaves_compilation_out_and_scales_the_last_row():
     assert used == pytest.approx(2.0) and predicted == pytest.approx(10 * (4 * 1e-2 + 0.01))
 
 
+def test_suite_settles_only_once_nothing_is_left_to_learn():
+    mod = _load("suite")
+    d = types.SimpleNamespace
+    assert mod.learning(d(exploring=True, observe=True, observe_every=1))
+    assert mod.learning(d(exploring=False, observe=True, observe_every=1))  # not yet trusted here
+    assert not mod.learning(d(exploring=False, observe=True, observe_every=8))  # a trusted GPU cell, sampled
+    assert not mod.learning(d(exploring=False, observe=False, observe_every=0))  # trusted NumPy: the hot path
+    assert not mod.learning(d(exploring=False, observe=False, observe_every=1))  # AUTOOFFLOAD_LEARN=0
+    # four NumPy calls still learning, then a switch, then four settled ones
+    script = [d(backend="numpy", exploring=False, observe=True, observe_every=1)] * 4 + \
+        [d(backend="numba", exploring=True, observe=True, observe_every=1)] + \
+        [d(backend="numpy", exploring=False, observe=False, observe_every=0)] * 10
+    fn = types.SimpleNamespace(last_decision=script[0])
+    calls = iter(script[1:])
+
+    def call():
+        fn.last_decision = next(calls)
+
+    row: dict = {}
+    mod.settle(fn, call, row)
+    assert row["settle"]["calls"] == 9 and row["settle"]["settled_after"] == 5 and row["settle"]["settled"]
+
+
 def test_interleaved_loop_count_survives_one_slow_first_call(bench):
     calls = []
 
