@@ -164,6 +164,11 @@ def test_search_turns_non_temporal_stores_on_per_direction_where_they_are_faster
     assert r.knobs["h2d_nontemporal"] == 1 and r.knobs["d2h_nontemporal"] == 0, r.log
     assert any(line.startswith("h2d_nontemporal: on") for line in r.log)
     assert any(line.startswith("d2h_nontemporal: off") for line in r.log)
+    # with a slice of its own: measured even where the ranges' step spent the budget
+    syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10}, nontemporal_gain={"h2d": 1.3})
+    tiny = C.SearchPlan("tiny", PLAN.sizes, PLAN.big, PLAN.chunks, PLAN.register_chunks, 16 * MiB, 2, 0.05)
+    r = C.search(syn.engine(), tiny)
+    assert any("budget spent" in line for line in r.log) and r.knobs["h2d_nontemporal"] == 1, r.log
     # measured only where the chosen ranges stage: nowhere, so never turned on
     syn = SyntheticEngine({"direct": 50, "staged": 1, "workers": 20, "register": 1}, nontemporal_gain={"h2d": 2.0})
     r = C.search(syn.engine(), PLAN)
@@ -240,6 +245,10 @@ def test_applying_the_same_tuning_again_keeps_the_pool(restore_tuning, monkeypat
     assert not released
     T.apply_tuning({"threads": 4})
     assert released == [{"keep_results": True}]
+    T.apply_tuning({"threads": 4, "h2d_nontemporal": 1, "staged_max": 1 << 30})  # no pool or threads change
+    assert released == [{"keep_results": True}] and T._tuning().h2d_nontemporal == 1
+    T.apply_tuning({"threads": 4, "chunk_bytes": 16 << 20})
+    assert len(released) == 2
 
 
 def device_timing(tuning: CopyTuning | None) -> BackendTiming:

@@ -377,7 +377,11 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
         # chosen ranges stage (see _transfer._Tuning.h2d_nontemporal): on the H200 they made
         # first copies in 11-15% faster at 64-256 MiB and were even at 1 GiB, while out they
         # were 19% slower at 64 MiB and 9-13% faster at 128-256 MiB (staged-probe, session 9).
-        knobs.update(_nontemporal_choice(knobs, plan, timed, over_budget, log))
+        # It has a slice of its own (a tenth of the budget, at least 1 s), as the check against the
+        # defaults does: the ranges' step ends past the budget's 0.8 on the H200 (quick search:
+        # 14.7 s of 12) and left it no time at all.
+        deadline = clock() + max(0.1 * plan.budget_s, 1.0)
+        knobs.update(_nontemporal_choice(knobs, plan, timed, lambda: clock() > deadline, log))
         # Only worth it where it beats the defaults: else keep them (a noisy search must not
         # leave the engine worse than the hand tuning).
         say("tuned against defaults")

@@ -273,12 +273,19 @@ def apply_tuning(knobs: Any = None, source: str = "defaults") -> list[str]:
     if new.min_chunk_bytes > new.chunk_bytes:
         new = replace(new, min_chunk_bytes=new.chunk_bytes)
     if new != _TUNING:
-        _TUNING = new
-        release_pinned_pool(keep_results=True)
-        _drop_executor()
+        old, _TUNING = _TUNING, new
+        if any(getattr(old, k) != getattr(new, k) for k in _RESTARTING_KNOBS):
+            release_pinned_pool(keep_results=True)
+            _drop_executor()
         _use_pinning(new)
     _TUNING_SOURCE = source if known else "defaults"
     return unknown
+
+
+# The knobs that size the pinned pool and the worker threads: only a change of these restarts
+# them (a restart re-pins 20 x 32 MiB, ~0.1 s), so that calibration's A/B of a path's knobs,
+# such as h2d_nontemporal, costs the copies only.
+_RESTARTING_KNOBS = ("chunk_bytes", "max_buffers", "threads")
 
 
 def tuning_source() -> str:
