@@ -14,10 +14,10 @@ calls: that restarts the engine's pinned pool and threads), per size, interleave
                         (they share the memory bus).
 * ``DMA under host copy``: the DMA alone, timed while another thread host-copies 1 GiB.
 
-* ``staged, non-temporal`` / ``out`` / ``out, non-temporal``: the engine's first copy in with
-  the knob ``h2d_nontemporal`` (streaming stores into the pinned buffer), and ``to_host(d,
-  out=h)`` of an unpinned array without and with ``d2h_nontemporal`` (tunings swapped in for the
-  call: the pool and threads stay).
+* ``staged, plain stores`` / ``staged, non-temporal`` / ``staged, ramped``: the same with the
+  knobs ``h2d_nontemporal`` and ``d2h_nontemporal`` off, both on, and with the profile's knobs
+  plus ``staged_ramp`` (tunings swapped in for the call: the pool and threads stay);
+* ``out`` and its three variants: ``to_host(d, out=h)`` of an unpinned array, likewise.
 
 Then one piece of 1-32 MiB: the native host copy, plain and non-temporal, a DMA right after
 each, and a DMA of pinned memory no copy wrote, each with a line ``a + n / B`` fitted through it.
@@ -54,7 +54,9 @@ def main(argv=None) -> None:
           f"{t.staged_min >> 20}-{t.staged_max >> 20} MiB in {t.staged_piece_count} pieces, min_part_bytes "
           f"{t.min_part_bytes >> 10} KiB, max_buffers {t.max_buffers}")
     sizes = [64 * MiB, 128 * MiB, 256 * MiB, 1024 * MiB]
+    plain = replace(t, h2d_nontemporal=0, d2h_nontemporal=0)
     streaming_stores = replace(t, h2d_nontemporal=1, d2h_nontemporal=1)
+    ramped = replace(t, staged_ramp=1)
     pinned = cp.cuda.alloc_pinned_memory(max(sizes))
     other = cp.cuda.alloc_pinned_memory(2048 * MiB)  # the unrelated DMA's and host copy's memory
     other_src = np.empty(1024 * MiB // 8)
@@ -128,9 +130,12 @@ def main(argv=None) -> None:
             go.wait()
             return th.join
 
-        fns = {"staged": staged, "staged, non-temporal": under(streaming_stores, lambda: T.to_device(h)),
-               "out": under(t, lambda: T.to_host(d, out=h)),
-               "out, non-temporal": under(streaming_stores, lambda: T.to_host(d, out=h)), "host copy alone": host_only, "DMA alone": dma_only,
+        fns = {"staged": staged, "staged, plain stores": under(plain, lambda: T.to_device(h)),
+               "staged, non-temporal": under(streaming_stores, lambda: T.to_device(h)),
+               "staged, ramped": under(ramped, lambda: T.to_device(h)),
+               "out": under(t, lambda: T.to_host(d, out=h)), "out, plain stores": under(plain, lambda: T.to_host(d, out=h)),
+               "out, non-temporal": under(streaming_stores, lambda: T.to_host(d, out=h)),
+               "out, ramped": under(ramped, lambda: T.to_host(d, out=h)), "host copy alone": host_only, "DMA alone": dma_only,
                "host copy under DMA": timed_during(a_dma, host_only), "DMA under host copy": timed_during(a_host_copy, dma_only)}
         times: dict[str, list[float]] = {k: [] for k in fns}
         for f in fns.values():
