@@ -128,6 +128,8 @@ def test_a_new_size_starts_from_the_functions_own_error_at_other_sizes(ready_gpu
     d = explain(f, np.ones(4 * N))  # a bucket never run: the GPU's 30x error at the other size carries over
     assert d.backend == "numpy"
     assert d.sources["cupy"].startswith("profile, corrected x")
+    far = explain(f, np.ones(1000 * N))  # 1000x the bytes: the error there says nothing here
+    assert far.sources["cupy"] == "profile" and far.sources["numpy"] == "profile", far.sources
 
 
 def test_learning_off_gives_the_profiles_decisions_exactly(ready_gpu, use_profile, clock, monkeypatch):

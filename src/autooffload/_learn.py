@@ -11,8 +11,8 @@ times (``_history``) and, per backend and size bucket, its decisions use:
    cells of that backend and data location (as StarPU's regression models fit ``a*n^b``), used
    only between the smallest and largest size it has seen, slope clamped to [0, 2];
 3. else **the profile, corrected** by the function's own error there: the observed/predicted
-   ratio of its nearest trusted cell on that backend (a function 30x slower on the GPU than
-   predicted at one size is not 30x cheaper at the next);
+   ratio of its nearest trusted cell on that backend, within ``CORRECT_WITHIN`` (64x) the bytes
+   (a function 30x slower on the GPU than predicted at one size is not 30x cheaper at the next);
 4. else, for a host backend (NumPy, the Numba tier), **the profile corrected by the other host
    backend's learned error** at this size (same work, same memory: a function 10x cheaper on NumPy
    than its bytes say is most likely cheaper on the tier too);
@@ -97,6 +97,12 @@ EXPLORE_WITHIN = 4.0
 # calls are timed (+9 us each on the 2-core VM: benchmarks/overhead.py measured 4-6x on 2 us
 # functions while the tier compiled for them).
 TIER_EXPLORE_MIN_CALL_S = 20e-6
+# A function's error at one size corrects the profile at sizes at most this many times larger or
+# smaller. Farther away the error says little: a tiny call's time is mostly fixed overhead, which
+# does not scale with the work (on the 2-core VM, panel_recur's NumPy error of x2.7 at 32 bytes,
+# carried to 8 KB, predicted 41 us where it took 10-13, and the tier ran 56 calls at 20-30 us).
+# Sizes 10x apart, as a loop over growing inputs or the suite's steps, still inform each other.
+CORRECT_WITHIN = 64.0
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
 RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this many times its estimate
 # ...for calls predicted at least this long: waiting for a re-check takes a NumPy call off the C
@@ -255,7 +261,9 @@ class Learner:
         fitted = loglog_fit(points, at)
         if fitted is not None:
             return fitted, f"learned from {len(points)} neighbouring sizes"
-        nearest = min(cells, key=lambda kc: abs(math.log(_bucket_bytes(kc[0][1:]) / at)))[1]
+        key, nearest = min(cells, key=lambda kc: abs(math.log(_bucket_bytes(kc[0][1:]) / at)))
+        if not 1 / CORRECT_WITHIN <= _bucket_bytes(key[1:]) / at <= CORRECT_WITHIN:
+            return None, ""
         error = nearest.profile_error()
         if error is None:
             return None, ""
