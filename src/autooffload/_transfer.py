@@ -170,15 +170,19 @@ class _Tuning:
     # written ran slower while its lines sat in the cores' caches (one 16 MiB DMA 0.41-0.59 ms
     # against 0.32 from memory no copy touched, tools/staged_probe.py); streaming stores also skip
     # reading the destination before writing it (a 2-thread copy of 64-256 MiB on the CPU VM:
-    # 19-34 GB/s against 12-14). Off until measured on the GPU machine.
+    # 19-34 GB/s against 12-14). On the H200, first copies in with them took 11-23% less time at
+    # 64-256 MiB and 4-5% more at 1 GiB; out they were mixed (staged-probe.nontemporal.txt,
+    # h200-session9/staged-probe.final.txt). Off by default (measured on one machine);
+    # calibration measures both (_copytune._nontemporal_choice); the shipped H200 profile sets in.
     h2d_nontemporal: int = 0
     d2h_nontemporal: int = 0
     # 1: a staged copy's first two and last two pieces are a quarter and a half piece
     # (ramp_edges), so that its fill (the first piece's host copy) and drain (the last one's DMA)
     # are a quarter piece each: at 64 MiB in four 16 MiB pieces those were 0.85 of 2.80 ms
     # (staged-probe.txt, session 8). With plain stores ramping lost (64 MiB in 2.66 against
-    # 2.41 ms, h200-session9-ramp/staged-probe.log): each small piece's DMA paid ~0.1 ms for the
-    # lines the host copy left in the caches, which non-temporal stores remove.
+    # 2.41 ms, h200-session9-ramp/staged-probe.log), and with non-temporal stores too (2.02
+    # against 1.77 ms, slower at every size to 1 GiB, h200-session9/staged-probe.final.txt): the
+    # four extra pieces cost more than the shorter fill and drain save. Off; not searched.
     staged_ramp: int = 0
     # Smallest part of a copy that one native thread takes: 256 KiB beat 1 MiB at every size.
     min_part_bytes: int = 256 * KiB
