@@ -490,6 +490,27 @@ def test_a_backend_predicted_slow_only_from_another_sizes_error_is_still_explore
     assert learner.exploration(pred, "numba", bucket, profile_only, {"numba": 400e-6, "numpy": 540e-6}) is None
 
 
+def test_the_tier_is_not_explored_for_calls_too_short_for_it():
+    # panel_recur at 1e2 on the H200: NumPy 6 us, the tier (compiled by another call) tried twice
+    # at ~3 ms each; under TIER_EXPLORE_MIN_CALL_S there is too little to gain per call.
+    from autooffload._costmodel import Prediction
+    from autooffload._history import FunctionHistory
+
+    learner = _learn.Learner(lambda x: x)
+    learner._history = history = FunctionHistory("test")
+    bucket = (10, -1)
+    for _ in range(5000):  # plenty of budget
+        history.add(("numpy", *bucket), 6e-6, 3e-6, exploring=False)
+    sources = {"numpy": "learned from 4999 calls", "numba": "profile"}
+    pred = Prediction({"numpy": 6e-6, "numba": 12e-6})
+    assert learner.exploration(pred, "numpy", bucket, sources, {"numpy": 3e-6, "numba": 12e-6}) is None
+    long_bucket = (30, -1)  # the same at a call of 60 us: the tier is tried
+    for _ in range(5000):
+        history.add(("numpy", *long_bucket), 60e-6, 30e-6, exploring=False)
+    pred = Prediction({"numpy": 60e-6, "numba": 120e-6})
+    assert learner.exploration(pred, "numpy", long_bucket, sources, {"numpy": 30e-6, "numba": 120e-6}) == "numba"
+
+
 def test_short_calls_wait_for_no_recheck():
     # Waiting for a re-check takes a NumPy call off the C check's path: not worth it under 100 us.
     from autooffload._costmodel import Prediction

@@ -95,7 +95,8 @@ EXPLORE_WITHIN = 4.0
 # predicted faster: its parallel start-up alone is 3-10 us (the shipped profiles' Numba floors),
 # a compilation (0.3-1.3 s) would need 10^4-10^5 such calls to pay back, and until it ends their
 # calls are timed (+9 us each on the 2-core VM: benchmarks/overhead.py measured 4-6x on 2 us
-# functions while the tier compiled for them).
+# functions while the tier compiled for them). Nor is a tier compiled already (by a longer call
+# of the function) explored for them (``Learner.exploration``).
 TIER_EXPLORE_MIN_CALL_S = 20e-6
 # A function's error at one size corrects the profile at sizes at most this many times larger or
 # smaller. Farther away the error says little: a tiny call's time is mostly fixed overhead, which
@@ -287,6 +288,11 @@ class Learner:
         for best, other in sorted((s, n) for n, s in pred.seconds.items() if n != chosen and s is not None):
             if pred.parts.get(other, {}).get("cold_start"):
                 continue  # a cold GPU is started by the cold-start rule (ski rental), not by exploring
+            if other == NUMBA_NAME and mine < TIER_EXPLORE_MIN_CALL_S:
+                # a few microseconds to gain a call, against a cold tier call of up to
+                # milliseconds (panel_recur at 1e2 on the H200, session 9: 6 us on NumPy, the
+                # tier's own column 3.4 ms a call; two explorations made the row 3.4x NumPy)
+                continue
             cell = history.cell((other, *bucket))
             if cell is not None and cell.trusted:
                 if not (best <= EXPLORE_WITHIN * mine and self._stale(cell, best)):
