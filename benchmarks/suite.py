@@ -690,14 +690,16 @@ SETTLE_CALLS = 100  # at most, per row (and at most settle()'s max_s)
 SETTLE_STABLE = 4  # the same backend this many calls in a row, none exploring or still learning: settled
 
 
-def learning(d) -> bool:
+def learning(d, learner=None) -> bool:
     """Whether decision ``d`` is still learning at its size: it explores, or its call is timed
     because the chosen backend's time is not yet trusted there or an exploration waits
-    (``observe_every`` 1; a trusted choice times 0 or 1 in 8 calls, _learn.observation_interval).
-    Four calls in a row on NumPy before its time is trusted are not settled: on the H200
+    (``observe_every`` 1; a trusted choice times 0 or 1 in 8 calls, _learn.observation_interval),
+    or (``learner``: the function's) its calls wait to afford compiling the Numba tier to explore
+    it. Four calls in a row on NumPy before its time is trusted are not settled: on the H200
     (session 9) panel_recur at 1e4 ran 4 such calls, then, its first samples there 2x its warm
     time, tried the Numba tier and the GPU inside the timed window (2.46x NumPy)."""
-    return bool(d.exploring or (d.observe and d.observe_every == 1))
+    waits = learner is not None and learner.waits_to_compile(d.bucket)
+    return bool(d.exploring or (d.observe and d.observe_every == 1) or waits)
 
 
 def quiet_compiler(row: dict, max_s: float = 60.0) -> None:
@@ -720,14 +722,15 @@ def quiet_compiler(row: dict, max_s: float = 60.0) -> None:
 def settle(fn_off, call, row: dict, max_s: float = 5.0) -> None:
     """Call until the decision settles (``SETTLE_STABLE`` calls on one backend, none of them
     ``learning``); record how many calls that took."""
-    seen = [(fn_off.last_decision.backend, learning(fn_off.last_decision))]
+    learner = getattr(getattr(fn_off, "__autooffload__", None), "learner", None)
+    seen = [(fn_off.last_decision.backend, learning(fn_off.last_decision, learner))]
     start = time.perf_counter()
     while len(seen) < SETTLE_CALLS and time.perf_counter() - start < max_s:
         tail = seen[-SETTLE_STABLE:]
         if len(tail) == SETTLE_STABLE and len({b for b, _ in tail}) == 1 and not any(e for _, e in tail):
             break
         call()
-        seen.append((fn_off.last_decision.backend, learning(fn_off.last_decision)))
+        seen.append((fn_off.last_decision.backend, learning(fn_off.last_decision, learner)))
     backends = [b for b, _ in seen]
     last = backends[-1]
     stable_from = len(backends)

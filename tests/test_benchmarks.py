@@ -355,6 +355,9 @@ def test_suite_settles_only_once_nothing_is_left_to_learn():
     assert not mod.learning(d(exploring=False, observe=True, observe_every=8))  # a trusted GPU cell, sampled
     assert not mod.learning(d(exploring=False, observe=False, observe_every=0))  # trusted NumPy: the hot path
     assert not mod.learning(d(exploring=False, observe=False, observe_every=1))  # AUTOOFFLOAD_LEARN=0
+    waiting = types.SimpleNamespace(waits_to_compile=lambda bucket: bucket == (20, -1))  # the tier's compilation
+    assert mod.learning(d(exploring=False, observe=False, observe_every=0, bucket=(20, -1)), waiting)
+    assert not mod.learning(d(exploring=False, observe=False, observe_every=0, bucket=(22, -1)), waiting)
     # four NumPy calls still learning, then a switch, then four settled ones
     script = [d(backend="numpy", exploring=False, observe=True, observe_every=1)] * 4 + \
         [d(backend="numba", exploring=True, observe=True, observe_every=1)] + \

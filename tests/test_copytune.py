@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -249,6 +250,10 @@ def test_applying_the_same_tuning_again_keeps_the_pool(restore_tuning, monkeypat
     assert released == [{"keep_results": True}] and T._tuning().h2d_nontemporal == 1
     T.apply_tuning({"threads": 4, "chunk_bytes": 16 << 20})
     assert len(released) == 2
+    # a pool of another size (left by a copy planned under an earlier tuning) goes at any change
+    monkeypatch.setattr(T, "_pool", types.SimpleNamespace(buffer_bytes=32 << 20))
+    T.apply_tuning({"threads": 4, "chunk_bytes": 16 << 20, "h2d_nontemporal": 1})
+    assert len(released) == 3
 
 
 def device_timing(tuning: CopyTuning | None) -> BackendTiming:

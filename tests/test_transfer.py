@@ -834,11 +834,15 @@ def test_staged_copies_with_non_temporal_stores_round_trip_exactly(staged, n):
     assert T.pool_info()["in_use"] == 0
 
 
-@pytest.mark.parametrize("length,piece", [(100, 10), (30, 10), (31, 10), (29, 10), (1000, 3), (7, 2), (5, 8), (10**8, 8388608)])
+@pytest.mark.parametrize("length,piece", [(0, 10), (1, 10), (100, 10), (30, 10), (31, 10), (29, 10), (1000, 3), (7, 2), (5, 8),
+                                          (10**8, 8388608)])
 def test_ramp_edges_ramp_up_and_down_and_cover_the_range_exactly(length, piece):
     for ramp in (False, True):
         edges = T.ramp_edges(length, piece, ramp)
         sizes = [b - a for a, b in zip(edges, edges[1:])]
+        if length == 0:
+            assert edges == (0,) and T.staged_pieces(0, T._Tuning(staged_ramp=int(ramp))) == []
+            continue
         assert edges[0] == 0 and edges[-1] == length and all(s > 0 for s in sizes) and max(sizes) <= piece
         if ramp and piece >= 4 and length >= 3 * piece:  # fill and drain a quarter piece each
             assert sizes[:2] == [piece // 4, piece // 2] and sizes[-2:] == [piece // 2, piece // 4], sizes

@@ -252,9 +252,11 @@ def _threaded_copyto(dst: np.ndarray, src: np.ndarray, k: int) -> None:
 def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | None = None) -> SearchResult:
     """Search the engine's knobs for this machine; leaves the engine on the defaults.
 
-    Bounded by ``plan.budget_s``: the steps run in order of what they are worth (host bound,
-    the large-array knobs, then the size ranges); once the budget is spent the remaining
-    candidates are skipped and the best so far is kept (the log says what was skipped).
+    Bounded by ``plan.budget_s``, give or take a step: the steps run in order of what they are
+    worth (host bound, the large-array knobs, the size ranges, non-temporal stores); once the
+    budget is spent the remaining candidates are skipped and the best so far is kept (the log says
+    what was skipped); the non-temporal stores and the check against the defaults always get a
+    slice (up to ~0.1 of the budget, and the check's own copies) after the ranges.
     """
     clock, say = engine.clock, (progress or (lambda s: None))
     start = clock()
@@ -377,10 +379,11 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
         # chosen ranges stage (see _transfer._Tuning.h2d_nontemporal): on the H200 they made
         # first copies in 11-15% faster at 64-256 MiB and were even at 1 GiB, while out they
         # were 19% slower at 64 MiB and 9-13% faster at 128-256 MiB (staged-probe, session 9).
-        # It has a slice of its own (a tenth of the budget, at least 1 s), as the check against the
-        # defaults does: the ranges' step ends past the budget's 0.8 on the H200 (quick search:
-        # 14.7 s of 12) and left it no time at all.
-        deadline = clock() + max(0.1 * plan.budget_s, 1.0)
+        # It has at least a slice of its own (a tenth of the budget), as the check against the
+        # defaults does: the ranges' step ended past the budget's 0.8 on the H200 (quick search:
+        # 14.7 s of 12) and left it no time at all; where that step ended early, it may use the
+        # rest of the budget's 0.8.
+        deadline = max(start + 0.8 * plan.budget_s, clock() + 0.1 * plan.budget_s)
         knobs.update(_nontemporal_choice(knobs, plan, timed, lambda: clock() > deadline, log))
         # Only worth it where it beats the defaults: else keep them (a noisy search must not
         # leave the engine worse than the hand tuning).
@@ -430,27 +433,31 @@ def path_of(knobs: Mapping[str, int], n: int, direction: str) -> str:
 def _nontemporal_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict[str, int], int, str], float],
                         over_budget: Callable[[], bool], log: list[str]) -> dict[str, int]:
     """``h2d_nontemporal`` / ``d2h_nontemporal`` on where, over the sizes ``knobs`` sends down the
-    staged path, streaming stores took less time in total (log of the time ratios, interleaved
-    pairs, the faster of two each); else off."""
-    staged = [n for n in plan.sizes if path_of(knobs, n, "h2d") == "staged" or path_of(knobs, n, "d2h") == "staged"]
-    chosen: dict[str, int] = {}
-    for direction, knob in (("h2d", "h2d_nontemporal"), ("d2h", "d2h_nontemporal")):
-        sizes = [n for n in staged if path_of(knobs, n, direction) == "staged"]
-        gain, done = 0.0, list[int]()
-        for n in sizes:
-            if over_budget():
-                log.append(f"budget spent: {knob} measured at {', '.join(str(m // MiB) for m in done) or 'no'} MiB")
-                break
+    staged path in that direction, streaming stores took less time in total (log of the time
+    ratios, interleaved pairs, the faster of two each); else off. Sizes from the smallest, both
+    directions at each, until ``over_budget``."""
+    knob_of = {"h2d": "h2d_nontemporal", "d2h": "d2h_nontemporal"}
+    gain = {d: 0.0 for d in knob_of}
+    done: dict[str, list[int]] = {d: [] for d in knob_of}
+    for n in plan.sizes:
+        directions = [d for d in knob_of if path_of(knobs, n, d) == "staged"]
+        if directions and over_budget():
+            log.append(f"budget spent: non-temporal stores measured to {max(done['h2d'] + done['d2h'], default=0) // MiB} MiB")
+            break
+        for direction in directions:
+            knob = knob_of[direction]
             plain, streaming = [], []
             for _ in range(2):
                 streaming.append(timed({**knobs, knob: 1}, n, direction))
                 plain.append(timed({**knobs, knob: 0}, n, direction))
-            gain += math.log(min(plain) / min(streaming))
-            done.append(n)
-        chosen[knob] = int(bool(done) and gain > 0)
-        if done:
-            log.append(f"{knob}: {'on' if chosen[knob] else 'off'} (log gain {gain:.3f} over "
-                       f"{', '.join(str(n // MiB) for n in done)} MiB)")
+            gain[direction] += math.log(min(plain) / min(streaming))
+            done[direction].append(n)
+    chosen: dict[str, int] = {}
+    for direction, knob in knob_of.items():
+        chosen[knob] = int(bool(done[direction]) and gain[direction] > 0)
+        if done[direction]:
+            log.append(f"{knob}: {'on' if chosen[knob] else 'off'} (log gain {gain[direction]:.3f} over "
+                       f"{', '.join(str(n // MiB) for n in done[direction])} MiB)")
     return chosen
 
 

@@ -377,6 +377,11 @@ class Learner:
         self._left_s = self._next_wait() - self._spent()
         return False, min(others)
 
+    def waits_to_compile(self, bucket: tuple[int, int]) -> bool:
+        """Whether calls at ``bucket`` wait to afford the tier's compilation, to explore it there
+        (``compile_to_explore``): learning there is not done."""
+        return bucket in self._compile_wait
+
     def _next_wait(self) -> float:
         return min((*self._compile_wait.values(), *self._recheck_wait.values()), default=0.0)
 

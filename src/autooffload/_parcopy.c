@@ -20,7 +20,7 @@
  * memory, not into the copying cores' caches. Why: a DMA that reads pinned memory the host copy
  * has just written runs slower while those lines sit modified in the cores' caches. Measured on
  * the H200 machine (tools/staged_probe.py, session 9): one DMA of 16 MiB from pinned memory
- * 0.41-0.59 ms right after a host copy wrote it, 0.32 ms from pinned memory no copy had touched
+ * 0.41-0.59 ms right after a host copy wrote it, 0.32 ms from pinned memory no copy had written recently
  * (a fit of 1-32 MiB: 83-147 us a DMA against 12 us). Elsewhere (no SSE2), plain memcpy.
  */
 #define PY_SSIZE_T_CLEAN

@@ -286,7 +286,9 @@ def apply_tuning(knobs: Any = None, source: str = "defaults") -> list[str]:
         new = replace(new, min_chunk_bytes=new.chunk_bytes)
     if new != _TUNING:
         old, _TUNING = _TUNING, new
-        if any(getattr(old, k) != getattr(new, k) for k in _RESTARTING_KNOBS):
+        pool = _pool
+        mismatched = (pool is not None and pool.buffer_bytes != new.chunk_bytes) or bool(_stale_pools)
+        if mismatched or any(getattr(old, k) != getattr(new, k) for k in _RESTARTING_KNOBS):
             release_pinned_pool(keep_results=True)
             _drop_executor()
         _use_pinning(new)
@@ -296,7 +298,8 @@ def apply_tuning(knobs: Any = None, source: str = "defaults") -> list[str]:
 
 # The knobs that size the pinned pool and the worker threads: only a change of these restarts
 # them (a restart re-pins 20 x 32 MiB, ~0.1 s), so that calibration's A/B of a path's knobs,
-# such as h2d_nontemporal, costs the copies only.
+# such as h2d_nontemporal, costs the copies only; so does a pool of another size left by a copy
+# that planned under an earlier tuning (_get_pool).
 _RESTARTING_KNOBS = ("chunk_bytes", "max_buffers", "threads")
 
 
@@ -410,6 +413,8 @@ def ramp_edges(length: int, piece: int, ramp: bool) -> tuple[int, ...]:
     rest); with ``ramp``, where ``length`` spans at least three pieces, a quarter and a half piece
     first and a half and a quarter piece last, so that a pipeline's fill (the first piece's first
     stage) and drain (the last piece's last stage) take a quarter piece each (``staged_ramp``)."""
+    if length <= 0:
+        return (0,)
     ends = [max(1, piece // 4), max(1, piece // 2)]
     if ramp and piece >= 4 and length >= 3 * piece:
         middle = length - 2 * sum(ends)
