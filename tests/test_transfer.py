@@ -640,11 +640,16 @@ def test_direct_paths_fake(fake):
         assert same(T.to_device(h).get(), h), name
 
 
-def test_pinned_unavailable_falls_back(fake, monkeypatch):
+def _no_pinned_memory(fake, monkeypatch) -> None:
+    """cudaHostAlloc fails from now on: the engine has no pinned buffer to stage through."""
     def no_pinned(n, flags):
         raise RuntimeError("cudaErrorMemoryAllocation")
 
     monkeypatch.setattr(fake.cuda.runtime, "hostAlloc", staticmethod(no_pinned))
+
+
+def test_pinned_unavailable_falls_back(fake, monkeypatch):
+    _no_pinned_memory(fake, monkeypatch)
     rng = np.random.default_rng(4)
     h = random_array((300, 301), np.float64, rng)
     for v in (h, h[::2], h.T):
@@ -1360,11 +1365,7 @@ def test_with_no_pinned_memory_to_stage_through_an_array_in_transition_is_still_
     before = h.copy()
     _pin(h)
     T.release_pinned_pool(keep_results=True)  # no pinned staging buffers exist
-
-    def no_pinned(n, flags):
-        raise RuntimeError("cudaErrorMemoryAllocation")
-
-    monkeypatch.setattr(fake.cuda.runtime, "hostAlloc", staticmethod(no_pinned))
+    _no_pinned_memory(fake, monkeypatch)
     with _release_under_way(cache, monkeypatch):
         src = h[:200] if small else h
         d = T.to_device(src)
@@ -1398,11 +1399,7 @@ def test_the_fallback_for_memory_in_transition_keeps_every_layout(pin_reused, mo
     before = src.copy()
     _pin(base)
     T.release_pinned_pool(keep_results=True)  # no pinned staging buffers exist
-
-    def no_pinned(n, flags):
-        raise RuntimeError("cudaErrorMemoryAllocation")
-
-    monkeypatch.setattr(fake.cuda.runtime, "hostAlloc", staticmethod(no_pinned))
+    _no_pinned_memory(fake, monkeypatch)
     with _release_under_way(cache, monkeypatch):
         d = T.to_device(src)
         base[...] = -1.0
