@@ -839,54 +839,6 @@ def test_staged_copies_with_non_temporal_stores_round_trip_exactly(staged, n):
     assert T.pool_info()["in_use"] == 0
 
 
-@pytest.mark.parametrize("length,piece", [(0, 10), (1, 10), (100, 10), (30, 10), (31, 10), (29, 10), (1000, 3), (7, 2), (5, 8),
-                                          (10**8, 8388608)])
-def test_ramp_edges_ramp_up_and_down_and_cover_the_range_exactly(length, piece):
-    for ramp in (False, True):
-        edges = T.ramp_edges(length, piece, ramp)
-        sizes = [b - a for a, b in zip(edges, edges[1:])]
-        if length == 0:
-            assert edges == (0,) and T.staged_pieces(0, T._Tuning(staged_ramp=int(ramp))) == []
-            continue
-        assert edges[0] == 0 and edges[-1] == length and all(s > 0 for s in sizes) and max(sizes) <= piece
-        if ramp and piece >= 4 and length >= 3 * piece:  # fill and drain a quarter piece each
-            assert sizes[:2] == [piece // 4, piece // 2] and sizes[-2:] == [piece // 2, piece // 4], sizes
-        else:
-            assert sizes[:-1] == [piece] * (len(sizes) - 1), sizes
-
-
-@pytest.mark.parametrize("n", [MiB, 7 * MiB + 3, 64 * MiB, 64 * MiB + 1, 200 * MiB + 4097, 1 << 30])
-def test_ramped_staged_pieces_are_a_quarter_and_a_half_piece_at_each_end(n):
-    even = T.staged_pieces(n, T._Tuning(chunk_bytes=32 * MiB))
-    pieces = T.staged_pieces(n, T._Tuning(chunk_bytes=32 * MiB, staged_ramp=1))
-    sizes = [k for _, k in pieces]
-    assert pieces[0][0] == 0 and sum(sizes) == n and all(k > 0 for k in sizes)
-    assert all(a + k == b for (a, k), (b, _) in zip(pieces, pieces[1:]))
-    assert all(off % (64 * KiB) == 0 for off, _ in pieces)  # the engine's pieces stay aligned
-    piece = even[0][1]
-    assert max(sizes) <= piece
-    if n >= 3 * piece:
-        units = piece // (64 * KiB)
-        quarter, half = units // 4 * 64 * KiB, units // 2 * 64 * KiB
-        assert sizes[:2] == [quarter, half] and sizes[-2] == half and 0 < sizes[-1] <= quarter
-    else:
-        assert pieces == even
-
-
-@needs_parcopy
-@pytest.mark.parametrize("n", [65536 * 12, 65536 * 16 + 8, 1_000_003])
-def test_ramped_staged_copies_round_trip_exactly(staged, n):
-    T._configure(chunk_bytes=256 * KiB, staged_ramp=1, h2d_nontemporal=1)
-    rng = np.random.default_rng(n)
-    h = random_array((n,), np.uint8, rng)
-    staged.memcpys.clear()
-    d = T.to_device(h)
-    assert same(d.get(), h)
-    assert len(staged.memcpys) == len(T.staged_pieces(n, T._tuning())) > -(-n // (256 * KiB))
-    assert same(T.to_host(d), h)
-    assert T.pool_info()["in_use"] == 0
-
-
 def test_a_piece_count_below_one_is_refused():
     with pytest.raises(ValueError, match="staged_piece_count"):
         T.apply_tuning({"staged_piece_count": 0})

@@ -14,9 +14,9 @@ calls: that restarts the engine's pinned pool and threads), per size, interleave
                         (they share the memory bus).
 * ``DMA under host copy``: the DMA alone, timed while another thread host-copies 1 GiB.
 
-* ``staged, plain stores`` / ``staged, non-temporal`` / ``staged, ramped``: the same with the
-  knobs ``h2d_nontemporal`` and ``d2h_nontemporal`` off, both on, and with the profile's knobs
-  plus ``staged_ramp`` (tunings swapped in for the call: the pool and threads stay);
+* ``staged, plain stores`` / ``staged, non-temporal``: the same with the knobs
+  ``h2d_nontemporal`` and ``d2h_nontemporal`` off and both on (tunings swapped in for the call:
+  the pool and threads stay);
 * ``out`` and its three variants: ``to_host(d, out=h)`` of an unpinned array, likewise.
 
 Then one piece of 1-32 MiB: the native host copy, plain and non-temporal, a DMA right after
@@ -56,7 +56,6 @@ def main(argv=None) -> None:
     sizes = [64 * MiB, 128 * MiB, 256 * MiB, 1024 * MiB]
     plain = replace(t, h2d_nontemporal=0, d2h_nontemporal=0)
     streaming_stores = replace(t, h2d_nontemporal=1, d2h_nontemporal=1)
-    ramped = replace(t, staged_ramp=1)
     pinned = cp.cuda.alloc_pinned_memory(max(sizes))
     other = cp.cuda.alloc_pinned_memory(2048 * MiB)  # the unrelated DMA's and host copy's memory
     other_src = np.empty(1024 * MiB // 8)
@@ -132,10 +131,9 @@ def main(argv=None) -> None:
 
         fns = {"staged": staged, "staged, plain stores": under(plain, lambda: T.to_device(h)),
                "staged, non-temporal": under(streaming_stores, lambda: T.to_device(h)),
-               "staged, ramped": under(ramped, lambda: T.to_device(h)),
                "out": under(t, lambda: T.to_host(d, out=h)), "out, plain stores": under(plain, lambda: T.to_host(d, out=h)),
                "out, non-temporal": under(streaming_stores, lambda: T.to_host(d, out=h)),
-               "out, ramped": under(ramped, lambda: T.to_host(d, out=h)), "host copy alone": host_only, "DMA alone": dma_only,
+               "host copy alone": host_only, "DMA alone": dma_only,
                "host copy under DMA": timed_during(a_dma, host_only), "DMA under host copy": timed_during(a_host_copy, dma_only)}
         times: dict[str, list[float]] = {k: [] for k in fns}
         for f in fns.values():

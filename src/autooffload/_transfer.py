@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import itertools
 import math
 import os
 import threading
@@ -176,14 +175,6 @@ class _Tuning:
     # calibration measures both (_copytune._nontemporal_choice); the shipped H200 profile sets in.
     h2d_nontemporal: int = 0
     d2h_nontemporal: int = 0
-    # 1: a staged copy's first two and last two pieces are a quarter and a half piece
-    # (ramp_edges), so that its fill (the first piece's host copy) and drain (the last one's DMA)
-    # are a quarter piece each: at 64 MiB in four 16 MiB pieces those were 0.85 of 2.80 ms
-    # (staged-probe.txt, session 8). With plain stores ramping lost (64 MiB in 2.66 against
-    # 2.41 ms, h200-session9-ramp/staged-probe.log), and with non-temporal stores too (2.02
-    # against 1.77 ms, slower at every size to 1 GiB, h200-session9/staged-probe.final.txt): the
-    # four extra pieces cost more than the shorter fill and drain save. Off; not searched.
-    staged_ramp: int = 0
     # Smallest part of a copy that one native thread takes: 256 KiB beat 1 MiB at every size.
     min_part_bytes: int = 256 * KiB
     # 1: device->host results in new memory (no kept block fitted) may take the staged path too;
@@ -408,33 +399,14 @@ def chunk_size_for(nbytes: int, t: _Tuning) -> int:
     return max(min(t.min_chunk_bytes, cap), min(cap, want))
 
 
-def ramp_edges(length: int, piece: int, ramp: bool) -> tuple[int, ...]:
-    """Boundaries of pieces covering ``range(length)``: pieces of ``piece`` (the last one the
-    rest); with ``ramp``, where ``length`` spans at least three pieces, a quarter and a half piece
-    first and a half and a quarter piece last, so that a pipeline's fill (the first piece's first
-    stage) and drain (the last piece's last stage) take a quarter piece each (``staged_ramp``)."""
-    if length <= 0:
-        return (0,)
-    ends = [max(1, piece // 4), max(1, piece // 2)]
-    if ramp and piece >= 4 and length >= 3 * piece:
-        middle = length - 2 * sum(ends)
-        n = -(-middle // piece)
-        sizes = ends + [piece] * (n - 1) + [middle - piece * (n - 1)] + ends[::-1]
-    else:
-        n = -(-length // piece)
-        sizes = [piece] * (n - 1) + [length - piece * (n - 1)]
-    return tuple(itertools.accumulate(sizes, initial=0))
-
-
 def staged_pieces(nbytes: int, t: _Tuning) -> list[tuple[int, int]]:
     """(offset, length) of the pieces of a staged copy: about ``staged_piece_count``, each
     1 MiB .. chunk_bytes (one pinned buffer), so that a piece's DMA overlaps the host copy of
-    the next; with ``staged_ramp``, a quarter and a half piece at each end."""
+    the next (smaller pieces at the ends, to shorten the pipeline's fill and drain, lost at every
+    size on the H200, with plain and with non-temporal stores: transfer.NOTES.md, session 9)."""
     count = max(1, t.staged_piece_count)
     piece = min(t.chunk_bytes, max(min(MiB, t.chunk_bytes), _round_up(-(-nbytes // count), 64 * KiB)))
-    unit = 64 * KiB if piece % (64 * KiB) == 0 else 1  # ramped pieces stay 64 KiB-aligned
-    edges = [min(nbytes, e * unit) for e in ramp_edges(-(-nbytes // unit), piece // unit, bool(t.staged_ramp))]
-    return [(a, b - a) for a, b in zip(edges, edges[1:])]
+    return [(off, min(piece, nbytes - off)) for off in range(0, nbytes, piece)]
 
 
 def plan_contiguous(base_addr: int, nbytes: int, chunk: int) -> list[Chunk]:
