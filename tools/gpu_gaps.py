@@ -157,7 +157,8 @@ def device_path_parts(g) -> None:
     os.environ.pop("AUTOOFFLOAD_LOG", None)
     autooffload.reload_environment()
     print("\n3. device path by variant (us, medians of 300 interleaved rounds, each synchronized)")
-    for name, fn, n in [("bessel", suite.bessel_weights, 1000), ("bessel", suite.bessel_weights, 10_000),
+    for name, fn, n in [("bessel", suite.bessel_weights, 100), ("bessel", suite.bessel_weights, 1000),
+                        ("bessel", suite.bessel_weights, 10_000),
                         ("x*2+1", lambda x: x * 2 + 1, 100)]:
         x = g.uniform(-20.0, 20.0, n)
         forced = offload(backend="cupy")(fn)

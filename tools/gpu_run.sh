@@ -91,6 +91,8 @@ for s in "$@"; do
                        --functions "${FUNCTIONS:-panel_recur,bessel_i0,normal_eqs}" --max-elements "${MAX_N:-1e6}" --no-plot ;;
         staged-probe) # issue 14: a staged first copy's host copy and DMA, alone, together, and each under the other
                       TAIL=12 step staged-probe python3 tools/staged_probe.py ;;
+        gaps-parts) # issue 12: the small-call device path by variant (bessel at 1e2-1e4, x*2+1), driver primitives, cProfile
+                    TAIL=12 step gaps-parts python3 tools/gpu_gaps.py 3 ;;
         gaps-result) # issue 12 item 8: pairwise_dist at 1e6, @offload on CuPy against CuPy + copies, stage by stage
                      TAIL=40 step gaps-result python3 tools/gpu_gaps.py 5 ;;
         *) echo "unknown step $s" ;;
