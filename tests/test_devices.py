@@ -95,3 +95,38 @@ def test_a_cuda_uuid_is_spelled_as_nvidia_smi_does():
     raw = bytes(range(16))
     assert device.format_uuid(raw) == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f"
     assert device.format_uuid("GPU-abc") == "GPU-abc" and device.format_uuid(None) == ""
+
+
+def _cupy_reporting(uuid):
+    """A stand-in for the cupy module whose runtime reports ``uuid`` for every device."""
+    from types import SimpleNamespace
+
+    runtime = SimpleNamespace(getDeviceProperties=lambda index: {"uuid": uuid, "name": b"GPU"})
+    return SimpleNamespace(cuda=SimpleNamespace(runtime=runtime))
+
+
+def test_a_uuid_cupy_cut_at_a_zero_byte_is_read_from_the_driver(monkeypatch):
+    # CuPy converts the 16 bytes as a C string: a UUID holding a zero byte comes back short
+    # (seen on the H200 machine: the device was named "cuda:0" with no UUID).
+    whole = bytes([0x5A, 0x11, 0, 7]) + bytes(range(12))
+    asked = []
+    monkeypatch.setattr(device, "_driver_uuid", lambda index: asked.append(index) or whole)
+    assert device.cuda_uuid(_cupy_reporting(whole[:2]), 3) == device.format_uuid(whole) and asked == [3]
+    assert device.cuda_uuid(_cupy_reporting(bytes(range(1, 17))), 0) == device.format_uuid(bytes(range(1, 17)))
+    assert asked == [3]  # 16 bytes: CuPy's own answer, the driver not asked
+
+
+def test_a_uuid_nothing_can_read_is_empty_and_the_device_named_by_index(monkeypatch):
+    monkeypatch.setattr(device, "_driver_uuid", lambda index: None)
+    assert device.cuda_uuid(_cupy_reporting(b"\x5a"), 0) == ""
+    assert device.device_label((0, "")) == "cuda:0"
+
+
+def test_the_driver_library_missing_gives_no_uuid(monkeypatch):
+    import ctypes
+
+    def missing(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert device._driver_uuid(0) is None

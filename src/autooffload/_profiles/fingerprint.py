@@ -150,15 +150,6 @@ def _blas() -> tuple[str | None, int | None]:
     return name or None, threads if isinstance(threads, int) and threads > 0 else None
 
 
-def _format_uuid(raw: object) -> str | None:
-    if isinstance(raw, (bytes, bytearray)) and len(raw) == 16:
-        h = raw.hex()
-        return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    if isinstance(raw, str) and raw:
-        return raw
-    return None
-
-
 def cuda_gpu_details() -> dict:
     """Fingerprint fields only the CUDA runtime knows (device 0 of this process); {} without a GPU.
 
@@ -166,6 +157,8 @@ def cuda_gpu_details() -> dict:
     """
     try:
         import cupy
+
+        from ..backends.cupy import cuda_uuid
 
         runtime = cupy.cuda.runtime
         if runtime.getDeviceCount() < 1:
@@ -180,7 +173,7 @@ def cuda_gpu_details() -> dict:
 
         return {
             "gpu_name": name or None,
-            "gpu_uuid": _format_uuid(props.get("uuid")),
+            "gpu_uuid": cuda_uuid(cupy, device_id) or None,
             "gpu_compute_capability": f"{props['major']}.{props['minor']}",
             "gpu_memory_bytes": int(props["totalGlobalMem"]),
             "driver_version": _nvidia_driver_version() or f"cuda {cuda_version(runtime.driverGetVersion())}",

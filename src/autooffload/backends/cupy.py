@@ -48,11 +48,7 @@ class CupyBackend(Backend, DeviceMemory):
         index = self._get_device()
         uuid = self._uuids.get(index)
         if uuid is None:
-            try:
-                uuid = format_uuid(self.xp.cuda.runtime.getDeviceProperties(index).get("uuid"))
-            except Exception:  # an old runtime without the field: the index alone
-                uuid = ""
-            self._uuids[index] = uuid
+            uuid = self._uuids[index] = cuda_uuid(self.xp, index)
         return index, uuid
 
     # -- copies ------------------------------------------------------------------------------
@@ -138,12 +134,46 @@ class CupyBackend(Backend, DeviceMemory):
 
 
 def format_uuid(raw: Any) -> str:
-    """CUDA's 16 UUID bytes as nvidia-smi prints them ("GPU-" and 8-4-4-4-12 hex digits), as
-    _profiles.fingerprint spells them (not imported here: it loads pydantic); "" if unknown."""
+    """CUDA's 16 UUID bytes as nvidia-smi prints them ("GPU-" and 8-4-4-4-12 hex digits); "" if
+    unknown."""
     if isinstance(raw, (bytes, bytearray)) and len(raw) == 16:
         h = bytes(raw).hex()
         return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     return raw if isinstance(raw, str) else ""
+
+
+def cuda_uuid(cupy: ModuleType, index: int) -> str:
+    """The UUID of CUDA device ``index`` as nvidia-smi prints it, "" where nothing can tell.
+
+    CuPy's ``getDeviceProperties(i)["uuid"]`` converts the 16 bytes as a C string, so it stops
+    at the first zero byte: on the H200 machine one start's GPU gave fewer than 16 bytes (a
+    UUID holds a zero byte about one time in 16). Then the driver is asked itself
+    (``cuDeviceGetUuid``, 16 bytes whatever they hold)."""
+    try:
+        raw = cupy.cuda.runtime.getDeviceProperties(index).get("uuid")
+    except Exception:  # an old runtime without the field
+        raw = None
+    if isinstance(raw, (bytes, bytearray)) and len(raw) < 16:
+        raw = _driver_uuid(index)
+    return format_uuid(raw)
+
+
+def _driver_uuid(index: int) -> bytes | None:
+    """Device ``index``'s 16 UUID bytes from the CUDA driver library (ctypes; the device
+    numbered as the runtime numbers it, CUDA_VISIBLE_DEVICES applied), or None."""
+    import ctypes
+
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        lib = ctypes.CDLL(name)
+        get_uuid = getattr(lib, "cuDeviceGetUuid_v2", None) or lib.cuDeviceGetUuid
+        dev = ctypes.c_int()
+        buf = ctypes.create_string_buffer(16)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(dev), index) != 0 or get_uuid(buf, dev) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return buf.raw
 
 
 def _is_device_object(obj: Any, backend: CupyBackend) -> bool:
