@@ -1,6 +1,6 @@
 """GPU-path gaps of issue 12, measured on the GPU machine (one run, interleaved).
 
-    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3] [4] [5]     # parts 1-4 by default
+    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3] [4] [5] [6]     # parts 1-4 by default
 
 1. ``auto`` against ``config(backend="cupy")`` on the same calls (item 8: in one suite run a ridge
    regression on a 1e5 x 256 input and a pairwise distance with a 6000 x 6000 result ran 2.5-3.5x
@@ -86,6 +86,8 @@ def main() -> None:
         sparse_device_calls(g)
     if "5" in parts:
         result_copy_gap(g)
+    if "6" in parts:
+        marginal_costs(g)
 
 
 def auto_vs_forced(g) -> None:
@@ -289,3 +291,59 @@ def result_copy_gap(g) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def marginal_costs(g) -> None:
+    """6. What each piece of the small-call device path costs on the GPU: @offload forced onto
+    CuPy (bessel at 1e2, the suite's worst row) with one piece at a time replaced by its bare
+    minimum, interleaved, 20 calls a sample as the suite times. The replacements keep results
+    right for this call (plain arguments, a new result) and exist only for the measurement."""
+    import autooffload
+    from autooffload import _arguments, _transfer
+    from autooffload.backends import cupy as cupy_backend
+
+    os.environ.pop("AUTOOFFLOAD_LOG", None)
+    autooffload.reload_environment()
+    x = g.uniform(-20.0, 20.0, 100)
+    fn = suite.bessel_weights
+    forced = offload(backend="cupy")(fn)
+    auto = offload(fn)
+    ex = forced.__autooffload__.executor
+    M = _arguments.Moved
+    twin = ex.runner(cupy_backend.load())[1]
+    patches = {
+        "meter off (no sync, no clock)": (M, "_metered", lambda self, h2d, n, copy, *a, **k: copy(*a, **k)),
+        "no result-view search": (M, "_view_of_original", lambda self, x, p: None),
+        "records.ran: count only": (ex.records, "ran", lambda o: ex.records.count_run(o.backend)),
+        "mark_gpu_ready no-op": (cupy_backend, "mark_gpu_ready", lambda: None),
+        "plain_call -> True": (ex, "plain_call", lambda *a: True),
+        "twin.refresh no-op": (twin, "refresh", lambda: None) if twin is not None else None,
+        "pin cache not asked": (_transfer, "_pinned_copy", lambda *a: _transfer._ANY_PATH),
+        "kept results not asked": (_transfer, "_results_pinned", lambda *a: False),
+    }
+    for _ in range(60):
+        auto(x)
+    variants = {"bare": lambda: bare(fn, (x,)),
+                "bare-our-copies": lambda: bare(fn, (x,), _transfer.to_device, _transfer.to_host),
+                "forced": lambda: forced(x), "auto": lambda: auto(x)}
+
+    def with_patch(p):
+        obj, attr, new = p
+
+        def run():
+            old = getattr(obj, attr)
+            setattr(obj, attr, new)
+            try:
+                for _ in range(20):
+                    forced(x)
+            finally:
+                setattr(obj, attr, old)
+        return run
+
+    samples = {k: (lambda f=f: [f() for _ in range(20)]) for k, f in variants.items()}
+    samples.update({k: with_patch(p) for k, p in patches.items() if p is not None})
+    t = interleaved(samples, 150)
+    base = t["forced"]
+    print("\n6. marginal costs of the device path, bessel at 1e2 (us a call, medians of 150 interleaved samples of 20 calls)")
+    for k, v in t.items():
+        print(f"  {k:<32} {v / 20 * 1e6:7.1f}   forced minus this: {(base - v) / 20 * 1e6:+6.1f}")

@@ -93,6 +93,14 @@ for s in "$@"; do
                       TAIL=12 step staged-probe python3 tools/staged_probe.py ;;
         gaps-parts) # issue 12: the small-call device path by variant (bessel at 1e2-1e4, x*2+1), driver primitives, cProfile
                     TAIL=12 step gaps-parts python3 tools/gpu_gaps.py 3 ;;
+        suite-knobs) # the suite's $FUNCTIONS on the shipped profile with the copy knobs $KNOBS (k=v,k=v; bytes as integers) over its tuning
+                     python3 -c "import json, sys; p = json.load(open(sys.argv[1])); k = p['backends']['cupy']['copy_tuning']['knobs']
+k.update({a: int(b) for a, b in (kv.split('=') for kv in sys.argv[2].split(','))}); json.dump(p, open(sys.argv[3], 'w'))" \
+                         "src/autooffload/_profiles/shipped/$MACHINE.json" "$KNOBS" /tmp/knobs-profile.json
+                     AUTOOFFLOAD_PROFILE=/tmp/knobs-profile.json AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-knobs \
+                     step suite-knobs python3 benchmarks/suite.py --machine "$MACHINE-knobs" --budget-s "${BUDGET:-60}" \
+                         --functions "${FUNCTIONS:-normal_eqs,min_var_weights,pairwise_dist}" --max-elements "${MAX_N:-1e7}" --no-plot ;;
+        gaps-marginal) TAIL=16 step gaps-marginal python3 tools/gpu_gaps.py 6 ;;  # issue 12: each piece of the small-call device path
         gaps-result) # issue 12 item 8: pairwise_dist at 1e6, @offload on CuPy against CuPy + copies, stage by stage
                      TAIL=40 step gaps-result python3 tools/gpu_gaps.py 5 ;;
         *) echo "unknown step $s" ;;
