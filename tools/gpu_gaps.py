@@ -289,10 +289,6 @@ def result_copy_gap(g) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(20)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def marginal_costs(g) -> None:
     """6. What each piece of the small-call device path costs on the GPU: @offload forced onto
     CuPy (bessel at 1e2, the suite's worst row) with one piece at a time replaced by its bare
@@ -347,3 +343,7 @@ def marginal_costs(g) -> None:
     print("\n6. marginal costs of the device path, bessel at 1e2 (us a call, medians of 150 interleaved samples of 20 calls)")
     for k, v in t.items():
         print(f"  {k:<32} {v / 20 * 1e6:7.1f}   forced minus this: {(base - v) / 20 * 1e6:+6.1f}")
+
+
+if __name__ == "__main__":
+    main()
