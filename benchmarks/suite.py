@@ -8,7 +8,10 @@ same source runs in every column:
 
 * ``NumPy``         ``f(*host_args)``.
 * ``CuPy+copies``   ``cupy.asarray`` of every array argument, ``f(*device_args, xp=cupy)``, results
-                    back with ``cupy.asnumpy``; the stream synchronized before the clock stops.
+                    back with ``cupy.asnumpy``; the stream synchronized before the clock stops. Its
+                    arguments are copies of their own, which the copy engine never pins (until
+                    session 10 the columns shared them, and from 16 MiB this column copied memory
+                    @offload had pinned: 44-54 GB/s where plain CuPy makes 7-12 below that size).
 * ``Numba``         the function compiled by the Numba tier's runner, called directly (its first
                     call, the compilation, apart). It compiles the same function object that
                     ``@offload`` wraps, so ``@offload`` finds these argument types compiled and may
@@ -424,7 +427,7 @@ def _main(argv, quiet: bool) -> dict:
             if n > case.max_n:
                 notes.append(f"{case.name}: sizes above {B.fmt_n(case.max_n)} left out ({case.why_cap})")
                 break
-            need = n * case.bytes_per_n * case.temp_factor
+            need = n * case.bytes_per_n * (case.temp_factor + 1)  # + the CuPy column's own inputs
             if need > 0.6 * host_avail or (gpu_free is not None and need > 0.6 * gpu_free):
                 notes.append(f"{case.name} at {B.fmt_n(n)}: left out, needs ~{need / 2**30:.1f} GiB")
                 break
@@ -571,8 +574,13 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
         return True
 
     if cp is not None:
+        # Copies of the inputs of its own: memory @offload's copy engine has pinned in place (the
+        # pin-down cache pins arrays copied again, _pincache.py) would let cupy.asarray skip the
+        # driver's staging, which no hand-written CuPy code gets from a plain NumPy array.
+        cp_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
         def call_cp():
-            dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+            dev = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in cp_args]
             return to_host(case.fn(*dev, xp=cp), cp)
 
         if guarded("CuPy+copies", lambda: first_call("cupy_copies", "CuPy+copies", call_cp, sync)):

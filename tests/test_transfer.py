@@ -41,7 +41,7 @@ def test_import_does_not_import_cupy():
     assert r.stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize("env, expected", [({}, 16 * 1024 * 1024), ({"AUTOOFFLOAD_PIN": "0"}, 0)])
+@pytest.mark.parametrize("env, expected", [({}, 1024 * 1024), ({"AUTOOFFLOAD_PIN": "0"}, 0)])
 def test_pinning_on_reuse_is_on_from_the_start_unless_the_user_turns_it_off(env, expected):
     """Without any profile's tuning the defaults pin on reuse; AUTOOFFLOAD_PIN=0 turns both
     kinds off (the caller's arrays and kept results)."""
@@ -890,7 +890,7 @@ def test_without_the_native_pool_the_staged_path_is_off(fake, monkeypatch):
 
 @needs_parcopy
 def test_results_in_new_memory_go_to_the_workers_unless_told(staged, monkeypatch):
-    T._configure(d2h_direct_max=0)  # every result from the kept-memory allocator
+    T._configure(d2h_direct_max=0, pin_results_min=0)  # every result from the kept-memory allocator, never pinned
     h = random_array((200_000,), np.float64, np.random.default_rng(14))
     d = T.to_device(h)
     used = []
@@ -907,8 +907,11 @@ def test_results_in_new_memory_go_to_the_workers_unless_told(staged, monkeypatch
 # ---------------------------------------------------------------------------------------------
 # Pinning the caller's memory in place (cudaHostRegister), issue 14
 # ---------------------------------------------------------------------------------------------
-REGISTER_TUNINGS = {"whole": dict(h2d_register_min=1, d2h_register_min=1),
-                    "pieces": dict(h2d_register_min=1, d2h_register_min=1, register_chunk_bytes=16 * 1024)}
+# Pinning on reuse off: these tests count the ranges the register path pins and unpins by itself
+# (kept result blocks, pinned from 1 MiB by default, stay pinned while kept).
+REGISTER_TUNINGS = {"whole": dict(h2d_register_min=1, d2h_register_min=1, pin_results_min=0, pin_reused_min=0),
+                    "pieces": dict(h2d_register_min=1, d2h_register_min=1, register_chunk_bytes=16 * 1024,
+                                   pin_results_min=0, pin_reused_min=0)}
 
 
 @pytest.mark.parametrize("how", list(REGISTER_TUNINGS))

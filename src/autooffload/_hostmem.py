@@ -19,7 +19,7 @@ The difference a user can see: the result's ``flags.owndata`` is False and ``res
 in place raises (as for any view); everything else is that of a NumPy array.
 
 Pinned kept blocks (``configure_pinning``; the copy engine turns it on from its tuning,
-``pin_results_min``, 16 MiB by default): a kept block handed out again, at least that large, is page-locked once
+``pin_results_min``, 1 MiB by default: every kept block): a kept block handed out again, at least that large, is page-locked once
 (cudaHostRegister, ~31 GB/s of warm pages on the H200) and stays so while it is kept or in use.
 A copy into a result there is one DMA (55 GB/s on the H200) and no host copy at all, where the
 staged path copies every byte once more through host memory: that copy is what the streamed

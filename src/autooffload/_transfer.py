@@ -48,7 +48,8 @@ How (engine ``pinned-pipeline-v4``):
   VM: 16 threads copy into fresh pages at ~22 GB/s against ~40 into touched ones. So results
   above the direct-copy size are allocated from ``_hostmem.results``, which keeps the memory of
   dropped results (already faulted in) for the next one; ``out=`` avoids the cost too.
-* Memory copied again is pinned in place and kept pinned (engine v6, on by default from 16 MiB):
+* Memory copied again is pinned in place and kept pinned (engine v6, on by default from 1 MiB;
+  16 MiB until session 10):
   the caller's own arrays once copies have moved twice their bytes (``pin_reused_min``,
   ``_pincache.py``: the owning array's whole buffer as one registration, unpinned when it dies)
   and kept result blocks when handed out again (``pin_results_min``, _hostmem.py). A copy of
@@ -99,7 +100,7 @@ except ImportError:
 # v5: the knobs come from the active profile (`autooffload calibrate` searches them), and
 # cudaHostRegister-in-place is a path for large arrays when the tuning turns it on.
 # v6: memory copied again is pinned in place and kept so (the caller's arrays: _pincache.py; kept
-# results: _hostmem.py), on by default from 16 MiB.
+# results: _hostmem.py), on by default from 16 MiB (from 1 MiB since session 10: same engine, a default).
 ENGINE_NAME = "pinned-pipeline-v6" + ("" if _parcopy is not None else "-python")
 
 
@@ -197,12 +198,20 @@ class _Tuning:
     # on the H200 a loop's later copies out then ran at 53.7-54.8 GB/s against 34.6-41.8 staged
     # (transfer-pinned-results.txt), and with the caller's arrays pinned too a streamed
     # Black-Scholes at 1e8 took 59.7 ms against 167 (h200-session7/streaming.txt, h200-unpinned/).
-    pin_results_min: int = 16 * MiB
+    # From 1 MiB (session 10; 16 MiB before): results only use kept blocks above the driver's
+    # direct-copy size, and there a staged copy out made 10-16 GB/s on the H200 (8 MiB: 10.8).
+    pin_results_min: int = 1 * MiB
     # The caller's arrays whose memory is at least this many bytes take part in the pin-down
     # cache (_pincache.py, 0: never): once copies have moved twice an array's bytes its memory
     # is pinned in place and stays so while it lives, so that every later copy of it is one DMA
-    # with no host copy. Above the driver's direct-copy size, where staging is the engine's way.
-    pin_reused_min: int = 16 * MiB
+    # with no host copy. From 1 MiB (the least the cache counts): on the H200 (session 10,
+    # benchmarks/results/h200-session10/transfer-pin1m.md) a reused array then moved in at
+    # 16.1 / 28.4 / 32.2 GB/s at 1 / 4 / 8 MiB and out into it at 16.3 / 29.7 / 36.9, against
+    # 8.0 / 9.5 / 13.0 and 7.3 / 10.8 / 13.3 for its first copy in the same rounds (16 MiB, the
+    # earlier threshold, left the driver's path and the staged one, 7-18 GB/s, to every
+    # mid-size array a loop copies again: the suite's normal equations at 1e6, an 8 MB input,
+    # took 1.22 ms a call on the GPU, 0.60 ms pinned).
+    pin_reused_min: int = 1 * MiB
 
 
 def _default_threads() -> int:
