@@ -146,6 +146,29 @@ def test_only_reused_blocks_are_pinned_once_and_copies_can_find_them():
     assert not pins.pinned and pool.info()["pinned_bytes"] == 0
 
 
+def test_is_pinned_finds_ranges_inside_any_of_many_pinned_blocks_and_nothing_across_or_between():
+    pool, pins = HostBlocks(max_free_bytes=256 * MiB), _Pins()
+    pool.configure_pinning(pins.pin, pins.unpin, min_bytes=MiB)
+    sizes = [2, 4, 6, 2, 8, 4]  # MiB: blocks of several sizes, pinned when handed out again
+    held = [pool.empty((s * MiB // 8,), np.float64) for s in sizes]
+    del held
+    gc.collect()
+    held = [pool.empty((s * MiB // 8,), np.float64) for s in sizes]
+    blocks = sorted((a.base._block.ctypes.data, a.base._block.nbytes) for a in held)
+    assert sorted(pins.pinned.items()) == blocks
+    for start, n in blocks:
+        assert pool.is_pinned(start, n) and pool.is_pinned(start + n - 8, 8) and pool.is_pinned(start + 4096, 1)
+        assert not pool.is_pinned(start, n + 1) and not pool.is_pinned(start - 1, 2)
+    for (a, n), (b, _) in zip(blocks, blocks[1:]):
+        if a + n < b:
+            assert not pool.is_pinned(a + n, 1)  # the gap between two blocks
+        assert not pool.is_pinned(a + n - 8, b - a - n + 16)  # from one block into the next
+    del held
+    gc.collect()
+    pool.release()
+    assert not pins.pinned and not any(pool.is_pinned(a, 1) for a, _ in blocks)
+
+
 def test_pinning_is_bounded_refusals_are_harmless_and_dropped_blocks_are_unpinned():
     pool, pins = HostBlocks(max_free_bytes=20 * MiB), _Pins()
     pool.max_pinned_bytes = 10 * MiB

@@ -96,6 +96,10 @@ class HostBlocks:
         self.pin_min_bytes = 0
         self.max_pinned_bytes = self.max_free_bytes
         self._pinned: dict[int, int] = {}  # block address -> bytes, page-locked
+        # The same as sorted (starts, ends), replaced whole under the lock at every change and
+        # read without it: every copy of host data asks ``is_pinned`` (twice a call), and a
+        # pool may hold many pinned blocks once results from 1 MiB are pinned.
+        self._spans: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
         self.pinned_bytes = 0
         # Blocks whose result died, not yet back in the free list. A result can die in a garbage
         # collection that started inside this pool's own locked code, on this thread: its
@@ -135,15 +139,21 @@ class HostBlocks:
         """In a forked child: the parent's registrations are not this process's."""
         self._lock = threading.Lock()
         self._pinned.clear()
+        self._reindex()
         self.pinned_bytes = 0
         self._returned.clear()
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
-        """Whether [address, address + nbytes) lies in one pinned block (a few blocks: a scan)."""
-        for start, size in list(self._pinned.items()):
-            if start <= address and address + nbytes <= start + size:
-                return True
-        return False
+        """Whether [address, address + nbytes) lies in one pinned block (blocks never overlap:
+        only the last one starting at or below ``address`` can hold it)."""
+        starts, ends = self._spans
+        i = bisect.bisect_right(starts, address) - 1
+        return i >= 0 and address + nbytes <= ends[i]
+
+    def _reindex(self) -> None:
+        """``_spans`` from ``_pinned`` (under the lock)."""
+        spans = sorted(self._pinned.items())
+        self._spans = (tuple(a for a, _ in spans), tuple(a + n for a, n in spans))
 
     def empty(self, shape: tuple, dtype: np.dtype, order: str = "C", pin: bool = True) -> np.ndarray:
         """Like ``np.empty(shape, dtype, order)`` (C or F), from a kept block when one fits
@@ -171,6 +181,7 @@ class HostBlocks:
             if pin is None or address in self._pinned or self.pinned_bytes + block.nbytes > self.max_pinned_bytes:
                 return
             self._pinned[address] = block.nbytes  # claimed: another thread will not pin it too
+            self._reindex()
             self.pinned_bytes += block.nbytes
         ok = interrupted = False
         try:
@@ -186,6 +197,7 @@ class HostBlocks:
             if not ok:
                 with self._locked():
                     del self._pinned[address]
+                    self._reindex()
                     self.pinned_bytes -= block.nbytes
 
     def _unpin_block(self, block: np.ndarray) -> None:
@@ -197,6 +209,7 @@ class HostBlocks:
             size = self._pinned.pop(address, None)  # claimed: no copy takes it as pinned now
             if size is None:
                 return
+            self._reindex()
             unpin = self._unpin
         try:
             if unpin is not None:
