@@ -196,6 +196,23 @@ def test_suite_cpu(tmp_path, no_gpu):
     text = (tmp_path / "test" / "suite.txt").read_text()
     assert "SUMMARY" in text and "CuPy+copies" in text
     assert out["summary"] == s
+    again = mod.main(["--rescore", str(tmp_path / "test" / "suite.json")], quiet=True)
+    assert again["ratio"]["ratio_geomean"] == pytest.approx(s["ratio_geomean"])
+    assert again["ratio_of_medians"]["ratio_geomean"] == pytest.approx(s["by_ratio_of_medians"]["ratio_geomean"])
+
+
+def test_suite_ratio_pairs_each_round_of_offload_with_the_best_baseline_of_that_round():
+    mod = _load("suite")
+    # The machine's state moves between rounds: every column slower in rounds 4-7 (an H200 row).
+    numpy_s = [45.8, 40.9, 40.9, 67.7, 68.0, 67.8, 67.2, 45.3, 45.5]
+    offload_s = [49.4, 42.1, 59.5, 69.9, 72.4, 97.0, 70.6, 72.7, 71.8]
+    numba_s = [44.7, 45.3, 46.5, 50.3, 55.9, 50.7, 52.8, 96.0, 45.3]
+    times = {"numpy": {"samples": numpy_s}, "numba": {"samples": numba_s}, "cupy_copies": None,
+             "offload": {"samples": offload_s}}
+    per_round = sorted(o / min(a, b) for o, a, b in zip(offload_s, numpy_s, numba_s))
+    assert mod.paired_ratio(times) == pytest.approx(per_round[4])  # the median of nine rounds
+    assert mod.paired_ratio(times) < 1.45 < 70.6 / 45.8  # the ratio of the medians: 1.54
+    assert mod.paired_ratio({"numpy": {"samples": numpy_s}, "offload": None}) is None
 
 
 def test_suite_functions_agree_with_closed_forms(bench):
