@@ -358,7 +358,8 @@ def machine_info(cp) -> dict:
 
 
 def free_limits(cp) -> int:
-    """Largest size we dare: a seventh of host memory (the engine's array, the CuPy column's own, results), a quarter of free GPU memory.
+    """Largest size we dare: a seventh of host memory (the engine's array, the CuPy column's own,
+    results), a quarter of free GPU memory.
 
     MemTotal, not MemAvailable: on the lent VMs memory is ballooned in as it is used."""
     host = None
