@@ -316,6 +316,7 @@ class Moved:
         # or twice in a result) comes back as one array, as on NumPy.
         self.converted: dict[int, tuple[Any, Any]] = {}
         self.unmirrored = False  # move_plain's copies have no regions yet
+        self.modules = False  # move_plain met a module among the arguments
 
     # -- the two sides -----------------------------------------------------------------------
     def is_original(self, x: Any) -> bool:
@@ -440,6 +441,8 @@ class Moved:
                     self.by_copy[id(copy)] = a
                     copies.append(copy)
                 else:
+                    if type(a) is types.ModuleType:
+                        self.modules = True  # np passed in: translated for the device run
                     copies.append(a)
         except BaseException:
             copies, copy = [], None  # the traceback keeps this frame: the copies made so far go now

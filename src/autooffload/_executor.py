@@ -220,7 +220,12 @@ class Executor:
             return self.run_numpy(args, kwargs, has_device_args)
         self.resident = (backend, fn, twin)
         start = time.perf_counter()
-        if not has_device_args and d.host_bytes and self.blockwise is not None and self.blockwise.blockwise:
+        if (not has_device_args and d.host_bytes and self.blockwise is not None and self.blockwise.blockwise
+                and (d.streamed or d.host_bytes >= _FITS_WITHOUT_ASKING or d.host_bytes >= _STREAM_PINNED_MIN_BYTES
+                     or _stream.mode() == "always")):
+            # Else stream_plan could only say no: a call the cost model did not stream streams for
+            # a look at free memory, from _FITS_WITHOUT_ASKING, or for pinned data, from
+            # _STREAM_PINNED_MIN_BYTES (skipping it saves ~1 us of a small call on the CPU VM).
             streamed = self.run_streamed(d, backend, fn, twin, args, kwargs, start)
             if streamed is not _NOT_STREAMED:
                 return streamed
@@ -248,7 +253,10 @@ class Executor:
             # nothing, for a plain call.
             reach = None if plain else Reachable(args, kwargs, twin, deep=self.may_write)
             try:
-                ok, outcome = self._call_device(fn, twin, moved, args, kwargs, backend)
+                # A plain call's arguments are arrays, scalars, tuples of scalars and modules:
+                # only a module (or a keyword argument, unseen by move_plain) needs translating.
+                ok, outcome = self._call_device(fn, twin, moved, args, kwargs, backend,
+                                                translate=not plain or moved.modules or bool(kwargs))
             except BaseException:
                 self._sweep(reach, moved, d)  # the function's own exception: its stores stay, on the host
                 if moved is not None:
@@ -378,7 +386,10 @@ class Executor:
 
     def _finish_device(self, d: Decision, moved, result: Any, args: tuple, kwargs: dict,
                        reach: Reachable | None, start: float) -> Any:
-        device.mark_gpu_ready()
+        if not device.gpu_ready or d.device_index not in device.ready_devices:
+            # d.device_index is the current device (run_device decided again otherwise): marked
+            # once per device, without asking the driver on every run.
+            device.mark_gpu_ready()
         if moved is not None:
             try:
                 moved.write_back()
