@@ -32,7 +32,7 @@ from ._blockwise import Verdict
 from ._costmodel import Decision, stream_chunk_bytes
 from ._reachable import Reachable
 from ._records import Outcome, Records, type_signature
-from .backends import CUPY, HOST, NUMPY, why_not_on_device
+from .backends import CUPY, DEVICE_DTYPES, HOST, NUMPY
 from .backends import cupy as device
 from .errors import GPUFallbackWarning, warn_at_user_line
 
@@ -90,20 +90,21 @@ class Executor:
         scalars; and code that rebinds no global or closure variable."""
         if self.may_write:
             return False
-        spans = []
+        arrays = []
         for a in args:
             t = type(a)
             if t is np.ndarray:
-                if (not (a.flags.c_contiguous or a.flags.f_contiguous) or why_not_on_device(a) or not a.dtype.isnative
-                        or not a.nbytes):
+                flags = a.flags
+                if (not (flags.c_contiguous or flags.f_contiguous) or a.dtype not in DEVICE_DTYPES
+                        or not a.dtype.isnative or not a.nbytes):
                     return False
-                spans.append((array_address(a), a.nbytes))
+                arrays.append(a)
             elif not _passive(a):
                 return False
         if kwargs and any(type(v) not in PASSIVE for v in kwargs.values()):
             return False
-        if len(spans) > 1:
-            spans.sort()
+        if len(arrays) > 1:
+            spans = sorted((array_address(a), a.nbytes) for a in arrays)
             if any(low + n > next_low for (low, n), (next_low, _) in zip(spans, spans[1:])):
                 return False
         return twin is None or not twin.leaves_state()
@@ -132,7 +133,7 @@ class Executor:
         backend = backends.get(d.backend)
         if backend is not None and backend.memory == HOST:
             return self.run_host(backend, d, args, kwargs)
-        return self.run_device(d, args, kwargs)
+        return self.run_device(d, args, kwargs, backend)
 
     def run_host(self, backend, d: Decision, args: tuple, kwargs: dict) -> Any:
         """On another host backend (the Numba tier): its runner on the caller's own arrays, so
@@ -200,8 +201,11 @@ class Executor:
         """Whether ``d`` was decided for another device than the one current in this thread."""
         return d.device_index is not None and backend.current_device()[0] != d.device_index  # ~0.1 us
 
-    def run_device(self, d: Decision, args: tuple, kwargs: dict) -> Any:
-        backend = backends.get(d.backend)
+    def run_device(self, d: Decision, args: tuple, kwargs: dict, backend: Any = None) -> Any:
+        """``run`` for a device backend (``backend``: ``backends.get(d.backend)``, when the caller
+        has it already)."""
+        if backend is None:
+            backend = backends.get(d.backend)
         if self.replan is not None and self.elsewhere(d, backend):
             # Decided while another device was current (the exact cache does not key on the
             # device, to keep it off NumPy's hot path): decide for this one, from its own state.
