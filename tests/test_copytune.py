@@ -83,8 +83,9 @@ class SyntheticEngine:
 
     def __init__(self, rate_GBps: dict[str, float], fixed_s: dict[str, float] | None = None, chunk_gain: float = 1.5,
                  best_worker_chunk: int = 32 * MiB, best_staged_piece: int | None = None,
-                 nontemporal_gain: dict[str, float] | None = None):
+                 nontemporal_gain: dict[str, float] | None = None, pinned_GBps: float | None = None):
         self.nontemporal_gain = nontemporal_gain or {}  # staged copies with {d}_nontemporal on: rate x this
+        self.pinned_GBps = pinned_GBps  # a DMA from pinned memory (None: the engine offers none)
         self.chunk_gain = chunk_gain  # the workers with best_worker_chunk chunks are this much faster
         self.best_worker_chunk = best_worker_chunk
         self.best_staged_piece = best_staged_piece  # the staged path with pieces of this size, as much
@@ -117,11 +118,16 @@ class SyntheticEngine:
         def memcpy(dst, src, n, k):
             self.t += n / (min(k, 8) * 5e9)  # 5 GB/s per thread, flat from 8 threads
 
+        def dma(dev, buf, direction):
+            self.t += 1e-5 + dev[1] / (self.pinned_GBps * 1e9)
+
+        pinned = self.pinned_GBps is not None
         return C.Engine(
             to_device=lambda h: (self.copy(h.nbytes, "h2d"), ("dev", h.nbytes))[1],
             to_host=lambda dev: (self.copy(dev[1], "d2h"), np.empty(0))[1],
             sync=lambda: None, configure=configure, defaults=lambda: dict(self.defaults), cores=16, memcpy=memcpy,
-            clock=lambda: self.t,
+            clock=lambda: self.t, dma=dma if pinned else None,
+            alloc_pinned=(lambda n: (np.empty(0, np.uint8), lambda: None)) if pinned else None,
         )
 
 
@@ -175,6 +181,28 @@ def test_search_turns_non_temporal_stores_on_per_direction_where_they_are_faster
     r = C.search(syn.engine(), PLAN)
     assert not any(C.path_of(r.knobs, n, "h2d") == "staged" for n in PLAN.sizes), r.log
     assert r.knobs["h2d_nontemporal"] == 0
+
+
+@pytest.mark.parametrize("register_fixed_s, expected", [
+    (2e-5, 1 * MiB),  # pinning costs little: every size pays within two copies
+    (2e-4, 4 * MiB),  # 0.4 ms to pin and unpin, in and out: a copy of 1 MiB saves 75 us, of 4 MiB 298
+    (2e-2, 32 * MiB),  # 40 ms: pays nowhere up to 16 MiB, pinned from twice that
+])
+def test_search_pins_arrays_copied_again_from_where_pinning_pays_back(register_fixed_s, expected):
+    # First copies at 12-18 GB/s, a pinned DMA at 50, pinning in place per copy at the DMA's
+    # rate plus a fixed cost per pin and unpin.
+    syn = SyntheticEngine({"direct": 12, "staged": 12, "workers": 12, "register": 50},
+                          {"direct": 1e-5, "staged": 1e-5, "workers": 1e-5, "register": register_fixed_s}, pinned_GBps=50)
+    r = C.search(syn.engine(), PLAN)
+    assert r.knobs["pin_reused_min"] == r.knobs["pin_results_min"] == expected, r.log
+    assert any(line == f"pinned on reuse from {expected // MiB} MiB" for line in r.log)
+
+
+def test_without_a_pinned_dma_the_search_leaves_pinning_on_reuse_as_it_is():
+    syn = SyntheticEngine({"direct": 12, "staged": 20, "workers": 25, "register": 50})
+    r = C.search(syn.engine(), PLAN)
+    assert r.knobs["pin_reused_min"] == syn.defaults["pin_reused_min"]
+    assert not any("pinning on reuse" in line for line in r.log)
 
 
 def test_search_keeps_the_defaults_when_nothing_beats_them():

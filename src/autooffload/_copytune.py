@@ -18,7 +18,10 @@ What is searched, in a bounded time (the quick plan a few seconds, the default o
    chunk (``worker_chunk_bytes``) for the sizes they still take;
 3. by size (4 MiB .. 1 GiB, 4 GiB in the default plan): each path (the driver's own copy, the
    staged path, the workers, pinning in place), both directions; then the size ranges of each
-   path that lose least over the grid (``choose_ranges``, exhaustive over the grid's cuts).
+   path that lose least over the grid (``choose_ranges``, exhaustive over the grid's cuts);
+4. non-temporal stores for the staged path's host copies, per direction;
+5. from which size an array copied again is pinned in place and kept so (``_pin_reuse_choice``:
+   where pinning pays back within two later copies, at 1, 4 and 16 MiB).
 
 Every candidate is timed on the real engine, warm (one untimed call), median of a few calls,
 with the defaults measured in the same search, so the stored rates say what the tuning gained.
@@ -385,6 +388,11 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
         # rest of the budget's 0.8.
         deadline = max(start + 0.8 * plan.budget_s, clock() + 0.1 * plan.budget_s)
         knobs.update(_nontemporal_choice(knobs, plan, timed, lambda: clock() > deadline, log))
+        # 5. From which size an array copied again is pinned in place (and a kept result when
+        # handed out again): where pinning it pays back within PIN_PAYBACK_COPIES copies.
+        if engine.dma is not None and engine.alloc_pinned is not None:
+            say("pinning on reuse")
+            knobs.update(_pin_reuse_choice(knobs, engine, arrays, timed, plan.reps, log))
         # Only worth it where it beats the defaults: else keep them (a noisy search must not
         # leave the engine worse than the hand tuning).
         say("tuned against defaults")
@@ -459,6 +467,47 @@ def _nontemporal_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable
             log.append(f"{knob}: {'on' if chosen[knob] else 'off'} (log gain {gain[direction]:.3f} over "
                        f"{', '.join(str(n // MiB) for n in done[direction])} MiB)")
     return chosen
+
+
+# Sizes at which pinning on reuse is weighed: from the least the pin-down cache counts
+# (_pincache.COUNT_MIN_BYTES) to where the engine's own copies come close to the link.
+PIN_SIZES = (1 * MiB, 4 * MiB, 16 * MiB)
+# Pinning an array copied again must pay back within this many later copies (the cache pins at
+# the second whole copy: an array copied four times in all gains).
+PIN_PAYBACK_COPIES = 2
+
+
+def _pin_reuse_choice(knobs: dict[str, int], engine: Engine, arrays: Callable[[int], tuple[np.ndarray, Any]],
+                      timed: Callable[[dict[str, int], int, str], float], reps: int, log: list[str]) -> dict[str, int]:
+    """``pin_reused_min`` and ``pin_results_min``: the smallest of ``PIN_SIZES`` from which on
+    (it and every larger one) pinning pays, both directions summed: pinning and unpinning (the
+    pin-in-place path's time less a pinned DMA's) at most ``PIN_PAYBACK_COPIES`` times what a
+    pinned copy saves against the engine's first copy with ``knobs``. Where it pays at none of
+    them, from twice the largest (above it the engine's copies neared the link on the H100 and
+    the H200, and pinning still won there: h200-session7/transfer.md)."""
+    pays: dict[int, bool] = {}
+    clock, dma, alloc_pinned = engine.clock, engine.dma, engine.alloc_pinned
+    assert dma is not None and alloc_pinned is not None
+    for n in PIN_SIZES:
+        h, d = arrays(n)
+        buf, free = alloc_pinned(n)
+        try:
+            cost = saving = 0.0
+            for direction in ("h2d", "d2h"):
+                t_dma = _best_s(lambda: dma(d, buf, direction), engine.sync, reps, clock)
+                first = timed(knobs, n, direction)
+                pinned_each_time = timed({**knobs, **path_knobs("register"), "register_chunk_bytes": 0}, n, direction)
+                cost += max(0.0, pinned_each_time - t_dma)
+                saving += first - t_dma
+        finally:
+            free()
+        pays[n] = saving > 0 and cost <= PIN_PAYBACK_COPIES * saving
+        log.append(f"pinning on reuse at {n // MiB} MiB: pin+unpin {cost * 1e6:.0f} us, saves {saving * 1e6:.0f} us "
+                   f"a copy in+out: {'pays' if pays[n] else 'does not pay'} within {PIN_PAYBACK_COPIES} copies")
+    paying = [n for n in PIN_SIZES if all(pays[m] for m in PIN_SIZES if m >= n)]
+    threshold = min(paying) if paying else 2 * PIN_SIZES[-1]
+    log.append(f"pinned on reuse from {threshold // MiB} MiB")
+    return {"pin_reused_min": threshold, "pin_results_min": threshold}
 
 
 def _rate(n: int, s: float | None) -> str:
