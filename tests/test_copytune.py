@@ -198,6 +198,55 @@ def test_search_pins_arrays_copied_again_from_where_pinning_pays_back(register_f
     assert any(line == f"pinned on reuse from {expected // MiB} MiB" for line in r.log)
 
 
+def test_pinning_on_reuse_keeps_its_choice_when_the_rest_falls_back_to_the_defaults():
+    # Review finding: the check against the defaults (first copies) cannot see pinning on reuse,
+    # and its fallback reset the measured threshold to the default.
+    syn = SyntheticEngine({"direct": 10, "staged": 10, "workers": 10, "register": 10},
+                          {"direct": 1e-5, "staged": 1e-5, "workers": 1e-5, "register": 2e-2}, chunk_gain=1.0,
+                          pinned_GBps=50)
+
+    def slower_unless_default(n, d, real=syn.copy):
+        real(n, d)
+        if any(k not in ("pin_reused_min", "pin_results_min") and v != syn.defaults[k] for k, v in syn.knobs.items()):
+            syn.t += 0.1 * n / 10e9
+
+    syn.copy = slower_unless_default
+    r = C.search(syn.engine(), PLAN)
+    assert any("keeping the defaults" in line for line in r.log), r.log
+    assert r.knobs["pin_reused_min"] == r.knobs["pin_results_min"] == 32 * MiB
+    assert {k: v for k, v in r.knobs.items() if not k.startswith("pin_re")} == \
+        {k: int(v) for k, v in syn.defaults.items() if not k.startswith("pin_re")}
+
+
+def test_a_size_that_fails_or_lies_past_the_plan_decides_nothing_and_the_search_goes_on():
+    syn = SyntheticEngine({"direct": 12, "staged": 12, "workers": 12, "register": 50},
+                          {"direct": 1e-5, "staged": 1e-5, "workers": 1e-5, "register": 2e-5}, pinned_GBps=50)
+    eng = syn.engine()
+    real_alloc = eng.alloc_pinned
+
+    def alloc(n):
+        if n == 1 * MiB:
+            raise MemoryError("cudaHostAlloc: out of memory")
+        return real_alloc(n)
+
+    eng.alloc_pinned = alloc
+    small = C.SearchPlan("small", (4 * MiB,), 4 * MiB, (8 * MiB,), (0,), 4 * MiB, 2, 1e9)
+    r = C.search(eng, small)
+    assert any("at 1 MiB failed: MemoryError" in line for line in r.log), r.log
+    assert not any("at 16 MiB" in line for line in r.log)  # beyond the plan's largest size
+    assert r.knobs["pin_reused_min"] == 4 * MiB  # decided by the one size measured
+    step: list[str] = []
+
+    def alloc_until_step_5(n):  # the host bound's and the pinned limit's buffers, then none
+        if step and step[-1] == "pinning on reuse":
+            raise MemoryError("cudaHostAlloc: out of memory")
+        return real_alloc(n)
+
+    eng.alloc_pinned = alloc_until_step_5
+    r = C.search(eng, small, progress=step.append)
+    assert r.knobs["pin_reused_min"] == syn.defaults["pin_reused_min"], r.log  # nothing measured: defaults
+
+
 def test_without_a_pinned_dma_the_search_leaves_pinning_on_reuse_as_it_is():
     syn = SyntheticEngine({"direct": 12, "staged": 20, "workers": 25, "register": 50})
     r = C.search(syn.engine(), PLAN)

@@ -114,6 +114,9 @@ def test_a_uuid_cupy_cut_at_a_zero_byte_is_read_from_the_driver(monkeypatch):
     assert device.cuda_uuid(_cupy_reporting(whole[:2]), 3) == device.format_uuid(whole) and asked == [3]
     assert device.cuda_uuid(_cupy_reporting(bytes(range(1, 17))), 0) == device.format_uuid(bytes(range(1, 17)))
     assert asked == [3]  # 16 bytes: CuPy's own answer, the driver not asked
+    # No zero byte in the UUID: the C-string conversion reads on into the LUID (Windows).
+    assert device.cuda_uuid(_cupy_reporting(bytes(range(1, 17)) + b"\x07\x08"), 1) == device.format_uuid(bytes(range(1, 17)))
+    assert asked == [3]
 
 
 def test_a_uuid_nothing_can_read_is_empty_and_the_device_named_by_index(monkeypatch):

@@ -313,3 +313,30 @@ def test_blocks_returned_meanwhile_are_unpinned_and_kept_even_when_the_locked_bo
             raise KeyboardInterrupt
     assert unpinned and pool.pinned_bytes == 0 and len(pool._returned) == 1
     assert pool.info()["free_blocks"] == 1  # and into the free list at the next locked call
+
+
+def test_before_a_fork_idle_kept_blocks_are_unpinned_and_pinned_again_when_handed_out(monkeypatch):
+    from autooffload import _hostmem
+
+    pool, pins = HostBlocks(max_free_bytes=64 * MiB), _Pins()
+    pool.configure_pinning(pins.pin, pins.unpin, min_bytes=MiB)
+    monkeypatch.setattr(_hostmem, "results", pool)
+    a = pool.empty((MiB,), np.float64)
+    del a
+    gc.collect()
+    a, b = pool.empty((MiB,), np.float64), pool.empty((MiB,), np.float64)  # a pinned (reused)
+    del b
+    gc.collect()
+    b = pool.empty((MiB,), np.float64)  # pinned too: handed out again
+    assert len(pins.pinned) == 2
+    del b
+    gc.collect()  # b's block is kept, idle and pinned; a's is held by a result
+    _hostmem._before_fork()
+    assert list(pins.pinned) == [a.base._block.ctypes.data]  # held: stays pinned
+    assert pool.info()["pinned_blocks"] == 1
+    b = pool.empty((MiB,), np.float64)  # the idle block handed out again: pinned again
+    assert len(pins.pinned) == 2 and pool.is_pinned(b.ctypes.data, b.nbytes)
+    del a, b
+    gc.collect()
+    pool.release()
+    assert not pins.pinned

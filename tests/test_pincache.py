@@ -7,6 +7,7 @@ test_transfer_gpu.py."""
 from __future__ import annotations
 
 import gc
+import os
 import threading
 
 import numpy as np
@@ -435,3 +436,43 @@ def test_an_interrupt_inside_an_owners_callback_still_books_it():
     del a  # the callback runs here (Python reports its interrupt as unraisable)
     gc.collect()
     assert c.info()["active"] == 0 and c.info()["pinned_bytes"] == 0 and c.info()["owners"] == 0
+
+
+def test_before_a_fork_every_owner_no_copy_uses_is_unpinned_and_pins_again_later(monkeypatch):
+    # Linux before 5.9 leaves a page pinned for DMA shared copy-on-write with a forked child:
+    # the parent's next write moves the parent to a new page and its later DMAs read the old one.
+    from autooffload import _pincache
+
+    c = make_cache()
+    monkeypatch.setattr(_pincache, "cache", c)
+    a, b = np.ones(3 * MiB // 8), np.ones(3 * MiB // 8)
+    for x in (a, a, b, b):
+        copy(c, x)
+    assert len(c.pins_.pinned) == 2
+    held = c.hold(b)  # a copy of b in flight in another thread
+    _pincache._before_fork()
+    assert list(c.pins_.pinned) == [b.ctypes.data]  # b's copy is using it: it stays
+    held.release()
+    assert not copy(c, a)  # counted again from zero
+    assert copy(c, a) and a.ctypes.data in c.pins_.pinned  # pinned again at its second copy
+    c.release()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_real_fork_unpins_in_the_parent_first(monkeypatch):
+    import warnings
+
+    from autooffload import _pincache
+
+    c = make_cache()
+    monkeypatch.setattr(_pincache, "cache", c)
+    a = np.ones(3 * MiB // 8)
+    copy(c, a), copy(c, a)
+    assert a.ctypes.data in c.pins_.pinned
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads alive
+        pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert not c.pins_.pinned

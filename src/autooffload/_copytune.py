@@ -390,9 +390,12 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
         knobs.update(_nontemporal_choice(knobs, plan, timed, lambda: clock() > deadline, log))
         # 5. From which size an array copied again is pinned in place (and a kept result when
         # handed out again): where pinning it pays back within PIN_PAYBACK_COPIES copies.
+        pin_choice: dict[str, int] = {}
         if engine.dma is not None and engine.alloc_pinned is not None:
             say("pinning on reuse")
-            knobs.update(_pin_reuse_choice(knobs, engine, arrays, timed, plan.reps, log))
+            pin_deadline = clock() + 0.1 * plan.budget_s  # a slice of its own, as step 4's
+            pin_choice = _pin_reuse_choice(knobs, engine, arrays, timed, plan, lambda: clock() > pin_deadline, log)
+            knobs.update(pin_choice)
         # Only worth it where it beats the defaults: else keep them (a noisy search must not
         # leave the engine worse than the hand tuning).
         say("tuned against defaults")
@@ -415,7 +418,8 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
                        f"out {row['d2h_GBps']:.1f} / {row['default_d2h_GBps']:.1f}")
         if gain < 0:
             log.append(f"the search's tuning was slower than the defaults overall (log gain {gain:.3f}): keeping the defaults")
-            knobs = dict(defaults)
+            # Pinning on reuse is not in that check (it measures first copies): its choice stays.
+            knobs = {**defaults, **pin_choice}
             for row in rates:
                 row["h2d_GBps"], row["d2h_GBps"] = row["default_h2d_GBps"], row["default_d2h_GBps"]
         return SearchResult(knobs={k: int(v) for k, v in knobs.items()}, rates=rates, host_bound=bound,
@@ -478,34 +482,46 @@ PIN_PAYBACK_COPIES = 2
 
 
 def _pin_reuse_choice(knobs: dict[str, int], engine: Engine, arrays: Callable[[int], tuple[np.ndarray, Any]],
-                      timed: Callable[[dict[str, int], int, str], float], reps: int, log: list[str]) -> dict[str, int]:
-    """``pin_reused_min`` and ``pin_results_min``: the smallest of ``PIN_SIZES`` from which on
-    (it and every larger one) pinning pays, both directions summed: pinning and unpinning (the
-    pin-in-place path's time less a pinned DMA's) at most ``PIN_PAYBACK_COPIES`` times what a
-    pinned copy saves against the engine's first copy with ``knobs``. Where it pays at none of
-    them, from twice the largest (above it the engine's copies neared the link on the H100 and
-    the H200, and pinning still won there: h200-session7/transfer.md)."""
+                      timed: Callable[[dict[str, int], int, str], float], plan: SearchPlan,
+                      over_budget: Callable[[], bool], log: list[str]) -> dict[str, int]:
+    """``pin_reused_min`` and ``pin_results_min``: the smallest of ``PIN_SIZES`` (those within
+    the plan's sizes) from which on (it and every larger one measured) pinning pays, both
+    directions summed: pinning and unpinning (the pin-in-place path's time less a pinned DMA's)
+    at most ``PIN_PAYBACK_COPIES`` times what a pinned copy saves against the engine's first copy
+    with ``knobs``. Where it pays at none of them, from twice the largest measured (above 16 MiB
+    the engine's copies neared the link on the H100 and the H200, and pinning still won there:
+    h200-session7/transfer.md). {} (the defaults stand) where nothing could be measured: a size
+    that fails or is past the budget is left out, and the sizes measured decide."""
     pays: dict[int, bool] = {}
     clock, dma, alloc_pinned = engine.clock, engine.dma, engine.alloc_pinned
     assert dma is not None and alloc_pinned is not None
-    for n in PIN_SIZES:
-        h, d = arrays(n)
-        buf, free = alloc_pinned(n)
+    for n in (n for n in PIN_SIZES if n <= max(plan.sizes)):
+        if over_budget():
+            log.append(f"budget spent: pinning on reuse weighed to {max(pays, default=0) // MiB} MiB")
+            break
         try:
-            cost = saving = 0.0
-            for direction in ("h2d", "d2h"):
-                t_dma = _best_s(lambda: dma(d, buf, direction), engine.sync, reps, clock)
-                first = timed(knobs, n, direction)
-                pinned_each_time = timed({**knobs, **path_knobs("register"), "register_chunk_bytes": 0}, n, direction)
-                cost += max(0.0, pinned_each_time - t_dma)
-                saving += first - t_dma
-        finally:
-            free()
+            h, d = arrays(n)
+            buf, free = alloc_pinned(n)
+            try:
+                cost = saving = 0.0
+                for direction in ("h2d", "d2h"):
+                    t_dma = _best_s(lambda: dma(d, buf, direction), engine.sync, plan.reps, clock)
+                    first = timed(knobs, n, direction)
+                    pinned_each_time = timed({**knobs, **path_knobs("register"), "register_chunk_bytes": 0}, n, direction)
+                    cost += max(0.0, pinned_each_time - t_dma)
+                    saving += first - t_dma
+            finally:
+                free()
+        except Exception as e:  # noqa: BLE001 - a size that fails decides nothing
+            log.append(f"pinning on reuse at {n // MiB} MiB failed: {type(e).__name__}: {e}")
+            continue
         pays[n] = saving > 0 and cost <= PIN_PAYBACK_COPIES * saving
         log.append(f"pinning on reuse at {n // MiB} MiB: pin+unpin {cost * 1e6:.0f} us, saves {saving * 1e6:.0f} us "
                    f"a copy in+out: {'pays' if pays[n] else 'does not pay'} within {PIN_PAYBACK_COPIES} copies")
-    paying = [n for n in PIN_SIZES if all(pays[m] for m in PIN_SIZES if m >= n)]
-    threshold = min(paying) if paying else 2 * PIN_SIZES[-1]
+    if not pays:
+        return {}
+    paying = [n for n in pays if all(ok for m, ok in pays.items() if m >= n)]
+    threshold = min(paying) if paying else 2 * max(pays)
     log.append(f"pinned on reuse from {threshold // MiB} MiB")
     return {"pin_reused_min": threshold, "pin_results_min": threshold}
 
@@ -547,8 +563,18 @@ def gpu_engine() -> Engine:
         parcopy = T._parcopy
         memcpy = lambda dst, src, n, k: parcopy.copy(dst, src, n, k, 256 * KiB)  # noqa: E731
 
+    # First copies, whoever calls: the search times the same arrays again and again, which the
+    # pin-down cache would pin at their second copy (_sweep wraps the search so too).
+    def to_device(h: np.ndarray) -> Any:
+        with T.unpinned_copies():
+            return T.to_device(h)
+
+    def to_host(d: Any) -> np.ndarray:
+        with T.unpinned_copies():
+            return T.to_host(d)
+
     return Engine(
-        to_device=T.to_device, to_host=T.to_host, sync=lambda: cp.cuda.get_current_stream().synchronize(),
+        to_device=to_device, to_host=to_host, sync=lambda: cp.cuda.get_current_stream().synchronize(),
         configure=configure, defaults=lambda: asdict(T.default_tuning()), cores=usable_cores(), memcpy=memcpy,
         alloc_pinned=alloc_pinned, dma=dma, release_device=cp.get_default_memory_pool().free_all_blocks,
     )

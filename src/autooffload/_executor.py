@@ -390,7 +390,7 @@ class Executor:
 
     def _finish_device(self, d: Decision, moved, result: Any, args: tuple, kwargs: dict,
                        reach: Reachable | None, start: float) -> Any:
-        if not device.gpu_ready or d.device_index not in device.ready_devices:
+        if d.device_index is None or not device.gpu_ready or d.device_index not in device.ready_devices:
             # d.device_index is the current device (run_device decided again otherwise): marked
             # once per device, without asking the driver on every run.
             device.mark_gpu_ready()

@@ -128,12 +128,19 @@ class HostBlocks:
             self._pin = pin if min_bytes > 0 else None
             self._unpin = unpin if unpin is not None else self._unpin  # what is pinned must stay unpinnable
             self.pin_min_bytes = int(min_bytes)
-            free: list[np.ndarray] = []
-            if self._pin is None:  # off: kept blocks leave the free list while they are unpinned
-                free = [b for b in self._free if b.ctypes.data in self._pinned]
-                self._free = [b for b in self._free if b.ctypes.data not in self._pinned]
-                self._free_bytes -= sum(b.nbytes for b in free)
-        self._unpin_then_keep(free, [])  # those in use: when given back
+            off = self._pin is None
+        if off:  # kept blocks leave the free list while they are unpinned; those in use when given back
+            self.unpin_idle()
+
+    def unpin_idle(self) -> None:
+        """Unpin the kept blocks no result holds now (they leave the free list meanwhile); where
+        pinning is on they are pinned again when handed out again. Also before a fork: see
+        ``_before_fork``."""
+        with self._locked():
+            idle = [b for b in self._free if b.ctypes.data in self._pinned]
+            self._free = [b for b in self._free if b.ctypes.data not in self._pinned]
+            self._free_bytes -= sum(b.nbytes for b in idle)
+        self._unpin_then_keep(idle, [])
 
     def forget_pins(self) -> None:
         """In a forked child: the parent's registrations are not this process's."""
@@ -296,5 +303,17 @@ def _size(block: np.ndarray) -> int:
 
 
 results = HostBlocks()
+def _before_fork() -> None:
+    """No idle kept block stays pinned across a fork. On Linux before 5.9 a page pinned for DMA
+    stays shared copy-on-write with the child: the parent's next write moves the parent to a
+    new page, and the parent's later DMAs read the old one (the stale-page problem RDMA
+    libraries meet with ``ibv_fork_init``). Unpinned, the pages fork as any other; they are
+    pinned again when handed out again. Blocks a result holds stay pinned (README)."""
+    try:
+        results.unpin_idle()
+    except Exception:  # noqa: BLE001 - a fork must not fail for this
+        pass
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=results.forget_pins)
+    os.register_at_fork(before=_before_fork, after_in_child=results.forget_pins)

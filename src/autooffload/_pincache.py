@@ -419,5 +419,18 @@ class PinCache:
 
 
 cache = PinCache()
+def _before_fork() -> None:
+    """Unpin every owner no copy is using before a fork, so that no page of the caller's
+    arrays is pinned while the child shares it copy-on-write (on Linux before 5.9 the parent's
+    next write to such a page moved the parent to a new page and left the pinned one to the
+    child, so later DMAs of that array read stale data; see _hostmem._before_fork). The owners
+    count again from zero and are pinned again at their next copies. An owner a copy in another
+    thread is using stays pinned."""
+    try:
+        cache.release()
+    except Exception:  # noqa: BLE001 - a fork must not fail for this
+        pass
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=cache.forget)
+    os.register_at_fork(before=_before_fork, after_in_child=cache.forget)

@@ -148,13 +148,15 @@ def cuda_uuid(cupy: ModuleType, index: int) -> str:
     CuPy's ``getDeviceProperties(i)["uuid"]`` converts the 16 bytes as a C string, so it stops
     at the first zero byte: on the H200 machine one start's GPU gave fewer than 16 bytes (a
     UUID holds a zero byte about one time in 16). Then the driver is asked itself
-    (``cuDeviceGetUuid``, 16 bytes whatever they hold)."""
+    (``cuDeviceGetUuid``, 16 bytes whatever they hold). With no zero byte among them the
+    conversion reads on into the next field (the LUID, zero on Linux, not on Windows): the
+    first 16 bytes are the UUID."""
     try:
         raw = cupy.cuda.runtime.getDeviceProperties(index).get("uuid")
     except Exception:  # an old runtime without the field
         raw = None
-    if isinstance(raw, (bytes, bytearray)) and len(raw) < 16:
-        raw = _driver_uuid(index)
+    if isinstance(raw, (bytes, bytearray)):
+        raw = bytes(raw[:16]) if len(raw) >= 16 else _driver_uuid(index)
     return format_uuid(raw)
 
 
