@@ -198,9 +198,10 @@ def test_search_pins_arrays_copied_again_from_where_pinning_pays_back(register_f
     assert any(line == f"pinned on reuse from {expected // MiB} MiB" for line in r.log)
 
 
-def test_pinning_on_reuse_keeps_its_choice_when_the_rest_falls_back_to_the_defaults():
-    # Review finding: the check against the defaults (first copies) cannot see pinning on reuse,
-    # and its fallback reset the measured threshold to the default.
+def test_pinning_on_reuse_is_weighed_after_the_fallback_to_the_defaults_and_kept():
+    # Review findings: the check against the defaults (first copies) cannot see pinning on
+    # reuse, and its fallback reset the measured threshold; weighed before it, the threshold was
+    # measured against first copies of knobs the fallback then threw away.
     syn = SyntheticEngine({"direct": 10, "staged": 10, "workers": 10, "register": 10},
                           {"direct": 1e-5, "staged": 1e-5, "workers": 1e-5, "register": 2e-2}, chunk_gain=1.0,
                           pinned_GBps=50)

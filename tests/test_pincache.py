@@ -459,20 +459,64 @@ def test_before_a_fork_every_owner_no_copy_uses_is_unpinned_and_pins_again_later
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
-def test_a_real_fork_unpins_in_the_parent_first(monkeypatch):
+def test_a_real_fork_unpins_in_the_parent_first_and_the_child_keeps_its_kept_blocks(monkeypatch):
+    import gc
+    import time
     import warnings
 
-    from autooffload import _pincache
+    from autooffload import _hostmem, _pincache
 
     c = make_cache()
     monkeypatch.setattr(_pincache, "cache", c)
     a = np.ones(3 * MiB // 8)
     copy(c, a), copy(c, a)
     assert a.ctypes.data in c.pins_.pinned
+    pool, pool_pins = _hostmem.HostBlocks(max_free_bytes=64 * MiB), Pins()
+    pool.configure_pinning(pool_pins.pin, pool_pins.unpin, min_bytes=MiB)
+    monkeypatch.setattr(_hostmem, "results", pool)
+    r = pool.empty((MiB,), np.float64)
+    del r
+    gc.collect()
+    r = pool.empty((MiB,), np.float64)  # handed out again: pinned
+    del r
+    gc.collect()
+    assert len(pool_pins.pinned) == 1 and pool.info()["free_blocks"] == 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads alive
         pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    assert not c.pins_.pinned
+    if pid == 0:  # the child: its kept block is still there (unpinned by the parent before the fork)
+        os._exit(0 if pool.info()["free_blocks"] == 1 and pool.info()["pinned_blocks"] == 0 else 3)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not exit")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert not c.pins_.pinned and not pool_pins.pinned  # both unpinned in the parent
+    assert pool.info()["free_blocks"] == 1  # and kept
+
+
+def test_a_fork_from_a_thread_that_holds_the_lock_does_not_wait_on_itself():
+    # Review finding: a fork from a signal handler or a finalizer while this very thread holds
+    # the cache's lock: the hook would wait for a lock only this thread can let go.
+    import time
+
+    from autooffload import _pincache
+
+    c = make_cache()
+    a = np.ones(3 * MiB // 8)
+    copy(c, a), copy(c, a)
+    real = _pincache.cache
+    _pincache.cache = c
+    try:
+        with c._locked():
+            start = time.monotonic()
+            _pincache._before_fork()
+            assert time.monotonic() - start < 5
+        assert a.ctypes.data in c.pins_.pinned  # skipped: left pinned
+        _pincache._before_fork()
+        assert not c.pins_.pinned
+    finally:
+        _pincache.cache = real

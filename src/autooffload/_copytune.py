@@ -388,14 +388,6 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
         # rest of the budget's 0.8.
         deadline = max(start + 0.8 * plan.budget_s, clock() + 0.1 * plan.budget_s)
         knobs.update(_nontemporal_choice(knobs, plan, timed, lambda: clock() > deadline, log))
-        # 5. From which size an array copied again is pinned in place (and a kept result when
-        # handed out again): where pinning it pays back within PIN_PAYBACK_COPIES copies.
-        pin_choice: dict[str, int] = {}
-        if engine.dma is not None and engine.alloc_pinned is not None:
-            say("pinning on reuse")
-            pin_deadline = clock() + 0.1 * plan.budget_s  # a slice of its own, as step 4's
-            pin_choice = _pin_reuse_choice(knobs, engine, arrays, timed, plan, lambda: clock() > pin_deadline, log)
-            knobs.update(pin_choice)
         # Only worth it where it beats the defaults: else keep them (a noisy search must not
         # leave the engine worse than the hand tuning).
         say("tuned against defaults")
@@ -418,10 +410,17 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
                        f"out {row['d2h_GBps']:.1f} / {row['default_d2h_GBps']:.1f}")
         if gain < 0:
             log.append(f"the search's tuning was slower than the defaults overall (log gain {gain:.3f}): keeping the defaults")
-            # Pinning on reuse is not in that check (it measures first copies): its choice stays.
-            knobs = {**defaults, **pin_choice}
+            knobs = dict(defaults)
             for row in rates:
                 row["h2d_GBps"], row["d2h_GBps"] = row["default_h2d_GBps"], row["default_d2h_GBps"]
+        # 5. From which size an array copied again is pinned in place (and a kept result when
+        # handed out again): where pinning it pays back within PIN_PAYBACK_COPIES copies of the
+        # first copies of the knobs kept. After the check above, which times first copies only
+        # and so cannot weigh it; in a slice of its own, as step 4's.
+        if engine.dma is not None and engine.alloc_pinned is not None:
+            say("pinning on reuse")
+            pin_deadline = clock() + 0.1 * plan.budget_s
+            knobs.update(_pin_reuse_choice(knobs, engine, arrays, timed, plan, lambda: clock() > pin_deadline, log))
         return SearchResult(knobs={k: int(v) for k, v in knobs.items()}, rates=rates, host_bound=bound,
                             pinned_GBps=pinned, seconds=clock() - start, log=log)
     finally:

@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from ._cores import usable_memory
+from ._pincache import lock_free_soon
 
 # Blocks are sized in whole 2 MiB steps, and a free block serves a request up to 25% (plus one
 # step) smaller than itself: results of one loop reuse each other without wasting much memory.
@@ -141,6 +142,8 @@ class HostBlocks:
             self._free = [b for b in self._free if b.ctypes.data not in self._pinned]
             self._free_bytes -= sum(b.nbytes for b in idle)
         self._unpin_then_keep(idle, [])
+        with self._locked():
+            pass  # the unpinned blocks back into the free list now (a forked child forgets _returned)
 
     def forget_pins(self) -> None:
         """In a forked child: the parent's registrations are not this process's."""
@@ -310,6 +313,8 @@ def _before_fork() -> None:
     libraries meet with ``ibv_fork_init``). Unpinned, the pages fork as any other; they are
     pinned again when handed out again. Blocks a result holds stay pinned (README)."""
     try:
+        if not lock_free_soon(results._lock):
+            return  # this very thread holds it (a fork from a signal handler or a finalizer)
         results.unpin_idle()
     except Exception:  # noqa: BLE001 - a fork must not fail for this
         pass

@@ -425,11 +425,22 @@ def _before_fork() -> None:
     next write to such a page moved the parent to a new page and left the pinned one to the
     child, so later DMAs of that array read stale data; see _hostmem._before_fork). The owners
     count again from zero and are pinned again at their next copies. An owner a copy in another
-    thread is using stays pinned."""
+    thread is using stays pinned. Skipped where the lock stays taken (a fork from a signal
+    handler or a finalizer while this very thread holds it would wait on itself)."""
     try:
+        if not lock_free_soon(cache._lock):
+            return
         cache.release()
     except Exception:  # noqa: BLE001 - a fork must not fail for this
         pass
+
+
+def lock_free_soon(lock: threading.Lock, timeout_s: float = 0.5) -> bool:
+    """Whether ``lock`` could be taken within ``timeout_s`` (taken and let go at once)."""
+    if not lock.acquire(timeout=timeout_s):
+        return False
+    lock.release()
+    return True
 
 
 if hasattr(os, "register_at_fork"):
