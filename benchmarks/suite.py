@@ -435,8 +435,9 @@ def _main(argv, quiet: bool) -> dict:
             if n > case.max_n:
                 notes.append(f"{case.name}: sizes above {B.fmt_n(case.max_n)} left out ({case.why_cap})")
                 break
-            need = n * case.bytes_per_n * (case.temp_factor + 1)  # + the CuPy column's own inputs
-            if need > 0.6 * host_avail or (gpu_free is not None and need > 0.6 * gpu_free):
+            need = n * case.bytes_per_n * case.temp_factor
+            host_need = need + (n * case.bytes_per_n if cp is not None else 0)  # the CuPy column's own inputs
+            if host_need > 0.6 * host_avail or (gpu_free is not None and need > 0.6 * gpu_free):
                 notes.append(f"{case.name} at {B.fmt_n(n)}: left out, needs ~{need / 2**30:.1f} GiB")
                 break
             # Small cells are cheap and the noisiest relative to their time: more rounds there.
@@ -628,6 +629,7 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
     before = fn_off.stats.as_dict()
     warm = {"numpy": 0, "numba": 0, "cupy_copies": 0 if big else 1, "offload": 0}
     stats = guarded("timing", lambda: B.measure_interleaved(fns, sync=syncs, warmup=warm, **settings))
+    row["paired"] = stats is not None  # each column's sample i from round i
     if stats is None:
         stats = {}
         for name, fn in fns.items():
@@ -659,7 +661,8 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
     row["speedup"] = {c: t["numpy"] / t[c] for c in ("numba", "cupy_copies", "offload") if c in t and "numpy" in t and t[c] > 0}
     best = min([t[c] for c in BASELINES if c in t], default=None)
     row["ratio_of_medians"] = t["offload"] / best if best and "offload" in t else None
-    row["ratio"] = paired_ratio(row["times"])
+    # Columns timed one after another (the interleaved timing failed) have no rounds to pair.
+    row["ratio"] = paired_ratio(row["times"]) if row["paired"] else row["ratio_of_medians"]
     return row
 
 
@@ -715,7 +718,7 @@ def rescore(path: Path) -> dict:
     rows = doc["rows"] if "rows" in doc else doc["results"]["rows"]
     for r in rows:
         r.setdefault("ratio_of_medians", r.get("ratio"))
-        r["ratio"] = paired_ratio(r.get("times") or {})
+        r["ratio"] = paired_ratio(r.get("times") or {}) if r.get("paired", True) else r["ratio_of_medians"]
     print(f"{path}: {len(rows)} rows")
     for r in sorted(rows, key=lambda r: -(r.get("ratio") or 0)):
         if (r.get("ratio") or 0) > 1.3 or (r.get("ratio_of_medians") or 0) > 1.3:
