@@ -1,0 +1,67 @@
+"""What the light device path costs beyond the same copies and call written by hand, on the CPU.
+
+    PYTHONPATH=src python3 tools/device_path_overhead.py
+    PYTHONPATH=/path/to/other/checkout/src python3 tools/device_path_overhead.py   # A/B: alternate processes
+
+The FakeDevice test double (tests/fake_device.py) stands in for the GPU, so what differs between
+the columns is autooffload's own Python: ``@offload(backend="cupy")`` on a 100-element array
+against ``device.to_device`` + the function + ``device.to_host`` by hand, for a sort (not
+blockwise) and for ``x * 2.0 + 1.0`` (blockwise). Rounds interleave the variants; each figure is
+the fastest of 41 rounds of 2000 calls (the floor, which moves least on a shared VM). On the H200
+host the same Python ran ~3x slower than on the 2-core CPU VM (session 10: 40-52 us there,
+benchmarks/results/h200-session10/gpu_gaps.parts.txt, against ~15 us here).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import fake_device  # noqa: E402
+
+from autooffload import offload  # noqa: E402
+from autooffload.backends import cupy as device_backend  # noqa: E402
+
+
+def sort(x, xp=np):
+    return xp.sort(x)
+
+
+def affine(x, xp=np):
+    return x * 2.0 + 1.0
+
+
+def main() -> None:
+    dev = fake_device.FakeDevice()
+    device_backend.set_backend_for_tests(dev)
+    x = np.random.default_rng(0).uniform(-1, 1, 100)
+
+    def by_hand(fn):
+        return dev.to_host(fn(dev.to_device(x), xp=fake_device.fake_cupy))
+
+    variants = {}
+    for name, fn in (("sort", sort), ("x*2+1", affine)):
+        forced = offload(backend="cupy")(fn)
+        variants[f"by hand {name}"] = lambda fn=fn: by_hand(fn)
+        variants[f"@offload {name}"] = lambda forced=forced: forced(x)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(41):
+        for k, call in variants.items():
+            for _ in range(200):
+                call()
+            t = time.perf_counter()
+            for _ in range(2000):
+                call()
+            times[k].append((time.perf_counter() - t) / 2000 * 1e6)
+    best = {k: min(v) for k, v in times.items()}
+    print("  ".join(f"{k} {v:.2f} us" for k, v in best.items()))
+    print("overhead: " + ", ".join(f"{name} {best[f'@offload {name}'] - best[f'by hand {name}']:.2f} us"
+                                   for name in ("sort", "x*2+1")))
+
+
+if __name__ == "__main__":
+    main()
