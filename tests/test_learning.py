@@ -419,15 +419,17 @@ def test_a_first_exploring_call_is_charged_no_more_than_the_warm_call_after_it()
 
 
 def test_a_backend_measured_slow_on_a_noisy_start_is_checked_again_and_then_chosen(ready_gpu, use_profile, clock):
-    # The GPU's calls take 20 ms for the first 1 s (another process on the card, a slow start),
-    # 1 ms after; NumPy 5 ms. Trusted at 20 ms, the GPU is left; once the function has run
-    # RECHECK_AFTER x 20 ms (2 s: ~400 NumPy calls, untimed ones counted), it is measured again,
-    # found 20x faster, measured afresh and chosen.
+    # The GPU's calls take 19 ms for the first 1 s (another process on the card, a slow start),
+    # 1 ms after; NumPy 5 ms. Trusted at 19 ms, the GPU is left; once the function has run
+    # RECHECK_AFTER x 19 ms (1.9 s: ~380 NumPy calls, untimed ones counted), it is measured
+    # again, found 19x faster, measured afresh and chosen. (19 ms, inside EXPLORE_WITHIN of
+    # NumPy's 5: at 20, exactly 4x, the re-check hung on the last bit of NumPy's estimate, which
+    # the clock's sums now move, as NumPy's contested choice is sampled.)
     use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
 
     def work(x):
         if isinstance(x, FakeDeviceArray):
-            clock.t += 0.020 if clock.t < 1.0 else 0.001
+            clock.t += 0.019 if clock.t < 1.0 else 0.001
         else:
             clock.t += 0.005
         return x * 2
@@ -440,6 +442,37 @@ def test_a_backend_measured_slow_on_a_noisy_start_is_checked_again_and_then_chos
     assert seen[switched:] == ["cupy"] * (800 - switched)
     history = f.__autooffload__.learner.history
     assert history.explored_s <= _learn.EXPLORE_FRACTION * f.__autooffload__.learner._spent() + 0.020
+
+
+def test_a_contested_numpy_choice_keeps_being_sampled_and_a_slowdown_moves_it(ready_gpu, use_profile, clock):
+    # NumPy 5 ms, the GPU 8 ms: NumPy chosen, the GPU within EXPLORE_WITHIN. After 1 s NumPy's
+    # calls take 12 ms (the machine, the data's cache behaviour). Its contested choice is timed one
+    # call in DEVICE_SAMPLE_EVERY, so its estimate follows and the GPU takes over; untimed, NumPy's
+    # estimate stayed at 5 ms (the H200 suite's bessel row: NumPy learned at 182 us, measured at
+    # 220-330 us by its own column later in the run).
+    use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
+
+    def work(x):
+        if isinstance(x, FakeDeviceArray):
+            clock.t += 0.008
+        else:
+            clock.t += 0.005 if clock.t < 1.0 else 0.012
+        return x * 2
+
+    f = offload(kind="elementwise")(work)
+    seen = backends_over(f, 600)
+    assert seen[20:150].count("numpy") >= 120, "".join(b[0] for b in seen)  # NumPy's 5 ms wins at first
+    assert seen[-100:].count("cupy") >= 95, "".join(b[0] for b in seen)  # re-checks of NumPy aside
+    assert f.last_decision.predicted_s["numpy"] > 0.010  # NumPy's estimate followed its calls
+
+
+def test_an_uncontested_numpy_choice_goes_back_to_the_untimed_path(ready_gpu, use_profile, clock):
+    use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
+    f = timed(clock, numpy_s=0.005, gpu_s=0.050)  # the GPU 10x slower: not within EXPLORE_WITHIN
+    seen = backends_over(f, 800)
+    assert seen.count("cupy") >= 3  # explored, and found 10x slower
+    d = f.last_decision
+    assert d.backend == "numpy" and not d.observe, d
 
 
 def test_a_backend_really_slower_is_rechecked_rarely(ready_gpu, use_profile, clock):

@@ -413,15 +413,20 @@ class Learner:
         self._left_s = self._next_wait() - spent if (self._compile_wait or self._recheck_wait) else math.inf
         return bool(ready)
 
-    def observation_interval(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool) -> int:
+    def observation_interval(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool,
+                             pred: Prediction | None = None) -> int:
         """Every how many calls of ``chosen`` here one is timed: 1 while its cell is not trusted
         or exploration waits here; ``DEVICE_SAMPLE_EVERY`` on a device backend once trusted (its
-        calls are off the C check anyway, and the samples keep the estimate current); else 0
+        calls are off the C check anyway, and the samples keep the estimate current); as often
+        on a host backend whose choice is contested (``_contested``: another backend of
+        ``pred`` within ``EXPLORE_WITHIN``, calls of at least ``RECHECK_MIN_CALL_S``); else 0
         (never: the NumPy call goes back to the C check)."""
         cell = self.history.cell((chosen, *bucket))
         if bucket in self._pending or cell is None or not cell.trusted:
             return 1
-        return DEVICE_SAMPLE_EVERY if on_device_backend else 0
+        if on_device_backend or (pred is not None and _contested(pred, chosen, cell.estimate())):
+            return DEVICE_SAMPLE_EVERY
+        return 0
 
     # -- observing -----------------------------------------------------------------------------
     def observe(self, backend: str, bucket: tuple[int, int], seconds: float, predicted: float | None,
@@ -462,6 +467,20 @@ def cold_may_hide_a_win(seconds: float, predicted_s: dict[str, float | None], ba
     excess = min(COLD_EXCESS_MAX_S, max(COLD_EXCESS_S, COLD_SHARE * seconds))
     return not others or seconds - excess < min(others)
 
+
+
+def _contested(pred: Prediction, chosen: str, mine: float | None) -> bool:
+    """Whether a host backend's trusted choice should keep being sampled: another backend is
+    predicted within ``EXPLORE_WITHIN`` of it, and its calls take at least ``RECHECK_MIN_CALL_S``.
+    Its NumPy calls would otherwise go back to the C check untimed, and its estimate stay what it
+    was when trusted: on the H200 (suite without a profile, bessel at 1e2) NumPy's stayed at
+    182 us while NumPy's own column took 220-330 us later in the run, and 728 of 1103 timed calls
+    ran on NumPy against a GPU path of ~200 us. One call in ``DEVICE_SAMPLE_EVERY`` is timed, as
+    on a device; the others count their estimate (``count_untimed``)."""
+    if mine is None or mine < RECHECK_MIN_CALL_S:
+        return False
+    return any(name != chosen and seconds is not None and seconds <= EXPLORE_WITHIN * mine
+               for name, seconds in pred.seconds.items())
 
 def _far_off(learned: float | None, profile: float | None) -> bool:
     """Whether a learned time is more than ``EXPLORE_WITHIN`` off the profile's prediction."""

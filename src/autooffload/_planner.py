@@ -296,7 +296,7 @@ class Planner:
         tier_wait = 0.0 if exploring else tier_wait  # the gate gives none for device data
         if not exploring and not dev:
             tier_wait = max(tier_wait, learner.recheck_wait(pred, backend, bucket))
-        every = 1 if waiting or exploring else learner.observation_interval(backend, bucket, backend == CUPY)
+        every = 1 if waiting or exploring else learner.observation_interval(backend, bucket, backend == CUPY, pred)
         return make(backend, reason, shown, savings, profile.source, sources=sources, profile_s=profile_s,
                     observe=not dev and every > 0, observe_every=max(every, 1), exploring=exploring, tier_wait_s=tier_wait)
 
