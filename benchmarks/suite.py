@@ -675,7 +675,9 @@ def paired_ratio(times: dict) -> float | None:
     41-46 us in some rounds and 67-68 in others while @offload ran the same NumPy code; the
     ratio of the columns' medians came out 1.54, the rounds' own ratios to the best column of
     their round had a median of 1.39 (and to NumPy's, whose code ran, 1.08). Pairing compares
-    each round's calls with each other."""
+    each round's calls with each other. Where two baselines are close, each round's best is the
+    luckier of two noisy figures, so the paired ratio leans against @offload (run 4 of session
+    10: geomean 0.824 paired, 0.816 of the medians, with the shipped profile)."""
     off = (times.get("offload") or {}).get("samples")
     bases = [times[c]["samples"] for c in BASELINES if times.get(c) and times[c].get("samples")]
     if not off or not bases:
