@@ -619,6 +619,37 @@ def test_a_tier_call_after_its_threads_slept_is_observed_cold(monkeypatch):
     assert seen == [False, True]
 
 
+def test_a_sampled_call_that_may_be_cold_has_the_next_call_timed_too(monkeypatch):
+    # Review finding: a function called in bursts of DEVICE_SAMPLE_EVERY, each burst's first tier
+    # call cold, had the same (cold) call of every burst timed: its cold samples outvoted the
+    # warm ones. A cold sampled call now has the next call timed as well.
+    from autooffload import backends
+
+    tier = backends.get("numba")
+    if tier is None:
+        pytest.skip("the Numba tier is not installed here")
+
+    @offload(backend="numba")
+    def chain(x):
+        return x * 2.0 + 1.0
+
+    x = np.arange(1000.0)
+    chain(x)
+    state = chain.__autooffload__
+    timed_calls = []
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False: timed_calls.append(cold))
+    every = _learn.DEVICE_SAMPLE_EVERY
+    d = dataclasses.replace(chain.last_decision, observe=True, observe_every=every)
+    state.took_over["numba"] = (state.others_ran("numba"), state.own_runs("numba") - _learn.SWITCH_COLD_CALLS)
+    state.unsampled = 0
+    for i in range(3 * every):
+        # the first call of each burst of `every` finds the tier's threads asleep
+        monkeypatch.setattr(tier, "last_end", 0.0 if i % every == every - 1 else time.perf_counter() + 60.0)
+        state.run_observed(d, (x,), {})
+    assert timed_calls[:2] == [True, False], timed_calls  # the cold one, then the next, warm
+    assert False in timed_calls[2:], timed_calls  # and warm samples keep coming
+
+
 def test_a_cold_tier_sample_is_dropped_only_while_it_may_hide_a_win(monkeypatch):
     # A cold call whose warm cost (less a wake-up's) may beat the best other prediction: dropped,
     # to be measured again; one far beyond it cannot be (panel_recur at (2, 2) on the H200: ~400 us

@@ -274,6 +274,11 @@ class _State:
         tier = backends.get(NUMBA) if d.backend == NUMBA else None
         cold = tier is not None and time.perf_counter() - getattr(tier, "last_end", 0.0) > _learn.TIER_COLD_AFTER_S
         cold = self.after_switch(d.backend) <= _learn.SWITCH_COLD_CALLS or cold  # a switch's first calls
+        if cold and d.observe_every > 1:
+            # A sampled call that may be cold: time the next call too. A fixed one in
+            # observe_every lands on the same call of each burst in a function called in bursts
+            # (the tier's cold first call of every 8): its cold samples then outvote the warm ones.
+            self.unsampled = d.observe_every - 1
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
         start = _learn.clock()

@@ -64,7 +64,8 @@ runs on a device backend: there one call in ``DEVICE_SAMPLE_EVERY`` once trusted
 a ``perf_counter`` pair around the whole call; a device
 run on host data ends in the copy out (or a stream synchronization where nothing is copied out),
 so the time includes the device work it waited for. Once a bucket is trusted and certain, its
-NumPy calls go back to the untimed hot path and the C check. Calls on device-resident data are
+NumPy calls go back to the untimed hot path and the C check, unless another backend contests
+the choice (``_contested``: then one call in ``DEVICE_SAMPLE_EVERY`` is timed, as on a device). Calls on device-resident data are
 not timed (that would add a synchronization); their decisions use the profile.
 
 ``AUTOOFFLOAD_LEARN=0`` turns all of this off: the profile alone decides, as before.
@@ -109,7 +110,7 @@ RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this 
 # ...for calls predicted at least this long: waiting for a re-check takes a NumPy call off the C
 # check's path (+5 us on the 2-core VM: Black-Scholes at 1e2, 24 us, ran 20% slower).
 RECHECK_MIN_CALL_S = 100e-6
-# A trusted device cell times one call in this many: timing each cost ~10 us of a ~100 us small
+# A trusted device cell (and a contested host choice: _contested) times one call in this many: timing each cost ~10 us of a ~100 us small
 # GPU call on the H200 (the history's estimate, a stream synchronization); the untimed ones
 # count their estimate towards the function's seconds (count_untimed).
 DEVICE_SAMPLE_EVERY = 8
@@ -481,6 +482,7 @@ def _contested(pred: Prediction, chosen: str, mine: float | None) -> bool:
         return False
     return any(name != chosen and seconds is not None and seconds <= EXPLORE_WITHIN * mine
                for name, seconds in pred.seconds.items())
+
 
 def _far_off(learned: float | None, profile: float | None) -> bool:
     """Whether a learned time is more than ``EXPLORE_WITHIN`` off the profile's prediction."""
