@@ -592,37 +592,10 @@ def test_cold_samples_are_dropped_unless_every_recent_one_is_cold():
     assert cell.samples[-3:] == [0.050] * 3
 
 
-def test_a_tier_call_after_its_threads_slept_is_observed_cold(monkeypatch):
-    from autooffload import backends
-
-    tier = backends.get("numba")
-    if tier is None:
-        pytest.skip("the Numba tier is not installed here")
-
-    @offload(backend="numba")
-    def chain(x):
-        return x * 2.0 + 1.0
-
-    x = np.arange(1000.0)
-    chain(x)  # compiled, and its threads started
-    state = chain.__autooffload__
-    seen = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False: seen.append(cold))
-    d = dataclasses.replace(chain.last_decision, observe=True, observe_every=1)
-    assert d.backend == "numba"
-    monkeypatch.setattr(tier, "last_end", time.perf_counter() + 60.0)  # it has just run: warm
-    # and it took over SWITCH_COLD_CALLS runs ago, no other backend since
-    state.took_over["numba"] = (state.others_ran("numba"), state.own_runs("numba") - _learn.SWITCH_COLD_CALLS)
-    state.run_observed(d, (x,), {})
-    monkeypatch.setattr(tier, "last_end", 0.0)  # long ago: its threads are asleep
-    state.run_observed(d, (x,), {})
-    assert seen == [False, True]
-
-
-def test_a_sampled_call_that_may_be_cold_has_the_next_call_timed_too(monkeypatch):
-    # Review finding: a function called in bursts of DEVICE_SAMPLE_EVERY, each burst's first tier
-    # call cold, had the same (cold) call of every burst timed: its cold samples outvoted the
-    # warm ones. A cold sampled call now has the next call timed as well.
+def _tier_function_observed(monkeypatch, observe_every: int):
+    """A function run on the Numba tier (compiled, its threads started), past the cold calls of a
+    switch, whose timed calls record only whether they were cold: (tier, state, its decision
+    timed one call in ``observe_every``, its argument, the list of cold flags)."""
     from autooffload import backends
 
     tier = backends.get("numba")
@@ -636,11 +609,30 @@ def test_a_sampled_call_that_may_be_cold_has_the_next_call_timed_too(monkeypatch
     x = np.arange(1000.0)
     chain(x)
     state = chain.__autooffload__
-    timed_calls = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False: timed_calls.append(cold))
-    every = _learn.DEVICE_SAMPLE_EVERY
-    d = dataclasses.replace(chain.last_decision, observe=True, observe_every=every)
+    seen: list[bool] = []
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False: seen.append(cold))
+    d = dataclasses.replace(chain.last_decision, observe=True, observe_every=observe_every)
+    assert d.backend == "numba"
+    # it took over SWITCH_COLD_CALLS runs ago, no other backend since
     state.took_over["numba"] = (state.others_ran("numba"), state.own_runs("numba") - _learn.SWITCH_COLD_CALLS)
+    return tier, state, d, x, seen
+
+
+def test_a_tier_call_after_its_threads_slept_is_observed_cold(monkeypatch):
+    tier, state, d, x, seen = _tier_function_observed(monkeypatch, 1)
+    monkeypatch.setattr(tier, "last_end", time.perf_counter() + 60.0)  # it has just run: warm
+    state.run_observed(d, (x,), {})
+    monkeypatch.setattr(tier, "last_end", 0.0)  # long ago: its threads are asleep
+    state.run_observed(d, (x,), {})
+    assert seen == [False, True]
+
+
+def test_a_sampled_call_that_may_be_cold_has_the_next_call_timed_too(monkeypatch):
+    # Review finding: a function called in bursts of DEVICE_SAMPLE_EVERY, each burst's first tier
+    # call cold, had the same (cold) call of every burst timed: its cold samples outvoted the
+    # warm ones. A cold sampled call now has the next call timed as well.
+    every = _learn.DEVICE_SAMPLE_EVERY
+    tier, state, d, x, timed_calls = _tier_function_observed(monkeypatch, every)
     state.unsampled = 0
     for i in range(3 * every):
         # the first call of each burst of `every` finds the tier's threads asleep
