@@ -434,15 +434,9 @@ class Moved:
         copies: list = []
         copy = None
         try:
-            meter, to_device = self.meter, self.backend.to_device
             for a in args:
                 if type(a) is np.ndarray:
-                    if meter is None:
-                        copy = to_device(a)
-                    else:  # _metered's work, inline: the light path is counted in microseconds
-                        start = time.perf_counter()
-                        copy = to_device(a)
-                        meter.copied(True, a.nbytes, time.perf_counter() - start)
+                    copy = self._copy_over(a)
                     self.entries[id(a)] = _Entry(a, copy, copy)
                     self.by_copy[id(copy)] = a
                     copies.append(copy)

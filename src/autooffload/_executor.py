@@ -32,7 +32,7 @@ from ._blockwise import Verdict
 from ._costmodel import Decision, stream_chunk_bytes
 from ._reachable import Reachable
 from ._records import Outcome, Records, type_signature
-from .backends import CUPY, DEVICE_DTYPES, HOST, NUMPY
+from .backends import CUPY, HOST, NUMPY, why_not_on_device
 from .backends import cupy as device
 from .errors import GPUFallbackWarning, warn_at_user_line
 
@@ -95,7 +95,7 @@ class Executor:
             t = type(a)
             if t is np.ndarray:
                 flags = a.flags
-                if (not (flags.c_contiguous or flags.f_contiguous) or a.dtype not in DEVICE_DTYPES
+                if (not (flags.c_contiguous or flags.f_contiguous) or why_not_on_device(a)
                         or not a.dtype.isnative or not a.nbytes):
                     return False
                 arrays.append(a)
@@ -396,8 +396,7 @@ class Executor:
             device.mark_gpu_ready()
         if moved is not None:
             try:
-                if not moved.pure:  # a pure call's copies have nothing to write back
-                    moved.write_back()
+                moved.write_back()
             except NumPyWouldRaise as exc:
                 # NumPy would have raised on the write or the shape: rerun there for that error.
                 if reach is not None:
@@ -405,8 +404,7 @@ class Executor:
                 self._ran_on_numpy(d, str(exc))
                 return self.run_numpy(args, kwargs, d.device_bytes > 0)
             if not d.device_bytes:
-                if reach is not None:
-                    self._sweep(reach, moved, d)
+                self._sweep(reach, moved, d)
                 result = moved.result(result)  # the copy out synchronizes: the time below is real
                 if not moved.device_idle:
                     moved.backend.synchronize()  # nothing came back to wait on: wait for the run itself

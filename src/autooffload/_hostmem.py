@@ -306,6 +306,8 @@ def _size(block: np.ndarray) -> int:
 
 
 results = HostBlocks()
+
+
 def _before_fork() -> None:
     """No idle kept block stays pinned across a fork. On Linux before 5.9 a page pinned for DMA
     stays shared copy-on-write with the child: the parent's next write moves the parent to a

@@ -65,8 +65,9 @@ a ``perf_counter`` pair around the whole call; a device
 run on host data ends in the copy out (or a stream synchronization where nothing is copied out),
 so the time includes the device work it waited for. Once a bucket is trusted and certain, its
 NumPy calls go back to the untimed hot path and the C check, unless another backend contests
-the choice (``_contested``: then one call in ``DEVICE_SAMPLE_EVERY`` is timed, as on a device). Calls on device-resident data are
-not timed (that would add a synchronization); their decisions use the profile.
+the choice (``_contested``: then one call in ``DEVICE_SAMPLE_EVERY`` is timed, as on a
+device). Calls on device-resident data are not timed (that would add a synchronization); their
+decisions use the profile.
 
 ``AUTOOFFLOAD_LEARN=0`` turns all of this off: the profile alone decides, as before.
 """
@@ -110,8 +111,8 @@ RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this 
 # ...for calls predicted at least this long: waiting for a re-check takes a NumPy call off the C
 # check's path (+5 us on the 2-core VM: Black-Scholes at 1e2, 24 us, ran 20% slower).
 RECHECK_MIN_CALL_S = 100e-6
-# A trusted device cell (and a contested host choice: _contested) times one call in this many: timing each cost ~10 us of a ~100 us small
-# GPU call on the H200 (the history's estimate, a stream synchronization); the untimed ones
+# A trusted device cell (and a contested host choice: _contested) times one call in this many:
+# timing each cost ~10 us of a ~100 us small GPU call on the H200 (the history's estimate, a stream synchronization); the untimed ones
 # count their estimate towards the function's seconds (count_untimed).
 DEVICE_SAMPLE_EVERY = 8
 # A Numba tier call this long after the tier last ran is cold: its threads slept (OpenMP's spin
@@ -467,7 +468,6 @@ def cold_may_hide_a_win(seconds: float, predicted_s: dict[str, float | None], ba
     others = [s for b, s in predicted_s.items() if b != backend and s]
     excess = min(COLD_EXCESS_MAX_S, max(COLD_EXCESS_S, COLD_SHARE * seconds))
     return not others or seconds - excess < min(others)
-
 
 
 def _contested(pred: Prediction, chosen: str, mine: float | None) -> bool:

@@ -419,6 +419,16 @@ class PinCache:
 
 
 cache = PinCache()
+
+
+def lock_free_soon(lock: threading.Lock, timeout_s: float = 0.5) -> bool:
+    """Whether ``lock`` could be taken within ``timeout_s`` (taken and let go at once)."""
+    if not lock.acquire(timeout=timeout_s):
+        return False
+    lock.release()
+    return True
+
+
 def _before_fork() -> None:
     """Unpin every owner no copy is using before a fork, so that no page of the caller's
     arrays is pinned while the child shares it copy-on-write (on Linux before 5.9 the parent's
@@ -433,14 +443,6 @@ def _before_fork() -> None:
         cache.release()
     except Exception:  # noqa: BLE001 - a fork must not fail for this
         pass
-
-
-def lock_free_soon(lock: threading.Lock, timeout_s: float = 0.5) -> bool:
-    """Whether ``lock`` could be taken within ``timeout_s`` (taken and let go at once)."""
-    if not lock.acquire(timeout=timeout_s):
-        return False
-    lock.release()
-    return True
 
 
 if hasattr(os, "register_at_fork"):
