@@ -183,19 +183,23 @@ def test_search_turns_non_temporal_stores_on_per_direction_where_they_are_faster
     assert r.knobs["h2d_nontemporal"] == 0
 
 
-@pytest.mark.parametrize("register_fixed_s, expected", [
-    (2e-5, 1 * MiB),  # pinning costs little: every size pays within two copies
-    (2e-4, 4 * MiB),  # 0.4 ms to pin and unpin, in and out: a copy of 1 MiB saves 75 us, of 4 MiB 298
-    (2e-2, 32 * MiB),  # 40 ms: pays nowhere up to 16 MiB, pinned from twice that
+@pytest.mark.parametrize("register_fixed_s, expected, after", [
+    # cost / saving of a copy in and out at 1 / 4 / 16 MiB, as the search measures them:
+    (2e-5, 1 * MiB, 2),  # pinning in place is the fastest first copy: 1.0 everywhere, the second copy
+    (2e-4, 1 * MiB, 7),  # 380 us to pin and unpin: 5.1 / 1.3 / 1.0, pinned once six copies paid for it
+    (2.5e-3, 16 * MiB, 6),  # 4.98 ms: 67 / 17 / 4.2; 1 and 4 MiB at or above PIN_AFTER_MAX - 1
+    (2e-2, 32 * MiB, None),  # 40 ms: 536 / 134 / 34, nowhere within PIN_AFTER_MAX: from twice 16 MiB
 ])
-def test_search_pins_arrays_copied_again_from_where_pinning_pays_back(register_fixed_s, expected):
-    # First copies at 12-18 GB/s, a pinned DMA at 50, pinning in place per copy at the DMA's
-    # rate plus a fixed cost per pin and unpin.
+def test_search_pins_arrays_copied_again_once_their_copies_paid_for_it(register_fixed_s, expected, after):
+    # First copies at 12 GB/s, a pinned DMA at 50, pinning in place per copy at the DMA's rate
+    # plus a fixed cost per pin and unpin.
     syn = SyntheticEngine({"direct": 12, "staged": 12, "workers": 12, "register": 50},
                           {"direct": 1e-5, "staged": 1e-5, "workers": 1e-5, "register": register_fixed_s}, pinned_GBps=50)
     r = C.search(syn.engine(), PLAN)
     assert r.knobs["pin_reused_min"] == r.knobs["pin_results_min"] == expected, r.log
-    assert any(line == f"pinned on reuse from {expected // MiB} MiB" for line in r.log)
+    assert r.knobs["pin_after_copies"] == (after or syn.defaults["pin_after_copies"]), r.log
+    line = f"pinned on reuse from {expected // MiB} MiB" + (f", at the copy that moves {after} times its bytes" if after else "")
+    assert line in r.log, r.log
 
 
 def test_pinning_on_reuse_is_weighed_after_the_fallback_to_the_defaults_and_kept():

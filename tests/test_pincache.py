@@ -93,6 +93,18 @@ def test_an_array_is_pinned_once_copies_moved_twice_its_bytes_and_then_copied_pi
     assert cache.info()["pinned_bytes"] == a.nbytes and cache.info()["active"] == 1
 
 
+def test_pin_after_waits_until_the_copies_left_unpinned_have_paid_for_pinning():
+    # The tuning's pin_after_copies (calibration's rent-or-buy rule): pinned at that copy.
+    c = make_cache()
+    c.configure(c.pins_.pin, c.pins_.unpin, min_bytes=2 * MiB, pin_after=4)
+    a = np.random.default_rng(1).random(4 * MiB // 8)
+    assert [copy(c, a) for _ in range(5)] == [False, False, False, True, True]
+    assert c.pins_.pinned == {a.ctypes.data: a.nbytes}
+    c.configure(c.pins_.pin, c.pins_.unpin, min_bytes=2 * MiB, pin_after=0)  # never below one copy
+    assert c.pin_after == 1.0
+    c.release()
+
+
 def test_a_streamed_pass_counts_its_bytes_not_its_chunks(cache):
     chunk = 1 * MiB // 8 + 3  # chunks of just over 1 MiB: each counted, eight of them a pass
     a = np.ones(8 * chunk)

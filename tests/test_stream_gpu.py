@@ -114,7 +114,7 @@ def test_a_streamed_call_on_pinned_memory_queues_its_copies_and_reports_their_ti
     is exact, and report() charges them the time they kept the link busy: a rate between 2 GB/s
     and twice the H200's 55 GB/s pinned DMA, never the microseconds it took to queue them."""
     import autooffload
-    from autooffload import _transfer
+    from autooffload import _pincache, _transfer
 
     n = 32 * 1024 * 1024  # 256 MiB of float64: above pin_reused_min, pinned at its second copy
     x = np.empty(n)
@@ -127,6 +127,12 @@ def test_a_streamed_call_on_pinned_memory_queues_its_copies_and_reports_their_ti
 
     monkeypatch.setenv("AUTOOFFLOAD_STREAM", "always")
     monkeypatch.setenv("AUTOOFFLOAD_STREAM_CHUNK", str(32 * 1024 * 1024))
+    # Pinned at the second copy whatever the active profile's pin_after_copies says (resolved
+    # first: resolving it applies its copy tuning).
+    from autooffload._profiles import active_profile
+
+    active_profile()
+    monkeypatch.setattr(_pincache.cache, "pin_after", 2.0)
     queued = []
     real = _transfer.to_device_queued
     monkeypatch.setattr(_transfer, "to_device_queued", lambda h: queued.append(h.nbytes) or real(h))

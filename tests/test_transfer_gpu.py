@@ -492,7 +492,7 @@ def test_reused_arrays_are_pinned_in_place_and_every_copy_stays_exact():
 
     from autooffload import _pincache
 
-    old = T._configure(pin_reused_min=16 * MiB)
+    old = T._configure(pin_reused_min=16 * MiB, pin_after_copies=2)  # not the profile's: pinned at the third copy
     rt = cp.cuda.runtime
     try:
         rng = np.random.default_rng(31)

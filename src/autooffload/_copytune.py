@@ -20,8 +20,9 @@ What is searched, in a bounded time (the quick plan a few seconds, the default o
    staged path, the workers, pinning in place), both directions; then the size ranges of each
    path that lose least over the grid (``choose_ranges``, exhaustive over the grid's cuts);
 4. non-temporal stores for the staged path's host copies, per direction;
-5. from which size an array copied again is pinned in place and kept so (``_pin_reuse_choice``:
-   where pinning pays back within two later copies, at 1, 4 and 16 MiB).
+5. from which size an array copied again is pinned in place and kept so, and after how many
+   copies (``_pin_reuse_choice``: what pinning costs over what a pinned copy saves, at 1, 4 and
+   16 MiB; pinned once the copies left unpinned have cost that much).
 
 Every candidate is timed on the real engine, warm (one untimed call), median of a few calls,
 with the defaults measured in the same search, so the stored rates say what the tuning gained.
@@ -414,8 +415,8 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
             for row in rates:
                 row["h2d_GBps"], row["d2h_GBps"] = row["default_h2d_GBps"], row["default_d2h_GBps"]
         # 5. From which size an array copied again is pinned in place (and a kept result when
-        # handed out again): where pinning it pays back within PIN_PAYBACK_COPIES copies of the
-        # first copies of the knobs kept. After the check above, which times first copies only
+        # handed out again), and after how many copies: against the first copies of the knobs
+        # kept. After the check above, which times first copies only
         # and so cannot weigh it; in a slice of its own, as step 4's.
         if engine.dma is not None and engine.alloc_pinned is not None:
             say("pinning on reuse")
@@ -475,28 +476,39 @@ def _nontemporal_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable
 # Sizes at which pinning on reuse is weighed: from the least the pin-down cache counts
 # (_pincache.COUNT_MIN_BYTES) to where the engine's own copies come close to the link.
 PIN_SIZES = (1 * MiB, 4 * MiB, 16 * MiB)
-# Pinning an array copied again must pay back within this many later copies (the cache pins at
-# the second whole copy: an array copied four times in all gains).
-PIN_PAYBACK_COPIES = 2
+# Pinned at most at this copy of an array: a size where pinning costs more than this many
+# copies' saving less one is left unpinned (such a ratio is mostly a saving lost in noise).
+PIN_AFTER_MAX = 16
 
 
 def _pin_reuse_choice(knobs: dict[str, int], engine: Engine, arrays: Callable[[int], tuple[np.ndarray, Any]],
                       timed: Callable[[dict[str, int], int, str], float], plan: SearchPlan,
                       over_budget: Callable[[], bool], log: list[str]) -> dict[str, int]:
-    """``pin_reused_min`` and ``pin_results_min``: the smallest of ``PIN_SIZES`` (those within
-    the plan's sizes) from which on (it and every larger one measured) pinning pays, both
-    directions summed: pinning and unpinning (the pin-in-place path's time less a pinned DMA's)
-    at most ``PIN_PAYBACK_COPIES`` times what a pinned copy saves against the engine's first copy
-    with ``knobs``. Where it pays at none of them, from twice the largest measured (above 16 MiB
-    the engine's copies neared the link on the H100 and the H200, and pinning still won there:
-    h200-session7/transfer.md). {} (the defaults stand) where nothing could be measured: a size
-    that fails or is past the budget is left out, and the sizes measured decide."""
-    pays: dict[int, bool] = {}
+    """``pin_reused_min``, ``pin_results_min`` and ``pin_after_copies`` from what pinning costs
+    (pinning and unpinning: the pin-in-place path's time less a pinned DMA's) and what a pinned
+    copy saves against the engine's first copy with ``knobs``, both directions summed, at each of
+    ``PIN_SIZES`` within the plan's sizes.
+
+    Pinning is rent or buy: each copy left unpinned pays the saving forgone (rent), pinning pays
+    its cost once (buy), and how often an array will be copied again is not known. Pinning once
+    the rent paid reaches the cost never costs more than about twice the least any rule could
+    have, whatever the number of copies; so ``pin_after_copies`` is 1 + the largest cost/saving
+    ratio, rounded up, over the sizes pinned (at least 2: the cache's own rule, pinning at the
+    second copy). The threshold is the smallest size from which that ratio stays below
+    ``PIN_AFTER_MAX`` at every larger size measured; where it does at none, twice the largest
+    measured (above 16 MiB the engine's copies neared the link on the H100 and the H200, and
+    pinning still won there: h200-session7/transfer.md). On the H200 (session 11) the ratio was
+    2.3 / 1.3 / 2.6 at 1 / 4 / 16 MiB, where the rule before this one (pay back within two
+    copies) left everything up to 16 MiB unpinned and reused arrays of 4 MiB moved in at 10 GB/s
+    instead of ~30 (benchmarks/results/h200-session11/). {} (the defaults stand) where nothing
+    could be measured: a size that fails or is past the budget is left out, and the sizes
+    measured decide."""
+    ratios: dict[int, float] = {}  # size -> cost / saving (inf: pinning saves nothing there)
     clock, dma, alloc_pinned = engine.clock, engine.dma, engine.alloc_pinned
     assert dma is not None and alloc_pinned is not None
     for n in (n for n in PIN_SIZES if n <= max(plan.sizes)):
         if over_budget():
-            log.append(f"budget spent: pinning on reuse weighed to {max(pays, default=0) // MiB} MiB")
+            log.append(f"budget spent: pinning on reuse weighed to {max(ratios, default=0) // MiB} MiB")
             break
         try:
             h, d = arrays(n)
@@ -514,15 +526,21 @@ def _pin_reuse_choice(knobs: dict[str, int], engine: Engine, arrays: Callable[[i
         except Exception as e:  # noqa: BLE001 - a size that fails decides nothing
             log.append(f"pinning on reuse at {n // MiB} MiB failed: {type(e).__name__}: {e}")
             continue
-        pays[n] = saving > 0 and cost <= PIN_PAYBACK_COPIES * saving
+        ratios[n] = cost / saving if saving > 0 else math.inf
         log.append(f"pinning on reuse at {n // MiB} MiB: pin+unpin {cost * 1e6:.0f} us, saves {saving * 1e6:.0f} us "
-                   f"a copy in+out: {'pays' if pays[n] else 'does not pay'} within {PIN_PAYBACK_COPIES} copies")
-    if not pays:
+                   f"a copy in+out: " + (f"cost / saving {ratios[n]:.2f}" if saving > 0 else "saves nothing"))
+    if not ratios:
         return {}
+    pays = {n: r < PIN_AFTER_MAX - 1 for n, r in ratios.items()}
     paying = [n for n in pays if all(ok for m, ok in pays.items() if m >= n)]
-    threshold = min(paying) if paying else 2 * max(pays)
-    log.append(f"pinned on reuse from {threshold // MiB} MiB")
-    return {"pin_reused_min": threshold, "pin_results_min": threshold}
+    if not paying:
+        threshold = 2 * max(ratios)
+        log.append(f"pinned on reuse from {threshold // MiB} MiB")
+        return {"pin_reused_min": threshold, "pin_results_min": threshold}
+    threshold = min(paying)
+    after = max(2, 1 + math.ceil(max(r for n, r in ratios.items() if n >= threshold)))
+    log.append(f"pinned on reuse from {threshold // MiB} MiB, at the copy that moves {after} times its bytes")
+    return {"pin_reused_min": threshold, "pin_results_min": threshold, "pin_after_copies": after}
 
 
 def _rate(n: int, s: float | None) -> str:

@@ -25,10 +25,14 @@ libraries and UCX ("leave pinned", "rcache"), here for NumPy arrays:
   The driver refuses a DMA that starts in a registration and runs past its end
   (cudaErrorInvalidValue, seen on the H200 with 64 MiB pieces); a copy of any part of one
   owner, by any view, lies inside its one registration, so no copy can.
-* An owner is pinned once copies of at least ``COUNT_MIN_BYTES`` have moved twice its bytes
-  (``PIN_AFTER``): an array copied once is never pinned, a loop's second whole copy pins (at
-  ~31 GB/s, about a staged copy's time, once), a streamed call's chunks count by their bytes
-  (its second pass pins), and sparse small copies pin only once they have moved that much.
+* An owner is pinned once copies of at least ``COUNT_MIN_BYTES`` have moved ``pin_after``
+  times its bytes (``PIN_AFTER``, 2, unless the tuning's ``pin_after_copies`` says otherwise): an
+  array copied once is never pinned, a loop's second whole copy pins (at ~31 GB/s, about a
+  staged copy's time, once), a streamed call's chunks count by their bytes (its second pass
+  pins), and sparse small copies pin only once they have moved that much. Where pinning costs
+  more than one copy saves, calibration raises ``pin_after`` to 1 + that ratio: pin once the
+  copies left unpinned have cost what pinning costs (rent or buy), so whatever the number of
+  copies, an array never costs more than about twice the least it could have.
   Touches are counted per owner object, with a weak reference taken at its first counted copy.
 * An owner stays pinned until it dies (unpinned in its weak-reference callback, before NumPy
   frees the memory), until the bound needs room (the least recently used owners no copy is
@@ -137,6 +141,7 @@ class PinCache:
     def __init__(self, max_pinned_bytes: int | None = None):
         self.max_pinned_bytes = _default_max_pinned_bytes() if max_pinned_bytes is None else int(max_pinned_bytes)
         self.min_bytes = 0  # owners smaller than this do not take part; 0: off
+        self.pin_after = PIN_AFTER  # pinned once counted copies moved this many times its bytes
         self._pin: Callable[[int, int], bool] | None = None
         self._unpin: Callable[[int], None] | None = None
         self._lock = threading.Lock()
@@ -172,12 +177,14 @@ class PinCache:
 
     # -- setup ------------------------------------------------------------------------------
     def configure(self, pin: Callable[[int, int], bool] | None, unpin: Callable[[int], None] | None,
-                  min_bytes: int) -> None:
+                  min_bytes: int, pin_after: float = PIN_AFTER) -> None:
         """Take part from owners of ``min_bytes`` (0: off, and everything not in use is unpinned;
         what is in use is unpinned when its copy ends), pinning with ``pin(address, nbytes) ->
-        pinned?`` and unpinning with ``unpin(address)``."""
+        pinned?`` once copies moved ``pin_after`` (at least 1) times an owner's bytes, and
+        unpinning with ``unpin(address)``."""
         with self._locked():
             self.min_bytes = int(min_bytes) if pin is not None and min_bytes > 0 else 0
+            self.pin_after = max(1.0, float(pin_after))
             self._pin = pin
             self._unpin = unpin if unpin is not None else self._unpin
         if not self.min_bytes:
@@ -225,7 +232,7 @@ class PinCache:
             if not count or self._pin is None:
                 return None
             entry.touched += nbytes
-            if entry.state == "seen" and entry.touched >= PIN_AFTER * entry.nbytes:
+            if entry.state == "seen" and entry.touched >= self.pin_after * entry.nbytes:
                 entry.state = "pinning"  # claimed: other copies stage meanwhile
                 self.generation += 1
                 entry.holds += 1

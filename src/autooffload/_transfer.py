@@ -212,6 +212,11 @@ class _Tuning:
     # mid-size array a loop copies again: the suite's normal equations at 1e6, an 8 MB input,
     # took 1.22 ms a call on the GPU, 0.60 ms pinned).
     pin_reused_min: int = 1 * MiB
+    # ...pinned at the copy that brings the bytes moved to this many times its own (2: at the
+    # second whole copy). Calibration sets it from what pinning costs over what a pinned copy
+    # saves (_copytune._pin_reuse_choice: the rent-or-buy rule, so that an array copied only a
+    # few times never pays more than twice the least it could have).
+    pin_after_copies: int = 2
 
 
 def _default_threads() -> int:
@@ -311,7 +316,7 @@ def _check_knobs(changes: dict[str, Any]) -> None:
     for k, v in changes.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"tuning knob {k} must be an int >= 0; got {v!r}")
-    for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads", "staged_piece_count"):
+    for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads", "staged_piece_count", "pin_after_copies"):
         if k in changes and changes[k] < 1:
             raise ValueError(f"tuning knob {k} must be >= 1; got {changes[k]!r}")
 
@@ -980,7 +985,7 @@ def _use_pinning(t: _Tuning) -> None:
     nothing: CuPy only when something is pinned."""
     off = os.environ.get("AUTOOFFLOAD_PIN", "1").strip() == "0"  # the user's way out of pinning
     _hostmem.results.configure_pinning(_pin_host, _unpin_host, 0 if off else t.pin_results_min)
-    _pincache.cache.configure(_pin_host, _unpin_host, 0 if off else t.pin_reused_min)
+    _pincache.cache.configure(_pin_host, _unpin_host, 0 if off else t.pin_reused_min, t.pin_after_copies)
 
 
 def _c_view(a: np.ndarray) -> np.ndarray | None:
