@@ -333,9 +333,44 @@ def test_the_sweep_smooths_numpy_curves_only():
         return Timing(median_s=s, mad_s=0.0, samples=(s,), rejected=0, loops=1, noisy=False)
 
     points = [(1000, t(1e-5)), (2000, t(5e-5)), (4000, t(3e-5))]
-    assert _curve(points).seconds == [1e-5, 5e-5, 3e-5]  # GPU curves: as measured
+    assert _curve(points).seconds == [1e-5, 5e-5, 3e-5]
     smoothed = _curve(points, blip_tolerance=0.1)
     assert smoothed.seconds[1] < 3e-5 and smoothed.noisy == [False, True, False]
+
+
+def test_gpu_and_tier_curves_lose_spikes_only():
+    # A bump of a GPU or tier curve is kept (1.67x the next size here); a point more than
+    # SPIKE_TOLERANCE above the next size is not (the H200's tier reduction at 8 MiB, session 11:
+    # 5.99 ms between 66 us and 210 us).
+    from autooffload._timing import Timing
+
+    def t(s):
+        return Timing(median_s=s, mad_s=0.0, samples=(s,), rejected=0, loops=1, noisy=False)
+
+    mib = 2**20
+    bump = [(1 * mib, t(1e-5)), (2 * mib, t(5e-5)), (4 * mib, t(3e-5))]
+    assert _sweep._curve(bump, blip_tolerance=_sweep.SPIKE_TOLERANCE).seconds == [1e-5, 5e-5, 3e-5]
+    spike = [(4 * mib, t(66e-6)), (8 * mib, t(5994e-6)), (16 * mib, t(210e-6))]
+    curve = _sweep._curve(spike, blip_tolerance=_sweep.SPIKE_TOLERANCE)
+    assert curve.seconds[1] == pytest.approx((66e-6 * 210e-6) ** 0.5) and curve.noisy == [False, True, False]
+
+
+def test_the_sweep_takes_the_spike_out_of_a_tier_curve():
+    clock = FakeClock()
+    spiked = float(small_plan().sizes[2])
+
+    def kernel(kind):
+        if kind != "reduction":
+            return None
+        return lambda nbytes: clock.advance(cpu_cost(nbytes) / 4 * (50 if nbytes == spiked else 1))
+
+    side = CompiledSide(name="numba", xp=np, kernel=kernel, compile_s=lambda: 0.5)
+    profile = run_sweep(small_plan(), clock=clock, sides={**with_device(fake_gpu(clock)), "numba": side},
+                        workloads=fake_workloads(clock))
+    curve = profile.backend("numba").kinds["reduction"]
+    i = curve.nbytes.index(spiked)
+    assert curve.noisy[i] and curve.seconds[i] <= curve.seconds[i + 1]
+    assert curve.seconds[i - 1] == cpu_cost(int(curve.nbytes[i - 1])) / 4
 
 
 def test_a_compiled_side_is_timed_warm_per_kind_it_runs_and_states_its_compile_time():

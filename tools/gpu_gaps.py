@@ -1,6 +1,6 @@
 """GPU-path gaps of issue 12, measured on the GPU machine (one run, interleaved).
 
-    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3] [4] [5] [6]     # parts 1-4 by default
+    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3] [4] [5] [6] [7]     # parts 1-4 by default
 
 1. ``auto`` against ``config(backend="cupy")`` on the same calls (item 8: in one suite run a ridge
    regression on a 1e5 x 256 input and a pairwise distance with a 6000 x 6000 result ran 2.5-3.5x
@@ -15,6 +15,11 @@
    at 1e5 on NumPy, 1.56-1.74x slower than CuPy + copies, after exploring CuPy 4-7 times): CuPy +
    copies back to back against the same call after NumPy calls or an idle pause, as an exploring
    call finds the GPU; then ``auto`` with no profile and the CuPy times its log observed.
+5. (``result_copy_gap``) and 6. (``marginal_costs``): see their docstrings.
+7. The GPU's warm-up after seconds of NumPy-only calls (session 11: without a profile the suite's
+   ``asian_mc`` at (396, 252) took 990, 789, 785, 674, 605, 454 ... 416 us on its first GPU calls
+   and was learned at ~1 ms, so NumPy's 620 us won): each of the first 30 calls in a row, CuPy +
+   copies by hand, after 2 s of NumPy calls, 5 times; the SM clock (nvidia-smi) before and after.
 """
 
 from __future__ import annotations
@@ -88,6 +93,8 @@ def main() -> None:
         result_copy_gap(g)
     if "6" in parts:
         marginal_costs(g)
+    if "7" in parts:
+        warm_up_after_numpy(g)
 
 
 def auto_vs_forced(g) -> None:
@@ -347,3 +354,38 @@ def marginal_costs(g) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _sm_clock() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,pstate", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception as e:  # noqa: BLE001 - a diagnostic: say why, go on
+        out = f"nvidia-smi: {type(e).__name__}"
+    return out
+
+
+def warm_up_after_numpy(g) -> None:
+    """7. How the first GPU calls after seconds of NumPy-only work ramp down, call by call."""
+    print("\n7. warm-up after 2 s of NumPy calls (us: median over 5 repeats of the k-th GPU call in a row)")
+    for name, n in (("asian_mc", 10**5), ("bessel_i0", 10**2)):
+        case = next(c for c in suite.CASES if c.name == name)
+        args = case.make(n, g)
+        gpu = lambda: bare(case.fn, args)  # noqa: E731
+        cpu = lambda: case.fn(*args)  # noqa: E731
+        gpu(); sync()  # noqa: E702  (plans, kernels)
+        runs: list[list[float]] = []
+        clocks = []
+        for _ in range(5):
+            end = time.perf_counter() + 2.0
+            while time.perf_counter() < end:
+                cpu()
+            clocks.append(("idle", _sm_clock()))
+            runs.append([once(gpu) for _ in range(30)])
+            clocks.append(("after 30", _sm_clock()))
+        per_call = [statistics.median(r[k] for r in runs) * 1e6 for k in range(30)]
+        numpy_s = statistics.median(once(cpu) for _ in range(25)) * 1e6
+        print(f"  {name} n={n:g}: numpy {numpy_s:.0f}; gpu calls 1-30: " + " ".join(f"{t:.0f}" for t in per_call))
+        print(f"    SM clock, mem clock, pstate: " + "; ".join(f"{k} {v}" for k, v in clocks[:4]))

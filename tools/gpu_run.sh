@@ -101,6 +101,7 @@ k.update({a: int(b) for a, b in (kv.split('=') for kv in sys.argv[2].split(','))
                      step suite-knobs python3 benchmarks/suite.py --machine "$MACHINE-knobs" --budget-s "${BUDGET:-60}" \
                          --functions "${FUNCTIONS:-normal_eqs,min_var_weights,pairwise_dist}" --max-elements "${MAX_N:-1e7}" --no-plot ;;
         gaps-marginal) TAIL=16 step gaps-marginal python3 tools/gpu_gaps.py 6 ;;  # issue 12: each piece of the small-call device path
+        gaps-warmup) TAIL=8 step gaps-warmup python3 tools/gpu_gaps.py 7 ;;  # issue 12: the first GPU calls after NumPy-only work, call by call
         gaps-result) # issue 12 item 8: pairwise_dist at 1e6, @offload on CuPy against CuPy + copies, stage by stage
                      TAIL=40 step gaps-result python3 tools/gpu_gaps.py 5 ;;
         *) echo "unknown step $s" ;;

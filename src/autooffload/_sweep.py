@@ -481,7 +481,7 @@ def free_host_bytes() -> int:
 def _curve(points: Sequence[tuple[int, Timing]], *, blip_tolerance: float | None = None) -> Curve | None:
     """A Curve from (bytes, timing) points; sizes that rounded to the same bytes keep the first.
 
-    ``blip_tolerance``: see ``smooth_upward_blips`` (NumPy curves)."""
+    ``blip_tolerance``: see ``smooth_upward_blips`` (NumPy curves; ``SPIKE_TOLERANCE`` for the others)."""
     xs: list[float] = []
     ys: list[float] = []
     noisy: list[bool] = []
@@ -496,6 +496,14 @@ def _curve(points: Sequence[tuple[int, Timing]], *, blip_tolerance: float | None
     if blip_tolerance is not None:
         ys, noisy = smooth_upward_blips(xs, ys, noisy, blip_tolerance)
     return Curve(nbytes=xs, seconds=ys, noisy=noisy if any(noisy) else [])
+
+
+# The GPU's and the Numba tier's curves keep what they measured, but for a point more than this
+# (a fraction) slower than the next larger size: no work takes 3x longer on less data, and such a
+# spike predicts the backend that much slower at its size and so keeps calls from it there (the
+# H200's default calibration of session 11 measured the tier's reduction at 66 us at 4 MiB,
+# 5.99 ms at 8 MiB and 210 us at 16 MiB). Smaller bumps stay: a GPU curve's steps are real.
+SPIKE_TOLERANCE = 2.0
 
 
 def smooth_upward_blips(xs: Sequence[float], ys: Sequence[float], noisy: Sequence[bool], tolerance: float) -> tuple[list[float], list[bool]]:
@@ -710,7 +718,7 @@ def run_sweep(
             continue
         curves[host.name][kind] = host_curve
         for name in (*devices, *compiled):
-            if (device_curve := _curve(result.points[name])) is not None:
+            if (device_curve := _curve(result.points[name], blip_tolerance=SPIKE_TOLERANCE)) is not None:
                 curves[name][kind] = device_curve
         notes.append(f"{kind}: up to {format_bytes(host_curve.nbytes[-1], 4)}; stopped: {result.stop_reason}")
     for kind, source in REUSED_KINDS.items():
