@@ -186,9 +186,9 @@ def test_search_turns_non_temporal_stores_on_per_direction_where_they_are_faster
 @pytest.mark.parametrize("register_fixed_s, expected, after", [
     # cost / saving of a copy in and out at 1 / 4 / 16 MiB, as the search measures them:
     (2e-5, 1 * MiB, 2),  # pinning in place is the fastest first copy: 1.0 everywhere, the second copy
-    (2e-4, 1 * MiB, 7),  # 380 us to pin and unpin: 5.1 / 1.3 / 1.0, pinned once six copies paid for it
-    (2.5e-3, 16 * MiB, 6),  # 4.98 ms: 67 / 17 / 4.2; 1 and 4 MiB at or above PIN_AFTER_MAX - 1
-    (2e-2, 32 * MiB, None),  # 40 ms: 536 / 134 / 34, nowhere within PIN_AFTER_MAX: from twice 16 MiB
+    (2e-4, 1 * MiB, 3),  # 380 us to pin and unpin: 5.1 / 1.3 / 1.0; the third copy keeps all within 3x
+    (2.5e-3, 16 * MiB, 4),  # 4.98 ms: 67 / 17 / 4.2; 1 and 4 MiB above PIN_AFTER_MAX; ceil(4.2)
+    (2e-2, 32 * MiB, 16),  # 40 ms: 536 / 134 / 34, nowhere within PIN_AFTER_MAX: from twice 16 MiB, late
 ])
 def test_search_pins_arrays_copied_again_once_their_copies_paid_for_it(register_fixed_s, expected, after):
     # First copies at 12 GB/s, a pinned DMA at 50, pinning in place per copy at the DMA's rate
@@ -197,9 +197,8 @@ def test_search_pins_arrays_copied_again_once_their_copies_paid_for_it(register_
                           {"direct": 1e-5, "staged": 1e-5, "workers": 1e-5, "register": register_fixed_s}, pinned_GBps=50)
     r = C.search(syn.engine(), PLAN)
     assert r.knobs["pin_reused_min"] == r.knobs["pin_results_min"] == expected, r.log
-    assert r.knobs["pin_after_copies"] == (after or syn.defaults["pin_after_copies"]), r.log
-    line = f"pinned on reuse from {expected // MiB} MiB" + (f", at the copy that moves {after} times its bytes" if after else "")
-    assert line in r.log, r.log
+    assert r.knobs["pin_after_copies"] == after, r.log
+    assert f"pinned on reuse from {expected // MiB} MiB, at the copy that moves {after} times its bytes" in r.log, r.log
 
 
 def test_pinning_on_reuse_is_weighed_after_the_fallback_to_the_defaults_and_kept():
@@ -219,8 +218,9 @@ def test_pinning_on_reuse_is_weighed_after_the_fallback_to_the_defaults_and_kept
     r = C.search(syn.engine(), PLAN)
     assert any("keeping the defaults" in line for line in r.log), r.log
     assert r.knobs["pin_reused_min"] == r.knobs["pin_results_min"] == 32 * MiB
-    assert {k: v for k, v in r.knobs.items() if not k.startswith("pin_re")} == \
-        {k: int(v) for k, v in syn.defaults.items() if not k.startswith("pin_re")}
+    assert r.knobs["pin_after_copies"] == C.PIN_AFTER_MAX  # pinning costs 33 copies' saving at 16 MiB
+    assert {k: v for k, v in r.knobs.items() if not k.startswith("pin_")} == \
+        {k: int(v) for k, v in syn.defaults.items() if not k.startswith("pin_")}
 
 
 def test_a_size_that_fails_or_lies_past_the_plan_decides_nothing_and_the_search_goes_on():
@@ -303,6 +303,33 @@ def test_host_bound_with_numpy_threads_measures_every_way():
 def restore_tuning():
     yield
     T.apply_tuning(None)
+
+
+def test_a_profiles_pin_after_copies_reaches_the_pin_cache_and_kept_results(restore_tuning):
+    from autooffload import _hostmem, _pincache
+
+    T.apply_tuning({"pin_after_copies": 4}, "p.json")
+    assert _pincache.cache.pin_after == 4.0 and _hostmem.results.pin_after == 4
+    T.apply_tuning(None)  # an older profile, without the knob: the default, the second copy
+    assert _pincache.cache.pin_after == 2.0 and _hostmem.results.pin_after == 2
+    with pytest.raises(ValueError, match="pin_after_copies must be >= 2"):
+        T.apply_tuning({"pin_after_copies": 1}, "p.json")
+
+
+def test_pin_after_for_keeps_the_worst_case_least_over_the_sizes():
+    # One size: pinned at floor or ceil of the ratio (rent or buy), below twice the least; never
+    # at the first copy.
+    assert C.pin_after_for([3.11]) == 3 and C.pin_regret(3, 3.11) < C.pin_regret(4, 3.11) < 2
+    assert C.pin_after_for([0.3]) == 2 and C.pin_after_for([1e9]) == C.PIN_AFTER_MAX
+    # The H200's session-11 ratios: the second copy (2.06x at worst; 2.30x at the third).
+    ratios = [2.54, 1.54, 3.11]
+    assert C.pin_after_for(ratios) == 2
+    assert max(C.pin_regret(2, r) for r in ratios) == pytest.approx(4.11 / 2)
+    # Whatever the number of copies k, pinning at N costs at most pin_regret(N, r) x the least.
+    for r in (0.5, 1.0, 1.54, 3.11, 7.0):
+        for n in range(2, 10):
+            worst = max((k if k < n else n - 1 + r) / min(k, r) for k in range(1, 50))
+            assert worst <= C.pin_regret(n, r) + 1e-12
 
 
 def test_apply_tuning_over_the_defaults_skips_unknown_knobs(restore_tuning):

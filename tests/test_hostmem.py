@@ -146,6 +146,20 @@ def test_only_reused_blocks_are_pinned_once_and_copies_can_find_them():
     assert not pins.pinned and pool.info()["pinned_bytes"] == 0
 
 
+def test_a_kept_block_is_pinned_at_the_use_pin_after_names():
+    pool, pins = HostBlocks(max_free_bytes=64 * MiB), _Pins()
+    pool.configure_pinning(pins.pin, pins.unpin, min_bytes=MiB, pin_after=3)
+    pinned = []
+    for _ in range(4):  # allocated, handed out again (2nd use), 3rd use: pinned, 4th: still
+        r = pool.empty((MiB,), np.float64)
+        pinned.append(bool(pins.pinned))
+        del r
+        gc.collect()
+    assert pinned == [False, False, True, True] and pins.calls == 1
+    pool.release()
+    assert not pins.pinned and not pool._uses  # a block gone back to the OS leaves no count behind
+
+
 def test_is_pinned_finds_ranges_inside_any_of_many_pinned_blocks_and_nothing_across_or_between():
     pool, pins = HostBlocks(max_free_bytes=256 * MiB), _Pins()
     pool.configure_pinning(pins.pin, pins.unpin, min_bytes=MiB)

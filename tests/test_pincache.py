@@ -100,8 +100,8 @@ def test_pin_after_waits_until_the_copies_left_unpinned_have_paid_for_pinning():
     a = np.random.default_rng(1).random(4 * MiB // 8)
     assert [copy(c, a) for _ in range(5)] == [False, False, False, True, True]
     assert c.pins_.pinned == {a.ctypes.data: a.nbytes}
-    c.configure(c.pins_.pin, c.pins_.unpin, min_bytes=2 * MiB, pin_after=0)  # never below one copy
-    assert c.pin_after == 1.0
+    c.configure(c.pins_.pin, c.pins_.unpin, min_bytes=2 * MiB, pin_after=1)  # never at the first copy
+    assert c.pin_after == 2.0
     c.release()
 
 

@@ -477,8 +477,23 @@ def _nontemporal_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable
 # (_pincache.COUNT_MIN_BYTES) to where the engine's own copies come close to the link.
 PIN_SIZES = (1 * MiB, 4 * MiB, 16 * MiB)
 # Pinned at most at this copy of an array: a size where pinning costs more than this many
-# copies' saving less one is left unpinned (such a ratio is mostly a saving lost in noise).
+# copies' saving is left unpinned (such a ratio is mostly a saving lost in noise).
 PIN_AFTER_MAX = 16
+
+
+def pin_regret(after: int, ratio: float) -> float:
+    """The most pinning at copy ``after`` can cost, over the least any rule could, for an array
+    of cost / saving ``ratio``, whatever the number of copies (in units of one copy's saving: the
+    ``after - 1`` copies left unpinned, then the pinning, against the better of pinning at the
+    first copy and never pinning, over as many copies). Pinning at copy ceil(ratio) keeps it
+    below 2 (rent or buy); the cache never pins before the second copy."""
+    return (after - 1 + ratio) / min(after, ratio)
+
+
+def pin_after_for(ratios: Sequence[float]) -> int:
+    """The copy at which to pin, from 2 to ``PIN_AFTER_MAX``, whose worst ``pin_regret`` over
+    ``ratios`` (one per size pinned) is least; the earliest of equals."""
+    return min(range(2, PIN_AFTER_MAX + 1), key=lambda n: (max(pin_regret(n, r) for r in ratios), n))
 
 
 def _pin_reuse_choice(knobs: dict[str, int], engine: Engine, arrays: Callable[[int], tuple[np.ndarray, Any]],
@@ -490,16 +505,18 @@ def _pin_reuse_choice(knobs: dict[str, int], engine: Engine, arrays: Callable[[i
     ``PIN_SIZES`` within the plan's sizes.
 
     Pinning is rent or buy: each copy left unpinned pays the saving forgone (rent), pinning pays
-    its cost once (buy), and how often an array will be copied again is not known. Pinning once
-    the rent paid reaches the cost never costs more than about twice the least any rule could
-    have, whatever the number of copies; so ``pin_after_copies`` is 1 + the largest cost/saving
-    ratio, rounded up, over the sizes pinned (at least 2: the cache's own rule, pinning at the
-    second copy). The threshold is the smallest size from which that ratio stays below
-    ``PIN_AFTER_MAX`` at every larger size measured; where it does at none, twice the largest
-    measured (above 16 MiB the engine's copies neared the link on the H100 and the H200, and
-    pinning still won there: h200-session7/transfer.md). On the H200 (session 11) the ratio was
-    2.3 / 1.3 / 2.6 at 1 / 4 / 16 MiB, where the rule before this one (pay back within two
-    copies) left everything up to 16 MiB unpinned and reused arrays of 4 MiB moved in at 10 GB/s
+    its cost once (buy), and how often an array (or a kept result block) will be copied again is
+    not known. Pinned at copy N, an array of cost / saving r costs at most ``pin_regret(N, r)``
+    times the least any rule could have, whatever the number of copies: below 2 at N = ceil(r).
+    One N serves every size, so ``pin_after_copies`` is the N whose worst case over the sizes
+    pinned is least (``pin_after_for``). The threshold is the smallest size from which the ratio
+    stays within ``PIN_AFTER_MAX`` at every larger size measured; where it does at none, twice
+    the largest measured (above 16 MiB the engine's copies neared the link on the H100 and the
+    H200, and pinning still won there: h200-session7/transfer.md), pinned at the N the largest
+    size's ratio gives. On the H200 (session 11) the ratios were 2.5 / 1.5 / 3.1 at 1 / 4 / 16
+    MiB: pinned from 1 MiB at the second copy (worst case 2.06x; at the third 2.30x, the fifth
+    3.6x). The rule before this one (pay back within two copies) left everything up to 16 MiB
+    unpinned on another start's 2.3 / 1.3 / 2.6, and reused arrays of 4 MiB moved in at 10 GB/s
     instead of ~30 (benchmarks/results/h200-session11/). {} (the defaults stand) where nothing
     could be measured: a size that fails or is past the budget is left out, and the sizes
     measured decide."""
@@ -531,14 +548,15 @@ def _pin_reuse_choice(knobs: dict[str, int], engine: Engine, arrays: Callable[[i
                    f"a copy in+out: " + (f"cost / saving {ratios[n]:.2f}" if saving > 0 else "saves nothing"))
     if not ratios:
         return {}
-    pays = {n: r < PIN_AFTER_MAX - 1 for n, r in ratios.items()}
+    pays = {n: r <= PIN_AFTER_MAX for n, r in ratios.items()}
     paying = [n for n in pays if all(ok for m, ok in pays.items() if m >= n)]
-    if not paying:
+    if paying:
+        threshold = min(paying)
+        after = pin_after_for([r for n, r in ratios.items() if n >= threshold])
+    else:
         threshold = 2 * max(ratios)
-        log.append(f"pinned on reuse from {threshold // MiB} MiB")
-        return {"pin_reused_min": threshold, "pin_results_min": threshold}
-    threshold = min(paying)
-    after = max(2, 1 + math.ceil(max(r for n, r in ratios.items() if n >= threshold)))
+        largest = ratios[max(ratios)]
+        after = pin_after_for([largest]) if math.isfinite(largest) else PIN_AFTER_MAX
     log.append(f"pinned on reuse from {threshold // MiB} MiB, at the copy that moves {after} times its bytes")
     return {"pin_reused_min": threshold, "pin_results_min": threshold, "pin_after_copies": after}
 

@@ -24,7 +24,8 @@ Pinned kept blocks (``configure_pinning``; the copy engine turns it on from its 
 A copy into a result there is one DMA (55 GB/s on the H200) and no host copy at all, where the
 staged path copies every byte once more through host memory: that copy is what the streamed
 pipeline's copies in and out compete for (streaming.txt: streamed 1.7-2.9x its slowest stage).
-Only reused blocks are pinned: a loop's second result pays the pinning, every later one gains.
+Only reused blocks are pinned: a loop's second result pays the pinning (or the result the copy
+tuning's ``pin_after_copies`` names), every later one gains.
 At most ``max_pinned_bytes`` are pinned; a block is unpinned before it goes back to the OS.
 """
 
@@ -95,6 +96,9 @@ class HostBlocks:
         self._pin: Callable[[int, int], bool] | None = None
         self._unpin: Callable[[int], None] | None = None
         self.pin_min_bytes = 0
+        self.pin_after = 2  # a block is pinned at this use of it (the first: its allocation)
+        # Uses of each kept block so far, by address (while it is kept or in use).
+        self._uses: dict[int, int] = {}
         self.max_pinned_bytes = self.max_free_bytes
         self._pinned: dict[int, int] = {}  # block address -> bytes, page-locked
         # The same as sorted (starts, ends), replaced whole under the lock at every change and
@@ -121,14 +125,16 @@ class HostBlocks:
             self._unpin_then_keep(keep, drop)
 
     def configure_pinning(self, pin: Callable[[int, int], bool] | None, unpin: Callable[[int], None] | None,
-                          min_bytes: int = 0) -> None:
-        """Pin reused blocks of at least ``min_bytes`` with ``pin(address, nbytes) -> pinned?``,
-        unpinned with ``unpin(address)`` before they go back to the OS; ``pin=None`` (or
-        ``min_bytes`` 0) turns it off for blocks handed out from now on."""
+                          min_bytes: int = 0, pin_after: int = 2) -> None:
+        """Pin reused blocks of at least ``min_bytes`` with ``pin(address, nbytes) -> pinned?``
+        at their ``pin_after``-th use (2: the first time one is handed out again; the copy
+        tuning's ``pin_after_copies``), unpinned with ``unpin(address)`` before they go back to
+        the OS; ``pin=None`` (or ``min_bytes`` 0) turns it off for blocks handed out from now on."""
         with self._locked():
             self._pin = pin if min_bytes > 0 else None
             self._unpin = unpin if unpin is not None else self._unpin  # what is pinned must stay unpinnable
             self.pin_min_bytes = int(min_bytes)
+            self.pin_after = max(2, int(pin_after))
             off = self._pin is None
         if off:  # kept blocks leave the free list while they are unpinned; those in use when given back
             self.unpin_idle()
@@ -180,7 +186,8 @@ class HostBlocks:
             block = np.empty(-(-max(nbytes, 1) // _STEP) * _STEP, np.uint8)
             with self._locked():
                 self.allocated += 1
-        elif pin and self._pin is not None and block.nbytes >= self.pin_min_bytes:
+        elif (pin and self._pin is not None and block.nbytes >= self.pin_min_bytes
+              and self._uses.get(block.ctypes.data, 1) >= self.pin_after):
             self._pin_block(block)
         return np.asarray(_Lease(block, self, tuple(shape), dtype, order, fresh))
 
@@ -238,6 +245,8 @@ class HostBlocks:
                     del self._free[i]
                     self._free_bytes -= block.nbytes
                     self.reused += 1
+                    address = block.ctypes.data
+                    self._uses[address] = self._uses.get(address, 1) + 1
                     return block
         return None
 
@@ -278,6 +287,8 @@ class HostBlocks:
         the next locked call). An interrupt does not stop it halfway: no block may go back to
         the OS, or to a result, still pinned; it is raised once all are done."""
         interrupt: BaseException | None = None
+        for block in drop:
+            self._uses.pop(block.ctypes.data, None)  # its address may serve a new block later
         for block in (*keep, *drop):
             try:
                 self._unpin_block(block)

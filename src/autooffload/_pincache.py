@@ -26,13 +26,13 @@ libraries and UCX ("leave pinned", "rcache"), here for NumPy arrays:
   (cudaErrorInvalidValue, seen on the H200 with 64 MiB pieces); a copy of any part of one
   owner, by any view, lies inside its one registration, so no copy can.
 * An owner is pinned once copies of at least ``COUNT_MIN_BYTES`` have moved ``pin_after``
-  times its bytes (``PIN_AFTER``, 2, unless the tuning's ``pin_after_copies`` says otherwise): an
-  array copied once is never pinned, a loop's second whole copy pins (at ~31 GB/s, about a
-  staged copy's time, once), a streamed call's chunks count by their bytes (its second pass
-  pins), and sparse small copies pin only once they have moved that much. Where pinning costs
-  more than one copy saves, calibration raises ``pin_after`` to 1 + that ratio: pin once the
-  copies left unpinned have cost what pinning costs (rent or buy), so whatever the number of
-  copies, an array never costs more than about twice the least it could have.
+  times its bytes (``PIN_AFTER``, 2, unless the tuning's ``pin_after_copies`` says later; never
+  fewer than 2): an array copied once is never pinned, a loop's second whole copy pins by
+  default (at ~31 GB/s, about a staged copy's time, once), a streamed call's chunks count by
+  their bytes (its second pass pins), and sparse small copies pin only once they have moved
+  that much. Where pinning costs several copies' saving, calibration moves ``pin_after`` later
+  (rent or buy: ``_copytune._pin_reuse_choice``), so that an array copied only a few times does
+  not pay for pinning it never uses.
   Touches are counted per owner object, with a weak reference taken at its first counted copy.
 * An owner stays pinned until it dies (unpinned in its weak-reference callback, before NumPy
   frees the memory), until the bound needs room (the least recently used owners no copy is
@@ -180,11 +180,11 @@ class PinCache:
                   min_bytes: int, pin_after: float = PIN_AFTER) -> None:
         """Take part from owners of ``min_bytes`` (0: off, and everything not in use is unpinned;
         what is in use is unpinned when its copy ends), pinning with ``pin(address, nbytes) ->
-        pinned?`` once copies moved ``pin_after`` (at least 1) times an owner's bytes, and
+        pinned?`` once copies moved ``pin_after`` (at least 2) times an owner's bytes, and
         unpinning with ``unpin(address)``."""
         with self._locked():
             self.min_bytes = int(min_bytes) if pin is not None and min_bytes > 0 else 0
-            self.pin_after = max(1.0, float(pin_after))
+            self.pin_after = max(PIN_AFTER, float(pin_after))
             self._pin = pin
             self._unpin = unpin if unpin is not None else self._unpin
         if not self.min_bytes:

@@ -50,7 +50,7 @@ How (engine ``pinned-pipeline-v4``):
   dropped results (already faulted in) for the next one; ``out=`` avoids the cost too.
 * Memory copied again is pinned in place and kept pinned (engine v6, on by default from 1 MiB;
   16 MiB until session 10):
-  the caller's own arrays once copies have moved twice their bytes (``pin_reused_min``,
+  the caller's own arrays once copies have moved ``pin_after_copies`` (2) times their bytes (``pin_reused_min``,
   ``_pincache.py``: the owning array's whole buffer as one registration, unpinned when it dies)
   and kept result blocks when handed out again (``pin_results_min``, _hostmem.py). A copy of
   pinned memory is one DMA, no host copy. On the H200 (session 7, with the first form of the
@@ -202,8 +202,8 @@ class _Tuning:
     # direct-copy size, and there a staged copy out made 10-16 GB/s on the H200 (8 MiB: 10.8).
     pin_results_min: int = 1 * MiB
     # The caller's arrays whose memory is at least this many bytes take part in the pin-down
-    # cache (_pincache.py, 0: never): once copies have moved twice an array's bytes its memory
-    # is pinned in place and stays so while it lives, so that every later copy of it is one DMA
+    # cache (_pincache.py, 0: never): once copies have moved ``pin_after_copies`` times an
+    # array's bytes its memory is pinned in place and stays so while it lives, so that every later copy of it is one DMA
     # with no host copy. From 1 MiB (the least the cache counts): on the H200 (session 10,
     # benchmarks/results/h200-session10/transfer-pin1m.md) a reused array then moved in at
     # 16.1 / 28.4 / 32.2 GB/s at 1 / 4 / 8 MiB and out into it at 16.3 / 29.7 / 36.9, against
@@ -213,9 +213,9 @@ class _Tuning:
     # took 1.22 ms a call on the GPU, 0.60 ms pinned).
     pin_reused_min: int = 1 * MiB
     # ...pinned at the copy that brings the bytes moved to this many times its own (2: at the
-    # second whole copy). Calibration sets it from what pinning costs over what a pinned copy
-    # saves (_copytune._pin_reuse_choice: the rent-or-buy rule, so that an array copied only a
-    # few times never pays more than twice the least it could have).
+    # second whole copy), and a kept result block at its use of that number. Calibration sets it
+    # from what pinning costs over what a pinned copy saves (_copytune._pin_reuse_choice: rent or
+    # buy, the copy whose worst case over the sizes measured is least).
     pin_after_copies: int = 2
 
 
@@ -316,9 +316,12 @@ def _check_knobs(changes: dict[str, Any]) -> None:
     for k, v in changes.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"tuning knob {k} must be an int >= 0; got {v!r}")
-    for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads", "staged_piece_count", "pin_after_copies"):
+    for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads", "staged_piece_count"):
         if k in changes and changes[k] < 1:
             raise ValueError(f"tuning knob {k} must be >= 1; got {changes[k]!r}")
+    if "pin_after_copies" in changes and changes["pin_after_copies"] < 2:
+        raise ValueError(f"tuning knob pin_after_copies must be >= 2 (an array copied once is never pinned); "
+                         f"got {changes['pin_after_copies']!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -984,7 +987,7 @@ def _use_pinning(t: _Tuning) -> None:
     (``pin_results_min``, ``pin_reused_min``); set with the tuning, never on a copy. Imports
     nothing: CuPy only when something is pinned."""
     off = os.environ.get("AUTOOFFLOAD_PIN", "1").strip() == "0"  # the user's way out of pinning
-    _hostmem.results.configure_pinning(_pin_host, _unpin_host, 0 if off else t.pin_results_min)
+    _hostmem.results.configure_pinning(_pin_host, _unpin_host, 0 if off else t.pin_results_min, t.pin_after_copies)
     _pincache.cache.configure(_pin_host, _unpin_host, 0 if off else t.pin_reused_min, t.pin_after_copies)
 
 
