@@ -343,6 +343,7 @@ def test_pin_after_for_keeps_the_worst_case_least_over_the_sizes():
     # at the first copy.
     assert C.pin_after_for([3.11]) == 3 and C.pin_regret(3, 3.11) < C.pin_regret(4, 3.11) < 2
     assert C.pin_after_for([0.3]) == 2 and C.pin_after_for([1e9]) == C.PIN_AFTER_MAX
+    assert C.pin_after_for([0.0, 1.5]) == 2  # pinning measured free at one size (review finding: divided by 0)
     # The H200's session-11 ratios: the second copy (2.06x at worst; 2.30x at the third).
     ratios = [2.54, 1.54, 3.11]
     assert C.pin_after_for(ratios) == 2

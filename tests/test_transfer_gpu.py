@@ -449,7 +449,7 @@ def test_register_failure_mid_copy_unpins_everything(direction, monkeypatch):
 def test_kept_results_are_pinned_when_reused_and_copied_by_one_dma(monkeypatch):
     from autooffload import _hostmem
 
-    old = T._configure(pin_results_min=4 * MiB)
+    old = T._configure(pin_results_min=4 * MiB, pin_after_copies=2)  # pinned at its second use, whatever the profile says
     dmas = []
     real = T._dma_pinned
     monkeypatch.setattr(T, "_dma_pinned", lambda cp_, dst, src, n, kind, stream: (dmas.append(kind), real(cp_, dst, src, n, kind, stream)))

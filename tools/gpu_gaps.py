@@ -352,10 +352,6 @@ def marginal_costs(g) -> None:
         print(f"  {k:<32} {v / 20 * 1e6:7.1f}   forced minus this: {(base - v) / 20 * 1e6:+6.1f}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _sm_clock() -> str:
     import subprocess
 
@@ -389,3 +385,7 @@ def warm_up_after_numpy(g) -> None:
         numpy_s = statistics.median(once(cpu) for _ in range(25)) * 1e6
         print(f"  {name} n={n:g}: numpy {numpy_s:.0f}; gpu calls 1-30: " + " ".join(f"{t:.0f}" for t in per_call))
         print(f"    SM clock, mem clock, pstate: " + "; ".join(f"{k} {v}" for k, v in clocks[:4]))
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ What is searched, in a bounded time (the quick plan a few seconds, the default o
 4. non-temporal stores for the staged path's host copies, per direction;
 5. from which size an array copied again is pinned in place and kept so, and after how many
    copies (``_pin_reuse_choice``: what pinning costs over what a pinned copy saves, at 1, 4 and
-   16 MiB; pinned once the copies left unpinned have cost that much).
+   16 MiB; pinned at the copy whose worst case against the least any rule could cost is least).
 
 Every candidate is timed on the real engine, warm (one untimed call), median of a few calls,
 with the defaults measured in the same search, so the stored rates say what the tuning gained.
@@ -507,7 +507,10 @@ def pin_regret(after: int, ratio: float) -> float:
     of cost / saving ``ratio``, whatever the number of copies (in units of one copy's saving: the
     ``after - 1`` copies left unpinned, then the pinning, against the better of pinning at the
     first copy and never pinning, over as many copies). Pinning at copy ceil(ratio) keeps it
-    below 2 (rent or buy); the cache never pins before the second copy."""
+    below 2 (rent or buy); the cache never pins before the second copy. Pinning that costs
+    nothing (``ratio`` 0) is best done at once: ``after`` then, least at the second copy."""
+    if ratio <= 0:
+        return float(after)
     return (after - 1 + ratio) / min(after, ratio)
 
 
@@ -533,8 +536,8 @@ def _pin_reuse_choice(knobs: dict[str, int], engine: Engine, arrays: Callable[[i
     pinned is least (``pin_after_for``). The threshold is the smallest size from which the ratio
     stays within ``PIN_AFTER_MAX`` at every larger size measured; where it does at none, twice
     the largest measured (above 16 MiB the engine's copies neared the link on the H100 and the
-    H200, and pinning still won there: h200-session7/transfer.md), pinned at the N the largest
-    size's ratio gives. On the H200 (session 11) the ratios were 2.5 / 1.5 / 3.1 at 1 / 4 / 16
+    H200, and pinning still won there: h200-session7/transfer.md), pinned late, at
+    ``PIN_AFTER_MAX`` (what the largest size's ratio, above it, gives). On the H200 (session 11) the ratios were 2.5 / 1.5 / 3.1 at 1 / 4 / 16
     MiB: pinned from 1 MiB at the second copy (worst case 2.06x; at the third 2.30x, the fifth
     3.6x). The rule before this one (pay back within two copies) left everything up to 16 MiB
     unpinned on another start's 2.3 / 1.3 / 2.6, and reused arrays of 4 MiB moved in at 10 GB/s

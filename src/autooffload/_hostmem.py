@@ -158,6 +158,7 @@ class HostBlocks:
         self._reindex()
         self.pinned_bytes = 0
         self._returned.clear()
+        self._uses.clear()
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned block (blocks never overlap:

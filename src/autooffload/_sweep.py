@@ -510,8 +510,10 @@ def smooth_upward_blips(xs: Sequence[float], ys: Sequence[float], noisy: Sequenc
     """NumPy points slower than the next larger size by more than ``tolerance`` (a fraction):
     the same work on more data does not take less time, so such a point caught interference (or
     a state of the allocator) rather than the work. It is replaced by the log-log interpolation
-    of its neighbours (capped at the next point's time) and flagged noisy. Only upward blips, and
-    only on NumPy curves: a lower NumPy time can only move a decision towards NumPy, the default.
+    of its neighbours (capped at the next point's time) and flagged noisy. Only upward blips: on
+    NumPy curves with the timer's noise tolerance (a lower NumPy time can only move a decision
+    towards NumPy, the default); on the GPU's and the tier's with ``SPIKE_TOLERANCE`` only, since
+    a lower time there moves decisions away from NumPy.
     """
     ys, noisy = list(ys), list(noisy) or [False] * len(xs)
     for i in range(len(xs) - 1):
