@@ -106,9 +106,8 @@ class SyntheticEngine:
         rate = self.rate[p] * (self.chunk_gain if p == "workers" and worker_chunk == self.best_worker_chunk else 1.0)
         if p == "staged" and k["chunk_bytes"] == self.best_staged_piece:
             rate *= self.chunk_gain
-        if p == "staged" and T.nontemporal(k.get(f"{d}_nontemporal", 0), n):
-            gain = self.nontemporal_gain.get(d, 1.0)
-            rate *= gain(n) if callable(gain) else gain
+        if p == "staged" and k.get(f"{d}_nontemporal"):
+            rate *= self.nontemporal_gain.get(d, 1.0)
         self.t += self.fixed.get(p, 1e-4) + n / (rate * 1e9)
 
     def engine(self) -> C.Engine:
@@ -165,33 +164,12 @@ def test_where_the_staged_path_wins_the_workers_keep_their_own_chunk():
     assert T.chunk_size_for(4 << 30, T._Tuning(chunk_bytes=32 * MiB)) == 32 * MiB  # without the knob
 
 
-def test_non_temporal_stores_from_the_size_where_they_start_to_win():
-    # Out: slower below 64 MiB (a destination that fits the cache), faster from it, as the
-    # H200's staged copies out measured; in: faster everywhere.
-    syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10},
-                          nontemporal_gain={"h2d": 1.2, "d2h": lambda n: 0.8 if n < 64 * MiB else 1.25})
-    r = C.search(syn.engine(), PLAN)
-    assert r.knobs["h2d_nontemporal"] == 1 and r.knobs["d2h_nontemporal"] == 64 * MiB, r.log
-    assert any(line.startswith("d2h_nontemporal: on from 64 MiB") for line in r.log), r.log
-    assert not T.nontemporal(64 * MiB, 16 * MiB) and T.nontemporal(64 * MiB, 64 * MiB) and T.nontemporal(1, 1)
-    assert not T.nontemporal(0, 1 << 40)
-
-
-def test_nontemporal_from_takes_the_suffix_that_gains_most():
-    assert C.nontemporal_from([]) == 0
-    assert C.nontemporal_from([(4, 0.1), (8, 0.2)]) == 1  # everywhere: on
-    assert C.nontemporal_from([(4, -0.1), (8, -0.2)]) == 0  # nowhere: off
-    assert C.nontemporal_from([(4, -0.3), (8, 0.1), (16, 0.2)]) == 8
-    assert C.nontemporal_from([(4, 0.05), (8, -0.3), (16, 0.2)]) == 16  # one small gain below a loss
-    assert C.nontemporal_from([(4, 0.3), (8, -0.1), (16, 0.05)]) == 1  # 0.25 in all beats 0.05 from 16
-
-
 def test_search_turns_non_temporal_stores_on_per_direction_where_they_are_faster():
     syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10},
                           nontemporal_gain={"h2d": 1.3, "d2h": 0.8})
     r = C.search(syn.engine(), PLAN)
     assert r.knobs["h2d_nontemporal"] == 1 and r.knobs["d2h_nontemporal"] == 0, r.log
-    assert any(line.startswith("h2d_nontemporal: on (log gain by size: ") for line in r.log)
+    assert any(line.startswith("h2d_nontemporal: on") for line in r.log)
     assert any(line.startswith("d2h_nontemporal: off") for line in r.log)
     # with a slice of its own: measured even where the ranges' step spent the budget
     syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10}, nontemporal_gain={"h2d": 1.3})
@@ -457,12 +435,10 @@ def test_a_host_backend_has_no_copy_tuning():
 
 
 def test_show_prints_the_tuning_and_its_rates():
-    knobs = {"threads": 5, "chunk_bytes": 32 * MiB, "staged_max": C.HUGE, "h2d_nontemporal": 1,
-             "d2h_nontemporal": 256 * MiB, "pin_reused_min": MiB}
-    lines = cli._copy_tuning_lines(tuned_profile(knobs).model_dump(mode="json")["backends"]["cupy"]["copy_tuning"])
+    lines = cli._copy_tuning_lines(tuned_profile({"threads": 5, "chunk_bytes": 32 * MiB, "staged_max": C.HUGE})
+                                   .model_dump(mode="json")["backends"]["cupy"]["copy_tuning"])
     text = "\n".join(lines)
     assert "chunk_bytes=32 MiB" in text and "threads=5" in text and "staged_max=any" in text
-    assert "h2d_nontemporal=on" in text and "d2h_nontemporal=from 256 MiB" in text and "pin_reused_min=1 MiB" in text
     assert "1 GiB: 41.6 GB/s in, 41.5 out (defaults 17.9 / 16.2)" in text
     assert "pinned DMA 55.4 / 55.3" in text and "to pinned 35.4" in text
     assert "engine defaults" in cli._copy_tuning_lines(None)[0]

@@ -444,18 +444,17 @@ def path_of(knobs: Mapping[str, int], n: int, direction: str) -> str:
 
 def _nontemporal_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict[str, int], int, str], float],
                         over_budget: Callable[[], bool], log: list[str]) -> dict[str, int]:
-    """``h2d_nontemporal`` / ``d2h_nontemporal`` from the size on where, over the sizes ``knobs``
-    sends down the staged path in that direction, streaming stores took less time in total (log
-    of the time ratios, interleaved pairs, the faster of two each; ``nontemporal_from``): 1 where
-    that is every size measured, the size where it is from one on, 0 (off) where it is none.
-    Sizes from the smallest, both directions at each, until ``over_budget``."""
+    """``h2d_nontemporal`` / ``d2h_nontemporal`` on where, over the sizes ``knobs`` sends down the
+    staged path in that direction, streaming stores took less time in total (log of the time
+    ratios, interleaved pairs, the faster of two each); else off. Sizes from the smallest, both
+    directions at each, until ``over_budget``."""
     knob_of = {"h2d": "h2d_nontemporal", "d2h": "d2h_nontemporal"}
-    gains: dict[str, list[tuple[int, float]]] = {d: [] for d in knob_of}
+    gain = {d: 0.0 for d in knob_of}
+    done: dict[str, list[int]] = {d: [] for d in knob_of}
     for n in plan.sizes:
         directions = [d for d in knob_of if path_of(knobs, n, d) == "staged"]
         if directions and over_budget():
-            done = [m for g in gains.values() for m, _ in g]
-            log.append(f"budget spent: non-temporal stores measured to {max(done, default=0) // MiB} MiB")
+            log.append(f"budget spent: non-temporal stores measured to {max(done['h2d'] + done['d2h'], default=0) // MiB} MiB")
             break
         for direction in directions:
             knob = knob_of[direction]
@@ -463,35 +462,15 @@ def _nontemporal_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable
             for _ in range(2):
                 streaming.append(timed({**knobs, knob: 1}, n, direction))
                 plain.append(timed({**knobs, knob: 0}, n, direction))
-            gains[direction].append((n, math.log(min(plain) / min(streaming))))
+            gain[direction] += math.log(min(plain) / min(streaming))
+            done[direction].append(n)
     chosen: dict[str, int] = {}
     for direction, knob in knob_of.items():
-        measured = gains[direction]
-        chosen[knob] = nontemporal_from(measured)
-        if measured:
-            state = {0: "off", 1: "on"}.get(chosen[knob], f"on from {chosen[knob] // MiB} MiB")
-            log.append(f"{knob}: {state} (log gain by size: "
-                       f"{', '.join(f'{n // MiB} MiB {g:+.3f}' for n, g in measured)})")
+        chosen[knob] = int(bool(done[direction]) and gain[direction] > 0)
+        if done[direction]:
+            log.append(f"{knob}: {'on' if chosen[knob] else 'off'} (log gain {gain[direction]:.3f} over "
+                       f"{', '.join(str(n // MiB) for n in done[direction])} MiB)")
     return chosen
-
-
-def nontemporal_from(gains: Sequence[tuple[int, float]]) -> int:
-    """The ``{d}_nontemporal`` knob from (size, log gain of streaming stores) pairs, ascending:
-    on from the size whose gains, with every larger size's, add up to the most, where that sum
-    is positive (1 when that is the smallest size: on at every size); else 0. On the H200 they
-    gained in at 64-256 MiB and lost 4-5% at 1 GiB, and lost out at 64 MiB (19%) while gaining
-    9-13% at 128-256 MiB (a destination that fits the 300 MiB L3 stays there with plain stores:
-    session 9, staged-probe.final.txt); session 11's calibration turned both on everywhere
-    from the sum over all sizes, and first copies out of 64 MiB were then 27% slower per byte
-    than 256 MiB (h200-session11/transfer.run4.md)."""
-    best, best_i = 0.0, None
-    for i in range(len(gains)):
-        total = sum(g for _, g in gains[i:])
-        if total > best:
-            best, best_i = total, i
-    if best_i is None:
-        return 0
-    return 1 if best_i == 0 else int(gains[best_i][0])
 
 
 # Sizes at which pinning on reuse is weighed: from the least the pin-down cache counts

@@ -166,8 +166,7 @@ class _Tuning:
     # so calibration leaves it at 4; a profile may set it (tools/transfer_diag.py --pieces).
     staged_piece_count: int = 4
     # 1: the staged path's host copies write with non-temporal stores (_parcopy.c), in: into the
-    # pinned buffer, out: into the caller's memory; more than 1: only those of copies of at
-    # least that many bytes (``nontemporal``; calibration chooses from which size). A DMA of pinned memory a host copy has just
+    # pinned buffer, out: into the caller's memory. A DMA of pinned memory a host copy has just
     # written ran slower while its lines sat in the cores' caches (one 16 MiB DMA 0.41-0.59 ms
     # against 0.32 from memory no copy touched, tools/staged_probe.py); streaming stores also skip
     # reading the destination before writing it (a 2-thread copy of 64-256 MiB on the CPU VM:
@@ -1163,13 +1162,6 @@ def _h2d_small(cp: Any, dev_ptr: int, device_id: int, flat: np.ndarray, stream: 
         pool.release(buf, ev)
 
 
-def nontemporal(knob: int, nbytes: int) -> bool:
-    """Whether a staged copy of ``nbytes`` writes with non-temporal stores under the tuning's
-    ``h2d_nontemporal`` / ``d2h_nontemporal`` value ``knob`` (0 never, 1 always, else from that
-    many bytes)."""
-    return knob == 1 or (knob > 1 and nbytes >= knob)
-
-
 def _staged(nbytes: int, t: _Tuning) -> bool:
     return _parcopy is not None and t.staged_min < nbytes <= t.staged_max
 
@@ -1193,7 +1185,6 @@ def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, src_ptr: int, nbytes: int
     """Pieces copied into two pinned buffers in turn by the native pool, each piece's DMA queued
     on the caller's stream as soon as it is in; a buffer is refilled once its DMA has read it."""
     pieces = staged_pieces(nbytes, t)
-    streaming_stores = nontemporal(t.h2d_nontemporal, nbytes)
     pool = _get_pool(t)
     bufs = _two_buffers(pool, len(pieces))
     pending: list[Any] = [None] * len(bufs)
@@ -1204,7 +1195,7 @@ def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, src_ptr: int, nbytes: int
             if pending[k] is not None:
                 pending[k].synchronize()
                 pending[k] = None
-            _parcopy.copy(buf.ptr, src_ptr + off, n, t.threads, t.min_part_bytes, streaming_stores)
+            _parcopy.copy(buf.ptr, src_ptr + off, n, t.threads, t.min_part_bytes, bool(t.h2d_nontemporal))
             cp.cuda.runtime.memcpyAsync(dev_ptr + off, buf.ptr, n, _H2D, stream.ptr)
             ev = _event_for(buf, device_id)
             ev.record(stream)
@@ -1341,7 +1332,6 @@ def _d2h_staged(cp: Any, src_ptr: int, device_id: int, dst_ptr: int, nbytes: int
     """DMAs of pieces into two pinned buffers in turn on the caller's stream; each piece is
     copied out by the native pool while the DMA of the next one runs."""
     pieces = staged_pieces(nbytes, t)
-    streaming_stores = nontemporal(t.d2h_nontemporal, nbytes)
     pool = _get_pool(t)
     bufs = _two_buffers(pool, len(pieces))
     pending: list[Any] = [None] * len(bufs)
@@ -1362,7 +1352,7 @@ def _d2h_staged(cp: Any, src_ptr: int, device_id: int, dst_ptr: int, nbytes: int
             k = i % len(bufs)
             pending[k].synchronize()
             pending[k] = None
-            _parcopy.copy(dst_ptr + off, bufs[k].ptr, n, t.threads, t.min_part_bytes, streaming_stores)
+            _parcopy.copy(dst_ptr + off, bufs[k].ptr, n, t.threads, t.min_part_bytes, bool(t.d2h_nontemporal))
             if i + len(bufs) < len(pieces):
                 queue(i + len(bufs))
     finally:

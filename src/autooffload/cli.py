@@ -186,13 +186,10 @@ def format_show(doc: dict) -> str:
 
 # Knobs shown as sizes; the rest are counts.
 _SIZE_KNOBS = ("chunk_bytes", "min_chunk_bytes", "small_bytes", "h2d_direct_max", "d2h_direct_max", "staged_min",
-               "staged_max", "min_part_bytes", "h2d_register_min", "d2h_register_min", "register_chunk_bytes",
-               "worker_chunk_bytes", "pin_results_min", "pin_reused_min")
+               "staged_max", "min_part_bytes", "h2d_register_min", "d2h_register_min", "register_chunk_bytes")
 
 
 def _knob_text(name: str, value: int) -> str:
-    if name.endswith("_nontemporal"):  # 0 off, 1 on, else on from that many bytes (_transfer.nontemporal)
-        return f"{name}=" + ({0: "off", 1: "on"}.get(value) or f"from {human_bytes(value)}")
     if name in _SIZE_KNOBS:
         if value >= 1 << 50:
             return f"{name}=any"
