@@ -232,6 +232,7 @@ class Bench:
         if "engine" in methods:
             for _ in range(reuse):
                 T.to_device(h)
+                T.to_host(d)  # a kept result block, pinned at its pin_after_copies-th use
             calls["engine", "h2d"] = (lambda: T.to_device(h), None)
             calls["engine", "d2h"] = (lambda: T.to_host(d), None)
             # Into new memory every call, whose pages fault on first touch (a program's first

@@ -435,10 +435,12 @@ def test_a_host_backend_has_no_copy_tuning():
 
 
 def test_show_prints_the_tuning_and_its_rates():
-    lines = cli._copy_tuning_lines(tuned_profile({"threads": 5, "chunk_bytes": 32 * MiB, "staged_max": C.HUGE})
-                                   .model_dump(mode="json")["backends"]["cupy"]["copy_tuning"])
+    knobs = {"threads": 5, "chunk_bytes": 32 * MiB, "staged_max": C.HUGE, "h2d_nontemporal": 1, "d2h_nontemporal": 0,
+             "pin_reused_min": MiB}
+    lines = cli._copy_tuning_lines(tuned_profile(knobs).model_dump(mode="json")["backends"]["cupy"]["copy_tuning"])
     text = "\n".join(lines)
     assert "chunk_bytes=32 MiB" in text and "threads=5" in text and "staged_max=any" in text
+    assert "h2d_nontemporal=on" in text and "d2h_nontemporal=off" in text and "pin_reused_min=1 MiB" in text
     assert "1 GiB: 41.6 GB/s in, 41.5 out (defaults 17.9 / 16.2)" in text
     assert "pinned DMA 55.4 / 55.3" in text and "to pinned 35.4" in text
     assert "engine defaults" in cli._copy_tuning_lines(None)[0]

@@ -186,10 +186,14 @@ def format_show(doc: dict) -> str:
 
 # Knobs shown as sizes; the rest are counts.
 _SIZE_KNOBS = ("chunk_bytes", "min_chunk_bytes", "small_bytes", "h2d_direct_max", "d2h_direct_max", "staged_min",
-               "staged_max", "min_part_bytes", "h2d_register_min", "d2h_register_min", "register_chunk_bytes")
+               "staged_max", "min_part_bytes", "h2d_register_min", "d2h_register_min", "register_chunk_bytes",
+               "worker_chunk_bytes", "pin_results_min", "pin_reused_min")
+_SWITCH_KNOBS = ("h2d_nontemporal", "d2h_nontemporal", "staged_fresh")
 
 
 def _knob_text(name: str, value: int) -> str:
+    if name in _SWITCH_KNOBS:
+        return f"{name}={'on' if value else 'off'}"
     if name in _SIZE_KNOBS:
         if value >= 1 << 50:
             return f"{name}=any"
