@@ -244,6 +244,56 @@ def test_defaults_compile_as_constants_and_an_xp_module_argument_as_its_default(
     assert backend.signature(takes_xp, (x,), {"xp": np}) is backend.signature(takes_xp, (x,), {})
 
 
+def scaled_sum(x, offset, xp=np):
+    return xp.sum(x * 2.0) + offset
+
+
+def test_exactly_typed_calls_skip_numbas_dispatch_and_keep_numpys_result(backend):
+    """A compiled signature whose key fixes every argument's type calls its entry point (the
+    dispatcher's per-call typing of an omitted ``xp=np`` cost 9.0 of 9.0 us at 1e2 on the
+    2-core VM, against 2.5); every layout, flag and scalar type is a signature of its own, and
+    a key that does not fix the types (a tuple) goes through the dispatcher."""
+    base = _positive((40, 30))
+    readonly = base.copy()
+    readonly.flags.writeable = False
+    raw = np.zeros(base.nbytes + 1, np.uint8)[1:]  # unaligned float64 memory
+    unaligned = raw.view(np.float64).reshape(base.shape)
+    unaligned[...] = base
+    arrays = {"C": base, "F": np.asfortranarray(base), "A": base[::2, 1::3], "readonly": readonly,
+              "unaligned": unaligned, "complex": base * (1 + 0.5j), "1d": base.ravel()}
+    entries = set()
+    for name, x in arrays.items():
+        for offset in (3, 2.5, True, 2**63 + 5):
+            got = run(backend, scaled_sum, x, offset, xp=np)
+            expected = scaled_sum(x, offset)
+            assert got == pytest.approx(expected, rel=1e-12), (name, offset)
+            sig = backend.signature(scaled_sum, (x, offset), {"xp": np})
+            assert sig.state == "compiled" and sig.entry is not None, (name, offset)
+            entries.add(id(sig))
+    assert len(entries) == len(arrays) * 4  # no two argument types share a compiled entry
+    compiler = backend.compiler(scaled_sum)
+    dispatcher = compiler.dispatcher
+
+    def not_dispatched(*args):
+        raise AssertionError("dispatched")
+
+    compiler.dispatcher = not_dispatched
+    try:
+        assert run(backend, scaled_sum, base, 3, xp=np) == pytest.approx(scaled_sum(base, 3))
+    finally:
+        compiler.dispatcher = dispatcher
+    pair = (1.0, 2.0)  # a tuple's key is Numba's own type: dispatched
+    assert run(backend, scaled_sum, base, pair[0]) == pytest.approx(scaled_sum(base, pair[0]))
+    sig = backend.signature(takes_tuple, (base, pair), {})
+    run(backend, takes_tuple, base, pair)
+    assert sig.state == "compiled" and sig.entry is None
+    assert run(backend, takes_tuple, base, pair) == pytest.approx(takes_tuple(base, pair))
+
+
+def takes_tuple(x, pair):
+    return x.sum() * pair[0] + pair[1]
+
+
 @pytest.mark.parametrize("func", [blas, uses_random, np.sum])
 def test_blas_random_and_non_python_functions_are_not_taken(backend, func):
     fn, _, why = backend.runner(func)
