@@ -290,6 +290,17 @@ def test_exactly_typed_calls_skip_numbas_dispatch_and_keep_numpys_result(backend
     assert run(backend, takes_tuple, base, pair) == pytest.approx(takes_tuple(base, pair))
 
 
+def test_an_argument_changed_after_its_key_was_taken_goes_through_the_dispatcher(backend):
+    # Review finding: another thread may reshape an array in place while its call waits for a
+    # compilation or the launch lock; the 1-d entry point would read the 6-d array as 1-d (a
+    # segmentation fault), where the dispatcher types it afresh.
+    x = np.arange(64.0)
+    sig = backend.compile_for(total, (x,), {})
+    assert sig.state == "compiled" and sig.entry is not None
+    x.shape = (2,) * 6
+    assert backend.compiler(total).run(sig, (x,)) == total(x)
+
+
 def takes_tuple(x, pair):
     return x.sum() * pair[0] + pair[1]
 

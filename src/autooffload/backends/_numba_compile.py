@@ -103,7 +103,7 @@ class Signature:
 def _exactly_keyed(key: tuple) -> bool:
     """Whether a signature's key (``_key_of`` of each argument) fixes Numba's type of every
     argument, so that its compiled entry point may be called without Numba's dispatch: arrays
-    (dtype, dimensions, layout, writeable, aligned: all of Numba's array type), ints that fit
+    (dtype, dimensions, layout, writeable: all of Numba's array type; aligned too), ints that fit
     64 bits, floats, complex numbers and bools. Anything else (a NumPy scalar of a unit-carrying
     dtype, a tuple, ...) goes through the dispatcher, which types it exactly."""
     for k in key:
@@ -310,10 +310,17 @@ class FunctionCompiler:
             dispatcher.compile(sig.numba_types)
 
     def run(self, sig: Signature, args: tuple) -> Any:
-        """Run the compiled version of ``sig`` (COMPILED) on positional ``args``, whose key is
-        ``sig.key``: through its entry point where it has one, else through the dispatcher."""
+        """Run the compiled version of ``sig`` (COMPILED) on positional ``args``, whose key was
+        ``sig.key``: through its entry point where it has one and the key still holds, else
+        through the dispatcher. Checked again here (~0.6 us on the 2-core VM): the call may
+        have waited for a compilation or the launch lock meanwhile, and another thread may have
+        reshaped an argument in place; an entry point reads an array as the type it was
+        compiled for (a 6-d array through a 1-d entry point: a segmentation fault, review)."""
         entry = sig.entry
-        result = entry(*args, *sig.omitted) if entry is not None else self.dispatcher(*args)
+        if entry is not None and tuple(map(_key_of, args)) == sig.key:
+            result = entry(*args, *sig.omitted)
+        else:
+            result = self.dispatcher(*args)
         return sig.convert(result) if sig.convert is not None else result
 
 
