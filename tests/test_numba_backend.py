@@ -301,6 +301,41 @@ def test_an_argument_changed_after_its_key_was_taken_goes_through_the_dispatcher
     assert backend.compiler(total).run(sig, (x,)) == total(x)
 
 
+def copysign_pos(x, s=0.0):
+    return np.copysign(x, s)
+
+
+def copysign_neg(x, s=-0.0):
+    return np.copysign(x, s)
+
+
+def weighted(x, w=np.array([1.0, 2.0, 3.0])):
+    return x * w
+
+
+def floor_div_int(x, d=2):
+    return x // d
+
+
+def floor_div_float(x, d=2.0):
+    return x // d
+
+
+def test_defaults_numba_would_intern_by_value_are_passed_as_values(backend):
+    # Review findings: Numba interns a left-out default's Omitted type by its value across
+    # functions, so -0.0 compiled as another function's 0.0 (and 2.0 as 2); an array default was
+    # frozen at its contents when first compiled.
+    x = np.array([1.0, -2.0, 3.0])
+    for fn in (copysign_pos, copysign_neg, floor_div_int, floor_div_float):
+        got = run(backend, fn, x)
+        np.testing.assert_array_equal(got, fn(x))
+        assert np.signbit(got).tolist() == np.signbit(fn(x)).tolist() and got.dtype == fn(x).dtype, fn.__name__
+    np.testing.assert_array_equal(run(backend, weighted, x), weighted(x))
+    weighted.__defaults__[0][:] = 5.0  # a mutable default changed after the first call
+    np.testing.assert_array_equal(run(backend, weighted, x), weighted(x))
+    weighted.__defaults__[0][:] = [1.0, 2.0, 3.0]
+
+
 def takes_tuple(x, pair):
     return x.sum() * pair[0] + pair[1]
 
@@ -503,6 +538,11 @@ def test_keyword_arguments_are_placed_as_inspects_bind_places_them(func, args, k
         while out and len(out) > first_default and out[-1] is compiler._defaults[len(out) - 1 - first_default] \
                 and isinstance(out[-1], (type(np), int, float, complex, str, type(None))):
             out = out[:-1]
+        # then the defaults left out before the first module, string or None, as values
+        for d in compiler._defaults[len(out) - first_default:]:
+            if isinstance(d, (type(np), str, type(None))):
+                break
+            out = (*out, d)
         return out
 
     try:

@@ -137,6 +137,12 @@ def _key_of(a: Any) -> Any:
 
 # Values that compile as the same constant whether passed or left to their default.
 _CONSTANT_TYPES = (types.ModuleType, int, float, complex, str, type(None))
+# Defaults left out for Numba to compile as constants (its Omitted type). Numba interns an
+# Omitted type by the default's value, across functions: a -0.0 default compiled as another
+# function's 0.0, (1, 2.0) as (1.0, 2), 2 as True; and an array default was frozen at its
+# contents when first compiled (review, session 11). Other defaults are passed as values, up to
+# the first of these (a module, the one a call cannot pass: ``xp=np``).
+_OMITTED_TYPES = (types.ModuleType, str, type(None))
 _OUR_WARNINGS = threading.Lock()  # warnings.catch_warnings is process-wide: one compile at a time
 
 
@@ -166,9 +172,10 @@ class FunctionCompiler:
         self._signature: inspect.Signature | None = None
 
     def positional(self, args: tuple, kwargs: dict) -> tuple:
-        """The call's arguments as positional ones, the trailing defaulted ones left out (Numba
-        compiles them as constants); a module or immutable scalar passed as its very default is
-        left out too (the executor passes ``xp=np`` explicitly)."""
+        """The call's arguments as positional ones, the trailing defaulted ones that are modules,
+        strings or None left out (Numba compiles them as constants: ``_OMITTED_TYPES``), the
+        other defaults before them passed as values; a module or immutable scalar passed as its
+        very default is treated as left out (the executor passes ``xp=np`` explicitly)."""
         if kwargs and len(args) <= self._arity:
             placed = self._placed(args, kwargs)
             if placed is not None:
@@ -184,6 +191,10 @@ class FunctionCompiler:
         while args and len(args) > first_default and isinstance(args[-1], _CONSTANT_TYPES) \
                 and args[-1] is self._defaults[len(args) - 1 - first_default]:
             args = args[:-1]
+        n = len(args)
+        while first_default <= n < self._arity and not isinstance(self._defaults[n - first_default], _OMITTED_TYPES):
+            args += (self._defaults[n - first_default],)  # passed as a value: see _OMITTED_TYPES
+            n += 1
         return args
 
     def _placed(self, args: tuple, kwargs: dict) -> tuple | None:
