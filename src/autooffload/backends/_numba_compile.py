@@ -104,8 +104,9 @@ def _exactly_keyed(key: tuple) -> bool:
     """Whether a signature's key (``_key_of`` of each argument) fixes Numba's type of every
     argument, so that its compiled entry point may be called without Numba's dispatch: arrays
     (dtype, dimensions, layout, writeable: all of Numba's array type; aligned too), ints that fit
-    64 bits, floats, complex numbers and bools. Anything else (a NumPy scalar of a unit-carrying
-    dtype, a tuple, ...) goes through the dispatcher, which types it exactly."""
+    64 bits, floats, complex numbers, bools, and values keyed by Numba's own type (tuples,
+    enums, ...). Anything else (a NumPy scalar, keyed by its Python type, whose dtype may carry
+    a unit) goes through the dispatcher, which types it exactly."""
     for k in key:
         if type(k) is tuple:
             if len(k) == 5 and isinstance(k[0], np.dtype):
@@ -113,7 +114,7 @@ def _exactly_keyed(key: tuple) -> bool:
             if len(k) == 2 and k[0] is int and k[1] in (0, 1):
                 continue
             return False
-        if k not in (float, complex, bool):
+        if k not in (float, complex, bool) and not isinstance(k, numba.types.Type):
             return False
     return True
 
@@ -137,12 +138,23 @@ def _key_of(a: Any) -> Any:
 
 # Values that compile as the same constant whether passed or left to their default.
 _CONSTANT_TYPES = (types.ModuleType, int, float, complex, str, type(None))
-# Defaults left out for Numba to compile as constants (its Omitted type). Numba interns an
-# Omitted type by the default's value, across functions: a -0.0 default compiled as another
-# function's 0.0, (1, 2.0) as (1.0, 2), 2 as True; and an array default was frozen at its
-# contents when first compiled (review, session 11). Other defaults are passed as values, up to
-# the first of these (a module, the one a call cannot pass: ``xp=np``).
-_OMITTED_TYPES = (types.ModuleType, str, type(None))
+# Defaults left out for Numba to compile as constants (its Omitted type). Numba keys an Omitted
+# type by the default's type and value, across functions and in its disk cache: equal values of
+# one type share one compiled constant, so a -0.0 default ran as another function's 0.0, (1, 2.0)
+# as (1.0, 2), and an array default (keyed by identity) stayed at its first contents (review,
+# session 11). Only defaults whose equal values are the same value are left out
+# (``_safe_to_omit``: modules, strings, None, bools, ints, and objects compared by identity such
+# as functions and classes); the others are passed as values, up to the first that is safe to
+# leave out, and a signature that must still leave such a default out (one after an ``xp=np``
+# module parameter) stays on NumPy (``signature``).
+
+
+def _safe_to_omit(default: Any) -> bool:
+    """Whether Numba may compile ``default`` as a constant: its equal values are the same value."""
+    if default is None or isinstance(default, (types.ModuleType, str, bool, int)):
+        return True
+    kind = type(default)
+    return kind.__eq__ is object.__eq__ and kind.__hash__ is object.__hash__
 _OUR_WARNINGS = threading.Lock()  # warnings.catch_warnings is process-wide: one compile at a time
 
 
@@ -172,10 +184,10 @@ class FunctionCompiler:
         self._signature: inspect.Signature | None = None
 
     def positional(self, args: tuple, kwargs: dict) -> tuple:
-        """The call's arguments as positional ones, the trailing defaulted ones that are modules,
-        strings or None left out (Numba compiles them as constants: ``_OMITTED_TYPES``), the
-        other defaults before them passed as values; a module or immutable scalar passed as its
-        very default is treated as left out (the executor passes ``xp=np`` explicitly)."""
+        """The call's arguments as positional ones, the trailing defaulted ones left out (Numba
+        compiles them as constants) from the first that is safe to leave out (``_safe_to_omit``),
+        the defaults before it passed as values; a module or immutable scalar passed as its very
+        default is treated as left out (the executor passes ``xp=np`` explicitly)."""
         if kwargs and len(args) <= self._arity:
             placed = self._placed(args, kwargs)
             if placed is not None:
@@ -192,8 +204,8 @@ class FunctionCompiler:
                 and args[-1] is self._defaults[len(args) - 1 - first_default]:
             args = args[:-1]
         n = len(args)
-        while first_default <= n < self._arity and not isinstance(self._defaults[n - first_default], _OMITTED_TYPES):
-            args += (self._defaults[n - first_default],)  # passed as a value: see _OMITTED_TYPES
+        while first_default <= n < self._arity and not _safe_to_omit(self._defaults[n - first_default]):
+            args += (self._defaults[n - first_default],)  # passed as a value: see _safe_to_omit
             n += 1
         return args
 
@@ -231,7 +243,7 @@ class FunctionCompiler:
             sig = self.signatures.get(key)
             if sig is None:
                 sig = Signature(key)
-                why = self.refused or self._why_not(args + self.defaulted(args))
+                why = self.refused or self._why_not(args + self.defaulted(args)) or self._unsafe_omitted(args)
                 if why is None:
                     try:
                         sig.omitted = self.defaulted(args)
@@ -244,6 +256,15 @@ class FunctionCompiler:
                     logger.debug("autooffload: %s does not run on Numba for these argument types: %s", _name(self.func), why)
                 self.signatures[key] = sig
         return sig
+
+    def _unsafe_omitted(self, args: tuple) -> str | None:
+        """Why these arguments cannot leave their remaining defaults to Numba (see
+        ``_safe_to_omit``), or None."""
+        for d in self.defaulted(args):
+            if not _safe_to_omit(d):
+                return (f"a default of {type(d).__name__} after a parameter left to Numba as a constant: Numba "
+                        f"would share its compiled value with equal defaults of other functions")
+        return None
 
     def _why_not(self, args: tuple) -> str | None:
         for a in args:
