@@ -208,6 +208,18 @@ def test_an_unsupported_keyword_form_fails_to_compile(backend):
     assert sig.state == "failed" and "Numba cannot compile it" in sig.reason
 
 
+def makes_int32(x):
+    return np.zeros(x.shape, np.int32) + 1
+
+
+def makes_float32_by_name(x):
+    return x.astype("float32") * 2.5
+
+
+def sums_float32_made(x):
+    return x.astype(np.float32).sum()
+
+
 @pytest.mark.parametrize("func, args, why", [
     (add_one, (np.arange(5, dtype=np.int32),), "Numba promotes to 64 bits"),
     (add_one, (np.arange(5, dtype=np.uint64),), "Numba promotes to 64 bits"),
@@ -217,6 +229,9 @@ def test_an_unsupported_keyword_form_fails_to_compile(backend):
     (total, (np.ones(5, np.float32),), "pairwise"),
     (add_one, (np.ones(5).astype(">f8"),), "dtype >f8"),
     (add_one, (np.ma.masked_array(np.ones(3)),), "array subclass"),
+    (makes_int32, (np.arange(5.0),), "narrower than 64 bits"),  # review: int64 from the tier, int32 from NumPy
+    (makes_float32_by_name, (np.arange(5.0),), "narrower than 64 bits"),
+    (sums_float32_made, (np.ones(5),), "pairwise"),
 ])
 def test_calls_whose_results_would_differ_stay_on_numpy(backend, func, args, why):
     sig = backend.signature(func, args, {})

@@ -25,7 +25,9 @@ imports Numba. Two levels:
   A Python scalar (an argument or a literal in the code) takes its dtype from the array in NumPy
   2 but is int64/float64/complex128 in Numba: so arrays of any dtype other than bool, int64,
   float64 and complex128 stay on NumPy whenever the code has a numeric literal or the call passes
-  a scalar. (Array-with-array promotion is NumPy's own table in both.)
+  a scalar. (Array-with-array promotion is NumPy's own table in both.) Arrays the code makes count
+  too: code that names or spells a narrower dtype (``np.int32``, ``"float32"``) is taken to make
+  arrays of every such dtype (``CodeFacts.narrow_dtypes``).
 
   Agreeing, measured: integer ``//`` and ``%`` by zero give 0; float ``/`` by zero gives inf and
   nan (``error_model="numpy"``; NumPy's RuntimeWarning is not emitted: a warning, not a value);
@@ -55,6 +57,13 @@ _MIN_MAX_NAMES = frozenset({"max", "min", "amax", "amin", "ptp", "nanmax", "nanm
 # thread the sequential sum stalls at 2**24).
 _SUM_NAMES = frozenset({"sum", "mean", "std", "var", "prod", "cumsum", "cumprod", "average", "nansum", "nanmean", "nanstd", "nanvar", "nanprod"})
 _POWER_NAMES = frozenset({"power", "float_power"})
+# Dtypes the code may make arrays of (``np.zeros(n, np.int32)``, ``x.astype("f4")``), by name or
+# string: such an array meets the Python-scalar and float32-sum rules below as an argument of
+# that dtype would (review, session 11: ``np.zeros(x.shape, np.int32) + 1`` came back int64 from
+# the tier, int32 from NumPy), but ``semantic_difference`` sees only the arguments' dtypes.
+_NARROW_DTYPES = frozenset(np.dtype(c) for c in ("i1", "i2", "i4", "u1", "u2", "u4", "u8", "f2", "f4", "c8"))
+_NARROW_NAMES = frozenset(name for dt in _NARROW_DTYPES for name in (dt.name, dt.type.__name__)) | frozenset(
+    {"half", "single", "csingle", "byte", "short", "intc", "ubyte", "ushort", "uintc"})
 _REFUSED_KINDS = {
     "matmul": "dense linear algebra stays with NumPy's BLAS (its threads would fight Numba's)",
     "solve": "dense linear algebra stays with NumPy's BLAS (its threads would fight Numba's)",
@@ -69,6 +78,7 @@ class CodeFacts:
 
     refused: str | None  # why no call of it may run on Numba, or None
     numeric_literals: bool  # an int/float/complex constant (bool excluded): a Python scalar operand
+    narrow_dtypes: bool  # names or spells a dtype of _NARROW_DTYPES: it may make such arrays
     min_max: bool
     sums: bool
     power: bool
@@ -78,21 +88,33 @@ def code_facts(codes: list[types.CodeType]) -> CodeFacts:
     """The facts of a function, given its code object and those of the helpers it calls."""
     names: set[str] = set()
     operators: set[str] = set()
-    literals = False
+    literals = narrow = False
     for code in codes:
         for c in code_objects(code):
             names.update(c.co_names)
             literals = literals or any(isinstance(k, (int, float, complex)) and not isinstance(k, bool) for k in c.co_consts)
+            narrow = narrow or any(isinstance(k, str) and _spells_narrow(k) for k in c.co_consts)
             operators.update(i.argrepr for i in dis.get_instructions(c) if i.opname == "BINARY_OP")
     kinds = {KIND_OF_NAME.get(name) for name in names} | ({"matmul"} if any("@" in op for op in operators) else set())
     refused = next((why for kind, why in _REFUSED_KINDS.items() if kind in kinds), None)
     return CodeFacts(
         refused=refused,
         numeric_literals=literals,
+        narrow_dtypes=narrow or bool(names & _NARROW_NAMES),
         min_max=bool(names & _MIN_MAX_NAMES),
         sums=bool(names & _SUM_NAMES),
         power=any("**" in op for op in operators) or bool(names & _POWER_NAMES),
     )
+
+
+def _spells_narrow(text: str) -> bool:
+    """Whether a string constant names a dtype of ``_NARROW_DTYPES`` ("float32", "<f4", "i2")."""
+    if not 1 < len(text) < 12:
+        return False
+    try:
+        return np.dtype(text) in _NARROW_DTYPES
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_scalar(x: Any) -> bool:
@@ -105,9 +127,15 @@ def semantic_difference(facts: CodeFacts, args: tuple) -> str | None:
     arrays = [a for a in args if isinstance(a, np.ndarray)]
     dtypes = {a.dtype for a in arrays}
     unsafe = sorted(str(dt) for dt in dtypes if dt not in _SCALAR_SAFE)
-    if unsafe and (facts.numeric_literals or any(_is_scalar(a) for a in args)):
+    scalar = facts.numeric_literals or any(_is_scalar(a) for a in args)
+    if unsafe and scalar:
         return (f"a Python scalar with {', '.join(unsafe)} arrays: NumPy keeps the array's dtype, "
                 f"Numba promotes to 64 bits")
+    if facts.narrow_dtypes:
+        if scalar:
+            return ("the code makes arrays of a dtype narrower than 64 bits (np.int32, 'float32', ...): "
+                    "with a Python scalar NumPy keeps it, Numba promotes to 64 bits")
+        dtypes |= _NARROW_DTYPES  # what the rules below must assume the code's own arrays are
     if facts.power and any(dt.kind in "iu" for dt in dtypes):
         return "integer power: NumPy raises on a negative exponent, Numba returns values"
     if facts.min_max and any(dt.kind in "fc" for dt in dtypes):
