@@ -208,6 +208,10 @@ def test_an_unsupported_keyword_form_fails_to_compile(backend):
     assert sig.state == "failed" and "Numba cannot compile it" in sig.reason
 
 
+def peak_of_logs(x):
+    return np.log(x - 3).max()
+
+
 def makes_int32(x):
     return np.zeros(x.shape, np.int32) + 1
 
@@ -232,6 +236,7 @@ def sums_float32_made(x):
     (makes_int32, (np.arange(5.0),), "narrower than 64 bits"),  # review: int64 from the tier, int32 from NumPy
     (makes_float32_by_name, (np.arange(5.0),), "narrower than 64 bits"),
     (sums_float32_made, (np.ones(5),), "pairwise"),
+    (peak_of_logs, (np.arange(1, 200),), "drops NaN"),  # review: 5.28 on the tier, nan on NumPy
 ])
 def test_calls_whose_results_would_differ_stay_on_numpy(backend, func, args, why):
     sig = backend.signature(func, args, {})

@@ -27,7 +27,9 @@ imports Numba. Two levels:
   float64 and complex128 stay on NumPy whenever the code has a numeric literal or the call passes
   a scalar. (Array-with-array promotion is NumPy's own table in both.) Arrays the code makes count
   too: code that names or spells a narrower dtype (``np.int32``, ``"float32"``) is taken to make
-  arrays of every such dtype (``CodeFacts.narrow_dtypes``).
+  arrays of every such dtype (``CodeFacts.narrow_dtypes``), and code that divides, calls a
+  transcendental function or names a float (``CodeFacts.makes_floats``) to make float arrays,
+  NaN included, from any arguments (the min/max rule).
 
   Agreeing, measured: integer ``//`` and ``%`` by zero give 0; float ``/`` by zero gives inf and
   nan (``error_model="numpy"``; NumPy's RuntimeWarning is not emitted: a warning, not a value);
@@ -62,6 +64,11 @@ _POWER_NAMES = frozenset({"power", "float_power"})
 # that dtype would (review, session 11: ``np.zeros(x.shape, np.int32) + 1`` came back int64 from
 # the tier, int32 from NumPy), but ``semantic_difference`` sees only the arguments' dtypes.
 _NARROW_DTYPES = frozenset(np.dtype(c) for c in ("i1", "i2", "i4", "u1", "u2", "u4", "u8", "f2", "f4", "c8"))
+# Names by which code may make float arrays (and so NaN) out of integer arguments: the min/max
+# rule must then hold whatever the arguments' dtypes (review, session 11: np.log(x - 3).max() of
+# int64 x gave 5.28 on the tier where NumPy gives nan).
+_FLOAT_NAMES = frozenset({"nan", "inf", "NaN", "float", "float64", "double", "float_", "astype", "divide",
+                          "true_divide", "mean", "average", "std", "var", "nanmean", "nanstd", "nanvar"})
 _NARROW_NAMES = frozenset(name for dt in _NARROW_DTYPES for name in (dt.name, dt.type.__name__)) | frozenset(
     {"half", "single", "csingle", "byte", "short", "intc", "ubyte", "ushort", "uintc"})
 _REFUSED_KINDS = {
@@ -79,6 +86,7 @@ class CodeFacts:
     refused: str | None  # why no call of it may run on Numba, or None
     numeric_literals: bool  # an int/float/complex constant (bool excluded): a Python scalar operand
     narrow_dtypes: bool  # names or spells a dtype of _NARROW_DTYPES: it may make such arrays
+    makes_floats: bool  # true division, a transcendental function or a float name: floats (NaN) from any input
     min_max: bool
     sums: bool
     power: bool
@@ -101,6 +109,8 @@ def code_facts(codes: list[types.CodeType]) -> CodeFacts:
         refused=refused,
         numeric_literals=literals,
         narrow_dtypes=narrow or bool(names & _NARROW_NAMES),
+        makes_floats=any(op.startswith("/") for op in operators) or bool(names & _FLOAT_NAMES)
+        or any(KIND_OF_NAME.get(name) == "transcendental" for name in names),
         min_max=bool(names & _MIN_MAX_NAMES),
         sums=bool(names & _SUM_NAMES),
         power=any("**" in op for op in operators) or bool(names & _POWER_NAMES),
@@ -138,7 +148,7 @@ def semantic_difference(facts: CodeFacts, args: tuple) -> str | None:
         dtypes |= _NARROW_DTYPES  # what the rules below must assume the code's own arrays are
     if facts.power and any(dt.kind in "iu" for dt in dtypes):
         return "integer power: NumPy raises on a negative exponent, Numba returns values"
-    if facts.min_max and any(dt.kind in "fc" for dt in dtypes):
+    if facts.min_max and (facts.makes_floats or any(dt.kind in "fc" for dt in dtypes)):
         return "a float min/max reduction: Numba's parallel reduction drops NaN, NumPy returns nan"
     if facts.sums and any(dt in (np.dtype("f4"), np.dtype("c8")) for dt in dtypes):
         return "a float32/complex64 reduction: NumPy sums pairwise, Numba sequentially per thread"
