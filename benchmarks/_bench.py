@@ -349,6 +349,22 @@ def time_once(fn: Callable[[], object], sync: Callable[[], object] | None = None
     return time.perf_counter() - t0, out
 
 
+def fastest_per_call_us(variants: dict[str, Callable[[], object]], rounds: int = 41, calls: int = 2000) -> dict[str, float]:
+    """Each variant's fastest time per call, in microseconds, over ``rounds`` rounds that
+    interleave the variants, each ``calls`` back-to-back calls after 200 untimed ones: the floor,
+    which moves least on a shared VM (the overhead tools' A/B of the decorator's own Python)."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, call in variants.items():
+            for _ in range(200):
+                call()
+            t = time.perf_counter()
+            for _ in range(calls):
+                call()
+            times[k].append((time.perf_counter() - t) / calls * 1e6)
+    return {k: min(v) for k, v in times.items()}
+
+
 def geomean(values: Sequence[float]) -> float:
     vals = [v for v in values if v and v > 0 and math.isfinite(v)]
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else float("nan")

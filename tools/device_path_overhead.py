@@ -15,13 +15,14 @@ benchmarks/results/h200-session10/gpu_gaps.parts.txt, against ~15 us here).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import fake_device  # noqa: E402
+from _bench import fastest_per_call_us  # noqa: E402
 
 from autooffload import offload  # noqa: E402
 from autooffload.backends import cupy as device_backend  # noqa: E402
@@ -48,16 +49,7 @@ def main() -> None:
         forced = offload(backend="cupy")(fn)
         variants[f"by hand {name}"] = lambda fn=fn: by_hand(fn)
         variants[f"@offload {name}"] = lambda forced=forced: forced(x)
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(41):
-        for k, call in variants.items():
-            for _ in range(200):
-                call()
-            t = time.perf_counter()
-            for _ in range(2000):
-                call()
-            times[k].append((time.perf_counter() - t) / 2000 * 1e6)
-    best = {k: min(v) for k, v in times.items()}
+    best = fastest_per_call_us(variants)
     print("  ".join(f"{k} {v:.2f} us" for k, v in best.items()))
     print("overhead: " + ", ".join(f"{name} {best[f'@offload {name}'] - best[f'by hand {name}']:.2f} us"
                                    for name in ("sort", "x*2+1")))

@@ -14,7 +14,6 @@ through ``@offload`` (benchmarks/results/h200/suite.txt).
 from __future__ import annotations
 
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import suite  # noqa: E402
+from _bench import fastest_per_call_us  # noqa: E402
 
 from autooffload import backends, offload  # noqa: E402
 
@@ -44,16 +44,7 @@ def main() -> None:
     variants = {"@offload": lambda: forced(x), "tier runner": lambda: runner(x, xp=np),
                 "Numba dispatcher": lambda: jitted(x), "NumPy": lambda: suite.percentiles(x)}
     assert forced.last_decision.backend == "numba", forced.last_decision.reason
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(41):
-        for k, call in variants.items():
-            for _ in range(200):
-                call()
-            t = time.perf_counter()
-            for _ in range(2000):
-                call()
-            times[k].append((time.perf_counter() - t) / 2000 * 1e6)
-    print("  ".join(f"{k} {min(v):.2f} us" for k, v in times.items()))
+    print("  ".join(f"{k} {us:.2f} us" for k, us in fastest_per_call_us(variants).items()))
 
 
 if __name__ == "__main__":

@@ -155,6 +155,17 @@ def _safe_to_omit(default: Any) -> bool:
         return True
     kind = type(default)
     return kind.__eq__ is object.__eq__ and kind.__hash__ is object.__hash__
+
+
+def _unsafe_omitted(omitted: tuple) -> str | None:
+    """Why these defaults, left out of a call, cannot be left to Numba (``_safe_to_omit``), or None."""
+    for d in omitted:
+        if not _safe_to_omit(d):
+            return (f"a default of {type(d).__name__} after a parameter left to Numba as a constant: Numba "
+                    f"would share its compiled value with equal defaults of other functions")
+    return None
+
+
 _OUR_WARNINGS = threading.Lock()  # warnings.catch_warnings is process-wide: one compile at a time
 
 
@@ -243,12 +254,13 @@ class FunctionCompiler:
             sig = self.signatures.get(key)
             if sig is None:
                 sig = Signature(key)
-                why = self.refused or self._why_not(args + self.defaulted(args)) or self._unsafe_omitted(args)
+                omitted = self.defaulted(args)
+                why = self.refused or self._why_not(args + omitted) or _unsafe_omitted(omitted)
                 if why is None:
                     try:
-                        sig.omitted = self.defaulted(args)
+                        sig.omitted = omitted
                         sig.numba_types = tuple(numba.typeof(a) for a in args) + tuple(
-                            numba.types.Omitted(d) for d in sig.omitted)
+                            numba.types.Omitted(d) for d in omitted)
                     except Exception as exc:
                         why = f"Numba cannot type an argument ({type(exc).__name__}: {_first_line(exc)})"
                 if why is not None:
@@ -256,15 +268,6 @@ class FunctionCompiler:
                     logger.debug("autooffload: %s does not run on Numba for these argument types: %s", _name(self.func), why)
                 self.signatures[key] = sig
         return sig
-
-    def _unsafe_omitted(self, args: tuple) -> str | None:
-        """Why these arguments cannot leave their remaining defaults to Numba (see
-        ``_safe_to_omit``), or None."""
-        for d in self.defaulted(args):
-            if not _safe_to_omit(d):
-                return (f"a default of {type(d).__name__} after a parameter left to Numba as a constant: Numba "
-                        f"would share its compiled value with equal defaults of other functions")
-        return None
 
     def _why_not(self, args: tuple) -> str | None:
         for a in args:
