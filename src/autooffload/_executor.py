@@ -226,7 +226,7 @@ class Executor:
         start = time.perf_counter()
         if (not has_device_args and d.host_bytes and self.blockwise is not None and self.blockwise.blockwise
                 and (d.streamed or d.host_bytes >= _FITS_WITHOUT_ASKING or d.host_bytes >= _STREAM_PINNED_MIN_BYTES
-                     or _stream.mode() == "always")):
+                     or _stream.always())):
             # Else stream_plan could only say no: a call the cost model did not stream streams for
             # a look at free memory, from _FITS_WITHOUT_ASKING, or for pinned data, from
             # _STREAM_PINNED_MIN_BYTES (skipping it saves ~1 us of a small call on the CPU VM).
