@@ -45,7 +45,7 @@ alone: 16.0). Queued so, in stream order, it runs 1.06-1.09x that ideal pipeline
 a fast start, where it ran 1.10-1.12x before; benchmarks/results/h200/stream-timeline.txt): a
 small gain for one input (x *= 5 at 1e8 on fast starts: 1.28x its slowest stage against 1.31),
 a large one for several: Black-Scholes at 1e8, whose three inputs are now queued back to back,
-streamed 1.56-1.74x faster than the whole-array path against 1.46x (h200/streaming.txt,
+streamed 1.56-1.74x faster than the whole-array path against 1.46x (h200-session8/streaming.txt,
 h200-session8-final/, h200-session8-run4/, h200-session8-start/). What bounds a streamed call
 whose copies overlap is the link both ways at once, which varies by machine start: 1.10-1.33x
 one direction alone.
