@@ -86,7 +86,8 @@ def sync_if_offloaded(cp, decorated) -> Callable[[], None]:
     synchronization (~1-5 us) would be charged to it; a call that ran on CuPy is waited for, in case
     the library ever returned before its GPU work had finished. (Until session 12 a call on the
     Numba tier was synchronized too: on the H200, ``percentiles`` at 1e2 measured 12.8 us through
-    ``@offload`` against 7.08 us for the tier's runner called directly, suite.txt of that session.)
+    ``@offload`` against 7.08 us for the tier's runner called directly,
+    benchmarks/results/h200-session12/suite.run2.txt.)
     """
     if cp is None:
         return _no_sync

@@ -7,10 +7,11 @@ The suite's ``percentiles`` at 1e2 (``xp.percentile`` of 100 float64, an ``xp=np
 ``@offload(backend="numba")``, the tier's runner called directly (what the suite's Numba column
 calls), the jitted function through Numba's dispatcher (which types the omitted ``xp`` afresh on
 every call), and NumPy. Rounds interleave the variants; each figure is the fastest of 41 rounds
-of 2000 calls. On the H200 (session 11) that row ran 12 us on the tier's column and 17-27 us
-through ``@offload`` (benchmarks/results/h200-session11/suite.run4.txt); in session 12, once the
-suite stopped synchronizing CuPy after tier calls, 5.9-6.0 and 8.5-8.6 us
-(benchmarks/results/h200-session12/suite.run4.txt).
+of 2000 calls. On the H200 (session 11) that row ran 12-18 us on the tier's column and 17-27 us
+through ``@offload`` (benchmarks/results/h200-session11/suite.run4.txt and
+suite-noprofile.run4.txt); in session 12, once the suite stopped synchronizing CuPy after tier
+calls, 5.9-6.0 and 8.5-8.6 us (benchmarks/results/h200-session12/suite.run4.txt and
+suite-noprofile.run4.txt).
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def mode() -> str:
 
 
 # os.environ's own mapping and the variable's key in it: a membership test there takes ~20 ns
-# where os.environ.get takes ~0.7 us (2-core VM), and every small blockwise call on the device
+# where os.environ.get takes ~0.7 us (timeit on the 2-core VM, session 12), and every small blockwise call on the device
 # asks whether streaming is forced (os.environ keeps the mapping in step with its changes).
 try:
     _ENVIRON, _STREAM_KEY = os.environ._data, os.environ.encodekey("AUTOOFFLOAD_STREAM")  # type: ignore[attr-defined]

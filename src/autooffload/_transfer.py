@@ -1127,7 +1127,7 @@ def _kept_result(t: _Tuning, nbytes: int) -> bool:
     """Whether a device->host result of ``nbytes`` comes from the kept blocks (_hostmem.py):
     above the driver's direct-copy size, and from ``pin_results_min`` where kept blocks are
     pinned on reuse. Below the direct size only pinning pays: on the H200 (session 12,
-    transfer.md) a new 1 / 4 MiB result came out at 6.2 / 11.4 GB/s (CuPy 6.8 / 11.8), into warm
+    benchmarks/results/h200-session12/transfer.run2.md) a new 1 / 4 MiB result came out at 6.2 / 11.4 GB/s (CuPy 6.8 / 11.8), into warm
     memory at 13.2 / 28.3, and a DMA into pinned memory makes 34.7 / 47.4."""
     return nbytes > t.d2h_direct_max or (bool(t.pin_results_min) and nbytes >= t.pin_results_min)
 
