@@ -325,6 +325,21 @@ def test_small_dips_the_first_point_and_flags_are_handled():
     assert out[1] <= 2.0
 
 
+def test_two_slow_points_in_a_row_are_both_replaced():
+    """Shaped like session 12's H200 calibration of the tier's transcendental curve (us, 256 KiB-8
+    MiB; the 2 MiB point is made up): one pass upwards compared 1 MiB with the unsmoothed 2 MiB
+    point and left it at 5998 us."""
+    from autooffload._sweep import SPIKE_TOLERANCE, smooth_upward_blips
+
+    xs = [2.0**k for k in range(18, 24)]
+    ys = [40.0, 72.0, 5998.0, 2500.0, 600.0, 1604.0]
+    out, noisy = smooth_upward_blips(xs, ys, [], SPIKE_TOLERANCE)
+    assert noisy == [False, False, True, True, False, False]
+    assert out[:2] == ys[:2] and out[4:] == ys[4:]
+    assert all(a <= b for a, b in zip(out, out[1:]))
+    assert out[3] == 600.0 and out[2] == pytest.approx((72.0 * 600.0) ** 0.5)  # halfway in log-log
+
+
 def test_the_sweep_smooths_numpy_curves_only():
     from autooffload._sweep import _curve
     from autooffload._timing import Timing

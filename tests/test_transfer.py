@@ -904,27 +904,6 @@ def test_results_in_new_memory_go_to_the_workers_unless_told(staged, monkeypatch
     assert same(T.to_host(d), h) and used == [1, 1]
 
 
-def test_results_from_the_pinning_size_use_kept_blocks_below_the_direct_size(fake):
-    """From ``pin_results_min`` a result comes from a kept block even at the driver's direct
-    size, so that a loop's results are pinned on reuse; below it, or with pinning off, a new array."""
-    T._configure(d2h_direct_max=16 << 20, pin_results_min=1 << 20)
-    T._hostmem.results.release()
-    rng = np.random.default_rng(15)
-    big, small = random_array((300_000,), np.float64, rng), random_array((100_000,), np.float64, rng)
-    first = T.to_host(T.to_device(big))
-    assert same(first, big) and type(first.base).__name__ == "_Lease"
-    assert first.base._block.nbytes < 1.1 * big.nbytes  # 64 KiB steps below 16 MiB, not 2 MiB
-    address = first.ctypes.data
-    del first
-    again = T.to_host(T.to_device(big))
-    assert same(again, big) and again.ctypes.data == address  # the dropped result's block
-    out = T.to_host(T.to_device(small))
-    assert same(out, small) and out.base is None  # 800 KB: below 1 MiB
-    T._configure(pin_results_min=0)
-    plain = T.to_host(T.to_device(big))
-    assert same(plain, big) and plain.base is None
-
-
 # ---------------------------------------------------------------------------------------------
 # Pinning the caller's memory in place (cudaHostRegister), issue 14
 # ---------------------------------------------------------------------------------------------

@@ -332,8 +332,8 @@ def test_out_of_memory_frees_and_reraises():
 def test_failure_mid_copy_frees_and_leaves_source(direction, path, monkeypatch):
     if path == "staged" and T._parcopy is None:
         pytest.skip("the native copy pool is not built")
-    # Results never pinned: a 4 MiB result in a pinned kept block is one DMA, with no chunk to
-    # fail in (session 12: results from 1 MiB use kept blocks, pinned at their second use).
+    # Results never pinned: a result in a pinned kept block (where a tuning keeps 4 MiB results)
+    # is one DMA, with no chunk for the injected failure.
     old = T._configure(**TUNINGS[path], pin_results_min=0)
     try:
         _failure_mid_copy(direction, monkeypatch)

@@ -12,9 +12,8 @@ dies, the lease returns its block to the free list (through a queue: a result ca
 garbage collection that started inside this pool's locked code, whose lock its ``__del__`` must
 not wait for). Free blocks are bounded (``max_free_bytes``, an eighth of the memory the process
 may use, at most 8 GiB); beyond that the largest go back to the OS.
-``release()`` drops them all. Only arrays above the copy engine's direct-copy size use this, and
-from ``pin_results_min`` where kept blocks are pinned (``_transfer._kept_result``): below, the
-allocator's own free lists serve.
+``release()`` drops them all. Only arrays above the copy engine's direct-copy size use this:
+below it, the allocator's own free lists serve.
 
 The difference a user can see: the result's ``flags.owndata`` is False and ``result.resize()``
 in place raises (as for any view); everything else is that of a NumPy array.
@@ -44,17 +43,10 @@ import numpy as np
 from ._cores import usable_memory
 from ._pincache import lock_free_soon
 
-# Blocks are sized in whole steps (2 MiB; 64 KiB below 16 MiB, where a 2 MiB step could double a
-# 1 MiB result's memory), and a free block serves a request up to 25% (plus one step) smaller
-# than itself: results of one loop reuse each other without wasting much memory.
+# Blocks are sized in whole 2 MiB steps, and a free block serves a request up to 25% (plus one
+# step) smaller than itself: results of one loop reuse each other without wasting much memory.
 _STEP = 2 * 1024 * 1024
-_SMALL_STEP = 64 * 1024
-_SMALL = 16 * 1024 * 1024
 _SLACK = 1.25
-
-
-def _step(nbytes: int) -> int:
-    return _STEP if nbytes >= _SMALL else _SMALL_STEP
 
 
 def _default_max_free_bytes() -> int:
@@ -192,8 +184,7 @@ class HostBlocks:
         block = self._take(nbytes)
         fresh = block is None
         if block is None:
-            step = _step(nbytes)
-            block = np.empty(-(-max(nbytes, 1) // step) * step, np.uint8)
+            block = np.empty(-(-max(nbytes, 1) // _STEP) * _STEP, np.uint8)
             with self._locked():
                 self.allocated += 1
         elif (pin and self._pin is not None and block.nbytes >= self.pin_min_bytes
@@ -246,7 +237,7 @@ class HostBlocks:
                 self.pinned_bytes -= size
 
     def _take(self, nbytes: int) -> np.ndarray | None:
-        limit = nbytes * _SLACK + _step(nbytes)
+        limit = nbytes * _SLACK + _STEP
         with self._locked():
             for i, block in enumerate(self._free):
                 if block.nbytes >= nbytes:

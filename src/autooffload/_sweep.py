@@ -514,9 +514,15 @@ def smooth_upward_blips(xs: Sequence[float], ys: Sequence[float], noisy: Sequenc
     NumPy curves with the timer's noise tolerance (a lower NumPy time can only move a decision
     towards NumPy, the default); on the GPU's and the tier's with ``SPIKE_TOLERANCE`` only, since
     a lower time there moves decisions away from NumPy.
+
+    From the largest size down, so that each point is compared with a neighbour already
+    smoothed: in one pass upwards, two slow points in a row left the first one (session 12's H200
+    calibration: the tier's transcendental curve kept 5998 us at 1 MiB between 72 us at 512 KiB
+    and the 600 us put in place of a slow 2 MiB point, so the tier was predicted 29x slower there
+    than at 2 MiB; the shipped profile's notes).
     """
     ys, noisy = list(ys), list(noisy) or [False] * len(xs)
-    for i in range(len(xs) - 1):
+    for i in range(len(xs) - 2, -1, -1):
         if ys[i] <= ys[i + 1] * (1.0 + tolerance):
             continue
         if i == 0:

@@ -198,10 +198,14 @@ class _Tuning:
     # on the H200 a loop's later copies out then ran at 53.7-54.8 GB/s against 34.6-41.8 staged
     # (transfer-pinned-results.txt), and with the caller's arrays pinned too a streamed
     # Black-Scholes at 1e8 took 59.7 ms against 167 (h200-session7/streaming.txt, h200-unpinned/).
-    # From 1 MiB (session 10; 16 MiB before): a staged copy out made 10-16 GB/s on the H200
-    # (8 MiB: 10.8). Results from this size on use kept blocks even below the driver's
-    # direct-copy size (``_kept_result``; session 12: before, those were new arrays, copied out
-    # by the driver at CuPy's own rate).
+    # From 1 MiB (session 10; 16 MiB before): results only use kept blocks above the driver's
+    # direct-copy size, and there a staged copy out made 10-16 GB/s on the H200 (8 MiB: 10.8).
+    # Kept blocks from this size on (below the direct size too) took a loop's new 1 / 4 MiB
+    # results out at 9.6 / 26.7 GB/s against 6.2 / 11.4 (session 12, h200-session12/transfer.run4.md,
+    # transfer.run2.md), but were reverted: the pin-down cache does not take kept blocks in use
+    # (_pincache.owner_of stops at a result's lease), so such a result copied back in stayed
+    # unpinned where a plain array is pinned at its second copy; many small kept blocks also
+    # fill the bounded free list and pinned budget that large results need.
     pin_results_min: int = 1 * MiB
     # The caller's arrays whose memory is at least this many bytes take part in the pin-down
     # cache (_pincache.py, 0: never): once copies have moved ``pin_after_copies`` times an
@@ -1123,15 +1127,6 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
             hold.release()
 
 
-def _kept_result(t: _Tuning, nbytes: int) -> bool:
-    """Whether a device->host result of ``nbytes`` comes from the kept blocks (_hostmem.py):
-    above the driver's direct-copy size, and from ``pin_results_min`` where kept blocks are
-    pinned on reuse. Below the direct size only pinning pays: on the H200 (session 12,
-    benchmarks/results/h200-session12/transfer.run2.md) a new 1 / 4 MiB result came out at 6.2 / 11.4 GB/s (CuPy 6.8 / 11.8), into warm
-    memory at 13.2 / 28.3, and a DMA into pinned memory makes 34.7 / 47.4."""
-    return nbytes > t.d2h_direct_max or (bool(t.pin_results_min) and nbytes >= t.pin_results_min)
-
-
 def _results_pinned(t: _Tuning, contiguous: bool, host_c: np.ndarray, nbytes: int) -> bool:
     """Whether ``host_c`` lies in a kept result block that is pinned (and pinning is not paused)."""
     return (contiguous and bool(t.pin_results_min) and not getattr(_tls, "unpinned", False)
@@ -1262,7 +1257,7 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
         src_ptr = tmp.data.ptr
     fresh = False
     if out is None:
-        if _kept_result(t, dtype.itemsize * math.prod(shape)):
+        if dtype.itemsize * math.prod(shape) > t.d2h_direct_max:
             # Memory already faulted in, when kept (and pinned, when kept and pinning is on).
             out = _hostmem.results.empty(shape, dtype, order, pin=not getattr(_tls, "unpinned", False))
             fresh = out.base.fresh
