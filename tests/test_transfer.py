@@ -1028,6 +1028,37 @@ def test_reused_arrays_are_pinned_and_every_layout_round_trips_bit_exact(pin_reu
     assert T._pincache.cache.info()["pinned_bytes"] == sum(pin_reused.registered.values())
 
 
+def test_a_kept_result_copied_again_is_pinned_at_the_copy_pin_after_names(fake):
+    """The pin-down cache stops at a result's lease (_pincache.owner_of), so a result the program
+    keeps and copies back in is counted by its pool instead: pinned at the copy that brings the
+    bytes moved to pin_after times its size (the copy that made it included), then one DMA a
+    copy. Not with result pinning off, nor inside unpinned_copies."""
+    T._configure(pin_results_min=1 << 20, pin_after_copies=2)
+    T._hostmem.results.release()
+    h = random_array((300_000,), np.float64, np.random.default_rng(23))  # 2.4 MB: a kept block
+    r = T.to_host(T.to_device(h))
+    assert type(r.base).__name__ == "_Lease" and not T.pinned(r)
+    with T.unpinned_copies():
+        assert same(T.to_device(r).get(), h)
+    assert not T.pinned(r)  # not counted there
+    d = T.to_device(r)  # the second copy of its bytes: pinned, and this copy is one DMA
+    assert same(d.get(), h) and T.pinned(r) and fake.memcpys[-1] == (T._H2D, r.nbytes)
+    view = r[1000:200_000]  # a part of it, through a view: one DMA from the pinned block
+    assert same(T.to_device(view).get(), h[1000:200_000]) and fake.memcpys[-1] == (T._H2D, view.nbytes)
+    out = T.to_host(T.to_device(h[::-1].copy()), out=r)
+    assert out is r and same(r, h[::-1]) and fake.memcpys[-1] == (T._D2H, r.nbytes)
+    del r, view, out
+    T._configure(pin_results_min=0)  # pinning of results off: counted no more
+    r = T.to_host(T.to_device(h))
+    for _ in range(3):
+        T.to_device(r)
+    assert not T.pinned(r)
+    del r
+    T._hostmem.results.release()
+    T._pincache.cache.release()  # h itself, copied in again and again
+    assert not fake.registered, "a kept block stayed pinned after release"
+
+
 def test_a_pinned_copy_is_one_dma_and_uses_no_staging_buffer(pin_reused, monkeypatch):
     fake = pin_reused
     h = random_array((300_000,), np.float64, np.random.default_rng(22))

@@ -25,7 +25,9 @@ A copy into a result there is one DMA (55 GB/s on the H200) and no host copy at 
 staged path copies every byte once more through host memory: that copy is what the streamed
 pipeline's copies in and out compete for (streaming.txt: streamed 1.7-2.9x its slowest stage).
 Only reused blocks are pinned: a loop's second result pays the pinning (or the result the copy
-tuning's ``pin_after_copies`` names), every later one gains.
+tuning's ``pin_after_copies`` names), every later one gains; and a block whose result is copied
+again, in or out (``copied``: the pin-down cache of the caller's arrays stops at a result's
+lease), at the copy that moves ``pin_after_copies`` times its bytes, the one that made it included.
 At most ``max_pinned_bytes`` are pinned; a block is unpinned before it goes back to the OS.
 """
 
@@ -56,12 +58,13 @@ def _default_max_free_bytes() -> int:
 class _Lease:
     """The ``base`` of a handed-out result: returns the block to its pool when the result dies."""
 
-    __slots__ = ("__array_interface__", "_block", "_pool", "fresh")
+    __slots__ = ("__array_interface__", "_block", "_pool", "fresh", "nbytes")
 
     def __init__(self, block: np.ndarray, pool: "HostBlocks", shape: tuple, dtype: np.dtype, order: str, fresh: bool):
         self._block = block
         self._pool = pool
         self.fresh = fresh  # new memory, its pages not faulted in yet (not a kept block)
+        self.nbytes = dtype.itemsize * int(np.prod(shape))  # the result's bytes (its block may be larger)
         strides: tuple[int, ...] | None = None
         if order == "F" and len(shape) > 1:
             steps: list[int] = []
@@ -99,6 +102,8 @@ class HostBlocks:
         self.pin_after = 2  # a block is pinned at this use of it (the first: its allocation)
         # Uses of each kept block so far, by address (while it is kept or in use).
         self._uses: dict[int, int] = {}
+        # Bytes copies moved in or out of each block a result holds now (``copied``), by address.
+        self._moved: dict[int, int] = {}
         self.max_pinned_bytes = self.max_free_bytes
         self._pinned: dict[int, int] = {}  # block address -> bytes, page-locked
         # The same as sorted (starts, ends), replaced whole under the lock at every change and
@@ -159,6 +164,7 @@ class HostBlocks:
         self.pinned_bytes = 0
         self._returned.clear()
         self._uses.clear()
+        self._moved.clear()
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned block (blocks never overlap:
@@ -191,6 +197,32 @@ class HostBlocks:
               and self._uses.get(block.ctypes.data, 1) >= self.pin_after):
             self._pin_block(block)
         return np.asarray(_Lease(block, self, tuple(shape), dtype, order, fresh))
+
+    def copied(self, a: np.ndarray) -> bool:
+        """A copy moved ``a``'s bytes (the copy engine tells, for contiguous copies from 1 MiB
+        that the pin-down cache does not take). Where ``a`` lies in a kept block a result holds
+        now, they are counted, and the block is pinned at the copy that brings them to
+        ``pin_after`` times the result's size, the copy that made the result included: a result
+        the program keeps and copies back in (weights computed once, then passed to every call)
+        is pinned as an array that owns its memory is (_pincache.py, which stops at a result's
+        lease). True when ``a``'s block is pinned now."""
+        if self._pin is None:
+            return False
+        lease = _lease_of(a)
+        if lease is None:
+            return False
+        block = lease._block
+        if block.nbytes < self.pin_min_bytes:
+            return False
+        address = block.ctypes.data
+        with self._locked():
+            if address in self._pinned:
+                return True
+            moved = self._moved[address] = self._moved.get(address, 0) + a.nbytes
+            due = moved >= self.pin_after * lease.nbytes
+        if due:
+            self._pin_block(block)
+        return self.is_pinned(a.ctypes.data, a.nbytes)
 
     def _pin_block(self, block: np.ndarray) -> None:
         address = block.ctypes.data
@@ -270,6 +302,7 @@ class HostBlocks:
         drop: list[np.ndarray] = []
         while self._returned:
             block = self._returned.popleft()
+            self._moved.pop(block.ctypes.data, None)  # counted for the result that held it
             if block.nbytes > self.max_free_bytes:
                 drop.append(block)
                 continue
@@ -311,6 +344,21 @@ class HostBlocks:
             return {"free_blocks": len(self._free), "free_bytes": self._free_bytes,
                     "max_free_bytes": self.max_free_bytes, "reused": self.reused, "allocated": self.allocated,
                     "pinned_blocks": len(self._pinned), "pinned_bytes": self.pinned_bytes}
+
+
+def _lease_of(a: np.ndarray) -> _Lease | None:
+    """The lease of the kept block ``a`` lies in (``a`` a result or a view of one), or None."""
+    base = a.base
+    for _ in range(64):
+        if type(base) is _Lease:
+            return base
+        if isinstance(base, np.ndarray):
+            base = base.base
+        elif isinstance(base, memoryview):
+            base = base.obj
+        else:
+            return None
+    return None
 
 
 def _size(block: np.ndarray) -> int:

@@ -202,10 +202,10 @@ class _Tuning:
     # direct-copy size, and there a staged copy out made 10-16 GB/s on the H200 (8 MiB: 10.8).
     # Kept blocks from this size on (below the direct size too) took a loop's new 1 / 4 MiB
     # results out at 9.6 / 26.7 GB/s against 6.2 / 11.4 (session 12, h200-session12/transfer.run4.md,
-    # transfer.run2.md), but were reverted: the pin-down cache does not take kept blocks in use
-    # (_pincache.owner_of stops at a result's lease), so such a result copied back in stayed
-    # unpinned where a plain array is pinned at its second copy; many small kept blocks also
-    # fill the bounded free list and pinned budget that large results need.
+    # transfer.run2.md), but were reverted: a kept result copied back in stayed unpinned, where
+    # a plain array is pinned at its second copy (the pin-down cache stops at a result's lease;
+    # kept blocks in use are now counted and pinned by their pool: _hostmem.HostBlocks.copied),
+    # and many small kept blocks fill the bounded free list and pinned budget large results need.
     pin_results_min: int = 1 * MiB
     # The caller's arrays whose memory is at least this many bytes take part in the pin-down
     # cache (_pincache.py, 0: never): once copies have moved ``pin_after_copies`` times an
@@ -1101,9 +1101,18 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
     try:
         # Inside unpinned_copies nothing is the cache's to copy, as when it declines (a lower
         # threshold than when it pinned): then memory it has pinned is staged, never the driver's.
-        hold = None if getattr(_tls, "unpinned", False) else _pincache.cache.hold(host_c)
+        unpinned = getattr(_tls, "unpinned", False)
+        hold = None if unpinned else _pincache.cache.hold(host_c)
         if hold is None:
-            return _STAGED_ONLY if _pincache.cache.registered(host_c) else _ANY_PATH
+            if _pincache.cache.registered(host_c):
+                return _STAGED_ONLY
+            if unpinned or host_c.nbytes < _pincache.COUNT_MIN_BYTES or not _hostmem.results.copied(host_c):
+                return _ANY_PATH
+            # A kept result copied again, its block pinned now (_hostmem.HostBlocks.copied): one DMA.
+            host_ptr = array_address(host_c)
+            dst, src = (dev_ptr, host_ptr) if kind == _H2D else (host_ptr, dev_ptr)
+            _dma_pinned(cp, dst, src, host_c.nbytes, kind, stream)
+            return _COPIED
         if hold is _pincache.IN_TRANSITION:
             return _STAGED_ONLY
         if not hold.pin():
