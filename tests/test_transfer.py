@@ -1059,6 +1059,62 @@ def test_a_kept_result_copied_again_is_pinned_at_the_copy_pin_after_names(fake):
     assert not fake.registered, "a kept block stayed pinned after release"
 
 
+def test_a_kept_result_refused_pinning_is_not_tried_again_while_held(fake):
+    T._configure(pin_results_min=1 << 20, pin_after_copies=2)
+    pool = T._hostmem.results
+    pool.release()
+    h = random_array((300_000,), np.float64, np.random.default_rng(24))
+    r = T.to_host(T.to_device(h))
+    block = r.base._block
+    fake.registered[block.ctypes.data] = block.nbytes  # registered by someone else: the pin is refused
+    attempts = []
+    real = pool._pin
+    pool._pin = lambda address, n: attempts.append(address) or real(address, n)
+    try:
+        for _ in range(5):
+            assert same(T.to_device(r).get(), h)
+    finally:
+        pool._pin = real
+        del fake.registered[block.ctypes.data]
+    assert len(attempts) == 1 and not T.pinned(r)
+    del r
+    pool.release()
+    T._pincache.cache.release()
+
+
+def test_a_copy_of_a_kept_result_being_pinned_by_another_thread_is_staged(fake):
+    """While one thread registers a result's block, another thread's copy of it must not be one
+    DMA: the registration may still fail (here: a piece of it pinned in place by a third copy,
+    with the register path on), and a DMA over unregistered memory crossing that piece's edge is
+    refused by the driver (found in review)."""
+    T._configure(pin_results_min=1 << 20, pin_after_copies=2, h2d_register_min=1 << 20, register_chunk_bytes=1 << 20)
+    pool = T._hostmem.results
+    pool.release()
+    h = random_array((600_000,), np.float64, np.random.default_rng(25))
+    r = T.to_host(T.to_device(h))
+    block = r.base._block.ctypes.data
+    piece = T.plan_contiguous(block, r.nbytes, 1 << 20)[0]
+    fake.registered[block + piece.offset] = piece.nbytes  # a third copy's piece, pinned in place now
+    go, entered = threading.Event(), threading.Event()
+    real = pool._pin
+    pool._pin = lambda address, n: (entered.set(), go.wait(), real(address, n))[2]
+    results = {}
+    pinning = threading.Thread(target=lambda: results.setdefault("pinning", T.to_device(r)))
+    pinning.start()
+    entered.wait()
+    try:
+        assert same(T.to_device(r).get(), h)  # staged meanwhile
+    finally:
+        go.set()
+        pinning.join()
+        pool._pin = real
+        del fake.registered[block + piece.offset]
+    assert same(results["pinning"].get(), h) and not T.pinned(r)  # its pin refused: the piece overlaps
+    del r
+    pool.release()
+    T._pincache.cache.release()
+
+
 def test_a_pinned_copy_is_one_dma_and_uses_no_staging_buffer(pin_reused, monkeypatch):
     fake = pin_reused
     h = random_array((300_000,), np.float64, np.random.default_rng(22))

@@ -24,10 +24,11 @@ Pinned kept blocks (``configure_pinning``; the copy engine turns it on from its 
 A copy into a result there is one DMA (55 GB/s on the H200) and no host copy at all, where the
 staged path copies every byte once more through host memory: that copy is what the streamed
 pipeline's copies in and out compete for (streaming.txt: streamed 1.7-2.9x its slowest stage).
-Only reused blocks are pinned: a loop's second result pays the pinning (or the result the copy
+Blocks are pinned when reused: a loop's second result pays the pinning (or the result the copy
 tuning's ``pin_after_copies`` names), every later one gains; and a block whose result is copied
 again, in or out (``copied``: the pin-down cache of the caller's arrays stops at a result's
-lease), at the copy that moves ``pin_after_copies`` times its bytes, the one that made it included.
+lease), at the copy that moves ``pin_after_copies`` (at least 2) times its bytes, the one that
+made it included.
 At most ``max_pinned_bytes`` are pinned; a block is unpinned before it goes back to the OS.
 """
 
@@ -43,7 +44,7 @@ from typing import Callable
 import numpy as np
 
 from ._cores import usable_memory
-from ._pincache import lock_free_soon
+from ._pincache import IN_TRANSITION, lock_free_soon
 
 # Blocks are sized in whole 2 MiB steps, and a free block serves a request up to 25% (plus one
 # step) smaller than itself: results of one loop reuse each other without wasting much memory.
@@ -102,8 +103,12 @@ class HostBlocks:
         self.pin_after = 2  # a block is pinned at this use of it (the first: its allocation)
         # Uses of each kept block so far, by address (while it is kept or in use).
         self._uses: dict[int, int] = {}
-        # Bytes copies moved in or out of each block a result holds now (``copied``), by address.
+        # Bytes copies moved in or out of each block a result holds now (``copied``), by address;
+        # such blocks whose pinning was refused or found no room (not tried again while held);
+        # and blocks claimed for pinning whose registration is not done yet (``ready``).
         self._moved: dict[int, int] = {}
+        self._declined: set[int] = set()
+        self._registering: set[int] = set()
         self.max_pinned_bytes = self.max_free_bytes
         self._pinned: dict[int, int] = {}  # block address -> bytes, page-locked
         # The same as sorted (starts, ends), replaced whole under the lock at every change and
@@ -165,6 +170,8 @@ class HostBlocks:
         self._returned.clear()
         self._uses.clear()
         self._moved.clear()
+        self._declined.clear()
+        self._registering.clear()
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned block (blocks never overlap:
@@ -198,31 +205,56 @@ class HostBlocks:
             self._pin_block(block)
         return np.asarray(_Lease(block, self, tuple(shape), dtype, order, fresh))
 
-    def copied(self, a: np.ndarray) -> bool:
+    def ready(self, address: int, nbytes: int) -> bool:
+        """Whether [address, address + nbytes) lies in one pinned block whose registration is done,
+        so that a copy may be one DMA (``is_pinned`` also counts a block being pinned: where a
+        direct copy must wait, that is the safe answer). Locks only where ``is_pinned`` holds."""
+        starts, ends = self._spans
+        i = bisect.bisect_right(starts, address) - 1
+        if i < 0 or address + nbytes > ends[i]:
+            return False
+        with self._lock:
+            return starts[i] in self._pinned and starts[i] not in self._registering
+
+    def copied(self, a: np.ndarray) -> "bool | object":
         """A copy moved ``a``'s bytes (the copy engine tells, for contiguous copies from 1 MiB
-        that the pin-down cache does not take). Where ``a`` lies in a kept block a result holds
-        now, they are counted, and the block is pinned at the copy that brings them to
-        ``pin_after`` times the result's size, the copy that made the result included: a result
-        the program keeps and copies back in (weights computed once, then passed to every call)
-        is pinned as an array that owns its memory is (_pincache.py, which stops at a result's
-        lease). True when ``a``'s block is pinned now."""
+        that the pin-down cache does not take, it stops at a result's lease). Where ``a`` lies in
+        a kept block a result of this pool holds now, they are counted, and the block is pinned
+        at the copy that brings them to ``pin_after`` (``max(2, pin_after_copies)``) times the
+        result's size, the copy that made the result included: so a result the program keeps
+        and copies back in (weights computed once, then passed to every call) is pinned at its
+        second copy, as an array that owns its memory is (_pincache.py). A block whose pinning
+        was refused or found no room within ``max_pinned_bytes`` is not tried again while that
+        result holds it (nothing pinned is unpinned to make room). Returns True when the block
+        is pinned and registered now (the copy may be one DMA), ``IN_TRANSITION`` while another
+        thread pins it (the copy must be staged), else False."""
         if self._pin is None:
             return False
         lease = _lease_of(a)
-        if lease is None:
+        if lease is None or lease._pool is not self:
             return False
         block = lease._block
         if block.nbytes < self.pin_min_bytes:
             return False
         address = block.ctypes.data
         with self._locked():
+            if address in self._registering:
+                return IN_TRANSITION
             if address in self._pinned:
                 return True
+            if address in self._declined:
+                return False
             moved = self._moved[address] = self._moved.get(address, 0) + a.nbytes
-            due = moved >= self.pin_after * lease.nbytes
-        if due:
-            self._pin_block(block)
-        return self.is_pinned(a.ctypes.data, a.nbytes)
+            if moved < self.pin_after * lease.nbytes:
+                return False
+        self._pin_block(block)
+        with self._locked():
+            if address in self._registering:
+                return IN_TRANSITION  # another thread claimed it first
+            if address in self._pinned:
+                return True
+            self._declined.add(address)
+            return False
 
     def _pin_block(self, block: np.ndarray) -> None:
         address = block.ctypes.data
@@ -230,6 +262,7 @@ class HostBlocks:
             pin = self._pin
             if pin is None or address in self._pinned or self.pinned_bytes + block.nbytes > self.max_pinned_bytes:
                 return
+            self._registering.add(address)  # before the span is published: see ready()
             self._pinned[address] = block.nbytes  # claimed: another thread will not pin it too
             self._reindex()
             self.pinned_bytes += block.nbytes
@@ -244,11 +277,12 @@ class HostBlocks:
                     self._unpin(address)
                 except BaseException:  # noqa: BLE001 - nothing was registered
                     pass
-            if not ok:
-                with self._locked():
+            with self._locked():
+                if not ok:
                     del self._pinned[address]
                     self._reindex()
                     self.pinned_bytes -= block.nbytes
+                self._registering.discard(address)
 
     def _unpin_block(self, block: np.ndarray) -> None:
         """Unpin ``block`` if it is pinned (it is about to go back to the OS). ``pinned_bytes``
@@ -303,6 +337,7 @@ class HostBlocks:
         while self._returned:
             block = self._returned.popleft()
             self._moved.pop(block.ctypes.data, None)  # counted for the result that held it
+            self._declined.discard(block.ctypes.data)
             if block.nbytes > self.max_free_bytes:
                 drop.append(block)
                 continue
@@ -357,7 +392,10 @@ def _lease_of(a: np.ndarray) -> _Lease | None:
         elif isinstance(base, memoryview):
             base = base.obj
         else:
-            return None
+            nxt = getattr(base, "base", None)  # e.g. as_strided's holder, as _pincache.owner_of follows
+            if nxt is None or nxt is base:
+                return None
+            base = nxt
     return None
 
 

@@ -52,7 +52,8 @@ How (engine ``pinned-pipeline-v4``):
   16 MiB until session 10):
   the caller's own arrays once copies have moved ``pin_after_copies`` (2) times their bytes (``pin_reused_min``,
   ``_pincache.py``: the owning array's whole buffer as one registration, unpinned when it dies)
-  and kept result blocks when handed out again (``pin_results_min``, _hostmem.py). A copy of
+  and kept result blocks when handed out again, or when copies have moved that many times their
+  result's bytes (``pin_results_min``, _hostmem.py). A copy of
   pinned memory is one DMA, no host copy. On the H200 (session 7, with the first form of the
   cache, which pinned 64 MiB units: benchmarks/results/h200-session7/transfer.md) 64 MiB-4 GiB moved in
   at 46.8-54.6 GB/s and out into the same array at 48.6-54.8, against 24.2-42.7 / 34.4-45.9
@@ -1092,8 +1093,10 @@ _COPIED, _ANY_PATH, _STAGED_ONLY = "copied", "any path", "staged only"
 
 
 def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.ndarray, stream: Any, t: _Tuning) -> str:
-    """The caller's C-contiguous ``host_c`` through the pin-down cache (_pincache.py): where its
-    owner is pinned (or this copy pins it now), one DMA, waited for: ``_COPIED``. Otherwise
+    """The caller's C-contiguous ``host_c`` through the pin-down cache (_pincache.py), or, for
+    memory of a kept result, which that cache does not take, its pool's count
+    (_hostmem.HostBlocks.copied): where its memory is pinned (or this copy pins it now), one
+    DMA, waited for: ``_COPIED``. Otherwise
     nothing is copied, and the answer says how the engine may: ``_ANY_PATH`` (its owner is not
     pinned; the copy was counted; also inside ``unpinned_copies``) or ``_STAGED_ONLY``."""
     hold = None
@@ -1106,7 +1109,10 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
         if hold is None:
             if _pincache.cache.registered(host_c):
                 return _STAGED_ONLY
-            if unpinned or host_c.nbytes < _pincache.COUNT_MIN_BYTES or not _hostmem.results.copied(host_c):
+            state = False if unpinned or host_c.nbytes < _pincache.COUNT_MIN_BYTES else _hostmem.results.copied(host_c)
+            if state is _pincache.IN_TRANSITION:
+                return _STAGED_ONLY  # a kept result another thread is pinning now
+            if not state:
                 return _ANY_PATH
             # A kept result copied again, its block pinned now (_hostmem.HostBlocks.copied): one DMA.
             host_ptr = array_address(host_c)
@@ -1139,7 +1145,7 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
 def _results_pinned(t: _Tuning, contiguous: bool, host_c: np.ndarray, nbytes: int) -> bool:
     """Whether ``host_c`` lies in a kept result block that is pinned (and pinning is not paused)."""
     return (contiguous and bool(t.pin_results_min) and not getattr(_tls, "unpinned", False)
-            and _hostmem.results.is_pinned(array_address(host_c), nbytes))
+            and _hostmem.results.ready(array_address(host_c), nbytes))
 
 
 def _dma_pinned(cp: Any, dst: int, src: int, nbytes: int, kind: int, stream: Any) -> None:
