@@ -15,6 +15,10 @@ may use, at most 8 GiB); beyond that the largest go back to the OS.
 ``release()`` drops them all. Only arrays above the copy engine's direct-copy size use this:
 below it, the allocator's own free lists serve.
 
+A hand-out and give-back costs ~5.6 us of Python on the 2-core VM (tools/kept_result_cost.py;
+18 us while each block's address was read through ``ndarray.ctypes``, ~1 us a time, five times a
+round trip: benchmarks/results/cpu-vm/kept-result-cost.session12.txt).
+
 The difference a user can see: the result's ``flags.owndata`` is False and ``result.resize()``
 in place raises (as for any view); everything else is that of a NumPy array.
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 import os
 import threading
 from collections import deque
@@ -43,6 +48,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._address import array_address
 from ._cores import usable_memory
 from ._pincache import IN_TRANSITION, lock_free_soon
 
@@ -65,7 +71,7 @@ class _Lease:
         self._block = block
         self._pool = pool
         self.fresh = fresh  # new memory, its pages not faulted in yet (not a kept block)
-        self.nbytes = dtype.itemsize * int(np.prod(shape))  # the result's bytes (its block may be larger)
+        self.nbytes = dtype.itemsize * math.prod(shape)  # the result's bytes (its block may be larger)
         strides: tuple[int, ...] | None = None
         if order == "F" and len(shape) > 1:
             steps: list[int] = []
@@ -76,7 +82,7 @@ class _Lease:
             strides = tuple(steps)
         self.__array_interface__ = {
             "version": 3, "shape": shape, "typestr": dtype.str, "descr": dtype.descr,
-            "data": (block.ctypes.data, False), "strides": strides,
+            "data": (array_address(block), False), "strides": strides,
         }
 
     def __del__(self) -> None:
@@ -154,8 +160,8 @@ class HostBlocks:
         pinning is on they are pinned again when handed out again. Also before a fork: see
         ``_before_fork``."""
         with self._locked():
-            idle = [b for b in self._free if b.ctypes.data in self._pinned]
-            self._free = [b for b in self._free if b.ctypes.data not in self._pinned]
+            idle = [b for b in self._free if array_address(b) in self._pinned]
+            self._free = [b for b in self._free if array_address(b) not in self._pinned]
             self._free_bytes -= sum(b.nbytes for b in idle)
         self._unpin_then_keep(idle, [])
         with self._locked():
@@ -201,7 +207,8 @@ class HostBlocks:
             with self._locked():
                 self.allocated += 1
         elif (pin and self._pin is not None and block.nbytes >= self.pin_min_bytes
-              and self._uses.get(block.ctypes.data, 1) >= self.pin_after):
+              and array_address(block) not in self._pinned  # (checked again under the lock)
+              and self._uses.get(array_address(block), 1) >= self.pin_after):
             self._pin_block(block)
         return np.asarray(_Lease(block, self, tuple(shape), dtype, order, fresh))
 
@@ -236,7 +243,7 @@ class HostBlocks:
         block = lease._block
         if block.nbytes < self.pin_min_bytes:
             return False
-        address = block.ctypes.data
+        address = array_address(block)
         with self._locked():
             if address in self._registering:
                 return IN_TRANSITION
@@ -257,7 +264,7 @@ class HostBlocks:
             return False
 
     def _pin_block(self, block: np.ndarray) -> None:
-        address = block.ctypes.data
+        address = array_address(block)
         with self._locked():
             pin = self._pin
             if pin is None or address in self._pinned or self.pinned_bytes + block.nbytes > self.max_pinned_bytes:
@@ -288,7 +295,7 @@ class HostBlocks:
         """Unpin ``block`` if it is pinned (it is about to go back to the OS). ``pinned_bytes``
         drops only once it is unpinned: until then a direct copy from it may be asynchronous
         (the copy engine waits while any block is pinned)."""
-        address = block.ctypes.data
+        address = array_address(block)
         with self._locked():
             size = self._pinned.pop(address, None)  # claimed: no copy takes it as pinned now
             if size is None:
@@ -312,7 +319,7 @@ class HostBlocks:
                     del self._free[i]
                     self._free_bytes -= block.nbytes
                     self.reused += 1
-                    address = block.ctypes.data
+                    address = array_address(block)
                     self._uses[address] = self._uses.get(address, 1) + 1
                     return block
         return None
@@ -336,12 +343,13 @@ class HostBlocks:
         drop: list[np.ndarray] = []
         while self._returned:
             block = self._returned.popleft()
-            self._moved.pop(block.ctypes.data, None)  # counted for the result that held it
-            self._declined.discard(block.ctypes.data)
+            address = array_address(block)
+            self._moved.pop(address, None)  # counted for the result that held it
+            self._declined.discard(address)
             if block.nbytes > self.max_free_bytes:
                 drop.append(block)
                 continue
-            if self._pin is None and block.ctypes.data in self._pinned:
+            if self._pin is None and address in self._pinned:
                 keep.append(block)  # into the free list once unpinned: never handed out pinned meanwhile
                 continue
             self._free.insert(bisect.bisect_left(self._free, block.nbytes, key=_size), block)
@@ -357,7 +365,7 @@ class HostBlocks:
         the OS, or to a result, still pinned; it is raised once all are done."""
         interrupt: BaseException | None = None
         for block in drop:
-            self._uses.pop(block.ctypes.data, None)  # its address may serve a new block later
+            self._uses.pop(array_address(block), None)  # its address may serve a new block later
         for block in (*keep, *drop):
             try:
                 self._unpin_block(block)
