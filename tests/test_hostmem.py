@@ -354,3 +354,13 @@ def test_before_a_fork_idle_kept_blocks_are_unpinned_and_pinned_again_when_hande
     gc.collect()
     pool.release()
     assert not pins.pinned
+
+
+def test_a_shape_of_numpy_integers_is_counted_without_overflow():
+    """int8 * int8 overflows at 128: a shape given as NumPy integers is counted in Python ints
+    (found in review: a block smaller than the array made over it)."""
+    pool = HostBlocks(max_free_bytes=1 << 26)
+    a = pool.empty((np.int8(100), np.int8(100)), np.uint8)
+    assert a.shape == (100, 100) and a.base._block.nbytes >= a.nbytes == 10_000 == a.base.nbytes
+    a[...] = 7  # every byte inside the block
+    assert int(a.sum()) == 70_000

@@ -15,9 +15,11 @@ may use, at most 8 GiB); beyond that the largest go back to the OS.
 ``release()`` drops them all. Only arrays above the copy engine's direct-copy size use this:
 below it, the allocator's own free lists serve.
 
-A hand-out and give-back costs ~5.6 us of Python on the 2-core VM (tools/kept_result_cost.py;
-18 us while each block's address was read through ``ndarray.ctypes``, ~1 us a time, five times a
-round trip: benchmarks/results/cpu-vm/kept-result-cost.session12.txt).
+A hand-out and give-back costs ~5.6 us of Python on the 2-core VM with the C extension built
+(tools/kept_result_cost.py; 18 us while each block's address was read through ``ndarray.ctypes``,
+~1 us a time, six times a round trip, a lease's bytes were counted with ``np.prod``, ~3 us, and a
+pinned block handed out again took the lock to find it pinned:
+benchmarks/results/cpu-vm/kept-result-cost.session12.txt).
 
 The difference a user can see: the result's ``flags.owndata`` is False and ``result.resize()``
 in place raises (as for any view); everything else is that of a NumPy array.
@@ -41,6 +43,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import math
+import operator
 import os
 import threading
 from collections import deque
@@ -197,6 +200,7 @@ class HostBlocks:
 
         ``result.base.fresh`` tells whether the memory is new (no kept block fitted)."""
         dtype = np.dtype(dtype)
+        shape = tuple(map(operator.index, shape))  # Python ints: NumPy integers would overflow below
         nbytes = dtype.itemsize
         for n in shape:
             nbytes *= n
