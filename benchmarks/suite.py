@@ -783,13 +783,7 @@ def quiet_compiler(row: dict, max_s: float = 60.0) -> None:
     to end before the columns are timed: one holds the GIL for much of its 0.3-5 s, and on the
     2-core VM a row timed meanwhile ran 2x slower in every column that needs Python (percentiles
     at 1e4: 1.1-1.4x NumPy alone, 1.8-2.5x within the whole suite)."""
-    from autooffload import backends
-
-    start = time.perf_counter()
-    tier = backends.module("numba")
-    while tier.compiling_now() and time.perf_counter() - start < max_s:
-        time.sleep(0.01)
-    waited = time.perf_counter() - start
+    waited = B.wait_for_tier_compiles(max_s)
     row["compile_s"] = row.get("compile_s", 0.0) + waited
     if waited > 0.05:
         row["notes"].append(f"waited {waited:.1f} s for a background compilation to end before timing")
