@@ -134,27 +134,6 @@ class Hold:
             self.cache._release(self.entry)
 
 
-class _Locked:
-    """``PinCache._locked()``: holds no state of its own use, so one serves every thread."""
-
-    __slots__ = ("_cache",)
-
-    def __init__(self, cache: "PinCache"):
-        self._cache = cache
-
-    def __enter__(self) -> None:
-        cache = self._cache
-        cache._lock.acquire()
-        try:
-            cache._bury_dead()
-        except BaseException:
-            cache._lock.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self._cache._lock.release()
-
-
 class PinCache:
     """Registrations of owners (see the module docstring); one per process: ``cache``."""
 
@@ -180,17 +159,15 @@ class PinCache:
         self.generation = 0
         self.pins = 0  # owners pinned so far (diagnostics, tests)
         self.unpins = 0
-        self._locked_cm = _Locked(self)
-
-    def _locked(self) -> "_Locked":
-        """The lock, with what owners that died left behind settled first (a context manager of
-        its own: contextlib's generator form cost ~0.7-1.7 us of a 4.0-5.2 us first count of a
-        new array on the 2-core VM, benchmarks/results/cpu-vm/pincache-first-count.session12.txt;
-        every copy of 1 MiB or more takes it)."""
-        return self._locked_cm
 
     def _bury_dead(self) -> None:
-        """Under the lock: what owners that died left behind (their callback unpinned them)."""
+        """First thing under the lock: what owners that died left behind (their callback unpinned
+        them). Each locked region is ``with self._lock:`` then this: contextlib's generator form
+        of the two made a first count of a new array 3.9-6.3 us on the 2-core VM against 2.7-3.6
+        (benchmarks/results/cpu-vm/pincache-first-count.session12.txt), and every copy of 1 MiB
+        or more takes the lock; a context manager written in Python instead could be left
+        holding the lock by a Ctrl-C between its acquire and its try, and after a fork in a
+        locked region would release the child's new lock (found in review)."""
         while self._dead:
             key, entry, unpinned = self._dead.popleft()
             if self._owners.get(key) is entry:
@@ -208,7 +185,8 @@ class PinCache:
         what is in use is unpinned when its copy ends), pinning with ``pin(address, nbytes) ->
         pinned?`` once copies moved ``pin_after`` (at least 2) times an owner's bytes, and
         unpinning with ``unpin(address)``."""
-        with self._locked():
+        with self._lock:
+            self._bury_dead()
             self.min_bytes = int(min_bytes) if pin is not None and min_bytes > 0 else 0
             self.pin_after = max(PIN_AFTER, float(pin_after))
             self._pin = pin
@@ -239,7 +217,8 @@ class PinCache:
         if owner is None or owner.nbytes < max(self.min_bytes, 1):
             return None
         key = id(owner)
-        with self._locked():
+        with self._lock:
+            self._bury_dead()
             entry = self._owners.get(key)
             if entry is not None and entry.ref() is not owner:
                 entry = None  # a dead owner's id, reused before its callback was buried: cannot be
@@ -268,7 +247,8 @@ class PinCache:
 
     def _pin_owner(self, entry: _Owner) -> bool:
         evict: list[tuple[_Owner, object]] = []  # (owner's entry, the owner: alive until unpinned)
-        with self._locked():
+        with self._lock:
+            self._bury_dead()
             pin = self._pin
             room = self.max_pinned_bytes - self.pinned_bytes
             if pin is not None and entry.nbytes <= self.max_pinned_bytes and room < entry.nbytes:
@@ -297,7 +277,8 @@ class PinCache:
             self._unpin_all(evict)
         except BaseException:  # Ctrl-C while unpinning what made room: give the claimed room back
             if ok_to_try:
-                with self._locked():
+                with self._lock:
+                    self._bury_dead()
                     self.pinned_bytes -= entry.nbytes
                     self.active -= 1
                     entry.state = "seen"
@@ -319,7 +300,8 @@ class PinCache:
                     self._unpin(entry.address)
                 except BaseException:  # noqa: BLE001 - nothing was registered
                     pass
-            with self._locked():
+            with self._lock:
+                self._bury_dead()
                 if ok and entry.state == "pinning":
                     self.generation += 1
                     entry.state = "pinned"
@@ -335,7 +317,8 @@ class PinCache:
 
     def _release(self, entry: _Owner) -> None:
         unpin_now = False
-        with self._locked():
+        with self._lock:
+            self._bury_dead()
             entry.holds -= 1
             if entry.state == "pinning" and entry.holds == 0:  # claimed but never pinned (the copy failed first)
                 entry.state = "seen"
@@ -394,7 +377,8 @@ class PinCache:
                     unpin(entry.address)
             except BaseException as exc:  # noqa: BLE001 - finish the others first
                 interrupt = interrupt or exc
-        with self._locked():
+        with self._lock:
+            self._bury_dead()
             self.unpins += len(entries)
             self.active -= len(entries)
             for item in entries:
@@ -407,7 +391,8 @@ class PinCache:
     def release(self) -> None:
         """Unpin every owner no copy is using now; they start counting again."""
         evict: list[tuple[_Owner, object]] = []  # the owners kept alive until unpinned
-        with self._locked():
+        with self._lock:
+            self._bury_dead()
             for key, entry in list(self._lru.items()):
                 alive = entry.ref()
                 if alive is not None and entry.holds == 0 and self._pinned.pop(key, None) is entry:
@@ -440,12 +425,14 @@ class PinCache:
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned owner (diagnostics, tests)."""
-        with self._locked():
+        with self._lock:
+            self._bury_dead()
             return any(e.address <= address and address + nbytes <= e.address + e.nbytes
                        for e in self._lru.values() if e.state == "pinned")
 
     def info(self) -> dict[str, int]:
-        with self._locked():
+        with self._lock:
+            self._bury_dead()
             return {"owners": len(self._owners), "pinned_owners": len(self._lru), "pinned_bytes": self.pinned_bytes,
                     "max_pinned_bytes": self.max_pinned_bytes, "pins": self.pins, "unpins": self.unpins,
                     "active": self.active, "min_bytes": self.min_bytes}
