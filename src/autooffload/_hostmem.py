@@ -53,7 +53,7 @@ import numpy as np
 
 from ._address import array_address
 from ._cores import usable_memory
-from ._pincache import IN_TRANSITION, lock_free_soon
+from ._pincache import IN_TRANSITION, chain_end, lock_free_soon
 
 # Blocks are sized in whole 2 MiB steps, and a free block serves a request up to 25% (plus one
 # step) smaller than itself: results of one loop reuse each other without wasting much memory.
@@ -183,11 +183,15 @@ class HostBlocks:
         self._registering.clear()
 
     def is_pinned(self, address: int, nbytes: int) -> bool:
-        """Whether [address, address + nbytes) lies in one pinned block (blocks never overlap:
-        only the last one starting at or below ``address`` can hold it)."""
+        """Whether [address, address + nbytes) lies in one pinned block."""
+        return self._pinned_block_at(address, nbytes) is not None
+
+    def _pinned_block_at(self, address: int, nbytes: int) -> int | None:
+        """The address of the pinned block [address, address + nbytes) lies in, or None (blocks
+        never overlap: only the last one starting at or below ``address`` can hold it)."""
         starts, ends = self._spans
         i = bisect.bisect_right(starts, address) - 1
-        return i >= 0 and address + nbytes <= ends[i]
+        return starts[i] if i >= 0 and address + nbytes <= ends[i] else None
 
     def _reindex(self) -> None:
         """``_spans`` from ``_pinned`` (under the lock)."""
@@ -210,22 +214,21 @@ class HostBlocks:
             block = np.empty(-(-max(nbytes, 1) // _STEP) * _STEP, np.uint8)
             with self._locked():
                 self.allocated += 1
-        elif (pin and self._pin is not None and block.nbytes >= self.pin_min_bytes
-              and array_address(block) not in self._pinned  # (checked again under the lock)
-              and self._uses.get(array_address(block), 1) >= self.pin_after):
-            self._pin_block(block)
+        elif pin and self._pin is not None and block.nbytes >= self.pin_min_bytes:
+            address = array_address(block)
+            if address not in self._pinned and self._uses.get(address, 1) >= self.pin_after:  # (checked again under the lock)
+                self._pin_block(block)
         return np.asarray(_Lease(block, self, tuple(shape), dtype, order, fresh))
 
     def ready(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned block whose registration is done,
         so that a copy may be one DMA (``is_pinned`` also counts a block being pinned: where a
         direct copy must wait, that is the safe answer). Locks only where ``is_pinned`` holds."""
-        starts, ends = self._spans
-        i = bisect.bisect_right(starts, address) - 1
-        if i < 0 or address + nbytes > ends[i]:
+        block = self._pinned_block_at(address, nbytes)
+        if block is None:
             return False
         with self._lock:
-            return starts[i] in self._pinned and starts[i] not in self._registering
+            return block in self._pinned and block not in self._registering
 
     def copied(self, a: np.ndarray) -> "bool | object":
         """A copy moved ``a``'s bytes (the copy engine tells, for contiguous copies from 1 MiB
@@ -395,20 +398,8 @@ class HostBlocks:
 
 def _lease_of(a: np.ndarray) -> _Lease | None:
     """The lease of the kept block ``a`` lies in (``a`` a result or a view of one), or None."""
-    base = a.base
-    for _ in range(64):
-        if type(base) is _Lease:
-            return base
-        if isinstance(base, np.ndarray):
-            base = base.base
-        elif isinstance(base, memoryview):
-            base = base.obj
-        else:
-            nxt = getattr(base, "base", None)  # e.g. as_strided's holder, as _pincache.owner_of follows
-            if nxt is None or nxt is base:
-                return None
-            base = nxt
-    return None
+    end = chain_end(a)
+    return end if type(end) is _Lease else None
 
 
 def _size(block: np.ndarray) -> int:

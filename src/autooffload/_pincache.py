@@ -79,24 +79,31 @@ def _default_max_pinned_bytes() -> int:
     return usable_memory() // 4  # the machine's RAM, or the container's limit where lower
 
 
-def owner_of(a: np.ndarray) -> np.ndarray | None:
-    """The NumPy array that owns ``a``'s memory (``a`` itself, or the end of its base chain,
-    followed through memoryviews and holders such as ``as_strided``'s), or None where that memory
-    is not a NumPy array's own (a buffer, a memory map, a result lease)."""
-    owner: object = a
+def chain_end(a: np.ndarray) -> object:
+    """The end of ``a``'s base chain, followed through memoryviews and holders such as
+    ``as_strided``'s: an array with no base, or the object that holds the memory (a buffer, a
+    result lease: _hostmem.py); None where the chain is longer than 64."""
+    obj: object = a
     for _ in range(64):
-        if isinstance(owner, np.ndarray):
-            if owner.base is None:
-                return owner if owner.flags.owndata else None
-            owner = owner.base
-        elif isinstance(owner, memoryview):
-            owner = owner.obj
+        if isinstance(obj, np.ndarray):
+            if obj.base is None:
+                return obj
+            obj = obj.base
+        elif isinstance(obj, memoryview):
+            obj = obj.obj
         else:
-            nxt = getattr(owner, "base", None)  # e.g. numpy.lib.stride_tricks.DummyArray
-            if nxt is None or nxt is owner:
-                return None
-            owner = nxt
+            nxt = getattr(obj, "base", None)  # e.g. numpy.lib.stride_tricks.DummyArray
+            if nxt is None or nxt is obj:
+                return obj
+            obj = nxt
     return None
+
+
+def owner_of(a: np.ndarray) -> np.ndarray | None:
+    """The NumPy array that owns ``a``'s memory (``a`` itself, or the end of its base chain), or
+    None where that memory is not a NumPy array's own (a buffer, a memory map, a result lease)."""
+    end = chain_end(a)
+    return end if isinstance(end, np.ndarray) and end.flags.owndata else None
 
 
 @dataclass(eq=False)

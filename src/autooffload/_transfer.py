@@ -1114,22 +1114,13 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
                 return _STAGED_ONLY  # a kept result another thread is pinning now
             if not state:
                 return _ANY_PATH
-            # A kept result copied again, its block pinned now (_hostmem.HostBlocks.copied): one DMA.
-            host_ptr = array_address(host_c)
-            dst, src = (dev_ptr, host_ptr) if kind == _H2D else (host_ptr, dev_ptr)
-            _dma_pinned(cp, dst, src, host_c.nbytes, kind, stream)
+            _dma_host(cp, kind, dev_ptr, host_c, stream)  # a kept result copied again, its block pinned now
             return _COPIED
         if hold is _pincache.IN_TRANSITION:
             return _STAGED_ONLY
         if not hold.pin():
             return _STAGED_ONLY  # refused, or no room: staged, as another thread may pin it now
-        rt = cp.cuda.runtime
-        host_ptr, n = array_address(host_c), host_c.nbytes
-        if kind == _H2D:
-            rt.memcpyAsync(dev_ptr, host_ptr, n, _H2D, stream.ptr)
-        else:
-            rt.memcpyAsync(host_ptr, dev_ptr, n, _D2H, stream.ptr)
-        stream.synchronize()  # the source may change, or the result is read, once this returns
+        _dma_host(cp, kind, dev_ptr, host_c, stream)
         done = True
         return _COPIED
     finally:
@@ -1146,6 +1137,13 @@ def _results_pinned(t: _Tuning, contiguous: bool, host_c: np.ndarray, nbytes: in
     """Whether ``host_c`` lies in a kept result block that is pinned (and pinning is not paused)."""
     return (contiguous and bool(t.pin_results_min) and not getattr(_tls, "unpinned", False)
             and _hostmem.results.ready(array_address(host_c), nbytes))
+
+
+def _dma_host(cp: Any, kind: int, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
+    """``_dma_pinned`` between ``dev_ptr`` and the pinned, contiguous ``host_c``, in ``kind``'s direction."""
+    host_ptr = array_address(host_c)
+    dst, src = (dev_ptr, host_ptr) if kind == _H2D else (host_ptr, dev_ptr)
+    _dma_pinned(cp, dst, src, host_c.nbytes, kind, stream)
 
 
 def _dma_pinned(cp: Any, dst: int, src: int, nbytes: int, kind: int, stream: Any) -> None:
