@@ -31,8 +31,8 @@ from ._arguments import Ineligible, Moved, NumPyWouldRaise, move
 from ._blockwise import Verdict
 from ._costmodel import Decision, stream_chunk_bytes
 from ._reachable import Reachable
-from ._records import Outcome, Records, type_signature
-from .backends import CUPY, HOST, NUMPY, why_not_on_device
+from ._records import Records, type_signature
+from .backends import CUPY, HOST, NATIVE_DEVICE_DTYPES, NUMPY
 from .backends import cupy as device
 from .errors import GPUFallbackWarning, warn_at_user_line
 
@@ -95,8 +95,8 @@ class Executor:
             t = type(a)
             if t is np.ndarray:
                 flags = a.flags
-                if (not (flags.c_contiguous or flags.f_contiguous) or why_not_on_device(a)
-                        or not a.dtype.isnative or not a.nbytes):
+                if (not (flags.c_contiguous or flags.f_contiguous) or a.dtype not in NATIVE_DEVICE_DTYPES
+                        or not a.nbytes):
                     return False
                 arrays.append(a)
             elif not _passive(a):
@@ -336,7 +336,7 @@ class Executor:
         if self.note is not None:
             self.note(dataclasses.replace(d, streamed=True, chunk_bytes=plan.chunk * _bytes_per_index(plan, args, kwargs),
                                           reason=d.reason + f"; streamed in {plan.chunks} chunks"))
-        self.records.ran(Outcome(d.backend, None, time.perf_counter() - start, d.bucket))
+        self.records.ran(d.backend, time.perf_counter() - start, d.bucket)
         return result
 
     @staticmethod
@@ -408,7 +408,7 @@ class Executor:
                 result = moved.result(result)  # the copy out synchronizes: the time below is real
                 if not moved.device_idle:
                     moved.backend.synchronize()  # nothing came back to wait on: wait for the run itself
-        self.records.ran(Outcome(d.backend, None, time.perf_counter() - start if moved is not None else None, d.bucket))
+        self.records.ran(d.backend, time.perf_counter() - start if moved is not None else None, d.bucket)
         return result
 
     def fall_back(self, d: Decision, cause: str, args: tuple, kwargs: dict, has_device_args: bool) -> Any:

@@ -64,21 +64,28 @@ class Records:
         self.decisions = itertools.count()
         # Argument-type signature -> (backend that failed, cause). Read on every device run.
         self.failures: dict[tuple, tuple[str, str]] = {}
-        self.last_outcome: Outcome | None = None
+        self._last: tuple | None = None  # the last outcome's fields (``last_outcome``)
         self.timesheet = Timesheet()  # where the time went, for autooffload.report()
 
-    def ran(self, outcome: Outcome) -> None:
-        """A call the executor ran to the end on ``outcome.backend`` (NumPy runs are only counted)."""
-        self.count_run(outcome.backend)
-        self.last_outcome = outcome
-        if outcome.seconds is not None and outcome.bucket is not None:
-            self.timesheet.timed(outcome.backend, outcome.bucket, outcome.seconds)
+    def ran(self, backend: str, seconds: float | None, bucket: tuple | None) -> None:
+        """A call the executor ran to the end on ``backend`` (NumPy runs are only counted), in
+        ``seconds`` where measured. Kept as a tuple: an ``Outcome`` built on every device run
+        cost ~0.5 us of a small call on the CPU VM; ``last_outcome`` builds it when asked."""
+        self.count_run(backend)
+        self._last = (backend, None, seconds, bucket)
+        if seconds is not None and bucket is not None:
+            self.timesheet.timed(backend, bucket, seconds)
+
+    @property
+    def last_outcome(self) -> Outcome | None:
+        last = self._last
+        return None if last is None else Outcome(*last)
 
     def fell_back(self, signature: tuple, backend: str, cause: str) -> None:
         """``backend`` could not run these argument types; NumPy did (and counted its run)."""
         next(self.fallbacks)
         self.failures[signature] = (backend, cause)
-        self.last_outcome = Outcome("numpy", cause)
+        self._last = ("numpy", cause, None, None)
 
     def failure(self, signature: tuple, backend: str) -> str | None:
         """Why ``backend`` failed before for these argument types, or None."""

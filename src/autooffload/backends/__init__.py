@@ -17,6 +17,7 @@ from .base import (
     DEVICE_DTYPES,
     DEVICE_DTYPES_TEXT,
     HOST,
+    NATIVE_DEVICE_DTYPES,
     Backend,
     DeviceMemory,
     bits_differ,
@@ -71,7 +72,7 @@ register_lazy(CUPY, "autooffload.backends.cupy")
 register_lazy(NUMBA, "autooffload.backends.numba")
 
 __all__ = [
-    "CUPY", "DEVICE", "DEVICE_DTYPES", "DEVICE_DTYPES_TEXT", "HOST", "NUMBA", "NUMPY", "Backend", "DeviceMemory",
+    "CUPY", "DEVICE", "DEVICE_DTYPES", "DEVICE_DTYPES_TEXT", "HOST", "NATIVE_DEVICE_DTYPES", "NUMBA", "NUMPY", "Backend", "DeviceMemory",
     "bits_differ", "device_runner", "get", "module", "names", "register_lazy", "translator_for",
     "unavailable_reason", "why_not_on_device",
 ]

@@ -26,6 +26,8 @@ DEVICE_DTYPES = frozenset(
     np.dtype(code).newbyteorder(order) for code in _DEVICE_DTYPE_CODES for order in ("<", ">")
 )
 DEVICE_DTYPES_TEXT = "bool, int8-64, uint8-64, float16/32/64, complex64/128"
+# Those in native byte order: what an array copied byte for byte may hold (one set lookup).
+NATIVE_DEVICE_DTYPES = frozenset(d for d in DEVICE_DTYPES if d.isnative)
 
 
 def why_not_on_device(a: np.ndarray) -> str | None:
