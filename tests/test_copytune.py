@@ -444,3 +444,42 @@ def test_show_prints_the_tuning_and_its_rates():
     assert "1 GiB: 41.6 GB/s in, 41.5 out (defaults 17.9 / 16.2)" in text
     assert "pinned DMA 55.4 / 55.3" in text and "to pinned 35.4" in text
     assert "engine defaults" in cli._copy_tuning_lines(None)[0]
+
+
+@pytest.mark.parametrize("staged_us, expected", [
+    # us of a copy out at 256 KiB / 1 MiB / 4 MiB, staged; the driver's take 50 / 150 / 400
+    ((45, 140, 340), 256 * 1024),  # the H200's case (session 13): staged wins at all three
+    ((60, 140, 340), 1 * MiB),  # loses at the smallest
+    ((45, 160, 340), 4 * MiB),  # wins at 256 KiB but not at 1 MiB: only from where it keeps winning
+    ((45, 140, 450), 0),  # loses at the largest: the driver's everywhere
+])
+def test_copies_out_below_the_staged_range_are_staged_from_where_staging_keeps_winning(staged_us, expected):
+    driver_us = dict(zip(C.D2H_STAGED_SIZES, (50, 150, 400)))
+    staged = dict(zip(C.D2H_STAGED_SIZES, staged_us))
+    knobs = dict(vars(T._Tuning(d2h_direct_max=16 * MiB, staged_min=16 * MiB)))
+    calls = []
+
+    def timed(k, n, direction):
+        calls.append((n, direction, k["d2h_staged_min"]))
+        return (staged[n] if k["d2h_staged_min"] else driver_us[n]) * 1e-6
+
+    log: list[str] = []
+    assert C._d2h_staged_choice(knobs, timed, lambda: False, log) == {"d2h_staged_min": expected}, log
+    assert {n for n, _, _ in calls} == set(C.D2H_STAGED_SIZES) and {d for _, d, _ in calls} == {"d2h"}
+    # where the driver takes none of the sizes (a lower direct range), nothing is measured
+    calls.clear()
+    assert C._d2h_staged_choice({**knobs, "d2h_direct_max": 64 * 1024}, timed, lambda: False, log) == {}
+    assert calls == []
+    # past the budget at once: nothing measured, the knob stays as it is
+    assert C._d2h_staged_choice(knobs, timed, lambda: True, log) == {}
+    assert C.path_of({**knobs, "d2h_staged_min": 1 * MiB}, 2 * MiB, "d2h") == "staged"
+    assert C.path_of({**knobs, "d2h_staged_min": 1 * MiB}, 2 * MiB, "h2d") == "direct"
+    assert C.path_of({**knobs, "d2h_staged_min": 1 * MiB}, 512 * 1024, "d2h") == "direct"
+
+
+def test_the_search_weighs_copies_out_below_the_staged_range():
+    syn = SyntheticEngine({"direct": 12, "staged": 20, "workers": 25, "register": 50},
+                          {"direct": 1e-5, "staged": 2e-4, "workers": 5e-4, "register": 1e-3})
+    r = C.search(syn.engine(), PLAN)
+    assert "d2h_staged_min" in r.knobs, r.log
+    assert any(line.startswith("copies out at 256 KiB") for line in r.log), r.log
