@@ -904,32 +904,6 @@ def test_results_in_new_memory_go_to_the_workers_unless_told(staged, monkeypatch
     assert same(T.to_host(d), h) and used == [1, 1]
 
 
-@needs_parcopy
-def test_copies_out_below_the_staged_range_are_staged_from_d2h_staged_min(fake, monkeypatch):
-    # The driver's range (to 4 MiB here), below the staged one; staged from 256 KiB on.
-    T._configure(d2h_direct_max=4 * MiB, staged_min=4 * MiB, staged_max=64 * MiB, pin_results_min=0,
-                 pin_reused_min=0, d2h_staged_min=256 * 1024)
-    used = []
-    real = T._d2h_staged
-    monkeypatch.setattr(T, "_d2h_staged", lambda *a: used.append(a[4]) or real(*a))
-    rng = np.random.default_rng(15)
-    for n in (1000, 32 * 1024 - 1, 32 * 1024, 300_000, 4 * MiB // 8):
-        h = random_array((n,), np.float64, rng)
-        d = T.to_device(h)
-        assert same(T.to_host(d), h)
-        out = np.full_like(h, np.nan)
-        assert T.to_host(d, out=out) is out and same(out, h)
-        f = np.asfortranarray(random_array((n // 200 + 1, 100), np.float64, rng))
-        assert same(T.to_host(T.to_device(f)), f)
-    staged_sizes = set(used)  # bytes of each staged copy out: in and out=, 256 KiB up to 4 MiB
-    assert {256 * 1024, 300_000 * 8, 4 * MiB, 1501 * 800} <= staged_sizes, staged_sizes
-    assert min(staged_sizes) >= 256 * 1024 and max(staged_sizes) <= 4 * MiB
-    T._configure(d2h_staged_min=0)
-    used.clear()
-    h = random_array((300_000,), np.float64, rng)
-    assert same(T.to_host(T.to_device(h)), h) and used == []  # off: the driver's
-
-
 # ---------------------------------------------------------------------------------------------
 # Pinning the caller's memory in place (cudaHostRegister), issue 14
 # ---------------------------------------------------------------------------------------------

@@ -19,8 +19,7 @@ What is searched, in a bounded time (the quick plan a few seconds, the default o
 3. by size (4 MiB .. 1 GiB, 4 GiB in the default plan): each path (the driver's own copy, the
    staged path, the workers, pinning in place), both directions; then the size ranges of each
    path that lose least over the grid (``choose_ranges``, exhaustive over the grid's cuts);
-4. copies out below the staged range: the driver's own or staged (``d2h_staged_min``), then
-   non-temporal stores for the staged path's host copies, per direction;
+4. non-temporal stores for the staged path's host copies, per direction;
 5. from which size an array copied again is pinned in place and kept so, and after how many
    copies (``_pin_reuse_choice``: what pinning costs over what a pinned copy saves, at 1, 4 and
    16 MiB; pinned at the copy whose worst case against the least any rule could cost is least).
@@ -380,10 +379,6 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
             for i, n in zip(measured, sizes):
                 log.append(f"{n // MiB} MiB GB/s in/out: " + ", ".join(
                     f"{p} {_rate(n, times['h2d'][p][i])}/{_rate(n, times['d2h'][p][i])}" for p in PATHS))
-        # 3b. Copies out below the staged range: the driver's or staged (in a slice of its own,
-        # as steps 4 and 5; a handful of small copies).
-        d2h_deadline = max(start + 0.8 * plan.budget_s, clock() + 0.05 * plan.budget_s)
-        knobs.update(_d2h_staged_choice(knobs, timed, lambda: clock() > d2h_deadline, log))
         # 4. Non-temporal stores for the staged path's host copies, per direction, where the
         # chosen ranges stage (see _transfer._Tuning.h2d_nontemporal): on the H200 they made
         # first copies in 11-15% faster at 64-256 MiB and were even at 1 GiB, while out they
@@ -444,8 +439,6 @@ def path_of(knobs: Mapping[str, int], n: int, direction: str) -> str:
         return "register"
     if knobs["staged_min"] < n <= knobs["staged_max"]:
         return "staged"
-    if direction == "d2h" and 0 < knobs.get("d2h_staged_min", 0) <= n <= knobs["d2h_direct_max"]:
-        return "staged"
     return "direct" if n <= knobs[f"{direction}_direct_max"] else "workers"
 
 
@@ -478,43 +471,6 @@ def _nontemporal_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable
             log.append(f"{knob}: {'on' if chosen[knob] else 'off'} (log gain {gain[direction]:.3f} over "
                        f"{', '.join(str(n // MiB) for n in done[direction])} MiB)")
     return chosen
-
-
-# Sizes at which copies out below the staged range are weighed (_d2h_staged_choice).
-D2H_STAGED_SIZES = (256 * KiB, 1 * MiB, 4 * MiB)
-
-
-def _d2h_staged_choice(knobs: dict[str, int], timed: Callable[[dict[str, int], int, str], float],
-                       over_budget: Callable[[], bool], log: list[str]) -> dict[str, int]:
-    """``d2h_staged_min``: the smallest of ``D2H_STAGED_SIZES`` from which staging a copy out (into
-    a new array each time, as ``to_host`` returns below the direct size) took less time than the
-    driver's own copy at that size and at every larger one measured; 0 where it won at none (or
-    not at the largest). Only sizes the driver takes under ``knobs``; interleaved pairs, the
-    faster of two each. {} (the knob stays as it is) where nothing could be measured. On the
-    H200 (session 13) staged won from 256 KiB (52 against 56 us) to 4 MiB (338 against 383) and
-    lost below (_transfer._Tuning.d2h_staged_min)."""
-    off = {**knobs, "d2h_staged_min": 0}
-    wins: dict[int, bool] = {}
-    for n in (n for n in D2H_STAGED_SIZES if path_of(off, n, "d2h") == "direct"):
-        if over_budget():
-            log.append(f"budget spent: copies out below the staged range weighed to {max(wins, default=0) // KiB} KiB")
-            break
-        try:
-            driver, staged = [], []
-            for _ in range(2):
-                staged.append(timed({**knobs, "d2h_staged_min": 1}, n, "d2h"))
-                driver.append(timed(off, n, "d2h"))
-        except Exception as e:  # noqa: BLE001 - a size that fails decides nothing
-            log.append(f"copies out at {n // KiB} KiB failed: {type(e).__name__}: {e}")
-            continue
-        wins[n] = min(staged) < min(driver)
-        log.append(f"copies out at {n // KiB} KiB: driver {min(driver) * 1e6:.0f} us, staged {min(staged) * 1e6:.0f} us")
-    if not wins:
-        return {}
-    winning = [n for n in wins if all(w for m, w in wins.items() if m >= n)]
-    chosen = min(winning) if winning else 0
-    log.append(f"copies out staged from {chosen // KiB} KiB" if chosen else "copies out below the staged range: the driver's")
-    return {"d2h_staged_min": chosen}
 
 
 # Sizes at which pinning on reuse is weighed: from the least the pin-down cache counts

@@ -301,7 +301,7 @@ class _State:
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
         ran = self.attrs.get("last_decision", d)
-        # Where the time went: a device run's time is the executor's (Outcome.seconds), filed by
+        # Where the time went: a device run's time is the executor's (its outcome's seconds), filed by
         # the record keeper; here the host backends' runs (NumPy, the Numba tier), and the calls
         # another backend took over.
         if ran is not d:

@@ -1,6 +1,7 @@
 """What one offloaded function remembers about its own calls: counts, failures and outcomes.
 
-The record keeper is written to by the executor (an ``Outcome`` per device run and per fallback)
+The record keeper is written to by the executor (an outcome per device run and per fallback, kept
+as a tuple of ``Outcome``'s fields and built into one when ``last_outcome`` is read)
 and by the hot path itself (a count per NumPy call, the cheapest thing it can do), and read by
 ``Stats`` and by the executor (argument types that failed on a backend are not sent there again,
 as numba's ``_FunctionCompiler`` keeps a failure cache keyed by argument types). Observed times

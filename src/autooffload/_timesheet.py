@@ -7,26 +7,21 @@ two clock reads and a lock per call, a third of the ~400 ns the decorator may ad
 
 - a run is *timed* when something measures it anyway: a call the learner observes (the first
   calls of each size, exploring calls: ``_State.run_observed``) and every device run on host
-  data (the executor's ``Outcome.seconds``). Untimed calls are counted by the record keeper, so
+  data (the executor's outcome's seconds, ``Records.ran``). Untimed calls are counted by the record keeper, so
   the report can say how many of the calls its times cover;
 - copies are metered where they are made (``_arguments.Moved``), one clock pair per array, which
   is nothing beside a copy across the bus;
 - reruns elsewhere (a fallback to NumPy, or a device run declined before it started) are
   counted per reason, the sentence ``last_decision.reason`` carries.
 
-Writers take no lock: each appends one tuple to a deque (atomic, ~0.1 us), and the readers fold
-what was appended into the sums under the sheet's lock (so does a writer, once ``_FOLD_AT``
-entries wait). Calls on several threads add to the same sheet, and ``x += y`` on a float is a
-read and a write that a thread switch can separate, so the sums are only ever changed by a fold.
-A small GPU call writes three times (a copy each way and its run): with a lock each, on the
-2-core VM, ~2 us of a ~36 us ``@offload`` call of 800 bytes that takes 15 us by hand
-(tools/device_path_overhead.py), ~3x that on the H200 machine's host.
+Every writer takes one lock: calls on several threads add to the same sheet, and ``x += y`` on a
+float is a read and a write that a thread switch can separate.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 
 Bucket = tuple  # the decision cache's size bucket: (host half-octave, device half-octave)
@@ -59,18 +54,18 @@ class CopyMeter:
     """Adds the copies made for the runs of one backend to a timesheet (``_arguments.Moved``
     calls it). One per (function, backend), made once: a device run looks it up, nothing more."""
 
-    __slots__ = ("_sheet", "_backend")
+    __slots__ = ("_totals", "_lock")
 
-    def __init__(self, sheet: "Timesheet", backend: str):
-        self._sheet = sheet
-        self._backend = backend
+    def __init__(self, totals: CopyTotals, lock: threading.Lock):
+        self._totals = totals
+        self._lock = lock
 
     def copied(self, host_to_device: bool, nbytes: int, seconds: float) -> None:
-        self._sheet.add((_COPIED, self._backend, host_to_device, nbytes, seconds))
-
-
-_COPIED, _TIMED = 0, 1
-_FOLD_AT = 4096  # entries a writer lets wait before it folds them (a reader folds them all)
+        with self._lock:
+            c = self._totals.host_to_device if host_to_device else self._totals.device_to_host
+            c.arrays += 1
+            c.bytes += int(nbytes)
+            c.seconds += seconds
 
 
 class Timesheet:
@@ -78,44 +73,20 @@ class Timesheet:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: deque[tuple] = deque()  # appended without a lock, folded under it
         self._timed: dict[tuple[str, Bucket], Timed] = {}
         self._copies: dict[str, CopyTotals] = {}
         self._meters: dict[str, CopyMeter] = {}
         self._rerun_timed = Timed()  # calls another backend ran instead of the chosen one (both runs' time)
         self._ran_instead: Counter[tuple[str, str]] = Counter()
 
-    def add(self, entry: tuple) -> None:
-        pending = self._pending
-        pending.append(entry)
-        if len(pending) > _FOLD_AT:
-            with self._lock:
-                self._fold()
-
-    def _fold(self) -> None:
-        """Add the waiting entries to the sums (under ``_lock``, the only place entries leave;
-        writers may append meanwhile: those wait for the next fold)."""
-        pending = self._pending
-        for _ in range(len(pending)):
-            entry = pending.popleft()
-            if entry[0] == _TIMED:
-                _, backend, bucket, seconds = entry
-                timed = self._timed.get((backend, bucket))
-                if timed is None:
-                    timed = self._timed[(backend, bucket)] = Timed()
-                timed.calls += 1
-                timed.seconds += seconds
-            else:
-                _, backend, host_to_device, nbytes, seconds = entry
-                totals = self._copies.setdefault(backend, CopyTotals())
-                c = totals.host_to_device if host_to_device else totals.device_to_host
-                c.arrays += 1
-                c.bytes += int(nbytes)
-                c.seconds += seconds
-
     def timed(self, backend: str, bucket: Bucket, seconds: float) -> None:
         """A run of ``backend`` that was measured (the whole call: copies included)."""
-        self.add((_TIMED, backend, bucket, seconds))
+        with self._lock:
+            entry = self._timed.get((backend, bucket))
+            if entry is None:
+                entry = self._timed[(backend, bucket)] = Timed()
+            entry.calls += 1
+            entry.seconds += seconds
 
     def timed_rerun(self, seconds: float) -> None:
         """A measured call whose chosen backend gave way to another: its time is neither's alone
@@ -134,19 +105,17 @@ class Timesheet:
         meter = self._meters.get(backend)
         if meter is None:
             with self._lock:
-                self._copies.setdefault(backend, CopyTotals())  # listed once it may copy, as before
-                meter = self._meters.setdefault(backend, CopyMeter(self, backend))
+                totals = self._copies.setdefault(backend, CopyTotals())
+                meter = self._meters.setdefault(backend, CopyMeter(totals, self._lock))
         return meter
 
     # -- reading (the report) --------------------------------------------------------------------
     def timed_by_bucket(self) -> dict[tuple[str, Bucket], Timed]:
         with self._lock:
-            self._fold()
             return {k: Timed(v.calls, v.seconds) for k, v in self._timed.items()}
 
     def copies(self) -> dict[str, CopyTotals]:
         with self._lock:
-            self._fold()
             return {
                 name: CopyTotals(Copies(**vars(t.host_to_device)), Copies(**vars(t.device_to_host)))
                 for name, t in self._copies.items()

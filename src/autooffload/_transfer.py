@@ -150,15 +150,6 @@ class _Tuning:
     # pipeline wins by far (3.1 / 7.8 ms against 5.1 / 14.0 ms). Crossover: 16-32 MiB.
     h2d_direct_max: int = 16 * MiB
     d2h_direct_max: int = 16 * MiB
-    # Copies out of at least this many bytes (0: none) that the driver would take (at most
-    # d2h_direct_max, below the staged range) are staged instead: one DMA per piece into the
-    # pool's pinned buffers, copied out by the native pool's threads. On the H200 machine
-    # (session 13, tools/small_copies.py, a new result array each call) staged took 140 / 195 /
-    # 338 us at 1 / 2 / 4 MiB against the driver's 171 / 226 / 383 and cupy.asnumpy's 152 / 214
-    # / 363; at 256 KiB 52 against 56 and 53, and below it lost (64 KiB: 23.4 against 24.1 and
-    # 22.5, 8 KiB 18.4 against 13.9). Off by default (measured on one machine); calibration
-    # measures it (_copytune._d2h_staged_choice); the shipped H200 profile sets 1 MiB.
-    d2h_staged_min: int = 0
     # Where the native copy pool (_parcopy.c) is built: contiguous arrays in (staged_min,
     # staged_max] go through two pinned buffers on the calling thread, each piece copied by up
     # to `threads` native threads while the DMA of the previous one runs (see _h2d_staged).
@@ -1308,9 +1299,7 @@ def _d2h_path(cp: Any, src_ptr: int, device_id: int, host_c: np.ndarray, contigu
     """The engine's ways into pageable memory, by size and layout (see the module docstring);
     ``direct`` as in ``_h2d_path``."""
     # Results in new memory: see _Tuning.staged_fresh.
-    # Below the staged range, from d2h_staged_min, staged where the driver would copy.
-    staged = contiguous and (((t.staged_fresh or not fresh) and _staged(nbytes, t))
-                             or (_parcopy is not None and 0 < t.d2h_staged_min <= nbytes <= t.d2h_direct_max))
+    staged = contiguous and (t.staged_fresh or not fresh) and _staged(nbytes, t)
     if direct and contiguous and t.d2h_register_min and nbytes >= t.d2h_register_min:
         _register_copy(cp, src_ptr, array_address(host_c), nbytes, _D2H, stream, t)
     elif direct and contiguous and nbytes <= t.d2h_direct_max and not staged:
