@@ -18,6 +18,11 @@ synchronize):
 * `sync`: `cupy.cuda.get_current_stream().synchronize()` on an idle stream (what the copy meter's
   wait before a copy out costs when there is nothing to wait for).
 
+Each column is a loop of back-to-back calls, which find the native copy pool's threads awake:
+in session 13 this probe had the staged path faster than the driver's copy out at 256 KiB-4 MiB,
+and `benchmarks/transfer.py`, one call of each column in turn, had it 1.09-1.21x slower
+(benchmarks/results/h200/transfer.NOTES.md). Trust transfer.py for a program's copies.
+
 Then `@offload(backend="cupy")` on `bessel_weights` at 1e2: as shipped, with the small path,
 without the meter's wait before the copy out, and both; and CuPy with the engine's copies by hand.
 """
