@@ -809,3 +809,23 @@ def test_a_waiting_exploration_samples_the_trusted_choice_and_still_explores_on_
     assert decisions[-1].backend == "cupy"
     history = f.__autooffload__.learner.history
     assert history.explored_s <= _learn.EXPLORE_FRACTION * f.__autooffload__.learner._spent() + 0.003
+
+
+def test_an_exploration_waiting_at_one_size_does_not_re_decide_calls_at_another(ready_gpu, use_profile, clock):
+    # As above, the GPU waits to be explored at a small size; the program then calls a larger size
+    # only, where the GPU is explored and kept. The small size's exploration becomes affordable
+    # meanwhile: the larger size's decision stands (its untimed calls do not reset the planner).
+    use_profile(synthetic_profile(cpu_per_byte=1e-9 * 1.25, gpu_per_byte=3e-9 * 1.25, copy_per_byte=1e-12, cold_start=0.0))
+    f = timed(clock, numpy_s=0.001, gpu_s=0.0002)
+    small, large = np.ones(N), np.ones(4 * N)
+    for _ in range(10):
+        f(small)
+    assert f.last_decision.backend == "numpy"
+    for _ in range(300):  # the GPU predicted 15 ms here: explored once the function has run 150 ms
+        f(large)
+    assert f.last_decision.backend == "cupy", f.last_decision
+    before = f.stats.as_dict()["decisions"]
+    for _ in range(400):
+        f(large)
+    assert f.last_decision.backend == "cupy"
+    assert f.stats.as_dict()["decisions"] - before <= 4, f.stats.as_dict()

@@ -396,20 +396,20 @@ class Learner:
         due = self.count_untimed(seconds)
         return due or exploring
 
-    def count_untimed(self, seconds: float) -> bool:
+    def count_untimed(self, seconds: float, bucket: tuple[int, int] | None = None) -> bool:
         """One untimed call's predicted ``seconds``; True once a waiting bucket's budget is met
-        (a compilation of the tier, a re-check, an exploration: then the planner decides again).
-        Observed calls count their measured seconds instead (``observe``), never both."""
+        (a compilation of the tier, a re-check; an exploration waiting at the call's own
+        ``bucket``: then the planner decides again). Only the call's own bucket: a decision at
+        another size does not explore this one's waiting backend, and its calls would re-decide
+        on every call. Observed calls count their measured seconds instead (``observe``), never both."""
         self._counted_s += seconds
         self._left_s -= seconds
         if self._left_s <= 0 and self._waits_due():
             return True
-        return bool(self._pending) and self._exploration_affordable()
-
-    def _exploration_affordable(self) -> bool:
-        """Whether an exploration waiting for budget (``_pending``) may run now."""
-        budget = EXPLORE_FRACTION * self._spent() - self.history.explored_s
-        return any(need <= budget for need in list(self._pending.values()))
+        if bucket is None or not self._pending:
+            return False
+        need = self._pending.get(bucket)
+        return need is not None and self.history.explored_s + need <= EXPLORE_FRACTION * self._spent()
 
     def _waits_due(self) -> bool:
         """Drop the waits whose time has come; whether there were any."""
