@@ -265,7 +265,7 @@ class _State:
             self.unsampled += 1
             if self.unsampled < d.observe_every:
                 result = self.executor.run(d, args, kwargs)
-                if self.learner.count_untimed(d.predicted_s.get(d.backend) or 0.0, d.bucket):
+                if self.learner.count_untimed(d.predicted_s.get(d.backend) or 0.0):
                     self.planner.reset()  # a wait of learning's has come: decide again
                 if _log.active():
                     _log.record(self.attrs.get("last_decision", d), first_in_bucket=False, untimed=True)

@@ -396,20 +396,13 @@ class Learner:
         due = self.count_untimed(seconds)
         return due or exploring
 
-    def count_untimed(self, seconds: float, bucket: tuple[int, int] | None = None) -> bool:
+    def count_untimed(self, seconds: float) -> bool:
         """One untimed call's predicted ``seconds``; True once a waiting bucket's budget is met
-        (a compilation of the tier, a re-check; an exploration waiting at the call's own
-        ``bucket``: then the planner decides again). Only the call's own bucket: a decision at
-        another size does not explore this one's waiting backend, and its calls would re-decide
-        on every call. Observed calls count their measured seconds instead (``observe``), never both."""
+        (a compilation of the tier, a re-check: then the planner decides again). Observed calls
+        count their measured seconds instead (``observe``), never both."""
         self._counted_s += seconds
         self._left_s -= seconds
-        if self._left_s <= 0 and self._waits_due():
-            return True
-        if bucket is None or not self._pending:
-            return False
-        need = self._pending.get(bucket)
-        return need is not None and self.history.explored_s + need <= EXPLORE_FRACTION * self._spent()
+        return self._left_s <= 0 and self._waits_due()
 
     def _waits_due(self) -> bool:
         """Drop the waits whose time has come; whether there were any."""
@@ -431,14 +424,9 @@ class Learner:
         ``pred`` within ``EXPLORE_WITHIN``, calls of at least ``RECHECK_MIN_CALL_S``); else 0
         (never: the NumPy call goes back to the C check)."""
         cell = self.history.cell((chosen, *bucket))
-        if cell is None or not cell.trusted:
+        if bucket in self._pending or cell is None or not cell.trusted:
             return 1
-        if bucket in self._pending or on_device_backend or (pred is not None and _contested(pred, chosen, cell.estimate())):
-            # An exploration waiting for budget here: the untimed calls count the chosen cell's
-            # estimate towards it, and the first that makes it affordable decides again
-            # (count_untimed). Timing every call cost 3-4 us of a ~7 us tier call on the H200
-            # (the no-profile suite's percentiles at 1e2 waited all its 100 settling calls and
-            # its timed rounds to explore the GPU: 10.6 us against the tier's 6.96, session 13).
+        if on_device_backend or (pred is not None and _contested(pred, chosen, cell.estimate())):
             return DEVICE_SAMPLE_EVERY
         return 0
 
