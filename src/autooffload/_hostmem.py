@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import math
 import operator
 import os
 import threading
@@ -70,11 +69,12 @@ class _Lease:
 
     __slots__ = ("__array_interface__", "_block", "_pool", "fresh", "nbytes")
 
-    def __init__(self, block: np.ndarray, pool: "HostBlocks", shape: tuple, dtype: np.dtype, order: str, fresh: bool):
+    def __init__(self, block: np.ndarray, pool: "HostBlocks", shape: tuple, dtype: np.dtype, order: str, fresh: bool,
+                 nbytes: int):
         self._block = block
         self._pool = pool
         self.fresh = fresh  # new memory, its pages not faulted in yet (not a kept block)
-        self.nbytes = dtype.itemsize * math.prod(shape)  # the result's bytes (its block may be larger)
+        self.nbytes = nbytes  # the result's bytes (its block may be larger)
         strides: tuple[int, ...] | None = None
         if order == "F" and len(shape) > 1:
             steps: list[int] = []
@@ -218,7 +218,7 @@ class HostBlocks:
             address = array_address(block)
             if address not in self._pinned and self._uses.get(address, 1) >= self.pin_after:  # (checked again under the lock)
                 self._pin_block(block)
-        return np.asarray(_Lease(block, self, tuple(shape), dtype, order, fresh))
+        return np.asarray(_Lease(block, self, shape, dtype, order, fresh, nbytes))
 
     def ready(self, address: int, nbytes: int) -> bool:
         """Whether [address, address + nbytes) lies in one pinned block whose registration is done,

@@ -938,7 +938,7 @@ def to_device(host: np.ndarray):
     dev_ptr = dev.data.ptr
     try:
         if _results_pinned(t, contiguous, host_c, nbytes):
-            _dma_pinned(cp, dev_ptr, array_address(host_c), nbytes, _H2D, stream)  # a kept result passed back in
+            _dma_host(cp, _H2D, dev_ptr, host_c, stream)  # a kept result passed back in
         else:
             how = _pinned_copy(cp, _H2D, dev_ptr, dev.device.id, host_c, stream, t) if contiguous else _ANY_PATH
             if how is not _COPIED:
@@ -1283,7 +1283,7 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     nbytes = host_c.nbytes
     try:
         if _results_pinned(t, contiguous, host_c, nbytes):
-            _dma_pinned(cp, array_address(host_c), src_ptr, nbytes, _D2H, stream)
+            _dma_host(cp, _D2H, src_ptr, host_c, stream)
         else:
             how = _pinned_copy(cp, _D2H, src_ptr, dev.device.id, host_c, stream, t) if contiguous else _ANY_PATH
             if how is not _COPIED:
