@@ -103,7 +103,8 @@ def test_an_uncertain_choice_is_explored_within_budget_and_then_kept(ready_gpu, 
     assert settled <= 40, seen[:60]
     assert seen[settled:] == ["cupy"] * (160 - settled)
     history = f.__autooffload__.learner.history
-    assert history.explored_s <= _learn.EXPLORE_FRACTION * history.observed_s + 0.003
+    # the bound in real seconds: clock.t is the time of every call, timed, sampled or not
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 0.003
 
 
 def test_exploring_never_costs_more_than_its_bound_over_1000_calls(ready_gpu, use_profile, clock):
@@ -112,8 +113,8 @@ def test_exploring_never_costs_more_than_its_bound_over_1000_calls(ready_gpu, us
     f = timed(clock, numpy_s=0.010, gpu_s=0.120)
     seen = backends_over(f, 1000)
     history = f.__autooffload__.learner.history
-    # The bound of _learn.py: the fraction of the observed time, plus one exploration's overrun.
-    assert history.explored_s <= _learn.EXPLORE_FRACTION * history.observed_s + 0.120
+    # The bound of _learn.py: the fraction of the real time (every call's), plus one exploration's overrun.
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 0.120
     # Explored until trusted (the first dropped, two kept), then never again: a resumed
     # exploration's first call, after NumPy calls, is a switch's, but 120 ms cold cannot hide a
     # win over NumPy's 10 ms warm (COLD_EXCESS_MAX_S), so it is kept.
@@ -380,6 +381,9 @@ def test_an_exploration_waiting_for_its_budget_does_not_decide_again_on_every_ca
     f = timed(clock, numpy_s=0.010, gpu_s=0.100)
     seen = backends_over(f, 25)
     assert seen == ["numpy"] * 25  # 250 ms observed: not yet affordable
+    # NumPy trusted, its calls are sampled meanwhile: one learned from in DEVICE_SAMPLE_EVERY,
+    # the others measured for the budget (count_measured), not every one learned from
+    assert f.last_decision.observe and f.last_decision.observe_every == _learn.DEVICE_SAMPLE_EVERY
     decisions = f.stats.as_dict()["decisions"]
     assert decisions <= 4, decisions  # the first, the cell's trust (an estimate appearing), not one per call
     seen = backends_over(f, 10)
@@ -558,7 +562,7 @@ def test_short_calls_wait_for_no_recheck():
     assert learner.recheck_wait(Prediction({"numpy": 0.003, "cupy": 0.006}), "numpy", (40, -1)) == 0.003
 
 
-def test_a_trusted_gpu_choice_times_one_call_in_eight_and_counts_the_rest(ready_gpu, use_profile, clock):
+def test_a_trusted_gpu_choice_learns_from_one_call_in_eight_and_counts_the_rest_as_measured(ready_gpu, use_profile, clock):
     # Profile: NumPy 10 ms, GPU ~0.5 ms; reality agrees (GPU 1 ms): the GPU is chosen and trusted.
     use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-10, copy_per_byte=1e-10, cold_start=0.0))
     f = timed(clock, numpy_s=0.010, gpu_s=0.001)
@@ -568,13 +572,14 @@ def test_a_trusted_gpu_choice_times_one_call_in_eight_and_counts_the_rest(ready_
     learner = f.__autooffload__.learner
     cell = learner.history.cell(("cupy", *f.last_decision.bucket))
     assert cell.trusted
-    before, counted = cell.count, learner._counted_s
+    before, measured, counted = cell.count, learner._measured_s, learner._counted_s
     seen = backends_over(f, 8 * _learn.DEVICE_SAMPLE_EVERY)
     assert seen == ["cupy"] * len(seen)
     assert f.last_decision.observe and f.last_decision.observe_every == _learn.DEVICE_SAMPLE_EVERY
-    assert cell.count - before == 8  # one call in DEVICE_SAMPLE_EVERY timed...
+    assert cell.count - before == 8  # one call in DEVICE_SAMPLE_EVERY learned from...
     untimed = 8 * (_learn.DEVICE_SAMPLE_EVERY - 1)
-    assert learner._counted_s - counted == pytest.approx(untimed * cell.estimate(), rel=0.01)  # ...the rest counted
+    assert learner._measured_s - measured == pytest.approx(untimed * 0.001)  # ...the rest counted as measured
+    assert learner._counted_s == counted  # (never at a prediction)
 
 
 def test_cold_samples_are_dropped_unless_every_recent_one_is_cold():
@@ -680,7 +685,7 @@ def test_calls_timed_while_the_tier_compiles_teach_nothing_but_count(ready_gpu, 
     backends_over(f, 5)
     learner = f.__autooffload__.learner
     assert not learner.history.cells  # nothing learned from the contended calls...
-    assert learner._counted_s == pytest.approx(5 * 0.015)  # ...but their time counts
+    assert learner._measured_s == pytest.approx(5 * 0.015)  # ...but their measured time counts
     monkeypatch.setattr(tier_module, "compiling_now", lambda: False)
     backends_over(f, 3)
     assert learner.history.cells
@@ -802,3 +807,26 @@ def test_an_exploration_waiting_at_one_size_does_not_re_decide_calls_at_another(
         f(large)
     assert f.last_decision.backend == "cupy"
     assert f.stats.as_dict()["decisions"] - before <= 4, f.stats.as_dict()
+
+
+def test_a_stale_estimate_does_not_start_an_exploration_before_the_real_budget_allows(ready_gpu, use_profile, clock):
+    # NumPy trusted at 3 ms by an earlier run (16 samples), its calls now take 0.3 ms; the GPU,
+    # predicted and really 10 ms, is within EXPLORE_WITHIN of the 3 ms: exploring it waits for
+    # budget. Its sampled-out calls count the 0.3 ms they measured: counted at the cell's 3 ms
+    # (a reverted change), the GPU was explored after ~33 calls, 10 ms of real time, where the
+    # bound allows it only once the function has run 100 ms.
+    use_profile(synthetic_profile(cpu_per_byte=3e-9, gpu_per_byte=1e-8, copy_per_byte=1e-12, cold_start=0.0))
+    f = timed(clock, numpy_s=0.0003, gpu_s=0.010)
+    x = np.ones(N)
+    learner = f.__autooffload__.learner
+    loaded = _history.Cell()
+    loaded.dropped_first, loaded.samples = True, [0.003] * 16  # as read from the history file
+    learner.history.cells[("numpy", *autooffload.explain(f, x).bucket)] = loaded
+    f.__autooffload__.planner.reset()  # as if loaded before the first decision (explain's is cached)
+    sampled = 0
+    for _ in range(400):
+        f(x)
+        sampled += f.last_decision.observe_every == _learn.DEVICE_SAMPLE_EVERY
+        # the bound of _learn.py in real seconds (clock.t: every call's time, sampled or not)
+        assert learner.history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 1e-9, clock.t
+    assert sampled >= 48  # the waiting calls were sampled (until the estimate moved), not each learned from

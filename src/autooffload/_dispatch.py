@@ -259,14 +259,16 @@ class _State:
     def run_observed(self, d: Decision, args: tuple, kwargs: dict) -> Any:
         """Run ``d`` and measure it: the whole call, including the copies and the device work it
         waited for (a device run on host data ends synchronized: Executor._finish_device). Of a
-        decision timed one call in ``observe_every``, the others run untimed and count their
-        predicted seconds (``_learn.Learner.count_untimed``)."""
+        decision learning from one call in ``observe_every``, the others only count the seconds a
+        ``perf_counter`` pair measured (``_learn.Learner.count_measured``: exploring's budget
+        grows with measured seconds only)."""
         if d.observe_every > 1:
             self.unsampled += 1
             if self.unsampled < d.observe_every:
+                start = _learn.clock()
                 result = self.executor.run(d, args, kwargs)
-                if self.learner.count_untimed(d.predicted_s.get(d.backend) or 0.0):
-                    self.planner.reset()  # a wait of learning's has come: decide again
+                if self.learner.count_measured(_learn.clock() - start, d.bucket):
+                    self.planner.reset()  # a wait of learning's has come, or this bucket's exploration: decide again
                 if _log.active():
                     _log.record(self.attrs.get("last_decision", d), first_in_bucket=False, untimed=True)
                 return result

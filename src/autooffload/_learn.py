@@ -30,8 +30,12 @@ that factor, so the others' predictions are suspect too) and the alternative has
 measured at this size, one call runs there instead ("exploring"), and again until its cell is
 trusted, but only while the exploring calls' charged seconds, plus the predicted seconds of the
 next one (its last sample at this size, where it has one), stay within ``EXPLORE_FRACTION`` of
-everything the function has run in this process (its observed calls, and the predicted seconds
-of the untimed calls counted while learning waits for something: see ``count_untimed``). A
+the seconds the function was measured to run in this process (its observed calls, and the
+sampled-out calls of a sampled decision, each timed by a ``perf_counter`` pair but not learned
+from: ``count_measured``). Never predicted seconds: an estimate can be stale (a cell trusted at
+3 ms whose calls now take 0.3 ms), and counted at it, untimed calls would let exploring spend
+far more than its fraction of the real time (a review of a reverted change: explored at call 14
+where the real budget allowed it at call 126). A
 cell's first exploring call is charged at most what it was predicted to take, and once the
 cell's next exploring call is measured, at most that (``_history.FunctionHistory.add``): its
 excess is the one-off cost any move to that backend pays once (CuPy compiling kernels for
@@ -59,14 +63,19 @@ and exploring continues until it is trusted again. A re-check is one call, or
 ``RECHECK_AFTER`` of them, plus the cold calls' excess (up to ``COLD_EXCESS_MAX_S`` each).
 
 **What is observed.** Calls whose decision says ``observe`` (learning is on, the data is on the
-host, and the chosen backend is not yet trusted there, or exploration is pending, or the call
-runs on a device backend: there one call in ``DEVICE_SAMPLE_EVERY`` once trusted) are timed with
-a ``perf_counter`` pair around the whole call; a device
+host, and the chosen backend is not yet trusted there, or exploration waits for budget there,
+or the call runs on a device backend) are timed with a ``perf_counter`` pair around the whole
+call. Once the chosen cell is trusted, one call in ``DEVICE_SAMPLE_EVERY`` is learned from; the
+others only add their measured seconds to the function's (``count_measured``: two clock reads,
+not the history's bookkeeping, which cost ~3.6 us of a 7 us tier call on the H200 while a GPU
+exploration waited for budget through every call: percentiles at 1e2, 1.52x, session 13). A device
 run on host data ends in the copy out (or a stream synchronization where nothing is copied out),
 so the time includes the device work it waited for. Once a bucket is trusted and certain, its
 NumPy calls go back to the untimed hot path and the C check, unless another backend contests
-the choice (``_contested``: then one call in ``DEVICE_SAMPLE_EVERY`` is timed, as on a
-device). Calls on device-resident data are not timed (that would add a synchronization); their
+the choice (``_contested``: then it is sampled, as on a device). Calls on the untimed hot path
+count their predicted seconds only towards what learning waits for that is no exploring (the
+tier's compilation, the time of a re-check: ``count_untimed``). Calls on device-resident data
+are not timed (that would add a synchronization); their
 decisions use the profile.
 
 ``AUTOOFFLOAD_LEARN=0`` turns all of this off: the profile alone decides, as before.
@@ -111,9 +120,10 @@ RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this 
 # ...for calls predicted at least this long: waiting for a re-check takes a NumPy call off the C
 # check's path (+5 us on the 2-core VM: Black-Scholes at 1e2, 24 us, ran 20% slower).
 RECHECK_MIN_CALL_S = 100e-6
-# A trusted device cell (and a contested host choice: _contested) times one call in this many:
-# timing each cost ~10 us of a ~100 us small GPU call on the H200 (the history's estimate, a stream synchronization); the untimed ones
-# count their estimate towards the function's seconds (count_untimed).
+# A trusted device cell (a contested host choice: _contested; a trusted one whose bucket waits to
+# explore) learns from one call in this many: learning from each cost ~10 us of a ~100 us small
+# GPU call on the H200 (the history's estimate, its bookkeeping); the others only count the
+# seconds a perf_counter pair measured (count_measured).
 DEVICE_SAMPLE_EVERY = 8
 # A Numba tier call this long after the tier last ran is cold: its threads slept (OpenMP's spin
 # ends after ~0.3-1 ms on the 2-core VM: percentiles at 1e2 took 16 us back to back, 17 us after
@@ -197,7 +207,8 @@ class Learner:
         self._pending: dict[tuple[int, int], float] = {}
         self._compile_wait: dict[tuple[int, int], float] = {}  # buckets waiting to afford the tier's compilation
         self._recheck_wait: dict[tuple[int, int], float] = {}  # buckets waiting to re-check a backend not chosen
-        self._counted_s = 0.0  # predicted seconds of untimed calls, towards that (count_untimed)
+        self._counted_s = 0.0  # predicted seconds of untimed calls, towards those waits (count_untimed)
+        self._measured_s = 0.0  # measured seconds of calls not learned from (count_measured)
         self._left_s = math.inf  # to the nearest wait (a subtraction per call, the sum checked at 0)
 
     @property
@@ -316,7 +327,7 @@ class Learner:
                 # so it waited for 41 ms of the tier's calls). Costed at most EXPLORE_WITHIN x the
                 # choice: if it does take longer, that is the one call's misprediction of the bound.
                 cost = min(cost, EXPLORE_WITHIN * mine)
-            if history.explored_s + cost <= EXPLORE_FRACTION * self._spent():
+            if history.explored_s + cost <= EXPLORE_FRACTION * self._measured():
                 self._pending.pop(bucket, None)
                 return other
             self._pending[bucket] = cost  # keep observing: the budget grows with the observed time
@@ -325,8 +336,15 @@ class Learner:
         return None
 
     def _spent(self) -> float:
-        """The function's seconds in this process: observed calls, and untimed calls counted."""
-        return self.history.observed_s + self._counted_s
+        """The function's seconds in this process, towards the waits that are no exploring (the
+        tier's compilation, a re-check's time): measured calls, and untimed calls counted at
+        their prediction."""
+        return self.history.observed_s + self._measured_s + self._counted_s
+
+    def _measured(self) -> float:
+        """The function's measured seconds in this process: exploring's budget (never predicted
+        seconds: see the module docstring)."""
+        return self.history.observed_s + self._measured_s
 
     def _stale(self, cell, estimate: float) -> bool:
         return self._spent() - cell.stamp >= RECHECK_AFTER * estimate
@@ -359,7 +377,7 @@ class Learner:
         and, where it waits for its budget, what each call here counts towards it.
 
         Yes where its prediction is within ``EXPLORE_WITHIN`` of the best backend's, it has no
-        trusted cell at this size, and the function has run at least ``compile_s`` (observed
+        trusted cell at this size, and the function has run at least ``compile_s`` (measured
         calls plus the untimed calls counted by ``count_untimed``), so a compilation, on
         another thread, costs the machine no more than the function's own time so far: short
         scripts never pay for one. Waiting adds no timing to the calls (a 5 us function timed
@@ -372,7 +390,7 @@ class Learner:
                 or (cell is not None and cell.trusted)):
             self._compile_wait.pop(bucket, None)
             return False, 0.0
-        if self.history.observed_s + self._counted_s >= compile_s:
+        if self._spent() >= compile_s:
             self._compile_wait.pop(bucket, None)
             return True, 0.0
         self._compile_wait[bucket] = compile_s
@@ -393,15 +411,29 @@ class Learner:
         the planner must decide again (an exploring decision must not stand uncharged)."""
         if exploring:
             self.history.charge_exploring(seconds)
-        due = self.count_untimed(seconds)
+        self._measured_s += seconds
+        self._left_s -= seconds
+        due = self._left_s <= 0 and self._waits_due()
         return due or exploring
 
     def count_untimed(self, seconds: float) -> bool:
-        """One untimed call's predicted ``seconds``; True once a waiting bucket's budget is met
-        (a compilation of the tier, a re-check: then the planner decides again). Observed calls
-        count their measured seconds instead (``observe``), never both."""
+        """One untimed call's predicted ``seconds``, towards the waits that are no exploring;
+        True once one is met (a compilation of the tier, a re-check's time: then the planner
+        decides again). Timed calls count their measured seconds instead, never both."""
         self._counted_s += seconds
         self._left_s -= seconds
+        return self._left_s <= 0 and self._waits_due()
+
+    def count_measured(self, seconds: float, bucket: tuple[int, int]) -> bool:
+        """One sampled-out call's measured ``seconds`` (timed, not learned from); True where the
+        planner must decide again: a wait is met, or the exploration waiting at this call's own
+        bucket became affordable (at another bucket it would re-decide calls whose decision
+        cannot explore it)."""
+        self._measured_s += seconds
+        self._left_s -= seconds
+        need = self._pending.get(bucket)
+        if need is not None and self.history.explored_s + need <= EXPLORE_FRACTION * self._measured():
+            return True
         return self._left_s <= 0 and self._waits_due()
 
     def _waits_due(self) -> bool:
@@ -409,24 +441,28 @@ class Learner:
         spent = self._spent()
         ready = 0
         for waits in (self._compile_wait, self._recheck_wait):
-            for b in [b for b, need in waits.items() if spent >= need]:
-                del waits[b]
-                ready += 1
+            # a copy of the items: another thread's call may add a wait meanwhile
+            for b, need in list(waits.items()):
+                if spent >= need and waits.pop(b, None) is not None:
+                    ready += 1
         self._left_s = self._next_wait() - spent if (self._compile_wait or self._recheck_wait) else math.inf
         return bool(ready)
 
     def observation_interval(self, chosen: str, bucket: tuple[int, int], on_device_backend: bool,
                              pred: Prediction | None = None) -> int:
-        """Every how many calls of ``chosen`` here one is timed: 1 while its cell is not trusted
-        or exploration waits here; ``DEVICE_SAMPLE_EVERY`` on a device backend once trusted (its
-        calls are off the C check anyway, and the samples keep the estimate current); as often
-        on a host backend whose choice is contested (``_contested``: another backend of
-        ``pred`` within ``EXPLORE_WITHIN``, calls of at least ``RECHECK_MIN_CALL_S``); else 0
-        (never: the NumPy call goes back to the C check)."""
+        """Every how many calls of ``chosen`` here one is learned from (the others only count
+        their measured seconds: ``count_measured``): 1 while its cell is not trusted;
+        ``DEVICE_SAMPLE_EVERY`` once trusted where exploration waits here for budget (its calls
+        must be measured for the budget to grow), on a device backend (its calls are off the C
+        check anyway, and the samples keep the estimate current), and on a host backend whose
+        choice is contested (``_contested``: another backend of ``pred`` within
+        ``EXPLORE_WITHIN``, calls of at least ``RECHECK_MIN_CALL_S``); else 0 (not timed: the
+        NumPy call goes back to the C check)."""
         cell = self.history.cell((chosen, *bucket))
-        if bucket in self._pending or cell is None or not cell.trusted:
+        if cell is None or not cell.trusted:
             return 1
-        if on_device_backend or (pred is not None and _contested(pred, chosen, cell.estimate())):
+        if (bucket in self._pending or on_device_backend
+                or (pred is not None and _contested(pred, chosen, cell.estimate()))):
             return DEVICE_SAMPLE_EVERY
         return 0
 
@@ -454,7 +490,7 @@ class Learner:
         # budget sat between the two (+100-400 us a call on the H200: the in-place chain at 1e5
         # ran 5x slower than the Numba tier it had chosen).
         need = self._pending.get(bucket)
-        affordable = need is not None and history.explored_s + need <= EXPLORE_FRACTION * self._spent()
+        affordable = need is not None and history.explored_s + need <= EXPLORE_FRACTION * self._measured()
         self._left_s -= seconds
         due = self._left_s <= 0 and self._waits_due()
         if moved or affordable or exploring or due:
@@ -476,8 +512,8 @@ def _contested(pred: Prediction, chosen: str, mine: float | None) -> bool:
     Its NumPy calls would otherwise go back to the C check untimed, and its estimate stay what it
     was when trusted: on the H200 (suite without a profile, bessel at 1e2) NumPy's stayed at
     182 us while NumPy's own column took 220-330 us later in the run, and 728 of 1103 timed calls
-    ran on NumPy against a GPU path of ~200 us. One call in ``DEVICE_SAMPLE_EVERY`` is timed, as
-    on a device; the others count their estimate (``count_untimed``)."""
+    ran on NumPy against a GPU path of ~200 us. It is sampled as on a device
+    (``observation_interval``)."""
     if mine is None or mine < RECHECK_MIN_CALL_S:
         return False
     return any(name != chosen and seconds is not None and seconds <= EXPLORE_WITHIN * mine
