@@ -627,6 +627,7 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
 
     # Then the columns side by side, round by round (a variant that fails alone is retried alone).
     before = fn_off.stats.as_dict()
+    hits_before = _fast_hits(fn_off)
     warm = {"numpy": 0, "numba": 0, "cupy_copies": 0 if big else 1, "offload": 0}
     stats = guarded("timing", lambda: B.measure_interleaved(fns, sync=syncs, warmup=warm, **settings))
     row["paired"] = stats is not None  # each column's sample i from round i
@@ -649,6 +650,7 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
             row["picked"] = "mixed (" + ", ".join(f"{c} {b}" for b, c in ran.items() if c and b != "numpy") + ")"
         row["reason"] = d.reason
         row["predicted_s"] = dict(d.predicted_s) if getattr(d, "predicted_s", None) else None
+        row["state"] = learning_state(fn_off, _fast_hits(fn_off) - hits_before)
         if row["offload_calls"].get("fallbacks"):
             row["notes"].append(f"@offload fell back to NumPy: {d.reason}")
         if case.name not in first_calls:
@@ -760,6 +762,27 @@ def _settled_text(row: dict) -> str:
     if not settle["settled"]:
         return "no"
     return str(settle["settled_after"]) if settle["settled_after"] else "-"
+
+
+def _fast_hits(fn_off) -> int:
+    fastpath = getattr(fn_off.__autooffload__, "fastpath", None)
+    return fastpath.hits if fastpath is not None else 0
+
+
+def learning_state(fn_off, fast_hits: int) -> dict:
+    """What the last decision of a row's timing was doing, read after the timing (reading it
+    costs the timed calls nothing): whether its calls were timed and how often, what learning
+    waited for, how many timed calls took the C check, and the history's cells at its size."""
+    d, state = fn_off.last_decision, fn_off.__autooffload__
+    learner = state.learner
+    cells = learner.history.cells if learner._history is not None else {}
+    return {
+        "observe": d.observe, "observe_every": d.observe_every, "exploring": d.exploring,
+        "tier_wait_s": d.tier_wait_s, "warm_savings_s": d.warm_savings_s, "fast_hits": fast_hits,
+        "pending": {str(k): v for k, v in learner._pending.items()},
+        "cells": {k[0]: {"count": c.count, "samples": c.samples[-5:], "trusted": c.trusted}
+                  for k, c in list(cells.items()) if tuple(k[1:]) == tuple(d.bucket)},
+    }
 
 
 SETTLE_CALLS = 100  # at most, per row (and at most settle()'s max_s)

@@ -111,6 +111,40 @@ def test_forcing_the_tier_compiles_then_runs_there(use_profile):
     assert g.last_decision.backend == "numba"
 
 
+def _scaled_diff(x):
+    return np.diff(x) * 2.0
+
+
+def _checked(x):
+    if x[0] < 0.0:
+        raise ValueError("x[0] must not be negative")
+    return x * 2.0
+
+
+def test_the_hot_paths_direct_tier_call_falls_back_and_raises_as_the_general_path_does(use_profile, recwarn):
+    # After one call on the tier the hot path calls its runner directly (Executor.run_tier): argument
+    # types it then refuses still run on NumPy, remembered, and the function's own error is raised.
+    use_profile(tier_profile())
+    f = offload(_own(_scaled_diff), backend="numba")
+    x = np.arange(10.0)
+    np.testing.assert_array_equal(f(x), _scaled_diff(x))
+    np.testing.assert_array_equal(f(x), _scaled_diff(x))
+    assert f.last_decision.backend == "numba" and f.__autooffload__.executor.tier_runner is not None
+    small = np.arange(10, dtype=np.int8)  # Numba would promote `* 2.0` differently: refused
+    for _ in range(2):
+        np.testing.assert_array_equal(f(small), _scaled_diff(small))
+        assert f.last_decision.backend == "numpy" and "cannot run these argument types" in f.last_decision.reason
+    assert f.stats.as_dict()["fallbacks"] >= 1
+    np.testing.assert_array_equal(f(x), _scaled_diff(x))  # the tier's own types still run there
+    assert f.last_decision.backend == "numba"
+    g = offload(_own(_checked), backend="numba")
+    np.testing.assert_array_equal(g(x + 1.0), (x + 1.0) * 2.0)
+    np.testing.assert_array_equal(g(x + 1.0), (x + 1.0) * 2.0)
+    with pytest.raises(ValueError, match="must not be negative"):
+        g(x - 1.0)
+    assert not [w for w in recwarn if issubclass(w.category, autooffload.AutoOffloadWarning)]
+
+
 def test_what_the_tier_refuses_runs_on_numpy_quietly(use_profile, recwarn):
     use_profile(tier_profile())
 

@@ -355,6 +355,7 @@ def _hot_path_names(state: _State, attrs: dict) -> dict[str, Any]:
         "_ao_inject_xp": state.inject_xp,
         "_ao_numpy": NUMPY,
         "_ao_cupy": CUPY,
+        "_ao_numba": NUMBA,
         "_ao_general": state.call,
         "_ao_observed": state.run_observed,
         "_ao_seen_device_type": device.seen_array_type,
@@ -396,6 +397,8 @@ def _ao_make({closure}):
             return _ao_func({callargs})
         if _ao_dev and not _ao_host and _ao_d.backend is _ao_cupy:
             return _ao_executor.run_resident(_ao_d, {args}, {kwargs})
+        if _ao_d.backend is _ao_numba and not _ao_dev:
+            return _ao_executor.run_tier(_ao_d, {args}, {kwargs})
         return _ao_executor.run(_ao_d, {args}, {kwargs})
     return {name}
 """
