@@ -830,3 +830,31 @@ def test_a_stale_estimate_does_not_start_an_exploration_before_the_real_budget_a
         # the bound of _learn.py in real seconds (clock.t: every call's time, sampled or not)
         assert learner.history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 1e-9, clock.t
     assert sampled >= 48  # the waiting calls were sampled (until the estimate moved), not each learned from
+
+
+def test_the_c_checks_calls_count_towards_exploring_on_the_perf_counters_clock(ready_gpu, use_profile, monkeypatch):
+    # A settled NumPy choice runs in the C check, untimed by Python: the C check times it, and
+    # those seconds are the function's too (exploring's budget), on the real clock only.
+    pytest.importorskip("autooffload._native")
+    from autooffload import _dispatch
+
+    if _dispatch._native is None:
+        pytest.skip("the suite runs on the pure-Python wrapper")
+    use_profile(synthetic_profile(cpu_per_byte=1e-9, gpu_per_byte=1e-6, copy_per_byte=1e-9, cold_start=0.0))
+
+    @offload(kind="elementwise")
+    def slow(x):
+        time.sleep(0.001)
+        return x * 2
+
+    x = np.ones(N)
+    for _ in range(6):  # trusted on NumPy (the first dropped), uncontested: the C check's from then on
+        slow(x)
+    fastpath, learner = slow.__autooffload__.fastpath, slow.__autooffload__.learner
+    before_hits, before = fastpath.hits, learner._measured()
+    for _ in range(20):
+        np.testing.assert_array_equal(slow(x), x * 2)
+    assert fastpath.hits - before_hits == 20
+    assert learner._measured() - before >= 20 * 0.001  # the C check's calls, measured
+    monkeypatch.setattr(_learn, "clock", lambda: 0.0)  # another clock: its seconds are not comparable
+    assert learner._measured() == learner.history.observed_s + learner._measured_s

@@ -403,11 +403,14 @@ def _ao_make({closure}):
     return {name}
 """
 
-# First line of the hot path where the C check exists: a plain NumPy call needs nothing more.
+# First lines of the hot path where the C check exists: a plain NumPy call needs nothing more
+# (the C check runs it, timed, and returns its result; _MISS where the Python path decides).
 _FAST_CHECK = """\
-        if _ao_fast({callargs}):
-            return _ao_func({callargs})
+        _ao_ran = _ao_fast({callargs})
+        if _ao_ran is not _ao_miss:
+            return _ao_ran
 """
+_MISS = object()  # the C check's answer where it did not run the call
 
 _SCAN_ONE = """\
         _ao_t = type({arg})
@@ -492,7 +495,13 @@ def _make_fastpath(state: _State, attrs: dict):
     level_cache = getattr(_log.logger, "_cache", None)
     if _native is None or state.inject_xp or type(level_cache) is not dict:
         return None  # without logging's level cache the C side cannot tell whether DEBUG is on
-    return _native.FastPath(state.planner.fast, np.ndarray, tuple(PASSIVE), level_cache, attrs, _config.backend_in_context)
+    return _native.FastPath(state.planner.fast, np.ndarray, tuple(PASSIVE), level_cache, attrs, _config.backend_in_context,
+                            state.func, _MISS)
+
+
+def _seconds_of(fastpath) -> Callable[[], float]:
+    """What the C check's calls took so far (``_learn.Learner.fast_seconds``)."""
+    return lambda: fastpath.seconds
 
 
 def _make_offloaded(func: Callable, state: _State) -> Callable:
@@ -501,6 +510,8 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
     state.fastpath = _make_fastpath(state, attrs)
     if state.fastpath is not None:
         names["_ao_fast"] = state.fastpath
+        names["_ao_miss"] = _MISS
+        state.learner.fast_seconds = _seconds_of(state.fastpath)
     specialised = _hot_path_source(func, list(names))
     source, defaults = specialised if specialised is not None else (_generic_hot_path_source(list(names)), {})
     namespace: dict[str, Any] = {}

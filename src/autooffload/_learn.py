@@ -30,9 +30,12 @@ that factor, so the others' predictions are suspect too) and the alternative has
 measured at this size, one call runs there instead ("exploring"), and again until its cell is
 trusted, but only while the exploring calls' charged seconds, plus the predicted seconds of the
 next one (its last sample at this size, where it has one), stay within ``EXPLORE_FRACTION`` of
-the seconds the function was measured to run in this process (its observed calls, and the
+the seconds the function was measured to run in this process (its observed calls, the
 sampled-out calls of a sampled decision, each timed by a ``perf_counter`` pair but not learned
-from: ``count_measured``). Never predicted seconds: an estimate can be stale (a cell trusted at
+from: ``count_measured``, and the NumPy calls the C check ran, which it times: most of a
+settled function's time, whose absence kept a column loop that had run seconds on NumPy at
+smaller sizes on a GPU 1.6x slower at 1e7 elements until 1.6 s of GPU calls had paid for trying
+NumPy there; H200, no profile, session 14). Never predicted seconds: an estimate can be stale (a cell trusted at
 3 ms whose calls now take 0.3 ms), and counted at it, untimed calls would let exploring spend
 far more than its fraction of the real time (a review of a reverted change: explored at call 14
 where the real budget allowed it at call 126). A
@@ -152,6 +155,7 @@ COLD_EXCESS_MAX_S = 1e-3
 # call's time) and kept NumPy at 39 us; 0 turns this off.
 SWITCH_COLD_CALLS = 2
 clock = time.perf_counter  # tests replace it
+_PERF_COUNTER = time.perf_counter
 
 
 def history_path() -> Path | None:
@@ -209,6 +213,8 @@ class Learner:
         self._recheck_wait: dict[tuple[int, int], float] = {}  # buckets waiting to re-check a backend not chosen
         self._counted_s = 0.0  # predicted seconds of untimed calls, towards those waits (count_untimed)
         self._measured_s = 0.0  # measured seconds of calls not learned from (count_measured)
+        # The perf-counter seconds of the calls the C check ran (set by _dispatch where it exists).
+        self.fast_seconds: Callable[[], float] = lambda: 0.0
         self._left_s = math.inf  # to the nearest wait (a subtraction per call, the sum checked at 0)
 
     @property
@@ -339,12 +345,14 @@ class Learner:
         """The function's seconds in this process, towards the waits that are no exploring (the
         tier's compilation, a re-check's time): measured calls, and untimed calls counted at
         their prediction."""
-        return self.history.observed_s + self._measured_s + self._counted_s
+        return self._measured() + self._counted_s
 
     def _measured(self) -> float:
         """The function's measured seconds in this process: exploring's budget (never predicted
-        seconds: see the module docstring)."""
-        return self.history.observed_s + self._measured_s
+        seconds: see the module docstring). The calls the C check ran count too, timed there on
+        the perf counter's clock, which is this module's ``clock`` unless a test replaced it."""
+        fast = self.fast_seconds() if clock is _PERF_COUNTER else 0.0
+        return self.history.observed_s + self._measured_s + fast
 
     def _stale(self, cell, estimate: float) -> bool:
         return self._spent() - cell.stamp >= RECHECK_AFTER * estimate
