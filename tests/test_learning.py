@@ -615,7 +615,7 @@ def _tier_function_observed(monkeypatch, observe_every: int):
     chain(x)
     state = chain.__autooffload__
     seen: list[bool] = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, counted=True: seen.append(cold))
     d = dataclasses.replace(chain.last_decision, observe=True, observe_every=observe_every)
     assert d.backend == "numba"
     # it took over SWITCH_COLD_CALLS runs ago, no other backend since
@@ -720,7 +720,7 @@ def test_a_call_is_cold_after_another_backend_ran_not_after_calls_on_its_own(mon
     double(x)
     state = double.__autooffload__
     seen = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, counted=True: seen.append(cold))
     d = dataclasses.replace(double.last_decision, observe=True, observe_every=1)
     assert d.backend == "numpy"
     k = _learn.SWITCH_COLD_CALLS
@@ -787,6 +787,8 @@ def test_the_log_has_a_line_for_every_call_of_a_sampled_decision(ready_gpu, use_
     lines = [json.loads(line) for line in path.read_text().splitlines()[before:]]
     assert len(lines) == 32
     assert sum("observed_s" in line for line in lines) == 32 // _learn.DEVICE_SAMPLE_EVERY
+    # the others were measured for the budget, not learned from: their seconds say so
+    assert sum(line.get("sampled_out_s") == pytest.approx(0.001) for line in lines) == 32 - 32 // _learn.DEVICE_SAMPLE_EVERY
 
 
 def test_an_exploration_waiting_at_one_size_does_not_re_decide_calls_at_another(ready_gpu, use_profile, clock):
@@ -858,3 +860,56 @@ def test_the_c_checks_calls_count_towards_exploring_on_the_perf_counters_clock(r
     assert learner._measured() - before >= 20 * 0.001  # the C check's calls, measured
     monkeypatch.setattr(_learn, "clock", lambda: 0.0)  # another clock: its seconds are not comparable
     assert learner._measured() == learner.history.observed_s + learner._measured_s
+
+
+def test_a_recursion_through_the_c_check_and_the_timed_path_counts_its_time_once(ready_gpu, use_profile):
+    # The outer calls are timed in Python (NumPy trusted, a GPU exploration waiting for budget);
+    # their inner calls, at a small size settled on NumPy, run in the C check: only the outer
+    # calls' seconds count (a review measured 1.71x the wall time counted before).
+    use_profile(synthetic_profile(cpu_per_byte=2.5e-5, gpu_per_byte=1e-6, gpu_floor=1.0, copy_per_byte=1e-9, cold_start=0.0))
+
+    @offload(kind="elementwise")
+    def nested(x, depth):
+        time.sleep(0.002)
+        if depth:
+            for _ in range(5):
+                nested(x[:10], 0)
+        return x
+
+    small, big = np.ones(10), np.ones(1000)
+    for _ in range(8):
+        nested(small, 0)
+        nested(big, 0)
+    learner = nested.__autooffload__.learner
+    assert learner._pending and nested.last_decision.observe  # the outer calls are timed in Python
+    before, start = learner._measured(), time.perf_counter()
+    for _ in range(16):
+        nested(big, 1)
+    wall = time.perf_counter() - start
+    assert learner._measured() - before <= wall
+
+
+def test_a_due_recheck_waiting_for_budget_does_not_decide_again_on_every_call(ready_gpu, use_profile, clock):
+    # Size A: NumPy 1 ms, the GPU 2 ms, both trusted; size B: the GPU explored at 100 ms, which
+    # spends exploring's budget. Back at A the GPU's re-check is due but waits for budget: the
+    # decision stands until it is met (before: 398 decisions in 400 calls).
+    use_profile(synthetic_profile(cpu_per_byte=1e-9, gpu_per_byte=1.2e-9, copy_per_byte=1e-12, cold_start=0.0))
+    sizes = {125_000: (0.001, 0.002), 1_000_000: (0.008, 0.100)}
+
+    @offload(kind="elementwise")
+    def work(x):
+        numpy_s, gpu_s = sizes[x.size]
+        clock.t += gpu_s if isinstance(x, FakeDeviceArray) else numpy_s
+        return x * 2
+
+    a, b = np.ones(125_000), np.ones(1_000_000)
+    for _ in range(300):
+        work(a)
+    for _ in range(200):
+        work(b)
+    before = work.stats.as_dict()["decisions"]
+    for _ in range(400):
+        work(a)
+    assert work.stats.as_dict()["decisions"] - before <= 20
+    history = work.__autooffload__.learner.history
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 0.100

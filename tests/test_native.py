@@ -205,15 +205,15 @@ def test_xp_injection_and_log_file_never_use_the_c_check(monkeypatch, tmp_path):
 def test_constructor_checks_its_arguments():
     var = contextvars.ContextVar("backend", default=None)
     with pytest.raises(TypeError):
-        native.FastPath({}, np.ndarray, [int], None, {}, var, add, None)
+        native.FastPath({}, np.ndarray, [int], None, {}, var, add, None, [])
     with pytest.raises(TypeError, match="level_cache"):
-        native.FastPath({}, np.ndarray, (int,), [], {}, var, add, None)
+        native.FastPath({}, np.ndarray, (int,), [], {}, var, add, None, [])
     with pytest.raises(ValueError, match="at most"):
-        native.FastPath({}, np.ndarray, (int,) * 33, None, {}, var, add, None)
+        native.FastPath({}, np.ndarray, (int,) * 33, None, {}, var, add, None, [])
     with pytest.raises(TypeError, match="ContextVar"):
-        native.FastPath({}, np.ndarray, (int,), None, {}, "backend", add, None)
+        native.FastPath({}, np.ndarray, (int,), None, {}, "backend", add, None, [])
     with pytest.raises(TypeError, match="callable"):
-        native.FastPath({}, np.ndarray, (int,), None, {}, var, "add", None)
+        native.FastPath({}, np.ndarray, (int,), None, {}, var, "add", None, [])
 
 
 def test_the_decorator_tests_pass_on_the_pure_python_wrapper():
@@ -245,3 +245,24 @@ def test_array_address_is_ctypes_data(make):
 def test_array_address_refuses_what_is_not_an_array():
     with pytest.raises(TypeError, match="numpy.ndarray; got list"):
         native.array_address([1, 2])
+
+
+def test_a_deep_recursion_through_the_c_check_runs_as_it_does_undecorated():
+    # Each call the C check makes takes C stack, which a Python-to-Python call does not: past
+    # a few nested calls the Python path takes them (a review crashed the interpreter at 30000).
+    code = (
+        "import sys, numpy as np\n"
+        "from autooffload import offload\n"
+        "sys.setrecursionlimit(10**6)\n"
+        "@offload\n"
+        "def down(x, n):\n"
+        "    return x if n == 0 else down(x, n - 1)\n"
+        "x = np.ones(4)\n"
+        "down(x, 0); down(x, 0)\n"
+        "assert down(x, 40000) is x\n"
+        "assert down.__autooffload__.fastpath.running == 0\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])

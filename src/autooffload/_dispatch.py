@@ -164,6 +164,9 @@ class _State:
         self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
         self.unsampled = 0  # calls run untimed since the last timed one (Decision.observe_every)
+        # One item per call of this function the Python side is timing now (the C check reads its
+        # length): a call made inside another timed one is not counted again (_counts_its_time).
+        self.timing: list = []
         # Per backend, (the calls other backends had run when it last took over, its own run count
         # then): how soon after a switch a call comes (_learn.SWITCH_COLD_CALLS).
         self.took_over: dict[str, tuple[int, int]] = {}
@@ -265,12 +268,18 @@ class _State:
         if d.observe_every > 1:
             self.unsampled += 1
             if self.unsampled < d.observe_every:
+                counted, timing = self._counts_its_time(), self.timing
+                timing.append(None)
                 start = _learn.clock()
-                result = self.executor.run(d, args, kwargs)
-                if self.learner.count_measured(_learn.clock() - start, d.bucket):
+                try:
+                    result = self.executor.run(d, args, kwargs)
+                finally:
+                    timing.pop()
+                seconds = _learn.clock() - start
+                if counted and self.learner.count_measured(seconds, d.bucket):
                     self.planner.reset()  # a wait of learning's has come, or this bucket's exploration: decide again
                 if _log.active():
-                    _log.record(self.attrs.get("last_decision", d), first_in_bucket=False, untimed=True)
+                    _log.record(self.attrs.get("last_decision", d), first_in_bucket=False, sampled_out_s=seconds)
                 return result
             self.unsampled = 0
         tier = backends.get(NUMBA) if d.backend == NUMBA else None
@@ -283,6 +292,8 @@ class _State:
             self.unsampled = d.observe_every - 1
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
+        counted, timing = self._counts_its_time(), self.timing
+        timing.append(None)
         start = _learn.clock()
         raised = True
         try:
@@ -293,9 +304,21 @@ class _State:
             raised = False
             return result
         finally:
-            self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling())
+            seconds = _learn.clock() - start
+            timing.pop()
+            self._observed(d, seconds, raised, cold, disturbed or compiling(), counted)
 
-    def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False) -> None:
+    def _counts_its_time(self) -> bool:
+        """Whether a call about to be timed counts its seconds towards the function's: not when
+        another call of this function is being timed (recursion through the decorator, or another
+        thread's call meanwhile), here or in the C check, whose seconds already hold this one's.
+        A call not counted still teaches its cell; missing it only counts less (a review measured
+        a recursion through both paths counting 1.71x the wall time before this)."""
+        fastpath = self.fastpath
+        return not self.timing and (fastpath is None or fastpath.running == 0)
+
+    def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
+                  counted: bool = True) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, so the time is counted towards
@@ -312,12 +335,13 @@ class _State:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
         learns = not raised and ran is d and _learn.enabled()  # not a fallback: its time mixes two runs
         if learns and disturbed:
-            if self.learner.unlearned(seconds, d.exploring):
+            if self.learner.unlearned(seconds, d.exploring, counted):
                 self.planner.reset()
         elif learns:
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
                                  expected=d.predicted_s.get(d.backend),
-                                 cold=cold and _learn.cold_may_hide_a_win(seconds, d.predicted_s, d.backend))
+                                 cold=cold and _learn.cold_may_hide_a_win(seconds, d.predicted_s, d.backend),
+                                 counted=counted)
         if _log.active():
             _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)
 
@@ -496,7 +520,7 @@ def _make_fastpath(state: _State, attrs: dict):
     if _native is None or state.inject_xp or type(level_cache) is not dict:
         return None  # without logging's level cache the C side cannot tell whether DEBUG is on
     return _native.FastPath(state.planner.fast, np.ndarray, tuple(PASSIVE), level_cache, attrs, _config.backend_in_context,
-                            state.func, _MISS)
+                            state.func, _MISS, state.timing)
 
 
 def _seconds_of(fastpath) -> Callable[[], float]:

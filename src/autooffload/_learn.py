@@ -373,7 +373,10 @@ class Learner:
                     continue
                 at = cell.stamp + RECHECK_AFTER * seconds
                 due = at if due is None else min(due, at)
-        if due is None or not mine:
+        if due is None or not mine or bucket in self._pending:
+            # (Pending: the re-check is due and waits for exploring's budget, which its own test
+            # revisits when met; a due wait here would re-decide every call until then: a review
+            # found 398 decisions in 400 calls.)
             self._recheck_wait.pop(bucket, None)
             return 0.0
         self._recheck_wait[bucket] = due
@@ -413,14 +416,16 @@ class Learner:
     def _next_wait(self) -> float:
         return min((*self._compile_wait.values(), *self._recheck_wait.values()), default=0.0)
 
-    def unlearned(self, seconds: float, exploring: bool) -> bool:
+    def unlearned(self, seconds: float, exploring: bool, counted: bool = True) -> bool:
         """A timed call that teaches nothing (a compilation held the interpreter meanwhile): its
-        seconds count towards the function's, an exploring one's towards exploring too; True where
-        the planner must decide again (an exploring decision must not stand uncharged)."""
+        seconds count towards the function's (``counted``: not inside another timed call of it),
+        an exploring one's towards exploring too; True where the planner must decide again (an
+        exploring decision must not stand uncharged)."""
         if exploring:
             self.history.charge_exploring(seconds)
-        self._measured_s += seconds
-        self._left_s -= seconds
+        if counted:
+            self._measured_s += seconds
+            self._left_s -= seconds
         due = self._left_s <= 0 and self._waits_due()
         return due or exploring
 
@@ -476,17 +481,20 @@ class Learner:
 
     # -- observing -----------------------------------------------------------------------------
     def observe(self, backend: str, bucket: tuple[int, int], seconds: float, predicted: float | None,
-                *, exploring: bool, expected: float | None = None, cold: bool = False) -> None:
+                *, exploring: bool, expected: float | None = None, cold: bool = False, counted: bool = True) -> None:
         """One call's observed seconds; the planner decides again where that may change its answer.
 
         ``expected``: what the decision predicted this call to take (an exploring call's charge,
-        for the first call of its cell, is capped there: see the module docstring)."""
+        for the first call of its cell, is capped there: see the module docstring). ``counted``:
+        its seconds count towards the function's (not a call made inside another timed one)."""
         history = self.history
         cell = history.cell((backend, *bucket))
         before = cell.estimate() if cell is not None else None
-        cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, expected=expected, cold=cold)
+        cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, expected=expected, cold=cold,
+                           counted=counted)
+        spent = seconds if counted else 0.0  # towards the waits: a call inside another is its outer call's time
         if not cell.last_kept:
-            self._left_s -= seconds  # a cold sample, dropped: the cell stays as it was, and due
+            self._left_s -= spent  # a cold sample, dropped: the cell stays as it was, and due
             return  # (a re-check of the tier is cold almost by construction: the next call explores again)
         cell.stamp = self._spent()
         if exploring and before is not None and not (1 / AGREE < seconds / before < AGREE):
@@ -499,7 +507,7 @@ class Learner:
         # ran 5x slower than the Numba tier it had chosen).
         need = self._pending.get(bucket)
         affordable = need is not None and history.explored_s + need <= EXPLORE_FRACTION * self._measured()
-        self._left_s -= seconds
+        self._left_s -= spent
         due = self._left_s <= 0 and self._waits_due()
         if moved or affordable or exploring or due:
             self.revisit()

@@ -24,15 +24,17 @@ def active() -> bool:
 
 
 def record(decision, *, first_in_bucket: bool, observed_s: float | None = None, raised: bool = False,
-           untimed: bool = False) -> None:
+           sampled_out_s: float | None = None) -> None:
     """DEBUG for every decision, INFO the first time a function meets a size bucket, JSON line to the file.
 
     A decision that is measured (``decision.observe``) is written to the file after its call,
     with ``observed_s`` beside ``predicted_s`` (and ``raised`` if the call raised): one line per call.
-    ``untimed``: the line of a call such a decision left untimed (one in ``observe_every`` is
-    timed), written after it; the logger had it before the call.
+    ``sampled_out_s``: the line of a call such a decision did not learn from (it learns from one
+    in ``observe_every``), with the seconds it was measured to take for the budget, written after
+    it; the logger had it before the call.
     """
     global _unwritable_in
+    untimed = sampled_out_s is not None
     if observed_s is None and not untimed:
         level = INFO if first_in_bucket else DEBUG
         if logger.isEnabledFor(level):
@@ -46,6 +48,8 @@ def record(decision, *, first_in_bucket: bool, observed_s: float | None = None, 
         fields["observed_s"] = observed_s
         if raised:
             fields["raised"] = True
+    elif untimed:
+        fields["sampled_out_s"] = sampled_out_s
     line = json.dumps(fields, default=str)
     # Records are made before the function runs: a log that fails here must not stop the call.
     with _file_lock:

@@ -35,6 +35,10 @@
 #endif
 
 #define MAX_PASSIVE 32
+/* Calls of one function running here at once (recursion) before the Python path takes the next:
+   each call made from C takes C stack, which a Python-to-Python call in 3.11+ does not (a
+   recursion 30000 deep through this check crashed the interpreter under a raised recursion limit). */
+#define MAX_RUNNING 32
 
 typedef struct {
     PyObject_HEAD
@@ -54,6 +58,7 @@ typedef struct {
     PyObject *miss;        /* returned where the Python path must decide */
     double seconds;        /* perf-counter seconds of the calls run here, exceptions included */
     int running;           /* calls run here now (a recursive call's time is its outer call's) */
+    PyObject *timing;      /* list: one item per call of this function the Python side is timing now */
 } FastPath;
 
 /* The perf counter's clock in seconds (time.perf_counter's on Linux: CLOCK_MONOTONIC). */
@@ -130,6 +135,9 @@ static PyObject *
 fastpath_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     FastPath *self = (FastPath *)op;
+    if (self->running >= MAX_RUNNING) {
+        return Py_NewRef(self->miss);
+    }
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
     if (kwnames != NULL) {
         n += PyTuple_GET_SIZE(kwnames);
@@ -190,9 +198,10 @@ fastpath_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
         return Py_NewRef(self->miss);
     }
     self->hits++;
-    /* Timed only where no other call runs here: a call made inside another (recursion, or
-       another thread's meanwhile) would count the same seconds twice; missing it only counts less. */
-    int outermost = self->running++ == 0;
+    /* Timed only where no other call of this function runs, here or timed by the Python side: a
+       call made inside another (recursion, or another thread's meanwhile) would count the same
+       seconds twice; missing it only counts less. */
+    int outermost = self->running++ == 0 && PyList_GET_SIZE(self->timing) == 0;
     double start = outermost ? now() : 0.0;
     /* Without PY_VECTORCALL_ARGUMENTS_OFFSET: the function may not borrow args[-1] of our caller. */
     PyObject *result = PyObject_Vectorcall(self->func, args, PyVectorcall_NARGS(nargsf), kwnames);
@@ -206,11 +215,13 @@ fastpath_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
 static PyObject *
 fastpath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fast", "ndarray", "passive", "level_cache", "attrs", "config_backend", "func", "miss", NULL};
-    PyObject *fast, *ndarray, *passive, *level_cache, *attrs, *config_backend, *func, *miss;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OO!O!OO:FastPath", kwlist, &PyDict_Type, &fast,
+    static char *kwlist[] = {"fast", "ndarray", "passive", "level_cache", "attrs", "config_backend", "func", "miss",
+                             "timing", NULL};
+    PyObject *fast, *ndarray, *passive, *level_cache, *attrs, *config_backend, *func, *miss, *timing;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OO!O!OOO!:FastPath", kwlist, &PyDict_Type, &fast,
                                      &PyType_Type, &ndarray, &PyTuple_Type, &passive, &level_cache,
-                                     &PyDict_Type, &attrs, &PyContextVar_Type, &config_backend, &func, &miss)) {
+                                     &PyDict_Type, &attrs, &PyContextVar_Type, &config_backend, &func, &miss,
+                                     &PyList_Type, &timing)) {
         return NULL;
     }
     if (!PyCallable_Check(func)) {
@@ -246,6 +257,7 @@ fastpath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->config_backend = Py_NewRef(config_backend);
     self->func = Py_NewRef(func);
     self->miss = Py_NewRef(miss);
+    self->timing = Py_NewRef(timing);
     self->seconds = 0.0;
     self->running = 0;
     self->n_passive = n_passive;
@@ -277,6 +289,7 @@ fastpath_traverse(FastPath *self, visitproc visit, void *arg)
     Py_VISIT(self->config_backend);
     Py_VISIT(self->func);
     Py_VISIT(self->miss);
+    Py_VISIT(self->timing);
     return 0;
 }
 
@@ -291,6 +304,7 @@ fastpath_clear(FastPath *self)
     Py_CLEAR(self->config_backend);
     Py_CLEAR(self->func);
     Py_CLEAR(self->miss);
+    Py_CLEAR(self->timing);
     return 0;
 }
 
@@ -305,6 +319,7 @@ fastpath_dealloc(FastPath *self)
 static PyMemberDef fastpath_members[] = {
     {"hits", T_PYSSIZET, offsetof(FastPath, hits), READONLY, "calls run here"},
     {"seconds", T_DOUBLE, offsetof(FastPath, seconds), READONLY, "perf-counter seconds of the calls run here"},
+    {"running", T_INT, offsetof(FastPath, running), READONLY, "calls run here now"},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(FastPath, vectorcall), READONLY},
     {NULL},
 };
@@ -312,7 +327,7 @@ static PyMemberDef fastpath_members[] = {
 static PyTypeObject FastPathType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "autooffload._native.FastPath",
-    .tp_doc = "FastPath(fast, ndarray, passive, level_cache, attrs, config_backend, func, miss): the NumPy-path check of one offloaded function, which runs it where the answer is NumPy",
+    .tp_doc = "FastPath(fast, ndarray, passive, level_cache, attrs, config_backend, func, miss, timing): the NumPy-path check of one offloaded function, which runs it where the answer is NumPy",
     .tp_basicsize = sizeof(FastPath),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = fastpath_new,
