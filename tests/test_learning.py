@@ -615,7 +615,7 @@ def _tier_function_observed(monkeypatch, observe_every: int):
     chain(x)
     state = chain.__autooffload__
     seen: list[bool] = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, counted=True: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, corrected=None: seen.append(cold))
     d = dataclasses.replace(chain.last_decision, observe=True, observe_every=observe_every)
     assert d.backend == "numba"
     # it took over SWITCH_COLD_CALLS runs ago, no other backend since
@@ -720,7 +720,7 @@ def test_a_call_is_cold_after_another_backend_ran_not_after_calls_on_its_own(mon
     double(x)
     state = double.__autooffload__
     seen = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, counted=True: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, corrected=None: seen.append(cold))
     d = dataclasses.replace(double.last_decision, observe=True, observe_every=1)
     assert d.backend == "numpy"
     k = _learn.SWITCH_COLD_CALLS
@@ -834,61 +834,6 @@ def test_a_stale_estimate_does_not_start_an_exploration_before_the_real_budget_a
     assert sampled >= 48  # the waiting calls were sampled (until the estimate moved), not each learned from
 
 
-def test_the_c_checks_calls_count_towards_exploring_on_the_perf_counters_clock(ready_gpu, use_profile, monkeypatch):
-    # A settled NumPy choice runs in the C check, untimed by Python: the C check times it, and
-    # those seconds are the function's too (exploring's budget), on the real clock only.
-    pytest.importorskip("autooffload._native")
-    from autooffload import _dispatch
-
-    if _dispatch._native is None:
-        pytest.skip("the suite runs on the pure-Python wrapper")
-    use_profile(synthetic_profile(cpu_per_byte=1e-9, gpu_per_byte=1e-6, copy_per_byte=1e-9, cold_start=0.0))
-
-    @offload(kind="elementwise")
-    def slow(x):
-        time.sleep(0.001)
-        return x * 2
-
-    x = np.ones(N)
-    for _ in range(6):  # trusted on NumPy (the first dropped), uncontested: the C check's from then on
-        slow(x)
-    fastpath, learner = slow.__autooffload__.fastpath, slow.__autooffload__.learner
-    before_hits, before = fastpath.hits, learner._measured()
-    for _ in range(20):
-        np.testing.assert_array_equal(slow(x), x * 2)
-    assert fastpath.hits - before_hits == 20
-    assert learner._measured() - before >= 20 * 0.001  # the C check's calls, measured
-    monkeypatch.setattr(_learn, "clock", lambda: 0.0)  # another clock: its seconds are not comparable
-    assert learner._measured() == learner.history.observed_s + learner._measured_s
-
-
-def test_a_recursion_through_the_c_check_and_the_timed_path_counts_its_time_once(ready_gpu, use_profile):
-    # The outer calls are timed in Python (NumPy trusted, a GPU exploration waiting for budget);
-    # their inner calls, at a small size settled on NumPy, run in the C check: only the outer
-    # calls' seconds count (a review measured 1.71x the wall time counted before).
-    use_profile(synthetic_profile(cpu_per_byte=2.5e-5, gpu_per_byte=1e-6, gpu_floor=1.0, copy_per_byte=1e-9, cold_start=0.0))
-
-    @offload(kind="elementwise")
-    def nested(x, depth):
-        time.sleep(0.002)
-        if depth:
-            for _ in range(5):
-                nested(x[:10], 0)
-        return x
-
-    small, big = np.ones(10), np.ones(1000)
-    for _ in range(8):
-        nested(small, 0)
-        nested(big, 0)
-    learner = nested.__autooffload__.learner
-    assert learner._pending and nested.last_decision.observe  # the outer calls are timed in Python
-    before, start = learner._measured(), time.perf_counter()
-    for _ in range(16):
-        nested(big, 1)
-    wall = time.perf_counter() - start
-    assert learner._measured() - before <= wall
-
-
 def test_a_due_recheck_waiting_for_budget_does_not_decide_again_on_every_call(ready_gpu, use_profile, clock):
     # Size A: NumPy 1 ms, the GPU 2 ms, both trusted; size B: the GPU explored at 100 ms, which
     # spends exploring's budget. Back at A the GPU's re-check is due but waits for budget: the
@@ -913,3 +858,58 @@ def test_a_due_recheck_waiting_for_budget_does_not_decide_again_on_every_call(re
     assert work.stats.as_dict()["decisions"] - before <= 20
     history = work.__autooffload__.learner.history
     assert history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 0.100
+
+
+def test_a_nested_call_of_the_function_leaves_the_outer_calls_learning_and_exploring_bounded(ready_gpu, use_profile, clock):
+    # Each call calls the function once more on a tiny array, which replaces last_decision while
+    # the outer call runs: the outer call still learns its cell, and an exploring one is charged
+    # (before, its decision stood uncharged: every call from the 253rd on ran on a GPU 4x slower).
+    use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
+
+    @offload(kind="elementwise")
+    def outer(x, inner):
+        clock.t += 0.020 if isinstance(x, FakeDeviceArray) else 0.005
+        if inner:
+            outer(np.ones(4), False)
+        return x
+
+    x = np.ones(125_000)
+    state = outer.__autooffload__
+    ran = []
+    for _ in range(600):
+        gpu_before = state.records.runs_by["cupy"]
+        outer(x, True)
+        ran.append(state.records.runs_by["cupy"] > gpu_before)
+    history = state.learner.history
+    assert sum(ran) <= 10, "".join("c" if r else "n" for r in ran)  # explored, found 4x slower, left
+    assert not any(ran[-300:])
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 0.020
+    big = [c for k, c in history.cells.items() if k[0] == "numpy" and k[1] > 30]
+    assert big and big[0].trusted  # the outer calls' NumPy cell, learned despite the nested calls
+
+
+def test_an_exploring_call_that_raises_is_charged_and_decided_again(ready_gpu, use_profile, clock):
+    # The GPU is explored (uncertain against NumPy) and raises there, the function's own error:
+    # each exploring call is charged and decided again, so it stays within exploring's bound
+    # (before, the exploring decision stood uncharged and every later call raised on the GPU).
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=1.48e-8, copy_per_byte=1e-10, cold_start=0.0))
+
+    @offload(kind="elementwise")
+    def fails_on_the_gpu(x):
+        if isinstance(x, FakeDeviceArray):
+            clock.t += 0.120
+            raise ValueError("not on the GPU")
+        clock.t += 0.010
+        return x * 2
+
+    x = np.ones(N)
+    raised = 0
+    for _ in range(300):
+        try:
+            fails_on_the_gpu(x)
+        except ValueError:
+            raised += 1
+    history = fails_on_the_gpu.__autooffload__.learner.history
+    assert 1 <= raised <= 30
+    assert history.explored_s == pytest.approx(raised * 0.120)  # each charged
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 0.120

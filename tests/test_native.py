@@ -32,51 +32,11 @@ def rng_array(n, seed=0):
     return np.random.default_rng(seed).uniform(0.5, 2.0, n)
 
 
-def ran(answer) -> bool:
-    """Whether the C check ran the call (it returns the result then, else the miss marker)."""
-    return answer is not _dispatch._MISS
-
-
 def warmed(func=add, *args):
     f = offload(func)
     args = args or (rng_array(100), rng_array(100, 1))
     f(*args)  # the Python path decides and fills the fast dict
     return f, f.__autooffload__.fastpath, args
-
-
-def test_the_c_check_runs_the_call_times_it_and_raises_its_errors():
-    def checked(a, b, scale=1.0):
-        if scale < 0:
-            raise ValueError("scale must not be negative")
-        return (a + b) * scale
-
-    a, b = rng_array(100), rng_array(100, 1)
-    f, fp, _ = warmed(checked, a, b)
-    assert fp.seconds == 0.0
-    np.testing.assert_array_equal(fp(a, b, scale=2.0), (a + b) * 2.0)  # keywords reach the function
-    np.testing.assert_array_equal(f(a, b), a + b)
-    assert fp.hits == 2 and fp.seconds > 0.0
-    with pytest.raises(ValueError, match="must not be negative"):
-        f(a, b, -1.0)
-    assert fp.hits == 3 and f.last_decision.backend == "numpy"
-
-
-def test_a_recursive_call_through_the_c_check_is_timed_once():
-    import time
-
-    def countdown(a, n):
-        time.sleep(0.002)
-        return a if n == 0 else countdown_off(a, n - 1)
-
-    countdown_off = offload(countdown)
-    a = rng_array(10)
-    countdown_off(a, 0)  # the Python path decides and fills the fast dict
-    fp = countdown_off.__autooffload__.fastpath
-    start = time.perf_counter()
-    countdown_off(a, 3)
-    elapsed = time.perf_counter() - start
-    assert fp.hits == 4  # the outer call and its three inner ones
-    assert 0.008 <= fp.seconds <= elapsed  # not 4 + 3 + 2 + 1 sleeps
 
 
 def test_a_cached_numpy_decision_is_answered_in_c_and_counted():
@@ -109,7 +69,7 @@ def test_stores_the_decision_of_this_call_as_last_decision():
 def test_unusual_arguments_go_to_the_python_path(other):
     f, fp, (a, b) = warmed()
     value = other(a)
-    assert not ran(fp(a, value))
+    assert fp(a, value) is False
     assert fp.hits == 0
 
 
@@ -128,8 +88,8 @@ def test_scalars_and_tuples_of_scalars_are_passive():
 
     a = rng_array(100)
     f, fp, _ = warmed(scaled, a, (10, 10), 2.5)
-    assert ran(fp(a, (10, 10), 2.5))
-    assert ran(fp(a, (10, 10), 2.5, name="x"))
+    assert fp(a, (10, 10), 2.5) is True
+    assert fp(a, (10, 10), 2.5, name="x") is True
     np.testing.assert_array_equal(f(a, (10, 10), 2.5), a.reshape(10, 10) * 2.5)
 
 
@@ -140,7 +100,7 @@ def test_a_config_block_sends_calls_of_its_own_context_to_python_only():
 
     def hold_block():
         with config(backend="numpy"):
-            seen.append(ran(fp(a, b)))
+            seen.append(fp(a, b))
             inside.set()
             release.wait(10)
 
@@ -149,13 +109,13 @@ def test_a_config_block_sends_calls_of_its_own_context_to_python_only():
     try:
         inside.wait(10)
         assert seen == [False]
-        assert ran(fp(a, b))  # another thread's block is not this thread's
+        assert fp(a, b) is True  # another thread's block is not this thread's
     finally:
         release.set()
         t.join()
     with config(backend="auto"):
-        assert not ran(fp(a, b))
-    assert ran(fp(a, b))
+        assert fp(a, b) is False
+    assert fp(a, b) is True
 
 
 def test_forced_backend_inside_config_is_not_bypassed(fake_gpu):
@@ -168,22 +128,22 @@ def test_forced_backend_inside_config_is_not_bypassed(fake_gpu):
 
 def test_debug_logging_sends_calls_to_python(caplog):
     f, fp, (a, b) = warmed()
-    assert ran(fp(a, b))
+    assert fp(a, b) is True
     with caplog.at_level(logging.DEBUG, logger="autooffload"):
         f(a, b)
-        assert not ran(fp(a, b))  # the level cache now says True, or was cleared
+        assert fp(a, b) is False  # the level cache now says True, or was cleared
     assert any("add" in r.getMessage() for r in caplog.records)
 
 
 def test_invalidated_decisions_are_gone_from_the_c_side_too():
     f, fp, (a, b) = warmed()
-    assert ran(fp(a, b))
+    assert fp(a, b) is True
     from autooffload import _config
 
     _config.invalidate_decisions()
-    assert not ran(fp(a, b))
+    assert fp(a, b) is False
     f(a, b)
-    assert ran(fp(a, b))
+    assert fp(a, b) is True
 
 
 def test_xp_injection_and_log_file_never_use_the_c_check(monkeypatch, tmp_path):
@@ -205,15 +165,13 @@ def test_xp_injection_and_log_file_never_use_the_c_check(monkeypatch, tmp_path):
 def test_constructor_checks_its_arguments():
     var = contextvars.ContextVar("backend", default=None)
     with pytest.raises(TypeError):
-        native.FastPath({}, np.ndarray, [int], None, {}, var, add, None, [])
+        native.FastPath({}, np.ndarray, [int], None, {}, var)
     with pytest.raises(TypeError, match="level_cache"):
-        native.FastPath({}, np.ndarray, (int,), [], {}, var, add, None, [])
+        native.FastPath({}, np.ndarray, (int,), [], {}, var)
     with pytest.raises(ValueError, match="at most"):
-        native.FastPath({}, np.ndarray, (int,) * 33, None, {}, var, add, None, [])
+        native.FastPath({}, np.ndarray, (int,) * 33, None, {}, var)
     with pytest.raises(TypeError, match="ContextVar"):
-        native.FastPath({}, np.ndarray, (int,), None, {}, "backend", add, None, [])
-    with pytest.raises(TypeError, match="callable"):
-        native.FastPath({}, np.ndarray, (int,), None, {}, var, "add", None, [])
+        native.FastPath({}, np.ndarray, (int,), None, {}, "backend")
 
 
 def test_the_decorator_tests_pass_on_the_pure_python_wrapper():
@@ -247,9 +205,9 @@ def test_array_address_refuses_what_is_not_an_array():
         native.array_address([1, 2])
 
 
-def test_a_deep_recursion_through_the_c_check_runs_as_it_does_undecorated():
-    # Each call the C check makes takes C stack, which a Python-to-Python call does not: past
-    # a few nested calls the Python path takes them (a review crashed the interpreter at 30000).
+def test_a_deep_recursion_through_the_decorator_runs_as_it_does_undecorated():
+    # The C check only answers; the call itself stays a Python-to-Python call, which takes no C
+    # stack (a version that made the call from C crashed the interpreter 30000 deep).
     code = (
         "import sys, numpy as np\n"
         "from autooffload import offload\n"
@@ -260,7 +218,6 @@ def test_a_deep_recursion_through_the_c_check_runs_as_it_does_undecorated():
         "x = np.ones(4)\n"
         "down(x, 0); down(x, 0)\n"
         "assert down(x, 40000) is x\n"
-        "assert down.__autooffload__.fastpath.running == 0\n"
         "print('ok')\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -164,9 +164,10 @@ class _State:
         self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
         self.unsampled = 0  # calls run untimed since the last timed one (Decision.observe_every)
-        # One item per call of this function the Python side is timing now (the C check reads its
-        # length): a call made inside another timed one is not counted again (_counts_its_time).
-        self.timing: list = []
+        # Corrections of last_decision by the executor so far (another backend ran, the call was
+        # decided again for another device, or streamed): how a timed call tells its own run's
+        # correction from a nested call of the function replacing last_decision meanwhile.
+        self.corrections = 0
         # Per backend, (the calls other backends had run when it last took over, its own run count
         # then): how soon after a switch a call comes (_learn.SWITCH_COLD_CALLS).
         self.took_over: dict[str, tuple[int, int]] = {}
@@ -178,7 +179,7 @@ class _State:
         may_write, _ = may_write_arguments(func)
         self.executor = Executor(func, self.name, self.records, self.ran_instead,
                                  pure=bool(pure), may_write=may_write, xp_param=xp_param,
-                                 xp_defaults_to_numpy=xp_defaults_to_numpy, blockwise=self.blockwise, note=self.report)
+                                 xp_defaults_to_numpy=xp_defaults_to_numpy, blockwise=self.blockwise, note=self.noted)
         self.executor.replan = self.replan
         self.fastpath = None  # the _native.FastPath of the wrapper, when the extension is built
         # The wrapper (weak: it holds this state), and the decorator's options, for the Dask path
@@ -194,8 +195,14 @@ class _State:
 
     def ran_instead(self, d: Decision) -> None:
         """The executor's correction: ``d.backend`` ran, not the backend decided, for ``d.reason``."""
+        self.corrections += 1
         self.attrs["last_decision"] = d
         self.records.timesheet.ran_instead(d.backend, d.reason)
+
+    def noted(self, d: Decision) -> None:
+        """The executor's correction of a run it streamed (no other backend ran)."""
+        self.corrections += 1
+        self.attrs["last_decision"] = d
 
     def call(self, args: tuple, kwargs: dict) -> Any:
         """The general path: nested containers, kwargs, device arrays, anything unusual."""
@@ -228,6 +235,7 @@ class _State:
         host, dev, largest, odd = call_shape(args, kwargs)
         config_backend = _config.current_backend()
         d = self.planner.decide((host, dev, odd, config_backend), host, dev, largest, odd, config_backend, args, kwargs)
+        self.corrections += 1
         self.report(d)
         return d
 
@@ -268,15 +276,10 @@ class _State:
         if d.observe_every > 1:
             self.unsampled += 1
             if self.unsampled < d.observe_every:
-                counted, timing = self._counts_its_time(), self.timing
-                timing.append(None)
                 start = _learn.clock()
-                try:
-                    result = self.executor.run(d, args, kwargs)
-                finally:
-                    timing.pop()
+                result = self.executor.run(d, args, kwargs)
                 seconds = _learn.clock() - start
-                if counted and self.learner.count_measured(seconds, d.bucket):
+                if self.learner.count_measured(seconds, d.bucket):
                     self.planner.reset()  # a wait of learning's has come, or this bucket's exploration: decide again
                 if _log.active():
                     _log.record(self.attrs.get("last_decision", d), first_in_bucket=False, sampled_out_s=seconds)
@@ -292,8 +295,7 @@ class _State:
             self.unsampled = d.observe_every - 1
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
-        counted, timing = self._counts_its_time(), self.timing
-        timing.append(None)
+        corrections = self.corrections
         start = _learn.clock()
         raised = True
         try:
@@ -304,28 +306,23 @@ class _State:
             raised = False
             return result
         finally:
-            seconds = _learn.clock() - start
-            timing.pop()
-            self._observed(d, seconds, raised, cold, disturbed or compiling(), counted)
-
-    def _counts_its_time(self) -> bool:
-        """Whether a call about to be timed counts its seconds towards the function's: not when
-        another call of this function is being timed (recursion through the decorator, or another
-        thread's call meanwhile), here or in the C check, whose seconds already hold this one's.
-        A call not counted still teaches its cell; missing it only counts less (a review measured
-        a recursion through both paths counting 1.71x the wall time before this)."""
-        fastpath = self.fastpath
-        return not self.timing and (fastpath is None or fastpath.running == 0)
+            self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling(),
+                           corrected=self.corrections != corrections)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
-                  counted: bool = True) -> None:
+                  corrected: bool | None = None) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, so the time is counted towards
         the function's seconds but learned from nowhere (_numba_compile.compiling_now)."""
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
-        ran = self.attrs.get("last_decision", d)
+        if corrected is None:
+            corrected = self.attrs.get("last_decision", d) is not d
+        # What ran: the executor's correction where it made one; else ``d``, even where a nested call
+        # of this function replaced last_decision meanwhile (then the call learned nothing and, if
+        # exploring, stood uncharged: a review saw every call from the 253rd on run a GPU 4x slower).
+        ran = self.attrs.get("last_decision", d) if corrected else d
         # Where the time went: a device run's time is the executor's (its outcome's seconds), filed by
         # the record keeper; here the host backends' runs (NumPy, the Numba tier), and the calls
         # another backend took over.
@@ -334,14 +331,18 @@ class _State:
         elif d.backend == NUMPY or getattr(backends.get(d.backend), "memory", None) == HOST:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
         learns = not raised and ran is d and _learn.enabled()  # not a fallback: its time mixes two runs
-        if learns and disturbed:
-            if self.learner.unlearned(seconds, d.exploring, counted):
+        if d.exploring and not learns and _learn.enabled():
+            # An exploring call that teaches nothing (it raised, or another backend ran it) is
+            # charged all the same and decided again: an exploring decision must not stand uncharged.
+            if self.learner.unlearned(seconds, True):
+                self.planner.reset()
+        elif learns and disturbed:
+            if self.learner.unlearned(seconds, d.exploring):
                 self.planner.reset()
         elif learns:
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
                                  expected=d.predicted_s.get(d.backend),
-                                 cold=cold and _learn.cold_may_hide_a_win(seconds, d.predicted_s, d.backend),
-                                 counted=counted)
+                                 cold=cold and _learn.cold_may_hide_a_win(seconds, d.predicted_s, d.backend))
         if _log.active():
             _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)
 
@@ -427,14 +428,11 @@ def _ao_make({closure}):
     return {name}
 """
 
-# First lines of the hot path where the C check exists: a plain NumPy call needs nothing more
-# (the C check runs it, timed, and returns its result; _MISS where the Python path decides).
+# First line of the hot path where the C check exists: a plain NumPy call needs nothing more.
 _FAST_CHECK = """\
-        _ao_ran = _ao_fast({callargs})
-        if _ao_ran is not _ao_miss:
-            return _ao_ran
+        if _ao_fast({callargs}):
+            return _ao_func({callargs})
 """
-_MISS = object()  # the C check's answer where it did not run the call
 
 _SCAN_ONE = """\
         _ao_t = type({arg})
@@ -519,13 +517,7 @@ def _make_fastpath(state: _State, attrs: dict):
     level_cache = getattr(_log.logger, "_cache", None)
     if _native is None or state.inject_xp or type(level_cache) is not dict:
         return None  # without logging's level cache the C side cannot tell whether DEBUG is on
-    return _native.FastPath(state.planner.fast, np.ndarray, tuple(PASSIVE), level_cache, attrs, _config.backend_in_context,
-                            state.func, _MISS, state.timing)
-
-
-def _seconds_of(fastpath) -> Callable[[], float]:
-    """What the C check's calls took so far (``_learn.Learner.fast_seconds``)."""
-    return lambda: fastpath.seconds
+    return _native.FastPath(state.planner.fast, np.ndarray, tuple(PASSIVE), level_cache, attrs, _config.backend_in_context)
 
 
 def _make_offloaded(func: Callable, state: _State) -> Callable:
@@ -534,8 +526,6 @@ def _make_offloaded(func: Callable, state: _State) -> Callable:
     state.fastpath = _make_fastpath(state, attrs)
     if state.fastpath is not None:
         names["_ao_fast"] = state.fastpath
-        names["_ao_miss"] = _MISS
-        state.learner.fast_seconds = _seconds_of(state.fastpath)
     specialised = _hot_path_source(func, list(names))
     source, defaults = specialised if specialised is not None else (_generic_hot_path_source(list(names)), {})
     namespace: dict[str, Any] = {}

@@ -192,12 +192,10 @@ class FunctionHistory:
         self.lock = threading.Lock()
 
     def add(self, key: CellKey, seconds: float, predicted: float | None, *, exploring: bool,
-            expected: float | None = None, cold: bool = False, counted: bool = True) -> Cell:
+            expected: float | None = None, cold: bool = False) -> Cell:
         """One observation; an exploring one is charged its seconds to the exploration budget,
         except a cell's first: at most ``expected`` (what it was predicted to take), then at most
-        the warm call after it (its excess is a one-off: see _learn's docstring). ``counted``:
-        its seconds add to ``observed_s`` (not a call made inside another timed one, whose
-        seconds hold it already)."""
+        the warm call after it (its excess is a one-off: see _learn's docstring)."""
         with self.lock:
             cell = self.cells.get(key)
             if cell is None:
@@ -209,8 +207,7 @@ class FunctionHistory:
             first = not cell.dropped_first
             cell.add(seconds, predicted, cold)
             kept = cell.last_kept
-            if counted:
-                self.observed_s += seconds
+            self.observed_s += seconds
             # A cold exploring call, dropped, is charged all the same (it cost what it cost); its
             # decision stands, not revisited, so the next call explores there again, warm, without
             # waiting for budget (at most COLD_DROPS such calls in a row per cell).

@@ -30,12 +30,9 @@ that factor, so the others' predictions are suspect too) and the alternative has
 measured at this size, one call runs there instead ("exploring"), and again until its cell is
 trusted, but only while the exploring calls' charged seconds, plus the predicted seconds of the
 next one (its last sample at this size, where it has one), stay within ``EXPLORE_FRACTION`` of
-the seconds the function was measured to run in this process (its observed calls, the
+the seconds the function was measured to run in this process (its observed calls, and the
 sampled-out calls of a sampled decision, each timed by a ``perf_counter`` pair but not learned
-from: ``count_measured``, and the NumPy calls the C check ran, which it times: most of a
-settled function's time, whose absence kept a column loop that had run seconds on NumPy at
-smaller sizes on a GPU 1.6x slower at 1e7 elements until 1.6 s of GPU calls had paid for trying
-NumPy there; H200, no profile, session 14). Never predicted seconds: an estimate can be stale (a cell trusted at
+from: ``count_measured``). Never predicted seconds: an estimate can be stale (a cell trusted at
 3 ms whose calls now take 0.3 ms), and counted at it, untimed calls would let exploring spend
 far more than its fraction of the real time (a review of a reverted change: explored at call 14
 where the real budget allowed it at call 126). A
@@ -49,8 +46,9 @@ So over any run, exploring costs at most ``EXPLORE_FRACTION`` x the observed tim
 one-off excess of each explored cell's first call, plus one exploration's overrun: its call's
 misprediction (it may take longer than predicted) and up to ``_history.COLD_DROPS`` calls after
 it, back to back without a budget check, where cold samples were dropped
-(``SWITCH_COLD_CALLS``). Writes, results and fallback behave exactly as on any other call:
-exploring only changes the backend.
+(``SWITCH_COLD_CALLS``). An exploring call that teaches nothing (it raised, or another backend
+ran it) is charged all the same and decided again (``_dispatch._State._observed``). Writes,
+results and fallback behave exactly as on any other call: exploring only changes the backend.
 
 **Re-checks.** A trusted cell of a backend not chosen is measured again, as an exploring call
 within the same budget, once the function has run ``RECHECK_AFTER`` (100) times its estimate
@@ -155,7 +153,6 @@ COLD_EXCESS_MAX_S = 1e-3
 # call's time) and kept NumPy at 39 us; 0 turns this off.
 SWITCH_COLD_CALLS = 2
 clock = time.perf_counter  # tests replace it
-_PERF_COUNTER = time.perf_counter
 
 
 def history_path() -> Path | None:
@@ -213,8 +210,6 @@ class Learner:
         self._recheck_wait: dict[tuple[int, int], float] = {}  # buckets waiting to re-check a backend not chosen
         self._counted_s = 0.0  # predicted seconds of untimed calls, towards those waits (count_untimed)
         self._measured_s = 0.0  # measured seconds of calls not learned from (count_measured)
-        # The perf-counter seconds of the calls the C check ran (set by _dispatch where it exists).
-        self.fast_seconds: Callable[[], float] = lambda: 0.0
         self._left_s = math.inf  # to the nearest wait (a subtraction per call, the sum checked at 0)
 
     @property
@@ -345,14 +340,12 @@ class Learner:
         """The function's seconds in this process, towards the waits that are no exploring (the
         tier's compilation, a re-check's time): measured calls, and untimed calls counted at
         their prediction."""
-        return self._measured() + self._counted_s
+        return self.history.observed_s + self._measured_s + self._counted_s
 
     def _measured(self) -> float:
         """The function's measured seconds in this process: exploring's budget (never predicted
-        seconds: see the module docstring). The calls the C check ran count too, timed there on
-        the perf counter's clock, which is this module's ``clock`` unless a test replaced it."""
-        fast = self.fast_seconds() if clock is _PERF_COUNTER else 0.0
-        return self.history.observed_s + self._measured_s + fast
+        seconds: see the module docstring)."""
+        return self.history.observed_s + self._measured_s
 
     def _stale(self, cell, estimate: float) -> bool:
         return self._spent() - cell.stamp >= RECHECK_AFTER * estimate
@@ -416,16 +409,14 @@ class Learner:
     def _next_wait(self) -> float:
         return min((*self._compile_wait.values(), *self._recheck_wait.values()), default=0.0)
 
-    def unlearned(self, seconds: float, exploring: bool, counted: bool = True) -> bool:
+    def unlearned(self, seconds: float, exploring: bool) -> bool:
         """A timed call that teaches nothing (a compilation held the interpreter meanwhile): its
-        seconds count towards the function's (``counted``: not inside another timed call of it),
-        an exploring one's towards exploring too; True where the planner must decide again (an
-        exploring decision must not stand uncharged)."""
+        seconds count towards the function's, an exploring one's towards exploring too; True where
+        the planner must decide again (an exploring decision must not stand uncharged)."""
         if exploring:
             self.history.charge_exploring(seconds)
-        if counted:
-            self._measured_s += seconds
-            self._left_s -= seconds
+        self._measured_s += seconds
+        self._left_s -= seconds
         due = self._left_s <= 0 and self._waits_due()
         return due or exploring
 
@@ -481,20 +472,17 @@ class Learner:
 
     # -- observing -----------------------------------------------------------------------------
     def observe(self, backend: str, bucket: tuple[int, int], seconds: float, predicted: float | None,
-                *, exploring: bool, expected: float | None = None, cold: bool = False, counted: bool = True) -> None:
+                *, exploring: bool, expected: float | None = None, cold: bool = False) -> None:
         """One call's observed seconds; the planner decides again where that may change its answer.
 
         ``expected``: what the decision predicted this call to take (an exploring call's charge,
-        for the first call of its cell, is capped there: see the module docstring). ``counted``:
-        its seconds count towards the function's (not a call made inside another timed one)."""
+        for the first call of its cell, is capped there: see the module docstring)."""
         history = self.history
         cell = history.cell((backend, *bucket))
         before = cell.estimate() if cell is not None else None
-        cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, expected=expected, cold=cold,
-                           counted=counted)
-        spent = seconds if counted else 0.0  # towards the waits: a call inside another is its outer call's time
+        cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, expected=expected, cold=cold)
         if not cell.last_kept:
-            self._left_s -= spent  # a cold sample, dropped: the cell stays as it was, and due
+            self._left_s -= seconds  # a cold sample, dropped: the cell stays as it was, and due
             return  # (a re-check of the tier is cold almost by construction: the next call explores again)
         cell.stamp = self._spent()
         if exploring and before is not None and not (1 / AGREE < seconds / before < AGREE):
@@ -507,7 +495,7 @@ class Learner:
         # ran 5x slower than the Numba tier it had chosen).
         need = self._pending.get(bucket)
         affordable = need is not None and history.explored_s + need <= EXPLORE_FRACTION * self._measured()
-        self._left_s -= spent
+        self._left_s -= seconds
         due = self._left_s <= 0 and self._waits_due()
         if moved or affordable or exploring or due:
             self.revisit()

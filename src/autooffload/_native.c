@@ -8,15 +8,10 @@
  * _config.backend_in_context is None: per thread and per asyncio task), DEBUG logging is known to be
  * off, and the arguments' total bytes are a key of the function's `fast` dict (filled by the
  * Python side only with plain NumPy decisions: no device data, no cold-start bookkeeping, no log
- * file, no xp injection). Then it stores the decision as `last_decision`, counts the call, calls
- * the original function itself with the same arguments and returns its result, adding the call's
- * time (the perf counter's clock, two reads of ~20 ns) to `seconds`: learning's exploration
- * budget is a fraction of the time a function has run, and these calls are most of it (issue 12:
- * a column loop that had run seconds on NumPy here waited 1.6 s of GPU calls at a new size to
- * afford trying NumPy there). On anything else it returns `miss` and the Python path decides,
- * exactly as without this module. Doing those checks here instead of in Python bytecode is what
- * brings the decorated call of a 1 us NumPy function under 1.3x (issue 2); numba's dispatcher
- * does the same in C.
+ * file, no xp injection). On True it has also stored the decision as `last_decision` and counted
+ * the call. On anything else it answers False and the Python path decides, exactly as without
+ * this module. Doing those checks here instead of in Python bytecode is what brings the decorated
+ * call of a 1 us NumPy function under 1.3x (issue 2); numba's dispatcher does the same in C.
  *
  * array_address(a). What `a.ctypes.data` gives, in ~40 ns instead of ~900: small host<->device
  * copies are ~15 us, and that difference kept device->host copies of 4-16 KiB 3-5% behind
@@ -28,17 +23,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
-#ifdef _WIN32
-#include <windows.h>
-#else
-#include <time.h>
-#endif
 
 #define MAX_PASSIVE 32
-/* Calls of one function running here at once (recursion) before the Python path takes the next:
-   each call made from C takes C stack, which a Python-to-Python call in 3.11+ does not (a
-   recursion 30000 deep through this check crashed the interpreter under a raised recursion limit). */
-#define MAX_RUNNING 32
 
 typedef struct {
     PyObject_HEAD
@@ -53,34 +39,8 @@ typedef struct {
     getter nbytes_get;     /* ndarray's own nbytes getter (skips the attribute lookup), or NULL */
     void *nbytes_closure;
     Py_ssize_t n_passive;
-    Py_ssize_t hits;       /* calls run here (NumPy calls the Python side did not count) */
-    PyObject *func;        /* the original function, called on a hit */
-    PyObject *miss;        /* returned where the Python path must decide */
-    double seconds;        /* perf-counter seconds of the calls run here, exceptions included */
-    int running;           /* calls run here now (a recursive call's time is its outer call's) */
-    PyObject *timing;      /* list: one item per call of this function the Python side is timing now */
+    Py_ssize_t hits;       /* calls answered True (NumPy calls the Python side did not count) */
 } FastPath;
-
-/* The perf counter's clock in seconds (time.perf_counter's on Linux: CLOCK_MONOTONIC). */
-static double
-now(void)
-{
-#ifdef _WIN32
-    static double per_tick = 0.0;
-    LARGE_INTEGER count;
-    if (per_tick == 0.0) {
-        LARGE_INTEGER frequency;
-        QueryPerformanceFrequency(&frequency);
-        per_tick = 1.0 / (double)frequency.QuadPart;
-    }
-    QueryPerformanceCounter(&count);
-    return (double)count.QuadPart * per_tick;
-#else
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-#endif
-}
 
 static PyObject *str_nbytes;       /* "nbytes" */
 static PyObject *str_last_decision; /* "last_decision" */
@@ -135,9 +95,6 @@ static PyObject *
 fastpath_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     FastPath *self = (FastPath *)op;
-    if (self->running >= MAX_RUNNING) {
-        return Py_NewRef(self->miss);
-    }
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
     if (kwnames != NULL) {
         n += PyTuple_GET_SIZE(kwnames);
@@ -148,11 +105,11 @@ fastpath_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
     PyObject *config_backend;
     if (PyContextVar_Get(self->config_backend, NULL, &config_backend) < 0) {
         PyErr_Clear();
-        return Py_NewRef(self->miss);
+        Py_RETURN_FALSE;
     }
     if (config_backend != Py_None) {
         Py_XDECREF(config_backend);
-        return Py_NewRef(self->miss);
+        Py_RETURN_FALSE;
     }
     Py_DECREF(config_backend);
     if (self->level_cache != Py_None) {
@@ -161,7 +118,7 @@ fastpath_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
         PyObject *debug_on = PyDict_GetItemWithError(self->level_cache, level_debug);
         if (debug_on != Py_False) {
             PyErr_Clear();
-            return Py_NewRef(self->miss);
+            Py_RETURN_FALSE;
         }
     }
     Py_ssize_t total = 0;
@@ -171,61 +128,44 @@ fastpath_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
         if (t == ndarray) {
             Py_ssize_t b = array_nbytes(self, args[i]);
             if (b < 0) {
-                return Py_NewRef(self->miss);
+                Py_RETURN_FALSE;
             }
             total += b;
         }
         else if (!is_passive(self, t) && !is_passive_tuple(self, args[i])) {
-            return Py_NewRef(self->miss);
+            Py_RETURN_FALSE;
         }
     }
     PyObject *key = PyLong_FromSsize_t(total);
     if (key == NULL) {
         PyErr_Clear();
-        return Py_NewRef(self->miss);
+        Py_RETURN_FALSE;
     }
     PyObject *decision = PyDict_GetItemWithError(self->fast, key); /* borrowed */
     Py_DECREF(key);
     if (decision == NULL) {
         PyErr_Clear();
-        return Py_NewRef(self->miss);
+        Py_RETURN_FALSE;
     }
     Py_INCREF(decision); /* the store below may drop the dict's last other reference */
     int failed = PyDict_SetItem(self->attrs, str_last_decision, decision);
     Py_DECREF(decision);
     if (failed) {
         PyErr_Clear();
-        return Py_NewRef(self->miss);
+        Py_RETURN_FALSE;
     }
     self->hits++;
-    /* Timed only where no other call of this function runs, here or timed by the Python side: a
-       call made inside another (recursion, or another thread's meanwhile) would count the same
-       seconds twice; missing it only counts less. */
-    int outermost = self->running++ == 0 && PyList_GET_SIZE(self->timing) == 0;
-    double start = outermost ? now() : 0.0;
-    /* Without PY_VECTORCALL_ARGUMENTS_OFFSET: the function may not borrow args[-1] of our caller. */
-    PyObject *result = PyObject_Vectorcall(self->func, args, PyVectorcall_NARGS(nargsf), kwnames);
-    if (outermost) {
-        self->seconds += now() - start;
-    }
-    self->running--;
-    return result; /* NULL with the function's exception set, as it raised */
+    Py_RETURN_TRUE;
 }
 
 static PyObject *
 fastpath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fast", "ndarray", "passive", "level_cache", "attrs", "config_backend", "func", "miss",
-                             "timing", NULL};
-    PyObject *fast, *ndarray, *passive, *level_cache, *attrs, *config_backend, *func, *miss, *timing;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OO!O!OOO!:FastPath", kwlist, &PyDict_Type, &fast,
+    static char *kwlist[] = {"fast", "ndarray", "passive", "level_cache", "attrs", "config_backend", NULL};
+    PyObject *fast, *ndarray, *passive, *level_cache, *attrs, *config_backend;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OO!O!:FastPath", kwlist, &PyDict_Type, &fast,
                                      &PyType_Type, &ndarray, &PyTuple_Type, &passive, &level_cache,
-                                     &PyDict_Type, &attrs, &PyContextVar_Type, &config_backend, &func, &miss,
-                                     &PyList_Type, &timing)) {
-        return NULL;
-    }
-    if (!PyCallable_Check(func)) {
-        PyErr_Format(PyExc_TypeError, "FastPath: func must be callable, not %.100s", Py_TYPE(func)->tp_name);
+                                     &PyDict_Type, &attrs, &PyContextVar_Type, &config_backend)) {
         return NULL;
     }
     if (level_cache != Py_None && !PyDict_CheckExact(level_cache)) {
@@ -255,11 +195,6 @@ fastpath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->level_cache = Py_NewRef(level_cache);
     self->attrs = Py_NewRef(attrs);
     self->config_backend = Py_NewRef(config_backend);
-    self->func = Py_NewRef(func);
-    self->miss = Py_NewRef(miss);
-    self->timing = Py_NewRef(timing);
-    self->seconds = 0.0;
-    self->running = 0;
     self->n_passive = n_passive;
     for (Py_ssize_t i = 0; i < n_passive; i++) {
         self->passive_types[i] = (PyTypeObject *)PyTuple_GET_ITEM(passive, i);
@@ -287,9 +222,6 @@ fastpath_traverse(FastPath *self, visitproc visit, void *arg)
     Py_VISIT(self->level_cache);
     Py_VISIT(self->attrs);
     Py_VISIT(self->config_backend);
-    Py_VISIT(self->func);
-    Py_VISIT(self->miss);
-    Py_VISIT(self->timing);
     return 0;
 }
 
@@ -302,9 +234,6 @@ fastpath_clear(FastPath *self)
     Py_CLEAR(self->level_cache);
     Py_CLEAR(self->attrs);
     Py_CLEAR(self->config_backend);
-    Py_CLEAR(self->func);
-    Py_CLEAR(self->miss);
-    Py_CLEAR(self->timing);
     return 0;
 }
 
@@ -317,9 +246,7 @@ fastpath_dealloc(FastPath *self)
 }
 
 static PyMemberDef fastpath_members[] = {
-    {"hits", T_PYSSIZET, offsetof(FastPath, hits), READONLY, "calls run here"},
-    {"seconds", T_DOUBLE, offsetof(FastPath, seconds), READONLY, "perf-counter seconds of the calls run here"},
-    {"running", T_INT, offsetof(FastPath, running), READONLY, "calls run here now"},
+    {"hits", T_PYSSIZET, offsetof(FastPath, hits), READONLY, "calls answered True"},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(FastPath, vectorcall), READONLY},
     {NULL},
 };
@@ -327,7 +254,7 @@ static PyMemberDef fastpath_members[] = {
 static PyTypeObject FastPathType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "autooffload._native.FastPath",
-    .tp_doc = "FastPath(fast, ndarray, passive, level_cache, attrs, config_backend, func, miss, timing): the NumPy-path check of one offloaded function, which runs it where the answer is NumPy",
+    .tp_doc = "FastPath(fast, ndarray, passive, level_cache, attrs, config_backend): the NumPy-path check of one offloaded function",
     .tp_basicsize = sizeof(FastPath),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = fastpath_new,
