@@ -913,3 +913,31 @@ def test_an_exploring_call_that_raises_is_charged_and_decided_again(ready_gpu, u
     assert 1 <= raised <= 30
     assert history.explored_s == pytest.approx(raised * 0.120)  # each charged
     assert history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 0.120
+
+
+def test_a_backend_whose_exploring_calls_always_fall_back_is_explored_no_more_than_the_limit(ready_gpu, use_profile, clock):
+    # The GPU is uncertain against NumPy (predicted 3x slower), but it lacks a function the code
+    # calls: every run there falls back to NumPy. Each exploring call is charged and decided
+    # again, and after UNTAUGHT_LIMIT of them the GPU is not explored at this size (without the
+    # limit a review counted 199 exploring calls and 400 decisions in 2000 calls).
+    import fake_device
+
+    fake_device.FAKE_MISSING.add("median")
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-8, copy_per_byte=1e-11, cold_start=0.0))
+
+    @offload(kind="elementwise")
+    def centred(x):
+        clock.t += 0.001 if isinstance(x, FakeDeviceArray) else 0.010
+        return x - np.median(x)
+
+    x = np.arange(float(N))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's one warning
+        for _ in range(2000):
+            np.testing.assert_array_equal(centred(x), x - np.median(x))
+    stats = centred.stats.as_dict()
+    learner = centred.__autooffload__.learner
+    assert stats["cupy"] + stats["fallbacks"] >= 1  # the GPU was explored...
+    assert stats["decisions"] <= 20, stats  # ...a few times, not on every tenth call
+    assert not [k for k in learner.history.cells if k[0] == "cupy"]  # nothing learned from the fallbacks
+    assert learner.history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 0.011

@@ -326,15 +326,15 @@ class _State:
         # Where the time went: a device run's time is the executor's (its outcome's seconds), filed by
         # the record keeper; here the host backends' runs (NumPy, the Numba tier), and the calls
         # another backend took over.
-        if ran is not d:
+        if corrected:
             self.records.timesheet.timed_rerun(seconds)
         elif d.backend == NUMPY or getattr(backends.get(d.backend), "memory", None) == HOST:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
-        learns = not raised and ran is d and _learn.enabled()  # not a fallback: its time mixes two runs
+        learns = not raised and not corrected and _learn.enabled()  # not a fallback: its time mixes two runs
         if d.exploring and not learns and _learn.enabled():
             # An exploring call that teaches nothing (it raised, or another backend ran it) is
             # charged all the same and decided again: an exploring decision must not stand uncharged.
-            if self.learner.unlearned(seconds, True):
+            if self.learner.untaught(d.backend, d.bucket, seconds):
                 self.planner.reset()
         elif learns and disturbed:
             if self.learner.unlearned(seconds, d.exploring):
@@ -343,6 +343,8 @@ class _State:
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
                                  expected=d.predicted_s.get(d.backend),
                                  cold=cold and _learn.cold_may_hide_a_win(seconds, d.predicted_s, d.backend))
+        elif _learn.enabled() and self.learner.unlearned(seconds, False):
+            self.planner.reset()  # a fallback or an error teaches nothing, but its time was the function's
         if _log.active():
             _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)
 

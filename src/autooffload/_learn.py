@@ -47,7 +47,8 @@ one-off excess of each explored cell's first call, plus one exploration's overru
 misprediction (it may take longer than predicted) and up to ``_history.COLD_DROPS`` calls after
 it, back to back without a budget check, where cold samples were dropped
 (``SWITCH_COLD_CALLS``). An exploring call that teaches nothing (it raised, or another backend
-ran it) is charged all the same and decided again (``_dispatch._State._observed``). Writes,
+ran it) is charged all the same and decided again (``_dispatch._State._observed``), and after
+``UNTAUGHT_LIMIT`` such calls that backend is not explored at that size again. Writes,
 results and fallback behave exactly as on any other call: exploring only changes the backend.
 
 **Re-checks.** A trusted cell of a backend not chosen is measured again, as an exploring call
@@ -152,6 +153,11 @@ COLD_EXCESS_MAX_S = 1e-3
 # back. With one call dropped the 2-core VM still learned that row's tier at 45-47 us (its second
 # call's time) and kept NumPy at 39 us; 0 turns this off.
 SWITCH_COLD_CALLS = 2
+# Exploring calls of a backend at a size that teach nothing (they raised, fell back to NumPy, or
+# were streamed) before that backend is no longer explored there: each is charged and decided
+# again, and without a limit a GPU that always falls back was explored on every tenth call,
+# re-deciding each time (a review: 199 of 2000 calls, 400 decisions).
+UNTAUGHT_LIMIT = 2
 clock = time.perf_counter  # tests replace it
 
 
@@ -209,6 +215,7 @@ class Learner:
         self._compile_wait: dict[tuple[int, int], float] = {}  # buckets waiting to afford the tier's compilation
         self._recheck_wait: dict[tuple[int, int], float] = {}  # buckets waiting to re-check a backend not chosen
         self._counted_s = 0.0  # predicted seconds of untimed calls, towards those waits (count_untimed)
+        self._untaught: dict[tuple, int] = {}  # (backend, *bucket) -> its exploring calls that taught nothing
         self._measured_s = 0.0  # measured seconds of calls not learned from (count_measured)
         self._left_s = math.inf  # to the nearest wait (a subtraction per call, the sum checked at 0)
 
@@ -307,6 +314,8 @@ class Learner:
                 # milliseconds (panel_recur at 1e2 on the H200, session 9: 6 us on NumPy, the
                 # tier's own column 3.4 ms a call; two explorations made the row 3.4x NumPy)
                 continue
+            if self._untaught.get((other, *bucket), 0) >= UNTAUGHT_LIMIT:
+                continue  # its exploring calls here taught nothing: a fallback, an error, a stream
             cell = history.cell((other, *bucket))
             if cell is not None and cell.trusted:
                 if not (best <= EXPLORE_WITHIN * mine and self._stale(cell, best)):
@@ -408,6 +417,14 @@ class Learner:
 
     def _next_wait(self) -> float:
         return min((*self._compile_wait.values(), *self._recheck_wait.values()), default=0.0)
+
+    def untaught(self, backend: str, bucket: tuple[int, int], seconds: float) -> bool:
+        """An exploring call on ``backend`` that taught nothing (it raised, or another backend ran
+        it: a fallback, a stream): charged, and counted against exploring ``backend`` here again
+        (``UNTAUGHT_LIMIT``); True (the planner decides again: the decision must not stand)."""
+        key = (backend, *bucket)
+        self._untaught[key] = self._untaught.get(key, 0) + 1
+        return self.unlearned(seconds, True)
 
     def unlearned(self, seconds: float, exploring: bool) -> bool:
         """A timed call that teaches nothing (a compilation held the interpreter meanwhile): its
