@@ -941,3 +941,43 @@ def test_a_backend_whose_exploring_calls_always_fall_back_is_explored_no_more_th
     assert stats["decisions"] <= 20, stats  # ...a few times, not on every tenth call
     assert not [k for k in learner.history.cells if k[0] == "cupy"]  # nothing learned from the fallbacks
     assert learner.history.explored_s <= _learn.EXPLORE_FRACTION * clock.t + 0.011
+
+
+def test_a_fallback_in_another_thread_does_not_stop_a_timed_call_from_learning(ready_gpu, use_profile, clock):
+    # Thread B's timed call (learning NumPy at a small size) is under way while the main thread's
+    # call at a large size falls back from the GPU: B's call still learns (the executor's
+    # corrections are counted per thread; before, any thread's correction made every timed call
+    # of the function look like a fallback).
+    import threading
+
+    import fake_device
+
+    fake_device.FAKE_MISSING.add("median")
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=1e-11, gpu_floor=20e-6, copy_per_byte=1e-12,
+                                  cold_start=0.0))
+    hold = {"until": None}
+
+    @offload(kind="elementwise")
+    def f(x):
+        if x.size < 100 and hold["until"] is not None:
+            hold["until"].wait(10)
+        clock.t += 0.001
+        return x - np.median(x) if x.size >= 100 else x * 2
+
+    small, big = np.ones(10), np.arange(float(N))
+    f(small)  # the small size's first call: decided, its sample dropped
+    learner = f.__autooffload__.learner
+    bucket = f.last_decision.bucket
+    assert f.last_decision.backend == "numpy" and f.last_decision.observe
+    before = learner.history.cell(("numpy", *bucket)).count
+    release = threading.Event()
+    hold["until"] = release
+    other = threading.Thread(target=f, args=(small,))
+    other.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(f(big), big - np.median(big))  # falls back from the GPU
+    assert f.stats.as_dict()["fallbacks"] >= 1
+    release.set()
+    other.join(10)
+    assert learner.history.cell(("numpy", *bucket)).count == before + 1

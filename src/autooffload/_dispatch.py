@@ -25,6 +25,7 @@ import functools
 import inspect
 import itertools
 import sys
+import threading
 import time
 import types
 import weakref
@@ -164,10 +165,11 @@ class _State:
         self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
         self.unsampled = 0  # calls run untimed since the last timed one (Decision.observe_every)
-        # Corrections of last_decision by the executor so far (another backend ran, the call was
-        # decided again for another device, or streamed): how a timed call tells its own run's
-        # correction from a nested call of the function replacing last_decision meanwhile.
-        self.corrections = 0
+        # Corrections of last_decision by the executor so far, per thread (another backend ran,
+        # the call was decided again for another device, or streamed): how a timed call tells its
+        # own run's correction from another call of the function replacing last_decision
+        # meanwhile, in another thread (still: a nested call's correction is taken for its own).
+        self.corrections = threading.local()
         # Per backend, (the calls other backends had run when it last took over, its own run count
         # then): how soon after a switch a call comes (_learn.SWITCH_COLD_CALLS).
         self.took_over: dict[str, tuple[int, int]] = {}
@@ -195,13 +197,18 @@ class _State:
 
     def ran_instead(self, d: Decision) -> None:
         """The executor's correction: ``d.backend`` ran, not the backend decided, for ``d.reason``."""
-        self.corrections += 1
+        self._corrected()
         self.attrs["last_decision"] = d
         self.records.timesheet.ran_instead(d.backend, d.reason)
 
+    def _corrected(self) -> None:
+        """One more correction of last_decision in this thread (``corrections``)."""
+        local = self.corrections
+        local.n = getattr(local, "n", 0) + 1
+
     def noted(self, d: Decision) -> None:
         """The executor's correction of a run it streamed (no other backend ran)."""
-        self.corrections += 1
+        self._corrected()
         self.attrs["last_decision"] = d
 
     def call(self, args: tuple, kwargs: dict) -> Any:
@@ -235,7 +242,7 @@ class _State:
         host, dev, largest, odd = call_shape(args, kwargs)
         config_backend = _config.current_backend()
         d = self.planner.decide((host, dev, odd, config_backend), host, dev, largest, odd, config_backend, args, kwargs)
-        self.corrections += 1
+        self._corrected()
         self.report(d)
         return d
 
@@ -295,7 +302,7 @@ class _State:
             self.unsampled = d.observe_every - 1
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
-        corrections = self.corrections
+        corrections = getattr(self.corrections, "n", 0)
         start = _learn.clock()
         raised = True
         try:
@@ -307,7 +314,7 @@ class _State:
             return result
         finally:
             self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling(),
-                           corrected=self.corrections != corrections)
+                           corrected=getattr(self.corrections, "n", 0) != corrections)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
                   corrected: bool | None = None) -> None:
