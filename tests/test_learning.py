@@ -615,7 +615,7 @@ def _tier_function_observed(monkeypatch, observe_every: int):
     chain(x)
     state = chain.__autooffload__
     seen: list[bool] = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, corrected=None: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, corrected=None, fell_back=False: seen.append(cold))
     d = dataclasses.replace(chain.last_decision, observe=True, observe_every=observe_every)
     assert d.backend == "numba"
     # it took over SWITCH_COLD_CALLS runs ago, no other backend since
@@ -720,7 +720,7 @@ def test_a_call_is_cold_after_another_backend_ran_not_after_calls_on_its_own(mon
     double(x)
     state = double.__autooffload__
     seen = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, corrected=None: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, corrected=None, fell_back=False: seen.append(cold))
     d = dataclasses.replace(double.last_decision, observe=True, observe_every=1)
     assert d.backend == "numpy"
     k = _learn.SWITCH_COLD_CALLS
@@ -981,3 +981,64 @@ def test_a_fallback_in_another_thread_does_not_stop_a_timed_call_from_learning(r
     release.set()
     other.join(10)
     assert learner.history.cell(("numpy", *bucket)).count == before + 1
+
+
+def test_a_recheck_that_falls_back_stops_rechecking_without_deciding_again_on_every_call(ready_gpu, use_profile, clock):
+    # The GPU's cell is trusted (12 ms against NumPy's 5: rechecked now and then); then the GPU
+    # lacks a function the code calls, so its re-checks fall back. After UNTAUGHT_LIMIT of them
+    # it is neither re-checked nor waited for (a review: a due re-check that exploring skipped
+    # re-decided every call, 1000 decisions in 1000 calls).
+    import fake_device
+
+    use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
+
+    @offload(kind="elementwise")
+    def centred(x):
+        clock.t += 0.012 if isinstance(x, FakeDeviceArray) else 0.005
+        return x - np.median(x)
+
+    x = np.arange(float(N))
+    for _ in range(400):
+        centred(x)
+    cell = centred.__autooffload__.learner.history.cell(("cupy", *centred.last_decision.bucket))
+    assert cell is not None and cell.trusted
+    fake_device.FAKE_MISSING.add("median")
+    decisions = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            before = centred.stats.as_dict()["decisions"]
+            for _ in range(1000):
+                np.testing.assert_array_equal(centred(x), x - np.median(x))
+            decisions.append(centred.stats.as_dict()["decisions"] - before)
+    assert decisions[-1] <= 5, decisions
+
+
+def test_the_functions_own_errors_on_exploring_calls_do_not_stop_exploring(ready_gpu, use_profile, clock):
+    # The GPU is really 3.3x faster; the function raises its own error on its first two calls
+    # there (the caller's input, a resource): they are charged, but do not count against the
+    # GPU (a review: two such errors locked a faster GPU out for the rest of the process).
+    use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
+    left = {"errors": 2}
+
+    @offload(kind="elementwise")
+    def work(x):
+        if isinstance(x, FakeDeviceArray):
+            clock.t += 0.0015
+            if left["errors"]:
+                left["errors"] -= 1
+                raise ValueError("not now")
+            return x * 2
+        clock.t += 0.005
+        return x * 2
+
+    x = np.ones(N)
+    seen = []
+    for _ in range(600):
+        try:
+            work(x)
+            seen.append(work.last_decision.backend)
+        except ValueError:
+            seen.append("raised")
+    assert seen.count("raised") == 2
+    assert seen[-100:] == ["cupy"] * 100

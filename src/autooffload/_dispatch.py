@@ -197,14 +197,17 @@ class _State:
 
     def ran_instead(self, d: Decision) -> None:
         """The executor's correction: ``d.backend`` ran, not the backend decided, for ``d.reason``."""
-        self._corrected()
+        self._corrected(fell_back=True)
         self.attrs["last_decision"] = d
         self.records.timesheet.ran_instead(d.backend, d.reason)
 
-    def _corrected(self) -> None:
-        """One more correction of last_decision in this thread (``corrections``)."""
+    def _corrected(self, fell_back: bool = False) -> None:
+        """One more correction of last_decision in this thread (``corrections``: ``n`` all of
+        them, ``fell`` those where another backend ran)."""
         local = self.corrections
         local.n = getattr(local, "n", 0) + 1
+        if fell_back:
+            local.fell = getattr(local, "fell", 0) + 1
 
     def noted(self, d: Decision) -> None:
         """The executor's correction of a run it streamed (no other backend ran)."""
@@ -302,7 +305,8 @@ class _State:
             self.unsampled = d.observe_every - 1
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
-        corrections = getattr(self.corrections, "n", 0)
+        local = self.corrections
+        corrections, fell = getattr(local, "n", 0), getattr(local, "fell", 0)
         start = _learn.clock()
         raised = True
         try:
@@ -314,10 +318,10 @@ class _State:
             return result
         finally:
             self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling(),
-                           corrected=getattr(self.corrections, "n", 0) != corrections)
+                           corrected=getattr(local, "n", 0) != corrections, fell_back=getattr(local, "fell", 0) != fell)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
-                  corrected: bool | None = None) -> None:
+                  corrected: bool | None = None, fell_back: bool = False) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, so the time is counted towards
@@ -339,9 +343,12 @@ class _State:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
         learns = not raised and not corrected and _learn.enabled()  # not a fallback: its time mixes two runs
         if d.exploring and not learns and _learn.enabled():
-            # An exploring call that teaches nothing (it raised, or another backend ran it) is
-            # charged all the same and decided again: an exploring decision must not stand uncharged.
-            if self.learner.untaught(d.backend, d.bucket, seconds):
+            # An exploring call that teaches nothing (it raised, another backend ran it, or it was
+            # streamed or decided again for another device) is charged all the same and decided
+            # again: an exploring decision must not stand uncharged. Only a fallback counts
+            # against exploring that backend here again (the function's own errors and a stream
+            # say nothing about the backend).
+            if self.learner.unlearned(seconds, True, untaught=(d.backend, d.bucket) if fell_back else None):
                 self.planner.reset()
         elif learns and disturbed:
             if self.learner.unlearned(seconds, d.exploring):

@@ -48,7 +48,7 @@ misprediction (it may take longer than predicted) and up to ``_history.COLD_DROP
 it, back to back without a budget check, where cold samples were dropped
 (``SWITCH_COLD_CALLS``). An exploring call that teaches nothing (it raised, or another backend
 ran it) is charged all the same and decided again (``_dispatch._State._observed``), and after
-``UNTAUGHT_LIMIT`` such calls that backend is not explored at that size again. Writes,
+``UNTAUGHT_LIMIT`` fallbacks in a row that backend is not explored at that size again. Writes,
 results and fallback behave exactly as on any other call: exploring only changes the backend.
 
 **Re-checks.** A trusted cell of a backend not chosen is measured again, as an exploring call
@@ -153,10 +153,11 @@ COLD_EXCESS_MAX_S = 1e-3
 # back. With one call dropped the 2-core VM still learned that row's tier at 45-47 us (its second
 # call's time) and kept NumPy at 39 us; 0 turns this off.
 SWITCH_COLD_CALLS = 2
-# Exploring calls of a backend at a size that teach nothing (they raised, fell back to NumPy, or
-# were streamed) before that backend is no longer explored there: each is charged and decided
-# again, and without a limit a GPU that always falls back was explored on every tenth call,
-# re-deciding each time (a review: 199 of 2000 calls, 400 decisions).
+# Exploring calls of a backend at a size that fell back to NumPy, in a row (a call there that
+# teaches resets the count), before that backend is no longer explored or re-checked there: each
+# is charged and decided again, and without a limit a GPU that always falls back was explored on
+# every tenth call, re-deciding each time (a review: 199 of 2000 calls, 400 decisions). Errors
+# of the function's own and streamed runs do not count: they say nothing about the backend.
 UNTAUGHT_LIMIT = 2
 clock = time.perf_counter  # tests replace it
 
@@ -315,7 +316,7 @@ class Learner:
                 # tier's own column 3.4 ms a call; two explorations made the row 3.4x NumPy)
                 continue
             if self._untaught.get((other, *bucket), 0) >= UNTAUGHT_LIMIT:
-                continue  # its exploring calls here taught nothing: a fallback, an error, a stream
+                continue  # its exploring calls here fell back: see UNTAUGHT_LIMIT
             cell = history.cell((other, *bucket))
             if cell is not None and cell.trusted:
                 if not (best <= EXPLORE_WITHIN * mine and self._stale(cell, best)):
@@ -371,8 +372,8 @@ class Learner:
                 if name == chosen or seconds is None or seconds > EXPLORE_WITHIN * mine:
                     continue
                 cell = self.history.cell((name, *bucket))
-                if cell is None or not cell.trusted:
-                    continue
+                if cell is None or not cell.trusted or self._untaught.get((name, *bucket), 0) >= UNTAUGHT_LIMIT:
+                    continue  # (at the limit exploration() skips it: a due wait would re-decide every call)
                 at = cell.stamp + RECHECK_AFTER * seconds
                 due = at if due is None else min(due, at)
         if due is None or not mine or bucket in self._pending:
@@ -418,18 +419,16 @@ class Learner:
     def _next_wait(self) -> float:
         return min((*self._compile_wait.values(), *self._recheck_wait.values()), default=0.0)
 
-    def untaught(self, backend: str, bucket: tuple[int, int], seconds: float) -> bool:
-        """An exploring call on ``backend`` that taught nothing (it raised, or another backend ran
-        it: a fallback, a stream): charged, and counted against exploring ``backend`` here again
-        (``UNTAUGHT_LIMIT``); True (the planner decides again: the decision must not stand)."""
-        key = (backend, *bucket)
-        self._untaught[key] = self._untaught.get(key, 0) + 1
-        return self.unlearned(seconds, True)
-
-    def unlearned(self, seconds: float, exploring: bool) -> bool:
-        """A timed call that teaches nothing (a compilation held the interpreter meanwhile): its
-        seconds count towards the function's, an exploring one's towards exploring too; True where
-        the planner must decide again (an exploring decision must not stand uncharged)."""
+    def unlearned(self, seconds: float, exploring: bool, untaught: tuple | None = None) -> bool:
+        """A timed call that teaches nothing (a compilation held the interpreter meanwhile, it
+        raised, another backend ran it): its seconds count towards the function's, an exploring
+        one's towards exploring too; True where the planner must decide again (an exploring
+        decision must not stand uncharged). ``untaught``: (backend, bucket) of an exploring call
+        that fell back, counted against exploring that backend there (``UNTAUGHT_LIMIT``) until
+        a call there teaches."""
+        if untaught is not None:
+            key = (untaught[0], *untaught[1])
+            self._untaught[key] = self._untaught.get(key, 0) + 1
         if exploring:
             self.history.charge_exploring(seconds)
         self._measured_s += seconds
@@ -502,6 +501,7 @@ class Learner:
             self._left_s -= seconds  # a cold sample, dropped: the cell stays as it was, and due
             return  # (a re-check of the tier is cold almost by construction: the next call explores again)
         cell.stamp = self._spent()
+        self._untaught.pop((backend, *bucket), None)  # it teaches here: its fallbacks were not the rule
         if exploring and before is not None and not (1 / AGREE < seconds / before < AGREE):
             cell.restart(seconds)  # a re-check that disagrees: measure the cell afresh
         STORE.observed()
