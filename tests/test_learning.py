@@ -1042,3 +1042,16 @@ def test_the_functions_own_errors_on_exploring_calls_do_not_stop_exploring(ready
             seen.append("raised")
     assert seen.count("raised") == 2
     assert seen[-100:] == ["cupy"] * 100
+
+
+def test_a_call_that_teaches_resets_its_backends_count_of_fallbacks():
+    # UNTAUGHT_LIMIT counts fallbacks in a row: a kept sample on that backend at that size clears it.
+    learner = _learn.Learner(lambda x: x)
+    learner._history = _history.FunctionHistory("test")
+    key = ("cupy", 30, -1)
+    learner.unlearned(0.001, True, untaught=("cupy", (30, -1)))
+    assert learner._untaught[key] == 1
+    learner.observe("numpy", (30, -1), 0.001, None, exploring=False)  # another backend: no reset
+    assert learner._untaught[key] == 1
+    learner.observe("cupy", (30, -1), 0.001, None, exploring=True)  # a run there that ended
+    assert key not in learner._untaught

@@ -345,10 +345,11 @@ class _State:
         if d.exploring and not learns and _learn.enabled():
             # An exploring call that teaches nothing (it raised, another backend ran it, or it was
             # streamed or decided again for another device) is charged all the same and decided
-            # again: an exploring decision must not stand uncharged. Only a fallback counts
-            # against exploring that backend here again (the function's own errors and a stream
-            # say nothing about the backend).
-            if self.learner.unlearned(seconds, True, untaught=(d.backend, d.bucket) if fell_back else None):
+            # again: an exploring decision must not stand uncharged. Only a fallback that ran to
+            # the end counts against exploring that backend here again (the function's own
+            # errors, also those NumPy raises after a correction, and a stream say nothing
+            # about the backend).
+            if self.learner.unlearned(seconds, True, untaught=(d.backend, d.bucket) if fell_back and not raised else None):
                 self.planner.reset()
         elif learns and disturbed:
             if self.learner.unlearned(seconds, d.exploring):

@@ -501,7 +501,7 @@ class Learner:
             self._left_s -= seconds  # a cold sample, dropped: the cell stays as it was, and due
             return  # (a re-check of the tier is cold almost by construction: the next call explores again)
         cell.stamp = self._spent()
-        self._untaught.pop((backend, *bucket), None)  # it teaches here: its fallbacks were not the rule
+        self._untaught.pop((backend, *bucket), None)  # it ran here to the end: its fallbacks were not the rule
         if exploring and before is not None and not (1 / AGREE < seconds / before < AGREE):
             cell.restart(seconds)  # a re-check that disagrees: measure the cell afresh
         STORE.observed()
