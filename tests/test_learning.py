@@ -1055,3 +1055,26 @@ def test_a_call_that_teaches_resets_its_backends_count_of_fallbacks():
     assert learner._untaught[key] == 1
     learner.observe("cupy", (30, -1), 0.001, None, exploring=True)  # a run there that ended
     assert key not in learner._untaught
+
+
+def test_a_trusted_cell_of_a_cold_gpu_is_not_waited_for_as_a_recheck(fake_gpu, use_profile, clock):
+    # A new process reads a GPU cell trusted in an earlier one while its GPU is still cold (a
+    # small cold start keeps it within EXPLORE_WITHIN): exploring skips a cold GPU, so a due
+    # re-check wait for it re-decided almost every call (702 decisions in 1000 calls) before
+    # recheck_wait skipped it too.
+    use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.003))
+
+    @offload(kind="elementwise")
+    def work(x):
+        clock.t += 0.012 if isinstance(x, FakeDeviceArray) else 0.005
+        return x * 2
+
+    x = np.ones(125_000)
+    loaded = _history.Cell()
+    loaded.dropped_first, loaded.samples = True, [0.012] * 5  # as read from the history file
+    work.__autooffload__.learner.history.cells[("cupy", *explain(work, x).bucket)] = loaded
+    work.__autooffload__.planner.reset()
+    for _ in range(1000):
+        work(x)
+    assert work.stats.as_dict()["decisions"] <= 10, work.stats.as_dict()
+    assert work.last_decision.backend == "numpy"

@@ -371,6 +371,8 @@ class Learner:
             for name, seconds in pred.seconds.items():
                 if name == chosen or seconds is None or seconds > EXPLORE_WITHIN * mine:
                     continue
+                if pred.parts.get(name, {}).get("cold_start"):
+                    continue  # a cold GPU is not re-checked (exploration() skips it): a due wait would re-decide every call
                 cell = self.history.cell((name, *bucket))
                 if cell is None or not cell.trusted or self._untaught.get((name, *bucket), 0) >= UNTAUGHT_LIMIT:
                     continue  # (at the limit exploration() skips it: a due wait would re-decide every call)
