@@ -39,6 +39,17 @@ def timed(clock, *, numpy_s: float, gpu_s: float):
     return offload(kind="elementwise")(work)
 
 
+def median_centred(clock, *, numpy_s: float, gpu_s: float):
+    """``x - median(x)``, taking ``numpy_s`` on NumPy and ``gpu_s`` on the GPU by the fake clock
+    (``fake_device.FAKE_MISSING.add("median")`` makes its GPU runs fall back)."""
+
+    def centred(x):
+        clock.t += gpu_s if isinstance(x, FakeDeviceArray) else numpy_s
+        return x - np.median(x)
+
+    return offload(kind="elementwise")(centred)
+
+
 def backends_over(f, calls: int) -> list[str]:
     x = np.ones(N)
     out = []
@@ -615,7 +626,7 @@ def _tier_function_observed(monkeypatch, observe_every: int):
     chain(x)
     state = chain.__autooffload__
     seen: list[bool] = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, corrected=None, fell_back=False: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False: seen.append(cold))
     d = dataclasses.replace(chain.last_decision, observe=True, observe_every=observe_every)
     assert d.backend == "numba"
     # it took over SWITCH_COLD_CALLS runs ago, no other backend since
@@ -668,10 +679,10 @@ def test_a_cold_tier_sample_is_dropped_only_while_it_may_hide_a_win(monkeypatch)
     state.attrs["last_decision"] = d
     seen = []
     monkeypatch.setattr(state.learner, "observe", lambda *a, cold=False, **k: seen.append(cold))
-    state._observed(d, 40e-6, False, cold=True)
-    state._observed(d, 400e-6, False, cold=True)
-    state._observed(d, 400e-6, False, cold=False)
-    state._observed(d, 2e-3, False, cold=True)
+    state._observed(d, 40e-6, False, cold=True, corrected=False)
+    state._observed(d, 400e-6, False, cold=True, corrected=False)
+    state._observed(d, 400e-6, False, cold=False, corrected=False)
+    state._observed(d, 2e-3, False, cold=True, corrected=False)
     assert seen == [True, False, False, False]
 
 
@@ -720,7 +731,7 @@ def test_a_call_is_cold_after_another_backend_ran_not_after_calls_on_its_own(mon
     double(x)
     state = double.__autooffload__
     seen = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, corrected=None, fell_back=False: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False: seen.append(cold))
     d = dataclasses.replace(double.last_decision, observe=True, observe_every=1)
     assert d.backend == "numpy"
     k = _learn.SWITCH_COLD_CALLS
@@ -924,12 +935,7 @@ def test_a_backend_whose_exploring_calls_always_fall_back_is_explored_no_more_th
 
     fake_device.FAKE_MISSING.add("median")
     use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-8, copy_per_byte=1e-11, cold_start=0.0))
-
-    @offload(kind="elementwise")
-    def centred(x):
-        clock.t += 0.001 if isinstance(x, FakeDeviceArray) else 0.010
-        return x - np.median(x)
-
+    centred = median_centred(clock, numpy_s=0.010, gpu_s=0.001)
     x = np.arange(float(N))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's one warning
@@ -991,12 +997,7 @@ def test_a_recheck_that_falls_back_stops_rechecking_without_deciding_again_on_ev
     import fake_device
 
     use_profile(synthetic_profile(cpu_per_byte=5e-9, gpu_per_byte=6e-9, copy_per_byte=1e-12, cold_start=0.0))
-
-    @offload(kind="elementwise")
-    def centred(x):
-        clock.t += 0.012 if isinstance(x, FakeDeviceArray) else 0.005
-        return x - np.median(x)
-
+    centred = median_centred(clock, numpy_s=0.005, gpu_s=0.012)
     x = np.arange(float(N))
     for _ in range(400):
         centred(x)

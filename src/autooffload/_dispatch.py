@@ -321,15 +321,15 @@ class _State:
                            corrected=getattr(local, "n", 0) != corrections, fell_back=getattr(local, "fell", 0) != fell)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
-                  corrected: bool | None = None, fell_back: bool = False) -> None:
+                  *, corrected: bool, fell_back: bool = False) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, so the time is counted towards
-        the function's seconds but learned from nowhere (_numba_compile.compiling_now)."""
+        the function's seconds but learned from nowhere (_numba_compile.compiling_now);
+        ``corrected``: the executor corrected last_decision during the call (``fell_back``:
+        another backend ran it)."""
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
-        if corrected is None:
-            corrected = self.attrs.get("last_decision", d) is not d
         # What ran: the executor's correction where it made one; else ``d``, even where a nested call
         # of this function replaced last_decision meanwhile (then the call learned nothing and, if
         # exploring, stood uncharged: a review saw every call from the 253rd on run a GPU 4x slower).
@@ -341,25 +341,21 @@ class _State:
             self.records.timesheet.timed_rerun(seconds)
         elif d.backend == NUMPY or getattr(backends.get(d.backend), "memory", None) == HOST:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
-        learns = not raised and not corrected and _learn.enabled()  # not a fallback: its time mixes two runs
-        if d.exploring and not learns and _learn.enabled():
-            # An exploring call that teaches nothing (it raised, another backend ran it, or it was
-            # streamed or decided again for another device) is charged all the same and decided
-            # again: an exploring decision must not stand uncharged. Only a fallback that ran to
-            # the end counts against exploring that backend here again (the function's own
-            # errors, also those NumPy raises after a correction, and a stream say nothing
-            # about the backend).
-            if self.learner.unlearned(seconds, True, untaught=(d.backend, d.bucket) if fell_back and not raised else None):
+        learning = _learn.enabled()
+        if learning and (raised or corrected or disturbed):
+            # Teaches nothing (a fallback's or a stream's time mixes two runs; an error's is no
+            # run's; a compilation held the interpreter), but its time was the function's. An
+            # exploring one is charged all the same and decided again: an exploring decision must
+            # not stand uncharged. Only a fallback that ran to the end counts against exploring
+            # that backend here again (the function's own errors, also those NumPy raises after
+            # a correction, and a stream say nothing about the backend).
+            untaught = (d.backend, d.bucket) if d.exploring and fell_back and not raised else None
+            if self.learner.unlearned(seconds, d.exploring, untaught=untaught):
                 self.planner.reset()
-        elif learns and disturbed:
-            if self.learner.unlearned(seconds, d.exploring):
-                self.planner.reset()
-        elif learns:
+        elif learning:
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
                                  expected=d.predicted_s.get(d.backend),
                                  cold=cold and _learn.cold_may_hide_a_win(seconds, d.predicted_s, d.backend))
-        elif _learn.enabled() and self.learner.unlearned(seconds, False):
-            self.planner.reset()  # a fallback or an error teaches nothing, but its time was the function's
         if _log.active():
             _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)
 

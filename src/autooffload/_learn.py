@@ -434,17 +434,14 @@ class Learner:
         if exploring:
             self.history.charge_exploring(seconds)
         self._measured_s += seconds
-        self._left_s -= seconds
-        due = self._left_s <= 0 and self._waits_due()
-        return due or exploring
+        return self._towards_waits(seconds) or exploring
 
     def count_untimed(self, seconds: float) -> bool:
         """One untimed call's predicted ``seconds``, towards the waits that are no exploring;
         True once one is met (a compilation of the tier, a re-check's time: then the planner
         decides again). Timed calls count their measured seconds instead, never both."""
         self._counted_s += seconds
-        self._left_s -= seconds
-        return self._left_s <= 0 and self._waits_due()
+        return self._towards_waits(seconds)
 
     def count_measured(self, seconds: float, bucket: tuple[int, int]) -> bool:
         """One sampled-out call's measured ``seconds`` (timed, not learned from); True where the
@@ -452,10 +449,15 @@ class Learner:
         bucket became affordable (at another bucket it would re-decide calls whose decision
         cannot explore it)."""
         self._measured_s += seconds
-        self._left_s -= seconds
         need = self._pending.get(bucket)
         if need is not None and self.history.explored_s + need <= EXPLORE_FRACTION * self._measured():
+            self._left_s -= seconds
             return True
+        return self._towards_waits(seconds)
+
+    def _towards_waits(self, seconds: float) -> bool:
+        """``seconds`` more of the function's towards the nearest wait; whether one is met (and dropped)."""
+        self._left_s -= seconds
         return self._left_s <= 0 and self._waits_due()
 
     def _waits_due(self) -> bool:
