@@ -144,6 +144,51 @@ def test_a_new_size_starts_from_the_functions_own_error_at_other_sizes(ready_gpu
     assert far.sources["cupy"] == "profile" and far.sources["numpy"] == "profile", far.sources
 
 
+def test_an_error_that_changes_with_size_carries_its_trend_to_a_new_size(ready_gpu, use_profile, clock):
+    # A Python loop of small operations: mostly overhead, so not shaped like the profile's lines
+    # (NumPy 1e-8 s/B, GPU 1e-9 s/B + copies). NumPy really takes 2 ms + 1e-10 s/B, the GPU 1 ms +
+    # 1e-9 s/B. At 1e7 B the error at 1e6 B alone predicts NumPy at 21 ms against the GPU's 20 ms,
+    # where NumPy takes 3 ms and the GPU 11; the errors' trend (x2.0 at 1e5 B, x0.21 at 1e6 B)
+    # predicts both lower, so whichever runs first, the other is tried at once. (60 calls a size
+    # leave a small budget for exploring, as calls on the C check do: with the error alone the GPU
+    # ran 14 of the 20 calls at 1e7 B.)
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=1e-9, copy_per_byte=1e-10, cold_start=0.0))
+
+    def loop(x):
+        on_gpu = isinstance(x, FakeDeviceArray)
+        clock.t += (1e-3 + 1e-9 * x.nbytes) if on_gpu else (2e-3 + 1e-10 * x.nbytes)
+        return x * 2
+
+    f = offload(kind="elementwise")(loop)
+    for nbytes in (10**5, 10**6):
+        x = np.ones(nbytes // 8)
+        for _ in range(60):
+            f(x)
+    learner = f.__autooffload__.learner
+    trusted = [k[0] for k, c in learner.history.cells.items() if c.trusted]
+    assert trusted.count("numpy") == 2 and trusted.count("cupy") == 2, trusted  # both sizes, both backends
+    x = np.ones(10**7 // 8)
+    d = explain(f, x)
+    assert "trend" in d.sources["numpy"] and d.predicted_s["numpy"] < 0.01, (d.sources, d.predicted_s)
+    seen = []
+    for _ in range(20):
+        np.testing.assert_array_equal(f(x), x * 2)
+        seen.append(f.last_decision.backend)
+    assert seen.count("cupy") <= 4 and seen[-10:] == ["numpy"] * 10, seen
+
+
+def test_the_error_trend_needs_sizes_apart_that_disagree_and_is_clamped():
+    trend = _learn.error_trend
+    assert trend(1e6, 0.2, [], 1e7) == 1.0  # one size: the error alone
+    assert trend(1e6, 0.2, [(2e6 / 1.5, 2.0)], 1e7) == 1.0  # closer than TREND_SPAN: noise, not a trend
+    assert trend(1e6, 0.2, [(1e5, 0.25)], 1e7) == 1.0  # within AGREE: the same error
+    assert trend(1e6, 1.0, [(1e5, 2.0)], 1e7) == pytest.approx(0.5)  # halves per decade, carried on
+    assert trend(1e6, 1.0, [(1e5, 2.0)], 1e5 / 10) == pytest.approx(4.0)  # below: the other way, clamped
+    assert trend(1e6, 0.1, [(1e5, 10.0)], 1e7) == 1 / _learn.EXPLORE_WITHIN  # clamped
+    # the nearest size far enough decides, not a farther one
+    assert trend(1e6, 1.0, [(1e5, 2.0), (1e3, 100.0)], 1e7) == pytest.approx(0.5)
+
+
 def test_learning_off_gives_the_profiles_decisions_exactly(ready_gpu, use_profile, clock, monkeypatch):
     profile = use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=3e-10, copy_per_byte=1e-10, cold_start=0.0))
     monkeypatch.setenv("AUTOOFFLOAD_LEARN", "0")

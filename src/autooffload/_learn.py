@@ -12,7 +12,9 @@ times (``_history``) and, per backend and size bucket, its decisions use:
    only between the smallest and largest size it has seen, slope clamped to [0, 2];
 3. else **the profile, corrected** by the function's own error there: the observed/predicted
    ratio of its nearest trusted cell on that backend, within ``CORRECT_WITHIN`` (64x) the bytes
-   (a function 30x slower on the GPU than predicted at one size is not 30x cheaper at the next);
+   (a function 30x slower on the GPU than predicted at one size is not 30x cheaper at the next),
+   and by the trend of that error where a size at least ``TREND_SPAN`` (4x) farther away had
+   another one (``error_trend``: a function of Python overhead is not shaped like the curve);
 4. else, for a host backend (NumPy, the Numba tier), **the profile corrected by the other host
    backend's learned error** at this size (same work, same memory: a function 10x cheaper on NumPy
    than its bytes say is most likely cheaper on the tier too);
@@ -117,6 +119,14 @@ TIER_EXPLORE_MIN_CALL_S = 20e-6
 # carried to 8 KB, predicted 41 us where it took 10-13, and the tier ran 56 calls at 20-30 us).
 # Sizes 10x apart, as a loop over growing inputs or the suite's steps, still inform each other.
 CORRECT_WITHIN = 64.0
+# ...and where two of its sizes at least this many times apart say the error changes with size,
+# the change is carried on too (``error_trend``, at most EXPLORE_WITHIN either way). A function
+# whose time is mostly Python overhead is not shaped like the profile's curve: on the H200 without
+# a profile, column_disp (a loop over 500 columns) took 2.2 ms at 1e5 elements and 5.4 ms at 1e6,
+# 8.7x and 1.4x what the H100-scaled curve predicted, which has its L3 cliff between them; the
+# 1e6 error alone predicted NumPy at 158 ms at 1e7, where it took 41 ms, so the GPU ran the row
+# at 66 ms (1.57x; benchmarks/results/h200-noprofile/suite.json, session 14 run C).
+TREND_SPAN = 4.0
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
 RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this many times its estimate
 # ...for calls predicted at least this long: waiting for a re-check takes a NumPy call off the C
@@ -204,6 +214,22 @@ def loglog_fit(points: list[tuple[float, float]], at: float) -> float | None:
     return math.exp(my + slope * (math.log(at) - mx))
 
 
+def error_trend(near_at: float, error: float, others: list[tuple[float, float]], at: float) -> float:
+    """The factor by which the profile's error ``error``, measured at ``near_at`` bytes, moves
+    on to ``at``, from the trend between it and the nearest other size at least ``TREND_SPAN``
+    away (``others``: (bytes, error) pairs), where their errors disagree by more than
+    ``_history.AGREE``; clamped to ``EXPLORE_WITHIN`` either way, 1.0 where nothing says."""
+    far = [(b, e) for b, e in others if abs(math.log(b / near_at)) >= math.log(TREND_SPAN)]
+    if not far:
+        return 1.0
+    other_at, other = min(far, key=lambda be: abs(math.log(be[0] / near_at)))
+    if 1 / AGREE < error / other < AGREE:
+        return 1.0
+    slope = math.log(error / other) / math.log(near_at / other_at)
+    factor = (at / near_at) ** slope
+    return min(max(factor, 1 / EXPLORE_WITHIN), EXPLORE_WITHIN)
+
+
 class Learner:
     """One function's learning: adjusted predictions, exploration, observations."""
 
@@ -285,11 +311,17 @@ class Learner:
         if fitted is not None:
             return fitted, f"learned from {len(points)} neighbouring sizes"
         key, nearest = min(cells, key=lambda kc: abs(math.log(_bucket_bytes(kc[0][1:]) / at)))
-        if not 1 / CORRECT_WITHIN <= _bucket_bytes(key[1:]) / at <= CORRECT_WITHIN:
+        near_at = _bucket_bytes(key[1:])
+        if not 1 / CORRECT_WITHIN <= near_at / at <= CORRECT_WITHIN:
             return None, ""
         error = nearest.profile_error()
         if error is None:
             return None, ""
+        trend = error_trend(near_at, error, [(_bucket_bytes(k[1:]), e) for k, c in cells
+                                             if k != key and (e := c.profile_error()) is not None], at)
+        if trend != 1.0:
+            return (warm * error * trend,
+                    f"profile, corrected x{error * trend:.2g} by this function's history (its error's trend over sizes)")
         return warm * error, f"profile, corrected x{error:.2g} by this function's history"
 
     # -- exploring -----------------------------------------------------------------------------
