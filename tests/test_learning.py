@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -144,14 +145,14 @@ def test_a_new_size_starts_from_the_functions_own_error_at_other_sizes(ready_gpu
     assert far.sources["cupy"] == "profile" and far.sources["numpy"] == "profile", far.sources
 
 
-def test_an_error_that_changes_with_size_carries_its_trend_to_a_new_size(ready_gpu, use_profile, clock):
+def test_a_function_the_profiles_shape_does_not_fit_is_extrapolated_from_its_own_sizes(ready_gpu, use_profile, clock):
     # A Python loop of small operations: mostly overhead, so not shaped like the profile's lines
     # (NumPy 1e-8 s/B, GPU 1e-9 s/B + copies). NumPy really takes 2 ms + 1e-10 s/B, the GPU 1 ms +
     # 1e-9 s/B. At 1e7 B the error at 1e6 B alone predicts NumPy at 21 ms against the GPU's 20 ms,
-    # where NumPy takes 3 ms and the GPU 11; the errors' trend (x2.0 at 1e5 B, x0.21 at 1e6 B)
-    # predicts both lower, so whichever runs first, the other is tried at once. (60 calls a size
-    # leave a small budget for exploring, as calls on the C check do: with the error alone the GPU
-    # ran 14 of the 20 calls at 1e7 B.)
+    # where NumPy takes 3 ms and the GPU 11. The errors at 1e5 and 1e6 B disagree (x2.0 and x0.21
+    # on NumPy), so each backend's own two sizes are extrapolated: NumPy ~2.2 ms, the GPU ~3.6.
+    # (60 calls a size leave a small budget for exploring, as calls on the C check do: with the
+    # error alone the GPU ran 14 of the 20 calls at 1e7 B.)
     use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=1e-9, copy_per_byte=1e-10, cold_start=0.0))
 
     def loop(x):
@@ -169,7 +170,8 @@ def test_an_error_that_changes_with_size_carries_its_trend_to_a_new_size(ready_g
     assert trusted.count("numpy") == 2 and trusted.count("cupy") == 2, trusted  # both sizes, both backends
     x = np.ones(10**7 // 8)
     d = explain(f, x)
-    assert "trend" in d.sources["numpy"] and d.predicted_s["numpy"] < 0.01, (d.sources, d.predicted_s)
+    assert d.sources["numpy"].startswith("extrapolated") and d.predicted_s["numpy"] < 0.003, (d.sources, d.predicted_s)
+    assert d.predicted_s["numpy"] < d.predicted_s["cupy"] < 0.005 and (d.backend == "numpy" or d.exploring), d
     seen = []
     for _ in range(20):
         np.testing.assert_array_equal(f(x), x * 2)
@@ -177,16 +179,32 @@ def test_an_error_that_changes_with_size_carries_its_trend_to_a_new_size(ready_g
     assert seen.count("cupy") <= 4 and seen[-10:] == ["numpy"] * 10, seen
 
 
-def test_the_error_trend_needs_sizes_apart_that_disagree_and_is_clamped():
-    trend = _learn.error_trend
-    assert trend(1e6, 0.2, [], 1e7) == 1.0  # one size: the error alone
-    assert trend(1e6, 0.2, [(2e6 / 1.5, 2.0)], 1e7) == 1.0  # closer than TREND_SPAN: noise, not a trend
-    assert trend(1e6, 0.2, [(1e5, 0.25)], 1e7) == 1.0  # within AGREE: the same error
-    assert trend(1e6, 1.0, [(1e5, 2.0)], 1e7) == pytest.approx(0.5)  # halves per decade, carried on
-    assert trend(1e6, 1.0, [(1e5, 2.0)], 1e5 / 10) == pytest.approx(4.0)  # below: the other way, clamped
-    assert trend(1e6, 0.1, [(1e5, 10.0)], 1e7) == 1 / _learn.EXPLORE_WITHIN  # clamped
-    # the nearest size far enough decides, not a farther one
-    assert trend(1e6, 1.0, [(1e5, 2.0), (1e3, 100.0)], 1e7) == pytest.approx(0.5)
+def test_own_sizes_are_extrapolated_only_where_errors_far_enough_apart_disagree():
+    from autooffload._costmodel import Prediction
+    from autooffload._history import FunctionHistory
+
+    def adjusted(cells: dict[int, tuple[float, float]], at: int) -> tuple[float, str]:
+        learner = _learn.Learner(lambda x: x)
+        learner._history = history = FunctionHistory("test")
+        for bucket, (seconds, predicted) in cells.items():
+            for _ in range(3):  # the first dropped, two kept: trusted
+                history.add(("numpy", bucket, -1), seconds, predicted, exploring=False)
+        pred, sources = learner.adjust(Prediction({"numpy": 0.08}), (at, -1))
+        return pred.seconds["numpy"], sources["numpy"]
+
+    # x2.0 at bucket 33 (2^16.5 B), x0.21 at 40 (2^20 B): its own line, slope log(2.1/2.0)/log(2^3.5)
+    seconds, source = adjusted({33: (2.0e-3, 1e-3), 40: (2.1e-3, 1e-2)}, 46)
+    assert source.startswith("extrapolated") and seconds == pytest.approx(2.1e-3 * 8 ** (math.log(1.05) / math.log(2**3.5)))
+    # errors that agree (x2.0, x1.9): the profile, corrected by the nearest
+    seconds, source = adjusted({33: (2.0e-3, 1e-3), 40: (1.9e-2, 1e-2)}, 46)
+    assert source.startswith("profile, corrected x1.9") and seconds == pytest.approx(0.08 * 1.9)
+    # sizes closer than TREND_SPAN say nothing about the shape: corrected by the nearest
+    seconds, source = adjusted({39: (2.0e-3, 1e-3), 40: (2.1e-3, 1e-2)}, 46)
+    assert source.startswith("profile, corrected x0.21") and seconds == pytest.approx(0.08 * 0.21)
+    # the slope is clamped to [0, 2]: a function faster at its larger size is not predicted faster still
+    seconds, source = adjusted({33: (4.0e-3, 1e-3), 40: (2.1e-3, 1e-2)}, 46)
+    assert source.startswith("extrapolated") and seconds == pytest.approx(2.1e-3)
+    assert _learn.carried(source) and _learn.carried("profile, corrected x2 by this function's history")
 
 
 def test_learning_off_gives_the_profiles_decisions_exactly(ready_gpu, use_profile, clock, monkeypatch):

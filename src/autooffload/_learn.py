@@ -12,9 +12,10 @@ times (``_history``) and, per backend and size bucket, its decisions use:
    only between the smallest and largest size it has seen, slope clamped to [0, 2];
 3. else **the profile, corrected** by the function's own error there: the observed/predicted
    ratio of its nearest trusted cell on that backend, within ``CORRECT_WITHIN`` (64x) the bytes
-   (a function 30x slower on the GPU than predicted at one size is not 30x cheaper at the next),
-   and by the trend of that error where a size at least ``TREND_SPAN`` (4x) farther away had
-   another one (``error_trend``: a function of Python overhead is not shaped like the curve);
+   (a function 30x slower on the GPU than predicted at one size is not 30x cheaper at the next);
+   but where its error there and at a size at least ``TREND_SPAN`` (4x) farther away disagree,
+   the profile's curve is not its shape (Python overhead, a cache step it does not take) and its
+   own two sizes are **extrapolated** instead (``_misfit``);
 4. else, for a host backend (NumPy, the Numba tier), **the profile corrected by the other host
    backend's learned error** at this size (same work, same memory: a function 10x cheaper on NumPy
    than its bytes say is most likely cheaper on the tier too);
@@ -94,7 +95,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import _config
 from ._costmodel import Prediction
-from ._history import AGREE, FunctionHistory, Store, function_key
+from ._history import AGREE, Cell, FunctionHistory, Store, function_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -119,13 +120,16 @@ TIER_EXPLORE_MIN_CALL_S = 20e-6
 # carried to 8 KB, predicted 41 us where it took 10-13, and the tier ran 56 calls at 20-30 us).
 # Sizes 10x apart, as a loop over growing inputs or the suite's steps, still inform each other.
 CORRECT_WITHIN = 64.0
-# ...and where two of its sizes at least this many times apart say the error changes with size,
-# the change is carried on too (``error_trend``, at most EXPLORE_WITHIN either way). A function
-# whose time is mostly Python overhead is not shaped like the profile's curve: on the H200 without
-# a profile, column_disp (a loop over 500 columns) took 2.2 ms at 1e5 elements and 5.4 ms at 1e6,
-# 8.7x and 1.4x what the H100-scaled curve predicted, which has its L3 cliff between them; the
-# 1e6 error alone predicted NumPy at 158 ms at 1e7, where it took 41 ms, so the GPU ran the row
-# at 66 ms (1.57x; benchmarks/results/h200-noprofile/suite.json, session 14 run C).
+# ...unless two of its sizes at least this many times apart had profile errors that disagree by
+# more than AGREE: the profile's curve is then not the function's shape, and the function's own
+# sizes are extrapolated instead (the line through those two, in log-log space, slope clamped to
+# [0, 2]: StarPU's a*n^b). On the H200 the curves have steps (L3, the 300 MiB cache) that a
+# Python loop of small operations does not take: without a profile, column_disp took 2.2 ms at
+# 1e5 elements and 5.4 ms at 1e6 (8.7x and 1.4x the curve), and the 1e6 error alone predicted
+# NumPy at 158 ms at 1e7, where it took 41 ms (the GPU ran the row at 1.57x); with the shipped
+# profile panel_recur took 0.23 / 2.4 ms at 1e4 / 1e5 (x5.9 / x16.7), NumPy was predicted 185 ms
+# at 1e6 and took 25 ms, and the tier ran the row at 53 ms (2.15x; session 14 run C, session 15
+# run 1). Their own lines predict 13 and 25 ms.
 TREND_SPAN = 4.0
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
 RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this many times its estimate
@@ -214,20 +218,31 @@ def loglog_fit(points: list[tuple[float, float]], at: float) -> float | None:
     return math.exp(my + slope * (math.log(at) - mx))
 
 
-def error_trend(near_at: float, error: float, others: list[tuple[float, float]], at: float) -> float:
-    """The factor by which the profile's error ``error``, measured at ``near_at`` bytes, moves
-    on to ``at``, from the trend between it and the nearest other size at least ``TREND_SPAN``
-    away (``others``: (bytes, error) pairs), where their errors disagree by more than
-    ``_history.AGREE``; clamped to ``EXPLORE_WITHIN`` either way, 1.0 where nothing says."""
-    far = [(b, e) for b, e in others if abs(math.log(b / near_at)) >= math.log(TREND_SPAN)]
+def _own_line(near_at: float, nearest: Cell, others: list[tuple[float, Cell]], at: float) -> tuple[float, str] | None:
+    """(seconds at ``at`` bytes, source) on the function's own log-log line through ``nearest``
+    (at ``near_at`` bytes) and the nearest other trusted size at least ``TREND_SPAN`` away,
+    where their profile errors disagree by more than ``_history.AGREE`` (the profile's shape
+    does not fit the function); else None."""
+    near_s, error = nearest.estimate(), nearest.profile_error()
+    if near_s is None or error is None:
+        return None
+    far = [(b, s, e) for b, c in others if abs(math.log(b / near_at)) >= math.log(TREND_SPAN)
+           and (s := c.estimate()) is not None and (e := c.profile_error())]
     if not far:
-        return 1.0
-    other_at, other = min(far, key=lambda be: abs(math.log(be[0] / near_at)))
-    if 1 / AGREE < error / other < AGREE:
-        return 1.0
-    slope = math.log(error / other) / math.log(near_at / other_at)
-    factor = (at / near_at) ** slope
-    return min(max(factor, 1 / EXPLORE_WITHIN), EXPLORE_WITHIN)
+        return None
+    far_at, far_s, far_error = min(far, key=lambda bse: abs(math.log(bse[0] / near_at)))
+    if 1 / AGREE < error / far_error < AGREE:
+        return None
+    slope = min(max(math.log(near_s / far_s) / math.log(near_at / far_at), 0.0), 2.0)
+    return (near_s * (at / near_at) ** slope,
+            f"extrapolated from this function's sizes (the profile's shape does not fit it: "
+            f"x{far_error:.2g} at {far_at:.3g} B, x{error:.2g} at {near_at:.3g} B)")
+
+
+def carried(source: str) -> bool:
+    """Whether a prediction's source carries it over from other sizes (a profile corrected by an
+    error measured elsewhere, or the function's own sizes extrapolated): the least sure kind."""
+    return "corrected" in source or "extrapolated" in source
 
 
 class Learner:
@@ -317,11 +332,9 @@ class Learner:
         error = nearest.profile_error()
         if error is None:
             return None, ""
-        trend = error_trend(near_at, error, [(_bucket_bytes(k[1:]), e) for k, c in cells
-                                             if k != key and (e := c.profile_error()) is not None], at)
-        if trend != 1.0:
-            return (warm * error * trend,
-                    f"profile, corrected x{error * trend:.2g} by this function's history (its error's trend over sizes)")
+        own = _own_line(near_at, nearest, [(_bucket_bytes(k[1:]), c) for k, c in cells if k != key], at)
+        if own is not None:
+            return own
         return warm * error, f"profile, corrected x{error:.2g} by this function's history"
 
     # -- exploring -----------------------------------------------------------------------------
@@ -338,7 +351,7 @@ class Learner:
         if mine is None:
             return None
         history = self.history
-        corrected = "corrected" in sources.get(chosen, "") or _far_off(mine, (profile_s or {}).get(chosen))
+        corrected = carried(sources.get(chosen, "")) or _far_off(mine, (profile_s or {}).get(chosen))
         for best, other in sorted((s, n) for n, s in pred.seconds.items() if n != chosen and s is not None):
             if pred.parts.get(other, {}).get("cold_start"):
                 continue  # a cold GPU is started by the cold-start rule (ski rental), not by exploring
@@ -354,7 +367,7 @@ class Learner:
                 if not (best <= EXPLORE_WITHIN * mine and self._stale(cell, best)):
                     continue
                 # measured long ago and close enough to matter: re-check it (see the docstring)
-            elif best > EXPLORE_WITHIN * mine and not corrected and "corrected" not in sources.get(other, ""):
+            elif best > EXPLORE_WITHIN * mine and not corrected and not carried(sources.get(other, "")):
                 # the rest are predicted slower still (a prediction carried over from another
                 # size's error is no reason to skip: on the 2-core VM, NumPy's 8x error at 1e3
                 # elements predicted it 4.2x slower than the tier at 1e4, where it was 1.4x faster)
@@ -363,7 +376,7 @@ class Learner:
             # measurement at this size, if not yet trusted, beats the prediction: the normal
             # equations' GPU at (12658, 79), predicted 12.8 ms, had run in 1.4 ms).
             cost = cell.samples[-1] if cell is not None and cell.samples else best
-            if "corrected" in sources.get(other, ""):
+            if carried(sources.get(other, "")):
                 # A prediction carried over from another size is the least sure one, and inflated
                 # it would keep the call waiting for budget for long (the 2-core VM's percentiles:
                 # NumPy's 13x error at 1e2 elements predicted 4.1 ms at 1e4, where it took 0.13 ms,
