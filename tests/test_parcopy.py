@@ -122,3 +122,40 @@ def test_bad_input_is_refused_with_a_clear_error():
     with pytest.raises(OverflowError):
         P.copy(a.ctypes.data, a.ctypes.data + 4096, -5, 2)
     P.copy(0, 0, 0, 2)  # nothing to copy: nothing checked, nothing done
+
+
+def test_a_pool_that_polls_before_sleeping_copies_exactly_from_many_callers():
+    # set_spin: workers (and a caller waiting for its last part) poll before they sleep, and
+    # wake() starts idle workers polling for a copy about to come. Copies stay exact, from one
+    # caller back to back and from several at once, and the pool goes back to sleeping at 0.
+    rng = np.random.default_rng(5)
+    P.set_spin(200.0)
+    try:
+        for _ in range(50):
+            P.wake()
+            _copy_and_check(int(rng.integers(1, 2 << 20)), 8, 4096, int(rng.integers(0, 64)), rng)
+        errors = []
+
+        def caller(seed):
+            r = np.random.default_rng(seed)
+            try:
+                for _ in range(20):
+                    P.wake()
+                    _copy_and_check(int(r.integers(1, 3 << 20)), 8, 4096, int(r.integers(0, 64)), r, nontemporal=bool(seed % 2))
+            except AssertionError as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        ths = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        assert not errors
+    finally:
+        P.set_spin(0.0)
+    P.wake()  # a no-op without a spin
+    _copy_and_check(1 << 20, 8, 4096, 0, rng)
+    with pytest.raises(ValueError, match=r"microseconds in \[0, 1e6\] expected; got -1"):
+        P.set_spin(-1.0)
+    with pytest.raises(ValueError, match="expected; got nan"):
+        P.set_spin(float("nan"))
