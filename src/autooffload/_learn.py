@@ -13,9 +13,10 @@ times (``_history``) and, per backend and size bucket, its decisions use:
 3. else **the profile, corrected** by the function's own error there: the observed/predicted
    ratio of its nearest trusted cell on that backend, within ``CORRECT_WITHIN`` (64x) the bytes
    (a function 30x slower on the GPU than predicted at one size is not 30x cheaper at the next);
-   but where its error there and at a size at least ``TREND_SPAN`` (4x) farther away disagree,
-   the profile's curve is not its shape (Python overhead, a cache step it does not take) and its
-   own two sizes are **extrapolated** instead (``_misfit``);
+   but above its sizes, where its error there and at a size at least ``TREND_SPAN`` (4x) smaller
+   disagree, the profile's curve is not its shape (Python overhead, a cache step it does not
+   take) and its own two sizes are **extrapolated** instead, as a fixed cost plus a cost per
+   byte, never above the corrected profile (``_own_line``);
 4. else, for a host backend (NumPy, the Numba tier), **the profile corrected by the other host
    backend's learned error** at this size (same work, same memory: a function 10x cheaper on NumPy
    than its bytes say is most likely cheaper on the tier too);
@@ -120,16 +121,17 @@ TIER_EXPLORE_MIN_CALL_S = 20e-6
 # carried to 8 KB, predicted 41 us where it took 10-13, and the tier ran 56 calls at 20-30 us).
 # Sizes 10x apart, as a loop over growing inputs or the suite's steps, still inform each other.
 CORRECT_WITHIN = 64.0
-# ...unless two of its sizes at least this many times apart had profile errors that disagree by
-# more than AGREE: the profile's curve is then not the function's shape, and the function's own
-# sizes are extrapolated instead (the line through those two, in log-log space, slope clamped to
-# [0, 2]: StarPU's a*n^b). On the H200 the curves have steps (L3, the 300 MiB cache) that a
-# Python loop of small operations does not take: without a profile, column_disp took 2.2 ms at
-# 1e5 elements and 5.4 ms at 1e6 (8.7x and 1.4x the curve), and the 1e6 error alone predicted
-# NumPy at 158 ms at 1e7, where it took 41 ms (the GPU ran the row at 1.57x); with the shipped
-# profile panel_recur took 0.23 / 2.4 ms at 1e4 / 1e5 (x5.9 / x16.7), NumPy was predicted 185 ms
-# at 1e6 and took 25 ms, and the tier ran the row at 53 ms (2.15x; session 14 run C, session 15
-# run 1). Their own lines predict 13 and 25 ms.
+# ...unless, above its sizes, two of them at least this many times apart had profile errors that
+# disagree by more than AGREE: the profile's curve is then not the function's shape, and the
+# function's own two sizes are extrapolated instead, as a fixed cost plus a cost per byte (StarPU's
+# a + b*n) where they allow one, never above the corrected profile (``_own_line``). On the H200
+# the curves have steps (L3, the 300 MiB cache) that a Python loop of small operations does not
+# take: without a profile, column_disp took 2.2 ms at 1e5 elements and 5.4 ms at 1e6 (8.7x and
+# 1.4x the curve), and the 1e6 error alone predicted NumPy at 158 ms at 1e7, where it took 41 ms
+# (the GPU ran the row at 1.57x); with the shipped profile panel_recur took 0.23 / 2.4 ms at
+# 1e4 / 1e5 (x5.9 / x16.7), NumPy was predicted 185 ms at 1e6 and took 25 ms, and the tier ran
+# the row at 53 ms (2.15x; session 14 run C, session 15 run 1). The two sizes' line predicts
+# ~37 and ~24 ms.
 TREND_SPAN = 4.0
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
 RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this many times its estimate
@@ -218,25 +220,40 @@ def loglog_fit(points: list[tuple[float, float]], at: float) -> float | None:
     return math.exp(my + slope * (math.log(at) - mx))
 
 
-def _own_line(near_at: float, nearest: Cell, others: list[tuple[float, Cell]], at: float) -> tuple[float, str] | None:
-    """(seconds at ``at`` bytes, source) on the function's own log-log line through ``nearest``
-    (at ``near_at`` bytes) and the nearest other trusted size at least ``TREND_SPAN`` away,
-    where their profile errors disagree by more than ``_history.AGREE`` (the profile's shape
-    does not fit the function); else None."""
+def _own_line(near_at: float, nearest: Cell, others: list[tuple[float, Cell]], at: float,
+              ceiling: float) -> tuple[float, str] | None:
+    """(seconds at ``at`` bytes, above ``near_at``, source) from the function's own two sizes:
+    ``nearest`` and the nearest other trusted size at least ``TREND_SPAN`` below it, where their
+    profile errors disagree by more than ``_history.AGREE`` (the profile's shape does not fit
+    the function); else None. A fixed cost plus a cost per byte (``a + b*n``, a and b >= 0: a
+    Python loop's overhead over its work) where the two allow one, else, where the cost grows
+    faster than the bytes, a power line (slope at most 2); never above ``ceiling`` (the profile
+    corrected by the nearest error), so that a misfit only ever lowers a prediction: a backend
+    predicted too low is tried and measured within a few calls, one predicted too high waits for
+    exploring's budget (a review: two cells 4x apart, 21% and 20% off a right profile, carried
+    as a power line to 32x the bytes, predicted NumPy 3.4x too slow and the GPU ran 29 of 40
+    calls 1.6x slower)."""
     near_s, error = nearest.estimate(), nearest.profile_error()
-    if near_s is None or error is None:
+    if near_s is None or error is None or at <= near_at:
         return None
-    far = [(b, s, e) for b, c in others if abs(math.log(b / near_at)) >= math.log(TREND_SPAN)
-           and (s := c.estimate()) is not None and (e := c.profile_error())]
-    if not far:
+    below = [(b, s, e) for b, c in others if b * TREND_SPAN <= near_at
+             and (s := c.estimate()) is not None and (e := c.profile_error())]
+    if not below:
         return None
-    far_at, far_s, far_error = min(far, key=lambda bse: abs(math.log(bse[0] / near_at)))
+    far_at, far_s, far_error = max(below, key=lambda bse: bse[0])
     if 1 / AGREE < error / far_error < AGREE:
         return None
-    slope = min(max(math.log(near_s / far_s) / math.log(near_at / far_at), 0.0), 2.0)
-    return (near_s * (at / near_at) ** slope,
-            f"extrapolated from this function's sizes (the profile's shape does not fit it: "
-            f"x{far_error:.2g} at {far_at:.3g} B, x{error:.2g} at {near_at:.3g} B)")
+    per_byte = max((near_s - far_s) / (near_at - far_at), 0.0)
+    fixed = near_s - per_byte * near_at
+    if fixed >= 0:
+        seconds, shape = fixed + per_byte * at, "a fixed cost and a cost per byte"
+    else:
+        slope = min(math.log(near_s / far_s) / math.log(near_at / far_at), 2.0)
+        seconds, shape = near_s * (at / near_at) ** slope, f"growing as bytes^{slope:.2g}"
+    if seconds >= ceiling:
+        return None
+    return (seconds, f"extrapolated from this function's sizes as {shape} (the profile's shape does not "
+                     f"fit it: x{far_error:.2g} at {far_at:.3g} B, x{error:.2g} at {near_at:.3g} B)")
 
 
 def carried(source: str) -> bool:
@@ -332,7 +349,7 @@ class Learner:
         error = nearest.profile_error()
         if error is None:
             return None, ""
-        own = _own_line(near_at, nearest, [(_bucket_bytes(k[1:]), c) for k, c in cells if k != key], at)
+        own = _own_line(near_at, nearest, [(_bucket_bytes(k[1:]), c) for k, c in cells if k != key], at, warm * error)
         if own is not None:
             return own
         return warm * error, f"profile, corrected x{error:.2g} by this function's history"
