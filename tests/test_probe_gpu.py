@@ -5,8 +5,11 @@ Marked ``gpu``. AUTOOFFLOAD_PROFILE unset, an empty cache dir (the conftest's), 
 shipped profiles by GPU model switched off (AUTOOFFLOAD_SHIPPED=0): the machine looks like one
 nobody calibrated. The probe runs at the first GPU start; the scaled profile's device predictions
 must land within ``FACTOR`` of the shipped H200 profile (measured on this machine model by a full
-calibration) at 1 MiB-1 GiB, its copies within ``COPY_FACTOR`` (machine starts of this kind
-differ up to 3x in host memory speed, MEASURED-H200.md, which bounds the staged copies).
+calibration) at 1 MiB-1 GiB. Its copies are held to this start's own first copies, measured here,
+within ``COPY_FACTOR``: machine starts of this kind differ up to 10x in host memory speed (issue 14:
+memcpy 2-4 GB/s on some starts, 35-38 on others), which bounds the staged copies, so against the
+shipped profile's they may be off by more and the probe be right (session 15 run 2: h2d 4.0x the
+shipped curve at 16 MiB on a start whose staged copies ran at ~20 GB/s).
 """
 
 import numpy as np
@@ -60,5 +63,44 @@ def test_the_real_probe_is_quick_and_lands_near_the_shipped_profile(monkeypatch,
             print(f"{kind:<15}" + "".join(f"{r:>13.2f}" for r in ratios))
     assert got.launch_latency_s / ref.launch_latency_s == pytest.approx(1.0, rel=FACTOR - 1)
     for kind, w in worst.items():
-        assert w < (COPY_FACTOR if kind in ("h2d", "d2h") else FACTOR), (kind, w)
+        if kind not in ("h2d", "d2h"):
+            assert w < FACTOR, (kind, w)
+    measured = first_copies([16 * 2**20, 256 * 2**20])
+    with capsys.disabled():
+        for n, (h2d_s, d2h_s) in measured.items():
+            print(f"first copies of {n >> 20} MiB on this start: in {h2d_s * 1e3:.2f} ms (probe's curve "
+                  f"{got.h2d.predict(n) * 1e3:.2f}), out {d2h_s * 1e3:.2f} ms ({got.d2h.predict(n) * 1e3:.2f})")
+    for n, (h2d_s, d2h_s) in measured.items():
+        assert 1 / COPY_FACTOR < got.h2d.predict(n) / h2d_s < COPY_FACTOR, (n, got.h2d.predict(n), h2d_s)
+        assert 1 / COPY_FACTOR < got.d2h.predict(n) / d2h_s < COPY_FACTOR, (n, got.d2h.predict(n), d2h_s)
     reset_active_profile()
+
+
+def first_copies(sizes: list[int]) -> dict[int, tuple[float, float]]:
+    """Median seconds of the engine's first copies (nothing pinned) in and out at each size on
+    this machine start: what a profile's copy curves stand for."""
+    import statistics
+    import time
+
+    from autooffload import _transfer
+
+    sync = cp.cuda.get_current_stream().synchronize
+    out = {}
+    with _transfer.unpinned_copies():
+        for n in sizes:
+            a = np.random.default_rng(n).random(n // 8)
+            d = _transfer.to_device(a)
+            _transfer.to_host(d)  # warm: the pool's buffers, the kernels
+            ins, outs = [], []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                d2 = _transfer.to_device(a)
+                sync()
+                ins.append(time.perf_counter() - t0)
+                del d2
+                t0 = time.perf_counter()
+                _transfer.to_host(d)
+                outs.append(time.perf_counter() - t0)
+            out[n] = (statistics.median(ins), statistics.median(outs))
+            del d
+    return out

@@ -53,6 +53,7 @@ for s in "$@"; do
                         AUTOOFFLOAD_PROFILE="$tuned" step transfer-tuned python3 benchmarks/transfer.py --machine "$MACHINE" --min-bytes "${MIN_BYTES:-4KiB}" ;;
         transfer-tune) step transfer-tune python3 benchmarks/transfer.py --machine "$MACHINE-tune" --min-bytes "${MIN_BYTES:-4KiB}" --tune "$TUNE" ;;  # the profile's tuning with $TUNE over it
         diag) step diag timeout "${DIAG_S:-90}" python3 tools/transfer_diag.py --out "$OUT/transfer-diag.json" ;;
+        probe-test) TAIL=25 step probe-test python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_probe_gpu.py ;;
         transfer-tests) TAIL=15 step transfer-tests python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_transfer_gpu.py ;;
         suite-profile) AUTOOFFLOAD_PROFILE="$OUT/$MACHINE.json" step suite-profile python3 benchmarks/suite.py --machine "$MACHINE" --budget-s "${BUDGET:-150}" ;;
         suite-shipped) AUTOOFFLOAD_PROFILE="$PWD/src/autooffload/_profiles/shipped/$MACHINE.json" AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-shipped \
