@@ -7,7 +7,7 @@
 # transfer-tests; streaming-unpinned (pinning on reuse off); pinned-results, streaming-pinned, streaming-register: the copy engine's kept results pinned
 # on reuse, and chunks pinned in place, against the profile's tuning); issue 12 diagnostics: diag-decisions, gaps-sparse
 # (tools/gpu_gaps.py 4 with no profile), diag-noprofile (the no-profile suite's worst rows, every decision logged);
-# pool-spin (tools/pool_spin_probe.py: first copies with the copy pool polling before it sleeps); focus (suite rows FUNCTIONS to MAX_N, both profiles);
+# focus (suite rows FUNCTIONS to MAX_N, both profiles);
 # device-path (tools/profile_device_path.py: the overhead rows on device data, floors and cProfile); timeline (tools/stream_timeline.py: a streamed call's CUDA events against the no-wait pipeline), staged-probe
 # (tools/staged_probe.py: a first copy's halves alone and under each other), gaps-result (tools/gpu_gaps.py 5);
 # each logged under $OUT/<step>.log with its wall time. $OUT returns at most 8 files: tar the logs when a run makes more.
@@ -73,7 +73,6 @@ for s in "$@"; do
                         AUTOOFFLOAD_SHIPPED=0 AUTOOFFLOAD_LOG="$OUT/noprofile-decisions.jsonl" AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-diag-np \
                         step diag-noprofile python3 benchmarks/suite.py --machine "$MACHINE-diag-noprofile" --budget-s "${BUDGET:-60}" \
                             --functions "${FUNCTIONS:-fft_convolve,var_es_sort,panel_recur,asian_mc,black_scholes}" --max-elements "${MAX_N:-1e6}" ;;
-        pool-spin) TAIL=12 step pool-spin python3 tools/pool_spin_probe.py ;;
         focus) # issue 12: the suite's named rows up to MAX_N, shipped profile and none (FUNCTIONS, BUDGET per run)
                AUTOOFFLOAD_PROFILE="$PWD/src/autooffload/_profiles/shipped/$MACHINE.json" AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-focus \
                TAIL=30 step focus-shipped python3 benchmarks/suite.py --machine "$MACHINE-focus" --budget-s "${BUDGET:-80}" \

@@ -28,7 +28,6 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -58,42 +57,6 @@ static job_t *current = NULL;
 static unsigned long generation = 0;
 static int n_workers = 0;
 static unsigned long long jobs_shared = 0, jobs_alone = 0, jobs_waited = 0;
-/* How long a worker (and a caller waiting for its copy's last part) polls before it sleeps on
- * its condition variable: 0 (the default) sleeps at once. See set_spin below. */
-static long long spin_ns = 0;
-
-static long long
-now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static inline void
-cpu_relax(void)
-{
-#if defined(__SSE2__)
-    _mm_pause();
-#endif
-}
-
-/* Poll until *word differs from seen (acquire) or spin_ns has passed; the caller holds no lock. */
-static void
-spin_while_equal(const unsigned long *word, unsigned long seen)
-{
-    long long budget = __atomic_load_n(&spin_ns, __ATOMIC_RELAXED);
-    if (budget <= 0)
-        return;
-    long long t0 = now_ns();
-    for (unsigned k = 1;; k++) {
-        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != seen)
-            return;
-        cpu_relax();
-        if ((k & 127) == 0 && now_ns() - t0 > budget)
-            return;
-    }
-}
 
 /* memcpy with non-temporal stores: the destination's lines bypass the caches. The sfence makes
  * the stores visible before the part is counted done (the caller then queues a DMA of them). */
@@ -160,11 +123,6 @@ worker_main(void *arg)
     pthread_mutex_lock(&mu);
     seen = generation;
     for (;;) {
-        if (generation == seen && __atomic_load_n(&spin_ns, __ATOMIC_RELAXED) > 0) {
-            pthread_mutex_unlock(&mu);
-            spin_while_equal(&generation, seen); /* the next piece of a staged copy comes within ~0.1 ms */
-            pthread_mutex_lock(&mu);
-        }
         while (generation == seen)
             pthread_cond_wait(&cv_work, &mu);
         seen = generation;
@@ -257,18 +215,10 @@ parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min
     job.left = job.parts;
     pthread_mutex_lock(&mu);
     current = &job;
-    __atomic_add_fetch(&generation, 1, __ATOMIC_RELEASE); /* polled without the lock (spin_while_equal) */
+    generation++;
     pthread_cond_broadcast(&cv_work);
     pthread_mutex_unlock(&mu);
     run_parts(&job);
-    if (__atomic_load_n(&job.left, __ATOMIC_ACQUIRE) != 0 && __atomic_load_n(&spin_ns, __ATOMIC_RELAXED) > 0) {
-        long long t0 = now_ns(), budget = __atomic_load_n(&spin_ns, __ATOMIC_RELAXED);
-        for (unsigned k = 1; __atomic_load_n(&job.left, __ATOMIC_ACQUIRE) != 0; k++) {
-            cpu_relax();
-            if ((k & 127) == 0 && now_ns() - t0 > budget)
-                break;
-        }
-    }
     pthread_mutex_lock(&mu);
     while (__atomic_load_n(&job.left, __ATOMIC_ACQUIRE) != 0 || job.users != 0)
         pthread_cond_wait(&cv_done, &mu);
@@ -319,37 +269,6 @@ py_copy(PyObject *self, PyObject *args)
 }
 
 static PyObject *
-py_set_spin(PyObject *self, PyObject *args)
-{
-    double us;
-    if (!PyArg_ParseTuple(args, "d:set_spin", &us))
-        return NULL;
-    if (!(us >= 0.0 && us <= 1e6)) {
-        PyErr_Format(PyExc_ValueError, "set_spin: microseconds in [0, 1e6] expected; got %R", PyTuple_GET_ITEM(args, 0));
-        return NULL;
-    }
-    __atomic_store_n(&spin_ns, (long long)(us * 1000.0), __ATOMIC_RELAXED);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-py_wake(PyObject *self, PyObject *noargs)
-{
-    /* Wake the workers with no job: with a spin set they poll for the copy about to come, so
-     * that its first piece does not wait for threads to be scheduled. A no-op without workers. */
-    if (__atomic_load_n(&spin_ns, __ATOMIC_RELAXED) > 0 && pthread_mutex_trylock(&job_lock) == 0) {
-        pthread_mutex_lock(&mu);
-        if (current == NULL && n_workers > 0) {
-            __atomic_add_fetch(&generation, 1, __ATOMIC_RELEASE);
-            pthread_cond_broadcast(&cv_work);
-        }
-        pthread_mutex_unlock(&mu);
-        pthread_mutex_unlock(&job_lock);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
 py_info(PyObject *self, PyObject *noargs)
 {
     pthread_mutex_lock(&mu);
@@ -366,11 +285,6 @@ static PyMethodDef methods[] = {
      "split over up to `threads` native threads (the caller included), parts of at least min_part bytes; "
      "nontemporal: streaming stores that bypass the caches (x86-64); releases the GIL. Positional "
      "arguments only."},
-    {"set_spin", py_set_spin, METH_VARARGS,
-     "set_spin(us): how long pool threads, and a caller waiting for its copy, poll before sleeping "
-     "(0: sleep at once, the default)."},
-    {"wake", py_wake, METH_NOARGS,
-     "wake(): with a spin set, wake idle pool threads to poll for a copy about to start (no-op otherwise)."},
     {"info", py_info, METH_NOARGS,
      "{'workers', 'shared', 'alone', 'waited'}: pool threads; copies made by the pool (of which 'waited' "
      "waited for it), and alone."},
