@@ -6,8 +6,8 @@ shipped profiles by GPU model switched off (AUTOOFFLOAD_SHIPPED=0): the machine 
 nobody calibrated. The probe runs at the first GPU start; the scaled profile's device predictions
 must land within ``FACTOR`` of the shipped H200 profile (measured on this machine model by a full
 calibration) at 1 MiB-1 GiB. Its copies are held to this start's own first copies, measured here,
-within ``COPY_FACTOR``: machine starts of this kind differ up to 10x in host memory speed (issue 14:
-memcpy 2-4 GB/s on some starts, 35-38 on others), which bounds the staged copies, so against the
+within ``COPY_FACTOR``: machine starts of this kind differ by an order of magnitude in host memory
+speed (issue 14: memcpy 2-4 GB/s on some starts, 35-38 on others), which bounds the staged copies, so against the
 shipped profile's they may be off by more and the probe be right (session 15 run 2: h2d 4.0x the
 shipped curve at 16 MiB on a start whose staged copies ran at ~20 GB/s).
 """

@@ -126,12 +126,12 @@ CORRECT_WITHIN = 64.0
 # function's own two sizes are extrapolated instead, as a fixed cost plus a cost per byte (StarPU's
 # a + b*n) where they allow one, never above the corrected profile (``_own_line``). On the H200
 # the curves have steps (L3, the 300 MiB cache) that a Python loop of small operations does not
-# take: without a profile, column_disp took 2.2 ms at 1e5 elements and 5.4 ms at 1e6 (8.7x and
-# 1.4x the curve), and the 1e6 error alone predicted NumPy at 158 ms at 1e7, where it took 41 ms
-# (the GPU ran the row at 1.57x); with the shipped profile panel_recur took 0.23 / 2.4 ms at
-# 1e4 / 1e5 (x5.9 / x16.7), NumPy was predicted 185 ms at 1e6 and took 25 ms, and the tier ran
-# the row at 53 ms (2.15x; session 14 run C, session 15 run 1). The two sizes' line predicts
-# ~37 and ~24 ms.
+# take: without a profile, column_disp took 2.2 ms at 1e5 elements and 5.4 ms at 1e6, and the
+# 1e6 error alone predicted NumPy at 158 ms at 1e7, where it took 41 ms (the GPU ran the row at
+# 1.57x; h200-session14/suite-noprofile.runC.json); with the shipped profile panel_recur took
+# 0.24 / 2.4 ms at 1e4 / 1e5 (x6 / x17 the profile's 0.039 / 0.144 ms: explain() with learning
+# off), NumPy was predicted 185 ms at 1e6 and took 25 ms, and the tier ran the row at 53 ms
+# (2.15x; h200-session15/suite.run1.json). The two sizes' line predicts ~37 and ~24 ms.
 TREND_SPAN = 4.0
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
 RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this many times its estimate
