@@ -112,6 +112,9 @@ k.update({a: int(b) for a, b in (kv.split('=') for kv in sys.argv[2].split(','))
                      AUTOOFFLOAD_PROFILE=/tmp/knobs-profile.json AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-knobs \
                      step suite-knobs python3 benchmarks/suite.py --machine "$MACHINE-knobs" --budget-s "${BUDGET:-60}" \
                          --functions "${FUNCTIONS:-normal_eqs,min_var_weights,pairwise_dist}" --max-elements "${MAX_N:-1e7}" --no-plot ;;
+        numba-threads) # issue 12: the Numba tier's small calls by thread count, back to back and interleaved
+                       TAIL=60 step numba-threads python3 tools/numba_small_threads.py ${FUNCTIONS:-black_scholes rolling_vol panel_recur percentiles} \
+                           --sizes "${SIZES:-1e2,1e3,1e4,1e5}" --rounds "${ROUNDS:-101}" ;;
         gaps-marginal) TAIL=16 step gaps-marginal python3 tools/gpu_gaps.py 6 ;;  # issue 12: each piece of the small-call device path
         gaps-warmup) TAIL=8 step gaps-warmup python3 tools/gpu_gaps.py 7 ;;  # issue 12: the first GPU calls after NumPy-only work, call by call
         gaps-result) # issue 12 item 8: pairwise_dist at 1e6, @offload on CuPy against CuPy + copies, stage by stage

@@ -1,0 +1,146 @@
+"""The tier's thread count per call (backends/_numba_threads.py): one thread where the function's
+own calls measured it faster, all of them elsewhere, and what trying costs, bounded.
+
+The choice is pure bookkeeping over measured seconds, so most tests drive it with made-up times
+as ``_CompiledCall`` would (``drive``); the last ones run real compiled code on this machine's cores.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autooffload.backends import _numba_threads as nt
+
+ONE, ALL = nt.ThreadChoice.ONE, nt.ThreadChoice.ALL
+
+
+def drive(choices: nt.Choices, key, times: dict[int, float], limit: int = 16) -> int:
+    """One call of bucket ``key`` whose true time is ``times[ONE or ALL]``, as ``_CompiledCall``
+    runs it; returns the thread setting it ran on."""
+    cell = choices.cell(key)
+    if cell.threads is not None:
+        return cell.threads
+    threads = cell.next_run(limit, choices)
+    cell.seen += 1
+    if cell.seen > 1:
+        cell.add(threads, times[threads], choices)
+    return threads
+
+
+def test_one_thread_is_kept_where_it_is_clearly_faster():
+    choices = nt.Choices()
+    ran = [drive(choices, "small", {ONE: 20e-6, ALL: 60e-6}) for _ in range(10)]
+    assert ran[:3] == [ALL, ALL, ONE]  # uncounted first call, one all-thread sample, one try
+    assert choices.cell("small").threads == ONE
+    assert ran[3:] == [ONE] * 7
+
+
+def test_all_threads_are_kept_where_one_is_clearly_slower():
+    choices = nt.Choices()
+    ran = [drive(choices, "mid", {ONE: 160e-6, ALL: 60e-6}) for _ in range(10)]
+    assert ran.count(ONE) == 1 and choices.cell("mid").threads == ALL
+
+
+def test_close_times_take_three_samples_each_and_keep_the_faster():
+    choices = nt.Choices()
+    ran = [drive(choices, "close", {ONE: 50e-6, ALL: 55e-6}) for _ in range(12)]
+    assert ran[:8] == [ALL, ALL, ONE, ALL, ONE, ALL, ONE, ONE]  # decided at the third pair
+    assert choices.cell("close").threads == ONE
+
+
+def test_a_large_call_is_not_tried_on_one_thread_until_the_budget_allows():
+    """A 2 ms all-thread call could take 32 ms on one of 16 threads: 30 ms at risk, tried only
+    once the function has run 300 ms in the tier (10%)."""
+    choices = nt.Choices()
+    ran = [drive(choices, "big", {ONE: 32e-3, ALL: 2e-3}) for _ in range(160)]
+    first_try = ran.index(ONE)
+    assert first_try > 0 and (first_try - 1) * 2e-3 >= 0.3 - 1e-9  # timed calls before it: >= 300 ms
+    assert ran.count(ONE) == 1 and choices.cell("big").threads == ALL
+
+
+def test_the_loss_over_many_buckets_stays_within_the_bound():
+    """1000 calls over 40 buckets with random true times (one thread 0.2-20x the all-thread
+    time): what running the slower setting lost is at most max(1 ms, 10% of the timed seconds)
+    plus one try's overrun."""
+    rng = random.Random(5)
+    truth = {}
+    for b in range(40):
+        every = 10 ** rng.uniform(-5, -2)
+        truth[b] = {ALL: every, ONE: every * 10 ** rng.uniform(-0.7, 1.2)}
+    choices = nt.Choices()
+    lost = spent = 0.0
+    for _ in range(1000):
+        b = rng.randrange(40)
+        threads = drive(choices, b, truth[b])
+        t = truth[b][threads]
+        spent += t
+        lost += t - min(truth[b].values())
+    exploring_loss = choices.lost_s
+    worst_try = max(15 * t[ALL] for t in truth.values())
+    assert exploring_loss <= max(nt.EXPLORE_FLOOR_S, nt.EXPLORE_FRACTION * choices.spent_s) + worst_try
+    decided = [truth[b] for b, c in choices.cells.items() if c.threads is not None]
+    assert decided and all(c.threads == (ONE if truth[b][ONE] < truth[b][ALL] else ALL)
+                           for b, c in choices.cells.items() if c.threads is not None
+                           and max(truth[b].values()) > nt.DECIDE_AT * min(truth[b].values()))
+    assert lost < 0.5 * spent  # the kept choices are the faster ones: most of the time is not lost
+
+
+def test_buckets_are_powers_of_two_of_the_array_bytes():
+    a, b = np.ones(100), np.ones(28)  # 800 + 224 bytes
+    assert nt.size_bucket((a, b, 3.0, "s", (1, 2))) == (800 + 224 + 8).bit_length()
+    assert nt.size_bucket((np.ones(1000),)) != nt.size_bucket((np.ones(10_000),))
+    assert nt.size_bucket(()) == 0
+
+
+# -- real compiled code ----------------------------------------------------------------------------
+numba_mod = pytest.importorskip("numba")
+
+from autooffload import backends  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+suite = pytest.importorskip("suite")
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = backends.get("numba")
+    assert b is not None
+    return b
+
+
+def test_calls_on_either_setting_give_numpys_result_and_leave_the_limit_as_it_was(backend):
+    fn, _, how = backend.runner(suite.black_scholes_call)
+    assert fn is not None, how
+    g = np.random.default_rng(2)
+    for n in (30, 300, 3000):
+        args = suite._bs(n * 3, g)
+        want = suite.black_scholes_call(*args)
+        before = backend.numba.get_num_threads()
+        for _ in range(12):  # through the choice: both settings are tried
+            np.testing.assert_allclose(fn(*args), want, rtol=1e-12, atol=1e-12)
+            assert backend.numba.get_num_threads() == before
+    tried = [c for c in fn.choices.cells.values() if c.one]
+    if backend.max_threads > 1:
+        assert tried, "no bucket was tried on one thread"
+    with backend.thread_limit(1):  # nothing to choose: no new bucket
+        cells = len(fn.choices.cells)
+        fn(*suite._bs(30_000, g))
+        assert len(fn.choices.cells) == cells and backend.numba.get_num_threads() == 1
+
+
+def test_a_one_thread_choice_restores_a_users_limit(backend):
+    if backend.max_threads < 2:
+        pytest.skip("one core: nothing to choose")
+    fn, _, _ = backend.runner(suite.rolling_vol)
+    x = suite._prices(200, np.random.default_rng(4))
+    fn(x, 20)
+    cell = next(iter(fn.choices.cells.values()))
+    cell.threads = ONE  # as if measured
+    with backend.thread_limit(2):
+        np.testing.assert_allclose(fn(x, 20), suite.rolling_vol(x, 20), rtol=1e-10, atol=1e-12)
+        assert backend.numba.get_num_threads() == 2
