@@ -108,7 +108,7 @@ class NumbaBackend(Backend):
             from numba.np.ufunc import parallel
 
             parallel._launch_threads()
-            get, put = parallel._get_num_threads, parallel._set_num_threads
+            get, put = getattr(parallel, "_get_num_threads"), getattr(parallel, "_set_num_threads")
             if get() >= 1:
                 self.get_threads, self.set_threads = get, put
         except Exception:  # noqa: BLE001 - private: another Numba keeps the checked public pair
