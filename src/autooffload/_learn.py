@@ -66,7 +66,13 @@ disagrees with the estimate by more than ``_history.AGREE`` restarts the cell fr
 and exploring continues until it is trusted again. A re-check is one call, or
 ``SWITCH_COLD_CALLS`` + 1 where the first ones after the switch are cold and may hide a win
 (``cold_may_hide_a_win``): re-checks of one cell then take at most 3 calls' estimates in each
-``RECHECK_AFTER`` of them, plus the cold calls' excess (up to ``COLD_EXCESS_MAX_S`` each).
+``RECHECK_AFTER`` of them, plus the cold calls' excess (up to ``COLD_EXCESS_MAX_S`` each). A cell
+trusted on its first two samples is re-checked sooner, after ``RECHECK_AFTER_YOUNG`` (10) times
+its estimate: a GPU's first calls after seconds of NumPy-only work can run 5x their warm time (on
+the H200 without a profile, pairwise_dist at (1000, 16) was trusted on the GPU at 9.1 ms from
+calls of 10.1 and 8.2 ms, took 1.7 ms warm, and NumPy's 6.1 ms kept the row at 4.4x for all 34 of
+its timed calls, h200-session16/suite-noprofile.run2.json). That re-check gives the cell its third
+sample, so it is the only early one until the cell restarts.
 
 **What is observed.** Calls whose decision says ``observe`` (learning is on, the data is on the
 host, and the chosen backend is not yet trusted there, or exploration waits for budget there,
@@ -135,6 +141,7 @@ CORRECT_WITHIN = 64.0
 TREND_SPAN = 4.0
 REVISIT_FACTOR = 1.5  # an estimate that moved by this factor makes the planner decide again
 RECHECK_AFTER = 100.0  # a trusted cell not chosen is measured again after this many times its estimate
+RECHECK_AFTER_YOUNG = 10.0  # ...or this many, for a cell trusted on its first two samples (docstring)
 # ...for calls predicted at least this long: waiting for a re-check takes a NumPy call off the C
 # check's path (+5 us on the 2-core VM: Black-Scholes at 1e2, 24 us, ran 20% slower).
 RECHECK_MIN_CALL_S = 100e-6
@@ -260,6 +267,11 @@ def carried(source: str) -> bool:
     """Whether a prediction's source carries it over from other sizes (a profile corrected by an
     error measured elsewhere, or the function's own sizes extrapolated): the least sure kind."""
     return "corrected" in source or "extrapolated" in source
+
+
+def recheck_after(cell) -> float:
+    """How many times its estimate the function runs before a trusted cell not chosen is re-checked."""
+    return RECHECK_AFTER_YOUNG if len(cell.samples) < 3 else RECHECK_AFTER
 
 
 class Learner:
@@ -420,7 +432,7 @@ class Learner:
         return self.history.observed_s + self._measured_s
 
     def _stale(self, cell, estimate: float) -> bool:
-        return self._spent() - cell.stamp >= RECHECK_AFTER * estimate
+        return self._spent() - cell.stamp >= recheck_after(cell) * estimate
 
     def recheck_wait(self, pred: Prediction, chosen: str, bucket: tuple[int, int]) -> float:
         """What each call here counts towards the next re-check (0.0: none waits): a trusted
@@ -438,7 +450,7 @@ class Learner:
                 cell = self.history.cell((name, *bucket))
                 if cell is None or not cell.trusted or self._untaught.get((name, *bucket), 0) >= UNTAUGHT_LIMIT:
                     continue  # (at the limit exploration() skips it: a due wait would re-decide every call)
-                at = cell.stamp + RECHECK_AFTER * seconds
+                at = cell.stamp + recheck_after(cell) * seconds
                 due = at if due is None else min(due, at)
         if due is None or not mine or bucket in self._pending:
             # (Pending: the re-check is due and waits for exploring's budget, which its own test
