@@ -113,34 +113,77 @@ def backend():
     return b
 
 
-def test_calls_on_either_setting_give_numpys_result_and_leave_the_limit_as_it_was(backend):
+def _serial_ready(backend, func, args):
+    """The serial build of ``func`` for ``args``' types, compiled now (the tier would compile it in
+    the background once the function had run as long as its parallel build took to compile)."""
+    build = backend.serial_compiler(func)
+    sig = build.compile(build.signature(build.positional(args, {})))
+    assert sig.state == "compiled", sig.reason
+    return build, sig
+
+
+def test_the_serial_build_is_serial_named_apart_and_gives_numpys_result(backend):
+    from autooffload.backends import _numba_compile as nc
+
+    g = np.random.default_rng(2)
+    args = suite._bs(300, g)
+    build, sig = _serial_ready(backend, suite.black_scholes_call, args)
+    assert sig.serial and build.serial
+    assert build.dispatcher.targetoptions.get("parallel") in (False, None)
+    assert backend.compiler(suite.black_scholes_call).dispatcher.targetoptions.get("parallel") is True
+    # Named apart: Numba's disk cache would otherwise hand the serial build the parallel one's code.
+    assert build.dispatcher.py_func.__qualname__ == suite.black_scholes_call.__qualname__ + nc.SERIAL_SUFFIX
+    assert nc._parallel_loops(build.dispatcher, sig.numba_types) in (0, None)
+    np.testing.assert_allclose(build.run(sig, build.positional(args, {})), suite.black_scholes_call(*args),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_calls_through_the_choice_give_numpys_result_and_try_the_serial_build(backend):
     fn, _, how = backend.runner(suite.black_scholes_call)
     assert fn is not None, how
     g = np.random.default_rng(2)
-    for n in (30, 300, 3000):
+    sizes = (30, 300, 3000)
+    for n in sizes:
+        _serial_ready(backend, suite.black_scholes_call, suite._bs(n * 3, g))
+    for n in sizes:
         args = suite._bs(n * 3, g)
         want = suite.black_scholes_call(*args)
         before = backend.numba.get_num_threads()
-        for _ in range(12):  # through the choice: both settings are tried
+        for _ in range(12):
             np.testing.assert_allclose(fn(*args), want, rtol=1e-12, atol=1e-12)
-            assert backend.numba.get_num_threads() == before
-    tried = [c for c in fn.choices.cells.values() if c.one]
+        assert backend.numba.get_num_threads() == before  # the serial build needs no thread setting
+    cells = list(fn.choices.cells.values())
     if backend.max_threads > 1:
-        assert tried, "no bucket was tried on one thread"
+        assert len(cells) == len(sizes) and all(c.one for c in cells), [(c.one, c.all) for c in cells]
+        assert all(c.threads is not None for c in cells)  # decided within 12 calls
+    trials = nt.trials
+    fn(*suite._bs(300 * 3, g))
+    assert nt.trials == trials  # a decided bucket is no trial
     with backend.thread_limit(1):  # nothing to choose: no new bucket
-        cells = len(fn.choices.cells)
+        count = len(fn.choices.cells)
         fn(*suite._bs(30_000, g))
-        assert len(fn.choices.cells) == cells and backend.numba.get_num_threads() == 1
+        assert len(fn.choices.cells) == count and backend.numba.get_num_threads() == 1
 
 
-def test_a_one_thread_choice_restores_a_users_limit(backend):
+def test_the_serial_build_compiles_in_the_background_once_the_function_has_run_long_enough(backend):
+    def _softplus_sum(x):
+        return np.log1p(np.exp(x)) * 0.5 + x
+
     if backend.max_threads < 2:
         pytest.skip("one core: nothing to choose")
-    fn, _, _ = backend.runner(suite.rolling_vol)
-    x = suite._prices(200, np.random.default_rng(4))
-    fn(x, 20)
+    fn, _, _ = backend.runner(_softplus_sum)
+    x = np.random.default_rng(4).uniform(-1, 1, 300)
+    fn(x)  # compiles the parallel build
+    sig = backend.compiler(_softplus_sum).signature((x,))
+    sig.seconds = 10.0  # as if its compilation took 10 s: the serial build waits for 10 s in the tier
+    for _ in range(6):
+        np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)
     cell = next(iter(fn.choices.cells.values()))
-    cell.threads = ONE  # as if measured
-    with backend.thread_limit(2):
-        np.testing.assert_allclose(fn(x, 20), suite.rolling_vol(x, 20), rtol=1e-10, atol=1e-12)
-        assert backend.numba.get_num_threads() == 2
+    assert cell.serial is not None and cell.serial.state == "new" and not cell.one
+    sig.seconds = 0.0
+    fn(x)
+    assert cell.serial.state in ("compiling", "compiled")
+    cell.serial.done.wait(60)
+    for _ in range(8):
+        np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)
+    assert cell.one  # tried once compiled

@@ -5,7 +5,10 @@ For each suite function and size named: the tier's compiled runner under
 
 * ``back to back``  the same call repeated (the tier's threads stay awake: the suite's settle loop);
 * ``interleaved``   a 200 us sleep before each call (a program's other work between calls: the
-                    suite's timed rounds, where the tier's threads have gone back to sleep).
+                    suite's timed rounds, where the tier's threads have gone back to sleep);
+
+beside the serial build (``njit`` without ``parallel``) and the runner as it chooses
+(``_numba_threads``). Thread counts run in turn, as set_num_threads does to libgomp's team.
 
     PYTHONPATH=src python3 tools/numba_small_threads.py black_scholes --sizes 1e2,1e3,1e4,1e5
 
@@ -61,16 +64,23 @@ def main() -> None:
         for n in (int(float(s)) for s in args.sizes.split(",")):
             host = case.make(n, g)
             compiled(*host)  # compiles for these types
+            build = tier.serial_compiler(case.fn)
+            positional = build.positional(host, {})
+            serial = build.compile(build.signature(positional))
             print(f"\n== {name} at {n:.0e}, threading layer {tier._threading_layer()}, "
                   f"median us of {args.rounds} calls, {args.repeats} repeats interleaved")
             for setting, pause in (("back to back", 0.0), ("interleaved", 200e-6)):
                 results: dict[str, list[float]] = {}
                 for _ in range(args.repeats):
                     results.setdefault("numpy", []).append(median_us(lambda: case.fn(*host), args.rounds, pause))
+                    if serial.state == "compiled":
+                        results.setdefault("serial build", []).append(
+                            median_us(lambda: build.run(serial, positional), args.rounds, pause))
                     for t in counts:
                         with tier.thread_limit(t):
                             results.setdefault(f"{t} threads", []).append(
                                 median_us(lambda: compiled(*host), args.rounds, pause))
+                    results.setdefault("as chosen", []).append(median_us(lambda: compiled(*host), args.rounds, pause))
                 print(f"  {setting:12s} " + "  ".join(f"{k} {statistics.median(v):.1f}" for k, v in results.items()))
 
 

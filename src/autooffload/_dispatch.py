@@ -42,7 +42,7 @@ from ._planner import Planner, call_shape
 from ._purity import may_write_arguments
 from ._records import Records, type_signature
 from ._traits import body_runs_after_return, host_only_reason, xp_parameter
-from .backends import CUPY, HOST, NUMBA, NUMPY
+from .backends import CUPY, HOST, NUMBA, NUMPY, _numba_threads
 from .backends import cupy as device
 from .errors import ConfigError
 
@@ -305,6 +305,7 @@ class _State:
             self.unsampled = d.observe_every - 1
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
+        trials = _numba_threads.trials  # the tier trying its serial build: a mixed time (_numba_threads)
         local = self.corrections
         corrections, fell = getattr(local, "n", 0), getattr(local, "fell", 0)
         start = _learn.clock()
@@ -317,15 +318,17 @@ class _State:
             raised = False
             return result
         finally:
-            self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling(),
+            tried = d.backend == NUMBA and _numba_threads.trials != trials
+            self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling() or tried,
                            corrected=getattr(local, "n", 0) != corrections, fell_back=getattr(local, "fell", 0) != fell)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
                   *, corrected: bool, fell_back: bool = False) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
-        ``disturbed``: a compilation for the tier ran meanwhile, so the time is counted towards
-        the function's seconds but learned from nowhere (_numba_compile.compiling_now);
+        ``disturbed``: a compilation for the tier ran meanwhile, or the tier tried its serial
+        build (_numba_threads), so the time is counted towards the function's seconds but
+        learned from nowhere (_numba_compile.compiling_now);
         ``corrected``: the executor corrected last_decision during the call (``fell_back``:
         another backend ran it)."""
         if self.planner.compile_ended():

@@ -68,6 +68,12 @@ def compiling_now() -> bool:
 
 
 JIT_OPTIONS = {"parallel": True, "error_model": "numpy", "boundscheck": True, "nogil": True}
+# The serial build: the same options without ``parallel``, for the calls its own measurements
+# show faster on one core (``_numba_threads``). Its copies are named apart (``SERIAL_SUFFIX``):
+# Numba's disk cache keys an entry by the function's name, signature and code, not its options,
+# so a serial build under the same name would load the parallel one from the cache.
+SERIAL_JIT_OPTIONS = {**JIT_OPTIONS, "parallel": False}
+SERIAL_SUFFIX = "__autooffload_serial"
 NEW, COMPILING, COMPILED, FAILED = "new", "compiling", "compiled", "failed"
 
 
@@ -172,15 +178,16 @@ _OUR_WARNINGS = threading.Lock()  # warnings.catch_warnings is process-wide: one
 class FunctionCompiler:
     """The compiled versions of one function, by signature."""
 
-    def __init__(self, func: types.FunctionType, dtypes: frozenset):
+    def __init__(self, func: types.FunctionType, dtypes: frozenset, serial: bool = False):
         self.func = func
         self.dtypes = dtypes
+        self.serial = serial  # the build without parallel=True
         self.lock = threading.Lock()
         self.signatures: dict[tuple, Signature] = {}
         self.refused = _refused_signature(func)
         if self.refused is None:
             codes: list[types.CodeType] = []
-            self.dispatcher = _build_dispatcher(func, {}, codes)
+            self.dispatcher = _build_dispatcher(func, {}, codes, serial=serial)
             self.facts: CodeFacts = code_facts(codes)
             self.refused = self.facts.refused
         code = func.__code__
@@ -319,14 +326,14 @@ class FunctionCompiler:
                 # here: compile afresh, without the disk cache, rather than refuse the function.
                 logger.debug("autooffload: %s: Numba's disk cache unusable (%s); compiling without it",
                              _name(self.func), _first_line(exc))
-                self.dispatcher = _build_dispatcher(self.func, {}, [], cache=False)
+                self.dispatcher = _build_dispatcher(self.func, {}, [], cache=False, serial=self.serial)
                 self._compile_with(self.dispatcher, sig)
             overload = self.dispatcher.overloads[sig.numba_types]
             return_type = overload.signature.return_type
             if _exactly_keyed(sig.key):
                 sig.entry = overload.entry_point
             convert = _converter(return_type)
-            sig.serial = _parallel_loops(self.dispatcher, sig.numba_types) == 0
+            sig.serial = self.serial or _parallel_loops(self.dispatcher, sig.numba_types) == 0
         except Exception as exc:  # TypingError, UnsupportedError, LoweringError, NotImplementedError...
             seconds = time.perf_counter() - start
             why = f"Numba cannot compile it ({type(exc).__name__}: {_first_line(exc)})"
@@ -381,16 +388,18 @@ def _refused_signature(func: Callable) -> str | None:
     return None
 
 
-def _njit(func: types.FunctionType, cache: bool = True) -> CPUDispatcher:
+def _njit(func: types.FunctionType, cache: bool = True, serial: bool = False) -> CPUDispatcher:
+    options = SERIAL_JIT_OPTIONS if serial else JIT_OPTIONS
     if not cache:
-        return numba.njit(**JIT_OPTIONS)(func)
+        return numba.njit(**options)(func)
     try:
-        return numba.njit(cache=True, **JIT_OPTIONS)(func)
+        return numba.njit(cache=True, **options)(func)
     except RuntimeError:  # "cannot cache function ...: no locator available" (no source file)
-        return numba.njit(**JIT_OPTIONS)(func)
+        return numba.njit(**options)(func)
 
 
-def _build_dispatcher(func: types.FunctionType, memo: dict, codes: list, cache: bool = True) -> CPUDispatcher:
+def _build_dispatcher(func: types.FunctionType, memo: dict, codes: list, cache: bool = True,
+                      serial: bool = False) -> CPUDispatcher:
     """``njit`` of a copy of ``func`` whose globals map plain Python helpers to their dispatchers.
 
     ``codes`` collects the code objects of ``func`` and every helper it can reach (for the rules)."""
@@ -401,14 +410,14 @@ def _build_dispatcher(func: types.FunctionType, memo: dict, codes: list, cache: 
     namespace = dict(func.__globals__)
     copy = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__)
     copy.__kwdefaults__ = func.__kwdefaults__
-    copy.__qualname__ = func.__qualname__
+    copy.__qualname__ = func.__qualname__ + (SERIAL_SUFFIX if serial else "")
     copy.__module__ = func.__module__
-    dispatcher = memo[func] = _njit(copy, cache)
+    dispatcher = memo[func] = _njit(copy, cache, serial)
     loads, _ = referenced_names(func.__code__)
     for name in loads:
         helper = namespace.get(name)
         if isinstance(helper, types.FunctionType) and not _refused_signature(helper):
-            namespace[name] = _build_dispatcher(helper, memo, codes, cache)
+            namespace[name] = _build_dispatcher(helper, memo, codes, cache, serial)
     return dispatcher
 
 
@@ -434,15 +443,17 @@ def _name(func: Any) -> str:
 
 
 _compilers: "weakref.WeakKeyDictionary[Callable, FunctionCompiler]" = weakref.WeakKeyDictionary()
+_serial_compilers: "weakref.WeakKeyDictionary[Callable, FunctionCompiler]" = weakref.WeakKeyDictionary()
 _compilers_lock = threading.Lock()
 
 
-def compiler_for(func: Callable, dtypes: frozenset) -> FunctionCompiler:
-    """The one FunctionCompiler of ``func`` in this process."""
-    compiler = _compilers.get(func)
+def compiler_for(func: Callable, dtypes: frozenset, serial: bool = False) -> FunctionCompiler:
+    """The one FunctionCompiler of ``func`` in this process (of its serial build: ``serial``)."""
+    compilers = _serial_compilers if serial else _compilers
+    compiler = compilers.get(func)
     if compiler is None:
         with _compilers_lock:
-            compiler = _compilers.get(func)
+            compiler = compilers.get(func)
             if compiler is None:
-                compiler = _compilers[func] = FunctionCompiler(func, dtypes)
+                compiler = compilers[func] = FunctionCompiler(func, dtypes, serial)
     return compiler

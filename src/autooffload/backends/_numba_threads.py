@@ -1,41 +1,50 @@
-"""How many threads a tier call runs on: all it may use, or one, whichever its own calls measured faster.
+"""Where a tier call runs: the parallel build on all its threads, or the serial build on the
+caller's, whichever the function's own calls at that size measured faster.
 
 Every parallel region of a ``parallel=True`` function wakes all the tier's threads and waits for
 the last of them, so a small call pays that per region, and a function with a Python loop of
 small regions pays it per iteration. Measured on the H200 machine (16 cores, OpenMP layer,
-``tools/numba_small_threads.py``, session 16, medians of single calls with a 200 us pause before
-each, as a program's other work leaves the threads asleep; NumPy / 1 thread / 16 threads, us):
+``tools/numba_small_threads.py``, session 16 run 1: the parallel build with
+``numba.set_num_threads``, medians of single calls with a 200 us pause before each, as a
+program's other work leaves the threads asleep; NumPy / 1 thread / 16 threads, us):
 
     black_scholes (3 x 333)     86 /   34 /   67      rolling_vol (100)     31 /  21 /  55
     black_scholes (3 x 3333)   183 /  180 /   78      rolling_vol (1000)    51 /  42 /  73
     black_scholes (3 x 33333) 1308 / 1618 /  177      panel_recur (50, 200) 151 / 80 / 494
                                                        panel_recur (500, 200) 2107 / 1065 / 5053
 
-So one thread wins small calls by up to 2.6x and a loop of small regions at every size (6.2x at
-(50, 200)), and all threads win large elementwise calls (9x at 3 x 33333). Bytes alone cannot tell
-the loop apart, so each compiled signature measures both, per size bucket (a power of two of its
-array bytes), on its own calls:
+So one core wins small calls by up to 2.6x and a loop of small regions at every size (6.2x at
+(50, 200)), and all of them win large elementwise calls (9x at 3 x 33333). One core means the
+serial build (``njit`` without ``parallel``), compiled in the background when first wanted, not
+the parallel build with one thread: switching ``set_num_threads`` between 1 and 16 makes
+libgomp rebuild its thread team, and in run 2 the suite's Numba column, calling the same
+function on 16 threads between @offload's calls on one, took 11-22 ms a call at 3 x 333 (its
+median before was 64 us; h200-session16/suite-noprofile.run2.json). Bytes alone cannot tell a
+loop apart, so each compiled signature measures both builds per size bucket (a power of two of
+its array bytes), on its own calls:
 
-* the first call of a bucket runs on all threads and is not counted (pages, the pool's start);
+* the first call of a bucket runs parallel and is not counted (pages, the pool's start);
 * then the two alternate, each timed by a ``perf_counter`` pair, until their medians differ by
   more than ``DECIDE_AT`` (1.5x) or each has ``SAMPLES`` (3) calls, and the faster is kept;
-* a call on one thread takes at most ``threads`` x the all-thread time (perfect scaling), so it is
-  tried only while the time trying has lost so far (each one-thread call's excess over the
-  all-thread median), plus that worst case of the next try, stays within
+  while the serial build compiles (or waits for the function to have run in the tier as long as
+  its parallel build took to compile), calls run parallel;
+* a serial call takes at most ``threads`` x the parallel time (perfect scaling), so it is tried
+  only while the time trying has lost so far (each serial call's excess over the parallel
+  median), plus that worst case of the next try, stays within
   ``max(EXPLORE_FLOOR_S, EXPLORE_FRACTION x the seconds this function's timed tier calls took)``.
   Over a run, trying loses at most 1 ms or 10% of the function's measured tier time, whichever
   is larger, plus one try's overrun where a call scales better than linearly (black_scholes at
   3 x 33333 is tried once the function has run ~24 ms in the tier; a 1e8-element call is never
-  run on one thread to find out that it is 16x slower).
+  run serially to find out that it is 16x slower).
 
-A decided bucket costs a dictionary lookup, and on one thread two calls into the threading
-layer (~0.3 us on the 2-core VM). The thread limit in force (``config(threads=...)``,
-``NUMBA_NUM_THREADS``) is the "all"; at 1 there is nothing to choose.
+A decided bucket costs a dictionary lookup; a choice is not measured again in the process. The
+thread limit in force (``config(threads=...)``, ``NUMBA_NUM_THREADS``) is "all"; at 1 there is
+nothing to choose. Calls while a bucket is undecided teach the decision layer nothing
+(``trials``): their times mix the two builds.
 """
 
 from __future__ import annotations
 
-import statistics
 import threading
 
 DECIDE_AT = 1.5
@@ -46,40 +55,45 @@ EXPLORE_FRACTION = 0.10
 
 class ThreadChoice:
     """One signature's choice in one size bucket. ``threads`` is None while it measures, else
-    ``ONE`` or ``ALL``; ``next_run`` says which to run now, ``add`` takes the call's time."""
+    ``ONE`` (the serial build) or ``ALL`` (the parallel one); ``next_run`` says which to run now,
+    ``add`` takes the call's time."""
 
     ONE, ALL = 1, 0  # ALL: the limit in force at the call
-    __slots__ = ("threads", "seen", "one", "all")
+    __slots__ = ("threads", "seen", "one", "all", "serial")
 
     def __init__(self) -> None:
         self.threads: int | None = None
         self.seen = 0  # calls of this bucket so far, decided or not
         self.one: list[float] = []
         self.all: list[float] = []
+        self.serial = None  # the serial build's Signature for this cell, once asked for
 
     def next_run(self, limit: int, budget: "Choices") -> int:
         """ONE or ALL for a call while undecided (every such call but the bucket's first is timed)."""
         if self.seen == 0 or not self.all:
             return self.ALL
         if len(self.one) < SAMPLES and (len(self.one) < len(self.all) or len(self.all) >= SAMPLES):
-            if budget.may_try((limit - 1) * statistics.median(self.all)):
+            if budget.may_try((limit - 1) * _median(self.all)):
                 return self.ONE
         return self.ALL
 
     def add(self, threads: int, seconds: float, budget: "Choices") -> None:
         budget.spent_s += seconds
         if threads == self.ONE:
-            budget.lost_s += max(0.0, seconds - statistics.median(self.all))
+            budget.lost_s += max(0.0, seconds - _median(self.all))
         samples = self.one if threads == self.ONE else self.all
         samples.append(seconds)
         if len(samples) > SAMPLES:
-            del samples[0]  # all-thread calls while one thread waits for budget: the latest count
+            del samples[0]  # parallel calls while the serial build waits (budget, compiling): the latest count
         if self.one and self.all:
-            one, every = statistics.median(self.one), statistics.median(self.all)
+            one, every = _median(self.one), _median(self.all)
             if one * DECIDE_AT < every or (len(self.one) >= SAMPLES and len(self.all) >= SAMPLES and one < every):
                 self.threads = self.ONE
             elif every * DECIDE_AT < one or (len(self.one) >= SAMPLES and len(self.all) >= SAMPLES):
                 self.threads = self.ALL
+
+
+trials = 0  # calls run while their bucket was undecided, in any function (read by _dispatch)
 
 
 class Choices:
@@ -103,6 +117,13 @@ class Choices:
             with self.lock:
                 c = self.cells.setdefault(key, ThreadChoice())
         return c
+
+
+def _median(values: list[float]) -> float:
+    """The median of a few samples (``statistics`` costs ~5 ms at ``import autooffload``)."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def size_bucket(args: tuple) -> int:

@@ -100,23 +100,26 @@ class NumbaBackend(Backend):
         # When compiled code last finished (perf_counter): after ~0.5 ms without work the parallel
         # threads sleep, and the next call pays their wake-up (_learn.TIER_COLD_AFTER_S).
         self.last_end = 0.0
-        # The threading layer's own setters, per calling thread (~0.1-0.2 us, against ~0.7-0.9
-        # for numba's checked get/set_num_threads): a tier call on one thread makes three calls.
+        # The threading layer's own getter of the calling thread's limit (~0.1 us, against ~0.7
+        # for numba's checked get_num_threads): every tier call reads it.
         self.get_threads: Callable[[], int] = numba.get_num_threads
-        self.set_threads: Callable[[int], None] = numba.set_num_threads
         try:
             from numba.np.ufunc import parallel
 
             parallel._launch_threads()
-            get, put = getattr(parallel, "_get_num_threads"), getattr(parallel, "_set_num_threads")
+            get = getattr(parallel, "_get_num_threads")
             if get() >= 1:
-                self.get_threads, self.set_threads = get, put
-        except Exception:  # noqa: BLE001 - private: another Numba keeps the checked public pair
+                self.get_threads = get
+        except Exception:  # noqa: BLE001 - private: another Numba keeps the checked public getter
             pass
 
     # -- per function --------------------------------------------------------------------------
     def compiler(self, func: Callable):
         return self._compile.compiler_for(func, self.dtypes)
+
+    def serial_compiler(self, func: Callable):
+        """The compiler of ``func``'s serial build (``_numba_threads``)."""
+        return self._compile.compiler_for(func, self.dtypes, serial=True)
 
     def runner(self, func: Callable) -> tuple[Callable | None, Any, str]:
         if not isinstance(func, FunctionType):
@@ -169,16 +172,6 @@ class NumbaBackend(Backend):
         except ValueError:
             return None
 
-    def launch_on(self, run: Callable[[], Any], threads: int, limit: int) -> Any:
-        """``launch`` on one thread (``threads`` 1) or on ``limit``, the limit in force (0)."""
-        if threads != 1:
-            return self.launch(run)
-        self.set_threads(1)
-        try:
-            return self.launch(run)
-        finally:
-            self.set_threads(limit)
-
     def launch(self, run: Callable[[], Any]) -> Any:
         """Run compiled code, serialized only where the threading layer needs it."""
         if self._layer is None or self._layer == "workqueue":
@@ -197,14 +190,16 @@ class NumbaBackend(Backend):
 
 
 class _CompiledCall:
-    """The runner's callable: the function's compiled version for each call's argument types, on
-    all the threads it may use or on one, as its own calls measured faster (``_numba_threads``)."""
+    """The runner's callable: the function's compiled version for each call's argument types, the
+    parallel build on all the threads it may use or the serial build, as its own calls measured
+    faster (``_numba_threads``)."""
 
-    __slots__ = ("backend", "compiler", "choices", "__wrapped__")
+    __slots__ = ("backend", "compiler", "serial_build", "choices", "__wrapped__")
 
     def __init__(self, backend: NumbaBackend, compiler):
         self.backend = backend
         self.compiler = compiler
+        self.serial_build = backend.serial_compiler(compiler.func)  # compiles nothing until asked
         self.choices = _numba_threads.Choices()
         self.__wrapped__ = compiler.func
 
@@ -217,21 +212,46 @@ class _CompiledCall:
             if sig.state != "compiled":
                 raise NotCompiled(sig.reason)
         backend = self.backend
-        run = lambda: compiler.run(sig, positional)  # noqa: E731
-        limit = backend.get_threads()
-        if limit == 1 or sig.serial:
-            return backend.launch(run)
+        if sig.serial or backend.get_threads() == 1:
+            return backend.launch(lambda: compiler.run(sig, positional))
         choice = self.choices.cell((sig.key, _numba_threads.size_bucket(positional)))
         threads = choice.threads
         if threads is None:
-            threads = choice.next_run(limit, self.choices)
-            choice.seen += 1
-            if choice.seen > 1:  # the bucket's first call is not counted
-                start = time.perf_counter()
-                result = backend.launch_on(run, threads, limit)
-                choice.add(threads, time.perf_counter() - start, self.choices)
-                return result
-        return backend.launch_on(run, threads, limit)
+            return self._trial(choice, sig, positional)
+        if threads == ONE:
+            serial, build = choice.serial, self.serial_build
+            return backend.launch(lambda: build.run(serial, positional))
+        return backend.launch(lambda: compiler.run(sig, positional))
+
+    def _trial(self, choice, sig, positional: tuple) -> Any:
+        """A call of an undecided bucket: the build ``next_run`` names where it can run, timed."""
+        _numba_threads.trials += 1
+        backend, compiler, choices = self.backend, self.compiler, self.choices
+        threads = choice.next_run(backend.get_threads(), choices)
+        run = lambda: compiler.run(sig, positional)  # noqa: E731
+        if threads == ONE:
+            build = self.serial_build
+            serial = choice.serial
+            if serial is None:
+                serial = choice.serial = build.signature(positional)
+            if serial.state == "compiled":
+                run = lambda: build.run(serial, positional)  # noqa: E731
+            else:
+                threads = ALL  # meanwhile: the parallel build, counted as such
+                if serial.state == "failed":
+                    choice.threads = ALL  # no serial build of these types: nothing to choose
+                elif serial.state == "new" and choices.spent_s >= (sig.seconds or 0.0):
+                    build.compile_in_background(serial)
+        choice.seen += 1
+        if choice.seen == 1:
+            return backend.launch(run)  # the bucket's first call: not counted
+        start = time.perf_counter()
+        result = backend.launch(run)
+        choice.add(threads, time.perf_counter() - start, choices)
+        return result
+
+
+ONE, ALL = _numba_threads.ThreadChoice.ONE, _numba_threads.ThreadChoice.ALL
 
 
 # -- loading -----------------------------------------------------------------------------------
