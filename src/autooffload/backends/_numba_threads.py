@@ -26,8 +26,8 @@ its array bytes), on its own calls:
 * the first call of a bucket runs parallel and is not counted (pages, the pool's start);
 * then the two alternate, each timed by a ``perf_counter`` pair, until their medians differ by
   more than ``DECIDE_AT`` (1.5x) or each has ``SAMPLES`` (3) calls, and the faster is kept;
-  while the serial build compiles (or waits for the function to have run in the tier as long as
-  its parallel build took to compile), calls run parallel;
+  the serial build compiles in the background at the first call that may try it (and from
+  Numba's disk cache in later processes), and calls run parallel meanwhile;
 * a serial call takes at most ``threads`` x the parallel time (perfect scaling), so it is tried
   only while the time trying has lost so far (each serial call's excess over the parallel
   median), plus that worst case of the next try, stays within
@@ -39,8 +39,9 @@ its array bytes), on its own calls:
 
 A decided bucket costs a dictionary lookup; a choice is not measured again in the process. The
 thread limit in force (``config(threads=...)``, ``NUMBA_NUM_THREADS``) is "all"; at 1 there is
-nothing to choose. Calls while a bucket is undecided teach the decision layer nothing
-(``trials``): their times mix the two builds.
+nothing to choose. The decision layer (``_learn``) learns from the parallel build's calls as
+before, and nothing from a serial try (``trials``), so that its estimate of the tier is one
+build's until the bucket decides; it then learns from the build kept.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class ThreadChoice:
                 self.threads = self.ALL
 
 
-trials = 0  # calls run while their bucket was undecided, in any function (read by _dispatch)
+trials = 0  # serial builds run while their bucket was undecided, in any function (read by _dispatch)
 
 
 class Choices:

@@ -225,7 +225,6 @@ class _CompiledCall:
 
     def _trial(self, choice, sig, positional: tuple) -> Any:
         """A call of an undecided bucket: the build ``next_run`` names where it can run, timed."""
-        _numba_threads.trials += 1
         backend, compiler, choices = self.backend, self.compiler, self.choices
         threads = choice.next_run(backend.get_threads(), choices)
         run = lambda: compiler.run(sig, positional)  # noqa: E731
@@ -236,11 +235,12 @@ class _CompiledCall:
                 serial = choice.serial = build.signature(positional)
             if serial.state == "compiled":
                 run = lambda: build.run(serial, positional)  # noqa: E731
+                _numba_threads.trials += 1  # a serial build's time: the decision layer learns nothing from it
             else:
                 threads = ALL  # meanwhile: the parallel build, counted as such
                 if serial.state == "failed":
                     choice.threads = ALL  # no serial build of these types: nothing to choose
-                elif serial.state == "new" and choices.spent_s >= (sig.seconds or 0.0):
+                elif serial.state == "new":
                     build.compile_in_background(serial)
         choice.seen += 1
         if choice.seen == 1:
