@@ -278,7 +278,9 @@ def test_gpu_paths_on_a_stand_in(tmp_path, fake_cupy):
     doc = _json(tmp_path, "suite-gpu-smoke")
     assert len(doc["rows"]) == 3 * 2
     for r in doc["rows"]:
-        assert r["times"]["cupy_copies"] and r["mismatch"] == [] and not r["notes"], r
+        # (A wait for the tier's background compilation, its serial build's too, is a note, not a fault.)
+        faults = [n for n in r["notes"] if not n.startswith("waited ")]
+        assert r["times"]["cupy_copies"] and r["mismatch"] == [] and not faults, r
 
     over = _load("overhead")
     over.main(_args(tmp_path, "--gpu-smoke", "--rounds", "3"), quiet=True)
