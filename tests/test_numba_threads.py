@@ -181,7 +181,8 @@ def test_the_serial_build_compiles_in_the_background_at_the_first_call_that_may_
     assert cell.serial.done.wait(60) and cell.serial.state == "compiled"
     for _ in range(8):
         np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)
-    assert cell.one and nt.trials == trials + len(cell.one)  # tried once compiled; only those are trials
+    # Tried once compiled: the serial tries and the parallel calls between them are the trials.
+    assert cell.one and trials + len(cell.one) <= nt.trials <= trials + 2 * nt.SAMPLES
 
 
 def test_a_background_compilation_builds_the_serial_twin_too(backend):

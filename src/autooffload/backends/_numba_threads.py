@@ -42,9 +42,10 @@ its array bytes), on its own calls:
 
 A decided bucket costs a dictionary lookup; a choice is not measured again in the process. The
 thread limit in force (``config(threads=...)``, ``NUMBA_NUM_THREADS``) is "all"; at 1 there is
-nothing to choose. The decision layer (``_learn``) learns from the parallel build's calls as
-before, and nothing from a serial try (``trials``), so that its estimate of the tier is one
-build's until the bucket decides; it then learns from the build kept.
+nothing to choose. The decision layer (``_learn``) learns nothing from the calls of a bucket's
+turns (``trials``: each serial try, and the parallel calls between them, at most ``SAMPLES`` of
+each), so that its estimate of the tier is the kept build's; it learns from the parallel calls
+of a bucket whose serial build is not there yet or waits for budget.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class ThreadChoice:
                 self.threads = self.ALL
 
 
-trials = 0  # serial builds run while their bucket was undecided, in any function (read by _dispatch)
+trials = 0  # calls of a bucket's turns between the two builds, in any function (read by _dispatch)
 
 
 class Choices:

@@ -245,8 +245,12 @@ class _CompiledCall:
         run = lambda: compiler.run(sig, positional)  # noqa: E731
         if threads == ONE:
             run = lambda: build.run(serial, positional)  # noqa: E731
-            _numba_threads.trials += 1  # a serial build's time: the decision layer learns nothing from it
-        elif serial.state == "new" and choice.next_run(limit, choices, True) == ONE:
+        if threads == ONE or (choice.one and len(choice.all) < _numba_threads.SAMPLES):
+            # The two builds in turn: the decision layer learns from neither until one is kept
+            # (at most SAMPLES calls of each per bucket; a bucket whose serial tries wait for
+            # budget teaches from its parallel calls meanwhile).
+            _numba_threads.trials += 1
+        if threads == ALL and serial.state == "new" and choice.next_run(limit, choices, True) == ONE:
             build.compile_in_background(serial)  # wanted now, not built yet: the parallel build meanwhile
         start = time.perf_counter()
         result = backend.launch(run)
