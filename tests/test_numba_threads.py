@@ -25,15 +25,17 @@ def drive(choices: nt.Choices, key, times: dict[int, float], limit: int = 16) ->
     cell = choices.cell(key)
     if cell.threads is not None:
         return cell.threads
-    threads = cell.next_run(limit, choices, True)
-    cell.add(threads, times[threads], choices)
+    threads = cell.next_run(limit, choices)
+    cell.seen += 1
+    if cell.seen > 1:
+        cell.add(threads, times[threads], choices)
     return threads
 
 
 def test_one_thread_is_kept_where_it_is_clearly_faster():
     choices = nt.Choices()
     ran = [drive(choices, "small", {ONE: 20e-6, ALL: 60e-6}) for _ in range(10)]
-    assert ran[:3] == [ALL, ONE, ALL]  # the uncounted first call, a serial try, a parallel sample
+    assert ran[:3] == [ALL, ALL, ONE]  # uncounted first call, one all-thread sample, one try
     assert choices.cell("small").threads == ONE
     assert ran[3:] == [ONE] * 7
 
@@ -47,7 +49,7 @@ def test_all_threads_are_kept_where_one_is_clearly_slower():
 def test_close_times_take_three_samples_each_and_keep_the_faster():
     choices = nt.Choices()
     ran = [drive(choices, "close", {ONE: 50e-6, ALL: 55e-6}) for _ in range(12)]
-    assert ran[:8] == [ALL, ONE, ALL, ONE, ALL, ONE, ALL, ONE]  # decided at the third pair
+    assert ran[:8] == [ALL, ALL, ONE, ALL, ONE, ALL, ONE, ONE]  # decided at the third pair
     assert choices.cell("close").threads == ONE
 
 
@@ -57,7 +59,7 @@ def test_a_large_call_is_not_tried_on_one_thread_until_the_budget_allows():
     choices = nt.Choices()
     ran = [drive(choices, "big", {ONE: 32e-3, ALL: 2e-3}) for _ in range(160)]
     first_try = ran.index(ONE)
-    assert first_try * 2e-3 >= 0.3 - 1e-9  # the calls before it: >= 300 ms in the tier
+    assert first_try > 0 and (first_try - 1) * 2e-3 >= 0.3 - 1e-9  # timed calls before it: >= 300 ms
     assert ran.count(ONE) == 1 and choices.cell("big").threads == ALL
 
 
@@ -173,30 +175,13 @@ def test_the_serial_build_compiles_in_the_background_at_the_first_call_that_may_
     x = np.random.default_rng(4).uniform(-1, 1, 300)
     np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)  # compiles the parallel build: not counted
     cell = next(iter(fn.choices.cells.values()))
-    assert cell.serial is not None and cell.serial.state == "new"
+    assert cell.serial is None
     trials = nt.trials
+    np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)  # a parallel sample
     np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)  # would try serial: starts its build
-    assert cell.serial.state in ("compiling", "compiled")
-    assert not cell.one and len(cell.all) == 1 and nt.trials == trials  # parallel meanwhile, learnable
+    assert cell.serial is not None and cell.serial.state in ("compiling", "compiled")
+    assert not cell.one and len(cell.all) == 2 and nt.trials == trials  # parallel meanwhile, learnable
     assert cell.serial.done.wait(60) and cell.serial.state == "compiled"
     for _ in range(8):
         np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)
-    # Tried once compiled: the serial tries and the parallel calls between them are the trials.
-    assert cell.one and trials + len(cell.one) <= nt.trials <= trials + 2 * nt.SAMPLES
-
-
-def test_a_background_compilation_builds_the_serial_twin_too(backend):
-    def _scaled_exp(x):
-        return np.exp(x) * 0.25 - x
-
-    x = np.random.default_rng(6).uniform(-1, 1, 500)
-    sig = backend.signature(_scaled_exp, (x,), {})
-    thread = backend.compile_in_background(_scaled_exp, sig)
-    assert thread is not None
-    thread.join(120)
-    assert sig.state == "compiled"
-    assert not sig.serial  # Numba finds parallel loops here: a serial twin is worth having
-    twin = backend.serial_compiler(_scaled_exp).twin(sig)
-    assert twin.state == "compiled" and twin.serial and twin.key == sig.key  # built in the same thread
-    build = backend.serial_compiler(_scaled_exp)
-    np.testing.assert_allclose(build.run(twin, (x,)), _scaled_exp(x), rtol=1e-12)
+    assert cell.one and nt.trials == trials + len(cell.one)  # tried once compiled; only those are trials

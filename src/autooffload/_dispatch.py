@@ -305,7 +305,7 @@ class _State:
             self.unsampled = d.observe_every - 1
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
-        trials = _numba_threads.trials  # the tier taking turns between its two builds: a mixed time (_numba_threads)
+        trials = _numba_threads.trials  # the tier trying its serial build: a mixed time (_numba_threads)
         local = self.corrections
         corrections, fell = getattr(local, "n", 0), getattr(local, "fell", 0)
         start = _learn.clock()

@@ -293,38 +293,13 @@ class FunctionCompiler:
         sig.done.wait()
         return sig
 
-    def compile_in_background(self, sig: Signature, then: Callable[[Signature], None] | None = None) -> threading.Thread | None:
-        """Start compiling ``sig`` in a daemon thread (then ``then(sig)`` in it); None if it is
-        already compiling or done."""
+    def compile_in_background(self, sig: Signature) -> threading.Thread | None:
+        """Start compiling ``sig`` in a daemon thread; None if it is already compiling or done."""
         if not self._claim(sig):
             return None
-
-        def work() -> None:
-            self._compile(sig)
-            if then is not None:
-                then(sig)
-
-        thread = threading.Thread(target=work, name=f"autooffload-numba-{_name(self.func)}", daemon=True)
+        thread = threading.Thread(target=self._compile, args=(sig,), name=f"autooffload-numba-{_name(self.func)}", daemon=True)
         thread.start()
         return thread
-
-    def twin(self, sig: Signature) -> Signature:
-        """This build's signature for the argument types of ``sig`` (another build's): same key
-        and Numba types, typed once."""
-        with self.lock:
-            mine = self.signatures.get(sig.key)
-            if mine is None:
-                mine = self.signatures[sig.key] = Signature(sig.key)
-                if sig.state == FAILED and sig.numba_types is None:
-                    mine.finish(FAILED, None, sig.reason)
-                else:
-                    mine.numba_types, mine.omitted = sig.numba_types, sig.omitted
-        return mine
-
-    def compile_now(self, sig: Signature) -> None:
-        """Compile ``sig`` in this thread if no other thread has claimed it (never waits)."""
-        if self._claim(sig):
-            self._compile(sig)
 
     def _claim(self, sig: Signature) -> bool:
         with self.lock:

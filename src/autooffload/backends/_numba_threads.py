@@ -24,13 +24,10 @@ loop apart, so each compiled signature measures both builds per size bucket (a p
 its array bytes), on its own calls:
 
 * the first call of a bucket runs parallel and is not counted (pages, the pool's start);
-* then the two alternate, serial first, each timed by a ``perf_counter`` pair, until their
-  medians differ by more than ``DECIDE_AT`` (1.5x) or each has ``SAMPLES`` (3) calls, and the
-  faster is kept (a bucket where one build is 1.5x the other decides at its third call);
-* the serial build compiles in the background right after the parallel one, where the tier
-  compiles in the background (the decision layer's way: it is ready when the tier's first calls
-  want it), else at the first call that may try it (calls run parallel meanwhile), and from
-  Numba's disk cache in later processes;
+* then the two alternate, each timed by a ``perf_counter`` pair, until their medians differ by
+  more than ``DECIDE_AT`` (1.5x) or each has ``SAMPLES`` (3) calls, and the faster is kept;
+  the serial build compiles in the background at the first call that may try it (and from
+  Numba's disk cache in later processes), and calls run parallel meanwhile;
 * a serial call takes at most ``threads`` x the parallel time (perfect scaling), so it is tried
   only while the time trying has lost so far (each serial call's excess over the parallel
   median), plus that worst case of the next try, stays within
@@ -42,10 +39,9 @@ its array bytes), on its own calls:
 
 A decided bucket costs a dictionary lookup; a choice is not measured again in the process. The
 thread limit in force (``config(threads=...)``, ``NUMBA_NUM_THREADS``) is "all"; at 1 there is
-nothing to choose. The decision layer (``_learn``) learns nothing from the calls of a bucket's
-turns (``trials``: each serial try, and the parallel calls between them, at most ``SAMPLES`` of
-each), so that its estimate of the tier is the kept build's; it learns from the parallel calls
-of a bucket whose serial build is not there yet or waits for budget.
+nothing to choose. The decision layer (``_learn``) learns from the parallel build's calls as
+before, and nothing from a serial try (``trials``), so that its estimate of the tier is one
+build's until the bucket decides; it then learns from the build kept.
 """
 
 from __future__ import annotations
@@ -64,35 +60,28 @@ class ThreadChoice:
     ``add`` takes the call's time."""
 
     ONE, ALL = 1, 0  # ALL: the limit in force at the call
-    __slots__ = ("threads", "seen", "first_s", "one", "all", "serial")
+    __slots__ = ("threads", "seen", "one", "all", "serial")
 
     def __init__(self) -> None:
         self.threads: int | None = None
-        self.seen = 0  # calls of this bucket so far while undecided
-        self.first_s = 0.0  # the bucket's first call (parallel, not a sample): the budget's guess until one is
+        self.seen = 0  # calls of this bucket so far, decided or not
         self.one: list[float] = []
         self.all: list[float] = []
         self.serial = None  # the serial build's Signature for this cell, once asked for
 
-    def next_run(self, limit: int, budget: "Choices", serial_ready: bool) -> int:
-        """ONE or ALL for a call while undecided: the first call parallel, then serial and parallel
-        in turn, serial first (the decision layer's first samples of the tier are then the
-        kept build's sooner), each serial try within the budget."""
-        if self.seen == 0 or not serial_ready or len(self.one) >= SAMPLES or len(self.one) > len(self.all):
+    def next_run(self, limit: int, budget: "Choices") -> int:
+        """ONE or ALL for a call while undecided (every such call but the bucket's first is timed)."""
+        if self.seen == 0 or not self.all:
             return self.ALL
-        return self.ONE if budget.may_try((limit - 1) * self._parallel_s()) else self.ALL
-
-    def _parallel_s(self) -> float:
-        return _median(self.all) if self.all else self.first_s
+        if len(self.one) < SAMPLES and (len(self.one) < len(self.all) or len(self.all) >= SAMPLES):
+            if budget.may_try((limit - 1) * _median(self.all)):
+                return self.ONE
+        return self.ALL
 
     def add(self, threads: int, seconds: float, budget: "Choices") -> None:
         budget.spent_s += seconds
-        self.seen += 1
-        if self.seen == 1:
-            self.first_s = seconds  # pages, the pool's start: not a sample
-            return
         if threads == self.ONE:
-            budget.lost_s += max(0.0, seconds - self._parallel_s())
+            budget.lost_s += max(0.0, seconds - _median(self.all))
         samples = self.one if threads == self.ONE else self.all
         samples.append(seconds)
         if len(samples) > SAMPLES:
@@ -105,7 +94,7 @@ class ThreadChoice:
                 self.threads = self.ALL
 
 
-trials = 0  # calls of a bucket's turns between the two builds, in any function (read by _dispatch)
+trials = 0  # serial builds run while their bucket was undecided, in any function (read by _dispatch)
 
 
 class Choices:

@@ -146,15 +146,7 @@ class NumbaBackend(Backend):
         return compiler.compile(compiler.signature(compiler.positional(args, kwargs)))
 
     def compile_in_background(self, func: Callable, signature) -> threading.Thread | None:
-        """The parallel build of ``signature``, then, in the same thread, the serial build of its
-        types (``_numba_threads``: ready when the tier's first calls want to try it)."""
-        serial_build = self.serial_compiler(func)
-
-        def then(sig) -> None:
-            if sig.state == "compiled" and not sig.serial:
-                serial_build.compile_now(serial_build.twin(sig))
-
-        return self.compiler(func).compile_in_background(signature, then)
+        return self.compiler(func).compile_in_background(signature)
 
     # -- threads -------------------------------------------------------------------------------
     @contextmanager
@@ -233,25 +225,26 @@ class _CompiledCall:
 
     def _trial(self, choice, sig, positional: tuple) -> Any:
         """A call of an undecided bucket: the build ``next_run`` names where it can run, timed."""
-        backend, compiler, choices, build = self.backend, self.compiler, self.choices, self.serial_build
-        serial = choice.serial
-        if serial is None:
-            serial = choice.serial = build.twin(sig)
-        if serial.state == "failed":
-            choice.threads = ALL  # no serial build of these types: nothing to choose
-            return backend.launch(lambda: compiler.run(sig, positional))
-        limit = backend.get_threads()
-        threads = choice.next_run(limit, choices, serial.state == "compiled")
+        backend, compiler, choices = self.backend, self.compiler, self.choices
+        threads = choice.next_run(backend.get_threads(), choices)
         run = lambda: compiler.run(sig, positional)  # noqa: E731
         if threads == ONE:
-            run = lambda: build.run(serial, positional)  # noqa: E731
-        if threads == ONE or (choice.one and len(choice.all) < _numba_threads.SAMPLES):
-            # The two builds in turn: the decision layer learns from neither until one is kept
-            # (at most SAMPLES calls of each per bucket; a bucket whose serial tries wait for
-            # budget teaches from its parallel calls meanwhile).
-            _numba_threads.trials += 1
-        if threads == ALL and serial.state == "new" and choice.next_run(limit, choices, True) == ONE:
-            build.compile_in_background(serial)  # wanted now, not built yet: the parallel build meanwhile
+            build = self.serial_build
+            serial = choice.serial
+            if serial is None:
+                serial = choice.serial = build.signature(positional)
+            if serial.state == "compiled":
+                run = lambda: build.run(serial, positional)  # noqa: E731
+                _numba_threads.trials += 1  # a serial build's time: the decision layer learns nothing from it
+            else:
+                threads = ALL  # meanwhile: the parallel build, counted as such
+                if serial.state == "failed":
+                    choice.threads = ALL  # no serial build of these types: nothing to choose
+                elif serial.state == "new":
+                    build.compile_in_background(serial)
+        choice.seen += 1
+        if choice.seen == 1:
+            return backend.launch(run)  # the bucket's first call: not counted
         start = time.perf_counter()
         result = backend.launch(run)
         choice.add(threads, time.perf_counter() - start, choices)
