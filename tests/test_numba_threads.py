@@ -8,6 +8,7 @@ as ``_CompiledCall`` would (``drive``); the last ones run real compiled code on 
 from __future__ import annotations
 
 import random
+import time
 import sys
 from pathlib import Path
 
@@ -35,21 +36,24 @@ def drive(choices: nt.Choices, key, times: dict[int, float], limit: int = 16) ->
 def test_one_thread_is_kept_where_it_is_clearly_faster():
     choices = nt.Choices()
     ran = [drive(choices, "small", {ONE: 20e-6, ALL: 60e-6}) for _ in range(10)]
-    assert ran[:3] == [ALL, ALL, ONE]  # uncounted first call, one all-thread sample, one try
+    # The uncounted first call, a parallel sample, the serial build's uncounted first call, then
+    # two samples of each before the 1.5x rule decides.
+    assert ran[:6] == [ALL, ALL, ONE, ONE, ALL, ONE]
     assert choices.cell("small").threads == ONE
-    assert ran[3:] == [ONE] * 7
+    assert ran[6:] == [ONE] * 4
 
 
 def test_all_threads_are_kept_where_one_is_clearly_slower():
     choices = nt.Choices()
-    ran = [drive(choices, "mid", {ONE: 160e-6, ALL: 60e-6}) for _ in range(10)]
-    assert ran.count(ONE) == 1 and choices.cell("mid").threads == ALL
+    ran = [drive(choices, "mid", {ONE: 160e-6, ALL: 60e-6}) for _ in range(300)]
+    # An uncounted try and two samples, the second once the 1 ms floor has been outgrown.
+    assert ran.count(ONE) == 3 and choices.cell("mid").threads == ALL
 
 
 def test_close_times_take_three_samples_each_and_keep_the_faster():
     choices = nt.Choices()
     ran = [drive(choices, "close", {ONE: 50e-6, ALL: 55e-6}) for _ in range(12)]
-    assert ran[:8] == [ALL, ALL, ONE, ALL, ONE, ALL, ONE, ONE]  # decided at the third pair
+    assert ran[:8] == [ALL, ALL, ONE, ONE, ALL, ONE, ALL, ONE]  # decided at the third pair
     assert choices.cell("close").threads == ONE
 
 
@@ -57,37 +61,51 @@ def test_a_large_call_is_not_tried_on_one_thread_until_the_budget_allows():
     """A 2 ms all-thread call could take 32 ms on one of 16 threads: 30 ms at risk, tried only
     once the function has run 300 ms in the tier (10%)."""
     choices = nt.Choices()
-    ran = [drive(choices, "big", {ONE: 32e-3, ALL: 2e-3}) for _ in range(160)]
-    first_try = ran.index(ONE)
-    assert first_try > 0 and (first_try - 1) * 2e-3 >= 0.3 - 1e-9  # timed calls before it: >= 300 ms
-    assert ran.count(ONE) == 1 and choices.cell("big").threads == ALL
+    times = {ONE: 32e-3, ALL: 2e-3}
+    ran, spent, lost = [], 0.0, 0.0
+    for i in range(1000):
+        threads = drive(choices, "big", times)
+        if threads == ONE:  # the budget held before the try: what tries lost, plus this one's worst case
+            assert lost + 15 * 2e-3 <= nt.EXPLORE_FRACTION * spent + 1e-9, (i, lost, spent)
+            lost += times[ONE] - times[ALL]
+        if i:
+            spent += times[threads]
+        ran.append(threads)
+    assert ran.index(ONE) >= 150  # 300 ms of the tier first
+    assert ran.count(ONE) == 3 and choices.cell("big").threads == ALL  # an uncounted try and two samples
 
 
 def test_the_loss_over_many_buckets_stays_within_the_bound():
     """1000 calls over 40 buckets with random true times (one thread 0.2-20x the all-thread
-    time): what running the slower setting lost is at most max(1 ms, 10% of the timed seconds)
-    plus one try's overrun."""
+    time): what the serial tries lost against the parallel build, counted here apart from the
+    choice's own bookkeeping, is at most max(1 ms, 10% of the timed seconds) plus one try's
+    overrun; and every decided bucket whose builds differ by 1.5x kept the faster."""
     rng = random.Random(5)
     truth = {}
     for b in range(40):
         every = 10 ** rng.uniform(-5, -2)
         truth[b] = {ALL: every, ONE: every * 10 ** rng.uniform(-0.7, 1.2)}
     choices = nt.Choices()
-    lost = spent = 0.0
+    tries_lost = timed = 0.0
+    seen: dict[int, int] = {}
     for _ in range(1000):
         b = rng.randrange(40)
+        undecided = choices.cell(b).threads is None
         threads = drive(choices, b, truth[b])
-        t = truth[b][threads]
-        spent += t
-        lost += t - min(truth[b].values())
-    exploring_loss = choices.lost_s
-    worst_try = max(15 * t[ALL] for t in truth.values())
-    assert exploring_loss <= max(nt.EXPLORE_FLOOR_S, nt.EXPLORE_FRACTION * choices.spent_s) + worst_try
-    decided = [truth[b] for b, c in choices.cells.items() if c.threads is not None]
-    assert decided and all(c.threads == (ONE if truth[b][ONE] < truth[b][ALL] else ALL)
-                           for b, c in choices.cells.items() if c.threads is not None
-                           and max(truth[b].values()) > nt.DECIDE_AT * min(truth[b].values()))
-    assert lost < 0.5 * spent  # the kept choices are the faster ones: most of the time is not lost
+        if undecided:
+            seen[b] = seen.get(b, 0) + 1
+            if seen[b] > 1:
+                timed += truth[b][threads]
+            if threads == ONE:
+                tries_lost += max(0.0, truth[b][ONE] - truth[b][ALL])
+    worst_try = max((15 - 1) * t[ALL] for t in truth.values())
+    assert tries_lost <= max(nt.EXPLORE_FLOOR_S, nt.EXPLORE_FRACTION * timed) + worst_try
+    decided = [b for b, c in choices.cells.items() if c.threads is not None]
+    assert len(decided) >= 20
+    for b in decided:
+        t = truth[b]
+        if max(t.values()) > nt.DECIDE_AT * min(t.values()):
+            assert choices.cells[b].threads == (ONE if t[ONE] < t[ALL] else ALL), (b, t)
 
 
 def test_buckets_are_powers_of_two_of_the_array_bytes():
@@ -113,16 +131,29 @@ def backend():
     return b
 
 
+@pytest.fixture
+def tier(backend, monkeypatch):
+    """The backend, with tries always within budget (a cold first call on the 2-core CI machine
+    can take 7-24 ms: 15x that is past the 1 ms floor), and no compilation left running after the
+    test (a background one would make the next tests' calls untimed or slow)."""
+    monkeypatch.setattr(nt, "EXPLORE_FLOOR_S", 10.0)
+    yield backend
+    deadline = time.monotonic() + 120
+    while backend._compile.compiling_now() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _serial_ready(backend, func, args):
-    """The serial build of ``func`` for ``args``' types, compiled now (the tier would compile it in
-    the background once the function had run as long as its parallel build took to compile)."""
+    """The serial build of ``func`` for ``args``' types, compiled now (the tier compiles it in the
+    background at the first call that may try it)."""
     build = backend.serial_compiler(func)
     sig = build.compile(build.signature(build.positional(args, {})))
     assert sig.state == "compiled", sig.reason
     return build, sig
 
 
-def test_the_serial_build_is_serial_named_apart_and_gives_numpys_result(backend):
+def test_the_serial_build_is_serial_named_apart_and_gives_numpys_result(tier):
+    backend = tier
     from autooffload.backends import _numba_compile as nc
 
     g = np.random.default_rng(2)
@@ -138,7 +169,8 @@ def test_the_serial_build_is_serial_named_apart_and_gives_numpys_result(backend)
                                rtol=1e-12, atol=1e-12)
 
 
-def test_calls_through_the_choice_give_numpys_result_and_try_the_serial_build(backend):
+def test_calls_through_the_choice_give_numpys_result_and_try_the_serial_build(tier):
+    backend = tier
     fn, _, how = backend.runner(suite.black_scholes_call)
     assert fn is not None, how
     g = np.random.default_rng(2)
@@ -155,7 +187,7 @@ def test_calls_through_the_choice_give_numpys_result_and_try_the_serial_build(ba
     cells = list(fn.choices.cells.values())
     if backend.max_threads > 1:
         assert len(cells) == len(sizes) and all(c.one for c in cells), [(c.one, c.all) for c in cells]
-        assert all(c.threads is not None for c in cells)  # decided within 12 calls
+        assert all(c.threads is not None for c in cells)  # decided within 12 calls (8 at most)
     trials = nt.trials
     fn(*suite._bs(300 * 3, g))
     assert nt.trials == trials  # a decided bucket is no trial
@@ -165,7 +197,8 @@ def test_calls_through_the_choice_give_numpys_result_and_try_the_serial_build(ba
         assert len(fn.choices.cells) == count and backend.numba.get_num_threads() == 1
 
 
-def test_the_serial_build_compiles_in_the_background_at_the_first_call_that_may_try_it(backend):
+def test_the_serial_build_compiles_in_the_background_at_the_first_call_that_may_try_it(tier):
+    backend = tier
     def _softplus_sum(x):
         return np.log1p(np.exp(x)) * 0.5 + x
 
@@ -180,8 +213,22 @@ def test_the_serial_build_compiles_in_the_background_at_the_first_call_that_may_
     np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)  # a parallel sample
     np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)  # would try serial: starts its build
     assert cell.serial is not None and cell.serial.state in ("compiling", "compiled")
-    assert not cell.one and len(cell.all) == 2 and nt.trials == trials  # parallel meanwhile, learnable
-    assert cell.serial.done.wait(60) and cell.serial.state == "compiled"
+    # Parallel meanwhile, learnable; the call the compilation started in is no sample (it held the interpreter).
+    assert not cell.one and len(cell.all) == 1 and nt.trials == trials
+    assert cell.serial.done.wait(120) and cell.serial.state == "compiled"
     for _ in range(8):
         np.testing.assert_allclose(fn(x), _softplus_sum(x), rtol=1e-12)
-    assert cell.one and nt.trials == trials + len(cell.one)  # tried once compiled; only those are trials
+    assert cell.one and nt.trials == trials + cell.one_seen  # tried once compiled; only those are trials
+
+
+def test_a_sample_is_not_taken_while_a_compilation_runs(tier, monkeypatch):
+    """A call timed while another compilation held the interpreter is no sample of either build."""
+    fn, _, _ = tier.runner(suite.black_scholes_call)
+    args = suite._bs(600, np.random.default_rng(9))
+    fn(*args)  # the bucket's first call (and the parallel build's compilation)
+    cell = fn.choices.cells[next(iter(fn.choices.cells))]
+    with monkeypatch.context() as m:
+        m.setattr(tier._compile, "compiling_now", lambda: True)
+        for _ in range(5):
+            fn(*args)
+    assert not cell.one and not cell.all and cell.threads is None

@@ -23,10 +23,13 @@ median before was 64 us; h200-session16/suite-noprofile.run2.json). Bytes alone 
 loop apart, so each compiled signature measures both builds per size bucket (a power of two of
 its array bytes), on its own calls:
 
-* the first call of a bucket runs parallel and is not counted (pages, the pool's start);
-* then the two alternate, each timed by a ``perf_counter`` pair, until their medians differ by
-  more than ``DECIDE_AT`` (1.5x) or each has ``SAMPLES`` (3) calls, and the faster is kept;
-  the serial build compiles in the background at the first call that may try it (and from
+* the first call of a bucket on each build is not counted (pages, the pool's start, cold code);
+* then the two alternate, each timed by a ``perf_counter`` pair, until their medians (of at least
+  two calls each) differ by more than ``DECIDE_AT`` (1.5x) or each has ``SAMPLES`` (3) calls,
+  and the faster is kept; a call during which a compilation for the tier ran (it holds the
+  interpreter: a parallel call at 1e3 elements measured 5-7 ms against 14 us on the 2-core VM)
+  is not a sample;
+* the serial build compiles in the background at the first call that may try it (and from
   Numba's disk cache in later processes), and calls run parallel meanwhile;
 * a serial call takes at most ``threads`` x the parallel time (perfect scaling), so it is tried
   only while the time trying has lost so far (each serial call's excess over the parallel
@@ -35,11 +38,14 @@ its array bytes), on its own calls:
   Over a run, trying loses at most 1 ms or 10% of the function's measured tier time, whichever
   is larger, plus one try's overrun where a call scales better than linearly (black_scholes at
   3 x 33333 is tried once the function has run ~24 ms in the tier; a 1e8-element call is never
-  run serially to find out that it is 16x slower).
+  run serially to find out that it is 16x slower). Outside that bound: the serial build's
+  compilation (0.3-1.3 s of a background thread holding the interpreter much of the time, once
+  per signature and process, from the disk cache later), and tries that several threads start at
+  once on an undecided bucket, each of which passes the budget before any is counted.
 
 A decided bucket costs a dictionary lookup; a choice is not measured again in the process. The
-thread limit in force (``config(threads=...)``, ``NUMBA_NUM_THREADS``) is "all"; at 1 there is
-nothing to choose. The decision layer (``_learn``) learns from the parallel build's calls as
+thread limit in force (``config(threads=...)``, ``NUMBA_NUM_THREADS``) is "all", and part of a
+cell's key (a choice made on 16 threads says little about 2); at 1 there is nothing to choose. The decision layer (``_learn``) learns from the parallel build's calls as
 before, and nothing from a serial try (``trials``), so that its estimate of the tier is one
 build's until the bucket decides; it then learns from the build kept.
 """
@@ -59,12 +65,13 @@ class ThreadChoice:
     ``ONE`` (the serial build) or ``ALL`` (the parallel one); ``next_run`` says which to run now,
     ``add`` takes the call's time."""
 
-    ONE, ALL = 1, 0  # ALL: the limit in force at the call
-    __slots__ = ("threads", "seen", "one", "all", "serial")
+    ONE, ALL = 1, 0  # ALL: the limit in force at the call (part of the cell's key)
+    __slots__ = ("threads", "seen", "one_seen", "one", "all", "serial")
 
     def __init__(self) -> None:
         self.threads: int | None = None
-        self.seen = 0  # calls of this bucket so far, decided or not
+        self.seen = 0  # calls of this bucket so far while undecided
+        self.one_seen = 0  # of them, on the serial build (its first is not counted: cold)
         self.one: list[float] = []
         self.all: list[float] = []
         self.serial = None  # the serial build's Signature for this cell, once asked for
@@ -79,18 +86,23 @@ class ThreadChoice:
         return self.ALL
 
     def add(self, threads: int, seconds: float, budget: "Choices") -> None:
+        """A timed call's seconds (not a compilation's: see ``_CompiledCall._trial``)."""
         budget.spent_s += seconds
         if threads == self.ONE:
             budget.lost_s += max(0.0, seconds - _median(self.all))
+            self.one_seen += 1
+            if self.one_seen == 1:
+                return  # the serial build's first call: its pages and code are cold
         samples = self.one if threads == self.ONE else self.all
         samples.append(seconds)
         if len(samples) > SAMPLES:
             del samples[0]  # parallel calls while the serial build waits (budget, compiling): the latest count
-        if self.one and self.all:
+        if len(self.one) >= 2 and len(self.all) >= 2:  # one sample of each can be a wake-up or a page fault
             one, every = _median(self.one), _median(self.all)
-            if one * DECIDE_AT < every or (len(self.one) >= SAMPLES and len(self.all) >= SAMPLES and one < every):
+            both = len(self.one) >= SAMPLES and len(self.all) >= SAMPLES
+            if one * DECIDE_AT < every or (both and one < every):
                 self.threads = self.ONE
-            elif every * DECIDE_AT < one or (len(self.one) >= SAMPLES and len(self.all) >= SAMPLES):
+            elif every * DECIDE_AT < one or both:
                 self.threads = self.ALL
 
 

@@ -212,9 +212,10 @@ class _CompiledCall:
             if sig.state != "compiled":
                 raise NotCompiled(sig.reason)
         backend = self.backend
-        if sig.serial or backend.get_threads() == 1:
+        limit = backend.get_threads()
+        if sig.serial or limit == 1:
             return backend.launch(lambda: compiler.run(sig, positional))
-        choice = self.choices.cell((sig.key, _numba_threads.size_bucket(positional)))
+        choice = self.choices.cell((sig.key, _numba_threads.size_bucket(positional), limit))
         threads = choice.threads
         if threads is None:
             return self._trial(choice, sig, positional)
@@ -245,9 +246,13 @@ class _CompiledCall:
         choice.seen += 1
         if choice.seen == 1:
             return backend.launch(run)  # the bucket's first call: not counted
+        compiling = backend._compile.compiling_now
+        disturbed = compiling()
         start = time.perf_counter()
         result = backend.launch(run)
-        choice.add(threads, time.perf_counter() - start, choices)
+        seconds = time.perf_counter() - start
+        if not (disturbed or compiling()):  # a compilation held the interpreter: no sample
+            choice.add(threads, seconds, choices)
         return result
 
 
