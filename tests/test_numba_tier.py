@@ -308,8 +308,11 @@ def test_learning_finds_a_tier_the_profile_predicts_slower(use_profile, monkeypa
     history = f.__autooffload__.learner.history
     from autooffload import _learn
 
-    # Exploring costs at most EXPLORE_FRACTION of the observed time plus one call's misprediction.
-    assert history.explored_s <= _learn.EXPLORE_FRACTION * history.observed_s + 2 * numpy_s
+    # Exploring costs at most EXPLORE_FRACTION of the measured time plus one call's misprediction.
+    # (Measured: the learned calls' seconds and the timed calls that taught nothing, e.g. while
+    # the tier's serial build compiled in the background on a cold Numba cache: _learn's docstring.)
+    measured = f.__autooffload__.learner._measured()
+    assert history.explored_s <= _learn.EXPLORE_FRACTION * measured + 2 * numpy_s
 
 
 def test_the_tier_takes_numpys_learned_error_until_it_has_its_own(use_profile, monkeypatch, clock):
