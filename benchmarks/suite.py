@@ -661,8 +661,7 @@ def run_row(case: Case, n: int, cp, sync, fn_off, first_calls: dict, settings: d
     if "numba" in t:  # what the Numba column's first call took beyond a warm one: its compilation
         row["compile_s"] += max(0.0, row["first_call_s"].get("numba", 0.0) - t["numba"])
     row["speedup"] = {c: t["numpy"] / t[c] for c in ("numba", "cupy_copies", "offload") if c in t and "numpy" in t and t[c] > 0}
-    best = min([t[c] for c in BASELINES if c in t], default=None)
-    row["ratio_of_medians"] = t["offload"] / best if best and "offload" in t else None
+    row["ratio_of_medians"] = ratio_of_medians(row["times"])
     # Columns timed one after another (the interleaved timing failed) have no rounds to pair.
     row["ratio"] = paired_ratio(row["times"]) if row["paired"] else row["ratio_of_medians"]
     return row
@@ -698,16 +697,17 @@ _SUMMARY_LABELS = {
 }
 
 
-def ratio_over_numpy_and_cupy(times: dict) -> float | None:
-    """@offload's median over the better of NumPy's and CuPy + copies' medians (None without them)."""
-    off = (times.get("offload") or {}).get("median")
-    best = [t["median"] for c, t in times.items() if c in ("numpy", "cupy_copies") and t and t.get("median")]
-    return off / min(best) if off and best else None
+def ratio_of_medians(times: dict, baselines: tuple = BASELINES) -> float | None:
+    """@offload's median over the best of the ``baselines`` columns' medians (None without them)."""
+    t = {c: v["median"] for c, v in times.items() if v and v.get("median")}
+    best = min([t[c] for c in baselines if c in t], default=None)
+    return t["offload"] / best if best and "offload" in t else None
 
 
 def summarize(rows: list[dict], key: str = "ratio") -> tuple[dict, str]:
-    """The geometric mean and worst of the rows' ``key`` (the paired ratio, or the ratio of
-    medians) against the targets, and the SUMMARY line that says so ("" without rows)."""
+    """The geometric mean and worst of the rows' ``key`` (one of ``_SUMMARY_LABELS``: the paired
+    ratio, the ratio of medians, or that over NumPy and CuPy + copies alone) against the targets,
+    and the SUMMARY line that says so ("" without rows)."""
     ratios = [r[key] for r in rows if r.get(key)]
     worst = max(rows, key=lambda r: r.get(key) or 0, default=None)
     summary = {
@@ -739,7 +739,7 @@ def rescore(path: Path) -> dict:
     for r in rows:
         r.setdefault("ratio_of_medians", r.get("ratio"))
         r["ratio"] = paired_ratio(r.get("times") or {}) if r.get("paired", True) else r["ratio_of_medians"]
-        r["ratio_numpy_cupy"] = ratio_over_numpy_and_cupy(r.get("times") or {})
+        r["ratio_numpy_cupy"] = ratio_of_medians(r.get("times") or {}, ("numpy", "cupy_copies"))
     print(f"{path}: {len(rows)} rows")
     for r in sorted(rows, key=lambda r: -(r.get("ratio") or 0)):
         if (r.get("ratio") or 0) > 1.3 or (r.get("ratio_of_medians") or 0) > 1.3:
