@@ -45,9 +45,10 @@ its array bytes), on its own calls:
 
 A decided bucket costs a dictionary lookup; a choice is not measured again in the process. The
 thread limit in force (``config(threads=...)``, ``NUMBA_NUM_THREADS``) is "all", and part of a
-cell's key (a choice made on 16 threads says little about 2); at 1 there is nothing to choose. The decision layer (``_learn``) learns from the parallel build's calls as
-before, and nothing from a serial try (``trials``), so that its estimate of the tier is one
-build's until the bucket decides; it then learns from the build kept.
+cell's key (a choice made on 16 threads says little about 2); at 1 there is nothing to choose.
+The decision layer (``_learn``) learns from the parallel build's calls as before, and nothing
+from a serial try (``trials``), so that its estimate of the tier is one build's until the bucket
+decides; it then learns from the build kept.
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ trials = 0  # serial builds run while their bucket was undecided, in any functio
 
 
 class Choices:
-    """A compiled function's choices, per (signature key, size bucket), the seconds its timed calls
-    took and what trying one thread lost (the budget). Races between threads only add a sample."""
+    """A compiled function's choices, per (signature key, size bucket, thread limit), the seconds
+    its timed calls took and what serial tries lost (the budget). Threads calling at once may each
+    pass ``may_try`` before any try is counted (outside the bound: the module docstring)."""
 
     __slots__ = ("cells", "spent_s", "lost_s", "lock")
 

@@ -218,16 +218,16 @@ class _CompiledCall:
         choice = self.choices.cell((sig.key, _numba_threads.size_bucket(positional), limit))
         threads = choice.threads
         if threads is None:
-            return self._trial(choice, sig, positional)
+            return self._trial(choice, sig, positional, limit)
         if threads == ONE:
             serial, build = choice.serial, self.serial_build
             return backend.launch(lambda: build.run(serial, positional))
         return backend.launch(lambda: compiler.run(sig, positional))
 
-    def _trial(self, choice, sig, positional: tuple) -> Any:
+    def _trial(self, choice, sig, positional: tuple, limit: int) -> Any:
         """A call of an undecided bucket: the build ``next_run`` names where it can run, timed."""
         backend, compiler, choices = self.backend, self.compiler, self.choices
-        threads = choice.next_run(backend.get_threads(), choices)
+        threads = choice.next_run(limit, choices)
         run = lambda: compiler.run(sig, positional)  # noqa: E731
         if threads == ONE:
             build = self.serial_build
