@@ -709,7 +709,7 @@ def _tier_function_observed(monkeypatch, observe_every: int):
     chain(x)
     state = chain.__autooffload__
     seen: list[bool] = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False, fresh=False: seen.append(cold))
     d = dataclasses.replace(chain.last_decision, observe=True, observe_every=observe_every)
     assert d.backend == "numba"
     # it took over SWITCH_COLD_CALLS runs ago, no other backend since
@@ -814,7 +814,7 @@ def test_a_call_is_cold_after_another_backend_ran_not_after_calls_on_its_own(mon
     double(x)
     state = double.__autooffload__
     seen = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False, fresh=False: seen.append(cold))
     d = dataclasses.replace(double.last_decision, observe=True, observe_every=1)
     assert d.backend == "numpy"
     k = _learn.SWITCH_COLD_CALLS
@@ -1162,3 +1162,26 @@ def test_a_trusted_cell_of_a_cold_gpu_is_not_waited_for_as_a_recheck(fake_gpu, u
         work(x)
     assert work.stats.as_dict()["decisions"] <= 10, work.stats.as_dict()
     assert work.last_decision.backend == "numpy"
+
+
+def test_a_tier_that_changed_its_build_has_its_cell_measured_afresh():
+    """The Numba tier's preferred build changed during a call (backends/_numba_threads.py): a
+    disagreeing sample restarts the cell even on a chosen backend (not only on a re-check), and a
+    change in a call that taught nothing forgets the cell's samples."""
+    from autooffload._history import FunctionHistory
+
+    learner = _learn.Learner(lambda x: x)
+    learner._history = FunctionHistory("test")
+    learner.revisit = lambda: None
+    bucket = (20, -1)
+    for s in (1e-3, 400e-6, 400e-6, 400e-6):  # trusted at 400 us (the parallel build)
+        learner.observe("numba", bucket, s, None, exploring=False)
+    cell = learner.history.cell(("numba", *bucket))
+    learner.observe("numba", bucket, 40e-6, None, exploring=False)  # not fresh: one sample of five
+    assert cell.estimate() == pytest.approx(400e-6)
+    learner.observe("numba", bucket, 40e-6, None, exploring=False, fresh=True)
+    assert cell.samples == [40e-6] and not cell.trusted  # afresh: trusted once a second agrees
+    learner.observe("numba", bucket, 41e-6, None, exploring=False)
+    assert cell.estimate() == pytest.approx(40.5e-6)
+    learner.measure_afresh("numba", bucket)
+    assert cell.samples == [] and cell.count == 7 and cell.estimate() is None

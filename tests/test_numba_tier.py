@@ -436,3 +436,59 @@ def test_a_tier_already_compiled_for_the_function_is_explored_without_waiting_fo
         seen.append(f.last_decision.backend)
     assert "numba" in seen[:40], seen  # explored within the budget, long before 0.5 s of NumPy runs
     assert seen[-10:] == ["numba"] * 10, seen
+
+
+def test_a_loop_the_parallel_build_runs_slower_than_numpy_is_learned_at_its_serial_builds_time(
+        use_profile, monkeypatch, clock):
+    # panel_recur at (50, 200) on the H200: 113 us on NumPy, the parallel build 494 us (it wakes
+    # 16 threads per row), the serial build 37 us. The decision layer learned the tier from the
+    # parallel build, moved to NumPy, and the serial build was never tried (3.0-3.6x the tier's
+    # own column, session 16). Here (scaled up: 3 ms on NumPy, 12 ms parallel, 1 ms serial, on
+    # the fake clock that the learner and the tier's runner both read) it must end on the tier,
+    # learned at the serial build's time, within a bounded exploration.
+    from autooffload import _dispatch, _learn
+    from autooffload.backends import _numba_compile as nc
+    from autooffload.backends import numba as tier_module
+
+    backend = autooffload.backends.get("numba")
+    if backend.max_threads < 2:
+        pytest.skip("one core: nothing to choose")
+    monkeypatch.setattr(backend, "get_threads", lambda: 16)  # the H200's: a try risks 15x the parallel time
+    fake_time = types.SimpleNamespace(perf_counter=clock)
+    monkeypatch.setattr(tier_module, "time", fake_time)
+    monkeypatch.setattr(_dispatch, "time", fake_time)  # the tier's "threads slept" test reads the same clock
+    numpy_s, parallel_s, serial_s = 0.003, 0.012, 0.001
+    _numpy_takes(monkeypatch, clock, numpy_s)
+    real_run = nc.FunctionCompiler.run
+
+    def run(self, sig, positional):
+        clock.t += serial_s if self.serial else parallel_s
+        return real_run(self, sig, positional)
+
+    monkeypatch.setattr(nc.FunctionCompiler, "run", run)
+    monkeypatch.setenv("AUTOOFFLOAD_LEARN", "1")
+    autooffload.reload_environment()
+    use_profile(tier_profile(speedup=3.0))  # the profile: the tier 3x faster than NumPy (1.25 ms)
+    f = offload(_own(chain))
+    x = np.random.default_rng(8).random(1_250_000 // 8) + 0.5
+    expected = chain(x)
+    seen: list[str] = []
+    deadline = time.monotonic() + 90
+
+    def settled() -> bool:
+        d = f.last_decision
+        return (seen[-20:] == ["numba"] * 20 and d.sources["numba"].startswith("learned")
+                and d.predicted_s["numba"] < 2 * serial_s)
+
+    while time.monotonic() < deadline and not settled():
+        np.testing.assert_allclose(f(x), expected, rtol=1e-12)
+        seen.append(f.last_decision.backend)
+        if backend._compile.compiling_now():
+            time.sleep(0.002)
+    d = f.last_decision
+    assert settled(), (seen[-40:], d.predicted_s, d.sources)
+    assert d.predicted_s["numba"] == pytest.approx(serial_s, rel=0.01)  # the serial build's time
+    assert len(seen) < 1500, len(seen)
+    learner = f.__autooffload__.learner
+    # Exploring (the tier's re-checks while NumPy was chosen) within its bound plus one call's misprediction.
+    assert learner.history.explored_s <= _learn.EXPLORE_FRACTION * learner._measured() + parallel_s

@@ -305,7 +305,9 @@ class _State:
             self.unsampled = d.observe_every - 1
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
-        trials = _numba_threads.trials  # the tier trying its serial build: a mixed time (_numba_threads)
+        # The tier running a build that does not stand for it here (a try), or changing which does:
+        # a time the decision layer does not learn, or one that measures its cell afresh (_numba_threads).
+        trials, switches = _numba_threads.trials, _numba_threads.switches
         local = self.corrections
         corrections, fell = getattr(local, "n", 0), getattr(local, "fell", 0)
         start = _learn.clock()
@@ -318,19 +320,22 @@ class _State:
             raised = False
             return result
         finally:
-            tried = d.backend == NUMBA and _numba_threads.trials != trials
+            tier_ran = d.backend == NUMBA
+            tried = tier_ran and _numba_threads.trials != trials
             self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling() or tried,
-                           corrected=getattr(local, "n", 0) != corrections, fell_back=getattr(local, "fell", 0) != fell)
+                           corrected=getattr(local, "n", 0) != corrections, fell_back=getattr(local, "fell", 0) != fell,
+                           fresh=tier_ran and _numba_threads.switches != switches)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
-                  *, corrected: bool, fell_back: bool = False) -> None:
+                  *, corrected: bool, fell_back: bool = False, fresh: bool = False) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, or the tier tried its serial
         build (_numba_threads), so the time is counted towards the function's seconds but
         learned from nowhere (_numba_compile.compiling_now);
         ``corrected``: the executor corrected last_decision during the call (``fell_back``:
-        another backend ran it)."""
+        another backend ran it); ``fresh``: the tier changed the build that stands for it in this
+        bucket (``_learn.Learner.observe``)."""
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
         # What ran: the executor's correction where it made one; else ``d``, even where a nested call
@@ -353,11 +358,13 @@ class _State:
             # that backend here again (the function's own errors, also those NumPy raises after
             # a correction, and a stream say nothing about the backend).
             untaught = (d.backend, d.bucket) if d.exploring and fell_back and not raised else None
-            if self.learner.unlearned(seconds, d.exploring, untaught=untaught):
+            if fresh and not corrected:
+                self.learner.measure_afresh(d.backend, d.bucket)
+            if self.learner.unlearned(seconds, d.exploring, untaught=untaught) or fresh:
                 self.planner.reset()
         elif learning:
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
-                                 expected=d.predicted_s.get(d.backend),
+                                 expected=d.predicted_s.get(d.backend), fresh=fresh,
                                  cold=cold and _learn.cold_may_hide_a_win(seconds, d.predicted_s, d.backend))
         if _log.active():
             _log.record(ran, first_in_bucket=False, observed_s=seconds, raised=raised)

@@ -229,6 +229,13 @@ class FunctionHistory:
     def cell(self, key: CellKey) -> Cell | None:
         return self.cells.get(key)
 
+    def forget_samples(self, key: CellKey) -> None:
+        """Drop a cell's samples, keeping its count (its first, cold call stays dropped)."""
+        with self.lock:
+            cell = self.cells.get(key)
+            if cell is not None:
+                cell.samples = []
+
     def charge_exploring(self, seconds: float) -> None:
         """An exploring call learned nothing from (a compilation ran meanwhile): charged all the same."""
         with self.lock:

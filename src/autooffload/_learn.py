@@ -510,6 +510,12 @@ class Learner:
         self._measured_s += seconds
         return self._towards_waits(seconds) or exploring
 
+    def measure_afresh(self, backend: str, bucket: tuple[int, int]) -> None:
+        """Forget the samples of ``backend`` in ``bucket`` (kept: its count): the backend changed
+        how it runs such calls in a call that taught nothing (the Numba tier's preferred build,
+        ``backends/_numba_threads.py``); the next calls measure it again."""
+        self.history.forget_samples((backend, *bucket))
+
     def count_untimed(self, seconds: float) -> bool:
         """One untimed call's predicted ``seconds``, towards the waits that are no exploring;
         True once one is met (a compilation of the tier, a re-check's time: then the planner
@@ -566,11 +572,14 @@ class Learner:
 
     # -- observing -----------------------------------------------------------------------------
     def observe(self, backend: str, bucket: tuple[int, int], seconds: float, predicted: float | None,
-                *, exploring: bool, expected: float | None = None, cold: bool = False) -> None:
+                *, exploring: bool, expected: float | None = None, cold: bool = False, fresh: bool = False) -> None:
         """One call's observed seconds; the planner decides again where that may change its answer.
 
         ``expected``: what the decision predicted this call to take (an exploring call's charge,
-        for the first call of its cell, is capped there: see the module docstring)."""
+        for the first call of its cell, is capped there: see the module docstring). ``fresh``:
+        the backend changed how it runs such calls during this one (the Numba tier's preferred
+        build, ``backends/_numba_threads.py``): a sample that disagrees with the cell starts it
+        afresh, as a re-check's does."""
         history = self.history
         cell = history.cell((backend, *bucket))
         before = cell.estimate() if cell is not None else None
@@ -580,7 +589,7 @@ class Learner:
             return  # (a re-check of the tier is cold almost by construction: the next call explores again)
         cell.stamp = self._spent()
         self._untaught.pop((backend, *bucket), None)  # it ran here to the end: its fallbacks were not the rule
-        if exploring and before is not None and not (1 / AGREE < seconds / before < AGREE):
+        if (exploring or fresh) and before is not None and not (1 / AGREE < seconds / before < AGREE):
             cell.restart(seconds)  # a re-check that disagrees: measure the cell afresh
         STORE.observed()
         after = cell.estimate()

@@ -31,24 +31,38 @@ its array bytes), on its own calls:
   is not a sample;
 * the serial build compiles in the background at the first call that may try it (and from
   Numba's disk cache in later processes), and calls run parallel meanwhile;
-* a serial call takes at most ``threads`` x the parallel time (perfect scaling), so it is tried
-  only while the time trying has lost so far (each serial call's excess over the parallel
-  median), plus that worst case of the next try, stays within
+* a serial call takes at most ``threads`` x the parallel time (perfect scaling), and, where the
+  decision layer predicts NumPy's time for the call (``base.call_context``), is expected to take
+  at most ``SERIAL_OVER_NUMPY`` (2) x that: one core running compiled code rarely loses to one core
+  running NumPy's loops by more (the serial build over NumPy on the H200: 0.15-1.44x for
+  black_scholes at 3 x 33-33333, rolling_vol and panel_recur at 1e2-1e5 elements;
+  ``h200-session16/numba-threads.run3.txt``). A try
+  is made only while the time trying has lost so far (each serial call's excess over the parallel
+  median), plus the smaller of those two worst cases for the next try, stays within
   ``max(EXPLORE_FLOOR_S, EXPLORE_FRACTION x the seconds this function's timed tier calls took)``.
   Over a run, trying loses at most 1 ms or 10% of the function's measured tier time, whichever
-  is larger, plus one try's overrun where a call scales better than linearly (black_scholes at
-  3 x 33333 is tried once the function has run ~24 ms in the tier; a 1e8-element call is never
-  run serially to find out that it is 16x slower). Outside that bound: the serial build's
-  compilation (0.3-1.3 s of a background thread holding the interpreter much of the time, once
-  per signature and process, from the disk cache later), and tries that several threads start at
-  once on an undecided bucket, each of which passes the budget before any is counted.
+  is larger, plus one try's overrun (at most ``threads - 1`` x the parallel time) where a call
+  beats the expectation (black_scholes at 3 x 33333, 1.31 ms on NumPy and 177 us parallel, is
+  tried once the function has run ~25 ms in the tier; a 1e8-element call is never run serially to
+  find out that it is 16x slower). Until session 17 only the perfect-scaling case bounded a try, and
+  a loop of small regions that the parallel build ran 4x slower than NumPy (panel_recur at
+  (50, 200): 113 us on NumPy, 494 us parallel, 38 us serial) was never tried: its 7.4 ms worst
+  case waited for 74 ms of tier time that the decision layer, having moved it to NumPy, never
+  spent. Outside the bound: the serial build's compilation (0.3-1.3 s of a background thread
+  holding the interpreter much of the time, once per signature and process, from the disk cache
+  later), and tries that several threads start at once on an undecided bucket, each of which
+  passes the budget before any is counted.
 
 A decided bucket costs a dictionary lookup; a choice is not measured again in the process. The
 thread limit in force (``config(threads=...)``, ``NUMBA_NUM_THREADS``) is "all", and part of a
 cell's key (a choice made on 16 threads says little about 2); at 1 there is nothing to choose.
-The decision layer (``_learn``) learns from the parallel build's calls as before, and nothing
-from a serial try (``trials``), so that its estimate of the tier is one build's until the bucket
-decides; it then learns from the build kept.
+The decision layer (``_learn``) learns a bucket's tier time from the build the bucket would keep
+now (``ThreadChoice.preferred``: the faster median so far, the parallel build until the serial
+one has a counted sample; the kept one once decided), and nothing from a call of the other build
+(``trials`` counts them), so that its estimate of the tier is always one build's, the better one
+known. When the preferred build changes (``switches``), the decision layer measures that cell
+afresh from the call that changed it: a loop the parallel build made look 4x slower than NumPy
+becomes the 3x faster tier at once, not after the median of 16 old samples moves.
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ import threading
 
 DECIDE_AT = 1.5
 SAMPLES = 3
+SERIAL_OVER_NUMPY = 2.0
 EXPLORE_FLOOR_S = 1e-3
 EXPLORE_FRACTION = 0.10
 
@@ -77,13 +92,27 @@ class ThreadChoice:
         self.all: list[float] = []
         self.serial = None  # the serial build's Signature for this cell, once asked for
 
-    def next_run(self, limit: int, budget: "Choices") -> int:
-        """ONE or ALL for a call while undecided (every such call but the bucket's first is timed)."""
+    def next_run(self, limit: int, budget: "Choices", numpy_s: float | None = None) -> int:
+        """ONE or ALL for a call while undecided (every such call but the bucket's first is timed);
+        ``numpy_s``: NumPy's predicted seconds for the call, if known (the module docstring)."""
         if self.seen == 0 or not self.all:
             return self.ALL
         if len(self.one) < SAMPLES and (len(self.one) < len(self.all) or len(self.all) >= SAMPLES):
-            if budget.may_try((limit - 1) * _median(self.all)):
+            parallel = _median(self.all)
+            worst = (limit - 1) * parallel
+            if numpy_s is not None and numpy_s > 0:
+                worst = min(worst, max(0.0, SERIAL_OVER_NUMPY * numpy_s - parallel))
+            if budget.may_try(worst):
                 return self.ONE
+        return self.ALL
+
+    def preferred(self) -> int:
+        """The build whose calls stand for the tier here now (the module docstring): the kept one,
+        else the one with the faster median so far (the parallel build until both have one)."""
+        if self.threads is not None:
+            return self.threads
+        if self.one and self.all and _median(self.one) < _median(self.all):
+            return self.ONE
         return self.ALL
 
     def add(self, threads: int, seconds: float, budget: "Choices") -> None:
@@ -107,7 +136,8 @@ class ThreadChoice:
                 self.threads = self.ALL
 
 
-trials = 0  # serial builds run while their bucket was undecided, in any function (read by _dispatch)
+trials = 0  # calls of a build the bucket did not prefer, in any function (read by _dispatch)
+switches = 0  # changes of a bucket's preferred build, in any function (read by _dispatch)
 
 
 class Choices:

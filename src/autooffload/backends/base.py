@@ -9,6 +9,7 @@ backends there are. Adding one is a subclass of ``Backend`` and one ``register_l
 
 from __future__ import annotations
 
+import threading
 from contextlib import nullcontext
 from typing import Any, Callable, ClassVar, ContextManager, Final, Literal
 
@@ -81,6 +82,9 @@ class Backend:
       as written" (the call is then redone on NumPy and the argument types remembered), None if
       the exception is the function's own.
 
+    A host backend's runner may read ``call_context`` (this thread's call): what the decision
+    layer predicts NumPy takes for it, a prior for choosing among its own builds.
+
     A backend's module (registered with ``register_lazy``) provides ``load()``, the backend
     object or None when it cannot run here (it may import the library), and
     ``unavailable_reason()``, which must not. Device backends also implement ``DeviceMemory``.
@@ -102,6 +106,17 @@ class Backend:
 
     def fallback_cause(self, exc: BaseException) -> str | None:
         return None
+
+
+class CallContext(threading.local):
+    """What the decision layer knows of the call a host backend's runner runs now, per thread,
+    set by the executor before it calls the runner: ``numpy_s``, NumPy's predicted seconds for
+    the call (learned, or the profile's), None where unknown."""
+
+    numpy_s: float | None = None
+
+
+call_context = CallContext()
 
 
 class DeviceMemory:

@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import _numba_threads
-from .base import HOST, Backend
+from .base import HOST, Backend, call_context
 
 logger = logging.getLogger("autooffload")
 
@@ -227,7 +227,7 @@ class _CompiledCall:
     def _trial(self, choice, sig, positional: tuple, limit: int) -> Any:
         """A call of an undecided bucket: the build ``next_run`` names where it can run, timed."""
         backend, compiler, choices = self.backend, self.compiler, self.choices
-        threads = choice.next_run(limit, choices)
+        threads = choice.next_run(limit, choices, call_context.numpy_s)
         run = lambda: compiler.run(sig, positional)  # noqa: E731
         if threads == ONE:
             build = self.serial_build
@@ -236,7 +236,6 @@ class _CompiledCall:
                 serial = choice.serial = build.signature(positional)
             if serial.state == "compiled":
                 run = lambda: build.run(serial, positional)  # noqa: E731
-                _numba_threads.trials += 1  # a serial build's time: the decision layer learns nothing from it
             else:
                 threads = ALL  # meanwhile: the parallel build, counted as such
                 if serial.state == "failed":
@@ -244,15 +243,22 @@ class _CompiledCall:
                 elif serial.state == "new":
                     build.compile_in_background(serial)
         choice.seen += 1
+        preferred = choice.preferred()
         if choice.seen == 1:
-            return backend.launch(run)  # the bucket's first call: not counted
-        compiling = backend._compile.compiling_now
-        disturbed = compiling()
-        start = time.perf_counter()
-        result = backend.launch(run)
-        seconds = time.perf_counter() - start
-        if not (disturbed or compiling()):  # a compilation held the interpreter: no sample
-            choice.add(threads, seconds, choices)
+            result = backend.launch(run)  # the bucket's first call: not counted
+        else:
+            compiling = backend._compile.compiling_now
+            disturbed = compiling()
+            start = time.perf_counter()
+            result = backend.launch(run)
+            seconds = time.perf_counter() - start
+            if not (disturbed or compiling()):  # a compilation held the interpreter: no sample
+                choice.add(threads, seconds, choices)
+        now = choice.preferred()
+        if now != preferred:
+            _numba_threads.switches += 1  # the decision layer measures the tier here afresh
+        if threads != now:
+            _numba_threads.trials += 1  # not the build that stands for the tier here: teaches the decision layer nothing
         return result
 
 
