@@ -247,6 +247,7 @@ class Bench:
                 T.to_host(d, out=dst)
             calls["engine_out", "d2h"] = (lambda: T.to_host(d, out=dst), None)
         sdst = hs = None
+        alt_dsts: list = []
         if "staged" in methods:
             # Arrays of their own, never pinned (copied only inside unpinned_copies): as a first
             # copy meets them. h itself is pinned by the engine columns' calls.
@@ -261,6 +262,27 @@ class Bench:
             ok = ok and bits_equal(staged(lambda: T.to_device(hs))().get(), h)
             calls["staged", "h2d"] = (staged(lambda: T.to_device(hs)), None)
             calls["staged", "d2h"] = (staged(lambda: T.to_host(d, out=sdst)), None)
+            # STAGED_ALT="k=v,k=v;k=v": a twin of the staged column per spec, in the same rounds, with
+            # those knobs over the tuning (swapped in for the call, as run_sweep does; knobs that size
+            # the pool or the threads would make a second pool: leave those out).
+            for j, spec in enumerate([x for x in os.environ.get("STAGED_ALT", "").split(";") if x.strip()], 1):
+                alt = replace(T._tuning(), **{k.strip(): parse_bytes(v) for k, v in (kv.split("=") for kv in spec.split(","))})
+
+                def under(fn, alt=alt):
+                    def call():
+                        base, T._TUNING = T._TUNING, alt
+                        try:
+                            with T.unpinned_copies():
+                                return fn()
+                        finally:
+                            T._TUNING = base
+                    return call
+
+                adst = np.ones_like(h)
+                alt_dsts.append(adst)
+                ok = ok and bits_equal(under(lambda: T.to_device(hs))().get(), h)
+                calls[f"staged_alt{j}", "h2d"] = (under(lambda: T.to_device(hs)), None)
+                calls[f"staged_alt{j}", "d2h"] = (under(lambda adst=adst: T.to_host(d, out=adst)), None)
         if "host" in methods:
             # The host copies a staged copy cannot avoid, on the engine's threads: pageable ->
             # pinned ("h2d") and pinned -> warm pageable ("d2h"; into dst, already touched).
@@ -277,6 +299,8 @@ class Bench:
             ok = ok and bits_equal(dst, h)
         if sdst is not None:
             ok = ok and bits_equal(sdst, h)
+        for adst in alt_dsts:
+            ok = ok and bits_equal(adst, h)
         res = {}
         for (m, direction), sec in medians.items():
             res.setdefault(m, {})[f"{direction}_s"] = sec
@@ -322,7 +346,9 @@ def monotonicity(rows: list[dict], lo: int = 64 * MiB, hi: int = 4 * GiB, tolera
     rows = sorted((r for r in rows if lo <= r["nbytes"] <= hi), key=lambda r: r["nbytes"])
     out = []
     for a, b in zip(rows, rows[1:]):
-        for m, dr in (("engine", "h2d"), ("engine", "d2h"), ("engine_out", "d2h"), ("staged", "h2d"), ("staged", "d2h")):
+        alts = sorted(k for k in a if k.startswith("staged_alt"))
+        for m, dr in (("engine", "h2d"), ("engine", "d2h"), ("engine_out", "d2h"), ("staged", "h2d"), ("staged", "d2h"),
+                      *((k, x) for k in alts for x in ("h2d", "d2h"))):
             if m not in a or m not in b:
                 continue
             ra, rb = a[m][f"{dr}_GBps"], b[m][f"{dr}_GBps"]
@@ -554,6 +580,7 @@ def main(argv=None) -> int:
                   f"fresh {r['engine_fresh']['d2h_GBps']:6.2f} out= {r['engine_out']['d2h_GBps']:6.2f} GB/s; engine/cupy "
                   + " ".join(f"{k} {v:.3f}" for k, v in ratios(r).items())
                   + (f"; staged {r['staged']['h2d_GBps']:.2f} / {r['staged']['d2h_GBps']:.2f}" if "staged" in r else "")
+                  + "".join(f"; {k} {r[k]['h2d_GBps']:.2f} / {r[k]['d2h_GBps']:.2f}" for k in sorted(r) if k.startswith("staged_alt"))
                   + f"; bound {r['bound']['h2d_GBps']:.1f} / {r['bound']['d2h_GBps']:.1f} (host {r['host']['h2d_GBps']:.1f} / {r['host']['d2h_GBps']:.1f})"
                   + f"{'' if r['engine_bit_exact'] else '  ENGINE WRONG'} ({time.time() - t0:.1f} s)", flush=True)
     finally:

@@ -179,8 +179,12 @@ after_fork_child(void)
 }
 
 static void
-parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min_part, int nontemporal)
+parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min_part, int nontemporal, int split)
 {
+    if (split < 1)
+        split = 1;
+    if (split > 64)
+        split = 64;
     if (min_part < PART_ALIGN)
         min_part = PART_ALIGN;
     size_t max_parts = nbytes / min_part;
@@ -209,7 +213,12 @@ parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min
         copy_part(dst, src, nbytes, nontemporal);
         return;
     }
-    size_t part = (nbytes + threads - 1) / threads;
+    /* `split` parts per thread (1: one each, as before): threads take parts as they come (run_parts),
+     * so a thread that wakes late takes fewer instead of holding the whole copy up. */
+    size_t want = (size_t)threads * (size_t)split;
+    size_t part = (nbytes + want - 1) / want;
+    if (split > 1 && part < min_part)
+        part = min_part;
     part = (part + PART_ALIGN - 1) / PART_ALIGN * PART_ALIGN;
     job_t job = {dst, src, nbytes, part, (int)((nbytes + part - 1) / part), 0, 0, 0, nontemporal};
     job.left = job.parts;
@@ -243,9 +252,9 @@ static PyObject *
 py_copy(PyObject *self, PyObject *args)
 {
     unsigned long long dst, src, nbytes, min_part = 256 * 1024;
-    int threads, nontemporal = 0;
-    if (!PyArg_ParseTuple(args, "O&O&O&i|O&p:copy", to_u64, &dst, to_u64, &src, to_u64, &nbytes, &threads, to_u64,
-                          &min_part, &nontemporal))
+    int threads, nontemporal = 0, split = 1;
+    if (!PyArg_ParseTuple(args, "O&O&O&i|O&pi:copy", to_u64, &dst, to_u64, &src, to_u64, &nbytes, &threads, to_u64,
+                          &min_part, &nontemporal, &split))
         return NULL;
     if (nbytes == 0)
         Py_RETURN_NONE;
@@ -263,7 +272,7 @@ py_copy(PyObject *self, PyObject *args)
     }
     Py_BEGIN_ALLOW_THREADS
     parallel_copy((char *)(uintptr_t)dst, (const char *)(uintptr_t)src, (size_t)nbytes, threads, (size_t)min_part,
-                  nontemporal);
+                  nontemporal, split);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }

@@ -179,6 +179,10 @@ class _Tuning:
     d2h_nontemporal: int = 0
     # Smallest part of a copy that one native thread takes: 256 KiB beat 1 MiB at every size.
     min_part_bytes: int = 256 * KiB
+    # Parts per native thread in a staged piece's host copy (1: one part each, as before; parts
+    # never below min_part_bytes): threads take parts as they come, so one that wakes late
+    # holds the piece up by at most one part (issue 14 experiment; not measured on a GPU yet).
+    parts_per_thread: int = 1
     # 1: device->host results in new memory (no kept block fitted) may take the staged path too;
     # 0: they go to the workers, whose separate chunks fault their first-touch pages in faster
     # (sweep, 32 / 64 MiB into new memory: workers 14.0 / 18.6 GB/s, staged 11.9 / 12.4).
@@ -323,7 +327,7 @@ def _check_knobs(changes: dict[str, Any]) -> None:
     for k, v in changes.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"tuning knob {k} must be an int >= 0; got {v!r}")
-    for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads", "staged_piece_count"):
+    for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads", "staged_piece_count", "parts_per_thread"):
         if k in changes and changes[k] < 1:
             raise ValueError(f"tuning knob {k} must be >= 1; got {changes[k]!r}")
     if "pin_after_copies" in changes and changes["pin_after_copies"] < 2:
@@ -1214,7 +1218,7 @@ def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, src_ptr: int, nbytes: int
             if pending[k] is not None:
                 pending[k].synchronize()
                 pending[k] = None
-            _parcopy.copy(buf.ptr, src_ptr + off, n, t.threads, t.min_part_bytes, bool(t.h2d_nontemporal))
+            _parcopy.copy(buf.ptr, src_ptr + off, n, t.threads, t.min_part_bytes, bool(t.h2d_nontemporal), t.parts_per_thread)
             cp.cuda.runtime.memcpyAsync(dev_ptr + off, buf.ptr, n, _H2D, stream.ptr)
             ev = _event_for(buf, device_id)
             ev.record(stream)
@@ -1371,7 +1375,7 @@ def _d2h_staged(cp: Any, src_ptr: int, device_id: int, dst_ptr: int, nbytes: int
             k = i % len(bufs)
             pending[k].synchronize()
             pending[k] = None
-            _parcopy.copy(dst_ptr + off, bufs[k].ptr, n, t.threads, t.min_part_bytes, bool(t.d2h_nontemporal))
+            _parcopy.copy(dst_ptr + off, bufs[k].ptr, n, t.threads, t.min_part_bytes, bool(t.d2h_nontemporal), t.parts_per_thread)
             if i + len(bufs) < len(pieces):
                 queue(i + len(bufs))
     finally:
