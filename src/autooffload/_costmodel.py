@@ -192,17 +192,43 @@ def _copy(curve: Curve | None, nbytes: float, arrays: int = 1) -> float:
     return curve.predict(nbytes) + max(arrays - 1, 0) * curve.seconds[0]
 
 
-def _compute(backend: BackendTiming, work: list[tuple[Curve, float]], total: float) -> float:
+def _compute(backend: BackendTiming, work: list[tuple[Curve, float]], total: float, whole: bool = False) -> float:
     """Seconds of a work mix on ``backend``: the sum of its kinds' curves. Each point of a device
     curve ends in a synchronization (that is how it is timed), but a chain of operations
     synchronizes once, so the round trip is counted once: half the measured launch latency stands
-    for it. A host backend has no launch latency and no such discount."""
+    for it. A host backend has no launch latency and no such discount.
+
+    ``whole``: the backend runs the function as one compiled call (the Numba tier), so what each
+    of its curves' points pays once per call (the call, its threads' wake-up) is paid once, not
+    once per operation: ``_whole_call``."""
+    if whole:
+        return _whole_call(work, total)
     units = sum(n for _, n in work)
     seconds = sum(n * curve.predict(total) for curve, n in work)
     if units > 1 and backend.launch_latency_s:
         floor = max(curve.predict(total) for curve, _ in work)
         seconds = max(floor, seconds - (units - 1) * 0.5 * backend.launch_latency_s)
     return seconds
+
+
+def _whole_call(work: list[tuple[Curve, float]], total: float) -> float:
+    """A function compiled whole: one fixed cost (the least time any of its kinds' curves took,
+    at any size: a call of one operation on almost no data) plus each operation's time above it.
+    Each curve is read as never cheaper at more bytes (a noisy small point, such as the shipped
+    H200 tier's 25.4 us elementwise at 1 KiB against 13.6 us at 2 KiB, is not the cost of less
+    work). Summing the curves whole, as for NumPy, predicted Black-Scholes at 3 x 33 elements
+    (14 elementwise and 3 transcendental operations) at 387 us on the H200's tier, which ran it
+    in 9-28 us on its parallel build and 4-17 on its serial one (NumPy: 30-71), so learning never
+    explored it (suite runs of session 17: 3.65x the tier's column at 3 x 33, 2.39x at 3 x 333)."""
+    fixed = min(min(curve.seconds) for curve, _ in work)
+    per_op = [(_never_cheaper_at_more(curve, total), n) for curve, n in work]
+    return max(max(t for t, _ in per_op), fixed + sum(n * max(0.0, t - fixed) for t, n in per_op))
+
+
+def _never_cheaper_at_more(curve: Curve, nbytes: float) -> float:
+    """``curve`` at ``nbytes``, at most what it measured at any larger size."""
+    larger = [s for b, s in zip(curve.nbytes, curve.seconds) if b >= nbytes]
+    return min([curve.predict(nbytes), *larger])
 
 
 def resolve_kind(profile: Profile, kind: str) -> str:
@@ -220,17 +246,19 @@ def _data_device(profile: Profile) -> BackendTiming | None:
 
 
 def _predict_backend(
-    profile: Profile, backend: BackendTiming, req: Request, kinds: list[tuple[str, float]], total: float, out_bytes: float
+    profile: Profile, backend: BackendTiming, req: Request, kinds: list[tuple[str, float]], total: float, out_bytes: float,
+    whole: bool = False,
 ) -> dict[str, float] | None:
     """The parts of ``req``'s seconds on ``backend``, or None when the profile cannot predict it.
 
-    ``kinds``: the work mix with each kind resolved on the profile (``resolve_kind``)."""
+    ``kinds``: the work mix with each kind resolved on the profile (``resolve_kind``); ``whole``:
+    the backend runs a function as one compiled call (``_compute``)."""
     if not backend.can_predict():
         return None
     work = [(backend.kinds.get(kind), count) for kind, count in kinds]
     if any(curve is None for curve, _ in work):
         return None
-    parts = {"compute": _compute(backend, work, total)}
+    parts = {"compute": _compute(backend, work, total, whole and backend.memory == "host")}
     if backend.memory == "host":
         device = _data_device(profile)
         if req.device_bytes and device is not None and device.d2h is not None and device.h2d is not None:
@@ -315,7 +343,8 @@ def predict(profile: Profile, req: Request) -> Prediction:
     streamed: dict[str, int] = {}
     for name in backends.names():
         backend = profile.backend(name)
-        backend_parts = _predict_backend(profile, backend, req, kinds, total, out_bytes) if backend is not None else None
+        backend_parts = (_predict_backend(profile, backend, req, kinds, total, out_bytes, backends.compiles_whole(name))
+                         if backend is not None else None)
         if (STREAM_WHEN_PREDICTED_FASTER and backend_parts is not None and backend is not None and req.blockwise and backend.memory == "device"
                 and req.host_bytes and not req.device_bytes):
             # A blockwise call on host data: the pipeline of chunks, where it beats the three steps in a row.

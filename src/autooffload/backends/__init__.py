@@ -29,12 +29,24 @@ from .base import (
 NUMPY, CUPY, NUMBA = "numpy", "cupy", "numba"
 
 _modules: dict[str, str] = {}  # backend name -> the module implementing it
+_compiles_whole: set[str] = set()
 
 
-def register_lazy(name: str, module: str) -> None:
-    """Register the backend ``name``, implemented by ``module`` (imported on first use)."""
+def register_lazy(name: str, module: str, *, compiles_whole_function: bool = False) -> None:
+    """Register the backend ``name``, implemented by ``module`` (imported on first use).
+    ``compiles_whole_function``: it runs a function as one compiled call, not operation by
+    operation, so the call's fixed cost is paid once (the cost model reads it: ``compiles_whole``)."""
     _modules[name] = module
     _imported.pop(name, None)
+    if compiles_whole_function:
+        _compiles_whole.add(name)
+    else:
+        _compiles_whole.discard(name)
+
+
+def compiles_whole(name: str) -> bool:
+    """Whether backend ``name`` runs a function as one compiled call (``register_lazy``)."""
+    return name in _compiles_whole
 
 
 def names() -> tuple[str, ...]:
@@ -69,10 +81,10 @@ def unavailable_reason(name: str) -> str | None:
 
 register_lazy(NUMPY, "autooffload.backends.numpy")
 register_lazy(CUPY, "autooffload.backends.cupy")
-register_lazy(NUMBA, "autooffload.backends.numba")
+register_lazy(NUMBA, "autooffload.backends.numba", compiles_whole_function=True)
 
 __all__ = [
     "CUPY", "DEVICE", "DEVICE_DTYPES", "DEVICE_DTYPES_TEXT", "HOST", "NATIVE_DEVICE_DTYPES", "NUMBA", "NUMPY", "Backend", "DeviceMemory",
-    "bits_differ", "device_runner", "get", "module", "names", "register_lazy", "translator_for",
+    "bits_differ", "compiles_whole", "device_runner", "get", "module", "names", "register_lazy", "translator_for",
     "unavailable_reason", "why_not_on_device",
 ]
