@@ -181,10 +181,11 @@ class _Tuning:
     min_part_bytes: int = 256 * KiB
     # Parts per native thread in a staged piece's host copy (1: one part each; parts never below
     # min_part_bytes): threads take parts as they come, so one that wakes late holds the piece
-    # up by one part, not its whole share. On the H200 (benchmarks/transfer.py, session 17,
-    # interleaved in the same rounds) 4 made staged first copies in / out 4-14% / 3-11% faster
-    # at 64 MiB-4 GiB (1 GiB: 41.3 / 50.7 against 38.8 / 45.9 GB/s); the shipped H200 profile
-    # sets 4 by hand (calibrate does not search it yet), other machines keep 1 (not measured).
+    # up by one part, not its whole share. On the H200 (benchmarks/transfer.py, session 17 runs 3
+    # and 4, interleaved in the same rounds) 4 made staged first copies in / out 6-14% / 3-10%
+    # and 2-4% / 6-13% faster at 64 MiB-4 GiB (1 GiB, run 4: 40.1 / 51.6 against 38.6 / 45.7
+    # GB/s); the shipped H200 profile sets 4 by hand (calibrate does not search it yet), other
+    # machines keep 1 (not measured).
     parts_per_thread: int = 1
     # 1: device->host results in new memory (no kept block fitted) may take the staged path too;
     # 0: they go to the workers, whose separate chunks fault their first-touch pages in faster
