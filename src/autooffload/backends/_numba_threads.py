@@ -43,10 +43,11 @@ its array bytes), on its own calls:
   Over a run, trying loses at most 1 ms or 10% of the function's measured tier time, whichever
   is larger, plus one try's overrun (at most ``threads - 1`` x the parallel time) where a call
   beats the expectation (black_scholes at 3 x 33333, 1.31 ms on NumPy and 177 us parallel, is
-  tried once the function has run ~25 ms in the tier; a 1e8-element call is never run serially to
+  tried once the function has run ~24 ms in the tier; a 1e8-element call is never run serially to
   find out that it is 16x slower). Until session 17 only the perfect-scaling case bounded a try, and
-  a loop of small regions that the parallel build ran 4x slower than NumPy (panel_recur at
-  (50, 200): 113 us on NumPy, 494 us parallel, 38 us serial) was never tried: its 7.4 ms worst
+  a loop of small regions that the parallel build ran 3.3x slower than NumPy (panel_recur at
+  (50, 200): 151 us on NumPy and 494 us parallel in ``numba-threads.run1.txt``, the serial build
+  37 us in ``run3``) was never tried: its 7.4 ms worst
   case waited for 74 ms of tier time that the decision layer, having moved it to NumPy, never
   spent. Outside the bound: the serial build's compilation (0.3-1.3 s of a background thread
   holding the interpreter much of the time, once per signature and process, from the disk cache
@@ -61,7 +62,7 @@ now (``ThreadChoice.preferred``: the faster median so far, the parallel build un
 one has a counted sample; the kept one once decided), and nothing from a call of the other build
 (``trials`` counts them), so that its estimate of the tier is always one build's, the better one
 known. When the preferred build changes (``switches``), the decision layer measures that cell
-afresh from the call that changed it: a loop the parallel build made look 4x slower than NumPy
+afresh from the call that changed it: a loop the parallel build made look 3x slower than NumPy
 becomes the 3x faster tier at once, not after the median of 16 old samples moves.
 """
 
