@@ -709,7 +709,7 @@ def _tier_function_observed(monkeypatch, observe_every: int):
     chain(x)
     state = chain.__autooffload__
     seen: list[bool] = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False, fresh=False: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False, **_: seen.append(cold))
     d = dataclasses.replace(chain.last_decision, observe=True, observe_every=observe_every)
     assert d.backend == "numba"
     # it took over SWITCH_COLD_CALLS runs ago, no other backend since
@@ -814,7 +814,7 @@ def test_a_call_is_cold_after_another_backend_ran_not_after_calls_on_its_own(mon
     double(x)
     state = double.__autooffload__
     seen = []
-    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False, fresh=False: seen.append(cold))
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False, **_: seen.append(cold))
     d = dataclasses.replace(double.last_decision, observe=True, observe_every=1)
     assert d.backend == "numpy"
     k = _learn.SWITCH_COLD_CALLS
@@ -1185,3 +1185,27 @@ def test_a_tier_that_changed_its_build_has_its_cell_measured_afresh():
     assert cell.estimate() == pytest.approx(40.5e-6)
     learner.measure_afresh("numba", bucket)
     assert cell.samples == [] and cell.count == 7 and cell.estimate() is None
+
+
+def test_a_streamed_run_is_learned_from(ready_gpu, use_profile, clock, monkeypatch):
+    # The executor streams a call from its bytes, the device's free memory and whether its arrays
+    # are pinned (here: always), so a bucket's calls stream alike: their time is the GPU's there.
+    # They used to count as corrected runs and teach nothing (session 14's note: streamed runs
+    # were never learned from), and were filed as reruns.
+    monkeypatch.setenv("AUTOOFFLOAD_STREAM", "always")
+    use_profile(synthetic_profile(cold_start=0.0))
+
+    def work(x):
+        clock.t += 1e-4  # per chunk on the device, per call on NumPy (by the fake clock)
+        return x * 2
+
+    f = offload(kind="elementwise", blockwise=True)(work)
+    x = np.random.default_rng(3).random(4_000_000) + 0.5
+    for _ in range(4):
+        np.testing.assert_array_equal(f(x), x * 2)
+    d = f.last_decision
+    assert d.backend == "cupy" and d.streamed, d
+    cell = f.__autooffload__.learner.history.cell(("cupy", *d.bucket))
+    assert cell is not None and cell.samples, "the streamed runs taught nothing"
+    report = f.__autooffload__.records.timesheet
+    assert not report._rerun_timed.calls  # a streamed run is no rerun

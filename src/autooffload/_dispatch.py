@@ -201,17 +201,20 @@ class _State:
         self.attrs["last_decision"] = d
         self.records.timesheet.ran_instead(d.backend, d.reason)
 
-    def _corrected(self, fell_back: bool = False) -> None:
+    def _corrected(self, fell_back: bool = False, streamed: bool = False) -> None:
         """One more correction of last_decision in this thread (``corrections``: ``n`` all of
-        them, ``fell`` those where another backend ran)."""
+        them, ``fell`` those where another backend ran, ``streams`` those that only say the run
+        was streamed)."""
         local = self.corrections
         local.n = getattr(local, "n", 0) + 1
         if fell_back:
             local.fell = getattr(local, "fell", 0) + 1
+        if streamed:
+            local.streams = getattr(local, "streams", 0) + 1
 
     def noted(self, d: Decision) -> None:
         """The executor's correction of a run it streamed (no other backend ran)."""
-        self._corrected()
+        self._corrected(streamed=True)
         self.attrs["last_decision"] = d
 
     def call(self, args: tuple, kwargs: dict) -> Any:
@@ -309,7 +312,7 @@ class _State:
         # a time the decision layer does not learn, or one that measures its cell afresh (_numba_threads).
         trials, switches = _numba_threads.trials, _numba_threads.switches
         local = self.corrections
-        corrections, fell = getattr(local, "n", 0), getattr(local, "fell", 0)
+        corrections, fell, streams = getattr(local, "n", 0), getattr(local, "fell", 0), getattr(local, "streams", 0)
         start = _learn.clock()
         raised = True
         try:
@@ -322,12 +325,14 @@ class _State:
         finally:
             tier_ran = d.backend == NUMBA
             tried = tier_ran and _numba_threads.trials != trials
+            n = getattr(local, "n", 0) - corrections
             self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling() or tried,
-                           corrected=getattr(local, "n", 0) != corrections, fell_back=getattr(local, "fell", 0) != fell,
-                           fresh=tier_ran and _numba_threads.switches != switches)
+                           corrected=n != 0, fell_back=getattr(local, "fell", 0) != fell,
+                           fresh=tier_ran and _numba_threads.switches != switches,
+                           streamed=n == 1 and getattr(local, "streams", 0) - streams == 1)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
-                  *, corrected: bool, fell_back: bool = False, fresh: bool = False) -> None:
+                  *, corrected: bool, fell_back: bool = False, fresh: bool = False, streamed: bool = False) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, or the tier tried its serial
@@ -335,7 +340,10 @@ class _State:
         learned from nowhere (_numba_compile.compiling_now);
         ``corrected``: the executor corrected last_decision during the call (``fell_back``:
         another backend ran it); ``fresh``: the tier changed the build that stands for it in this
-        bucket (``_learn.Learner.observe``)."""
+        bucket (``_learn.Learner.observe``); ``streamed``: the only correction said the run was
+        streamed, no other backend ran: its time is the backend's here as the executor runs such
+        calls (it streams from the call's bytes, the device's free memory and whether the arrays
+        are pinned, so the bucket's next calls stream alike), and is learned."""
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
         # What ran: the executor's correction where it made one; else ``d``, even where a nested call
@@ -344,15 +352,15 @@ class _State:
         ran = self.attrs.get("last_decision", d) if corrected else d
         # Where the time went: a device run's time is the executor's (its outcome's seconds), filed by
         # the record keeper; here the host backends' runs (NumPy, the Numba tier), and the calls
-        # another backend took over.
-        if corrected:
+        # another backend took over (a streamed run is the device's own).
+        if corrected and not streamed:
             self.records.timesheet.timed_rerun(seconds)
         elif d.backend == NUMPY or getattr(backends.get(d.backend), "memory", None) == HOST:
             self.records.timesheet.timed(d.backend, d.bucket, seconds)
         learning = _learn.enabled()
-        if learning and (raised or corrected or disturbed):
-            # Teaches nothing (a fallback's or a stream's time mixes two runs; an error's is no
-            # run's; a compilation held the interpreter), but its time was the function's. An
+        if learning and (raised or (corrected and not streamed) or disturbed):
+            # Teaches nothing (a fallback's time mixes two runs; an error's is no run's; a
+            # compilation held the interpreter), but its time was the function's. An
             # exploring one is charged all the same and decided again: an exploring decision must
             # not stand uncharged. Only a fallback that ran to the end counts against exploring
             # that backend here again (the function's own errors, also those NumPy raises after
