@@ -1209,3 +1209,39 @@ def test_a_streamed_run_is_learned_from(ready_gpu, use_profile, clock, monkeypat
     assert cell is not None and cell.samples, "the streamed runs taught nothing"
     report = f.__autooffload__.records.timesheet
     assert not report._rerun_timed.calls  # a streamed run is no rerun
+
+
+def test_a_nested_calls_correction_is_its_own_not_the_outer_calls(monkeypatch):
+    """A timed call whose run makes a nested, timed call of the same function that the executor
+    corrects (it fell back): the correction is the nested call's alone, the outer call is filed
+    as it ran, and last_decision afterwards is the outer call's (session 14's note: a nested
+    call's correction was taken as the outer call's, and last_decision showed the inner call)."""
+
+    @offload
+    def work(x):
+        return x * 2
+
+    x = np.ones(1000)
+    work(x)
+    state = work.__autooffload__
+    outer = dataclasses.replace(work.last_decision, backend="numpy", reason="outer", observe=True, observe_every=1)
+    inner = dataclasses.replace(outer, backend="cupy", reason="inner")
+    fell = dataclasses.replace(inner, backend="numpy", reason="fell back")
+    filed = []
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected,
+                        fell_back=False, ran=None, **_: filed.append((d.reason, corrected, fell_back, ran)))
+
+    def inner_run(d, args, kwargs):
+        state.ran_instead(fell)
+        return args[0] * 2
+
+    def outer_run(args, kwargs, has_device_args):
+        with monkeypatch.context() as m:
+            m.setattr(state.executor, "run", inner_run)
+            state.run_observed(inner, args, kwargs)
+        return args[0] * 2
+
+    monkeypatch.setattr(state.executor, "run_numpy", outer_run)
+    state.run_observed(outer, (x,), {})
+    assert filed == [("inner", True, True, fell), ("outer", False, False, None)]
+    assert work.last_decision is outer

@@ -129,6 +129,23 @@ class Stats:
 _SERIALS = itertools.count()
 
 
+class _Corrections:
+    """The executor's corrections of one timed call: ``n`` in all, ``fell`` where another backend
+    ran, ``streams`` where the run was streamed, and the last one's ``decision``."""
+
+    __slots__ = ("n", "fell", "streams", "decision")
+
+    def __init__(self) -> None:
+        self.n = self.fell = self.streams = 0
+        self.decision: Decision | None = None
+
+    def add(self, d: Decision, fell_back: bool, streamed: bool) -> None:
+        self.n += 1
+        self.fell += fell_back
+        self.streams += streamed
+        self.decision = d
+
+
 class _State:
     """What ties one function to its planner, executor and record keeper."""
 
@@ -165,10 +182,11 @@ class _State:
         self.planner.blockwise = self.blockwise
         self.learner = _learn.Learner(func)
         self.unsampled = 0  # calls run untimed since the last timed one (Decision.observe_every)
-        # Corrections of last_decision by the executor so far, per thread (another backend ran,
-        # the call was decided again for another device, or streamed): how a timed call tells its
-        # own run's correction from another call of the function replacing last_decision
-        # meanwhile, in another thread (still: a nested call's correction is taken for its own).
+        # Corrections of last_decision by the executor (another backend ran, the call was decided
+        # again for another device, or streamed), per timed call in progress in this thread
+        # (``corrections.frames``, innermost last): how a timed call tells its own run's
+        # corrections from those of another call of the function, in another thread or nested in
+        # its own run (an untimed nested call's still count for the timed call around it).
         self.corrections = threading.local()
         # Per backend, (the calls other backends had run when it last took over, its own run count
         # then): how soon after a switch a call comes (_learn.SWITCH_COLD_CALLS).
@@ -197,24 +215,19 @@ class _State:
 
     def ran_instead(self, d: Decision) -> None:
         """The executor's correction: ``d.backend`` ran, not the backend decided, for ``d.reason``."""
-        self._corrected(fell_back=True)
+        self._corrected(d, fell_back=True)
         self.attrs["last_decision"] = d
         self.records.timesheet.ran_instead(d.backend, d.reason)
 
-    def _corrected(self, fell_back: bool = False, streamed: bool = False) -> None:
-        """One more correction of last_decision in this thread (``corrections``: ``n`` all of
-        them, ``fell`` those where another backend ran, ``streams`` those that only say the run
-        was streamed)."""
-        local = self.corrections
-        local.n = getattr(local, "n", 0) + 1
-        if fell_back:
-            local.fell = getattr(local, "fell", 0) + 1
-        if streamed:
-            local.streams = getattr(local, "streams", 0) + 1
+    def _corrected(self, d: Decision, fell_back: bool = False, streamed: bool = False) -> None:
+        """One more correction (to ``d``) of the timed call in progress in this thread, if any."""
+        frames = getattr(self.corrections, "frames", None)
+        if frames:
+            frames[-1].add(d, fell_back, streamed)
 
     def noted(self, d: Decision) -> None:
         """The executor's correction of a run it streamed (no other backend ran)."""
-        self._corrected(streamed=True)
+        self._corrected(d, streamed=True)
         self.attrs["last_decision"] = d
 
     def call(self, args: tuple, kwargs: dict) -> Any:
@@ -248,7 +261,7 @@ class _State:
         host, dev, largest, odd = call_shape(args, kwargs)
         config_backend = _config.current_backend()
         d = self.planner.decide((host, dev, odd, config_backend), host, dev, largest, odd, config_backend, args, kwargs)
-        self._corrected()
+        self._corrected(d)
         self.report(d)
         return d
 
@@ -311,8 +324,11 @@ class _State:
         # The tier running a build that does not stand for it here (a try), or changing which does:
         # a time the decision layer does not learn, or one that measures its cell afresh (_numba_threads).
         trials, switches = _numba_threads.trials, _numba_threads.switches
-        local = self.corrections
-        corrections, fell, streams = getattr(local, "n", 0), getattr(local, "fell", 0), getattr(local, "streams", 0)
+        frames = getattr(self.corrections, "frames", None)
+        if frames is None:
+            frames = self.corrections.frames = []
+        frame = _Corrections()
+        frames.append(frame)
         start = _learn.clock()
         raised = True
         try:
@@ -323,16 +339,20 @@ class _State:
             raised = False
             return result
         finally:
+            seconds = _learn.clock() - start
+            frames.pop()
+            # What last_decision says after the call: this call's, not a nested call's of the same function.
+            self.attrs["last_decision"] = frame.decision or d
             tier_ran = d.backend == NUMBA
             tried = tier_ran and _numba_threads.trials != trials
-            n = getattr(local, "n", 0) - corrections
-            self._observed(d, _learn.clock() - start, raised, cold, disturbed or compiling() or tried,
-                           corrected=n != 0, fell_back=getattr(local, "fell", 0) != fell,
+            self._observed(d, seconds, raised, cold, disturbed or compiling() or tried,
+                           corrected=frame.n != 0, fell_back=frame.fell != 0,
                            fresh=tier_ran and _numba_threads.switches != switches,
-                           streamed=n == 1 and getattr(local, "streams", 0) - streams == 1)
+                           streamed=frame.n == 1 and frame.streams == 1, ran=frame.decision)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
-                  *, corrected: bool, fell_back: bool = False, fresh: bool = False, streamed: bool = False) -> None:
+                  *, corrected: bool, fell_back: bool = False, fresh: bool = False, streamed: bool = False,
+                  ran: Decision | None = None) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, or the tier tried its serial
@@ -343,13 +363,14 @@ class _State:
         bucket (``_learn.Learner.observe``); ``streamed``: the only correction said the run was
         streamed, no other backend ran: its time is the backend's here as the executor runs such
         calls (it streams from the call's bytes, the device's free memory and whether the arrays
-        are pinned, so the bucket's next calls stream alike), and is learned."""
+        are pinned, so the bucket's next calls stream alike), and is learned; ``ran``: the
+        executor's last correction of this call, if any."""
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
-        # What ran: the executor's correction where it made one; else ``d``, even where a nested call
-        # of this function replaced last_decision meanwhile (then the call learned nothing and, if
-        # exploring, stood uncharged: a review saw every call from the 253rd on run a GPU 4x slower).
-        ran = self.attrs.get("last_decision", d) if corrected else d
+        # What ran: the executor's correction of this call where it made one; else ``d``, even where a
+        # nested call of this function replaced last_decision meanwhile (then the call learned nothing
+        # and, if exploring, stood uncharged: a review saw every call from the 253rd on run a GPU 4x slower).
+        ran = (ran or d) if corrected else d
         # Where the time went: a device run's time is the executor's (its outcome's seconds), filed by
         # the record keeper; here the host backends' runs (NumPy, the Numba tier), and the calls
         # another backend took over (a streamed run is the device's own).
