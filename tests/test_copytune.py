@@ -83,8 +83,10 @@ class SyntheticEngine:
 
     def __init__(self, rate_GBps: dict[str, float], fixed_s: dict[str, float] | None = None, chunk_gain: float = 1.5,
                  best_worker_chunk: int = 32 * MiB, best_staged_piece: int | None = None,
-                 nontemporal_gain: dict[str, float] | None = None, pinned_GBps: float | None = None):
+                 nontemporal_gain: dict[str, float] | None = None, pinned_GBps: float | None = None,
+                 parts_gain: dict[str, float] | None = None):
         self.nontemporal_gain = nontemporal_gain or {}  # staged copies with {d}_nontemporal on: rate x this
+        self.parts_gain = parts_gain or {}  # staged copies with parts_per_thread > 1: rate x this
         self.pinned_GBps = pinned_GBps  # a DMA from pinned memory (None: the engine offers none)
         self.chunk_gain = chunk_gain  # the workers with best_worker_chunk chunks are this much faster
         self.best_worker_chunk = best_worker_chunk
@@ -108,6 +110,8 @@ class SyntheticEngine:
             rate *= self.chunk_gain
         if p == "staged" and k.get(f"{d}_nontemporal"):
             rate *= self.nontemporal_gain.get(d, 1.0)
+        if p == "staged" and k.get("parts_per_thread", 1) > 1:
+            rate *= self.parts_gain.get(d, 1.0)
         self.t += self.fixed.get(p, 1e-4) + n / (rate * 1e9)
 
     def engine(self) -> C.Engine:
@@ -181,6 +185,20 @@ def test_search_turns_non_temporal_stores_on_per_direction_where_they_are_faster
     r = C.search(syn.engine(), PLAN)
     assert not any(C.path_of(r.knobs, n, "h2d") == "staged" for n in PLAN.sizes), r.log
     assert r.knobs["h2d_nontemporal"] == 0
+
+
+@pytest.mark.parametrize("gains, expected", [
+    ({"h2d": 1.10, "d2h": 0.97}, C.PARTS_PER_THREAD),  # one knob for both directions: the gains add up
+    ({"h2d": 0.95, "d2h": 1.02}, 1),
+    ({}, 1),  # no difference: one part a thread, as before
+])
+def test_search_weighs_parts_per_thread_over_both_directions(gains, expected):
+    syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10}, parts_gain=gains)
+    r = C.search(syn.engine(), PLAN)
+    assert r.knobs["parts_per_thread"] == expected, r.log
+    assert any(line.startswith(f"parts_per_thread: {expected} (log gain") for line in r.log), r.log
+    # weighed where the chosen ranges stage, on the non-temporal stores chosen before it
+    assert any(c.get("parts_per_thread") == C.PARTS_PER_THREAD for c in syn.configured)
 
 
 @pytest.mark.parametrize("register_fixed_s, expected, after", [

@@ -389,6 +389,10 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
         # rest of the budget's 0.8.
         deadline = max(start + 0.8 * plan.budget_s, clock() + 0.1 * plan.budget_s)
         knobs.update(_nontemporal_choice(knobs, plan, timed, lambda: clock() > deadline, log))
+        # 5. Parts a thread takes of a staged piece (_transfer._Tuning.parts_per_thread), on the
+        # stores just chosen, with a slice of its own as the step before.
+        deadline = max(start + 0.85 * plan.budget_s, clock() + 0.05 * plan.budget_s)
+        knobs.update(_parts_choice(knobs, plan, timed, lambda: clock() > deadline, log))
         # Only worth it where it beats the defaults: else keep them (a noisy search must not
         # leave the engine worse than the hand tuning).
         say("tuned against defaults")
@@ -445,31 +449,57 @@ def path_of(knobs: Mapping[str, int], n: int, direction: str) -> str:
 def _nontemporal_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict[str, int], int, str], float],
                         over_budget: Callable[[], bool], log: list[str]) -> dict[str, int]:
     """``h2d_nontemporal`` / ``d2h_nontemporal`` on where, over the sizes ``knobs`` sends down the
-    staged path in that direction, streaming stores took less time in total (log of the time
-    ratios, interleaved pairs, the faster of two each); else off. Sizes from the smallest, both
-    directions at each, until ``over_budget``."""
-    knob_of = {"h2d": "h2d_nontemporal", "d2h": "d2h_nontemporal"}
-    gain = {d: 0.0 for d in knob_of}
-    done: dict[str, list[int]] = {d: [] for d in knob_of}
+    staged path in that direction, streaming stores took less time in total (``_staged_choice``)."""
+    return _staged_choice(knobs, plan, timed, over_budget, log, {"h2d": "h2d_nontemporal", "d2h": "d2h_nontemporal"},
+                          (0, 1), "non-temporal stores")
+
+
+# Parts a native thread takes of a staged piece's host copy, weighed against one each: on the
+# H200, 4 made staged first copies 2-14% faster at 64 MiB-4 GiB in two interleaved runs
+# (benchmarks/results/h200-session17/transfer-parts.md, transfer.run4.md).
+PARTS_PER_THREAD = 4
+
+
+def _parts_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict[str, int], int, str], float],
+                  over_budget: Callable[[], bool], log: list[str]) -> dict[str, int]:
+    """``parts_per_thread``: ``PARTS_PER_THREAD`` where, over the sizes ``knobs`` stages in either
+    direction, copies with it took less time in total than with one part a thread (one knob for
+    both directions: their gains add up); else 1 (``_staged_choice``)."""
+    return _staged_choice(knobs, plan, timed, over_budget, log, {"h2d": "parts_per_thread", "d2h": "parts_per_thread"},
+                          (1, PARTS_PER_THREAD), "parts per thread")
+
+
+def _staged_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict[str, int], int, str], float],
+                   over_budget: Callable[[], bool], log: list[str], knob_of: dict[str, str],
+                   values: tuple[int, int], what: str) -> dict[str, int]:
+    """For each knob of ``knob_of`` (direction -> knob), ``values[1]`` where, over the sizes
+    ``knobs`` sends down the staged path in its directions, copies with it took less time in
+    total than with ``values[0]`` (log of the time ratios, interleaved pairs, the faster of two
+    each); else ``values[0]``. Sizes from the smallest, each direction at each, until ``over_budget``."""
+    off, on = values
+    gain = {knob: 0.0 for knob in knob_of.values()}
+    done: dict[str, list[int]] = {knob: [] for knob in knob_of.values()}
     for n in plan.sizes:
         directions = [d for d in knob_of if path_of(knobs, n, d) == "staged"]
         if directions and over_budget():
-            log.append(f"budget spent: non-temporal stores measured to {max(done['h2d'] + done['d2h'], default=0) // MiB} MiB")
+            log.append(f"budget spent: {what} measured to {max(sum(done.values(), []), default=0) // MiB} MiB")
             break
         for direction in directions:
             knob = knob_of[direction]
-            plain, streaming = [], []
+            plain, changed = [], []
             for _ in range(2):
-                streaming.append(timed({**knobs, knob: 1}, n, direction))
-                plain.append(timed({**knobs, knob: 0}, n, direction))
-            gain[direction] += math.log(min(plain) / min(streaming))
-            done[direction].append(n)
+                changed.append(timed({**knobs, knob: on}, n, direction))
+                plain.append(timed({**knobs, knob: off}, n, direction))
+            gain[knob] += math.log(min(plain) / min(changed))
+            if n not in done[knob]:
+                done[knob].append(n)
     chosen: dict[str, int] = {}
-    for direction, knob in knob_of.items():
-        chosen[knob] = int(bool(done[direction]) and gain[direction] > 0)
-        if done[direction]:
-            log.append(f"{knob}: {'on' if chosen[knob] else 'off'} (log gain {gain[direction]:.3f} over "
-                       f"{', '.join(str(n // MiB) for n in done[direction])} MiB)")
+    for knob in gain:
+        chosen[knob] = on if done[knob] and gain[knob] > 0 else off
+        if done[knob]:
+            shown = ("on" if chosen[knob] else "off") if values == (0, 1) else str(chosen[knob])
+            log.append(f"{knob}: {shown} (log gain {gain[knob]:.3f} over "
+                       f"{', '.join(str(n // MiB) for n in done[knob])} MiB)")
     return chosen
 
 

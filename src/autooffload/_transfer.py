@@ -184,8 +184,8 @@ class _Tuning:
     # up by one part, not its whole share. On the H200 (benchmarks/transfer.py, session 17 runs 3
     # and 4, interleaved in the same rounds) 4 made staged first copies in / out 6-14% / 3-10%
     # and 2-4% / 6-13% faster at 64 MiB-4 GiB (1 GiB, run 4: 40.1 / 51.6 against 38.6 / 45.7
-    # GB/s); the shipped H200 profile sets 4 by hand (calibrate does not search it yet), other
-    # machines keep 1 (not measured).
+    # GB/s). The shipped H200 profile sets 4 by hand; calibration weighs 4 against 1 since
+    # (_copytune._parts_choice, not yet run on the GPU); a profile without it keeps 1.
     parts_per_thread: int = 1
     # 1: device->host results in new memory (no kept block fitted) may take the staged path too;
     # 0: they go to the workers, whose separate chunks fault their first-touch pages in faster
