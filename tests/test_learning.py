@@ -1245,3 +1245,36 @@ def test_a_nested_calls_correction_is_its_own_not_the_outer_calls(monkeypatch):
     state.run_observed(outer, (x,), {})
     assert filed == [("inner", True, True, fell), ("outer", False, False, None)]
     assert work.last_decision is outer
+
+
+def test_a_fallback_after_the_call_was_decided_again_counts_against_the_decision_it_tried(monkeypatch):
+    """The cached decision was made for another device; the executor decided the call again for
+    the device current at the run, and that run fell back: what the fallback counts against is
+    the decision the run tried (session 14's note: it was counted against the original)."""
+
+    @offload
+    def work(x):
+        return x * 2
+
+    x = np.ones(1000)
+    work(x)
+    state = work.__autooffload__
+    cached = dataclasses.replace(work.last_decision, backend="cupy", reason="for device 0", observe=True,
+                                 observe_every=1, exploring=False, bucket=(20, -1))
+    again = dataclasses.replace(cached, reason="for device 1", exploring=True, bucket=(21, -1))
+    fell = dataclasses.replace(again, backend="numpy", reason="fell back")
+    monkeypatch.setattr(state.planner, "decide", lambda *a, **k: again)
+    charged = []
+    real = state.learner.unlearned
+    monkeypatch.setattr(state.learner, "unlearned", lambda seconds, exploring, untaught=None: (
+        charged.append((exploring, untaught)), real(seconds, exploring, untaught=untaught))[1])
+
+    def run(d, args, kwargs):
+        assert state.replan(args, kwargs) is again
+        state.ran_instead(fell)
+        return args[0] * 2
+
+    monkeypatch.setattr(state.executor, "run", run)
+    state.run_observed(cached, (x,), {})
+    assert charged == [(True, ("cupy", (21, -1)))]
+    assert work.last_decision is fell

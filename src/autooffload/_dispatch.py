@@ -131,19 +131,23 @@ _SERIALS = itertools.count()
 
 class _Corrections:
     """The executor's corrections of one timed call: ``n`` in all, ``fell`` where another backend
-    ran, ``streams`` where the run was streamed, and the last one's ``decision``."""
+    ran, ``streams`` where the run was streamed, the last one's ``decision``, and ``replanned``,
+    the last decision made again for the device current at the run (the one the run tried)."""
 
-    __slots__ = ("n", "fell", "streams", "decision")
+    __slots__ = ("n", "fell", "streams", "decision", "replanned")
 
     def __init__(self) -> None:
         self.n = self.fell = self.streams = 0
         self.decision: Decision | None = None
+        self.replanned: Decision | None = None
 
-    def add(self, d: Decision, fell_back: bool, streamed: bool) -> None:
+    def add(self, d: Decision, fell_back: bool, streamed: bool, replanned: bool) -> None:
         self.n += 1
         self.fell += fell_back
         self.streams += streamed
         self.decision = d
+        if replanned:
+            self.replanned = d
 
 
 class _State:
@@ -219,11 +223,11 @@ class _State:
         self.attrs["last_decision"] = d
         self.records.timesheet.ran_instead(d.backend, d.reason)
 
-    def _corrected(self, d: Decision, fell_back: bool = False, streamed: bool = False) -> None:
+    def _corrected(self, d: Decision, fell_back: bool = False, streamed: bool = False, replanned: bool = False) -> None:
         """One more correction (to ``d``) of the timed call in progress in this thread, if any."""
         frames = getattr(self.corrections, "frames", None)
         if frames:
-            frames[-1].add(d, fell_back, streamed)
+            frames[-1].add(d, fell_back, streamed, replanned)
 
     def noted(self, d: Decision) -> None:
         """The executor's correction of a run it streamed (no other backend ran)."""
@@ -261,7 +265,7 @@ class _State:
         host, dev, largest, odd = call_shape(args, kwargs)
         config_backend = _config.current_backend()
         d = self.planner.decide((host, dev, odd, config_backend), host, dev, largest, odd, config_backend, args, kwargs)
-        self._corrected(d)
+        self._corrected(d, replanned=True)
         self.report(d)
         return d
 
@@ -348,11 +352,11 @@ class _State:
             self._observed(d, seconds, raised, cold, disturbed or compiling() or tried,
                            corrected=frame.n != 0, fell_back=frame.fell != 0,
                            fresh=tier_ran and _numba_threads.switches != switches,
-                           streamed=frame.n == 1 and frame.streams == 1, ran=frame.decision)
+                           streamed=frame.n == 1 and frame.streams == 1, ran=frame.decision, tried=frame.replanned)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
                   *, corrected: bool, fell_back: bool = False, fresh: bool = False, streamed: bool = False,
-                  ran: Decision | None = None) -> None:
+                  ran: Decision | None = None, tried: Decision | None = None) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
         ``disturbed``: a compilation for the tier ran meanwhile, or the tier tried its serial
@@ -364,7 +368,9 @@ class _State:
         streamed, no other backend ran: its time is the backend's here as the executor runs such
         calls (it streams from the call's bytes, the device's free memory and whether the arrays
         are pinned, so the bucket's next calls stream alike), and is learned; ``ran``: the
-        executor's last correction of this call, if any."""
+        executor's last correction of this call, if any; ``tried``: the decision the executor
+        made again for the device current at the run, if it did (then the run tried that one:
+        what its fallback counts against, and whether it was exploring)."""
         if self.planner.compile_ended():
             self.planner.reset()  # the Numba tier compiled (or failed) these argument types: decide again
         # What ran: the executor's correction of this call where it made one; else ``d``, even where a
@@ -386,10 +392,12 @@ class _State:
             # not stand uncharged. Only a fallback that ran to the end counts against exploring
             # that backend here again (the function's own errors, also those NumPy raises after
             # a correction, and a stream say nothing about the backend).
-            untaught = (d.backend, d.bucket) if d.exploring and fell_back and not raised else None
+            tried = tried or d
+            untaught = (tried.backend, tried.bucket) if tried.exploring and fell_back and not raised else None
             if fresh and not corrected:
                 self.learner.measure_afresh(d.backend, d.bucket)
-            if self.learner.unlearned(seconds, d.exploring, untaught=untaught) or fresh:
+            # (charged if either decision explored: the one made for another device stays cached there)
+            if self.learner.unlearned(seconds, d.exploring or tried.exploring, untaught=untaught) or fresh:
                 self.planner.reset()
         elif learning:
             self.learner.observe(d.backend, d.bucket, seconds, d.profile_s.get(d.backend), exploring=d.exploring,
