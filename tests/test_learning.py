@@ -805,14 +805,20 @@ def test_a_carried_over_prediction_waits_for_no_more_budget_than_four_times_the_
     assert calls <= 42, calls  # 4 x 0.43 ms within 10% of the observed time: ~40 calls, not ~95
 
 
-def test_a_call_is_cold_after_another_backend_ran_not_after_calls_on_its_own(monkeypatch):
+def _doubling_called_once():
+    """(an offloaded ``x * 2``, its state, the array it was called on once)."""
+
     @offload
     def double(x):
         return x * 2.0
 
     x = np.arange(8.0)
     double(x)
-    state = double.__autooffload__
+    return double, double.__autooffload__, x
+
+
+def test_a_call_is_cold_after_another_backend_ran_not_after_calls_on_its_own(monkeypatch):
+    double, state, x = _doubling_called_once()
     seen = []
     monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected, fell_back=False, **_: seen.append(cold))
     d = dataclasses.replace(double.last_decision, observe=True, observe_every=1)
@@ -1217,13 +1223,7 @@ def test_a_nested_calls_correction_is_its_own_not_the_outer_calls(monkeypatch):
     as it ran, and last_decision afterwards is the outer call's (session 14's note: a nested
     call's correction was taken as the outer call's, and last_decision showed the inner call)."""
 
-    @offload
-    def work(x):
-        return x * 2
-
-    x = np.ones(1000)
-    work(x)
-    state = work.__autooffload__
+    work, state, x = _doubling_called_once()
     outer = dataclasses.replace(work.last_decision, backend="numpy", reason="outer", observe=True, observe_every=1)
     inner = dataclasses.replace(outer, backend="cupy", reason="inner")
     fell = dataclasses.replace(inner, backend="numpy", reason="fell back")
@@ -1252,13 +1252,7 @@ def test_a_fallback_after_the_call_was_decided_again_counts_against_the_decision
     the device current at the run, and that run fell back: what the fallback counts against is
     the decision the run tried (session 14's note: it was counted against the original)."""
 
-    @offload
-    def work(x):
-        return x * 2
-
-    x = np.ones(1000)
-    work(x)
-    state = work.__autooffload__
+    work, state, x = _doubling_called_once()
     cached = dataclasses.replace(work.last_decision, backend="cupy", reason="for device 0", observe=True,
                                  observe_every=1, exploring=False, bucket=(20, -1))
     again = dataclasses.replace(cached, reason="for device 1", exploring=True, bucket=(21, -1))
