@@ -360,7 +360,8 @@ def test_apply_tuning_over_the_defaults_skips_unknown_knobs(restore_tuning):
     assert T._tuning() == T.default_tuning() and T.tuning_source() == "defaults"
 
 
-@pytest.mark.parametrize("bad", [{"threads": 0}, {"chunk_bytes": -1}, {"staged_max": 1.5}, {"threads": True}])
+@pytest.mark.parametrize("bad", [{"threads": 0}, {"chunk_bytes": -1}, {"staged_max": 1.5}, {"threads": True},
+                                 {"parts_per_thread": 0}, {"parts_per_thread": 65}])
 def test_apply_tuning_rejects_bad_values(bad, restore_tuning):
     with pytest.raises(ValueError, match="tuning knob"):
         T.apply_tuning(bad)

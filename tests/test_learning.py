@@ -1191,6 +1191,14 @@ def test_a_tier_that_changed_its_build_has_its_cell_measured_afresh():
     assert cell.estimate() == pytest.approx(40.5e-6)
     learner.measure_afresh("numba", bucket)
     assert cell.samples == [] and cell.count == 7 and cell.estimate() is None
+    # A change reported by a cold call (a re-check after the tier's threads slept): its sample is
+    # dropped, and so are the old way's, so the next warm call starts the cell.
+    for s in (400e-6, 400e-6, 400e-6):
+        learner.observe("numba", bucket, s, None, exploring=False)
+    learner.observe("numba", bucket, 30e-6, None, exploring=True, cold=True, fresh=True)
+    assert cell.samples == [] and not cell.last_kept
+    learner.observe("numba", bucket, 41e-6, None, exploring=True)
+    assert cell.samples == [41e-6]
 
 
 def test_a_streamed_run_is_learned_from(ready_gpu, use_profile, clock, monkeypatch):

@@ -496,6 +496,9 @@ def test_a_loop_the_parallel_build_runs_slower_than_numpy_is_learned_at_its_seri
     learner = f.__autooffload__.learner
     # Exploring (the tier's re-checks while NumPy was chosen) within its bound plus one call's misprediction.
     assert learner.history.explored_s <= _learn.EXPLORE_FRACTION * learner._measured() + parallel_s
+    # The call's decision is the runner's only while it runs: a direct call of the runner later
+    # (a benchmark's Numba column) reads no stale NumPy prior.
+    assert tier_module.call_context.decision is None and tier_module.call_context.numpy_s() is None
 
 
 def test_a_function_compiled_whole_pays_the_tiers_fixed_cost_once():

@@ -20,7 +20,8 @@ What is searched, in a bounded time (the quick plan a few seconds, the default o
    staged path, the workers, pinning in place), both directions; then the size ranges of each
    path that lose least over the grid (``choose_ranges``, exhaustive over the grid's cuts);
 4. non-temporal stores for the staged path's host copies, per direction;
-5. from which size an array copied again is pinned in place and kept so, and after how many
+5. the parts a thread takes of a staged piece's host copy (``parts_per_thread``: 4 or 1);
+6. from which size an array copied again is pinned in place and kept so, and after how many
    copies (``_pin_reuse_choice``: what pinning costs over what a pinned copy saves, at 1, 4 and
    16 MiB; pinned at the copy whose worst case against the least any rule could cost is least).
 
@@ -418,10 +419,10 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
             knobs = dict(defaults)
             for row in rates:
                 row["h2d_GBps"], row["d2h_GBps"] = row["default_h2d_GBps"], row["default_d2h_GBps"]
-        # 5. From which size an array copied again is pinned in place (and a kept result when
+        # 6. From which size an array copied again is pinned in place (and a kept result when
         # handed out again), and after how many copies: against the first copies of the knobs
         # kept. After the check above, which times first copies only
-        # and so cannot weigh it; in a slice of its own, as step 4's.
+        # and so cannot weigh it; in a slice of its own, as steps 4 and 5's.
         if engine.dma is not None and engine.alloc_pinned is not None:
             say("pinning on reuse")
             pin_deadline = clock() + 0.1 * plan.budget_s

@@ -42,7 +42,8 @@ from ._planner import Planner, call_shape
 from ._purity import may_write_arguments
 from ._records import Records, type_signature
 from ._traits import body_runs_after_return, host_only_reason, xp_parameter
-from .backends import CUPY, HOST, NUMBA, NUMPY, _numba_threads
+from .backends import CUPY, HOST, NUMBA, NUMPY
+from .backends.base import call_context
 from .backends import cupy as device
 from .errors import ConfigError
 
@@ -306,10 +307,14 @@ class _State:
         if d.observe_every > 1:
             self.unsampled += 1
             if self.unsampled < d.observe_every:
+                call_context.changed = False
                 start = _learn.clock()
                 result = self.executor.run(d, args, kwargs)
                 seconds = _learn.clock() - start
-                if self.learner.count_measured(seconds, d.bucket):
+                changed = d.backend == NUMBA and call_context.changed
+                if changed:
+                    self.learner.measure_afresh(d.backend, d.bucket)  # the tier changed its build here (_numba_threads)
+                if self.learner.count_measured(seconds, d.bucket) or changed:
                     self.planner.reset()  # a wait of learning's has come, or this bucket's exploration: decide again
                 if _log.active():
                     _log.record(self.attrs.get("last_decision", d), first_in_bucket=False, sampled_out_s=seconds)
@@ -326,8 +331,9 @@ class _State:
         compiling = backends.module(NUMBA).compiling_now
         disturbed = compiling()
         # The tier running a build that does not stand for it here (a try), or changing which does:
-        # a time the decision layer does not learn, or one that measures its cell afresh (_numba_threads).
-        trials, switches = _numba_threads.trials, _numba_threads.switches
+        # a time the decision layer does not learn, or one that measures its cell afresh
+        # (_numba_threads; reported per call in call_context).
+        call_context.aside = call_context.changed = False
         frames = getattr(self.corrections, "frames", None)
         if frames is None:
             frames = self.corrections.frames = []
@@ -345,29 +351,34 @@ class _State:
         finally:
             seconds = _learn.clock() - start
             frames.pop()
-            # What last_decision says after the call: this call's, not a nested call's of the same function.
-            self.attrs["last_decision"] = frame.decision or d
             tier_ran = d.backend == NUMBA
-            tried = tier_ran and _numba_threads.trials != trials
-            self._observed(d, seconds, raised, cold, disturbed or compiling() or tried,
-                           corrected=frame.n != 0, fell_back=frame.fell != 0,
-                           fresh=tier_ran and _numba_threads.switches != switches,
-                           streamed=frame.n == 1 and frame.streams == 1, ran=frame.decision, tried=frame.replanned)
+            aside, changed = tier_ran and call_context.aside, tier_ran and call_context.changed
+            # An untimed nested call of this function counts its corrections here too (it has no
+            # frame); one of another call's size is not this call's: it still teaches nothing
+            # here, but is neither what ran nor what last_decision says afterwards.
+            last = frame.decision
+            own = last is not None and last.host_bytes == d.host_bytes and last.device_bytes == d.device_bytes
+            self.attrs["last_decision"] = last if own else d  # this call's, not a nested call's
+            self._observed(d, seconds, raised, cold, disturbed or compiling() or aside,
+                           corrected=frame.n != 0, fell_back=frame.fell != 0, fresh=changed,
+                           streamed=own and frame.n == 1 and frame.streams == 1, ran=last if own else None,
+                           tried=frame.replanned)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
                   *, corrected: bool, fell_back: bool = False, fresh: bool = False, streamed: bool = False,
                   ran: Decision | None = None, tried: Decision | None = None) -> None:
         """File one timed call. ``cold``: a tier call after its threads slept, or one of the first
         calls on its backend after another ran (_history.COLD_DROPS, _learn.SWITCH_COLD_CALLS);
-        ``disturbed``: a compilation for the tier ran meanwhile, or the tier tried its serial
-        build (_numba_threads), so the time is counted towards the function's seconds but
-        learned from nowhere (_numba_compile.compiling_now);
+        ``disturbed``: a compilation for the tier ran meanwhile, or the tier ran the build that
+        does not stand for it in this bucket (_numba_threads), so the time is counted towards
+        the function's seconds but learned from nowhere (_numba_compile.compiling_now);
         ``corrected``: the executor corrected last_decision during the call (``fell_back``:
         another backend ran it); ``fresh``: the tier changed the build that stands for it in this
         bucket (``_learn.Learner.observe``); ``streamed``: the only correction said the run was
         streamed, no other backend ran: its time is the backend's here as the executor runs such
         calls (it streams from the call's bytes, the device's free memory and whether the arrays
-        are pinned, so the bucket's next calls stream alike), and is learned; ``ran``: the
+        are pinned: a bucket's calls mostly stream alike, and a cell's median of its latest
+        samples follows where free memory changes that), and is learned; ``ran``: the
         executor's last correction of this call, if any; ``tried``: the decision the executor
         made again for the device current at the run, if it did (then the run tried that one:
         what its fallback counts against, and whether it was exploring)."""

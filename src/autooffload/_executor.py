@@ -152,7 +152,7 @@ class Executor:
             self.tier_runner = (backends.module(d.backend), backend, fn)
         call_args, call_kwargs = self.with_xp(args, kwargs, np)
         threads = _config.current_threads()
-        call_context.numpy_s = numpy_prior(d)
+        call_context.decision = d
         try:
             if threads is None:
                 result = fn(*call_args, **call_kwargs)  # no limit: no context manager (~1 us)
@@ -164,6 +164,8 @@ class Executor:
             if cause is None:
                 raise  # the function's own error, as NumPy would raise it
             return self._host_fell_back(backend, d, args, kwargs, cause)
+        finally:
+            call_context.decision = None
         self.records.count_run(d.backend)
         return result
 
@@ -176,7 +178,7 @@ class Executor:
         entry = self.tier_runner
         if entry is None or entry[1].name != d.backend or entry[0].load() is not entry[1] or _config.current_threads() is not None:
             return self.run(d, args, kwargs)
-        call_context.numpy_s = numpy_prior(d)
+        call_context.decision = d
         try:
             result = entry[2](*args, **kwargs)
         except Exception as exc:
@@ -184,6 +186,8 @@ class Executor:
             if cause is None:
                 raise  # the function's own error, as NumPy would raise it
             return self._host_fell_back(entry[1], d, args, kwargs, cause)
+        finally:
+            call_context.decision = None
         self.records.count_run(d.backend)
         return result
 
@@ -516,13 +520,3 @@ def raised_by_own_code(exc: BaseException, twin, backend) -> bool:
     handled = exc.__cause__ or exc.__context__
     return handled is None or backend.fallback_cause(handled) is None or raised_by_own_code(handled, twin, backend)
 
-
-def numpy_prior(d: Decision) -> float | None:
-    """NumPy's seconds for ``d``'s call, as a host tier's prior (``base.call_context``): the lower
-    of the decision's prediction and the profile's own. A NumPy prediction corrected by the
-    tier's error inherits what makes the tier slow (a parallel build waking 16 threads per loop
-    iteration), which NumPy does not pay: there it read 36 ms against the 3 ms NumPy took."""
-    predicted, profile = d.predicted_s.get(NUMPY), d.profile_s.get(NUMPY)
-    if predicted is None or profile is None:
-        return predicted if profile is None else profile
-    return min(predicted, profile)

@@ -578,19 +578,21 @@ class Learner:
         ``expected``: what the decision predicted this call to take (an exploring call's charge,
         for the first call of its cell, is capped there: see the module docstring). ``fresh``:
         the backend changed how it runs such calls during this one (the Numba tier's preferred
-        build, ``backends/_numba_threads.py``): a sample that disagrees with the cell starts it
-        afresh, as a re-check's does."""
+        build, ``backends/_numba_threads.py``): the cell starts afresh from this sample (from the
+        next one, if this one is cold and dropped)."""
         history = self.history
         cell = history.cell((backend, *bucket))
         before = cell.estimate() if cell is not None else None
         cell = history.add((backend, *bucket), seconds, predicted, exploring=exploring, expected=expected, cold=cold)
         if not cell.last_kept:
+            if fresh:
+                history.forget_samples((backend, *bucket))  # the old samples are another way of running
             self._left_s -= seconds  # a cold sample, dropped: the cell stays as it was, and due
             return  # (a re-check of the tier is cold almost by construction: the next call explores again)
         cell.stamp = self._spent()
         self._untaught.pop((backend, *bucket), None)  # it ran here to the end: its fallbacks were not the rule
-        if (exploring or fresh) and before is not None and not (1 / AGREE < seconds / before < AGREE):
-            cell.restart(seconds)  # a re-check that disagrees: measure the cell afresh
+        if fresh or (exploring and before is not None and not (1 / AGREE < seconds / before < AGREE)):
+            cell.restart(seconds)  # a re-check that disagrees, or the backend's new way of running: measure afresh
         STORE.observed()
         after = cell.estimate()
         moved = after is not None and (before is None or not (1 / REVISIT_FACTOR < after / before < REVISIT_FACTOR))

@@ -7,7 +7,8 @@
  *
  * copy(dst, src, nbytes, threads, min_part): copies nbytes from address src to address dst
  * (the ranges must not overlap) using up to `threads` threads, the caller included, with parts
- * of at least `min_part` bytes. One copy uses the pool at a time. A call that finds it busy
+ * of at least `min_part` bytes; copy(..., nontemporal, split) cuts it into up to `split` (1-64)
+ * parts a thread, taken as threads come, so one that wakes late holds the copy up by one part. One copy uses the pool at a time. A call that finds it busy
  * copies alone on its own thread if it is small (below WAIT_MIN_BYTES: never blocked behind
  * another caller), and waits for the pool if it is larger: alone it would run at one core's
  * speed while the pool's copy has the memory bandwidth. Measured on the H200 machine
@@ -290,10 +291,10 @@ py_info(PyObject *self, PyObject *noargs)
 
 static PyMethodDef methods[] = {
     {"copy", py_copy, METH_VARARGS,
-     "copy(dst, src, nbytes, threads, min_part=262144, nontemporal=False): memcpy between raw addresses "
-     "split over up to `threads` native threads (the caller included), parts of at least min_part bytes; "
-     "nontemporal: streaming stores that bypass the caches (x86-64); releases the GIL. Positional "
-     "arguments only."},
+     "copy(dst, src, nbytes, threads, min_part=262144, nontemporal=False, split=1): memcpy between raw "
+     "addresses split over up to `threads` native threads (the caller included), parts of at least min_part "
+     "bytes, up to `split` (1-64) parts a thread taken as threads come; nontemporal: streaming stores that "
+     "bypass the caches (x86-64); releases the GIL. Positional arguments only."},
     {"info", py_info, METH_NOARGS,
      "{'workers', 'shared', 'alone', 'waited'}: pool threads; copies made by the pool (of which 'waited' "
      "waited for it), and alone."},

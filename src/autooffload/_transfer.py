@@ -334,6 +334,8 @@ def _check_knobs(changes: dict[str, Any]) -> None:
     for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads", "staged_piece_count", "parts_per_thread"):
         if k in changes and changes[k] < 1:
             raise ValueError(f"tuning knob {k} must be >= 1; got {changes[k]!r}")
+    if changes.get("parts_per_thread", 1) > 64:
+        raise ValueError(f"tuning knob parts_per_thread must be at most 64 (the native pool's limit); got {changes['parts_per_thread']!r}")
     if "pin_after_copies" in changes and changes["pin_after_copies"] < 2:
         raise ValueError(f"tuning knob pin_after_copies must be >= 2 (an array copied once is never pinned); "
                          f"got {changes['pin_after_copies']!r}")
@@ -1208,6 +1210,12 @@ def _two_buffers(pool: PinnedPool, pieces: int) -> list[_Buffer]:
     return bufs
 
 
+def _split(t: _Tuning) -> tuple[int, ...]:
+    """``_parcopy.copy``'s parts-a-thread argument, passed only where it is not the default: a
+    native module built before it existed (an editable install not rebuilt) still copies."""
+    return (t.parts_per_thread,) if t.parts_per_thread != 1 else ()
+
+
 def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, src_ptr: int, nbytes: int, stream: Any, t: _Tuning) -> None:
     """Pieces copied into two pinned buffers in turn by the native pool, each piece's DMA queued
     on the caller's stream as soon as it is in; a buffer is refilled once its DMA has read it."""
@@ -1222,7 +1230,7 @@ def _h2d_staged(cp: Any, dev_ptr: int, device_id: int, src_ptr: int, nbytes: int
             if pending[k] is not None:
                 pending[k].synchronize()
                 pending[k] = None
-            _parcopy.copy(buf.ptr, src_ptr + off, n, t.threads, t.min_part_bytes, bool(t.h2d_nontemporal), t.parts_per_thread)
+            _parcopy.copy(buf.ptr, src_ptr + off, n, t.threads, t.min_part_bytes, bool(t.h2d_nontemporal), *_split(t))
             cp.cuda.runtime.memcpyAsync(dev_ptr + off, buf.ptr, n, _H2D, stream.ptr)
             ev = _event_for(buf, device_id)
             ev.record(stream)
@@ -1379,7 +1387,7 @@ def _d2h_staged(cp: Any, src_ptr: int, device_id: int, dst_ptr: int, nbytes: int
             k = i % len(bufs)
             pending[k].synchronize()
             pending[k] = None
-            _parcopy.copy(dst_ptr + off, bufs[k].ptr, n, t.threads, t.min_part_bytes, bool(t.d2h_nontemporal), t.parts_per_thread)
+            _parcopy.copy(dst_ptr + off, bufs[k].ptr, n, t.threads, t.min_part_bytes, bool(t.d2h_nontemporal), *_split(t))
             if i + len(bufs) < len(pieces):
                 queue(i + len(bufs))
     finally:

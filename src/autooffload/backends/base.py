@@ -82,8 +82,9 @@ class Backend:
       as written" (the call is then redone on NumPy and the argument types remembered), None if
       the exception is the function's own.
 
-    A host backend's runner may read ``call_context`` (this thread's call): what the decision
-    layer predicts NumPy takes for it, a prior for choosing among its own builds.
+    A host backend's runner may read ``call_context`` (this thread's call: what the decision
+    layer predicts NumPy takes for it, a prior for choosing among its own builds) and report
+    there what its run stands for (``aside``, ``changed``).
 
     A backend's module (registered with ``register_lazy``) provides ``load()``, the backend
     object or None when it cannot run here (it may import the library), and
@@ -109,11 +110,29 @@ class Backend:
 
 
 class CallContext(threading.local):
-    """What the decision layer knows of the call a host backend's runner runs now, per thread,
-    set by the executor before it calls the runner: ``numpy_s``, NumPy's predicted seconds for
-    the call (learned, or the profile's), None where unknown."""
+    """The call a host backend's runner runs now, per thread. The executor sets ``decision`` (the
+    call's Decision) around the runner's call, None outside it; ``numpy_s()`` reads NumPy's
+    predicted seconds from it. The runner may set ``aside`` (it ran a variant that does not stand
+    for the backend here: the call's time teaches the decision layer nothing) and ``changed`` (it
+    changed which variant stands for the backend here: the decision layer measures it afresh);
+    the dispatcher clears both before a call it times and reads them after."""
 
-    numpy_s: float | None = None
+    decision: Any = None
+    aside = False
+    changed = False
+
+    def numpy_s(self) -> float | None:
+        """NumPy's seconds for the call, as a prior: the lower of the decision's prediction and
+        the profile's own. A NumPy prediction corrected by the tier's error inherits what makes
+        the tier slow (a parallel build waking 16 threads per loop iteration), which NumPy does
+        not pay: there it read 36 ms against the 3 ms NumPy took (tests/test_numba_tier.py)."""
+        d = self.decision
+        if d is None:
+            return None
+        predicted, profile = d.predicted_s.get("numpy"), d.profile_s.get("numpy")
+        if predicted is None or profile is None:
+            return predicted if profile is None else profile
+        return min(predicted, profile)
 
 
 call_context = CallContext()

@@ -227,7 +227,7 @@ class _CompiledCall:
     def _trial(self, choice, sig, positional: tuple, limit: int) -> Any:
         """A call of an undecided bucket: the build ``next_run`` names where it can run, timed."""
         backend, compiler, choices = self.backend, self.compiler, self.choices
-        threads = choice.next_run(limit, choices, call_context.numpy_s)
+        threads = choice.next_run(limit, choices, call_context.numpy_s())
         run = lambda: compiler.run(sig, positional)  # noqa: E731
         if threads == ONE:
             build = self.serial_build
@@ -256,9 +256,11 @@ class _CompiledCall:
                 choice.add(threads, seconds, choices)
         now = choice.preferred()
         if now != preferred:
-            _numba_threads.switches += 1  # the decision layer measures the tier here afresh
+            _numba_threads.switches += 1
+            call_context.changed = True  # the decision layer measures the tier here afresh
         if threads != now:
-            _numba_threads.trials += 1  # not the build that stands for the tier here: teaches the decision layer nothing
+            _numba_threads.trials += 1
+            call_context.aside = True  # not the build that stands for the tier here: teaches the decision layer nothing
         return result
 
 
