@@ -9,8 +9,9 @@
 2. Where a small library call's device path goes (the suite's ``bessel_i0`` at 1e3-1e4: @offload
    on CuPy ~250 us against ~115 us for CuPy + copies by hand): the same interleaving, then cProfile
    of the forced @offload calls.
-3. The same path variant by variant (the light path for plain calls on and off, ``auto`` settled)
-   and the driver calls every variant makes; cProfile of ``auto``.
+3. The same path variant by variant (the light path for plain calls on and off, ``auto`` settled;
+   bessel at 1e2-1e4, percentiles at 1e4, x*2+1) and the driver calls every variant makes;
+   cProfile of ``auto``.
 4. Sparse device calls (without a profile the H200 suite kept fft_convolve at 1e4 and var_es_sort
    at 1e5 on NumPy, 1.56-1.74x slower than CuPy + copies, after exploring CuPy 4-7 times): CuPy +
    copies back to back against the same call after NumPy calls or an idle pause, as an exploring
@@ -168,6 +169,8 @@ def device_path_parts(g) -> None:
     print("\n3. device path by variant (us, medians of 300 interleaved rounds, each synchronized)")
     for name, fn, n in [("bessel", suite.bessel_weights, 100), ("bessel", suite.bessel_weights, 1000),
                         ("bessel", suite.bessel_weights, 10_000),
+                        # session 17: @offload on CuPy 356 us against CuPy + copies' 215 (shipped suite, run 4)
+                        ("percentiles", suite.percentiles, 10_000),
                         ("x*2+1", lambda x: x * 2 + 1, 100)]:
         x = g.uniform(-20.0, 20.0, n)
         forced = offload(backend="cupy")(fn)
