@@ -1280,3 +1280,24 @@ def test_a_fallback_after_the_call_was_decided_again_counts_against_the_decision
     state.run_observed(cached, (x,), {})
     assert charged == [(True, ("cupy", (21, -1)))]
     assert work.last_decision is fell
+
+
+def test_an_untimed_nested_call_of_another_size_is_not_what_the_timed_call_ran(monkeypatch):
+    """An untimed call has no frame of its own: a fallback of one nested in a timed call's run
+    counts for that call (it teaches nothing), but a correction of another size is neither what
+    the timed call ran nor its last_decision."""
+    work, state, x = _doubling_called_once()
+    outer = dataclasses.replace(work.last_decision, reason="outer", observe=True, observe_every=1)
+    nested = dataclasses.replace(outer, backend="numpy", reason="nested fell back", host_bytes=outer.host_bytes * 4)
+    filed = []
+    monkeypatch.setattr(state, "_observed", lambda d, seconds, raised, cold=False, disturbed=False, *, corrected,
+                        fell_back=False, ran=None, **_: filed.append((d.reason, corrected, fell_back, ran)))
+
+    def outer_run(args, kwargs, has_device_args):
+        state.ran_instead(nested)  # what an untimed nested call's fallback reports
+        return args[0] * 2
+
+    monkeypatch.setattr(state.executor, "run_numpy", outer_run)
+    state.run_observed(outer, (x,), {})
+    assert filed == [("outer", True, True, None)]
+    assert work.last_decision is outer

@@ -151,6 +151,12 @@ class _Corrections:
             self.replanned = d
 
 
+def _same_call(correction: Decision | None, d: Decision) -> bool:
+    """Whether ``correction`` can be of the call ``d`` was made for (its data's bytes), not of an
+    untimed nested call of the same function made during its run."""
+    return correction is not None and correction.host_bytes == d.host_bytes and correction.device_bytes == d.device_bytes
+
+
 class _State:
     """What ties one function to its planner, executor and record keeper."""
 
@@ -356,13 +362,13 @@ class _State:
             # An untimed nested call of this function counts its corrections here too (it has no
             # frame); one of another call's size is not this call's: it still teaches nothing
             # here, but is neither what ran nor what last_decision says afterwards.
-            last = frame.decision
-            own = last is not None and last.host_bytes == d.host_bytes and last.device_bytes == d.device_bytes
+            last, replanned = frame.decision, frame.replanned
+            own = _same_call(last, d)
             self.attrs["last_decision"] = last if own else d  # this call's, not a nested call's
             self._observed(d, seconds, raised, cold, disturbed or compiling() or aside,
                            corrected=frame.n != 0, fell_back=frame.fell != 0, fresh=changed,
                            streamed=own and frame.n == 1 and frame.streams == 1, ran=last if own else None,
-                           tried=frame.replanned)
+                           tried=replanned if _same_call(replanned, d) else None)
 
     def _observed(self, d: Decision, seconds: float, raised: bool, cold: bool = False, disturbed: bool = False,
                   *, corrected: bool, fell_back: bool = False, fresh: bool = False, streamed: bool = False,
