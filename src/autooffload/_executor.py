@@ -519,4 +519,3 @@ def raised_by_own_code(exc: BaseException, twin, backend) -> bool:
         return False
     handled = exc.__cause__ or exc.__context__
     return handled is None or backend.fallback_cause(handled) is None or raised_by_own_code(handled, twin, backend)
-

@@ -131,7 +131,7 @@ class Cell:
         return len(samples) == TRUSTED and max(samples) <= AGREE * min(samples)
 
     def estimate(self) -> float | None:
-        return _median(self.samples) if self.trusted else None
+        return median(self.samples) if self.trusted else None
 
     def restart(self, seconds: float) -> None:
         """Keep only ``seconds``: a re-check found the cell's estimate out of date (the machine
@@ -170,8 +170,9 @@ class Cell:
             self.predicted = other.predicted
 
 
-def _median(values: list[float]) -> float:
-    # statistics.median's, without importing statistics (and fractions, decimal) at import time
+def median(values: list[float]) -> float:
+    """statistics.median's, without importing statistics (and fractions, decimal) at import time
+    (also the Numba tier's, backends/_numba_threads.py)."""
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

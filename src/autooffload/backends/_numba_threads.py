@@ -72,6 +72,8 @@ from __future__ import annotations
 
 import threading
 
+from .._history import median
+
 DECIDE_AT = 1.5
 SAMPLES = 3
 SERIAL_OVER_NUMPY = 2.0
@@ -101,7 +103,7 @@ class ThreadChoice:
         if self.seen == 0 or not self.all:
             return self.ALL
         if len(self.one) < SAMPLES and (len(self.one) < len(self.all) or len(self.all) >= SAMPLES):
-            parallel = _median(self.all)
+            parallel = median(self.all)
             worst = (limit - 1) * parallel
             if numpy_s is not None and numpy_s > 0:
                 worst = min(worst, max(0.0, SERIAL_OVER_NUMPY * numpy_s - parallel))
@@ -114,7 +116,7 @@ class ThreadChoice:
         else the one with the faster median so far (the parallel build until both have one)."""
         if self.threads is not None:
             return self.threads
-        if self.one and self.all and _median(self.one) < _median(self.all):
+        if self.one and self.all and median(self.one) < median(self.all):
             return self.ONE
         return self.ALL
 
@@ -122,7 +124,7 @@ class ThreadChoice:
         """A timed call's seconds (not a compilation's: see ``_CompiledCall._trial``)."""
         budget.spent_s += seconds
         if threads == self.ONE:
-            budget.lost_s += max(0.0, seconds - _median(self.all))
+            budget.lost_s += max(0.0, seconds - median(self.all))
             self.one_seen += 1
             if self.one_seen == 1:
                 return  # the serial build's first call: its pages and code are cold
@@ -131,7 +133,7 @@ class ThreadChoice:
         if len(samples) > SAMPLES:
             del samples[0]  # parallel calls while the serial build waits (budget, compiling): the latest count
         if len(self.one) >= 2 and len(self.all) >= 2:  # one sample of each can be a wake-up or a page fault
-            one, every = _median(self.one), _median(self.all)
+            one, every = median(self.one), median(self.all)
             both = len(self.one) >= SAMPLES and len(self.all) >= SAMPLES
             if one * DECIDE_AT < every or (both and one < every):
                 self.threads = self.ONE
@@ -167,13 +169,6 @@ class Choices:
             with self.lock:
                 c = self.cells.setdefault(key, ThreadChoice())
         return c
-
-
-def _median(values: list[float]) -> float:
-    """The median of a few samples (``statistics`` costs ~5 ms at ``import autooffload``)."""
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def size_bucket(args: tuple) -> int:
