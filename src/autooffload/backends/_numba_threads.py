@@ -60,12 +60,12 @@ cell's key (a choice made on 16 threads says little about 2); at 1 there is noth
 The decision layer (``_learn``) learns a bucket's tier time from the build the bucket would keep
 now (``ThreadChoice.preferred``: the faster median so far, the parallel build until the serial
 one has a counted sample; the kept one once decided), and nothing from a call of the other build
-(``call_context.aside``; ``trials`` counts them), so that its estimate of the tier is always one
-build's, the better one known. When the preferred build changes (``call_context.changed``;
-``switches``), the decision layer measures that cell afresh from the call that changed it (a
-timed call's; an untimed one's goes unseen, the tier then being chosen there already): a loop
-the parallel build made look 3x slower than NumPy becomes the 3x faster tier at once, not after
-the median of 16 old samples moves.
+(the runner reports them in ``call_context.aside``), so that its estimate of the tier is always
+one build's, the better one known. When the preferred build changes (``call_context.changed``),
+the decision layer measures that cell afresh from the call that changed it (a timed call's; an
+untimed one's goes unseen, the tier then being chosen there already): a loop the parallel build
+made look 3x slower than NumPy becomes the 3x faster tier at once, not after the median of 16
+old samples moves.
 """
 
 from __future__ import annotations
@@ -139,12 +139,6 @@ class ThreadChoice:
                 self.threads = self.ONE
             elif every * DECIDE_AT < one or both:
                 self.threads = self.ALL
-
-
-# Counts over the process, in any function (diagnostics, tests); each call reports its own in
-# base.call_context (``aside``, ``changed``), which the dispatcher reads.
-trials = 0  # calls of a build the bucket did not prefer
-switches = 0  # changes of a bucket's preferred build
 
 
 class Choices:

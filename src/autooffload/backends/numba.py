@@ -256,10 +256,8 @@ class _CompiledCall:
                 choice.add(threads, seconds, choices)
         now = choice.preferred()
         if now != preferred:
-            _numba_threads.switches += 1
             call_context.changed = True  # the decision layer measures the tier here afresh
         if threads != now:
-            _numba_threads.trials += 1
             call_context.aside = True  # not the build that stands for the tier here: teaches the decision layer nothing
         return result
 
