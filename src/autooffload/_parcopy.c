@@ -8,10 +8,11 @@
  * copy(dst, src, nbytes, threads, min_part): copies nbytes from address src to address dst
  * (the ranges must not overlap) using up to `threads` threads, the caller included, with parts
  * of at least `min_part` bytes; copy(..., nontemporal, split) cuts it into up to `split` (1-64)
- * parts a thread, taken as threads come, so one that wakes late holds the copy up by one part. One copy uses the pool at a time. A call that finds it busy
- * copies alone on its own thread if it is small (below WAIT_MIN_BYTES: never blocked behind
- * another caller), and waits for the pool if it is larger: alone it would run at one core's
- * speed while the pool's copy has the memory bandwidth. Measured on the H200 machine
+ * parts a thread, taken as threads come, so one that wakes late holds the copy up by one part.
+ * One copy uses the pool at a time. A call that finds it busy copies alone on its own thread if
+ * it is small (below WAIT_MIN_BYTES: never blocked behind another caller), and waits for the
+ * pool if it is larger: alone it would run at one core's speed while the pool's copy has the
+ * memory bandwidth. Measured on the H200 machine
  * (tools/transfer_diag.py --both-ways, 1 GiB each way from two threads): copying alone when busy
  * took 128 ms for both against 60 ms for the two one after the other; a streamed call's loader
  * and unloader copy at the same time on every chunk.
