@@ -615,6 +615,29 @@ def test_plain_calls_give_the_callers_arrays_views_and_new_arrays(on_gpu, plain_
     check_plain_pick(offload(plain_pick), rng, plain_moves)  # the fake device: NumPy's values exactly
 
 
+@pytest.mark.parametrize("pick", ["itself", "view", "reversed", "other", "new", "scalar"])
+def test_a_plain_calls_single_array_result_is_what_numpy_gives(on_gpu, plain_moves, pick):
+    # One array as the result takes Moved._plain_result (the tuple above takes the general walk).
+    fn = {"itself": lambda x, y: x, "view": lambda x, y: x[2:], "reversed": lambda x, y: x[::-1],
+          "other": lambda x, y: y.T, "new": lambda x, y: x * 2.0 + y[0, 0], "scalar": lambda x, y: x.sum()}[pick]
+    x, y = rng.random(8), np.asfortranarray(rng.random((3, 2)))
+    expected = fn(x.copy(), y.copy())
+    offloaded = offload(fn)
+    got = offloaded(x, y)
+    assert plain_moves == [2] and type(got) is type(expected)
+    np.testing.assert_array_equal(got, expected)
+    if pick == "itself":
+        assert got is x
+    elif pick in ("view", "reversed", "other"):
+        assert np.shares_memory(got, y if pick == "other" else x)
+        got[0] = -1.0  # a view of the caller's memory, as on NumPy
+        assert (y.T if pick == "other" else fn(x, y))[0].flat[0] == -1.0
+    elif pick == "new":
+        assert not np.shares_memory(got, x) and not np.shares_memory(got, y)
+        copies = offloaded.__autooffload__.records.timesheet.copies()
+        assert copies["cupy"].device_to_host.arrays == 1 and copies["cupy"].host_to_device.arrays == 2
+
+
 @pytest.mark.parametrize("case", ["overlap", "same-twice", "strided", "writes", "global", "closure", "list"])
 def test_calls_that_are_not_plain_take_the_general_path(on_gpu, plain_moves, case):
     base = rng.random(10)

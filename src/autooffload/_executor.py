@@ -429,16 +429,18 @@ class Executor:
             # once per device, without asking the driver on every run.
             device.mark_gpu_ready()
         if moved is not None:
-            try:
-                moved.write_back()
-            except NumPyWouldRaise as exc:
-                # NumPy would have raised on the write or the shape: rerun there for that error.
-                if reach is not None:
-                    reach.restore()
-                self._ran_on_numpy(d, str(exc))
-                return self.run_numpy(args, kwargs, d.device_bytes > 0)
+            if not moved.pure:  # (a pure call writes nothing back: skipped, as each layer costs on the GPU machine)
+                try:
+                    moved.write_back()
+                except NumPyWouldRaise as exc:
+                    # NumPy would have raised on the write or the shape: rerun there for that error.
+                    if reach is not None:
+                        reach.restore()
+                    self._ran_on_numpy(d, str(exc))
+                    return self.run_numpy(args, kwargs, d.device_bytes > 0)
             if not d.device_bytes:
-                self._sweep(reach, moved, d)
+                if reach is not None:
+                    self._sweep(reach, moved, d)
                 result = moved.result(result)  # the copy out synchronizes: the time below is real
                 if not moved.device_idle:
                     moved.backend.synchronize()  # nothing came back to wait on: wait for the run itself

@@ -163,7 +163,7 @@ class Twin:
 
     def refresh(self) -> None:
         """Re-read the globals the code uses (and those of helper twins) from the real module."""
-        if self._refreshing:  # recursion between helpers
+        if self._refreshing or not (self._loads or self._children):  # recursion between helpers; or nothing to read
             return
         self._refreshing = True
         try:
