@@ -1,6 +1,6 @@
 """GPU-path gaps of issue 12, measured on the GPU machine (one run, interleaved).
 
-    PYTHONPATH=src python3 tools/gpu_gaps.py [1] [2] [3] [4] [5] [6] [7]     # parts 1-4 by default
+    PYTHONPATH=src python3 tools/gpu_gaps.py [1] ... [8]     # parts 1-4 by default
 
 1. ``auto`` against ``config(backend="cupy")`` on the same calls (item 8: in one suite run a ridge
    regression on a 1e5 x 256 input and a pairwise distance with a 6000 x 6000 result ran 2.5-3.5x
@@ -16,7 +16,7 @@
    at 1e5 on NumPy, 1.56-1.74x slower than CuPy + copies, after exploring CuPy 4-7 times): CuPy +
    copies back to back against the same call after NumPy calls or an idle pause, as an exploring
    call finds the GPU; then ``auto`` with no profile and the CuPy times its log observed.
-5. (``result_copy_gap``) and 6. (``marginal_costs``): see their docstrings.
+5. (``result_copy_gap``), 6. (``marginal_costs``) and 8. (``building_blocks``): see their docstrings.
 7. The GPU's warm-up after seconds of NumPy-only calls (session 11: without a profile the suite's
    ``asian_mc`` at (396, 252) took 990, 789, 785, 674, 605, 454 ... 416 us on its first GPU calls
    and was learned at ~1 ms, so NumPy's 620 us won): each of the first 30 calls in a row, CuPy +
@@ -96,6 +96,8 @@ def main() -> None:
         marginal_costs(g)
     if "7" in parts:
         warm_up_after_numpy(g)
+    if "8" in parts:
+        building_blocks(g)
 
 
 def auto_vs_forced(g) -> None:
@@ -353,6 +355,60 @@ def marginal_costs(g) -> None:
     print("\n6. marginal costs of the device path, bessel at 1e2 (us a call, medians of 150 interleaved samples of 20 calls)")
     for k, v in t.items():
         print(f"  {k:<32} {v / 20 * 1e6:7.1f}   forced minus this: {(base - v) / 20 * 1e6:+6.1f}")
+
+
+def building_blocks(g) -> None:
+    """8. What the pieces of a small device call cost on this machine, each alone: in a tight loop
+    of 50 (caches warm), and once right after a forced @offload call of bessel at 1e2 (as inside
+    a small call, after the driver's and CuPy's code ran). On the H200 the device path's pieces
+    cost ~3.5x what the same Python costs on the CPU VM (gpu_gaps 6 against a fake-device run):
+    this says whether the interpreter is slower there or its caches are cold inside a call."""
+    from autooffload import _arguments, _hostmem, _pincache, _transfer
+    from autooffload.backends import cupy as cupy_backend
+
+    x = g.uniform(-20.0, 20.0, 100)
+    d = cp.asarray(x)
+    s = cp.cuda.get_current_stream()
+    fn = suite.bessel_weights
+    forced = offload(backend="cupy")(fn)
+    forced(x)
+    ex = forced.__autooffload__.executor
+    backend = cupy_backend.load()
+    twin = ex.runner(backend)[1]
+    meter = ex.records.timesheet.meter("cupy")
+    address = x.ctypes.data
+    blocks = {
+        "python: 20 local adds": lambda: sum((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)),
+        "executor.plain_call": lambda: ex.plain_call((x,), {}, twin),
+        "twin.refresh": (lambda: twin.refresh()) if twin is not None else (lambda: None),
+        "Moved(...)": lambda: _arguments.Moved(backend, True, True, meter),
+        "records.ran": lambda: ex.records.ran("cupy", 1e-4, (0, 0)),
+        "meter.copied": lambda: meter.copied(True, 800, 1e-5),
+        "pincache.hold (800 B)": lambda: _pincache.cache.hold(x),
+        "results.ready (800 B)": lambda: _hostmem.results.ready(address, 800),
+        "np.empty(100)": lambda: np.empty(100),
+        "cp.empty(100)": lambda: cp.empty(100),
+        "get_current_stream": lambda: cp.cuda.get_current_stream(),
+        "runtime.getDevice": lambda: cp.cuda.runtime.getDevice(),
+        "dev.device.id": lambda: d.device.id,
+        "dev.data.ptr": lambda: d.data.ptr,
+        "stream.synchronize (idle)": lambda: s.synchronize(),
+        "_transfer.to_device(800 B)": lambda: _transfer.to_device(x),
+        "_transfer.to_host(800 B)": lambda: _transfer.to_host(d),
+    }
+    loop = {k: (lambda f=f: [f() for _ in range(50)]) for k, f in blocks.items()}
+    tight = interleaved(loop, 60)
+    after: dict[str, list[float]] = {k: [] for k in blocks}
+    for _ in range(300):
+        for k, f in blocks.items():
+            forced(x)
+            start = time.perf_counter()
+            f()
+            after[k].append(time.perf_counter() - start)
+    print("\n8. building blocks of a small device call (us a call: tight loop of 50, medians of 60; "
+          "once after a forced bessel call at 1e2, medians of 300)")
+    for k in blocks:
+        print(f"  {k:<30} {tight[k] / 50 * 1e6:7.2f} {statistics.median(after[k]) * 1e6:8.2f}")
 
 
 def _sm_clock() -> str:

@@ -117,6 +117,8 @@ k.update({a: int(b) for a, b in (kv.split('=') for kv in sys.argv[2].split(','))
                            --sizes "${SIZES:-1e2,1e3,1e4,1e5}" --rounds "${ROUNDS:-101}" ;;
         gaps-marginal) TAIL=16 step gaps-marginal python3 tools/gpu_gaps.py 6 ;;  # issue 12: each piece of the small-call device path
         gaps-warmup) TAIL=8 step gaps-warmup python3 tools/gpu_gaps.py 7 ;;  # issue 12: the first GPU calls after NumPy-only work, call by call
+        gaps-blocks) TAIL=22 step gaps-blocks python3 tools/gpu_gaps.py 8 ;;  # issue 12: each building block of a small device call, in a loop and inside a call
+        gaps-result-noprofile) AUTOOFFLOAD_SHIPPED=0 AUTOOFFLOAD_CACHE_DIR=/tmp/ao-cache-gaps-np TAIL=30 step gaps-result-noprofile python3 tools/gpu_gaps.py 5 ;;  # the same with no profile: the engine's default tuning
         gaps-result) # issue 12 item 8: pairwise_dist at 1e6, @offload on CuPy against CuPy + copies, stage by stage
                      TAIL=40 step gaps-result python3 tools/gpu_gaps.py 5 ;;
         *) echo "unknown step $s" ;;
