@@ -1173,6 +1173,29 @@ def test_views_the_base_chain_hides_copy_safely_from_pinned_memory(pin_reused, w
         assert same(part, other)
 
 
+def test_small_copies_skip_the_caches_layers_only_while_nothing_is_pinned_in_place(pin_reused, monkeypatch):
+    """_small_direct: below the cache's counting size and with nothing pinned in place, the
+    driver's copy without _pinned_copy's layers; once an array is pinned, a small view of it
+    goes through the cache again (it must not reach the driver as a plain pageable copy)."""
+    fake = pin_reused
+    T._configure(h2d_direct_max=1 << 20, d2h_direct_max=1 << 20)
+    asked = []
+    real = T._pinned_copy
+    monkeypatch.setattr(T, "_pinned_copy", lambda *a: asked.append(a[1]) or real(*a))
+    small = random_array((300,), np.float64, np.random.default_rng(25))  # 2400 B, below 4096
+    out = np.zeros_like(small)
+    T.to_host(T.to_device(small), out=out)
+    assert same(out, small) and asked == [] and fake.registered == {}
+    h = random_array((100_000,), np.float64, np.random.default_rng(26))
+    _pin(h)
+    asked.clear()
+    view = h[1000:1300]
+    before = view.copy()
+    d = T.to_device(view)
+    T.to_host(T.to_device(small), out=view)  # (the cache is asked for the unrelated small array too)
+    assert same(d.get(), before) and same(view, small) and asked == [1, 1, 2]
+
+
 def test_pinned_memory_is_unpinned_when_its_array_dies(pin_reused):
     fake = pin_reused
     h = random_array((200_000,), np.float64, np.random.default_rng(25))

@@ -101,7 +101,7 @@ class Executor:
                         or not a.nbytes):
                     return False
                 arrays.append(a)
-            elif not _passive(a):
+            elif t not in PASSIVE and not _passive(a):  # (a scalar settles it without the call)
                 return False
         if kwargs and any(type(v) not in PASSIVE for v in kwargs.values()):
             return False

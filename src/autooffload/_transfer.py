@@ -949,6 +949,8 @@ def to_device(host: np.ndarray):
     try:
         if _results_pinned(t, contiguous, host_c, nbytes):
             _dma_host(cp, _H2D, dev_ptr, host_c, stream)  # a kept result passed back in
+        elif _small_direct(contiguous, nbytes, t, t.h2d_direct_max, t.h2d_register_min):
+            _h2d_direct(cp, dev_ptr, host_c, stream)
         else:
             how = _pinned_copy(cp, _H2D, dev_ptr, dev.device.id, host_c, stream, t) if contiguous else _ANY_PATH
             if how is not _COPIED:
@@ -1143,6 +1145,16 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
             hold.release()
 
 
+def _small_direct(contiguous: bool, nbytes: int, t: _Tuning, direct_max: int, register_min: int) -> bool:
+    """Whether a copy is what ``_pinned_copy`` and ``_h2d_path`` / ``_d2h_path`` come to for a
+    contiguous array below the pin-down cache's counting size while the cache pins nothing (it
+    cannot hold such a copy then): the driver's own copy, asked for without their layers. Inside
+    a small call on the H200 each layer costs 1-3 us (tools/gpu_gaps.py 8), and to_host of 800 B
+    took 16.5 us against cupy.asnumpy's 14.4 (h200-session18/gpu_gaps.parts.run3.txt)."""
+    return (contiguous and nbytes < _pincache.COUNT_MIN_BYTES and not _pincache.cache.active and nbytes <= direct_max
+            and not (register_min and nbytes >= register_min) and not _staged(nbytes, t))
+
+
 def _results_pinned(t: _Tuning, contiguous: bool, host_c: np.ndarray, nbytes: int) -> bool:
     """Whether ``host_c`` lies in a kept result block that is pinned (and pinning is not paused)."""
     return (contiguous and bool(t.pin_results_min) and not getattr(_tls, "unpinned", False)
@@ -1300,6 +1312,8 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     try:
         if _results_pinned(t, contiguous, host_c, nbytes):
             _dma_host(cp, _D2H, src_ptr, host_c, stream)
+        elif _small_direct(contiguous, nbytes, t, t.d2h_direct_max, t.d2h_register_min):
+            _d2h_direct(cp, src_ptr, host_c, stream)
         else:
             how = _pinned_copy(cp, _D2H, src_ptr, dev.device.id, host_c, stream, t) if contiguous else _ANY_PATH
             if how is not _COPIED:
