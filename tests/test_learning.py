@@ -1301,3 +1301,32 @@ def test_an_untimed_nested_call_of_another_size_is_not_what_the_timed_call_ran(m
     state.run_observed(outer, (x,), {})
     assert filed == [("outer", True, True, None)]
     assert work.last_decision is outer
+
+
+def test_an_estimate_that_drifts_from_what_the_decision_assumed_decides_again():
+    """Each sample moves a median a little: a choice made on 30 us whose calls drift to 14 us one
+    step at a time (no step of 1.5x) is decided again once its estimate is 1.5x off what the
+    decision assumed (``expected``), and not before (H200, session 18: a NumPy choice kept for
+    8000 calls of 14 us, decided at ~25 us with an exploration waiting, each call timed)."""
+    from autooffload._history import FunctionHistory
+
+    learner = _learn.Learner(lambda x: x)
+    learner._history = FunctionHistory("test")
+    revisits: list[float] = []
+    bucket = (20, -1)
+    cell_key = ("numpy", *bucket)
+    learner.revisit = lambda: revisits.append(learner.history.cell(cell_key).estimate())
+    for s in (1e-3, 30e-6, 30e-6, 30e-6):  # the first dropped, then trusted at 30 us
+        learner.observe("numpy", bucket, s, None, exploring=False)
+    revisits.clear()
+    for s in (28e-6, 26e-6, 24e-6, 23e-6, 22e-6, 21e-6):  # within 1.5x of the 30 us decided on
+        learner.observe("numpy", bucket, s, None, exploring=False, expected=30e-6)
+    assert revisits == []
+    for s in (19e-6, 18e-6, 17e-6, 16e-6, 15e-6, 14e-6, 14e-6, 14e-6):
+        learner.observe("numpy", bucket, s, None, exploring=False, expected=30e-6)
+    assert revisits and revisits[0] <= 30e-6 / _learn.REVISIT_FACTOR
+    steps = [a / b for a, b in zip(learner.history.cell(cell_key).samples, learner.history.cell(cell_key).samples[1:])]
+    assert all(step < _learn.REVISIT_FACTOR for step in steps)  # no single step would have moved it
+    revisits.clear()
+    learner.observe("numpy", bucket, 14e-6, None, exploring=False, expected=14e-6)  # decided again on 14 us: settled
+    assert revisits == []

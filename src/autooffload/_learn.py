@@ -90,6 +90,12 @@ tier's compilation, the time of a re-check: ``count_untimed``). Calls on device-
 are not timed (that would add a synchronization); their
 decisions use the profile.
 
+**Deciding again.** The planner decides a bucket again when an observed call moves its
+estimate by ``REVISIT_FACTOR`` (1.5x) in one step, or leaves it that far from what the decision
+was made with (a drift of small steps: ``observe``'s ``expected``), when an exploration waiting
+there becomes affordable, after an exploring call, and when a wait (the tier's compilation, a
+re-check) is met.
+
 ``AUTOOFFLOAD_LEARN=0`` turns all of this off: the profile alone decides, as before.
 """
 
@@ -596,6 +602,13 @@ class Learner:
         STORE.observed()
         after = cell.estimate()
         moved = after is not None and (before is None or not (1 / REVISIT_FACTOR < after / before < REVISIT_FACTOR))
+        # ...or drifted, sample by sample, that far from what the decision was made with: each
+        # sample moves a median a little, and a choice kept while its estimate drifts keeps what
+        # it was decided with (on the H200, session 18 runs 4-5: rolling_vol at 100 elements,
+        # decided on NumPy at ~25 us with the tier's exploration waiting for budget, stayed so for
+        # 8000 calls of 14 us, each timed off the C check: 1.45x NumPy's own column).
+        drifted = (not exploring and after is not None and expected is not None and expected > 0
+                   and not (1 / REVISIT_FACTOR < after / expected < REVISIT_FACTOR))
         # Exactly the test exploration() makes: a looser one re-decided every call while the
         # budget sat between the two (+100-400 us a call on the H200: the in-place chain at 1e5
         # ran 5x slower than the Numba tier it had chosen).
@@ -603,7 +616,7 @@ class Learner:
         affordable = need is not None and history.explored_s + need <= EXPLORE_FRACTION * self._measured()
         self._left_s -= seconds
         due = self._left_s <= 0 and self._waits_due()
-        if moved or affordable or exploring or due:
+        if moved or drifted or affordable or exploring or due:
             self.revisit()
 
 
