@@ -1330,3 +1330,25 @@ def test_an_estimate_that_drifts_from_what_the_decision_assumed_decides_again():
     revisits.clear()
     learner.observe("numpy", bucket, 14e-6, None, exploring=False, expected=14e-6)  # decided again on 14 us: settled
     assert revisits == []
+
+
+def test_no_exploration_starts_while_a_compilation_runs_and_it_follows_once_it_ends(ready_gpu, use_profile, clock,
+                                                                                     monkeypatch):
+    """A call timed while the Numba tier compiles teaches nothing (``disturbed``), so exploring then
+    would spend budget for no sample: the GPU, predicted 1.5x slower than NumPy but 2.5x faster,
+    is not tried while a compilation runs, and is tried and chosen once it has ended."""
+    from autooffload import backends
+
+    use_profile(synthetic_profile(cpu_per_byte=1e-8, gpu_per_byte=1.48e-8, copy_per_byte=1e-10, cold_start=0.0))
+    f = timed(clock, numpy_s=0.010, gpu_s=0.004)
+    compiling = [True]
+    monkeypatch.setattr(backends.module("numba"), "compiling_now", lambda: compiling[0])
+    during = backends_over(f, 40)  # the budget for one exploration is there after ~15 calls
+    f.__autooffload__.planner.reset()  # decided again (a GPU start, a config change) while it compiles
+    during += backends_over(f, 40)
+    assert "cupy" not in during
+    decisions = f.stats.as_dict()["decisions"]
+    assert decisions <= 4, decisions  # waiting for the compilation is no storm of decisions
+    compiling[0] = False
+    after = backends_over(f, 80)
+    assert after[-10:] == ["cupy"] * 10, "".join(b[0] for b in after)

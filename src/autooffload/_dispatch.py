@@ -203,6 +203,7 @@ class _State:
         # then): how soon after a switch a call comes (_learn.SWITCH_COLD_CALLS).
         self.took_over: dict[str, tuple[int, int]] = {}
         self.learner.revisit = self.planner.reset  # a measurement that changes the answer: decide again
+        self.learner.compiling = lambda: backends.module(NUMBA).compiling_now()  # (never imports Numba)
         self.planner.learner = self.learner
         _config.register_decision_cache(self.planner)
         # Whether the code can write into its arguments at all (see _purity.py): if not, calls

@@ -36,7 +36,8 @@ trusted, but only while the exploring calls' charged seconds, plus the predicted
 next one (its last sample at this size, where it has one), stay within ``EXPLORE_FRACTION`` of
 the seconds the function was measured to run in this process (its observed calls, and the
 sampled-out calls of a sampled decision, each timed by a ``perf_counter`` pair but not learned
-from: ``count_measured``). Never predicted seconds: an estimate can be stale (a cell trusted at
+from: ``count_measured``), and no compilation for the Numba tier runs (a call timed meanwhile
+teaches nothing; the exploration waits for it to end as for budget). Never predicted seconds: an estimate can be stale (a cell trusted at
 3 ms whose calls now take 0.3 ms), and counted at it, untimed calls would let exploring spend
 far more than its fraction of the real time (a review of a reverted change: explored at call 14
 where the real budget allowed it at call 126). A
@@ -287,6 +288,10 @@ class Learner:
         self.key = function_key(func)
         self._history: FunctionHistory | None = None
         self.revisit: Callable[[], None] = lambda: None  # the planner's reset, set by _State
+        # Whether a compilation for the Numba tier runs now, in any thread (set by _State): a call
+        # timed meanwhile teaches nothing (``_dispatch._State._observed``'s ``disturbed``), so no
+        # exploration starts then; it waits as for budget (``exploration``).
+        self.compiling: Callable[[], bool] = lambda: False
         # Buckets where exploration waits for budget -> the predicted seconds it waits to afford.
         self._pending: dict[tuple[int, int], float] = {}
         self._compile_wait: dict[tuple[int, int], float] = {}  # buckets waiting to afford the tier's compilation
@@ -418,10 +423,16 @@ class Learner:
                 # so it waited for 41 ms of the tier's calls). Costed at most EXPLORE_WITHIN x the
                 # choice: if it does take longer, that is the one call's misprediction of the bound.
                 cost = min(cost, EXPLORE_WITHIN * mine)
-            if history.explored_s + cost <= EXPLORE_FRACTION * self._measured():
+            if self._affordable(cost):
                 self._pending.pop(bucket, None)
                 return other
-            self._pending[bucket] = cost  # keep observing: the budget grows with the observed time
+            # Keep observing: the budget grows with the observed time, and a compilation ends (an
+            # exploring call during one is charged and teaches nothing, by the ``disturbed``
+            # rule). Suspected, not yet confirmed by a decision log: on the H200 without a profile
+            # percentiles at 1e2 ran 11 GPU calls of up to ~1 ms in the timed rounds of each of two
+            # suite runs, against NumPy's 40 us, its GPU cell left with one sample, while the next
+            # row waited 3 s for a compilation of the same function (h200-session18, runs 4-5).
+            self._pending[bucket] = cost
             return None
         self._pending.pop(bucket, None)
         return None
@@ -536,10 +547,15 @@ class Learner:
         cannot explore it)."""
         self._measured_s += seconds
         need = self._pending.get(bucket)
-        if need is not None and self.history.explored_s + need <= EXPLORE_FRACTION * self._measured():
+        if need is not None and self._affordable(need):
             self._left_s -= seconds
             return True
         return self._towards_waits(seconds)
+
+    def _affordable(self, need: float) -> bool:
+        """Whether an exploration waiting to spend ``need`` seconds may run now: within
+        ``EXPLORE_FRACTION`` of the measured time, and no compilation runs (``compiling``)."""
+        return self.history.explored_s + need <= EXPLORE_FRACTION * self._measured() and not self.compiling()
 
     def _towards_waits(self, seconds: float) -> bool:
         """``seconds`` more of the function's towards the nearest wait; whether one is met (and dropped)."""
@@ -613,7 +629,7 @@ class Learner:
         # budget sat between the two (+100-400 us a call on the H200: the in-place chain at 1e5
         # ran 5x slower than the Numba tier it had chosen).
         need = self._pending.get(bucket)
-        affordable = need is not None and history.explored_s + need <= EXPLORE_FRACTION * self._measured()
+        affordable = need is not None and self._affordable(need)
         self._left_s -= seconds
         due = self._left_s <= 0 and self._waits_due()
         if moved or drifted or affordable or exploring or due:
