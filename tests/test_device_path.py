@@ -617,7 +617,7 @@ def test_plain_calls_give_the_callers_arrays_views_and_new_arrays(on_gpu, plain_
 
 @pytest.mark.parametrize("pick", ["itself", "view", "reversed", "other", "new", "scalar"])
 def test_a_plain_calls_single_array_result_is_what_numpy_gives(on_gpu, plain_moves, pick):
-    # One array as the result takes Moved._plain_result (the tuple above takes the general walk).
+    # One array as the result takes _result_leaf's short way after move_plain (the tuple above: the walk).
     fn = {"itself": lambda x, y: x, "view": lambda x, y: x[2:], "reversed": lambda x, y: x[::-1],
           "other": lambda x, y: y.T, "new": lambda x, y: x * 2.0 + y[0, 0], "scalar": lambda x, y: x.sum()}[pick]
     x, y = rng.random(8), np.asfortranarray(rng.random((3, 2)))

@@ -433,18 +433,10 @@ class Moved:
         assert self.to_device and self.pure
         copies: list = []
         copy = None
-        meter, to_device, clock = self.meter, self.backend.to_device, time.perf_counter
         try:
             for a in args:
                 if type(a) is np.ndarray:
-                    # _copy_over, unrolled: each layer of a small call's path costs ~3.5x on the
-                    # H200 machine what it costs on the CPU VM (gpu_gaps 6 against tools' fake-device run)
-                    if meter is None:
-                        copy = to_device(a)
-                    else:
-                        start = clock()
-                        copy = to_device(a)
-                        meter.copied(True, a.nbytes, clock() - start)
+                    copy = self._copy_over(a)
                     self.entries[id(a)] = _Entry(a, copy, copy)
                     self.by_copy[id(copy)] = a
                     copies.append(copy)
@@ -620,42 +612,10 @@ class Moved:
         Also what anything the run stored where the caller can reach it becomes (_reachable.py).
         """
         if type(obj) is self.backend.array_type and self.to_device:
-            if self.unmirrored and obj.ndim:
-                return self._plain_result(obj)
             return self._result_leaf(obj)  # the common case, without the walk (~2 us)
         known = {id(new): original for original, new, _ in self.containers}
         known.update((key, original) for key, (_, original) in self.tuples.items())
         return map_result(obj, self._result_leaf, self._is_copy_side, known)
-
-    def _plain_result(self, x: Any) -> Any:
-        """``_result_leaf`` of a device array of at least one dimension after ``move_plain``,
-        its layers unrolled: a copy of an argument is that argument; an array sharing memory
-        with a copy goes the general way (``_view_of_original`` mirrors the copies then); any
-        other array is copied to the host."""
-        original = self.by_copy.get(id(x))
-        if original is not None:
-            return original
-        done = self.converted.get(id(x))
-        if done is not None:
-            return done[1]
-        pointer = self.backend.pointer
-        low, high = extent(pointer(x), x.shape, x.strides, x.itemsize)
-        for entry in self.entries.values():
-            start = pointer(entry.copy)
-            if low < start + entry.copy.nbytes and start < high:
-                return self._result_leaf(x)
-        meter = self.meter
-        if meter is None:
-            host = self.backend.to_host(x)
-        else:
-            if not self.device_idle:
-                self.backend.synchronize()  # as _metered: the copy's time is the copy's
-                self.device_idle = True
-            start = time.perf_counter()
-            host = self.backend.to_host(x)
-            meter.copied(False, x.nbytes, time.perf_counter() - start)
-        self.converted[id(x)] = (x, host)  # x kept alive: its id stays its own
-        return host
 
     def _result_leaf(self, x: Any) -> Any:
         original = self.by_copy.get(id(x))
@@ -664,7 +624,13 @@ class Moved:
         done = self.converted.get(id(x))
         if done is not None:
             return done[1]
-        new = self._converted_leaf(x)
+        if self.unmirrored and self.to_device and x.ndim and not self._overlaps_a_copy(
+                *extent(self._copy_pointer(x), x.shape, x.strides, x.itemsize)):
+            # After move_plain, an array apart from every copy is new: straight to the host, past
+            # _converted_leaf's layers (each costs 1-3 us inside a small call on the H200).
+            new = self._metered(False, x.nbytes, self.backend.to_host, x)
+        else:
+            new = self._converted_leaf(x)
         self.converted[id(x)] = (x, new)  # x kept alive: its id stays its own
         return new
 
@@ -687,17 +653,21 @@ class Moved:
         view = self._view_of_original(x, self._copy_pointer(x))
         return view if view is not None else self._metered(True, x.nbytes, self.backend.to_device, x)
 
+    def _overlaps_a_copy(self, low: int, high: int) -> bool:
+        """Whether copy-side bytes [low, high) overlap one of the copies (before ``_mirror_all``)."""
+        for entry in self.entries.values():
+            start = self._copy_pointer(entry.copy)
+            if low < start + entry.copy.nbytes and start < high:
+                return True
+        return False
+
     def _view_of_original(self, x: Any, ptr: int) -> Any:
         """The caller-side view matching ``x`` when ``x`` lies in memory mirrored from the caller."""
         low, high = extent(ptr, x.shape, x.strides, x.itemsize)
         if self.unmirrored:
-            for entry in self.entries.values():
-                start = self._copy_pointer(entry.copy)
-                if low < start + entry.copy.nbytes and start < high:
-                    self._mirror_all()  # x shares memory with a copy: match it as move() would
-                    break
-            else:
+            if not self._overlaps_a_copy(low, high):
                 return None
+            self._mirror_all()  # x shares memory with a copy: match it as move() would
         for region in self.regions:
             if region.low <= low and high <= region.high and high > low:
                 offset, strides, dtype = ptr - region.low, x.strides, x.dtype
