@@ -335,7 +335,7 @@ class _State:
             # observe_every lands on the same call of each burst in a function called in bursts
             # (the tier's cold first call of every 8): its cold samples then outvote the warm ones.
             self.unsampled = d.observe_every - 1
-        compiling = backends.module(NUMBA).compiling_now
+        compiling = self.learner.compiling
         disturbed = compiling()
         # The tier running a build that does not stand for it here (a try), or changing which does:
         # a time the decision layer does not learn, or one that measures its cell afresh
