@@ -84,7 +84,8 @@ class SyntheticEngine:
     def __init__(self, rate_GBps: dict[str, float], fixed_s: dict[str, float] | None = None, chunk_gain: float = 1.5,
                  best_worker_chunk: int = 32 * MiB, best_staged_piece: int | None = None,
                  nontemporal_gain: dict[str, float] | None = None, pinned_GBps: float | None = None,
-                 parts_gain: dict[str, float] | None = None):
+                 parts_gain: dict[str, float] | None = None, spin_gain: dict[str, float] | None = None):
+        self.spin_gain = spin_gain or {}  # staged copies with pool_spin_us > 0: rate x this
         self.nontemporal_gain = nontemporal_gain or {}  # staged copies with {d}_nontemporal on: rate x this
         self.parts_gain = parts_gain or {}  # staged copies with parts_per_thread > 1: rate x this
         self.pinned_GBps = pinned_GBps  # a DMA from pinned memory (None: the engine offers none)
@@ -112,6 +113,8 @@ class SyntheticEngine:
             rate *= self.nontemporal_gain.get(d, 1.0)
         if p == "staged" and k.get("parts_per_thread", 1) > 1:
             rate *= self.parts_gain.get(d, 1.0)
+        if p == "staged" and k.get("pool_spin_us", 0) > 0:
+            rate *= self.spin_gain.get(d, 1.0)
         self.t += self.fixed.get(p, 1e-4) + n / (rate * 1e9)
 
     def engine(self) -> C.Engine:
@@ -199,6 +202,19 @@ def test_search_weighs_parts_per_thread_over_both_directions(gains, expected):
     assert any(line.startswith(f"parts_per_thread: {expected} (log gain") for line in r.log), r.log
     # weighed where the chosen ranges stage, on the non-temporal stores chosen before it
     assert any(c.get("parts_per_thread") == C.PARTS_PER_THREAD for c in syn.configured)
+
+
+@pytest.mark.parametrize("gains, expected", [
+    ({"h2d": 1.05, "d2h": 1.10}, C.POOL_SPIN_US),
+    ({"h2d": 1.04, "d2h": 0.90}, 0),  # one knob for the pool: the gains add up
+    ({}, 0),  # no difference: the threads sleep at once, as before
+])
+def test_search_weighs_the_pools_spin_over_both_directions(gains, expected):
+    syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10}, spin_gain=gains)
+    r = C.search(syn.engine(), PLAN)
+    assert r.knobs["pool_spin_us"] == expected, r.log
+    assert any(line.startswith(f"pool_spin_us: {expected} (log gain") for line in r.log), r.log
+    assert any(c.get("pool_spin_us") == C.POOL_SPIN_US for c in syn.configured)
 
 
 @pytest.mark.parametrize("register_fixed_s, expected, after", [
@@ -361,7 +377,7 @@ def test_apply_tuning_over_the_defaults_skips_unknown_knobs(restore_tuning):
 
 
 @pytest.mark.parametrize("bad", [{"threads": 0}, {"chunk_bytes": -1}, {"staged_max": 1.5}, {"threads": True},
-                                 {"parts_per_thread": 0}, {"parts_per_thread": 65}])
+                                 {"parts_per_thread": 0}, {"parts_per_thread": 65}, {"pool_spin_us": 100_001}])
 def test_apply_tuning_rejects_bad_values(bad, restore_tuning):
     with pytest.raises(ValueError, match="tuning knob"):
         T.apply_tuning(bad)

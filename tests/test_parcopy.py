@@ -109,6 +109,43 @@ def test_a_forked_child_copies_with_its_own_workers():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_spinning_threads_copy_exactly_and_go_to_sleep_after_their_spin():
+    # pool_spin_us: the workers spin for the next copy before sleeping; copies back to back and
+    # from several callers stay exact, and the spin ends (no core is held once it has passed).
+    rng = np.random.default_rng(5)
+    for n in (4097, (1 << 20) + 3, 8 << 20):
+        for _ in range(5):
+            src = rng.integers(0, 256, n, dtype=np.uint8)
+            dst = np.zeros(n, np.uint8)
+            P.copy(dst.ctypes.data, src.ctypes.data, n, 4, 4096, False, 4, 2000)
+            assert np.array_equal(dst, src)
+    errors: list[AssertionError] = []
+
+    def caller(seed):
+        r = np.random.default_rng(seed)
+        for _ in range(20):
+            n = int(r.integers(1, 3 << 20))
+            src = r.integers(0, 256, n, dtype=np.uint8)
+            dst = np.zeros(n, np.uint8)
+            P.copy(dst.ctypes.data, src.ctypes.data, n, 4, 4096, bool(seed % 2), 2, 500)
+            if not np.array_equal(dst, src):  # pragma: no cover - reported below
+                errors.append(AssertionError(f"copy of {n} bytes differs"))
+
+    ths = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert not errors
+    P.copy(dst.ctypes.data, src.ctypes.data, len(src), 4, 4096, False, 1, 1000)
+    import time
+    time.sleep(0.05)  # the 1 ms spin is over
+    cpu = time.process_time()
+    time.sleep(0.2)
+    # sleeping workers use no CPU; three that never stopped spinning would use ~0.6 s
+    assert time.process_time() - cpu < 0.05
+
+
 def test_bad_input_is_refused_with_a_clear_error():
     a = np.zeros(1 << 16, np.uint8)
     with pytest.raises(ValueError, match="overlap"):
@@ -121,4 +158,6 @@ def test_bad_input_is_refused_with_a_clear_error():
         P.copy(-1, a.ctypes.data, 100, 2)
     with pytest.raises(OverflowError):
         P.copy(a.ctypes.data, a.ctypes.data + 4096, -5, 2)
+    with pytest.raises(ValueError, match="spin_us must be in"):
+        P.copy(a.ctypes.data, a.ctypes.data + 4096, 100, 2, 4096, False, 1, -1)
     P.copy(0, 0, 0, 2)  # nothing to copy: nothing checked, nothing done

@@ -394,6 +394,9 @@ def search(engine: Engine, plan: SearchPlan, progress: Callable[[str], None] | N
         # stores just chosen, with a slice of its own as the step before.
         deadline = max(start + 0.85 * plan.budget_s, clock() + 0.05 * plan.budget_s)
         knobs.update(_parts_choice(knobs, plan, timed, lambda: clock() > deadline, log))
+        # 5b. Whether the native pool's threads spin between a staged copy's pieces, likewise.
+        deadline = max(start + 0.9 * plan.budget_s, clock() + 0.05 * plan.budget_s)
+        knobs.update(_spin_choice(knobs, plan, timed, lambda: clock() > deadline, log))
         # Only worth it where it beats the defaults: else keep them (a noisy search must not
         # leave the engine worse than the hand tuning).
         say("tuned against defaults")
@@ -468,6 +471,22 @@ def _parts_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict
     both directions: their gains add up); else 1 (``_staged_choice``)."""
     return _staged_choice(knobs, plan, timed, over_budget, log, {"h2d": "parts_per_thread", "d2h": "parts_per_thread"},
                           (1, PARTS_PER_THREAD), "parts per thread")
+
+
+# How long the native pool's threads spin for the next piece before sleeping, weighed against
+# none: on the H200 (benchmarks/results/h200-session19/transfer.run2.md, interleaved twins) 300 us
+# made staged first copies out 5% / 16% / 3% faster at 16 / 32 / 64 MiB and in 7% / 7% / 5%, and
+# were within 2% from 256 MiB; 50 us gained about half as much.
+POOL_SPIN_US = 300
+
+
+def _spin_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict[str, int], int, str], float],
+                 over_budget: Callable[[], bool], log: list[str]) -> dict[str, int]:
+    """``pool_spin_us``: ``POOL_SPIN_US`` where, over the sizes ``knobs`` stages in either direction,
+    copies with it took less time in total than with none (one knob for the pool); else 0
+    (``_staged_choice``)."""
+    return _staged_choice(knobs, plan, timed, over_budget, log, {"h2d": "pool_spin_us", "d2h": "pool_spin_us"},
+                          (0, POOL_SPIN_US), "pool spin")
 
 
 def _staged_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict[str, int], int, str], float],

@@ -30,6 +30,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -59,6 +60,40 @@ static job_t *current = NULL;
 static unsigned long generation = 0;
 static int n_workers = 0;
 static unsigned long long jobs_shared = 0, jobs_alone = 0, jobs_waited = 0;
+/* Nanoseconds a worker spins for the next job after one ends, and the caller for the last part of
+ * its own, before parking on the condition variable (0: park at once); set by each copy. */
+static long long spin_ns = 0;
+
+static long long
+now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__SSE2__)
+    _mm_pause();
+#endif
+}
+
+/* Spin until *word != seen or `ns` have passed; returns whether it changed. Reads the clock every
+ * 64 pauses (a few microseconds), so a spin ends within that of its deadline. */
+static int
+spin_while_equal(const unsigned long *word, unsigned long seen, long long ns)
+{
+    long long deadline = now_ns() + ns;
+    for (unsigned i = 1;; i++) {
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != seen)
+            return 1;
+        cpu_relax();
+        if ((i & 63) == 0 && now_ns() >= deadline)
+            return 0;
+    }
+}
 
 /* memcpy with non-temporal stores: the destination's lines bypass the caches. The sfence makes
  * the stores visible before the part is counted done (the caller then queues a DMA of them). */
@@ -125,6 +160,14 @@ worker_main(void *arg)
     pthread_mutex_lock(&mu);
     seen = generation;
     for (;;) {
+        long long spin = __atomic_load_n(&spin_ns, __ATOMIC_RELAXED);
+        if (generation == seen && spin > 0) {
+            /* The next piece of a staged copy usually comes within tens of microseconds: waking
+             * from the condition variable costs more than that on these VMs (see the top). */
+            pthread_mutex_unlock(&mu);
+            spin_while_equal(&generation, seen, spin);
+            pthread_mutex_lock(&mu);
+        }
         while (generation == seen)
             pthread_cond_wait(&cv_work, &mu);
         seen = generation;
@@ -181,7 +224,8 @@ after_fork_child(void)
 }
 
 static void
-parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min_part, int nontemporal, int split)
+parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min_part, int nontemporal, int split,
+              long long spin_us)
 {
     if (split < 1)
         split = 1;
@@ -224,12 +268,22 @@ parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min
     part = (part + PART_ALIGN - 1) / PART_ALIGN * PART_ALIGN;
     job_t job = {dst, src, nbytes, part, (int)((nbytes + part - 1) / part), 0, 0, 0, nontemporal};
     job.left = job.parts;
+    __atomic_store_n(&spin_ns, spin_us * 1000LL, __ATOMIC_RELAXED);
     pthread_mutex_lock(&mu);
     current = &job;
-    generation++;
+    __atomic_add_fetch(&generation, 1, __ATOMIC_RELEASE); /* spinning workers read it unlocked */
     pthread_cond_broadcast(&cv_work);
     pthread_mutex_unlock(&mu);
     run_parts(&job);
+    if (spin_us > 0) {
+        /* The caller's own parts are done: the others' last parts end within microseconds. */
+        long long deadline = now_ns() + spin_us * 1000LL;
+        for (unsigned i = 1; __atomic_load_n(&job.left, __ATOMIC_ACQUIRE) != 0; i++) {
+            cpu_relax();
+            if ((i & 63) == 0 && now_ns() >= deadline)
+                break;
+        }
+    }
     pthread_mutex_lock(&mu);
     while (__atomic_load_n(&job.left, __ATOMIC_ACQUIRE) != 0 || job.users != 0)
         pthread_cond_wait(&cv_done, &mu);
@@ -254,10 +308,14 @@ static PyObject *
 py_copy(PyObject *self, PyObject *args)
 {
     unsigned long long dst, src, nbytes, min_part = 256 * 1024;
-    int threads, nontemporal = 0, split = 1;
-    if (!PyArg_ParseTuple(args, "O&O&O&i|O&pi:copy", to_u64, &dst, to_u64, &src, to_u64, &nbytes, &threads, to_u64,
-                          &min_part, &nontemporal, &split))
+    int threads, nontemporal = 0, split = 1, spin_us = 0;
+    if (!PyArg_ParseTuple(args, "O&O&O&i|O&pii:copy", to_u64, &dst, to_u64, &src, to_u64, &nbytes, &threads, to_u64,
+                          &min_part, &nontemporal, &split, &spin_us))
         return NULL;
+    if (spin_us < 0 || spin_us > 100000) {
+        PyErr_Format(PyExc_ValueError, "copy: spin_us must be in [0, 100000]; got %d", spin_us);
+        return NULL;
+    }
     if (nbytes == 0)
         Py_RETURN_NONE;
     if (dst == 0 || src == 0) {
@@ -274,7 +332,7 @@ py_copy(PyObject *self, PyObject *args)
     }
     Py_BEGIN_ALLOW_THREADS
     parallel_copy((char *)(uintptr_t)dst, (const char *)(uintptr_t)src, (size_t)nbytes, threads, (size_t)min_part,
-                  nontemporal, split);
+                  nontemporal, split, spin_us);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -292,10 +350,11 @@ py_info(PyObject *self, PyObject *noargs)
 
 static PyMethodDef methods[] = {
     {"copy", py_copy, METH_VARARGS,
-     "copy(dst, src, nbytes, threads, min_part=262144, nontemporal=False, split=1): memcpy between raw "
+     "copy(dst, src, nbytes, threads, min_part=262144, nontemporal=False, split=1, spin_us=0): memcpy between raw "
      "addresses split over up to `threads` native threads (the caller included), parts of at least min_part "
      "bytes, up to `split` (1-64) parts a thread taken as threads come; nontemporal: streaming stores that "
-     "bypass the caches (x86-64); releases the GIL. Positional arguments only."},
+     "bypass the caches (x86-64); spin_us (0-100000): how long the pool's threads spin for the next copy, "
+     "and the caller for its last part, before sleeping; releases the GIL. Positional arguments only."},
     {"info", py_info, METH_NOARGS,
      "{'workers', 'shared', 'alone', 'waited'}: pool threads; copies made by the pool (of which 'waited' "
      "waited for it), and alone."},

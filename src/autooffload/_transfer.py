@@ -187,6 +187,12 @@ class _Tuning:
     # GB/s). The shipped H200 profile sets 4 by hand; calibration weighs 4 against 1 since
     # (_copytune._parts_choice, not yet run on the GPU); a profile without it keeps 1.
     parts_per_thread: int = 1
+    # Microseconds the native pool's threads spin for the next copy once one ends, and the caller
+    # for its last part, before sleeping on a condition variable (0: sleep at once). A staged
+    # copy hands the pool one piece after another with gaps of tens of microseconds, and a
+    # thread woken from the condition variable takes longer than that on these VMs: on the H200
+    # 64 MiB out (four 16 MiB pieces) made 31.7 GB/s against 45.5 at 256 MiB (session 18).
+    pool_spin_us: int = 0
     # 1: device->host results in new memory (no kept block fitted) may take the staged path too;
     # 0: they go to the workers, whose separate chunks fault their first-touch pages in faster
     # (sweep, 32 / 64 MiB into new memory: workers 14.0 / 18.6 GB/s, staged 11.9 / 12.4).
@@ -334,6 +340,8 @@ def _check_knobs(changes: dict[str, Any]) -> None:
     for k in ("chunk_bytes", "min_chunk_bytes", "max_buffers", "threads", "staged_piece_count", "parts_per_thread"):
         if k in changes and changes[k] < 1:
             raise ValueError(f"tuning knob {k} must be >= 1; got {changes[k]!r}")
+    if changes.get("pool_spin_us", 0) > 100_000:
+        raise ValueError(f"tuning knob pool_spin_us must be at most 100000 (0.1 s); got {changes['pool_spin_us']!r}")
     if changes.get("parts_per_thread", 1) > 64:
         raise ValueError(f"tuning knob parts_per_thread must be at most 64 (the native pool's limit); got {changes['parts_per_thread']!r}")
     if "pin_after_copies" in changes and changes["pin_after_copies"] < 2:
@@ -1223,8 +1231,11 @@ def _two_buffers(pool: PinnedPool, pieces: int) -> list[_Buffer]:
 
 
 def _split(t: _Tuning) -> tuple[int, ...]:
-    """``_parcopy.copy``'s parts-a-thread argument, passed only where it is not the default: a
-    native module built before it existed (an editable install not rebuilt) still copies."""
+    """``_parcopy.copy``'s parts-a-thread and spin arguments, passed only where they are not the
+    defaults: a native module built before they existed (an editable install not rebuilt) still
+    copies."""
+    if t.pool_spin_us:
+        return (t.parts_per_thread, t.pool_spin_us)
     return (t.parts_per_thread,) if t.parts_per_thread != 1 else ()
 
 
