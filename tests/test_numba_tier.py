@@ -356,6 +356,14 @@ def test_waiting_to_afford_the_tiers_compilation_times_no_call(use_profile, monk
     assert f.__autooffload__.learner.history.observed_s == observed  # not timed while waiting
     for _ in range(100):  # 0.5 s of predicted NumPy time in all: the compilation starts
         f(x)
+    # No exploration starts while it runs (_learn.Learner._affordable): on a loaded 2-core
+    # machine it may take seconds of real time, so wait for it, then call once more.
+    planner = f.__autooffload__.planner
+    deadline = time.monotonic() + 60
+    while planner.compile_pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+        f(x)
+    f(x)
     assert "to explore it" in f.last_decision.reason or f.last_decision.backend == "numba", f.last_decision
 
 
@@ -502,9 +510,10 @@ def test_a_loop_the_parallel_build_runs_slower_than_numpy_is_learned_at_its_seri
 
 
 def test_a_function_compiled_whole_pays_the_tiers_fixed_cost_once():
-    # The shipped H200 tier's curves, one operation per point (~10-25 us at 1 KiB: the call and
-    # its threads' wake-up). Black-Scholes is 17 operations: summed as NumPy's are, 387 us at
-    # 3 x 33 elements, where its parallel build ran in 9-28 us (NumPy: 30-71 us).
+    # The shipped H200 tier's curves, one operation per point (~6 us at 1 KiB in session 19's
+    # calibration, ~10-25 us in session 12's: the call and its threads' wake-up). Black-Scholes
+    # is 17 operations: summed as NumPy's are, 387 us at 3 x 33 elements under session 12's
+    # curves, where its parallel build ran in 9-28 us (NumPy: 30-71 us).
     from autooffload import _costmodel
     from autooffload._profiles import Profile
 
@@ -513,7 +522,8 @@ def test_a_function_compiled_whole_pays_the_tiers_fixed_cost_once():
     work = [(tier.kinds["elementwise"], 14), (tier.kinds["transcendental"], 3)]
     small = _costmodel._compute(tier, work, 792.0, whole=True)
     summed = _costmodel._compute(tier, work, 792.0)
-    assert summed > 300e-6 and small < 60e-6
+    one_op = max(tier.kinds[k].predict(792.0) for k in ("elementwise", "transcendental"))
+    assert summed > 15 * one_op and small < 2 * one_op and small < 60e-6
     big = 24e6  # 3 x 1e6 elements: the operations' own time dominates; the fixed cost is noise
     assert _costmodel._compute(tier, work, big, whole=True) == pytest.approx(_costmodel._compute(tier, work, big), rel=0.05)
     assert _costmodel._whole_call([(tier.kinds["sort"], 1)], 792.0) == pytest.approx(tier.kinds["sort"].predict(792.0))

@@ -904,6 +904,32 @@ def test_results_in_new_memory_go_to_the_workers_unless_told(staged, monkeypatch
     assert same(T.to_host(d), h) and used == [1, 1]
 
 
+def test_results_from_four_mib_take_kept_blocks_below_the_direct_size_while_pinned_on_reuse(fake):
+    # Which results are kept must not hang on where calibration ends the driver's direct path.
+    T._configure(d2h_direct_max=64 * MiB, pin_results_min=1 * MiB, pin_after_copies=2)
+    T._hostmem.results.release()
+    rng = np.random.default_rng(15)
+    small = random_array((T.KEPT_RESULTS_MIN // 8 - 1,), np.float64, rng)  # just below: plain memory
+    big = random_array((T.KEPT_RESULTS_MIN // 8,), np.float64, rng)
+    ds, db = T.to_device(small), T.to_device(big)
+    r = T.to_host(ds)
+    assert same(r, small) and r.flags.owndata
+    addresses = []
+    for _ in range(3):  # a loop's results: the same kept block, pinned once handed out again
+        r = T.to_host(db)
+        assert same(r, big) and not r.flags.owndata and isinstance(r.base, T._hostmem._Lease)
+        addresses.append(r.ctypes.data)
+        del r
+    assert len(set(addresses)) == 1 and T._hostmem.results.info()["pinned_blocks"] >= 1
+    T._hostmem.results.release()
+    T._configure(pin_results_min=0)  # pinning off: only above the direct size, as before
+    r = T.to_host(db)
+    assert same(r, big) and r.flags.owndata
+    with T.unpinned_copies():  # a first copy, as benchmarks time it: plain memory
+        T._configure(pin_results_min=1 * MiB)
+        assert T.to_host(db).flags.owndata
+
+
 # ---------------------------------------------------------------------------------------------
 # Pinning the caller's memory in place (cudaHostRegister), issue 14
 # ---------------------------------------------------------------------------------------------

@@ -476,7 +476,7 @@ def _parts_choice(knobs: dict[str, int], plan: SearchPlan, timed: Callable[[dict
 # How long the native pool's threads spin for the next piece before sleeping, weighed against
 # none: on the H200 (benchmarks/results/h200-session19/transfer.run2.md, interleaved twins) 300 us
 # made staged first copies out 5% / 16% / 3% faster at 16 / 32 / 64 MiB and in 7% / 7% / 5%, and
-# were within 2% from 256 MiB; 50 us gained about half as much.
+# were within 3% from 256 MiB; 50 us gained about half as much.
 POOL_SPIN_US = 300
 
 

@@ -12,8 +12,9 @@ dies, the lease returns its block to the free list (through a queue: a result ca
 garbage collection that started inside this pool's locked code, whose lock its ``__del__`` must
 not wait for). Free blocks are bounded (``max_free_bytes``, an eighth of the memory the process
 may use, at most 8 GiB); beyond that the largest go back to the OS.
-``release()`` drops them all. Only arrays above the copy engine's direct-copy size use this:
-below it, the allocator's own free lists serve.
+``release()`` drops them all. Only results above the copy engine's direct-copy size use this,
+and those from 4 MiB while kept blocks are pinned (``_transfer.KEPT_RESULTS_MIN``): below, the
+allocator's own free lists serve.
 
 A hand-out and give-back costs ~5.6 us of Python on the 2-core VM with the C extension built
 (tools/kept_result_cost.py; 18 us while each block's address was read through ``ndarray.ctypes``,

@@ -191,7 +191,10 @@ class _Tuning:
     # for its last part, before sleeping on a condition variable (0: sleep at once). A staged
     # copy hands the pool one piece after another with gaps of tens of microseconds, and a
     # thread woken from the condition variable takes longer than that on these VMs: on the H200
-    # 64 MiB out (four 16 MiB pieces) made 31.7 GB/s against 45.5 at 256 MiB (session 18).
+    # 64 MiB out (four 16 MiB pieces) made 31.7 GB/s against 45.5 at 256 MiB (session 18). With
+    # 300 us staged first copies were 3-16% faster out and 5-7% in at 16-64 MiB, within 3% from
+    # 256 MiB (h200-session19/transfer.run2.md): the wake-ups are a small part of that gap.
+    # Calibration weighs it (_copytune._spin_choice); the shipped H200 profile has 300.
     pool_spin_us: int = 0
     # 1: device->host results in new memory (no kept block fitted) may take the staged path too;
     # 0: they go to the workers, whose separate chunks fault their first-touch pages in faster
@@ -221,6 +224,8 @@ class _Tuning:
     # a plain array is pinned at its second copy (the pin-down cache stops at a result's lease;
     # kept blocks in use are now counted and pinned by their pool: _hostmem.HostBlocks.copied),
     # and many small kept blocks fill the bounded free list and pinned budget large results need.
+    # Since session 19 results take kept blocks from KEPT_RESULTS_MIN (4 MiB) below the direct
+    # size too, while this knob is set (_kept_result).
     pin_results_min: int = 1 * MiB
     # The caller's arrays whose memory is at least this many bytes take part in the pin-down
     # cache (_pincache.py, 0: never): once copies have moved ``pin_after_copies`` times an
@@ -1163,6 +1168,26 @@ def _small_direct(contiguous: bool, nbytes: int, t: _Tuning, direct_max: int, re
             and not (register_min and nbytes >= register_min) and not _staged(nbytes, t))
 
 
+# Results from this size up take kept blocks (pinned once handed out again) even where the
+# driver's direct copy would move them, unless pinning is off. Why: which results are kept must
+# not hang on where calibration puts the direct path's end. On the H200 the suite's pairwise
+# distances at 1e6 (an 8 MB result, a loop of calls) took 410 us under @offload where 8 MB was
+# above d2h_direct_max (5.6 MiB, the earlier shipped tuning) and 804 us where it was below (11.3
+# MiB, the session 19 calibration), against 762 us for cupy with its copies; 1.13 ms with the
+# defaults' 16 MiB (h200-session19 runs 1 and 3). Not from 1 MiB: many small kept blocks crowd
+# the bounded free list and the pinned budget that large results need (session 12).
+KEPT_RESULTS_MIN = 4 * MiB
+
+
+def _kept_result(nbytes: int, t: _Tuning) -> bool:
+    """Whether a new result of ``nbytes`` takes the memory of a kept block (_hostmem.py): above
+    the direct-copy size, and from ``KEPT_RESULTS_MIN`` while results are pinned on reuse."""
+    if nbytes > t.d2h_direct_max:
+        return True
+    return (bool(t.pin_results_min) and nbytes >= max(t.pin_results_min, KEPT_RESULTS_MIN)
+            and not getattr(_tls, "unpinned", False))
+
+
 def _results_pinned(t: _Tuning, contiguous: bool, host_c: np.ndarray, nbytes: int) -> bool:
     """Whether ``host_c`` lies in a kept result block that is pinned (and pinning is not paused)."""
     return (contiguous and bool(t.pin_results_min) and not getattr(_tls, "unpinned", False)
@@ -1309,7 +1334,7 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
         src_ptr = tmp.data.ptr
     fresh = False
     if out is None:
-        if dtype.itemsize * math.prod(shape) > t.d2h_direct_max:
+        if _kept_result(dtype.itemsize * math.prod(shape), t):
             # Memory already faulted in, when kept (and pinned, when kept and pinning is on).
             out = _hostmem.results.empty(shape, dtype, order, pin=not getattr(_tls, "unpinned", False))
             fresh = out.base.fresh

@@ -25,8 +25,11 @@ is serial) and, for the memory-bound kinds (elementwise, reduction), times this 
 relative to that machine (the probe against that profile's own NumPy elementwise curve at
 4 MiB; the pass says nothing of arithmetic speed, so transcendental and sort keep 1).
 Leave-one-out on the two shipped machines with Numba curves (16-core Xeon of the H200 box, 2-core
-EPYC), predicting each one's tier curves from the other's at 16 KiB-256 MiB (the H200's of its
-session-12 calibration): elementwise within 2.6x, transcendental within 2.7x, sort within 1.4x,
+EPYC), predicting each one's tier curves from the other's at 16 KiB-256 MiB. With the H200's
+session-19 calibration (the one shipped): elementwise and reduction within 3.6x (3.2-3.6x at
+16-128 MiB, where that start's host memory was fast: 53 GB/s memcpy), transcendental within
+2.1x, sort within 1.4x, but for the 2-core VM's steps below. With its session-12 calibration:
+elementwise within 2.6x, transcendental within 2.7x, sort within 1.4x,
 reduction within 2.7x, except at 2 and 32 MiB (elementwise 3.4-3.7x) and 2 MiB (transcendental
 3.3x), where that calibration flagged most of the H200 tier's points noisy (with session 11's:
 elementwise 2.9x, transcendental 2.6x, sort 1.8x, reduction 2.3x), and except where a curve has a step the other has not (two points of the
