@@ -146,6 +146,38 @@ def test_spinning_threads_copy_exactly_and_go_to_sleep_after_their_spin():
     assert time.process_time() - cpu < 0.05
 
 
+_SPIN_PROBE = """
+import sys, time
+import numpy as np
+from autooffload import _parcopy as P
+threads, spin = int(sys.argv[1]), int(sys.argv[2])
+a = np.ones(8 << 20, np.uint8); b = np.empty_like(a)
+P.copy(b.ctypes.data, a.ctypes.data, a.nbytes, threads, 4096, False, 1, 0)  # start the workers
+time.sleep(0.1)
+P.copy(b.ctypes.data, a.ctypes.data, a.nbytes, 2, 4096, False, 1, spin)
+cpu = time.process_time()
+time.sleep(0.06)
+print(time.process_time() - cpu)
+"""
+
+
+def _cpu_after_a_spinning_copy(pool_threads: int, spin_us: int) -> float:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _SPIN_PROBE, str(pool_threads), str(spin_us)], capture_output=True,
+                         text=True, check=True, timeout=60)
+    return float(out.stdout)
+
+
+def test_the_pool_spins_for_the_time_asked_and_not_where_it_has_more_threads_than_cores():
+    # A fresh process each: the pool's size is the largest any copy of the process asked for.
+    assert _cpu_after_a_spinning_copy(2, 0) < 0.02  # parked at once
+    assert _cpu_after_a_spinning_copy(2, 100_000) > 0.02  # one worker spins through the 60 ms
+    if len(os.sched_getaffinity(0)) < 64:
+        # 63 workers on fewer cores: every copy already wakes more threads than there are cores
+        assert _cpu_after_a_spinning_copy(64, 100_000) < 0.02
+
+
 def test_bad_input_is_refused_with_a_clear_error():
     a = np.zeros(1 << 16, np.uint8)
     with pytest.raises(ValueError, match="overlap"):

@@ -904,7 +904,7 @@ def test_results_in_new_memory_go_to_the_workers_unless_told(staged, monkeypatch
     assert same(T.to_host(d), h) and used == [1, 1]
 
 
-def test_results_from_four_mib_take_kept_blocks_below_the_direct_size_while_pinned_on_reuse(fake):
+def test_results_from_four_mib_take_kept_blocks_below_the_direct_size_while_pinned_on_reuse(fake, monkeypatch):
     # Which results are kept must not hang on where calibration ends the driver's direct path.
     T._configure(d2h_direct_max=64 * MiB, pin_results_min=1 * MiB, pin_after_copies=2)
     T._hostmem.results.release()
@@ -928,6 +928,10 @@ def test_results_from_four_mib_take_kept_blocks_below_the_direct_size_while_pinn
     with T.unpinned_copies():  # a first copy, as benchmarks time it: plain memory
         T._configure(pin_results_min=1 * MiB)
         assert T.to_host(db).flags.owndata
+    monkeypatch.setenv("AUTOOFFLOAD_PIN", "0")  # the user's way out of pinning: no kept blocks below the direct size
+    T._configure(pin_results_min=2 * MiB)
+    r = T.to_host(db)
+    assert same(r, big) and r.flags.owndata
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 # device-path (tools/profile_device_path.py: the overhead rows on device data, floors and cProfile); timeline (tools/stream_timeline.py: a streamed call's CUDA events against the no-wait pipeline), staged-probe
 # (tools/staged_probe.py: a first copy's halves alone and under each other), gaps-result (tools/gpu_gaps.py 5);
 # each logged under $OUT/<step>.log with its wall time. $OUT returns at most 8 files: tar the logs when a run makes more.
+#   once per checkout: bash tools/prepare_wheels.sh (the .whl folder, dask's wheels included)
 #   device tool: command "bash tools/gpu_run.sh tests overhead", carry [".whl"]
 #   checking a session's changes in one call (~520 s): BUDGET=100 MAX_N=1e8 bash tools/gpu_run.sh tests overhead three-way suite-shipped suite-noprofile
 #   the copy engine and streaming (~480 s): BUDGET=120 MIN_BYTES=16MiB bash tools/gpu_run.sh tests transfer streaming suite-shipped

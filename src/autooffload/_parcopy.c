@@ -18,6 +18,13 @@
  * and unloader copy at the same time on every chunk.
  * Workers start on first use and live for the process; after fork() the child starts afresh.
  *
+ * copy(..., spin_us): after a copy, the workers that took part in it (at most its threads less
+ * one) spin that long for the next copy before parking on the condition variable, and the caller
+ * spins for the others' last parts; never where the pool has more threads than the usable cores. A staged copy hands
+ * the pool one piece after another with gaps of tens of microseconds, shorter than a wake-up from
+ * the condition variable on these VMs: on the H200, 300 us made staged first copies 3-16% faster
+ * at 16-64 MiB (benchmarks/results/h200-session19/transfer.run2.md).
+ *
  * copy(..., nontemporal=1) writes with non-temporal (streaming) stores on x86-64: the lines go to
  * memory, not into the copying cores' caches. Why: a DMA that reads pinned memory the host copy
  * has just written runs slower while those lines sit modified in the cores' caches. Measured on
@@ -28,7 +35,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
+#include <unistd.h>
 #include <string.h>
 #include <time.h>
 #if defined(__SSE2__)
@@ -63,6 +72,22 @@ static unsigned long long jobs_shared = 0, jobs_alone = 0, jobs_waited = 0;
 /* Nanoseconds a worker spins for the next job after one ends, and the caller for the last part of
  * its own, before parking on the condition variable (0: park at once); set by each copy. */
 static long long spin_ns = 0;
+/* How many workers may still spin after the current job: the workers it asked for, and never more
+ * than the cores this process may run on less one (the caller's), so that spinners never take a
+ * core from a thread that has work. */
+static int spin_slots = 0;
+
+static int
+usable_cpus(void)
+{
+#if defined(__linux__) && defined(CPU_COUNT)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
 
 static long long
 now_ns(void)
@@ -134,13 +159,14 @@ copy_part(char *dst, const char *src, size_t n, int nontemporal)
         memcpy(dst, src, n);
 }
 
-static void
+/* Copies parts of `job` until none is left; returns whether it copied any. */
+static int
 run_parts(job_t *job)
 {
-    for (;;) {
+    for (int took = 0;; took = 1) {
         int i = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
         if (i >= job->parts)
-            return;
+            return took;
         size_t lo = (size_t)i * job->part;
         size_t n = job->nbytes - lo < job->part ? job->nbytes - lo : job->part;
         copy_part(job->dst + lo, job->src + lo, n, job->nontemporal);
@@ -157,17 +183,19 @@ worker_main(void *arg)
 {
     (void)arg;
     unsigned long seen = 0;
+    int ran = 0; /* this worker took part in the job just ended: only such a worker may spin */
     pthread_mutex_lock(&mu);
     seen = generation;
     for (;;) {
         long long spin = __atomic_load_n(&spin_ns, __ATOMIC_RELAXED);
-        if (generation == seen && spin > 0) {
+        if (ran && generation == seen && spin > 0 && __atomic_sub_fetch(&spin_slots, 1, __ATOMIC_RELAXED) >= 0) {
             /* The next piece of a staged copy usually comes within tens of microseconds: waking
              * from the condition variable costs more than that on these VMs (see the top). */
             pthread_mutex_unlock(&mu);
             spin_while_equal(&generation, seen, spin);
             pthread_mutex_lock(&mu);
         }
+        ran = 0;
         while (generation == seen)
             pthread_cond_wait(&cv_work, &mu);
         seen = generation;
@@ -176,7 +204,7 @@ worker_main(void *arg)
             continue;
         job->users++;
         pthread_mutex_unlock(&mu);
-        run_parts(job);
+        ran = run_parts(job);
         pthread_mutex_lock(&mu);
         /* The caller returns (and its job goes away) only once no worker holds it. */
         if (--job->users == 0 && __atomic_load_n(&job->left, __ATOMIC_ACQUIRE) == 0)
@@ -268,7 +296,15 @@ parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min
     part = (part + PART_ALIGN - 1) / PART_ALIGN * PART_ALIGN;
     job_t job = {dst, src, nbytes, part, (int)((nbytes + part - 1) / part), 0, 0, 0, nontemporal};
     job.left = job.parts;
+    static int cpus = 0;
+    if (cpus == 0)
+        cpus = usable_cpus();
+    /* Every copy wakes every worker: where the pool has more threads than the usable cores, those
+     * already contend for them, and a spinner would only take a core from a thread with work. */
+    if (workers + 1 > cpus)
+        spin_us = 0;
     __atomic_store_n(&spin_ns, spin_us * 1000LL, __ATOMIC_RELAXED);
+    __atomic_store_n(&spin_slots, spin_us > 0 ? threads - 1 : 0, __ATOMIC_RELAXED);
     pthread_mutex_lock(&mu);
     current = &job;
     __atomic_add_fetch(&generation, 1, __ATOMIC_RELEASE); /* spinning workers read it unlocked */
@@ -276,7 +312,8 @@ parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min
     pthread_mutex_unlock(&mu);
     run_parts(&job);
     if (spin_us > 0) {
-        /* The caller's own parts are done: the others' last parts end within microseconds. */
+        /* The caller's own parts are done: the others' last parts end within microseconds (and
+         * each holds a core of its own, or the caller would be taking one from them). */
         long long deadline = now_ns() + spin_us * 1000LL;
         for (unsigned i = 1; __atomic_load_n(&job.left, __ATOMIC_ACQUIRE) != 0; i++) {
             cpu_relax();

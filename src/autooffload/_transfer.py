@@ -1181,11 +1181,12 @@ KEPT_RESULTS_MIN = 4 * MiB
 
 def _kept_result(nbytes: int, t: _Tuning) -> bool:
     """Whether a new result of ``nbytes`` takes the memory of a kept block (_hostmem.py): above
-    the direct-copy size, and from ``KEPT_RESULTS_MIN`` while results are pinned on reuse."""
+    the direct-copy size, and from ``KEPT_RESULTS_MIN`` while results are pinned on reuse (the
+    results pool's own threshold: 0 under AUTOOFFLOAD_PIN=0 or a tuning without pinning)."""
     if nbytes > t.d2h_direct_max:
         return True
-    return (bool(t.pin_results_min) and nbytes >= max(t.pin_results_min, KEPT_RESULTS_MIN)
-            and not getattr(_tls, "unpinned", False))
+    pin_min = _hostmem.results.pin_min_bytes
+    return bool(pin_min) and nbytes >= max(pin_min, KEPT_RESULTS_MIN) and not getattr(_tls, "unpinned", False)
 
 
 def _results_pinned(t: _Tuning, contiguous: bool, host_c: np.ndarray, nbytes: int) -> bool:
