@@ -190,31 +190,22 @@ def test_search_turns_non_temporal_stores_on_per_direction_where_they_are_faster
     assert r.knobs["h2d_nontemporal"] == 0
 
 
-@pytest.mark.parametrize("gains, expected", [
-    ({"h2d": 1.10, "d2h": 0.97}, C.PARTS_PER_THREAD),  # one knob for both directions: the gains add up
-    ({"h2d": 0.95, "d2h": 1.02}, 1),
-    ({}, 1),  # no difference: one part a thread, as before
+@pytest.mark.parametrize("knob, on, gain, gains, expected", [
+    # one knob for both directions: the gains add up
+    ("parts_per_thread", C.PARTS_PER_THREAD, "parts_gain", {"h2d": 1.10, "d2h": 0.97}, C.PARTS_PER_THREAD),
+    ("parts_per_thread", C.PARTS_PER_THREAD, "parts_gain", {"h2d": 0.95, "d2h": 1.02}, 1),
+    ("parts_per_thread", C.PARTS_PER_THREAD, "parts_gain", {}, 1),  # no difference: one part a thread, as before
+    ("pool_spin_us", C.POOL_SPIN_US, "spin_gain", {"h2d": 1.05, "d2h": 1.10}, C.POOL_SPIN_US),
+    ("pool_spin_us", C.POOL_SPIN_US, "spin_gain", {"h2d": 1.04, "d2h": 0.90}, 0),
+    ("pool_spin_us", C.POOL_SPIN_US, "spin_gain", {}, 0),  # no difference: the threads sleep at once, as before
 ])
-def test_search_weighs_parts_per_thread_over_both_directions(gains, expected):
-    syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10}, parts_gain=gains)
+def test_search_weighs_a_pool_knob_over_both_directions(knob, on, gain, gains, expected):
+    syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10}, **{gain: gains})
     r = C.search(syn.engine(), PLAN)
-    assert r.knobs["parts_per_thread"] == expected, r.log
-    assert any(line.startswith(f"parts_per_thread: {expected} (log gain") for line in r.log), r.log
-    # weighed where the chosen ranges stage, on the non-temporal stores chosen before it
-    assert any(c.get("parts_per_thread") == C.PARTS_PER_THREAD for c in syn.configured)
-
-
-@pytest.mark.parametrize("gains, expected", [
-    ({"h2d": 1.05, "d2h": 1.10}, C.POOL_SPIN_US),
-    ({"h2d": 1.04, "d2h": 0.90}, 0),  # one knob for the pool: the gains add up
-    ({}, 0),  # no difference: the threads sleep at once, as before
-])
-def test_search_weighs_the_pools_spin_over_both_directions(gains, expected):
-    syn = SyntheticEngine({"direct": 5, "staged": 40, "workers": 20, "register": 10}, spin_gain=gains)
-    r = C.search(syn.engine(), PLAN)
-    assert r.knobs["pool_spin_us"] == expected, r.log
-    assert any(line.startswith(f"pool_spin_us: {expected} (log gain") for line in r.log), r.log
-    assert any(c.get("pool_spin_us") == C.POOL_SPIN_US for c in syn.configured)
+    assert r.knobs[knob] == expected, r.log
+    assert any(line.startswith(f"{knob}: {expected} (log gain") for line in r.log), r.log
+    # weighed where the chosen ranges stage, on the knobs chosen before it
+    assert any(c.get(knob) == on for c in syn.configured)
 
 
 @pytest.mark.parametrize("register_fixed_s, expected, after", [

@@ -336,6 +336,17 @@ def test_the_tier_takes_numpys_learned_error_until_it_has_its_own(use_profile, m
     assert d.predicted_s["numba"] == pytest.approx(2 * d.predicted_s["numpy"], rel=1e-3)
 
 
+def _call_until_no_compilation_pends(f, x) -> None:
+    """Calls ``f(x)`` while a compilation for it runs in the background (in real time, at most
+    60 s), then once more."""
+    planner = f.__autooffload__.planner
+    deadline = time.monotonic() + 60
+    while planner.compile_pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+        f(x)
+    f(x)
+
+
 def test_waiting_to_afford_the_tiers_compilation_times_no_call(use_profile, monkeypatch, clock):
     # The H200 suite: functions of 5-30 us stayed on the timed path while the tier waited for its
     # budget, 3-20x slower than NumPy. Waiting counts predicted seconds instead of timing calls.
@@ -358,12 +369,7 @@ def test_waiting_to_afford_the_tiers_compilation_times_no_call(use_profile, monk
         f(x)
     # No exploration starts while it runs (_learn.Learner._affordable): on a loaded 2-core
     # machine it may take seconds of real time, so wait for it, then call once more.
-    planner = f.__autooffload__.planner
-    deadline = time.monotonic() + 60
-    while planner.compile_pending and time.monotonic() < deadline:
-        time.sleep(0.01)
-        f(x)
-    f(x)
+    _call_until_no_compilation_pends(f, x)
     assert "to explore it" in f.last_decision.reason or f.last_decision.backend == "numba", f.last_decision
 
 
@@ -379,12 +385,7 @@ def test_calls_too_short_for_the_tier_do_not_wait_for_it(use_profile, monkeypatc
     # Back on the C check's path once nothing is observed. A compilation of the same code that
     # an earlier test started in the background may still run (CI's 2 cores, once): calls are
     # observed while one is pending, so this waits for it to end (in real time), then calls once.
-    planner = f.__autooffload__.planner
-    deadline = time.monotonic() + 60
-    while planner.compile_pending and time.monotonic() < deadline:
-        time.sleep(0.01)
-        f(x)
-    f(x)
+    _call_until_no_compilation_pends(f, x)
     d = f.last_decision
     assert d.backend == "numpy" and not d.observe and d.tier_wait_s == 0.0
     assert f.__autooffload__.planner.fast

@@ -20,9 +20,9 @@
  *
  * copy(..., spin_us): after a copy, the workers that took part in it (at most its threads less
  * one) spin that long for the next copy before parking on the condition variable, and the caller
- * spins for the others' last parts; never where the pool has more threads than the usable cores. A staged copy hands
- * the pool one piece after another with gaps of tens of microseconds, shorter than a wake-up from
- * the condition variable on these VMs: on the H200, 300 us made staged first copies 3-16% faster
+ * spins for the others' last parts; never where the pool has more threads than the usable cores.
+ * A staged copy hands the pool one piece after another with gaps of tens of microseconds, shorter
+ * than a wake-up from the condition variable on these VMs: on the H200, 300 us made staged first copies 3-16% faster
  * at 16-64 MiB (benchmarks/results/h200-session19/transfer.run2.md).
  *
  * copy(..., nontemporal=1) writes with non-temporal (streaming) stores on x86-64: the lines go to
@@ -72,9 +72,8 @@ static unsigned long long jobs_shared = 0, jobs_alone = 0, jobs_waited = 0;
 /* Nanoseconds a worker spins for the next job after one ends, and the caller for the last part of
  * its own, before parking on the condition variable (0: park at once); set by each copy. */
 static long long spin_ns = 0;
-/* How many workers may still spin after the current job: the workers it asked for, and never more
- * than the cores this process may run on less one (the caller's), so that spinners never take a
- * core from a thread that has work. */
+/* How many workers may still spin after the current job: those it asked for (its threads less the
+ * caller); 0 where the pool has more threads than the usable cores (parallel_copy). */
 static int spin_slots = 0;
 
 static int
@@ -105,19 +104,22 @@ cpu_relax(void)
 #endif
 }
 
-/* Spin until *word != seen or `ns` have passed; returns whether it changed. Reads the clock every
+/* One pause of a spin that ends at `deadline`; returns whether it has passed. Reads the clock every
  * 64 pauses (a few microseconds), so a spin ends within that of its deadline. */
-static int
+static inline int
+spin_step(unsigned i, long long deadline)
+{
+    cpu_relax();
+    return (i & 63) == 0 && now_ns() >= deadline;
+}
+
+/* Spin until *word != seen or `ns` have passed. */
+static void
 spin_while_equal(const unsigned long *word, unsigned long seen, long long ns)
 {
     long long deadline = now_ns() + ns;
-    for (unsigned i = 1;; i++) {
-        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != seen)
-            return 1;
-        cpu_relax();
-        if ((i & 63) == 0 && now_ns() >= deadline)
-            return 0;
-    }
+    for (unsigned i = 1; __atomic_load_n(word, __ATOMIC_ACQUIRE) == seen && !spin_step(i, deadline); i++)
+        ;
 }
 
 /* memcpy with non-temporal stores: the destination's lines bypass the caches. The sfence makes
@@ -315,11 +317,8 @@ parallel_copy(char *dst, const char *src, size_t nbytes, int threads, size_t min
         /* The caller's own parts are done: the others' last parts end within microseconds (and
          * each holds a core of its own, or the caller would be taking one from them). */
         long long deadline = now_ns() + spin_us * 1000LL;
-        for (unsigned i = 1; __atomic_load_n(&job.left, __ATOMIC_ACQUIRE) != 0; i++) {
-            cpu_relax();
-            if ((i & 63) == 0 && now_ns() >= deadline)
-                break;
-        }
+        for (unsigned i = 1; __atomic_load_n(&job.left, __ATOMIC_ACQUIRE) != 0 && !spin_step(i, deadline); i++)
+            ;
     }
     pthread_mutex_lock(&mu);
     while (__atomic_load_n(&job.left, __ATOMIC_ACQUIRE) != 0 || job.users != 0)
