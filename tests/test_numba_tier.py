@@ -368,9 +368,13 @@ def test_waiting_to_afford_the_tiers_compilation_times_no_call(use_profile, monk
     for _ in range(100):  # 0.5 s of predicted NumPy time in all: the compilation starts
         f(x)
     # No exploration starts while it runs (_learn.Learner._affordable): on a loaded 2-core
-    # machine it may take seconds of real time, so wait for it, then call once more.
+    # machine it may take seconds of real time, so wait for it, then call once more. Where it
+    # ended early (Numba's disk cache), the tier has been explored already, and that exploring
+    # may have started the serial build's compilation (_numba_threads), which holds exploring
+    # back again: so the test asks whether the tier ran, not what the last call did (CI failed
+    # on that once, and so did this machine whenever the first tier test ran before this one).
     _call_until_no_compilation_pends(f, x)
-    assert "to explore it" in f.last_decision.reason or f.last_decision.backend == "numba", f.last_decision
+    assert f.stats.count("numba") >= 1, f.last_decision
 
 
 def test_calls_too_short_for_the_tier_do_not_wait_for_it(use_profile, monkeypatch, clock):
