@@ -36,6 +36,7 @@ def clean_autooffload(monkeypatch, tmp_path):
     from autooffload import _learn
 
     _learn.reset_for_tests()  # each test learns afresh, into its own cache dir
+    _wait_for_background_compilations()
     import autooffload
     from autooffload import _planner
     from autooffload.backends import cupy as device
@@ -55,6 +56,19 @@ def clean_autooffload(monkeypatch, tmp_path):
 
     _config._env = None  # re-read lazily, after monkeypatch has restored the environment
     _config.invalidate_decisions()
+
+
+def _wait_for_background_compilations(timeout_s: float = 60.0) -> None:
+    """An earlier test's background Numba compilation has ended (in real time, at most
+    ``timeout_s``): calls timed while one runs teach nothing (_dispatch.py), so on a loaded
+    2-core machine such a leftover changed what a later test's calls learned. Never imports Numba."""
+    import time
+
+    from autooffload import backends
+
+    deadline = time.monotonic() + timeout_s
+    while backends.module("numba").compiling_now() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _is_gpu_test() -> bool:
