@@ -151,10 +151,12 @@ import sys, time
 import numpy as np
 from autooffload import _parcopy as P
 threads, spin = int(sys.argv[1]), int(sys.argv[2])
-a = np.ones(8 << 20, np.uint8); b = np.empty_like(a)
+a = np.ones(64 << 20, np.uint8); b = np.empty_like(a)
 P.copy(b.ctypes.data, a.ctypes.data, a.nbytes, threads, 4096, False, 1, 0)  # start the workers
 time.sleep(0.1)
-P.copy(b.ctypes.data, a.ctypes.data, a.nbytes, 2, 4096, False, 1, spin)
+# 16 parts a thread: the worker takes some even where it wakes milliseconds late (only a worker
+# that took part spins)
+P.copy(b.ctypes.data, a.ctypes.data, a.nbytes, 2, 4096, False, 16, spin)
 cpu = time.process_time()
 time.sleep(0.06)
 print(time.process_time() - cpu)
@@ -172,7 +174,9 @@ def _cpu_after_a_spinning_copy(pool_threads: int, spin_us: int) -> float:
 def test_the_pool_spins_for_the_time_asked_and_not_where_it_has_more_threads_than_cores():
     # A fresh process each: the pool's size is the largest any copy of the process asked for.
     assert _cpu_after_a_spinning_copy(2, 0) < 0.02  # parked at once
-    assert _cpu_after_a_spinning_copy(2, 100_000) > 0.02  # one worker spins through the 60 ms
+    # One worker spins through the 60 ms. On a loaded machine the caller may still have copied
+    # every part before the worker woke (then it parks at once, as it should): a few tries.
+    assert any(_cpu_after_a_spinning_copy(2, 100_000) > 0.02 for _ in range(3))
     if len(os.sched_getaffinity(0)) < 64:
         # 63 workers on fewer cores: every copy already wakes more threads than there are cores
         assert _cpu_after_a_spinning_copy(64, 100_000) < 0.02
