@@ -36,7 +36,7 @@ def clean_autooffload(monkeypatch, tmp_path):
     from autooffload import _learn
 
     _learn.reset_for_tests()  # each test learns afresh, into its own cache dir
-    _wait_for_background_compilations()
+    wait_for_background_compilations()
     import autooffload
     from autooffload import _planner
     from autooffload.backends import cupy as device
@@ -58,16 +58,21 @@ def clean_autooffload(monkeypatch, tmp_path):
     _config.invalidate_decisions()
 
 
-def _wait_for_background_compilations(timeout_s: float = 60.0) -> None:
-    """An earlier test's background Numba compilation has ended (in real time, at most
-    ``timeout_s``): calls timed while one runs teach nothing (_dispatch.py), so on a loaded
-    2-core machine such a leftover changed what a later test's calls learned. Never imports Numba."""
-    import time
-
+def compiling_anywhere() -> bool:
+    """Whether a Numba compilation for the tier runs in the background now (never imports Numba)."""
     from autooffload import backends
 
+    return backends.module("numba").compiling_now()
+
+
+def wait_for_background_compilations(timeout_s: float = 60.0) -> None:
+    """An earlier test's background Numba compilation has ended (in real time, at most
+    ``timeout_s``): calls timed while one runs teach nothing (_dispatch.py), so on a loaded
+    2-core machine such a leftover changed what a later test's calls learned."""
+    import time
+
     deadline = time.monotonic() + timeout_s
-    while backends.module("numba").compiling_now() and time.monotonic() < deadline:
+    while compiling_anywhere() and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

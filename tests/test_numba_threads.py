@@ -153,6 +153,7 @@ def test_buckets_are_powers_of_two_of_the_array_bytes():
 numba_mod = pytest.importorskip("numba")
 
 from autooffload import backends  # noqa: E402
+from conftest import wait_for_background_compilations  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 suite = pytest.importorskip("suite")
@@ -172,9 +173,7 @@ def tier(backend, monkeypatch):
     test (a background one would make the next tests' calls untimed or slow)."""
     monkeypatch.setattr(nt, "EXPLORE_FLOOR_S", 10.0)
     yield backend
-    deadline = time.monotonic() + 120
-    while backend._compile.compiling_now() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_background_compilations(120)
 
 
 def reported(fn, *args):

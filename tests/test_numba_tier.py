@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_profile
+from conftest import compiling_anywhere, synthetic_profile
 
 import autooffload
 from autooffload import BackendUnavailableError, config, explain, offload
@@ -302,7 +302,7 @@ def test_learning_finds_a_tier_the_profile_predicts_slower(use_profile, monkeypa
             seen[-20:] == ["numba"] * 20 and f.last_decision.sources["numba"].startswith("learned")):
         np.testing.assert_allclose(f(x), expected, rtol=1e-12)
         seen.append(f.last_decision.backend)
-        time.sleep(0.001 if "compiling" in f.last_decision.reason or autooffload.backends.module("numba").compiling_now() else 0)
+        time.sleep(0.001 if "compiling" in f.last_decision.reason or compiling_anywhere() else 0)
     assert profile.source == "synthetic+numba"
     first_numba = seen.index("numba")
     assert seen[:first_numba] == ["numpy"] * first_numba and first_numba >= 160  # 0.5 s of NumPy runs first
@@ -336,10 +336,6 @@ def test_the_tier_takes_numpys_learned_error_until_it_has_its_own(use_profile, m
     assert d.predicted_s["numba"] == pytest.approx(2 * d.predicted_s["numpy"], rel=1e-3)
 
 
-def _compiling_anywhere() -> bool:
-    return autooffload.backends.module("numba").compiling_now()
-
-
 def _call_until_no_compilation_pends(f, x) -> None:
     """Calls ``f(x)`` while a compilation runs in the background (in real time, at most 60 s),
     then once more. Any compilation, not only one for ``f``: calls timed meanwhile teach nothing
@@ -347,7 +343,7 @@ def _call_until_no_compilation_pends(f, x) -> None:
     tier starts: CI's 2 cores)."""
     planner = f.__autooffload__.planner
     deadline = time.monotonic() + 60
-    while (planner.compile_pending or _compiling_anywhere()) and time.monotonic() < deadline:
+    while (planner.compile_pending or compiling_anywhere()) and time.monotonic() < deadline:
         time.sleep(0.01)
         f(x)
     f(x)
@@ -506,7 +502,7 @@ def test_a_loop_the_parallel_build_runs_slower_than_numpy_is_learned_at_its_seri
     while time.monotonic() < deadline and not settled():
         np.testing.assert_allclose(f(x), expected, rtol=1e-12)
         seen.append(f.last_decision.backend)
-        if backend._compile.compiling_now():
+        if compiling_anywhere():
             time.sleep(0.002)
     d = f.last_decision
     assert settled(), (seen[-40:], d.predicted_s, d.sources)

@@ -12,12 +12,30 @@ P = pytest.importorskip("autooffload._parcopy", reason="the optional C extension
 
 
 def _copy_and_check(n: int, threads: int, min_part: int, offset: int, rng, nontemporal: bool = False,
-                    src_offset: int = 0) -> None:
+                    src_offset: int = 0, split: int = 1, spin_us: int = 0) -> None:
     src = rng.integers(0, 256, n + src_offset, dtype=np.uint8)[src_offset:]
     dst = np.full(n + offset + 16, 0xA5, np.uint8)  # poisoned: bytes outside the range must stay
-    P.copy(dst.ctypes.data + offset, src.ctypes.data, n, threads, min_part, nontemporal)
+    P.copy(dst.ctypes.data + offset, src.ctypes.data, n, threads, min_part, nontemporal, split, spin_us)
     assert np.array_equal(dst[offset : offset + n], src)
     assert (dst[:offset] == 0xA5).all() and (dst[offset + n :] == 0xA5).all()
+
+
+def _errors_of_callers_at_once(caller, n: int) -> list[AssertionError]:
+    """``caller(seed)`` in ``n`` threads at once (seeds 0 to n-1); the AssertionErrors they raised."""
+    errors: list[AssertionError] = []
+
+    def run(seed):
+        try:
+            caller(seed)
+        except AssertionError as e:  # pragma: no cover - reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return errors
 
 
 @pytest.mark.parametrize("n", [1, 7, 4095, 4096, 4097, 65536 * 3 + 5, (1 << 20) + 3, 8 << 20])
@@ -39,22 +57,12 @@ def test_nontemporal_copies_exactly_at_any_size_and_alignment(n, offset, src_off
 
 def test_many_callers_at_once_each_get_their_copy():
     # One copy uses the pool at a time; the others copy alone meanwhile. All must be exact.
-    errors = []
-
     def caller(seed):
         rng = np.random.default_rng(seed)
-        try:
-            for _ in range(30):
-                _copy_and_check(int(rng.integers(1, 3 << 20)), 8, 4096, int(rng.integers(0, 64)), rng)
-        except AssertionError as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(30):
+            _copy_and_check(int(rng.integers(1, 3 << 20)), 8, 4096, int(rng.integers(0, 64)), rng)
 
-    ths = [threading.Thread(target=caller, args=(i,)) for i in range(6)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
-    assert not errors
+    assert not _errors_of_callers_at_once(caller, 6)
     info = P.info()
     assert info["workers"] >= 1 and info["shared"] >= 1
 
@@ -63,7 +71,6 @@ def test_a_large_copy_waits_for_a_busy_pool_and_a_small_one_copies_alone():
     # Threads copying large blocks at once: each waits for the pool when it is busy (alone it
     # would run on one core while the other has the memory bandwidth), so none copies alone.
     big = 16 << 20
-    errors = []
 
     def callers(n: int, count: int) -> dict:
         before = P.info()
@@ -72,26 +79,17 @@ def test_a_large_copy_waits_for_a_busy_pool_and_a_small_one_copies_alone():
         def caller(seed):
             rng = np.random.default_rng(seed)
             start.wait()
-            try:
-                for _ in range(8):
-                    _copy_and_check(n, 4, 4096, 0, rng)
-            except AssertionError as e:  # pragma: no cover - reported below
-                errors.append(e)
+            for _ in range(8):
+                _copy_and_check(n, 4, 4096, 0, rng)
 
-        ths = [threading.Thread(target=caller, args=(i,)) for i in range(count)]
-        for th in ths:
-            th.start()
-        for th in ths:
-            th.join()
+        assert not _errors_of_callers_at_once(caller, count)
         after = P.info()
         return {k: after[k] - before[k] for k in ("shared", "alone", "waited")}
 
     copies = callers(big, 3)
-    assert not errors
     assert copies["alone"] == 0 and copies["shared"] == 24
     assert copies["waited"] <= 24
     copies = callers(64 << 10, 4)  # small copies: a busy pool is not waited for
-    assert not errors
     assert copies["shared"] + copies["alone"] == 32
 
 
@@ -115,29 +113,15 @@ def test_spinning_threads_copy_exactly_and_go_to_sleep_after_their_spin():
     rng = np.random.default_rng(5)
     for n in (4097, (1 << 20) + 3, 8 << 20):
         for _ in range(5):
-            src = rng.integers(0, 256, n, dtype=np.uint8)
-            dst = np.zeros(n, np.uint8)
-            P.copy(dst.ctypes.data, src.ctypes.data, n, 4, 4096, False, 4, 2000)
-            assert np.array_equal(dst, src)
-    errors: list[AssertionError] = []
+            _copy_and_check(n, 4, 4096, 0, rng, split=4, spin_us=2000)
 
     def caller(seed):
         r = np.random.default_rng(seed)
         for _ in range(20):
-            n = int(r.integers(1, 3 << 20))
-            src = r.integers(0, 256, n, dtype=np.uint8)
-            dst = np.zeros(n, np.uint8)
-            P.copy(dst.ctypes.data, src.ctypes.data, n, 4, 4096, bool(seed % 2), 2, 500)
-            if not np.array_equal(dst, src):  # pragma: no cover - reported below
-                errors.append(AssertionError(f"copy of {n} bytes differs"))
+            _copy_and_check(int(r.integers(1, 3 << 20)), 4, 4096, 0, r, bool(seed % 2), split=2, spin_us=500)
 
-    ths = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
-    assert not errors
-    P.copy(dst.ctypes.data, src.ctypes.data, len(src), 4, 4096, False, 1, 1000)
+    assert not _errors_of_callers_at_once(caller, 4)
+    _copy_and_check(8 << 20, 4, 4096, 0, rng, spin_us=1000)
     import time
     time.sleep(0.05)  # the 1 ms spin is over
     cpu = time.process_time()
