@@ -44,7 +44,7 @@ for s in "$@"; do
         three-way) TAIL=30 step three-way python3 tools/three_way.py --max-elements "${MAX_N:-1e8}" ;;
         stream-tests) TAIL=20 step stream-tests python3 -m pytest -m gpu -q -p no:cacheprovider -s tests/test_stream_gpu.py ;;
         streaming) TAIL=30 step streaming python3 benchmarks/streaming.py --machine "$MACHINE" --budget-s "${BUDGET:-100}" --chunks "${CHUNKS:-32e6,128e6,256e6}" ;;
-        transfer) step transfer python3 benchmarks/transfer.py --machine "$MACHINE" --min-bytes "${MIN_BYTES:-4KiB}" ;;
+        transfer) step transfer python3 benchmarks/transfer.py --machine "$MACHINE" --min-bytes "${MIN_BYTES:-4KiB}" --max-bytes "${MAX_BYTES:-4GiB}" ;;
         decisions) step decisions sh -c "python3 tools/decision_table.py > $OUT/decision-table.jsonl" ;;
         calibrate) step calibrate python3 -m autooffload calibrate --output "$OUT/$MACHINE.json"
                    step show python3 -m autooffload show "$OUT/$MACHINE.json" ;;
@@ -83,6 +83,7 @@ for s in "$@"; do
                TAIL=30 step focus-noprofile python3 benchmarks/suite.py --machine "$MACHINE-focus-noprofile" --budget-s "${BUDGET:-80}" \
                    --functions "${FUNCTIONS:-column_disp,panel_recur}" --max-elements "${MAX_N:-1e7}"
                cp -r benchmarks/results/$MACHINE-focus-noprofile "$OUT/focus-noprofile" 2>/dev/null ;;
+        state-probe) TAIL=80 step state-probe python3 tools/suite_state_probe.py ;;  # issue 12: small device calls in a fresh process and after the suite's other functions
         device-path) TAIL=80 step device-path python3 tools/profile_device_path.py ;;
         pieces) TAIL=12 step pieces python3 tools/transfer_diag.py --pieces --out "$OUT/transfer-pieces.json" ;;
         both-ways) TAIL=6 step both-ways python3 tools/transfer_diag.py --both-ways --out "$OUT/transfer-both-ways.json" ;;
