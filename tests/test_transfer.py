@@ -1203,10 +1203,11 @@ def test_views_the_base_chain_hides_copy_safely_from_pinned_memory(pin_reused, w
         assert same(part, other)
 
 
-def test_small_copies_skip_the_caches_layers_only_while_nothing_is_pinned_in_place(pin_reused, monkeypatch):
+def test_small_copies_skip_the_caches_layers_unless_they_may_lie_in_pinned_memory(pin_reused, monkeypatch):
     """_small_direct: below the cache's counting size and with nothing pinned in place, the
     driver's copy without _pinned_copy's layers; once an array is pinned, a small view of it
-    goes through the cache again (it must not reach the driver as a plain pageable copy)."""
+    goes through the cache again (it must not reach the driver as a plain pageable copy), while
+    a small array owning its memory still skips it (the cache never pins such an owner)."""
     fake = pin_reused
     T._configure(h2d_direct_max=1 << 20, d2h_direct_max=1 << 20)
     asked = []
@@ -1222,8 +1223,10 @@ def test_small_copies_skip_the_caches_layers_only_while_nothing_is_pinned_in_pla
     view = h[1000:1300]
     before = view.copy()
     d = T.to_device(view)
-    T.to_host(T.to_device(small), out=view)  # (the cache is asked for the unrelated small array too)
-    assert same(d.get(), before) and same(view, small) and asked == [1, 1, 2]
+    T.to_host(T.to_device(small), out=view)  # (not asked for the unrelated small array)
+    assert same(d.get(), before) and same(view, small) and asked == [1, 2]
+    asked.clear()
+    assert same(T.to_host(T.to_device(small)), small) and asked == []
 
 
 def test_pinned_memory_is_unpinned_when_its_array_dies(pin_reused):

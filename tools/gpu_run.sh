@@ -83,7 +83,7 @@ for s in "$@"; do
                TAIL=30 step focus-noprofile python3 benchmarks/suite.py --machine "$MACHINE-focus-noprofile" --budget-s "${BUDGET:-80}" \
                    --functions "${FUNCTIONS:-column_disp,panel_recur}" --max-elements "${MAX_N:-1e7}"
                cp -r benchmarks/results/$MACHINE-focus-noprofile "$OUT/focus-noprofile" 2>/dev/null ;;
-        state-probe) TAIL=80 step state-probe python3 tools/suite_state_probe.py ;;  # issue 12: small device calls in a fresh process and after the suite's other functions
+        state-probe) TAIL=40 step state-probe python3 tools/suite_state_probe.py ;;  # issue 12: small device calls in a fresh process and after the suite's other functions
         device-path) TAIL=80 step device-path python3 tools/profile_device_path.py ;;
         pieces) TAIL=12 step pieces python3 tools/transfer_diag.py --pieces --out "$OUT/transfer-pieces.json" ;;
         both-ways) TAIL=6 step both-ways python3 tools/transfer_diag.py --both-ways --out "$OUT/transfer-both-ways.json" ;;

@@ -62,8 +62,22 @@ def sample(fn, calls: int = 20) -> float:
     return (time.perf_counter() - start) / calls
 
 
+_GC = {"s": 0.0, "full": 0, "start": 0.0}
+
+
+def _gc_clock(phase: str, info: dict) -> None:
+    """gc.callbacks: the time spent in collections, and the full ones."""
+    if phase == "start":
+        _GC["start"] = time.perf_counter()
+    else:
+        _GC["s"] += time.perf_counter() - _GC["start"]
+        _GC["full"] += info.get("generation") == 2
+
+
 def measure(label: str, setups: list, rounds: int) -> None:
     print(f"\n== {label} (us a call, medians of {rounds} interleaved samples of 20 calls)")
+    _GC.update(s=0.0, full=0)
+    t0 = time.perf_counter()
     for name, n, vs in setups:
         times: dict[str, list[float]] = {k: [] for k in vs}
         for f in vs.values():
@@ -73,7 +87,9 @@ def measure(label: str, setups: list, rounds: int) -> None:
                 times[k].append(sample(vs[k]))
         med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
         print(f"  {name:<13} {n:>7}: " + "  ".join(f"{k} {v:7.1f}" for k, v in med.items())
-              + f"   forced - ours {med['forced'] - med['bare-our-copies']:+6.1f}  auto - ours {med['auto'] - med['bare-our-copies']:+6.1f}")
+              + f"   forced - ours {med['forced'] - med['bare-our-copies']:+6.1f}  auto - ours {med['auto'] - med['bare-our-copies']:+6.1f}"
+              + f"  auto / bare {med['auto'] / med['bare']:.2f}")
+    print(f"  collections: {_GC['s'] * 1e3:.1f} ms of {time.perf_counter() - t0:.1f} s, {_GC['full']} full")
 
 
 def state(label: str) -> None:
@@ -93,32 +109,36 @@ def profile(label: str, fn, calls: int = 1000) -> None:
         sync()
     prof.disable()
     out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(40)
     print(f"\n== cProfile of auto, bessel_i0 at 1e2, {label}, {calls} calls, by own time")
     print("\n".join(out.getvalue().splitlines()[4:]))
 
 
-def use_the_process(g, max_s: float) -> None:
-    """The suite's other functions through @offload at 1e2-1e6, 20 calls each (as its settling
-    and rounds leave the process: pinned arrays, kept results, pools, histories)."""
+def use_the_process(g, max_s: float, max_n: int, keep: list) -> None:
+    """The suite's other functions through @offload from 1e2 to ``max_n``, 20 calls each (10
+    from 1e6), as its settling and rounds leave the process: pinned arrays, kept results, pools,
+    histories, and (``keep``) the decorated functions and inputs the suite's rows hold."""
     for case in suite.CASES:
         if case.name == "bessel_i0":
             continue
         f, start = offload(case.fn), time.perf_counter()
-        for n in (10**2, 10**3, 10**4, 10**5, 10**6):
-            if n > case.max_n or time.perf_counter() - start > max_s:
-                break
+        keep.append(f)
+        n = 10**2
+        while n <= min(max_n, case.max_n) and time.perf_counter() - start < max_s:
             args = case.make(n, g)
-            for _ in range(20):
+            for _ in range(20 if n < 10**6 else 10):
                 f(*args)
+            keep.append(args)
+            n *= 10
         sync()
-        print(f"  used: {case.name} in {time.perf_counter() - start:.1f} s")
+        print(f"  used: {case.name} to {n // 10:.0e} in {time.perf_counter() - start:.1f} s")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--case-s", type=float, default=3.0, help="time a function may take while the process is used")
+    p.add_argument("--max-n", type=float, default=1e7, help="largest size of the second use (the first stops at 1e6)")
     args = p.parse_args()
     g = np.random.default_rng(0)
     by_name = {c.name: c for c in suite.CASES}
@@ -134,15 +154,25 @@ def main() -> None:
     measure("fresh process", setups, args.rounds)
     state("fresh")
     profile("fresh process", bessel_auto)
-    use_the_process(g, args.case_s)
-    state("used")
-    measure("after the suite's other functions", setups, args.rounds)
-    profile("after the suite's other functions", bessel_auto)
+    gc.callbacks.append(_gc_clock)
+    keep: list = []
+    use_the_process(g, args.case_s, 10**6, keep)
+    state("used to 1e6")
+    measure("after the suite's other functions to 1e6", setups, args.rounds)
+    use_the_process(g, args.case_s, int(args.max_n), keep)
+    state(f"used to {args.max_n:.0e}")
+    measure(f"after the suite's other functions to {args.max_n:.0e}", setups, args.rounds)
+    profile(f"after the suite's other functions to {args.max_n:.0e}", bessel_auto)
+    gc.disable()
+    measure("the same, garbage collection off", setups, args.rounds)
+    gc.enable()
+    del keep[:]
     gc.collect()
     cp.get_default_memory_pool().free_all_blocks()
     _hostmem.results.release()
+    _pincache.cache.release()
     state("collected")
-    measure("after gc.collect() and the pools emptied", setups, args.rounds)
+    measure("after gc.collect(), the pools emptied and every pin released", setups, args.rounds)
 
 
 if __name__ == "__main__":

@@ -962,7 +962,7 @@ def to_device(host: np.ndarray):
     try:
         if _results_pinned(t, contiguous, host_c, nbytes):
             _dma_host(cp, _H2D, dev_ptr, host_c, stream)  # a kept result passed back in
-        elif _small_direct(contiguous, nbytes, t, t.h2d_direct_max, t.h2d_register_min):
+        elif _small_direct(contiguous, nbytes, t, t.h2d_direct_max, t.h2d_register_min, host_c):
             _h2d_direct(cp, dev_ptr, host_c, stream)
         else:
             how = _pinned_copy(cp, _H2D, dev_ptr, dev.device.id, host_c, stream, t) if contiguous else _ANY_PATH
@@ -1158,14 +1158,31 @@ def _pinned_copy(cp: Any, kind: int, dev_ptr: int, device_id: int, host_c: np.nd
             hold.release()
 
 
-def _small_direct(contiguous: bool, nbytes: int, t: _Tuning, direct_max: int, register_min: int) -> bool:
+def _small_direct(contiguous: bool, nbytes: int, t: _Tuning, direct_max: int, register_min: int,
+                  host_c: np.ndarray) -> bool:
     """Whether a copy is what ``_pinned_copy`` and ``_h2d_path`` / ``_d2h_path`` come to for a
-    contiguous array below the pin-down cache's counting size while the cache pins nothing (it
-    cannot hold such a copy then): the driver's own copy, asked for without their layers. Inside
-    a small call on the H200 each layer costs 1-3 us (tools/gpu_gaps.py 8), and to_host of 800 B
-    took 16.5 us against cupy.asnumpy's 14.4 (h200-session18/gpu_gaps.parts.run3.txt)."""
-    return (contiguous and nbytes < _pincache.COUNT_MIN_BYTES and not _pincache.cache.active and nbytes <= direct_max
+    contiguous array below the pin-down cache's counting size that the cache cannot hold (while
+    it pins nothing, or where the memory is a small array's own: ``_small_owner``): the
+    driver's own copy, asked for without their layers. Inside a small call on the H200 each
+    layer costs 1-3 us (tools/gpu_gaps.py 8), and to_host of 800 B took 16.5 us against
+    cupy.asnumpy's 14.4 (h200-session18/gpu_gaps.parts.run3.txt). Until session 21 any array
+    pinned in place sent every small copy through those layers: in the suite, once the other
+    functions' large arrays were pinned, each small device call asked the cache twice
+    (tools/suite_state_probe.py)."""
+    return (contiguous and nbytes < _pincache.COUNT_MIN_BYTES and nbytes <= direct_max
+            and (not _pincache.cache.active or _small_owner(host_c))
             and not (register_min and nbytes >= register_min) and not _staged(nbytes, t))
+
+
+def _small_owner(a: np.ndarray) -> bool:
+    """Whether ``a``'s memory is that of a NumPy array below ``_pincache.COUNT_MIN_BYTES``
+    (``a`` itself, or the end of its base chain): an owner the pin-down cache never pins (it pins
+    owners that copies of at least that size moved), and no kept result (a lease holds those:
+    _hostmem.py)."""
+    if a.base is None:
+        return a.flags.owndata and a.nbytes < _pincache.COUNT_MIN_BYTES
+    owner = _pincache.owner_of(a)
+    return owner is not None and owner.nbytes < _pincache.COUNT_MIN_BYTES
 
 
 # Results from this size up take kept blocks (pinned once handed out again) even where the
@@ -1191,8 +1208,8 @@ def _kept_result(nbytes: int, t: _Tuning) -> bool:
 
 def _results_pinned(t: _Tuning, contiguous: bool, host_c: np.ndarray, nbytes: int) -> bool:
     """Whether ``host_c`` lies in a kept result block that is pinned (and pinning is not paused)."""
-    return (contiguous and bool(t.pin_results_min) and not getattr(_tls, "unpinned", False)
-            and _hostmem.results.ready(array_address(host_c), nbytes))
+    return (contiguous and bool(t.pin_results_min) and host_c.base is not None  # (a result is a lease's view)
+            and not getattr(_tls, "unpinned", False) and _hostmem.results.ready(array_address(host_c), nbytes))
 
 
 def _dma_host(cp: Any, kind: int, dev_ptr: int, host_c: np.ndarray, stream: Any) -> None:
@@ -1349,7 +1366,7 @@ def _to_host(cp: Any, dev: Any, out: np.ndarray | None, shape: tuple, dtype: np.
     try:
         if _results_pinned(t, contiguous, host_c, nbytes):
             _dma_host(cp, _D2H, src_ptr, host_c, stream)
-        elif _small_direct(contiguous, nbytes, t, t.d2h_direct_max, t.d2h_register_min):
+        elif _small_direct(contiguous, nbytes, t, t.d2h_direct_max, t.d2h_register_min, host_c):
             _d2h_direct(cp, src_ptr, host_c, stream)
         else:
             how = _pinned_copy(cp, _D2H, src_ptr, dev.device.id, host_c, stream, t) if contiguous else _ANY_PATH
