@@ -149,6 +149,23 @@ def test_memory_not_numpys_own_small_owners_and_small_copies_are_left_alone(cach
     assert not cache.pins_.pinned and cache.info()["owners"] == 0
 
 
+def test_never_pinned_is_memory_the_cache_can_never_pin_and_no_kept_result():
+    """never_pinned: an array below the counting size that owns its memory, or a view whose base
+    chain ends at one; not a large owner's view, not memory some other object holds (a buffer, a
+    kept result's lease), not a large array."""
+    from autooffload import _hostmem
+
+    never = _pincache.never_pinned
+    small = np.arange(300.0)
+    assert never(small) and never(small.reshape(3, 100)[1:]) and never(small[::2])
+    big = np.arange(_pincache.COUNT_MIN_BYTES // 8 + 1, dtype=np.float64)
+    assert not never(big) and not never(big[:10])
+    assert not never(np.frombuffer(bytearray(800), dtype=np.float64))
+    pool = _hostmem.HostBlocks()
+    kept = pool.empty((100,), np.float64)
+    assert kept.base is not None and not never(kept) and not never(kept[:10])
+
+
 def test_small_copies_use_a_pinned_owner(cache):
     a = np.ones(4 * MiB // 8)
     copy(cache, a)

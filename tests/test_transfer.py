@@ -1229,22 +1229,6 @@ def test_small_copies_skip_the_caches_layers_unless_they_may_lie_in_pinned_memor
     assert same(T.to_host(T.to_device(small)), small) and asked == []
 
 
-def test_small_owner_is_memory_the_cache_can_never_pin_and_no_kept_result():
-    """_small_owner: an array below the counting size that owns its memory, or a view whose base
-    chain ends at one; not a large owner's view, not memory some other object holds (a buffer, a
-    kept result's lease), not a large array."""
-    from autooffload import _hostmem
-
-    small = np.arange(300.0)
-    assert T._small_owner(small) and T._small_owner(small.reshape(3, 100)[1:]) and T._small_owner(small[::2])
-    big = np.arange(T._pincache.COUNT_MIN_BYTES // 8 + 1, dtype=np.float64)
-    assert not T._small_owner(big) and not T._small_owner(big[:10])
-    assert not T._small_owner(np.frombuffer(bytearray(800), dtype=np.float64))
-    pool = _hostmem.HostBlocks()
-    kept = pool.empty((100,), np.float64)
-    assert kept.base is not None and not T._small_owner(kept) and not T._small_owner(kept[:10])
-
-
 def test_pinned_memory_is_unpinned_when_its_array_dies(pin_reused):
     fake = pin_reused
     h = random_array((200_000,), np.float64, np.random.default_rng(25))

@@ -12,8 +12,8 @@ fresh and the used state shows where any difference goes.
 What it found (benchmarks/results/h200-session21/state-probe.run3.txt, run4.txt): once the other
 functions' large arrays were pinned in place, every small copy went through the pin-down cache's
 layers, and the copy engine's lead over CuPy's own copies of bessel's 800 B fell from 31 us a call
-to 2.5; with a small array's own memory skipping them (``_transfer._small_owner``) it stayed 26-38
-us. Garbage collection took no part (0-0.9 ms of each 2.5-6.3 s phase).
+to 2.5; with a small array's own memory skipping them (``_pincache.never_pinned``) it stayed
+26-38 us. Garbage collection took no part (0-0.9 ms of each 2.5-6.3 s phase).
 
     PYTHONPATH=src python3 tools/suite_state_probe.py [--rounds 60]
 """

@@ -106,6 +106,14 @@ def owner_of(a: np.ndarray) -> np.ndarray | None:
     return end if isinstance(end, np.ndarray) and end.flags.owndata else None
 
 
+def never_pinned(a: np.ndarray) -> bool:
+    """Whether ``a``'s memory is a NumPy array's own below ``COUNT_MIN_BYTES``: an owner this cache
+    never pins (it counts only copies of at least that size, and a copy moves no more than its
+    owner holds). A kept result's memory is a lease's (_hostmem.py), never such an owner's."""
+    owner = owner_of(a)
+    return owner is not None and owner.nbytes < COUNT_MIN_BYTES
+
+
 @dataclass(eq=False)
 class _Owner:
     key: int  # id of the owner (its entry leaves with it)

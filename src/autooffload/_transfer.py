@@ -1162,7 +1162,7 @@ def _small_direct(contiguous: bool, nbytes: int, t: _Tuning, direct_max: int, re
                   host_c: np.ndarray) -> bool:
     """Whether a copy is what ``_pinned_copy`` and ``_h2d_path`` / ``_d2h_path`` come to for a
     contiguous array below the pin-down cache's counting size that the cache cannot hold (while
-    it pins nothing, or where the memory is a small array's own: ``_small_owner``): the
+    it pins nothing, or where the memory is a small array's own: ``_pincache.never_pinned``): the
     driver's own copy, asked for without their layers. Inside a small call on the H200 each
     layer costs 1-3 us (tools/gpu_gaps.py 8), and to_host of 800 B took 16.5 us against
     cupy.asnumpy's 14.4 (h200-session18/gpu_gaps.parts.run3.txt). Until session 21 any array
@@ -1170,19 +1170,8 @@ def _small_direct(contiguous: bool, nbytes: int, t: _Tuning, direct_max: int, re
     functions' large arrays were pinned, each small device call asked the cache twice
     (tools/suite_state_probe.py)."""
     return (contiguous and nbytes < _pincache.COUNT_MIN_BYTES and nbytes <= direct_max
-            and (not _pincache.cache.active or _small_owner(host_c))
+            and (not _pincache.cache.active or _pincache.never_pinned(host_c))
             and not (register_min and nbytes >= register_min) and not _staged(nbytes, t))
-
-
-def _small_owner(a: np.ndarray) -> bool:
-    """Whether ``a``'s memory is that of a NumPy array below ``_pincache.COUNT_MIN_BYTES``
-    (``a`` itself, or the end of its base chain): an owner the pin-down cache never pins (it pins
-    owners that copies of at least that size moved), and no kept result (a lease holds those:
-    _hostmem.py)."""
-    if a.base is None:
-        return a.flags.owndata and a.nbytes < _pincache.COUNT_MIN_BYTES
-    owner = _pincache.owner_of(a)
-    return owner is not None and owner.nbytes < _pincache.COUNT_MIN_BYTES
 
 
 # Results from this size up take kept blocks (pinned once handed out again) even where the
